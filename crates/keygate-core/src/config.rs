@@ -1,0 +1,265 @@
+//! The configuration file's types (what users write). Loading and environment overrides live in
+//! the binary; the runtime snapshot each component needs is derived from these after
+//! [`Config::validate`] has passed.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// The whole configuration file. Every field has a default, so an empty file is valid.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the gateway listens on.
+    pub listen: Option<SocketAddr>,
+    /// URL clients use to reach the gateway; defaults to `http://{listen}`.
+    pub public_url: Option<Url>,
+    /// Directory for the embedded database and the generated vault key.
+    pub data_dir: Option<String>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Persistence.
+    pub database: DatabaseConfig,
+    /// Secret sealing.
+    pub vault: VaultConfig,
+    /// Authorization server.
+    pub auth: AuthConfig,
+    /// Management API.
+    pub api: ApiConfig,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+    /// A `tracing` filter such as `info` or `keygate=debug,info`.
+    pub level: Option<String>,
+}
+
+/// Database settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://…`; defaults to `{data_dir}/keygate.db`.
+    pub url: Option<String>,
+    /// Upper bound of pooled connections.
+    pub max_connections: Option<u32>,
+}
+
+/// Vault (envelope encryption) settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// The key-encryption key, 32 bytes in standard base64. Takes precedence over `key_file`.
+    pub key: Option<String>,
+    /// File holding the key-encryption key; generated (mode 0600) when absent.
+    pub key_file: Option<String>,
+}
+
+/// Authorization server settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of issued access tokens, in seconds.
+    pub access_token_ttl_secs: Option<u64>,
+}
+
+/// Management API settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Requests per minute allowed per credential.
+    pub rate_limit_per_minute: Option<u32>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: Option<usize>,
+}
+
+/// The type of a configuration leaf, for parsing environment overrides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    String,
+    Integer,
+}
+
+/// Every leaf of the file, dotted. `KEYGATE_` + the path in upper case with `.` → `_` is its
+/// environment variable (`database.url` → `KEYGATE_DATABASE_URL`).
+pub const FIELDS: &[(&str, FieldKind)] = &[
+    ("listen", FieldKind::String),
+    ("public_url", FieldKind::String),
+    ("data_dir", FieldKind::String),
+    ("log.format", FieldKind::String),
+    ("log.level", FieldKind::String),
+    ("database.url", FieldKind::String),
+    ("database.max_connections", FieldKind::Integer),
+    ("vault.key", FieldKind::String),
+    ("vault.key_file", FieldKind::String),
+    ("auth.access_token_ttl_secs", FieldKind::Integer),
+    ("api.rate_limit_per_minute", FieldKind::Integer),
+    ("api.max_body_bytes", FieldKind::Integer),
+];
+
+/// The environment variable that overrides a dotted field.
+pub fn env_var_for(field: &str) -> String {
+    format!("KEYGATE_{}", field.replace('.', "_").to_ascii_uppercase())
+}
+
+/// A configuration error, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: `{field}`: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_ACCESS_TOKEN_TTL_SECS: u64 = 900;
+pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 120;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+impl Config {
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
+    }
+
+    /// The public URL without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen()),
+        }
+    }
+
+    pub fn data_dir(&self) -> &str {
+        self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}/keygate.db", self.data_dir()),
+        }
+    }
+
+    pub fn access_token_ttl_secs(&self) -> u64 {
+        self.auth.access_token_ttl_secs.unwrap_or(DEFAULT_ACCESS_TOKEN_TTL_SECS)
+    }
+
+    pub fn rate_limit_per_minute(&self) -> u32 {
+        self.api.rate_limit_per_minute.unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE)
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.api.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
+    }
+
+    pub fn max_connections(&self) -> u32 {
+        self.database.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// Checks everything that can be checked without touching the network or the disk.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.public_url {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::new("public_url", "must be an http or https URL"));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(ConfigError::new("public_url", "must not have a query or fragment"));
+            }
+        }
+        if let Some(format) = &self.log.format
+            && !matches!(format.as_str(), "text" | "json")
+        {
+            return Err(ConfigError::new("log.format", "must be `text` or `json`"));
+        }
+        let db = self.database_url();
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if self.max_connections() == 0 {
+            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
+        }
+        if let Some(ttl) = self.auth.access_token_ttl_secs
+            && !(60..=86_400).contains(&ttl)
+        {
+            return Err(ConfigError::new(
+                "auth.access_token_ttl_secs",
+                "must be between 60 and 86400",
+            ));
+        }
+        if self.rate_limit_per_minute() == 0 {
+            return Err(ConfigError::new("api.rate_limit_per_minute", "must be at least 1"));
+        }
+        if self.max_body_bytes() < 1024 {
+            return Err(ConfigError::new("api.max_body_bytes", "must be at least 1024"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    leaves(&path, v, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    /// The example file documents every field, and every field can be set from the
+    /// environment: the three lists stay in step.
+    #[test]
+    fn example_file_fields_and_env_list_agree() {
+        let text = include_str!("../../../config/keygate.example.toml");
+        let uncommented: String = text
+            .lines()
+            .map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let value: toml::Value = toml::from_str(&uncommented).expect("example parses");
+        let config: Config = value.clone().try_into().expect("example deserializes");
+        config.validate().expect("example validates");
+        let mut found = Vec::new();
+        leaves("", &value, &mut found);
+        found.sort();
+        let mut listed: Vec<String> = FIELDS.iter().map(|(f, _)| (*f).to_owned()).collect();
+        listed.sort();
+        assert_eq!(found, listed);
+    }
+
+    #[test]
+    fn env_names_follow_the_rule() {
+        assert_eq!(env_var_for("database.url"), "KEYGATE_DATABASE_URL");
+        assert_eq!(env_var_for("public_url"), "KEYGATE_PUBLIC_URL");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = Config::default();
+        c.database.url = Some("mysql://x".into());
+        assert_eq!(c.validate().unwrap_err().field, "database.url");
+        let mut c = Config::default();
+        c.auth.access_token_ttl_secs = Some(5);
+        assert_eq!(c.validate().unwrap_err().field, "auth.access_token_ttl_secs");
+    }
+}

@@ -1,0 +1,17 @@
+//! Domain types shared by every keygate crate: typed ids, the enums that appear on the wire,
+//! timestamps, and the configuration file's types.
+//!
+//! This crate knows nothing about HTTP or SQL; it is the vocabulary the other crates speak.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod ids;
+pub mod model;
+pub mod secret;
+pub mod time;
+
+pub use ids::{
+    AgentSessionId, ApplicationId, ConnectionId, IntegrationId, OrgId, ServiceAccountId, UserId,
+};
+pub use secret::Secret;
+pub use time::Timestamp;
