@@ -1,1 +1,105 @@
+//! keygate's management REST API, `/api/v1`, wire-compatible with the Kontext API.
+//!
+//! Handlers live in [`routes`], one file per resource. Every route is registered through
+//! `utoipa-axum`, so `/api/openapi.json` is generated from the same code that serves requests.
+//! Requests pass, in order: request id → rate limit → body limit → handler, whose extractors
+//! ([`extract`], [`caller`]) turn bad input into [`ApiError`]s in the one flat error format.
 #![forbid(unsafe_code)]
+
+pub mod caller;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod rate_limit;
+pub mod request_id;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get};
+use axum::{Extension, Json, Router, middleware};
+use keygate_auth::AuthState;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+pub use caller::Caller;
+pub use error::ApiError;
+pub use rate_limit::Limiter;
+
+/// What the management handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub auth: AuthState,
+}
+
+impl ApiState {
+    pub fn store(&self) -> &keygate_store::Store {
+        &self.auth.store
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.auth.public_url
+    }
+}
+
+/// Settings of the API layer.
+#[derive(Clone)]
+pub struct ApiOptions {
+    pub max_body_bytes: usize,
+    pub limiter: Limiter,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "keygate management API", description = "Wire-compatible with the Kontext management API."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "applications"), (name = "integrations"), (name = "service-accounts"),
+        (name = "sessions"), (name = "traces"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the registered routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = api_routes().split_for_parts();
+    doc
+}
+
+fn api_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::routes())
+}
+
+/// `/api/v1/*` and `/api/openapi.json`.
+pub fn router(state: ApiState, options: ApiOptions) -> Router {
+    let (api, doc) = api_routes().split_for_parts();
+    let doc = Arc::new(doc);
+    let api = api
+        .route("/api/v1/{*rest}", any(unknown_route))
+        .layer(Extension(extract::MaxBody(options.max_body_bytes)))
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(middleware::from_fn_with_state(options.limiter, rate_limit::layer))
+        .with_state(state);
+    Router::new()
+        .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .merge(api)
+        .layer(middleware::from_fn(request_id::layer))
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::NotFound("No such endpoint")
+}

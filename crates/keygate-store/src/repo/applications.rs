@@ -179,7 +179,7 @@ impl Store {
         let now = Timestamp::now().millis();
         let mut tx = self.db.pool().begin().await?;
         let mut sql = Sql::new("UPDATE applications SET client_secret_hash = ");
-        sql.bind(secret_hash).push(", client_type = 'confidential', updated_at = ").bind(now);
+        sql.bind(secret_hash).push(", updated_at = ").bind(now);
         sql.push(" WHERE org_id = ").bind(org.to_string()).push(" AND id = ");
         sql.bind(id.to_string()).push(" AND archived_at IS NULL");
         if sql.query().execute(&mut *tx).await?.rows_affected() == 0 {

@@ -1,0 +1,99 @@
+//! `/applications/:id/sessions`: the agent sessions of an application.
+
+use axum::Json;
+use axum::extract::State;
+use keygate_core::model::DerivedSessionStatus;
+use keygate_core::{AgentSessionId, ApplicationId, Timestamp};
+use keygate_store::SessionFilter;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::ApiState;
+use crate::caller::Caller;
+use crate::dto::*;
+use crate::error::{ApiError, ErrorBody, OrNotFound};
+use crate::extract::{ApiQuery, Id, Ids};
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_sessions, revoke_sessions))
+        .routes(routes!(get_session))
+}
+
+const APP_NOT_FOUND: &str = "Application not found";
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    limit: Option<u32>,
+    /// `active`, `idle`, `expired` or `disconnected`.
+    status: Option<String>,
+    /// Include expired and disconnected sessions.
+    include_inactive: Option<bool>,
+}
+
+async fn check_app(state: &ApiState, caller: &Caller, id: ApplicationId) -> Result<(), ApiError> {
+    let app = state.store().get_application(caller.org, id).await.or_not_found(APP_NOT_FOUND)?;
+    if caller.is_privileged() || app.owner_user_id.is_some_and(|o| Some(o) == caller.user_id()) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(APP_NOT_FOUND))
+    }
+}
+
+/// List an application's agent sessions.
+#[utoipa::path(get, path = "/applications/{id}/sessions", tag = "sessions", params(("id" = String, Path, format = Uuid), ListQuery),
+    security(("bearer" = [])), responses((status = 200, body = SessionList), (status = 404, body = ErrorBody)))]
+async fn list_sessions(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Id(id): Id<ApplicationId>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    check_app(&state, &caller, id).await?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::validation("limit", format!("must be between 1 and {MAX_LIMIT}")));
+    }
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(DerivedSessionStatus::parse(s).ok_or_else(|| {
+            ApiError::validation("status", "must be active, idle, expired or disconnected")
+        })?),
+    };
+    let filter = SessionFilter { limit, status, include_inactive: q.include_inactive.unwrap_or(false) };
+    let now = Timestamp::now();
+    let sessions = state.store().list_agent_sessions(caller.org, id, filter, now).await?;
+    Ok(Json(SessionList { items: sessions.iter().map(|s| SessionView::new(s, now)).collect() }))
+}
+
+/// Disconnect every session of an application and invalidate their tokens.
+#[utoipa::path(delete, path = "/applications/{id}/sessions", tag = "sessions", params(("id" = String, Path, format = Uuid)),
+    security(("bearer" = [])), responses((status = 200, body = RevokeSessionsResult), (status = 404, body = ErrorBody)))]
+async fn revoke_sessions(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Id(id): Id<ApplicationId>,
+) -> Result<Json<RevokeSessionsResult>, ApiError> {
+    check_app(&state, &caller, id).await?;
+    let n = state.store().revoke_agent_sessions(caller.org, id).await?;
+    Ok(Json(RevokeSessionsResult { success: true, disconnected_count: n }))
+}
+
+/// Get one agent session.
+#[utoipa::path(get, path = "/applications/{id}/sessions/{sessionId}", tag = "sessions",
+    params(("id" = String, Path, format = Uuid), ("sessionId" = String, Path, format = Uuid)),
+    security(("bearer" = [])), responses((status = 200, body = SessionEnvelope), (status = 404, body = ErrorBody)))]
+async fn get_session(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Ids(id, session): Ids<ApplicationId, AgentSessionId>,
+) -> Result<Json<SessionEnvelope>, ApiError> {
+    check_app(&state, &caller, id).await?;
+    let s = state.store().get_agent_session(caller.org, id, session).await.or_not_found("Session not found")?;
+    Ok(Json(SessionEnvelope { session: SessionView::new(&s, Timestamp::now()) }))
+}

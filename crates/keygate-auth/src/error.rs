@@ -1,0 +1,80 @@
+//! OAuth errors as RFC 6749 §5.2 defines them.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered by an OAuth endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    /// Client authentication failed; `basic` when the client tried HTTP Basic.
+    #[error("invalid_client")]
+    InvalidClient { basic: bool },
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(String),
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    #[error("invalid_target: {0}")]
+    InvalidTarget(String),
+    #[error("server_error")]
+    Server(String),
+}
+
+impl OAuthError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            OAuthError::InvalidRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.clone()),
+            OAuthError::InvalidClient { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed".to_owned(),
+            ),
+            OAuthError::UnauthorizedClient(m) => {
+                (StatusCode::BAD_REQUEST, "unauthorized_client", m.clone())
+            }
+            OAuthError::UnsupportedGrantType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "this grant type is not supported".to_owned(),
+            ),
+            OAuthError::InvalidScope(m) => (StatusCode::BAD_REQUEST, "invalid_scope", m.clone()),
+            OAuthError::InvalidTarget(m) => (StatusCode::BAD_REQUEST, "invalid_target", m.clone()),
+            OAuthError::Server(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the authorization server failed; see its logs".to_owned(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        if let OAuthError::Server(detail) = &self {
+            tracing::error!(%detail, "token endpoint failed");
+        }
+        let (status, code, description) = self.parts();
+        let mut resp =
+            (status, Json(json!({"error": code, "error_description": description}))).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if matches!(self, OAuthError::InvalidClient { basic: true }) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"keygate\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<keygate_store::StoreError> for OAuthError {
+    fn from(e: keygate_store::StoreError) -> Self {
+        OAuthError::Server(e.to_string())
+    }
+}
