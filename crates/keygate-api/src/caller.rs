@@ -24,8 +24,14 @@ pub struct Caller {
 pub enum CallerKind {
     /// Service accounts administer the whole organization; they act for a user (their
     /// `actingUserId`) only where a user is needed, such as personal connections.
-    ServiceAccount { id: ServiceAccountId, acting_user: Option<UserId> },
-    User { id: UserId, role: Role },
+    ServiceAccount {
+        id: ServiceAccountId,
+        acting_user: Option<UserId>,
+    },
+    User {
+        id: UserId,
+        role: Role,
+    },
 }
 
 impl Caller {
@@ -58,7 +64,9 @@ impl Caller {
         if self.is_privileged() {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("This action requires an admin or owner".into()))
+            Err(ApiError::Forbidden(
+                "This action requires an admin or owner".into(),
+            ))
         }
     }
 }
@@ -71,21 +79,28 @@ impl FromRequestParts<ApiState> for Caller {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or(ApiError::Unauthorized("A bearer token is required"))?;
-        let claims =
-            state.auth.keys.verify(token, &state.auth.management_audience()).await.map_err(
-                |e| match e {
-                    VerifyError::Expired => ApiError::Unauthorized("The access token has expired"),
-                    VerifyError::Invalid => ApiError::Unauthorized("The access token is invalid"),
-                },
-            )?;
+        let claims = state
+            .auth
+            .keys
+            .verify(token, &state.auth.management_audience())
+            .await
+            .map_err(|e| match e {
+                VerifyError::Expired => ApiError::Unauthorized("The access token has expired"),
+                VerifyError::Invalid => ApiError::Unauthorized("The access token is invalid"),
+            })?;
         let revoked = || ApiError::Unauthorized("The access token's principal is no longer active");
         match claims.subject() {
             Some(Subject::ServiceAccount(id)) => {
                 if !claims.has_scope(MANAGEMENT_SCOPE) {
-                    return Err(ApiError::Forbidden(format!("The token lacks `{MANAGEMENT_SCOPE}`")));
+                    return Err(ApiError::Forbidden(format!(
+                        "The token lacks `{MANAGEMENT_SCOPE}`"
+                    )));
                 }
                 let account = match state.auth.store.get_service_account(claims.org, id).await {
                     Ok(a) if a.archived_at.is_none() => a,
@@ -94,7 +109,10 @@ impl FromRequestParts<ApiState> for Caller {
                 };
                 Ok(Caller {
                     org: claims.org,
-                    kind: CallerKind::ServiceAccount { id, acting_user: account.acting_user_id },
+                    kind: CallerKind::ServiceAccount {
+                        id,
+                        acting_user: account.acting_user_id,
+                    },
                 })
             }
             Some(Subject::User(id)) => {
@@ -103,7 +121,13 @@ impl FromRequestParts<ApiState> for Caller {
                     Err(StoreError::NotFound) => return Err(revoked()),
                     Err(e) => return Err(e.into()),
                 };
-                Ok(Caller { org: claims.org, kind: CallerKind::User { id, role: user.role } })
+                Ok(Caller {
+                    org: claims.org,
+                    kind: CallerKind::User {
+                        id,
+                        role: user.role,
+                    },
+                })
             }
             None => Err(ApiError::Unauthorized("The access token is invalid")),
         }

@@ -243,7 +243,12 @@ impl ConnectionView {
                 expires_at: c.expires_at,
                 display_name: c.display_name.clone(),
             },
-            _ => Self { connected: false, status: "disconnected", expires_at: None, display_name: None },
+            _ => Self {
+                connected: false,
+                status: "disconnected",
+                expires_at: None,
+                display_name: None,
+            },
         }
     }
 }
@@ -488,7 +493,11 @@ impl SessionView {
             connected_at: s.connected_at,
             disconnected_at: s.disconnected_at,
             created_at: s.created_at,
-            agent_id: Some(s.agent_id.clone().unwrap_or_else(|| s.application_id.to_string())),
+            agent_id: Some(
+                s.agent_id
+                    .clone()
+                    .unwrap_or_else(|| s.application_id.to_string()),
+            ),
             user_id: s.user_id.map(|u| u.to_string()),
             hostname: s.hostname.clone(),
             user_agent: s.user_agent.clone(),

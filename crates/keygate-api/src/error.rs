@@ -19,7 +19,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -28,7 +31,10 @@ impl FieldError {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    Validation { message: String, errors: Vec<FieldError> },
+    Validation {
+        message: String,
+        errors: Vec<FieldError>,
+    },
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]

@@ -92,10 +92,16 @@ pub fn router(state: ApiState, options: ApiOptions) -> Router {
         .route("/api/v1/{*rest}", any(unknown_route))
         .layer(Extension(extract::MaxBody(options.max_body_bytes)))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
-        .layer(middleware::from_fn_with_state(options.limiter, rate_limit::layer))
+        .layer(middleware::from_fn_with_state(
+            options.limiter,
+            rate_limit::layer,
+        ))
         .with_state(state);
     Router::new()
-        .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .route(
+            "/api/openapi.json",
+            get(move || async move { Json(doc.as_ref().clone()) }),
+        )
         .merge(api)
         .layer(middleware::from_fn(request_id::layer))
 }

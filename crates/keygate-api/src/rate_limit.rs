@@ -54,7 +54,10 @@ pub async fn layer(State(limiter): State<Limiter>, req: Request, next: Next) -> 
         Err(not_until) => {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            ApiError::RateLimited { retry_after: retry_after.max(1) }.into_response()
+            ApiError::RateLimited {
+                retry_after: retry_after.max(1),
+            }
+            .into_response()
         }
     }
 }

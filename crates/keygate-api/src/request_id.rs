@@ -20,7 +20,9 @@ pub fn current() -> String {
 fn acceptable(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 /// Middleware: assigns the id, runs the request inside its scope, and sets the header.

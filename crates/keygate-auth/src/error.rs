@@ -28,7 +28,9 @@ pub enum OAuthError {
 impl OAuthError {
     fn parts(&self) -> (StatusCode, &'static str, String) {
         match self {
-            OAuthError::InvalidRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.clone()),
+            OAuthError::InvalidRequest(m) => {
+                (StatusCode::BAD_REQUEST, "invalid_request", m.clone())
+            }
             OAuthError::InvalidClient { .. } => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -59,8 +61,11 @@ impl IntoResponse for OAuthError {
             tracing::error!(%detail, "token endpoint failed");
         }
         let (status, code, description) = self.parts();
-        let mut resp =
-            (status, Json(json!({"error": code, "error_description": description}))).into_response();
+        let mut resp = (
+            status,
+            Json(json!({"error": code, "error_description": description})),
+        )
+            .into_response();
         let headers = resp.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if matches!(self, OAuthError::InvalidClient { basic: true }) {

@@ -55,7 +55,11 @@ impl KeyRing {
                 load_keys(&store).await?.expect("a key was just stored")
             }
         };
-        Ok(Self { store, issuer, keys: ArcSwap::from_pointee(keys) })
+        Ok(Self {
+            store,
+            issuer,
+            keys: ArcSwap::from_pointee(keys),
+        })
     }
 
     pub fn issuer(&self) -> &str {
@@ -106,12 +110,12 @@ impl KeyRing {
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 5;
-        jsonwebtoken::decode::<Claims>(token, key, &validation).map(|d| d.claims).map_err(|e| {
-            match e.kind() {
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => VerifyError::Expired,
                 _ => VerifyError::Invalid,
-            }
-        })
+            })
     }
 
     /// The JWKS document.
@@ -133,7 +137,10 @@ async fn load_keys(store: &Store) -> Result<Option<Keys>, StoreError> {
     for key in &stored {
         let (Some(x), Some(y)) = (key.public_jwk["x"].as_str(), key.public_jwk["y"].as_str())
         else {
-            return Err(StoreError::Corrupt(format!("signing key {} has no x/y", key.kid)));
+            return Err(StoreError::Corrupt(format!(
+                "signing key {} has no x/y",
+                key.kid
+            )));
         };
         let decoding = DecodingKey::from_ec_components(x, y)
             .map_err(|e| StoreError::Corrupt(format!("signing key {}: {e}", key.kid)))?;
@@ -151,7 +158,9 @@ async fn load_keys(store: &Store) -> Result<Option<Keys>, StoreError> {
 /// The signer of a PKCS#8 PEM P-256 key.
 fn encoding_key(pem: &Secret) -> Option<EncodingKey> {
     let key = p256::SecretKey::from_pkcs8_pem(pem.expose()).ok()?;
-    Some(EncodingKey::from_ec_der(key.to_pkcs8_der().ok()?.as_bytes()))
+    Some(EncodingKey::from_ec_der(
+        key.to_pkcs8_der().ok()?.as_bytes(),
+    ))
 }
 
 /// A fresh P-256 key; its kid is the RFC 7638 thumbprint of the public JWK.
@@ -162,7 +171,9 @@ fn generate() -> StoredSigningKey {
     let y = URL_SAFE_NO_PAD.encode(point.y().expect("uncompressed point has y"));
     let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
     let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()));
-    let pem = secret.to_pkcs8_pem(LineEnding::LF).expect("PKCS#8 encoding of a P-256 key");
+    let pem = secret
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("PKCS#8 encoding of a P-256 key");
     StoredSigningKey {
         public_jwk: json!({
             "kty": "EC", "crv": "P-256", "x": x, "y": y,

@@ -49,7 +49,8 @@ async fn token(State(state): State<AuthState>, headers: HeaderMap, body: Bytes) 
     match result {
         Ok(token) => {
             let mut resp = Json(token).into_response();
-            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
         Err(e) => e.into_response(),
@@ -58,8 +59,10 @@ async fn token(State(state): State<AuthState>, headers: HeaderMap, body: Bytes) 
 
 async fn jwks(State(state): State<AuthState>) -> Response {
     let mut resp = Json(state.keys.jwks()).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     resp
 }
 

@@ -4,8 +4,8 @@
 //! hash adds nothing against guessing 2^256 values, and costs every token request); they are
 //! compared in constant time. Human passwords get argon2id.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
@@ -23,7 +23,10 @@ pub fn generate_client_secret() -> String {
 
 /// The stored form of a client secret.
 pub fn hash_client_secret(secret: &str) -> String {
-    format!("{HASH_PREFIX}{}", URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes())))
+    format!(
+        "{HASH_PREFIX}{}",
+        URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes()))
+    )
 }
 
 /// Whether `secret` matches `stored`, in time independent of where they differ.
@@ -35,13 +38,18 @@ pub fn verify_client_secret(secret: &str, stored: &str) -> bool {
 /// argon2id PHC string of a password.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
 }
 
 /// Whether `password` matches an argon2 PHC string.
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc)
-        .is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+    PasswordHash::new(phc).is_ok_and(|hash| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok()
+    })
 }
 
 #[cfg(test)]

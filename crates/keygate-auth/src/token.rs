@@ -10,7 +10,9 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use keygate_core::{ServiceAccountId, Timestamp};
+use keygate_core::ids::APP_CLIENT_PREFIX;
+use keygate_core::model::Application;
+use keygate_core::{ApplicationId, ServiceAccountId, Timestamp};
 use keygate_store::StoreError;
 use serde::Serialize;
 use uuid::Uuid;
@@ -52,7 +54,9 @@ impl TokenRequest {
         let mut params = HashMap::with_capacity(pairs.len());
         for (k, v) in pairs {
             if params.insert(k.clone(), v).is_some() {
-                return Err(OAuthError::InvalidRequest(format!("parameter `{k}` is repeated")));
+                return Err(OAuthError::InvalidRequest(format!(
+                    "parameter `{k}` is repeated"
+                )));
             }
         }
         let basic = match headers.get(AUTHORIZATION) {
@@ -68,14 +72,19 @@ impl TokenRequest {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.params
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// `(client_id, client_secret, used_basic)`.
     fn client_credentials(&self) -> Result<(String, Option<String>, bool), OAuthError> {
         if let Some((id, secret)) = &self.basic {
             if self.get("client_id").is_some_and(|form_id| form_id != id) {
-                return Err(OAuthError::InvalidRequest("client_id does not match".into()));
+                return Err(OAuthError::InvalidRequest(
+                    "client_id does not match".into(),
+                ));
             }
             return Ok((id.clone(), Some(secret.clone()), true));
         }
@@ -117,6 +126,12 @@ async fn client_credentials(
 ) -> Result<TokenResponse, OAuthError> {
     let (client_id, secret, basic) = req.client_credentials()?;
     let invalid = OAuthError::InvalidClient { basic };
+    if let Some(app_id) = client_id.strip_prefix(APP_CLIENT_PREFIX) {
+        authenticate_application(state, app_id, secret.as_deref(), basic).await?;
+        return Err(OAuthError::UnauthorizedClient(
+            "applications obtain tokens for their users with authorization_code".into(),
+        ));
+    }
     let Some(sa_id) = ServiceAccountId::from_client_id(&client_id) else {
         return Err(invalid);
     };
@@ -170,6 +185,27 @@ async fn client_credentials(
     })
 }
 
+/// Authenticates a confidential application client (`app_<uuid>` + its current secret).
+/// Archived applications, public clients presenting a secret, and old secrets all fail alike.
+pub async fn authenticate_application(
+    state: &AuthState,
+    app_id: &str,
+    secret: Option<&str>,
+    basic: bool,
+) -> Result<Application, OAuthError> {
+    let invalid = || OAuthError::InvalidClient { basic };
+    let id: ApplicationId = app_id.parse().map_err(|_| invalid())?;
+    let (app, hash) = match state.store.application_secret_hash(id).await {
+        Ok(found) => found,
+        Err(StoreError::NotFound) => return Err(invalid()),
+        Err(e) => return Err(e.into()),
+    };
+    match (hash, secret) {
+        (Some(hash), Some(secret)) if verify_client_secret(secret, &hash) => Ok(app),
+        _ => Err(invalid()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +213,10 @@ mod tests {
     #[test]
     fn basic_credentials_are_form_decoded() {
         let header = format!("Basic {}", STANDARD.encode("sa_x:a%2Bb%3Ac"));
-        assert_eq!(parse_basic(&header).unwrap(), ("sa_x".into(), "a+b:c".into()));
+        assert_eq!(
+            parse_basic(&header).unwrap(),
+            ("sa_x".into(), "a+b:c".into())
+        );
         assert!(parse_basic("Bearer abc").is_err());
         assert!(parse_basic("Basic !!!").is_err());
     }
@@ -185,8 +224,13 @@ mod tests {
     #[test]
     fn repeated_parameters_are_refused() {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
-        let err = TokenRequest::parse(&headers, b"grant_type=a&grant_type=b").err().unwrap();
+        headers.insert(
+            CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let err = TokenRequest::parse(&headers, b"grant_type=a&grant_type=b")
+            .err()
+            .unwrap();
         assert!(matches!(err, OAuthError::InvalidRequest(_)));
         let mut json = HeaderMap::new();
         json.insert(CONTENT_TYPE, "application/json".parse().unwrap());

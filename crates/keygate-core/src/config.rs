@@ -116,7 +116,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -129,7 +132,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
 impl Config {
     pub fn listen(&self) -> SocketAddr {
-        self.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
+        self.listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
     }
 
     /// The public URL without a trailing slash.
@@ -152,11 +156,15 @@ impl Config {
     }
 
     pub fn access_token_ttl_secs(&self) -> u64 {
-        self.auth.access_token_ttl_secs.unwrap_or(DEFAULT_ACCESS_TOKEN_TTL_SECS)
+        self.auth
+            .access_token_ttl_secs
+            .unwrap_or(DEFAULT_ACCESS_TOKEN_TTL_SECS)
     }
 
     pub fn rate_limit_per_minute(&self) -> u32 {
-        self.api.rate_limit_per_minute.unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE)
+        self.api
+            .rate_limit_per_minute
+            .unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE)
     }
 
     pub fn max_body_bytes(&self) -> usize {
@@ -164,17 +172,25 @@ impl Config {
     }
 
     pub fn max_connections(&self) -> u32 {
-        self.database.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+        self.database
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
     }
 
     /// Checks everything that can be checked without touching the network or the disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.public_url {
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(ConfigError::new("public_url", "must be an http or https URL"));
+                return Err(ConfigError::new(
+                    "public_url",
+                    "must be an http or https URL",
+                ));
             }
             if url.query().is_some() || url.fragment().is_some() {
-                return Err(ConfigError::new("public_url", "must not have a query or fragment"));
+                return Err(ConfigError::new(
+                    "public_url",
+                    "must not have a query or fragment",
+                ));
             }
         }
         if let Some(format) = &self.log.format
@@ -183,14 +199,20 @@ impl Config {
             return Err(ConfigError::new("log.format", "must be `text` or `json`"));
         }
         let db = self.database_url();
-        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
             return Err(ConfigError::new(
                 "database.url",
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
         if self.max_connections() == 0 {
-            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
         }
         if let Some(ttl) = self.auth.access_token_ttl_secs
             && !(60..=86_400).contains(&ttl)
@@ -201,10 +223,16 @@ impl Config {
             ));
         }
         if self.rate_limit_per_minute() == 0 {
-            return Err(ConfigError::new("api.rate_limit_per_minute", "must be at least 1"));
+            return Err(ConfigError::new(
+                "api.rate_limit_per_minute",
+                "must be at least 1",
+            ));
         }
         if self.max_body_bytes() < 1024 {
-            return Err(ConfigError::new("api.max_body_bytes", "must be at least 1024"));
+            return Err(ConfigError::new(
+                "api.max_body_bytes",
+                "must be at least 1024",
+            ));
         }
         Ok(())
     }
@@ -218,7 +246,11 @@ mod tests {
         match value {
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     leaves(&path, v, out);
                 }
             }
@@ -233,7 +265,11 @@ mod tests {
         let text = include_str!("../../../config/keygate.example.toml");
         let uncommented: String = text
             .lines()
-            .map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")).unwrap_or(l))
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|l| l.contains(" = "))
+                    .unwrap_or(l)
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let value: toml::Value = toml::from_str(&uncommented).expect("example parses");
@@ -260,6 +296,9 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "database.url");
         let mut c = Config::default();
         c.auth.access_token_ttl_secs = Some(5);
-        assert_eq!(c.validate().unwrap_err().field, "auth.access_token_ttl_secs");
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "auth.access_token_ttl_secs"
+        );
     }
 }

@@ -28,7 +28,11 @@ impl Db {
     /// Connects to `sqlite://PATH` (created if missing, WAL mode) or `postgres://…`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         install_default_drivers();
-        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10));
@@ -44,7 +48,11 @@ impl Db {
                         Ok(())
                     })
                 });
-                if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") }
+                if url.contains('?') {
+                    url.to_owned()
+                } else {
+                    format!("{url}?mode=rwc")
+                }
             }
             Backend::Postgres => url.to_owned(),
         };
@@ -85,14 +93,14 @@ mod tests {
     /// differently.
     #[test]
     fn migrations_stay_in_step() {
-        for (sqlite, postgres) in [(
-            include_str!("../migrations/sqlite/0001_init.sql"),
-            include_str!("../migrations/postgres/0001_init.sql"),
-        )] {
-            let body = |s: &str| -> String {
-                s.lines().filter(|l| !l.starts_with("--")).collect::<Vec<_>>().join("\n")
-            };
-            assert_eq!(body(sqlite).replace("BLOB", "BYTEA"), body(postgres));
-        }
+        let sqlite = include_str!("../migrations/sqlite/0001_init.sql");
+        let postgres = include_str!("../migrations/postgres/0001_init.sql");
+        let body = |s: &str| -> String {
+            s.lines()
+                .filter(|l| !l.starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(body(sqlite).replace("BLOB", "BYTEA"), body(postgres));
     }
 }

@@ -21,7 +21,7 @@ pub use repo::applications::{ApplicationPatch, NewApplication, OAuthClientPatch}
 pub use repo::integrations::{IntegrationPatch, NewIntegration};
 pub use repo::keys::StoredSigningKey;
 pub use repo::sessions::{NewAgentSession, SessionFilter};
-pub use repo::traces::{EventFilter, TraceStats, TraceSummary, ToolStat};
+pub use repo::traces::{EventFilter, ToolStat, TraceStats, TraceSummary};
 pub use repo::users::ServiceAccountCredentials;
 pub use vault::{Kek, Purpose, SealContext, Vault, VaultError};
 
@@ -36,7 +36,10 @@ pub struct Store {
 
 impl Store {
     pub fn new(db: Db, vault: Vault) -> Self {
-        Self { db, vault: Arc::new(vault) }
+        Self {
+            db,
+            vault: Arc::new(vault),
+        }
     }
 
     pub fn db(&self) -> &Db {

@@ -58,7 +58,10 @@ pub(crate) struct Sql {
 
 impl Sql {
     pub fn new(text: &str) -> Self {
-        Self { text: text.to_owned(), args: Vec::new() }
+        Self {
+            text: text.to_owned(),
+            args: Vec::new(),
+        }
     }
 
     /// Appends raw SQL.

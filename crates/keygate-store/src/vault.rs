@@ -36,7 +36,11 @@ pub enum VaultError {
     #[error(
         "data key {data_key} is wrapped by key-encryption key {kek_id}, but the configured key is {configured}"
     )]
-    WrongKek { data_key: Uuid, kek_id: String, configured: String },
+    WrongKek {
+        data_key: Uuid,
+        kek_id: String,
+        configured: String,
+    },
     #[error("key-encryption key must be 32 bytes of standard base64")]
     BadKek,
 }
@@ -98,14 +102,18 @@ pub struct Kek {
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kek").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Kek")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Kek {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, VaultError> {
         let cipher = Aes256Gcm::new_from_slice(bytes).map_err(|_| VaultError::BadKek)?;
-        let digest = Sha256::new_with_prefix(b"keygate-kek-id").chain_update(bytes).finalize();
+        let digest = Sha256::new_with_prefix(b"keygate-kek-id")
+            .chain_update(bytes)
+            .finalize();
         let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         Ok(Self { id, cipher })
     }
@@ -152,7 +160,13 @@ fn encrypt(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ct = cipher
-        .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("AES-GCM encryption of in-memory data cannot fail");
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
@@ -185,9 +199,16 @@ impl Vault {
             let id = Uuid::now_v7();
             let mut key = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut key);
-            let mut sql = Sql::new("INSERT INTO data_keys (id, kek_id, wrapped, created_at) VALUES (");
-            sql.bind(id.to_string()).push(", ").bind(kek.id()).push(", ");
-            sql.bind(kek.wrap(id, &key)).push(", ").bind(Timestamp::now().millis()).push(")");
+            let mut sql =
+                Sql::new("INSERT INTO data_keys (id, kek_id, wrapped, created_at) VALUES (");
+            sql.bind(id.to_string())
+                .push(", ")
+                .bind(kek.id())
+                .push(", ");
+            sql.bind(kek.wrap(id, &key))
+                .push(", ")
+                .bind(Timestamp::now().millis())
+                .push(")");
             sql.query().execute(db.pool()).await?;
             // Another replica may have raced us; whatever is stored now is the truth.
             rows = load_data_keys(db).await?;
@@ -207,7 +228,11 @@ impl Vault {
             keys.insert(*id, cipher);
         }
         // The newest data key seals; older ones still open what they sealed.
-        let active = rows.iter().map(|(id, _, _)| *id).max().expect("at least one data key");
+        let active = rows
+            .iter()
+            .map(|(id, _, _)| *id)
+            .max()
+            .expect("at least one data key");
         Ok(Self { active, keys })
     }
 
@@ -230,7 +255,9 @@ impl Vault {
                 .into());
             };
             let mut sql = Sql::new("UPDATE data_keys SET kek_id = ");
-            sql.bind(new.id()).push(", wrapped = ").bind(new.wrap(*id, &key));
+            sql.bind(new.id())
+                .push(", wrapped = ")
+                .bind(new.wrap(*id, &key));
             sql.push(" WHERE id = ").bind(id.to_string());
             sql.query().execute(&mut *tx).await?;
         }
@@ -255,7 +282,10 @@ impl Vault {
             return Err(VaultError::Malformed);
         }
         let key_id = Uuid::from_slice(&sealed[1..17]).map_err(|_| VaultError::Malformed)?;
-        let cipher = self.keys.get(&key_id).ok_or(VaultError::UnknownDataKey(key_id))?;
+        let cipher = self
+            .keys
+            .get(&key_id)
+            .ok_or(VaultError::UnknownDataKey(key_id))?;
         decrypt(cipher, ctx.aad().as_bytes(), &sealed[17..])
     }
 
@@ -273,7 +303,8 @@ async fn load_data_keys(db: &Db) -> Result<Vec<(Uuid, String, Vec<u8>)>> {
     rows.iter()
         .map(|r| {
             let id: String = r.try_get("id")?;
-            let id = Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt("data_keys.id".into()))?;
+            let id =
+                Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt("data_keys.id".into()))?;
             Ok((id, r.try_get("kek_id")?, r.try_get("wrapped")?))
         })
         .collect()

@@ -1,1 +1,273 @@
+//! Test harness: boots the real gateway in-process on an ephemeral port, on a temporary SQLite
+//! file or a freshly created PostgreSQL database (dropped afterwards), and hands out tokens.
+//!
+//! PostgreSQL is reached at `KEYGATE_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each gateway gets its own database named
+//! `keygate_test_<uuid>`.
 #![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use keygate::app::Gateway;
+use keygate_core::OrgId;
+use keygate_core::config::Config;
+use keygate_store::{Kek, Store};
+use serde_json::Value;
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use keygate_store::Backend;
+
+/// The PostgreSQL server used by tests.
+pub fn postgres_admin_url() -> String {
+    std::env::var("KEYGATE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A throwaway PostgreSQL database, dropped when this value is.
+pub struct TempPostgres {
+    pub url: String,
+    name: String,
+}
+
+impl TempPostgres {
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin = postgres_admin_url();
+        let name = format!("keygate_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let mut url = url::Url::parse(&admin)?;
+        url.set_path(&name);
+        Ok(Self {
+            url: url.to_string(),
+            name,
+        })
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside a test's runtime; do the async cleanup on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+                    .await
+                    .ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()?;
+                conn.close().await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A running gateway and what a test needs to talk to it.
+pub struct TestGateway {
+    pub url: String,
+    pub store: Store,
+    pub org: OrgId,
+    pub http: reqwest::Client,
+    pub data_dir: tempfile::TempDir,
+    pub database_url: String,
+    pub backend: Backend,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _postgres: Option<TempPostgres>,
+}
+
+impl TestGateway {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a gateway after `tweak` has adjusted its configuration.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let postgres = match backend {
+            Backend::Postgres => Some(TempPostgres::create().await.expect("create test database")),
+            Backend::Sqlite => None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut config = Config {
+            listen: Some(addr),
+            data_dir: Some(data_dir.path().display().to_string()),
+            ..Default::default()
+        };
+        config.database.url = postgres.as_ref().map(|p| p.url.clone());
+        config.database.max_connections = Some(5);
+        config.vault.key = Some(Kek::generate_base64());
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let kek = Kek::from_base64(config.vault.key.as_ref().unwrap()).unwrap();
+        let gateway = Gateway::open(&config, &kek).await.expect("open gateway");
+        let store = gateway.store.clone();
+        let org = store.default_organization().await.expect("org").id;
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(gateway.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Self {
+            url: config.public_url(),
+            store,
+            org,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            data_dir,
+            database_url: config.database_url(),
+            backend,
+            shutdown: Some(tx),
+            task: Some(task),
+            _postgres: postgres,
+        }
+    }
+
+    /// Creates a service account in `org` and returns `(clientId, clientSecret)`.
+    pub async fn service_account_in(&self, org: OrgId, name: &str) -> (String, String) {
+        let secret = keygate_auth::secret::generate_client_secret();
+        let hash = keygate_auth::secret::hash_client_secret(&secret);
+        let sa = self
+            .store
+            .create_service_account(org, name, None, None, &hash)
+            .await
+            .unwrap();
+        (sa.id.client_id(), secret)
+    }
+
+    /// `POST /oauth2/token` with client credentials; returns the status and body.
+    pub async fn client_credentials(&self, client_id: &str, secret: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/oauth2/token", self.url))
+            .basic_auth(client_id, Some(secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "management:all"),
+                ("audience", &format!("{}/api/v1", self.url)),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A management token of a fresh service account of the default organization.
+    pub async fn admin_token(&self) -> String {
+        let (id, secret) = self.service_account_in(self.org, "test-admin").await;
+        let (status, body) = self.client_credentials(&id, &secret).await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends a management request and returns `(status, headers, body)`.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, headers, value)
+    }
+
+    /// Runs one SQL statement on the gateway's database, behind the store's back.
+    pub async fn raw_execute(&self, sql: &str) {
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .expect("raw sql");
+        conn.close().await.ok();
+    }
+
+    /// Everything the database holds, as text: the SQLite files' bytes (main file and WAL),
+    /// or every row of every table rendered by PostgreSQL (binary columns as hex).
+    pub async fn raw_dump(&self) -> String {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut out = String::new();
+                for entry in std::fs::read_dir(self.data_dir.path()).expect("data dir") {
+                    let path = entry.expect("entry").path();
+                    if path.to_string_lossy().contains("keygate.db") {
+                        out.push_str(&String::from_utf8_lossy(
+                            &std::fs::read(&path).expect("read"),
+                        ));
+                    }
+                }
+                out
+            }
+            Backend::Postgres => {
+                use sqlx::Row;
+                let mut conn = sqlx::PgConnection::connect(&self.database_url)
+                    .await
+                    .expect("connect");
+                let tables: Vec<String> = sqlx::query(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .expect("tables")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+                let mut out = String::new();
+                for t in tables {
+                    let rows = sqlx::query(&format!("SELECT t::text FROM {t} t"))
+                        .fetch_all(&mut conn)
+                        .await
+                        .expect("rows");
+                    for r in rows {
+                        out.push_str(&r.get::<String, _>(0));
+                        out.push('\n');
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Stops the gateway and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("gateway task").expect("gateway served");
+        }
+    }
+}

@@ -25,7 +25,11 @@ pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_applications, create_application))
         .routes(routes!(access_graph))
-        .routes(routes!(get_application, update_application, archive_application))
+        .routes(routes!(
+            get_application,
+            update_application,
+            archive_application
+        ))
         .routes(routes!(rotate_secret))
         .routes(routes!(get_oauth, update_oauth))
         .routes(routes!(list_integrations, replace_integrations))
@@ -45,9 +49,21 @@ struct ListQuery {
 
 /// An application the caller may see: privileged callers see the organization's, members
 /// their own. Anything else is "not found".
-async fn visible(state: &ApiState, caller: &Caller, id: ApplicationId) -> Result<Application, ApiError> {
-    let app = state.store().get_application(caller.org, id).await.or_not_found(NOT_FOUND)?;
-    if caller.is_privileged() || app.owner_user_id.is_some_and(|o| Some(o) == caller.user_id()) {
+async fn visible(
+    state: &ApiState,
+    caller: &Caller,
+    id: ApplicationId,
+) -> Result<Application, ApiError> {
+    let app = state
+        .store()
+        .get_application(caller.org, id)
+        .await
+        .or_not_found(NOT_FOUND)?;
+    if caller.is_privileged()
+        || app
+            .owner_user_id
+            .is_some_and(|o| Some(o) == caller.user_id())
+    {
         Ok(app)
     } else {
         Err(ApiError::NotFound(NOT_FOUND))
@@ -55,7 +71,11 @@ async fn visible(state: &ApiState, caller: &Caller, id: ApplicationId) -> Result
 }
 
 /// Like [`visible`], and not archived.
-async fn modifiable(state: &ApiState, caller: &Caller, id: ApplicationId) -> Result<Application, ApiError> {
+async fn modifiable(
+    state: &ApiState,
+    caller: &Caller,
+    id: ApplicationId,
+) -> Result<Application, ApiError> {
     let app = visible(state, caller, id).await?;
     if app.archived_at.is_some() {
         return Err(ApiError::Conflict("Application is archived".into()));
@@ -70,14 +90,26 @@ async fn view(
     secret: Option<String>,
 ) -> Result<ApplicationView, ApiError> {
     let store = state.store();
-    let counts = store.session_counts(caller.org, app.id, Timestamp::now()).await?;
+    let counts = store
+        .session_counts(caller.org, app.id, Timestamp::now())
+        .await?;
     let ids = store.attached_integration_ids(caller.org, app.id).await?;
     let mut integrations = store.integrations_by_ids(caller.org, &ids).await?;
     integrations.sort_by_key(|i| ids.iter().position(|id| *id == i.id));
-    let integrations = integrations.iter().map(|i| IntegrationView::new(i, None)).collect();
+    let integrations = integrations
+        .iter()
+        .map(|i| IntegrationView::new(i, None))
+        .collect();
     // Whoever can see an application may change it, until it is archived.
     let can_modify = app.archived_at.is_none();
-    Ok(ApplicationView::new(app, state.public_url(), can_modify, counts, integrations, secret))
+    Ok(ApplicationView::new(
+        app,
+        state.public_url(),
+        can_modify,
+        counts,
+        integrations,
+        secret,
+    ))
 }
 
 fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
@@ -112,13 +144,20 @@ fn check_oauth_lists(
         }
     }
     for (i, scope) in scopes.unwrap_or_default().iter().enumerate() {
-        let legal = !scope.is_empty() && scope.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        let legal = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
         if !legal {
-            errors.push(FieldError::new(format!("{prefix}scopes[{i}]"), "is not a valid scope token"));
+            errors.push(FieldError::new(
+                format!("{prefix}scopes[{i}]"),
+                "is not a valid scope token",
+            ));
         }
     }
     for (i, resource) in resources.unwrap_or_default().iter().enumerate() {
-        let ok = Url::parse(resource).is_ok_and(|u| u.fragment().is_none() && !u.cannot_be_a_base());
+        let ok =
+            Url::parse(resource).is_ok_and(|u| u.fragment().is_none() && !u.cannot_be_a_base());
         if !ok {
             errors.push(FieldError::new(
                 format!("{prefix}allowedResources[{i}]"),
@@ -126,7 +165,11 @@ fn check_oauth_lists(
             ));
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(ApiError::fields(errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::fields(errors))
+    }
 }
 
 /// List applications.
@@ -147,12 +190,18 @@ async fn list_applications(
         }
         (_, false) => caller.user_id(),
     };
-    let page = state.store().list_applications(caller.org, owner, page).await?;
+    let page = state
+        .store()
+        .list_applications(caller.org, owner, page)
+        .await?;
     let mut items = Vec::with_capacity(page.items.len());
     for app in &page.items {
         items.push(view(&state, &caller, app, None).await?);
     }
-    Ok(Json(ApplicationList { items, next_cursor: page.next.map(|c| c.encode()) }))
+    Ok(Json(ApplicationList {
+        items,
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
 }
 
 /// Create an application. A confidential client's secret is in the response, once.
@@ -166,7 +215,12 @@ async fn create_application(
 ) -> Result<(StatusCode, Json<ApplicationWithSecret>), ApiError> {
     let name = check_name("name", &body.name)?;
     let o = body.oauth;
-    check_oauth_lists(Some(&o.redirect_uris), Some(&o.scopes), Some(&o.allowed_resources), "oauth.")?;
+    check_oauth_lists(
+        Some(&o.redirect_uris),
+        Some(&o.scopes),
+        Some(&o.allowed_resources),
+        "oauth.",
+    )?;
     let secret = (o.client_type == ClientType::Confidential).then(generate_client_secret);
     let new = NewApplication {
         name,
@@ -183,7 +237,10 @@ async fn create_application(
     let app = state.store().create_application(caller.org, new).await?;
     let application = view(&state, &caller, &app, secret.clone()).await?;
     let oauth = ApplicationOAuthView::new(&app, state.public_url(), secret);
-    Ok((StatusCode::CREATED, Json(ApplicationWithSecret { application, oauth })))
+    Ok((
+        StatusCode::CREATED,
+        Json(ApplicationWithSecret { application, oauth }),
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -204,7 +261,12 @@ async fn access_graph(
     ApiQuery(q): ApiQuery<GraphQuery>,
 ) -> Result<Json<AccessGraph>, ApiError> {
     caller.require_privileged()?;
-    Ok(Json(state.store().access_graph(caller.org, q.include_policy.unwrap_or(false)).await?))
+    Ok(Json(
+        state
+            .store()
+            .access_graph(caller.org, q.include_policy.unwrap_or(false))
+            .await?,
+    ))
 }
 
 /// Get an application.
@@ -217,12 +279,22 @@ async fn get_application(
     Id(id): Id<ApplicationId>,
 ) -> Result<Json<ApplicationEnvelope>, ApiError> {
     let app = visible(&state, &caller, id).await?;
-    Ok(Json(ApplicationEnvelope { application: view(&state, &caller, &app, None).await? }))
+    Ok(Json(ApplicationEnvelope {
+        application: view(&state, &caller, &app, None).await?,
+    }))
 }
 
-fn oauth_patch(o: Option<UpdateApplicationOAuth>, prefix: &str) -> Result<OAuthClientPatch, ApiError> {
+fn oauth_patch(
+    o: Option<UpdateApplicationOAuth>,
+    prefix: &str,
+) -> Result<OAuthClientPatch, ApiError> {
     let o = o.unwrap_or_default();
-    check_oauth_lists(o.redirect_uris.as_deref(), o.scopes.as_deref(), o.allowed_resources.as_deref(), prefix)?;
+    check_oauth_lists(
+        o.redirect_uris.as_deref(),
+        o.scopes.as_deref(),
+        o.allowed_resources.as_deref(),
+        prefix,
+    )?;
     Ok(OAuthClientPatch {
         redirect_uris: o.redirect_uris,
         pkce_required: o.pkce_required,
@@ -243,11 +315,21 @@ async fn update_application(
 ) -> Result<Json<ApplicationEnvelope>, ApiError> {
     modifiable(&state, &caller, id).await?;
     let patch = ApplicationPatch {
-        name: body.name.as_deref().map(|n| check_name("name", n)).transpose()?,
+        name: body
+            .name
+            .as_deref()
+            .map(|n| check_name("name", n))
+            .transpose()?,
         oauth: oauth_patch(body.oauth, "oauth.")?,
     };
-    let app = state.store().update_application(caller.org, id, patch).await.or_not_found(NOT_FOUND)?;
-    Ok(Json(ApplicationEnvelope { application: view(&state, &caller, &app, None).await? }))
+    let app = state
+        .store()
+        .update_application(caller.org, id, patch)
+        .await
+        .or_not_found(NOT_FOUND)?;
+    Ok(Json(ApplicationEnvelope {
+        application: view(&state, &caller, &app, None).await?,
+    }))
 }
 
 /// Archive an application: sets `archivedAt` and revokes its sessions.
@@ -260,7 +342,11 @@ async fn archive_application(
     Id(id): Id<ApplicationId>,
 ) -> Result<StatusCode, ApiError> {
     visible(&state, &caller, id).await?;
-    state.store().archive_application(caller.org, id).await.or_not_found(NOT_FOUND)?;
+    state
+        .store()
+        .archive_application(caller.org, id)
+        .await
+        .or_not_found(NOT_FOUND)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -275,7 +361,10 @@ async fn rotate_secret(
 ) -> Result<Json<ApplicationWithSecret>, ApiError> {
     let app = modifiable(&state, &caller, id).await?;
     if app.oauth.client_type == ClientType::Public {
-        return Err(ApiError::validation("oauth.type", "public clients have no secret to rotate"));
+        return Err(ApiError::validation(
+            "oauth.type",
+            "public clients have no secret to rotate",
+        ));
     }
     let secret = generate_client_secret();
     let app = state
@@ -298,7 +387,9 @@ async fn get_oauth(
     Id(id): Id<ApplicationId>,
 ) -> Result<Json<ApplicationOAuthEnvelope>, ApiError> {
     let app = visible(&state, &caller, id).await?;
-    Ok(Json(ApplicationOAuthEnvelope { oauth: ApplicationOAuthView::new(&app, state.public_url(), None) }))
+    Ok(Json(ApplicationOAuthEnvelope {
+        oauth: ApplicationOAuthView::new(&app, state.public_url(), None),
+    }))
 }
 
 /// Update the OAuth client settings (only the fields sent).
@@ -312,9 +403,18 @@ async fn update_oauth(
     ApiJson(body): ApiJson<UpdateApplicationOAuth>,
 ) -> Result<Json<ApplicationOAuthEnvelope>, ApiError> {
     modifiable(&state, &caller, id).await?;
-    let patch = ApplicationPatch { name: None, oauth: oauth_patch(Some(body), "")? };
-    let app = state.store().update_application(caller.org, id, patch).await.or_not_found(NOT_FOUND)?;
-    Ok(Json(ApplicationOAuthEnvelope { oauth: ApplicationOAuthView::new(&app, state.public_url(), None) }))
+    let patch = ApplicationPatch {
+        name: None,
+        oauth: oauth_patch(Some(body), "")?,
+    };
+    let app = state
+        .store()
+        .update_application(caller.org, id, patch)
+        .await
+        .or_not_found(NOT_FOUND)?;
+    Ok(Json(ApplicationOAuthEnvelope {
+        oauth: ApplicationOAuthView::new(&app, state.public_url(), None),
+    }))
 }
 
 /// Ids of the attached integrations.
@@ -327,8 +427,13 @@ async fn list_integrations(
     Id(id): Id<ApplicationId>,
 ) -> Result<Json<IntegrationIds>, ApiError> {
     visible(&state, &caller, id).await?;
-    let ids = state.store().attached_integration_ids(caller.org, id).await?;
-    Ok(Json(IntegrationIds { integration_ids: ids.iter().map(ToString::to_string).collect() }))
+    let ids = state
+        .store()
+        .attached_integration_ids(caller.org, id)
+        .await?;
+    Ok(Json(IntegrationIds {
+        integration_ids: ids.iter().map(ToString::to_string).collect(),
+    }))
 }
 
 /// Replace the whole set of attached integrations.
@@ -354,14 +459,27 @@ async fn replace_integrations(
         .iter()
         .enumerate()
         .filter(|(_, id)| !found.iter().any(|f| f.id == **id))
-        .map(|(i, _)| FieldError::new(format!("integrationIds[{i}]"), "is not an integration of this organization"))
+        .map(|(i, _)| {
+            FieldError::new(
+                format!("integrationIds[{i}]"),
+                "is not an integration of this organization",
+            )
+        })
         .collect();
     if !missing.is_empty() {
         return Err(ApiError::fields(missing));
     }
-    state.store().attach_integrations(caller.org, id, &ids, true).await?;
-    let ids = state.store().attached_integration_ids(caller.org, id).await?;
-    Ok(Json(IntegrationIds { integration_ids: ids.iter().map(ToString::to_string).collect() }))
+    state
+        .store()
+        .attach_integrations(caller.org, id, &ids, true)
+        .await?;
+    let ids = state
+        .store()
+        .attached_integration_ids(caller.org, id)
+        .await?;
+    Ok(Json(IntegrationIds {
+        integration_ids: ids.iter().map(ToString::to_string).collect(),
+    }))
 }
 
 /// Attach one integration (a no-op when already attached).
@@ -374,10 +492,18 @@ async fn attach_integration(
     Ids(id, integration): Ids<ApplicationId, IntegrationId>,
 ) -> Result<StatusCode, ApiError> {
     modifiable(&state, &caller, id).await?;
-    if state.store().integrations_by_ids(caller.org, &[integration]).await?.is_empty() {
+    if state
+        .store()
+        .integrations_by_ids(caller.org, &[integration])
+        .await?
+        .is_empty()
+    {
         return Err(ApiError::NotFound("Integration not found"));
     }
-    state.store().attach_integrations(caller.org, id, &[integration], false).await?;
+    state
+        .store()
+        .attach_integrations(caller.org, id, &[integration], false)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -391,6 +517,9 @@ async fn detach_integration(
     Ids(id, integration): Ids<ApplicationId, IntegrationId>,
 ) -> Result<StatusCode, ApiError> {
     modifiable(&state, &caller, id).await?;
-    state.store().detach_integration(caller.org, id, integration).await?;
+    state
+        .store()
+        .detach_integration(caller.org, id, integration)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,7 +22,11 @@ use crate::extract::{ApiJson, ApiQuery, Id};
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_integrations, create_integration))
-        .routes(routes!(get_integration, update_integration, archive_integration))
+        .routes(routes!(
+            get_integration,
+            update_integration,
+            archive_integration
+        ))
         .routes(routes!(validate_integration))
         .routes(routes!(get_oauth, put_oauth, delete_oauth))
         .routes(routes!(add_user_token, get_connection, delete_connection))
@@ -40,8 +44,16 @@ struct ListQuery {
     name: Option<String>,
 }
 
-async fn active(state: &ApiState, caller: &Caller, id: IntegrationId) -> Result<Integration, ApiError> {
-    let i = state.store().get_integration(caller.org, id).await.or_not_found(NOT_FOUND)?;
+async fn active(
+    state: &ApiState,
+    caller: &Caller,
+    id: IntegrationId,
+) -> Result<Integration, ApiError> {
+    let i = state
+        .store()
+        .get_integration(caller.org, id)
+        .await
+        .or_not_found(NOT_FOUND)?;
     if i.archived_at.is_some() {
         return Err(ApiError::NotFound(NOT_FOUND));
     }
@@ -49,7 +61,11 @@ async fn active(state: &ApiState, caller: &Caller, id: IntegrationId) -> Result<
 }
 
 /// The caller's own connection, for integrations that take one.
-async fn view(state: &ApiState, caller: &Caller, i: &Integration) -> Result<IntegrationView, ApiError> {
+async fn view(
+    state: &ApiState,
+    caller: &Caller,
+    i: &Integration,
+) -> Result<IntegrationView, ApiError> {
     let personal = matches!(i.auth_mode, AuthMode::Oauth | AuthMode::UserToken);
     let connection = match caller.user_id() {
         Some(user) if personal => {
@@ -65,7 +81,8 @@ async fn view(state: &ApiState, caller: &Caller, i: &Integration) -> Result<Inte
 }
 
 fn check_url(field: &str, raw: &str) -> Result<String, ApiError> {
-    let url = Url::parse(raw.trim()).map_err(|_| ApiError::validation(field, "must be an absolute URL"))?;
+    let url = Url::parse(raw.trim())
+        .map_err(|_| ApiError::validation(field, "must be an absolute URL"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ApiError::validation(field, "must be an http or https URL"));
     }
@@ -73,7 +90,10 @@ fn check_url(field: &str, raw: &str) -> Result<String, ApiError> {
         return Err(ApiError::validation(field, "must name a host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(ApiError::validation(field, "must not embed credentials; use serverToken or a connection"));
+        return Err(ApiError::validation(
+            field,
+            "must not embed credentials; use serverToken or a connection",
+        ));
     }
     if url.fragment().is_some() {
         return Err(ApiError::validation(field, "must not contain a fragment"));
@@ -86,7 +106,10 @@ fn check_secret(field: &str, value: &str) -> Result<Secret, ApiError> {
         return Err(ApiError::validation(field, "must not be empty"));
     }
     if value.len() > MAX_SECRET_LEN {
-        return Err(ApiError::validation(field, format!("must be at most {MAX_SECRET_LEN} bytes")));
+        return Err(ApiError::validation(
+            field,
+            format!("must be at most {MAX_SECRET_LEN} bytes"),
+        ));
     }
     Ok(Secret::new(value))
 }
@@ -99,7 +122,10 @@ fn check_object(field: &str, value: &Option<serde_json::Value>) -> Result<(), Ap
 }
 
 /// Splits OAuth input into the stored (non-secret) config and the secret to seal.
-fn oauth_config(input: IntegrationOAuthInput, prefix: &str) -> Result<(IntegrationOAuth, Option<Secret>), ApiError> {
+fn oauth_config(
+    input: IntegrationOAuthInput,
+    prefix: &str,
+) -> Result<(IntegrationOAuth, Option<Secret>), ApiError> {
     let mut errors = Vec::new();
     let mut url = |name: &str, v: Option<String>| -> Option<String> {
         v.and_then(|raw| match check_url(&format!("{prefix}{name}"), &raw) {
@@ -122,18 +148,28 @@ fn oauth_config(input: IntegrationOAuthInput, prefix: &str) -> Result<(Integrati
         userinfo_url: url("userinfoUrl", input.userinfo_url),
     };
     if config.authorization_url.is_some() != config.token_url.is_some() {
-        errors.push(FieldError::new(format!("{prefix}tokenUrl"), "authorizationUrl and tokenUrl go together"));
+        errors.push(FieldError::new(
+            format!("{prefix}tokenUrl"),
+            "authorizationUrl and tokenUrl go together",
+        ));
     }
     let secret = match input.client_secret {
         Some(s) => {
             if config.client_id.is_none() {
-                errors.push(FieldError::new(format!("{prefix}clientId"), "is required with clientSecret"));
+                errors.push(FieldError::new(
+                    format!("{prefix}clientId"),
+                    "is required with clientSecret",
+                ));
             }
             Some(check_secret(&format!("{prefix}clientSecret"), &s)?)
         }
         None => None,
     };
-    if errors.is_empty() { Ok((config, secret)) } else { Err(ApiError::fields(errors)) }
+    if errors.is_empty() {
+        Ok((config, secret))
+    } else {
+        Err(ApiError::fields(errors))
+    }
 }
 
 /// List the organization's integrations.
@@ -146,12 +182,18 @@ async fn list_integrations(
 ) -> Result<Json<IntegrationList>, ApiError> {
     let page = page_request(q.limit, q.cursor.as_deref())?;
     let name = q.name.as_deref().filter(|n| !n.is_empty());
-    let page = state.store().list_integrations(caller.org, name, page).await?;
+    let page = state
+        .store()
+        .list_integrations(caller.org, name, page)
+        .await?;
     let mut items = Vec::with_capacity(page.items.len());
     for i in &page.items {
         items.push(view(&state, &caller, i).await?);
     }
-    Ok(Json(IntegrationList { items, next_cursor: page.next.map(|c| c.encode()) }))
+    Ok(Json(IntegrationList {
+        items,
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
 }
 
 /// Create an integration. A server token is sealed and never returned.
@@ -171,10 +213,16 @@ async fn create_integration(
     let server_token = match (auth_mode, body.server_token) {
         (AuthMode::ServerToken, Some(t)) => Some(check_secret("serverToken", &t)?),
         (AuthMode::ServerToken, None) => {
-            return Err(ApiError::validation("serverToken", "is required when authMode is server_token"));
+            return Err(ApiError::validation(
+                "serverToken",
+                "is required when authMode is server_token",
+            ));
         }
         (_, Some(_)) => {
-            return Err(ApiError::validation("serverToken", "is only used when authMode is server_token"));
+            return Err(ApiError::validation(
+                "serverToken",
+                "is only used when authMode is server_token",
+            ));
         }
         (_, None) => None,
     };
@@ -184,7 +232,12 @@ async fn create_integration(
             (Some(config), secret)
         }
         (AuthMode::Oauth, None) => (Some(IntegrationOAuth::default()), None),
-        (_, Some(_)) => return Err(ApiError::validation("oauth", "is only used when authMode is oauth")),
+        (_, Some(_)) => {
+            return Err(ApiError::validation(
+                "oauth",
+                "is only used when authMode is oauth",
+            ));
+        }
         (_, None) => (None, None),
     };
     let new = NewIntegration {
@@ -200,7 +253,10 @@ async fn create_integration(
     };
     let integration = state.store().create_integration(caller.org, new).await?;
     let integration = view(&state, &caller, &integration).await?;
-    Ok((StatusCode::CREATED, Json(IntegrationEnvelope { integration })))
+    Ok((
+        StatusCode::CREATED,
+        Json(IntegrationEnvelope { integration }),
+    ))
 }
 
 /// Get an integration, with the caller's own connection status.
@@ -212,8 +268,14 @@ async fn get_integration(
     caller: Caller,
     Id(id): Id<IntegrationId>,
 ) -> Result<Json<IntegrationEnvelope>, ApiError> {
-    let i = state.store().get_integration(caller.org, id).await.or_not_found(NOT_FOUND)?;
-    Ok(Json(IntegrationEnvelope { integration: view(&state, &caller, &i).await? }))
+    let i = state
+        .store()
+        .get_integration(caller.org, id)
+        .await
+        .or_not_found(NOT_FOUND)?;
+    Ok(Json(IntegrationEnvelope {
+        integration: view(&state, &caller, &i).await?,
+    }))
 }
 
 /// Update an integration (only the fields sent). Changing `authMode` or `url` removes users'
@@ -233,14 +295,23 @@ async fn update_integration(
     let server_token = match (mode, body.server_token) {
         (AuthMode::ServerToken, Some(Some(t))) => Some(Some(check_secret("serverToken", &t)?)),
         (AuthMode::ServerToken, Some(None)) => {
-            return Err(ApiError::validation("serverToken", "is required when authMode is server_token"));
+            return Err(ApiError::validation(
+                "serverToken",
+                "is required when authMode is server_token",
+            ));
         }
         (AuthMode::ServerToken, None) if !current.server_token_configured => {
-            return Err(ApiError::validation("serverToken", "is required when authMode is server_token"));
+            return Err(ApiError::validation(
+                "serverToken",
+                "is required when authMode is server_token",
+            ));
         }
         (AuthMode::ServerToken, None) => None,
         (_, Some(Some(_))) => {
-            return Err(ApiError::validation("serverToken", "is only used when authMode is server_token"));
+            return Err(ApiError::validation(
+                "serverToken",
+                "is only used when authMode is server_token",
+            ));
         }
         // Leaving server_token (or clearing explicitly) drops the sealed token.
         (_, Some(None)) => Some(None),
@@ -254,16 +325,30 @@ async fn update_integration(
         check_object("credentialSchema", &Some(v.clone()))?;
     }
     let patch = IntegrationPatch {
-        name: body.name.as_deref().map(|n| check_name("name", n)).transpose()?,
-        url: body.url.as_deref().map(|u| check_url("url", u)).transpose()?,
+        name: body
+            .name
+            .as_deref()
+            .map(|n| check_name("name", n))
+            .transpose()?,
+        url: body
+            .url
+            .as_deref()
+            .map(|u| check_url("url", u))
+            .transpose()?,
         category: body.category,
         auth_mode: body.auth_mode,
         capabilities: body.capabilities,
         credential_schema: body.credential_schema,
         server_token,
     };
-    let i = state.store().update_integration(caller.org, id, patch).await.or_not_found(NOT_FOUND)?;
-    Ok(Json(IntegrationEnvelope { integration: view(&state, &caller, &i).await? }))
+    let i = state
+        .store()
+        .update_integration(caller.org, id, patch)
+        .await
+        .or_not_found(NOT_FOUND)?;
+    Ok(Json(IntegrationEnvelope {
+        integration: view(&state, &caller, &i).await?,
+    }))
 }
 
 /// Archive an integration; it is detached from every application.
@@ -276,7 +361,11 @@ async fn archive_integration(
     Id(id): Id<IntegrationId>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_privileged()?;
-    state.store().archive_integration(caller.org, id).await.or_not_found(NOT_FOUND)?;
+    state
+        .store()
+        .archive_integration(caller.org, id)
+        .await
+        .or_not_found(NOT_FOUND)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -301,7 +390,10 @@ async fn validate_integration(
         .set_integration_validation(caller.org, id, ValidationStatus::Pending, Some(message))
         .await
         .or_not_found(NOT_FOUND)?;
-    Ok(Json(ValidationResult { status: i.validation_status, message: i.validation_message }))
+    Ok(Json(ValidationResult {
+        status: i.validation_status,
+        message: i.validation_message,
+    }))
 }
 
 /// The integration's OAuth settings (only for `authMode: oauth`).
@@ -315,9 +407,9 @@ async fn get_oauth(
 ) -> Result<Json<IntegrationOAuthEnvelope>, ApiError> {
     let i = active(&state, &caller, id).await?;
     match (&i.auth_mode, &i.oauth) {
-        (AuthMode::Oauth, Some(o)) => {
-            Ok(Json(IntegrationOAuthEnvelope { oauth: IntegrationOAuthView::new(o, i.oauth_client_secret_configured) }))
-        }
+        (AuthMode::Oauth, Some(o)) => Ok(Json(IntegrationOAuthEnvelope {
+            oauth: IntegrationOAuthView::new(o, i.oauth_client_secret_configured),
+        })),
         _ => Err(ApiError::NotFound("Integration has no OAuth configuration")),
     }
 }
@@ -335,7 +427,9 @@ async fn put_oauth(
     caller.require_privileged()?;
     let i = active(&state, &caller, id).await?;
     if i.auth_mode != AuthMode::Oauth {
-        return Err(ApiError::Conflict("Set authMode to oauth before configuring OAuth".into()));
+        return Err(ApiError::Conflict(
+            "Set authMode to oauth before configuring OAuth".into(),
+        ));
     }
     let (config, secret) = oauth_config(body, "")?;
     let i = state
@@ -359,9 +453,15 @@ async fn delete_oauth(
     caller.require_privileged()?;
     let i = active(&state, &caller, id).await?;
     if i.auth_mode == AuthMode::Oauth {
-        return Err(ApiError::Conflict("Set a different authMode before removing OAuth".into()));
+        return Err(ApiError::Conflict(
+            "Set a different authMode before removing OAuth".into(),
+        ));
     }
-    state.store().set_integration_oauth(caller.org, id, None, None).await.or_not_found(NOT_FOUND)?;
+    state
+        .store()
+        .set_integration_oauth(caller.org, id, None, None)
+        .await
+        .or_not_found(NOT_FOUND)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -378,12 +478,24 @@ async fn add_user_token(
     let user = caller.require_user()?;
     let i = active(&state, &caller, id).await?;
     if i.auth_mode != AuthMode::UserToken {
-        return Err(ApiError::validation("token", "this integration does not take personal tokens"));
+        return Err(ApiError::validation(
+            "token",
+            "this integration does not take personal tokens",
+        ));
     }
     let token = check_secret("token", &body.token)?;
-    let display = body.display_name.as_deref().map(|d| check_name("displayName", d)).transpose()?;
-    let c = state.store().put_user_token(caller.org, id, user, &token, display.as_deref()).await?;
-    Ok(Json(ConnectionEnvelope { connection: ConnectionView::of(Some(&c)) }))
+    let display = body
+        .display_name
+        .as_deref()
+        .map(|d| check_name("displayName", d))
+        .transpose()?;
+    let c = state
+        .store()
+        .put_user_token(caller.org, id, user, &token, display.as_deref())
+        .await?;
+    Ok(Json(ConnectionEnvelope {
+        connection: ConnectionView::of(Some(&c)),
+    }))
 }
 
 /// The caller's connection status for this integration.
@@ -415,7 +527,14 @@ async fn delete_connection(
     Id(id): Id<IntegrationId>,
 ) -> Result<StatusCode, ApiError> {
     let user = caller.require_user()?;
-    state.store().get_integration(caller.org, id).await.or_not_found(NOT_FOUND)?;
-    state.store().delete_connection(caller.org, id, user).await?;
+    state
+        .store()
+        .get_integration(caller.org, id)
+        .await
+        .or_not_found(NOT_FOUND)?;
+    state
+        .store()
+        .delete_connection(caller.org, id, user)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

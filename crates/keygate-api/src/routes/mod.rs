@@ -37,10 +37,16 @@ pub const MAX_LIMIT: u32 = 200;
 pub fn page_request(limit: Option<u32>, cursor: Option<&str>) -> Result<PageRequest, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::validation("limit", format!("must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
     }
     let after = match cursor.filter(|c| !c.is_empty()) {
-        Some(c) => Some(Cursor::decode(c).ok_or_else(|| ApiError::validation("cursor", "is not a valid cursor"))?),
+        Some(c) => Some(
+            Cursor::decode(c)
+                .ok_or_else(|| ApiError::validation("cursor", "is not a valid cursor"))?,
+        ),
         None => None,
     };
     Ok(PageRequest { limit, after })
@@ -53,7 +59,10 @@ pub fn check_name(field: &str, name: &str) -> Result<String, ApiError> {
         return Err(ApiError::validation(field, "must not be empty"));
     }
     if name.chars().count() > 200 {
-        return Err(ApiError::validation(field, "must be at most 200 characters"));
+        return Err(ApiError::validation(
+            field,
+            "must be at most 200 characters",
+        ));
     }
     Ok(name.to_owned())
 }

@@ -34,7 +34,10 @@ async fn list_service_accounts(
 ) -> Result<Json<ServiceAccountList>, ApiError> {
     caller.require_privileged()?;
     let page = page_request(q.limit, q.cursor.as_deref())?;
-    let page = state.store().list_service_accounts(caller.org, page).await?;
+    let page = state
+        .store()
+        .list_service_accounts(caller.org, page)
+        .await?;
     Ok(Json(ServiceAccountList {
         items: page.items.iter().map(ServiceAccountView::from).collect(),
         next_cursor: page.next.map(|c| c.encode()),
@@ -55,13 +58,22 @@ async fn create_service_account(
     let secret = generate_client_secret();
     let sa = state
         .store()
-        .create_service_account(caller.org, &name, description.as_deref(), caller.user_id(), &hash_client_secret(&secret))
+        .create_service_account(
+            caller.org,
+            &name,
+            description.as_deref(),
+            caller.user_id(),
+            &hash_client_secret(&secret),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
         Json(ServiceAccountWithCredentials {
             service_account: ServiceAccountView::from(&sa),
-            credentials: Credentials { client_id: sa.id.client_id(), client_secret: secret },
+            credentials: Credentials {
+                client_id: sa.id.client_id(),
+                client_secret: secret,
+            },
         }),
     ))
 }
@@ -76,8 +88,14 @@ async fn get_service_account(
     Id(id): Id<ServiceAccountId>,
 ) -> Result<Json<ServiceAccountEnvelope>, ApiError> {
     caller.require_privileged()?;
-    let sa = state.store().get_service_account(caller.org, id).await.or_not_found(NOT_FOUND)?;
-    Ok(Json(ServiceAccountEnvelope { service_account: ServiceAccountView::from(&sa) }))
+    let sa = state
+        .store()
+        .get_service_account(caller.org, id)
+        .await
+        .or_not_found(NOT_FOUND)?;
+    Ok(Json(ServiceAccountEnvelope {
+        service_account: ServiceAccountView::from(&sa),
+    }))
 }
 
 /// Revoke a service account: its secret and tokens stop working at once.
@@ -90,7 +108,11 @@ async fn revoke_service_account(
     Id(id): Id<ServiceAccountId>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_privileged()?;
-    state.store().archive_service_account(caller.org, id).await.or_not_found(NOT_FOUND)?;
+    state
+        .store()
+        .archive_service_account(caller.org, id)
+        .await
+        .or_not_found(NOT_FOUND)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -112,6 +134,9 @@ async fn rotate_secret(
         .or_not_found(NOT_FOUND)?;
     Ok(Json(ServiceAccountWithCredentials {
         service_account: ServiceAccountView::from(&sa),
-        credentials: Credentials { client_id: sa.id.client_id(), client_secret: secret },
+        credentials: Credentials {
+            client_id: sa.id.client_id(),
+            client_secret: secret,
+        },
     }))
 }

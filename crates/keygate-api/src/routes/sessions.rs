@@ -37,8 +37,16 @@ struct ListQuery {
 }
 
 async fn check_app(state: &ApiState, caller: &Caller, id: ApplicationId) -> Result<(), ApiError> {
-    let app = state.store().get_application(caller.org, id).await.or_not_found(APP_NOT_FOUND)?;
-    if caller.is_privileged() || app.owner_user_id.is_some_and(|o| Some(o) == caller.user_id()) {
+    let app = state
+        .store()
+        .get_application(caller.org, id)
+        .await
+        .or_not_found(APP_NOT_FOUND)?;
+    if caller.is_privileged()
+        || app
+            .owner_user_id
+            .is_some_and(|o| Some(o) == caller.user_id())
+    {
         Ok(())
     } else {
         Err(ApiError::NotFound(APP_NOT_FOUND))
@@ -57,7 +65,10 @@ async fn list_sessions(
     check_app(&state, &caller, id).await?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::validation("limit", format!("must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
     }
     let status = match q.status.as_deref() {
         None | Some("") => None,
@@ -65,10 +76,19 @@ async fn list_sessions(
             ApiError::validation("status", "must be active, idle, expired or disconnected")
         })?),
     };
-    let filter = SessionFilter { limit, status, include_inactive: q.include_inactive.unwrap_or(false) };
+    let filter = SessionFilter {
+        limit,
+        status,
+        include_inactive: q.include_inactive.unwrap_or(false),
+    };
     let now = Timestamp::now();
-    let sessions = state.store().list_agent_sessions(caller.org, id, filter, now).await?;
-    Ok(Json(SessionList { items: sessions.iter().map(|s| SessionView::new(s, now)).collect() }))
+    let sessions = state
+        .store()
+        .list_agent_sessions(caller.org, id, filter, now)
+        .await?;
+    Ok(Json(SessionList {
+        items: sessions.iter().map(|s| SessionView::new(s, now)).collect(),
+    }))
 }
 
 /// Disconnect every session of an application and invalidate their tokens.
@@ -81,7 +101,10 @@ async fn revoke_sessions(
 ) -> Result<Json<RevokeSessionsResult>, ApiError> {
     check_app(&state, &caller, id).await?;
     let n = state.store().revoke_agent_sessions(caller.org, id).await?;
-    Ok(Json(RevokeSessionsResult { success: true, disconnected_count: n }))
+    Ok(Json(RevokeSessionsResult {
+        success: true,
+        disconnected_count: n,
+    }))
 }
 
 /// Get one agent session.
@@ -94,6 +117,12 @@ async fn get_session(
     Ids(id, session): Ids<ApplicationId, AgentSessionId>,
 ) -> Result<Json<SessionEnvelope>, ApiError> {
     check_app(&state, &caller, id).await?;
-    let s = state.store().get_agent_session(caller.org, id, session).await.or_not_found("Session not found")?;
-    Ok(Json(SessionEnvelope { session: SessionView::new(&s, Timestamp::now()) }))
+    let s = state
+        .store()
+        .get_agent_session(caller.org, id, session)
+        .await
+        .or_not_found("Session not found")?;
+    Ok(Json(SessionEnvelope {
+        session: SessionView::new(&s, Timestamp::now()),
+    }))
 }

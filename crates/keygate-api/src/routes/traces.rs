@@ -50,26 +50,35 @@ struct TraceQuery {
 
 fn time_param(field: &str, v: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
     v.filter(|s| !s.is_empty())
-        .map(|s| Timestamp::parse_iso(s).ok_or_else(|| ApiError::validation(field, "must be an ISO 8601 timestamp")))
+        .map(|s| {
+            Timestamp::parse_iso(s)
+                .ok_or_else(|| ApiError::validation(field, "must be an ISO 8601 timestamp"))
+        })
         .transpose()
 }
 
 fn filter(caller: &Caller, q: &TraceQuery) -> Result<EventFilter, ApiError> {
     let page = page_request(q.limit, q.cursor.as_deref())?;
     let opt_id = |field: &str, v: &Option<String>| -> Result<Option<String>, ApiError> {
-        v.as_deref().filter(|s| !s.is_empty()).map(|s| parse_id::<uuid::Uuid>(s, field).map(|u| u.to_string())).transpose()
+        v.as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_id::<uuid::Uuid>(s, field).map(|u| u.to_string()))
+            .transpose()
     };
     let agent = opt_id("agentId", &q.agent_id)?;
     let application = opt_id("applicationId", &q.application_id)?;
     if agent.is_some() && application.is_some() && agent != application {
         return Err(ApiError::validation("applicationId", "contradicts agentId"));
     }
-    let mut user_id: Option<UserId> = opt_id("userId", &q.user_id)?.map(|s| s.parse().expect("checked UUID"));
+    let mut user_id: Option<UserId> =
+        opt_id("userId", &q.user_id)?.map(|s| s.parse().expect("checked UUID"));
     if !caller.is_privileged() {
         // Members see only their own agents' events.
         let me = caller.user_id();
         if user_id.is_some() && user_id != me {
-            return Err(ApiError::Forbidden("Members may only read their own traces".into()));
+            return Err(ApiError::Forbidden(
+                "Members may only read their own traces".into(),
+            ));
         }
         user_id = me;
     }
@@ -80,7 +89,9 @@ fn filter(caller: &Caller, q: &TraceQuery) -> Result<EventFilter, ApiError> {
         session_id: q.session_id.clone().filter(|s| !s.is_empty()),
         agent_session_id: opt_id("agentSessionId", &q.agent_session_id)?
             .map(|s| s.parse::<AgentSessionId>().expect("checked UUID")),
-        application_id: agent.or(application).map(|s| s.parse::<ApplicationId>().expect("checked UUID")),
+        application_id: agent
+            .or(application)
+            .map(|s| s.parse::<ApplicationId>().expect("checked UUID")),
         trace_id: None,
         event_type: q.event_type.clone().filter(|s| !s.is_empty()),
         status: q.status.clone().filter(|s| !s.is_empty()),
@@ -226,21 +237,29 @@ struct Names {
 
 impl Names {
     async fn view(&mut self, state: &ApiState, caller: &Caller, t: &TraceSummary) -> TraceView {
+        use std::collections::hash_map::Entry;
         let store = state.store();
-        if !self.apps.contains_key(&t.application_id) {
-            let name = store.get_application(caller.org, t.application_id).await.ok().map(|a| a.name);
-            self.apps.insert(t.application_id, name);
+        if let Entry::Vacant(slot) = self.apps.entry(t.application_id) {
+            slot.insert(
+                store
+                    .get_application(caller.org, t.application_id)
+                    .await
+                    .ok()
+                    .map(|a| a.name),
+            );
         }
         if let Some(u) = t.user_id
-            && !self.users.contains_key(&u)
+            && let Entry::Vacant(slot) = self.users.entry(u)
         {
-            self.users.insert(u, store.get_user(caller.org, u).await.ok().map(|u| u.email));
+            slot.insert(store.get_user(caller.org, u).await.ok().map(|u| u.email));
         }
         if let Some(s) = t.agent_session_id
-            && !self.sessions.contains_key(&s)
+            && let Entry::Vacant(slot) = self.sessions.entry(s)
         {
-            let name = store.get_agent_session(caller.org, t.application_id, s).await.ok().and_then(|s| s.name);
-            self.sessions.insert(s, name);
+            let session = store
+                .get_agent_session(caller.org, t.application_id, s)
+                .await;
+            slot.insert(session.ok().and_then(|s| s.name));
         }
         TraceView {
             trace_id: t.trace_id.clone(),
@@ -276,7 +295,10 @@ async fn list_traces(
     for t in &page.items {
         items.push(names.view(&state, &caller, t).await);
     }
-    Ok(Json(TraceList { items, next_cursor: page.next.map(|c| c.encode()) }))
+    Ok(Json(TraceList {
+        items,
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
 }
 
 /// Aggregates over a period (default `7d`) or an explicit window.
@@ -300,7 +322,11 @@ async fn trace_stats(
         f.started_after = Some(Timestamp::now().plus_seconds(-days * 86_400));
     }
     let s = state.store().trace_stats(caller.org, &f).await?;
-    let error_rate = if s.total_events == 0 { 0.0 } else { s.error_events as f64 / s.total_events as f64 };
+    let error_rate = if s.total_events == 0 {
+        0.0
+    } else {
+        s.error_events as f64 / s.total_events as f64
+    };
     Ok(Json(StatsView {
         total_traces: s.total_traces,
         total_events: s.total_events,
@@ -308,8 +334,15 @@ async fn trace_stats(
         warn_events: s.warn_events,
         error_events: s.error_events,
         error_rate,
-        latency: Latency { p50: s.latency_p50, p95: s.latency_p95, p99: s.latency_p99 },
-        bytes_transferred: Bytes { bytes_in: s.bytes_in, bytes_out: s.bytes_out },
+        latency: Latency {
+            p50: s.latency_p50,
+            p95: s.latency_p95,
+            p99: s.latency_p99,
+        },
+        bytes_transferred: Bytes {
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+        },
         top_tools: s
             .top_tools
             .into_iter()
@@ -332,13 +365,24 @@ async fn get_trace(
     Path(trace_id): Path<String>,
 ) -> Result<Json<TraceWithEvents>, ApiError> {
     parse_id::<uuid::Uuid>(&trace_id, "traceId")?;
-    let user = if caller.is_privileged() { None } else { caller.user_id() };
+    let user = if caller.is_privileged() {
+        None
+    } else {
+        caller.user_id()
+    };
     if !caller.is_privileged() && user.is_none() {
         return Err(ApiError::NotFound("Trace not found"));
     }
-    let (summary, events) = state.store().get_trace(caller.org, &trace_id, user).await.or_not_found("Trace not found")?;
+    let (summary, events) = state
+        .store()
+        .get_trace(caller.org, &trace_id, user)
+        .await
+        .or_not_found("Trace not found")?;
     let trace = Names::default().view(&state, &caller, &summary).await;
-    Ok(Json(TraceWithEvents { trace, events: events.iter().map(EventView::from).collect() }))
+    Ok(Json(TraceWithEvents {
+        trace,
+        events: events.iter().map(EventView::from).collect(),
+    }))
 }
 
 /// List trace events, newest first.

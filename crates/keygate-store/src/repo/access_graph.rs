@@ -59,9 +59,10 @@ impl Store {
                 policy: None,
             });
             for integration_id in self.attached_integration_ids(org, app.id).await? {
-                let needs_user = integrations.iter().find(|i| i.id == integration_id).is_some_and(
-                    |i| matches!(i.auth_mode, AuthMode::Oauth | AuthMode::UserToken),
-                );
+                let needs_user = integrations
+                    .iter()
+                    .find(|i| i.id == integration_id)
+                    .is_some_and(|i| matches!(i.auth_mode, AuthMode::Oauth | AuthMode::UserToken));
                 edges.push(GraphEdge {
                     from: app.id.to_string(),
                     to: integration_id.to_string(),
@@ -76,9 +77,8 @@ impl Store {
                 id: i.id.to_string(),
                 kind: "integration",
                 name: i.name.clone(),
-                policy: include_policy.then(|| {
-                    serde_json::json!({"authMode": i.auth_mode, "category": i.category})
-                }),
+                policy: include_policy
+                    .then(|| serde_json::json!({"authMode": i.auth_mode, "category": i.category})),
             });
         }
         for u in &users {
@@ -89,7 +89,10 @@ impl Store {
                 policy: include_policy.then(|| serde_json::json!({"role": u.role})),
             });
         }
-        for c in connections.iter().filter(|c| integrations.iter().any(|i| i.id == c.integration_id)) {
+        for c in connections
+            .iter()
+            .filter(|c| integrations.iter().any(|i| i.id == c.integration_id))
+        {
             edges.push(GraphEdge {
                 from: c.user_id.to_string(),
                 to: c.integration_id.to_string(),

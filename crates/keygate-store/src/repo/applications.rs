@@ -69,14 +69,24 @@ impl Store {
         };
         let mut sql = Sql::new("INSERT INTO applications (");
         sql.push(COLUMNS).push(", client_secret_hash) VALUES (");
-        sql.bind(app.id.to_string()).push(", ").bind(org.to_string()).push(", ");
-        sql.bind(app.name.clone()).push(", ").bind(app.owner_user_id.map(|u| u.to_string()));
-        sql.push(", ").bind(app.oauth.client_type.as_str()).push(", ");
+        sql.bind(app.id.to_string())
+            .push(", ")
+            .bind(org.to_string())
+            .push(", ");
+        sql.bind(app.name.clone())
+            .push(", ")
+            .bind(app.owner_user_id.map(|u| u.to_string()));
+        sql.push(", ")
+            .bind(app.oauth.client_type.as_str())
+            .push(", ");
         sql.bind(to_json(&app.oauth.redirect_uris)).push(", ");
         sql.bind(i64::from(app.oauth.pkce_required)).push(", ");
         sql.bind(to_json(&app.oauth.scopes)).push(", ");
         sql.bind(to_json(&app.oauth.allowed_resources)).push(", ");
-        sql.bind(now.millis()).push(", ").bind(now.millis()).push(", NULL, ");
+        sql.bind(now.millis())
+            .push(", ")
+            .bind(now.millis())
+            .push(", NULL, ");
         sql.bind(new.client_secret_hash).push(")");
         sql.query().execute(self.db.pool()).await?;
         Ok(app)
@@ -85,9 +95,15 @@ impl Store {
     /// An application of `org`, archived or not.
     pub async fn get_application(&self, org: OrgId, id: ApplicationId) -> Result<Application> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM applications WHERE org_id = ").bind(org.to_string());
+        sql.push(COLUMNS)
+            .push(" FROM applications WHERE org_id = ")
+            .bind(org.to_string());
         sql.push(" AND id = ").bind(id.to_string());
-        let row = sql.query().fetch_optional(self.db.pool()).await?.ok_or(StoreError::NotFound)?;
+        let row = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
         application(&row)
     }
 
@@ -99,14 +115,17 @@ impl Store {
         page: PageRequest,
     ) -> Result<Page<Application>> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM applications WHERE org_id = ").bind(org.to_string());
+        sql.push(COLUMNS)
+            .push(" FROM applications WHERE org_id = ")
+            .bind(org.to_string());
         if let Some(owner) = owner {
             sql.push(" AND owner_user_id = ").bind(owner.to_string());
         }
         if let Some(after) = page.after {
             sql.push(" AND id < ").bind(after.0.to_string());
         }
-        sql.push(" ORDER BY id DESC LIMIT ").bind(i64::from(page.limit) + 1);
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .bind(i64::from(page.limit) + 1);
         let rows = sql.query().fetch_all(self.db.pool()).await?;
         let apps = rows.iter().map(application).collect::<Result<Vec<_>>>()?;
         Ok(Page::from_overfetch(apps, page.limit, |a| a.id.0))
@@ -115,9 +134,16 @@ impl Store {
     /// All applications of `org` (for the access graph).
     pub async fn all_applications(&self, org: OrgId) -> Result<Vec<Application>> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM applications WHERE org_id = ").bind(org.to_string());
+        sql.push(COLUMNS)
+            .push(" FROM applications WHERE org_id = ")
+            .bind(org.to_string());
         sql.push(" AND archived_at IS NULL ORDER BY id");
-        sql.query().fetch_all(self.db.pool()).await?.iter().map(application).collect()
+        sql.query()
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(application)
+            .collect()
     }
 
     /// Applies a patch to an active application.
@@ -145,7 +171,10 @@ impl Store {
         if let Some(v) = o.allowed_resources {
             sql.push(", allowed_resources = ").bind(to_json(&v));
         }
-        sql.push(" WHERE org_id = ").bind(org.to_string()).push(" AND id = ").bind(id.to_string());
+        sql.push(" WHERE org_id = ")
+            .bind(org.to_string())
+            .push(" AND id = ")
+            .bind(id.to_string());
         sql.push(" AND archived_at IS NULL");
         if sql.query().execute(self.db.pool()).await?.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -158,8 +187,13 @@ impl Store {
         let now = Timestamp::now().millis();
         let mut tx = self.db.pool().begin().await?;
         let mut sql = Sql::new("UPDATE applications SET archived_at = COALESCE(archived_at, ");
-        sql.bind(now).push("), updated_at = ").bind(now).push(" WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND id = ").bind(id.to_string());
+        sql.bind(now)
+            .push("), updated_at = ")
+            .bind(now)
+            .push(" WHERE org_id = ");
+        sql.bind(org.to_string())
+            .push(" AND id = ")
+            .bind(id.to_string());
         if sql.query().execute(&mut *tx).await?.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -180,7 +214,9 @@ impl Store {
         let mut tx = self.db.pool().begin().await?;
         let mut sql = Sql::new("UPDATE applications SET client_secret_hash = ");
         sql.bind(secret_hash).push(", updated_at = ").bind(now);
-        sql.push(" WHERE org_id = ").bind(org.to_string()).push(" AND id = ");
+        sql.push(" WHERE org_id = ")
+            .bind(org.to_string())
+            .push(" AND id = ");
         sql.bind(id.to_string()).push(" AND archived_at IS NULL");
         if sql.query().execute(&mut *tx).await?.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -196,9 +232,14 @@ impl Store {
         id: ApplicationId,
     ) -> Result<(Application, Option<String>)> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(", client_secret_hash FROM applications WHERE id = ");
+        sql.push(COLUMNS)
+            .push(", client_secret_hash FROM applications WHERE id = ");
         sql.bind(id.to_string()).push(" AND archived_at IS NULL");
-        let row = sql.query().fetch_optional(self.db.pool()).await?.ok_or(StoreError::NotFound)?;
+        let row = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
         Ok((application(&row)?, row.opt_text("client_secret_hash")?))
     }
 
@@ -213,7 +254,9 @@ impl Store {
              JOIN integrations i ON i.id = ai.integration_id \
              WHERE ai.org_id = ",
         );
-        sql.bind(org.to_string()).push(" AND ai.application_id = ").bind(app.to_string());
+        sql.bind(org.to_string())
+            .push(" AND ai.application_id = ")
+            .bind(app.to_string());
         sql.push(" AND i.archived_at IS NULL ORDER BY ai.created_at, ai.integration_id");
         let rows = sql.query().fetch_all(self.db.pool()).await?;
         rows.iter().map(|r| r.id("integration_id")).collect()
@@ -231,14 +274,19 @@ impl Store {
         let mut tx = self.db.pool().begin().await?;
         if replace {
             let mut sql = Sql::new("DELETE FROM application_integrations WHERE org_id = ");
-            sql.bind(org.to_string()).push(" AND application_id = ").bind(app.to_string());
+            sql.bind(org.to_string())
+                .push(" AND application_id = ")
+                .bind(app.to_string());
             sql.query().execute(&mut *tx).await?;
         }
         for integration in integrations {
             let mut sql = Sql::new(
                 "INSERT INTO application_integrations (application_id, integration_id, org_id, created_at) VALUES (",
             );
-            sql.bind(app.to_string()).push(", ").bind(integration.to_string()).push(", ");
+            sql.bind(app.to_string())
+                .push(", ")
+                .bind(integration.to_string())
+                .push(", ");
             sql.bind(org.to_string()).push(", ").bind(now);
             sql.push(") ON CONFLICT (application_id, integration_id) DO NOTHING");
             sql.query().execute(&mut *tx).await?;
@@ -255,8 +303,11 @@ impl Store {
         integration: IntegrationId,
     ) -> Result<()> {
         let mut sql = Sql::new("DELETE FROM application_integrations WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND application_id = ").bind(app.to_string());
-        sql.push(" AND integration_id = ").bind(integration.to_string());
+        sql.bind(org.to_string())
+            .push(" AND application_id = ")
+            .bind(app.to_string());
+        sql.push(" AND integration_id = ")
+            .bind(integration.to_string());
         sql.query().execute(self.db.pool()).await?;
         Ok(())
     }
@@ -269,7 +320,10 @@ impl Store {
         now: Timestamp,
     ) -> Result<SessionCounts> {
         let sessions = self.all_agent_sessions(org, app).await?;
-        let mut counts = SessionCounts { total: sessions.len() as i64, ..Default::default() };
+        let mut counts = SessionCounts {
+            total: sessions.len() as i64,
+            ..Default::default()
+        };
         for s in &sessions {
             use keygate_core::model::DerivedSessionStatus as D;
             match s.derived_status(now) {

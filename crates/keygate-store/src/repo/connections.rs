@@ -28,7 +28,12 @@ fn connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
 }
 
 fn ctx(purpose: Purpose, org: OrgId, integration: IntegrationId, user: UserId) -> SealContext {
-    SealContext { purpose, org: Some(org), integration: Some(integration), user: Some(user) }
+    SealContext {
+        purpose,
+        org: Some(org),
+        integration: Some(integration),
+        user: Some(user),
+    }
 }
 
 impl Store {
@@ -41,17 +46,29 @@ impl Store {
         token: &Secret,
         display_name: Option<&str>,
     ) -> Result<Connection> {
-        let sealed =
-            self.vault.seal(&ctx(Purpose::UserToken, org, integration, user), token.expose().as_bytes());
+        let sealed = self.vault.seal(
+            &ctx(Purpose::UserToken, org, integration, user),
+            token.expose().as_bytes(),
+        );
         let now = Timestamp::now().millis();
         let mut sql = Sql::new(
             "INSERT INTO connections (id, org_id, integration_id, user_id, kind, credential, \
              refresh_token, expires_at, display_name, status, created_at, updated_at) VALUES (",
         );
-        sql.bind(ConnectionId::new().to_string()).push(", ").bind(org.to_string()).push(", ");
-        sql.bind(integration.to_string()).push(", ").bind(user.to_string());
-        sql.push(", 'user_token', ").bind(sealed).push(", NULL, NULL, ");
-        sql.bind(display_name.map(str::to_owned)).push(", 'connected', ").bind(now).push(", ");
+        sql.bind(ConnectionId::new().to_string())
+            .push(", ")
+            .bind(org.to_string())
+            .push(", ");
+        sql.bind(integration.to_string())
+            .push(", ")
+            .bind(user.to_string());
+        sql.push(", 'user_token', ")
+            .bind(sealed)
+            .push(", NULL, NULL, ");
+        sql.bind(display_name.map(str::to_owned))
+            .push(", 'connected', ")
+            .bind(now)
+            .push(", ");
         sql.bind(now).push(
             ") ON CONFLICT (integration_id, user_id) DO UPDATE SET kind = excluded.kind, \
              credential = excluded.credential, refresh_token = NULL, expires_at = NULL, \
@@ -70,10 +87,17 @@ impl Store {
         user: UserId,
     ) -> Result<Connection> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM connections WHERE org_id = ").bind(org.to_string());
-        sql.push(" AND integration_id = ").bind(integration.to_string());
+        sql.push(COLUMNS)
+            .push(" FROM connections WHERE org_id = ")
+            .bind(org.to_string());
+        sql.push(" AND integration_id = ")
+            .bind(integration.to_string());
         sql.push(" AND user_id = ").bind(user.to_string());
-        let row = sql.query().fetch_optional(self.db.pool()).await?.ok_or(StoreError::NotFound)?;
+        let row = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
         connection(&row)
     }
 
@@ -85,15 +109,25 @@ impl Store {
         user: UserId,
     ) -> Result<Secret> {
         let mut sql = Sql::new("SELECT kind, credential FROM connections WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND integration_id = ").bind(integration.to_string());
-        sql.push(" AND user_id = ").bind(user.to_string()).push(" AND status = 'connected'");
-        let row = sql.query().fetch_optional(self.db.pool()).await?.ok_or(StoreError::NotFound)?;
+        sql.bind(org.to_string())
+            .push(" AND integration_id = ")
+            .bind(integration.to_string());
+        sql.push(" AND user_id = ")
+            .bind(user.to_string())
+            .push(" AND status = 'connected'");
+        let row = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
         let purpose = match row.wire("kind", ConnectionKind::parse)? {
             ConnectionKind::UserToken => Purpose::UserToken,
             ConnectionKind::Oauth => Purpose::OAuthAccessToken,
         };
         let sealed = row.blob("credential")?.ok_or(StoreError::NotFound)?;
-        let plain = self.vault.open_string(&ctx(purpose, org, integration, user), &sealed)?;
+        let plain = self
+            .vault
+            .open_string(&ctx(purpose, org, integration, user), &sealed)?;
         Ok(Secret::new(plain))
     }
 
@@ -105,7 +139,9 @@ impl Store {
         user: UserId,
     ) -> Result<bool> {
         let mut sql = Sql::new("DELETE FROM connections WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND integration_id = ").bind(integration.to_string());
+        sql.bind(org.to_string())
+            .push(" AND integration_id = ")
+            .bind(integration.to_string());
         sql.push(" AND user_id = ").bind(user.to_string());
         Ok(sql.query().execute(self.db.pool()).await?.rows_affected() > 0)
     }
@@ -113,9 +149,16 @@ impl Store {
     /// Every connected (user, integration) pair of the organization.
     pub async fn all_connections(&self, org: OrgId) -> Result<Vec<Connection>> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM connections WHERE org_id = ").bind(org.to_string());
+        sql.push(COLUMNS)
+            .push(" FROM connections WHERE org_id = ")
+            .bind(org.to_string());
         sql.push(" AND status = 'connected' ORDER BY id");
-        sql.query().fetch_all(self.db.pool()).await?.iter().map(connection).collect()
+        sql.query()
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(connection)
+            .collect()
     }
 }
 
@@ -125,7 +168,9 @@ pub(crate) async fn delete_all_for_integration(
     integration: IntegrationId,
 ) -> Result<()> {
     let mut sql = Sql::new("DELETE FROM connections WHERE org_id = ");
-    sql.bind(org.to_string()).push(" AND integration_id = ").bind(integration.to_string());
+    sql.bind(org.to_string())
+        .push(" AND integration_id = ")
+        .bind(integration.to_string());
     sql.query().execute(&mut **tx).await?;
     Ok(())
 }

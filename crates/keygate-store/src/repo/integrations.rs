@@ -2,7 +2,9 @@
 //! organization and integration, and never leave this module except through the explicit
 //! `*_secret` readers.
 
-use keygate_core::model::{AuthMode, Category, Integration, IntegrationOAuth, ValidationStatus, slugify};
+use keygate_core::model::{
+    AuthMode, Category, Integration, IntegrationOAuth, ValidationStatus, slugify,
+};
 use keygate_core::{IntegrationId, OrgId, Secret, Timestamp};
 
 use super::{RowExt, to_json};
@@ -74,7 +76,12 @@ fn bool_col(row: &sqlx::any::AnyRow, col: &str) -> Result<bool> {
 }
 
 fn ctx(purpose: Purpose, org: OrgId, id: IntegrationId) -> SealContext {
-    SealContext { purpose, org: Some(org), integration: Some(id), user: None }
+    SealContext {
+        purpose,
+        org: Some(org),
+        integration: Some(id),
+        user: None,
+    }
 }
 
 impl Store {
@@ -83,28 +90,51 @@ impl Store {
         let id = IntegrationId::new();
         let now = Timestamp::now().millis();
         let base = slugify(&new.name);
-        let server_token = new
-            .server_token
-            .as_ref()
-            .map(|t| self.vault.seal(&ctx(Purpose::ServerToken, org, id), t.expose().as_bytes()));
+        let server_token = new.server_token.as_ref().map(|t| {
+            self.vault
+                .seal(&ctx(Purpose::ServerToken, org, id), t.expose().as_bytes())
+        });
         let client_secret = new.oauth_client_secret.as_ref().map(|t| {
-            self.vault.seal(&ctx(Purpose::OAuthClientSecret, org, id), t.expose().as_bytes())
+            self.vault.seal(
+                &ctx(Purpose::OAuthClientSecret, org, id),
+                t.expose().as_bytes(),
+            )
         });
         for attempt in 1..=20 {
-            let slug = if attempt == 1 { base.clone() } else { format!("{base}-{attempt}") };
+            let slug = if attempt == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{attempt}")
+            };
             let mut sql = Sql::new(
                 "INSERT INTO integrations (id, org_id, name, slug, url, category, auth_mode, oauth, \
                  oauth_client_secret, capabilities, credential_schema, server_token, \
                  validation_status, created_at, updated_at) VALUES (",
             );
-            sql.bind(id.to_string()).push(", ").bind(org.to_string()).push(", ");
-            sql.bind(new.name.clone()).push(", ").bind(slug).push(", ").bind(new.url.clone());
-            sql.push(", ").bind(new.category.as_str()).push(", ").bind(new.auth_mode.as_str());
-            sql.push(", ").bind(new.oauth.as_ref().map(to_json)).push(", ");
+            sql.bind(id.to_string())
+                .push(", ")
+                .bind(org.to_string())
+                .push(", ");
+            sql.bind(new.name.clone())
+                .push(", ")
+                .bind(slug)
+                .push(", ")
+                .bind(new.url.clone());
+            sql.push(", ")
+                .bind(new.category.as_str())
+                .push(", ")
+                .bind(new.auth_mode.as_str());
+            sql.push(", ")
+                .bind(new.oauth.as_ref().map(to_json))
+                .push(", ");
             sql.bind(client_secret.clone()).push(", ");
             sql.bind(new.capabilities.as_ref().map(to_json)).push(", ");
-            sql.bind(new.credential_schema.as_ref().map(to_json)).push(", ");
-            sql.bind(server_token.clone()).push(", 'pending', ").bind(now).push(", ");
+            sql.bind(new.credential_schema.as_ref().map(to_json))
+                .push(", ");
+            sql.bind(server_token.clone())
+                .push(", 'pending', ")
+                .bind(now)
+                .push(", ");
             sql.bind(now).push(")");
             match sql.query().execute(self.db.pool()).await {
                 Ok(_) => return self.get_integration(org, id).await,
@@ -112,15 +142,23 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StoreError::Conflict("too many integrations share this name".into()))
+        Err(StoreError::Conflict(
+            "too many integrations share this name".into(),
+        ))
     }
 
     /// An integration of `org`, archived or not.
     pub async fn get_integration(&self, org: OrgId, id: IntegrationId) -> Result<Integration> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM integrations WHERE org_id = ").bind(org.to_string());
+        sql.push(COLUMNS)
+            .push(" FROM integrations WHERE org_id = ")
+            .bind(org.to_string());
         sql.push(" AND id = ").bind(id.to_string());
-        let row = sql.query().fetch_optional(self.db.pool()).await?.ok_or(StoreError::NotFound)?;
+        let row = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
         integration(&row)
     }
 
@@ -132,17 +170,24 @@ impl Store {
         page: PageRequest,
     ) -> Result<Page<Integration>> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM integrations WHERE org_id = ").bind(org.to_string());
+        sql.push(COLUMNS)
+            .push(" FROM integrations WHERE org_id = ")
+            .bind(org.to_string());
         sql.push(" AND archived_at IS NULL");
         if let Some(name) = name {
-            let escaped = name.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            sql.push(" AND LOWER(name) LIKE ").bind(format!("%{}%", escaped.to_lowercase()));
+            let escaped = name
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            sql.push(" AND LOWER(name) LIKE ")
+                .bind(format!("%{}%", escaped.to_lowercase()));
             sql.push(" ESCAPE '\\'");
         }
         if let Some(after) = page.after {
             sql.push(" AND id < ").bind(after.0.to_string());
         }
-        sql.push(" ORDER BY id DESC LIMIT ").bind(i64::from(page.limit) + 1);
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .bind(i64::from(page.limit) + 1);
         let rows = sql.query().fetch_all(self.db.pool()).await?;
         let items = rows.iter().map(integration).collect::<Result<Vec<_>>>()?;
         Ok(Page::from_overfetch(items, page.limit, |i| i.id.0))
@@ -158,10 +203,17 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM integrations WHERE org_id = ").bind(org.to_string());
+        sql.push(COLUMNS)
+            .push(" FROM integrations WHERE org_id = ")
+            .bind(org.to_string());
         sql.push(" AND archived_at IS NULL AND id IN (");
         sql.bind_list(ids.iter().map(|i| i.to_string())).push(")");
-        sql.query().fetch_all(self.db.pool()).await?.iter().map(integration).collect()
+        sql.query()
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(integration)
+            .collect()
     }
 
     /// Applies a patch to an active integration. Changing `authMode` or `url` deletes its
@@ -197,11 +249,13 @@ impl Store {
             sql.push(", capabilities = ").bind(v.as_ref().map(to_json));
         }
         if let Some(v) = patch.credential_schema {
-            sql.push(", credential_schema = ").bind(v.as_ref().map(to_json));
+            sql.push(", credential_schema = ")
+                .bind(v.as_ref().map(to_json));
         }
         if let Some(v) = patch.server_token {
             let sealed = v.map(|t| {
-                self.vault.seal(&ctx(Purpose::ServerToken, org, id), t.expose().as_bytes())
+                self.vault
+                    .seal(&ctx(Purpose::ServerToken, org, id), t.expose().as_bytes())
             });
             sql.push(", server_token = ").bind(sealed);
         }
@@ -209,7 +263,10 @@ impl Store {
             sql.push(", validation_status = 'pending', validation_message = NULL");
             sql.push(", last_validated_at = NULL");
         }
-        sql.push(" WHERE org_id = ").bind(org.to_string()).push(" AND id = ").bind(id.to_string());
+        sql.push(" WHERE org_id = ")
+            .bind(org.to_string())
+            .push(" AND id = ")
+            .bind(id.to_string());
         let mut tx = self.db.pool().begin().await?;
         sql.query().execute(&mut *tx).await?;
         if mode_changed || url_changed {
@@ -229,12 +286,21 @@ impl Store {
         client_secret: Option<&Secret>,
     ) -> Result<Integration> {
         let sealed = client_secret.map(|s| {
-            self.vault.seal(&ctx(Purpose::OAuthClientSecret, org, id), s.expose().as_bytes())
+            self.vault.seal(
+                &ctx(Purpose::OAuthClientSecret, org, id),
+                s.expose().as_bytes(),
+            )
         });
         let mut sql = Sql::new("UPDATE integrations SET oauth = ");
-        sql.bind(oauth.map(to_json)).push(", oauth_client_secret = ").bind(sealed);
-        sql.push(", updated_at = ").bind(Timestamp::now().millis()).push(" WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND id = ").bind(id.to_string());
+        sql.bind(oauth.map(to_json))
+            .push(", oauth_client_secret = ")
+            .bind(sealed);
+        sql.push(", updated_at = ")
+            .bind(Timestamp::now().millis())
+            .push(" WHERE org_id = ");
+        sql.bind(org.to_string())
+            .push(" AND id = ")
+            .bind(id.to_string());
         sql.push(" AND archived_at IS NULL");
         let mut tx = self.db.pool().begin().await?;
         if sql.query().execute(&mut *tx).await?.rows_affected() == 0 {
@@ -250,13 +316,20 @@ impl Store {
         let now = Timestamp::now().millis();
         let mut tx = self.db.pool().begin().await?;
         let mut sql = Sql::new("UPDATE integrations SET archived_at = COALESCE(archived_at, ");
-        sql.bind(now).push("), updated_at = ").bind(now).push(" WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND id = ").bind(id.to_string());
+        sql.bind(now)
+            .push("), updated_at = ")
+            .bind(now)
+            .push(" WHERE org_id = ");
+        sql.bind(org.to_string())
+            .push(" AND id = ")
+            .bind(id.to_string());
         if sql.query().execute(&mut *tx).await?.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
         let mut sql = Sql::new("DELETE FROM application_integrations WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND integration_id = ").bind(id.to_string());
+        sql.bind(org.to_string())
+            .push(" AND integration_id = ")
+            .bind(id.to_string());
         sql.query().execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
@@ -272,8 +345,11 @@ impl Store {
     ) -> Result<Integration> {
         let mut sql = Sql::new("UPDATE integrations SET validation_status = ");
         sql.bind(status.as_str()).push(", validation_message = ");
-        sql.bind(message.map(str::to_owned)).push(", last_validated_at = ");
-        sql.bind(Timestamp::now().millis()).push(" WHERE org_id = ").bind(org.to_string());
+        sql.bind(message.map(str::to_owned))
+            .push(", last_validated_at = ");
+        sql.bind(Timestamp::now().millis())
+            .push(" WHERE org_id = ")
+            .bind(org.to_string());
         sql.push(" AND id = ").bind(id.to_string());
         if sql.query().execute(self.db.pool()).await?.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -287,7 +363,8 @@ impl Store {
         org: OrgId,
         id: IntegrationId,
     ) -> Result<Option<Secret>> {
-        self.integration_secret(org, id, "server_token", Purpose::ServerToken).await
+        self.integration_secret(org, id, "server_token", Purpose::ServerToken)
+            .await
     }
 
     /// The decrypted upstream OAuth client secret of an integration, if one is set.
@@ -296,7 +373,8 @@ impl Store {
         org: OrgId,
         id: IntegrationId,
     ) -> Result<Option<Secret>> {
-        self.integration_secret(org, id, "oauth_client_secret", Purpose::OAuthClientSecret).await
+        self.integration_secret(org, id, "oauth_client_secret", Purpose::OAuthClientSecret)
+            .await
     }
 
     async fn integration_secret(
@@ -307,10 +385,21 @@ impl Store {
         purpose: Purpose,
     ) -> Result<Option<Secret>> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(column).push(" AS secret FROM integrations WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND id = ").bind(id.to_string());
-        let row = sql.query().fetch_optional(self.db.pool()).await?.ok_or(StoreError::NotFound)?;
-        let Some(sealed) = row.blob("secret")? else { return Ok(None) };
-        Ok(Some(Secret::new(self.vault.open_string(&ctx(purpose, org, id), &sealed)?)))
+        sql.push(column)
+            .push(" AS secret FROM integrations WHERE org_id = ");
+        sql.bind(org.to_string())
+            .push(" AND id = ")
+            .bind(id.to_string());
+        let row = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let Some(sealed) = row.blob("secret")? else {
+            return Ok(None);
+        };
+        Ok(Some(Secret::new(
+            self.vault.open_string(&ctx(purpose, org, id), &sealed)?,
+        )))
     }
 }

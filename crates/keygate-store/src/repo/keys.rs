@@ -19,8 +19,12 @@ pub struct StoredSigningKey {
     pub retired_at: Option<Timestamp>,
 }
 
-const CTX: SealContext =
-    SealContext { purpose: Purpose::SigningKey, org: None, integration: None, user: None };
+const CTX: SealContext = SealContext {
+    purpose: Purpose::SigningKey,
+    org: None,
+    integration: None,
+    user: None,
+};
 
 impl Store {
     pub async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<()> {
@@ -28,8 +32,14 @@ impl Store {
         let mut sql = Sql::new(
             "INSERT INTO signing_keys (kid, alg, private_key, public_jwk, created_at) VALUES (",
         );
-        sql.bind(key.kid.clone()).push(", ").bind(key.alg.clone()).push(", ").bind(sealed);
-        sql.push(", ").bind(super::to_json(&key.public_jwk)).push(", ");
+        sql.bind(key.kid.clone())
+            .push(", ")
+            .bind(key.alg.clone())
+            .push(", ")
+            .bind(sealed);
+        sql.push(", ")
+            .bind(super::to_json(&key.public_jwk))
+            .push(", ");
         sql.bind(key.created_at.millis()).push(")");
         sql.query().execute(self.db.pool()).await?;
         Ok(())
@@ -41,7 +51,8 @@ impl Store {
             "SELECT kid, alg, private_key, public_jwk, created_at, retired_at FROM signing_keys \
              WHERE retired_at IS NULL OR retired_at > ",
         );
-        sql.bind(since.millis()).push(" ORDER BY created_at DESC, kid DESC");
+        sql.bind(since.millis())
+            .push(" ORDER BY created_at DESC, kid DESC");
         let rows = sql.query().fetch_all(self.db.pool()).await?;
         rows.iter()
             .map(|r| {
@@ -62,7 +73,8 @@ impl Store {
     /// have expired.
     pub async fn retire_signing_keys_except(&self, keep: &str) -> Result<()> {
         let mut sql = Sql::new("UPDATE signing_keys SET retired_at = ");
-        sql.bind(Timestamp::now().millis()).push(" WHERE retired_at IS NULL AND kid <> ");
+        sql.bind(Timestamp::now().millis())
+            .push(" WHERE retired_at IS NULL AND kid <> ");
         sql.bind(keep);
         sql.query().execute(self.db.pool()).await?;
         Ok(())

@@ -28,11 +28,16 @@ pub(crate) trait RowExt {
     fn blob(&self, col: &str) -> Result<Option<Vec<u8>>>;
 
     fn id<T: FromStr>(&self, col: &str) -> Result<T> {
-        self.text(col)?.parse().map_err(|_| StoreError::Corrupt(format!("{col} is not an id")))
+        self.text(col)?
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("{col} is not an id")))
     }
     fn opt_id<T: FromStr>(&self, col: &str) -> Result<Option<T>> {
         self.opt_text(col)?
-            .map(|s| s.parse().map_err(|_| StoreError::Corrupt(format!("{col} is not an id"))))
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("{col} is not an id")))
+            })
             .transpose()
     }
     fn ts(&self, col: &str) -> Result<Timestamp> {

@@ -62,12 +62,29 @@ impl Store {
         let id = AgentSessionId::new();
         let now = Timestamp::now().millis();
         let mut sql = Sql::new("INSERT INTO agent_sessions (");
-        sql.push(COLUMNS).push(") VALUES (").bind(id.to_string()).push(", ");
-        sql.bind(org.to_string()).push(", ").bind(new.application_id.to_string()).push(", ");
-        sql.bind(new.user_id.map(|u| u.to_string())).push(", ").bind(new.agent_id).push(", ");
-        sql.bind(new.name).push(", 'active', ").bind(new.hostname).push(", ");
-        sql.bind(new.user_agent).push(", ").bind(new.client_info.as_ref().map(to_json));
-        sql.push(", ").bind(new.token_expires_at.map(|t| t.millis())).push(", ").bind(now);
+        sql.push(COLUMNS)
+            .push(") VALUES (")
+            .bind(id.to_string())
+            .push(", ");
+        sql.bind(org.to_string())
+            .push(", ")
+            .bind(new.application_id.to_string())
+            .push(", ");
+        sql.bind(new.user_id.map(|u| u.to_string()))
+            .push(", ")
+            .bind(new.agent_id)
+            .push(", ");
+        sql.bind(new.name)
+            .push(", 'active', ")
+            .bind(new.hostname)
+            .push(", ");
+        sql.bind(new.user_agent)
+            .push(", ")
+            .bind(new.client_info.as_ref().map(to_json));
+        sql.push(", ")
+            .bind(new.token_expires_at.map(|t| t.millis()))
+            .push(", ")
+            .bind(now);
         sql.push(", NULL, NULL, ").bind(now).push(")");
         sql.query().execute(self.db.pool()).await?;
         self.get_agent_session(org, new.application_id, id).await
@@ -80,10 +97,18 @@ impl Store {
         id: AgentSessionId,
     ) -> Result<AgentSession> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM agent_sessions WHERE org_id = ").bind(org.to_string());
-        sql.push(" AND application_id = ").bind(app.to_string()).push(" AND id = ");
+        sql.push(COLUMNS)
+            .push(" FROM agent_sessions WHERE org_id = ")
+            .bind(org.to_string());
+        sql.push(" AND application_id = ")
+            .bind(app.to_string())
+            .push(" AND id = ");
         sql.bind(id.to_string());
-        let row = sql.query().fetch_optional(self.db.pool()).await?.ok_or(StoreError::NotFound)?;
+        let row = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
         session(&row)
     }
 
@@ -94,9 +119,18 @@ impl Store {
         app: ApplicationId,
     ) -> Result<Vec<AgentSession>> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(COLUMNS).push(" FROM agent_sessions WHERE org_id = ").bind(org.to_string());
-        sql.push(" AND application_id = ").bind(app.to_string()).push(" ORDER BY id DESC");
-        sql.query().fetch_all(self.db.pool()).await?.iter().map(session).collect()
+        sql.push(COLUMNS)
+            .push(" FROM agent_sessions WHERE org_id = ")
+            .bind(org.to_string());
+        sql.push(" AND application_id = ")
+            .bind(app.to_string())
+            .push(" ORDER BY id DESC");
+        sql.query()
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(session)
+            .collect()
     }
 
     /// Sessions of an application filtered by derived status, newest first.
@@ -144,6 +178,8 @@ pub(crate) async fn disconnect_all(
 ) -> Result<u64> {
     let mut sql = Sql::new("UPDATE agent_sessions SET status = 'disconnected', disconnected_at = ");
     sql.bind(now).push(" WHERE org_id = ").bind(org.to_string());
-    sql.push(" AND application_id = ").bind(app.to_string()).push(" AND status = 'active'");
+    sql.push(" AND application_id = ")
+        .bind(app.to_string())
+        .push(" AND status = 'active'");
     Ok(sql.query().execute(&mut **tx).await?.rows_affected())
 }

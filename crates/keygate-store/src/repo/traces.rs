@@ -151,15 +151,34 @@ impl Store {
         let mut tx = self.db.pool().begin().await?;
         for e in events {
             let mut sql = Sql::new("INSERT INTO trace_events (");
-            sql.push(COLUMNS).push(") VALUES (").bind(e.id.to_string()).push(", ");
-            sql.bind(e.org_id.to_string()).push(", ").bind(e.created_at.millis()).push(", ");
-            sql.bind(e.trace_id.clone()).push(", ").bind(e.session_id.clone()).push(", ");
-            sql.bind(e.agent_session_id.map(|v| v.to_string())).push(", ");
+            sql.push(COLUMNS)
+                .push(") VALUES (")
+                .bind(e.id.to_string())
+                .push(", ");
+            sql.bind(e.org_id.to_string())
+                .push(", ")
+                .bind(e.created_at.millis())
+                .push(", ");
+            sql.bind(e.trace_id.clone())
+                .push(", ")
+                .bind(e.session_id.clone())
+                .push(", ");
+            sql.bind(e.agent_session_id.map(|v| v.to_string()))
+                .push(", ");
             sql.bind(e.application_id.to_string()).push(", ");
-            sql.bind(e.user_id.map(|v| v.to_string())).push(", ").bind(e.event_type.clone());
-            sql.push(", ").bind(e.status.clone()).push(", ").bind(e.duration_ms).push(", ");
+            sql.bind(e.user_id.map(|v| v.to_string()))
+                .push(", ")
+                .bind(e.event_type.clone());
+            sql.push(", ")
+                .bind(e.status.clone())
+                .push(", ")
+                .bind(e.duration_ms)
+                .push(", ");
             sql.bind(e.integration_id.map(|v| v.to_string())).push(", ");
-            sql.bind(e.tool_name.clone()).push(", ").bind(e.error_message.clone()).push(", ");
+            sql.bind(e.tool_name.clone())
+                .push(", ")
+                .bind(e.error_message.clone())
+                .push(", ");
             sql.bind(e.bytes_in).push(", ").bind(e.bytes_out).push(", ");
             sql.bind(e.request_json.as_ref().map(to_json)).push(", ");
             sql.bind(e.response_json.as_ref().map(to_json)).push(")");
@@ -181,7 +200,8 @@ impl Store {
         if let Some(after) = filter.after {
             sql.push(" AND id < ").bind(after.0.to_string());
         }
-        sql.push(" ORDER BY id DESC LIMIT ").bind(i64::from(filter.limit) + 1);
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .bind(i64::from(filter.limit) + 1);
         let rows = sql.query().fetch_all(self.db.pool()).await?;
         let events = rows.iter().map(event).collect::<Result<Vec<_>>>()?;
         Ok(Page::from_overfetch(events, filter.limit, |e| e.id))
@@ -226,8 +246,12 @@ impl Store {
             user_id: user,
             ..Default::default()
         };
-        let summary =
-            self.list_traces(org, &filter).await?.items.pop().ok_or(StoreError::NotFound)?;
+        let summary = self
+            .list_traces(org, &filter)
+            .await?
+            .items
+            .pop()
+            .ok_or(StoreError::NotFound)?;
         let mut sql = Sql::new("SELECT ");
         sql.push(COLUMNS).push(" FROM trace_events");
         push_filters(&mut sql, org, &filter);

@@ -46,23 +46,36 @@ fn user(row: &sqlx::any::AnyRow) -> Result<User> {
 impl Store {
     /// The organization of a single-tenant install, created on first use. Safe to race.
     pub async fn default_organization(&self) -> Result<Organization> {
-        let mut sql = Sql::new(
-            "INSERT INTO organizations (id, slug, name, created_at) VALUES (",
-        );
-        sql.bind(OrgId::new().to_string()).push(", 'default', 'Default', ");
-        sql.bind(Timestamp::now().millis()).push(") ON CONFLICT (slug) DO NOTHING");
+        let mut sql = Sql::new("INSERT INTO organizations (id, slug, name, created_at) VALUES (");
+        sql.bind(OrgId::new().to_string())
+            .push(", 'default', 'Default', ");
+        sql.bind(Timestamp::now().millis())
+            .push(") ON CONFLICT (slug) DO NOTHING");
         sql.query().execute(self.db.pool()).await?;
-        let row = sqlx::query("SELECT id, name, created_at FROM organizations WHERE slug = 'default'")
-            .fetch_one(self.db.pool())
-            .await?;
-        Ok(Organization { id: row.id("id")?, name: row.text("name")?, created_at: row.ts("created_at")? })
+        let row =
+            sqlx::query("SELECT id, name, created_at FROM organizations WHERE slug = 'default'")
+                .fetch_one(self.db.pool())
+                .await?;
+        Ok(Organization {
+            id: row.id("id")?,
+            name: row.text("name")?,
+            created_at: row.ts("created_at")?,
+        })
     }
 
     /// Creates an organization (tests and multi-tenant set-ups).
     pub async fn create_organization(&self, slug: &str, name: &str) -> Result<Organization> {
-        let org = Organization { id: OrgId::new(), name: name.to_owned(), created_at: Timestamp::now() };
+        let org = Organization {
+            id: OrgId::new(),
+            name: name.to_owned(),
+            created_at: Timestamp::now(),
+        };
         let mut sql = Sql::new("INSERT INTO organizations (id, slug, name, created_at) VALUES (");
-        sql.bind(org.id.to_string()).push(", ").bind(slug).push(", ").bind(name);
+        sql.bind(org.id.to_string())
+            .push(", ")
+            .bind(slug)
+            .push(", ")
+            .bind(name);
         sql.push(", ").bind(org.created_at.millis()).push(")");
         sql.query()
             .execute(self.db.pool())
@@ -88,9 +101,18 @@ impl Store {
         let mut sql = Sql::new(
             "INSERT INTO users (id, org_id, email, password_hash, role, created_at) VALUES (",
         );
-        sql.bind(user.id.to_string()).push(", ").bind(org.to_string()).push(", ");
-        sql.bind(user.email.clone()).push(", ").bind(password_hash.map(str::to_owned));
-        sql.push(", ").bind(role.as_str()).push(", ").bind(user.created_at.millis()).push(")");
+        sql.bind(user.id.to_string())
+            .push(", ")
+            .bind(org.to_string())
+            .push(", ");
+        sql.bind(user.email.clone())
+            .push(", ")
+            .bind(password_hash.map(str::to_owned));
+        sql.push(", ")
+            .bind(role.as_str())
+            .push(", ")
+            .bind(user.created_at.millis())
+            .push(")");
         sql.query()
             .execute(self.db.pool())
             .await
@@ -99,25 +121,45 @@ impl Store {
     }
 
     pub async fn get_user(&self, org: OrgId, id: UserId) -> Result<User> {
-        let mut sql = Sql::new("SELECT id, org_id, email, role, created_at FROM users WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND id = ").bind(id.to_string());
+        let mut sql =
+            Sql::new("SELECT id, org_id, email, role, created_at FROM users WHERE org_id = ");
+        sql.bind(org.to_string())
+            .push(" AND id = ")
+            .bind(id.to_string());
         sql.push(" AND disabled_at IS NULL");
-        let row = sql.query().fetch_optional(self.db.pool()).await?.ok_or(StoreError::NotFound)?;
+        let row = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
         user(&row)
     }
 
     pub async fn list_users(&self, org: OrgId) -> Result<Vec<User>> {
-        let mut sql = Sql::new("SELECT id, org_id, email, role, created_at FROM users WHERE org_id = ");
-        sql.bind(org.to_string()).push(" AND disabled_at IS NULL ORDER BY id");
-        sql.query().fetch_all(self.db.pool()).await?.iter().map(user).collect()
+        let mut sql =
+            Sql::new("SELECT id, org_id, email, role, created_at FROM users WHERE org_id = ");
+        sql.bind(org.to_string())
+            .push(" AND disabled_at IS NULL ORDER BY id");
+        sql.query()
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(user)
+            .collect()
     }
 
     /// The earliest owner of the organization, if any.
     pub async fn first_owner(&self, org: OrgId) -> Result<Option<User>> {
-        let mut sql = Sql::new("SELECT id, org_id, email, role, created_at FROM users WHERE org_id = ");
+        let mut sql =
+            Sql::new("SELECT id, org_id, email, role, created_at FROM users WHERE org_id = ");
         sql.bind(org.to_string());
         sql.push(" AND role = 'owner' AND disabled_at IS NULL ORDER BY id LIMIT 1");
-        sql.query().fetch_optional(self.db.pool()).await?.as_ref().map(user).transpose()
+        sql.query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .as_ref()
+            .map(user)
+            .transpose()
     }
 
     pub async fn create_service_account(
@@ -138,10 +180,16 @@ impl Store {
             archived_at: None,
         };
         let mut sql = Sql::new("INSERT INTO service_accounts (");
-        sql.push(SA_COLUMNS).push(") VALUES (").bind(account.id.to_string()).push(", ");
+        sql.push(SA_COLUMNS)
+            .push(") VALUES (")
+            .bind(account.id.to_string())
+            .push(", ");
         sql.bind(org.to_string()).push(", ").bind(name).push(", ");
         sql.bind(account.description.clone()).push(", ");
-        sql.bind(acting_user_id.map(|u| u.to_string())).push(", ").bind(secret_hash).push(", ");
+        sql.bind(acting_user_id.map(|u| u.to_string()))
+            .push(", ")
+            .bind(secret_hash)
+            .push(", ");
         sql.bind(account.created_at.millis()).push(", NULL)");
         sql.query().execute(self.db.pool()).await?;
         Ok(account)
@@ -153,8 +201,14 @@ impl Store {
         id: ServiceAccountId,
     ) -> Result<ServiceAccountCredentials> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(SA_COLUMNS).push(" FROM service_accounts WHERE id = ").bind(id.to_string());
-        let row = sql.query().fetch_optional(self.db.pool()).await?.ok_or(StoreError::NotFound)?;
+        sql.push(SA_COLUMNS)
+            .push(" FROM service_accounts WHERE id = ")
+            .bind(id.to_string());
+        let row = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
         service_account(&row)
     }
 
@@ -176,11 +230,14 @@ impl Store {
         page: PageRequest,
     ) -> Result<Page<ServiceAccount>> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(SA_COLUMNS).push(" FROM service_accounts WHERE org_id = ").bind(org.to_string());
+        sql.push(SA_COLUMNS)
+            .push(" FROM service_accounts WHERE org_id = ")
+            .bind(org.to_string());
         if let Some(after) = page.after {
             sql.push(" AND id < ").bind(after.0.to_string());
         }
-        sql.push(" ORDER BY id DESC LIMIT ").bind(i64::from(page.limit) + 1);
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .bind(i64::from(page.limit) + 1);
         let rows = sql.query().fetch_all(self.db.pool()).await?;
         let accounts = rows
             .iter()
@@ -192,7 +249,9 @@ impl Store {
     /// Revokes a service account: its secret stops working at once. Idempotent.
     pub async fn archive_service_account(&self, org: OrgId, id: ServiceAccountId) -> Result<()> {
         let mut sql = Sql::new("UPDATE service_accounts SET archived_at = COALESCE(archived_at, ");
-        sql.bind(Timestamp::now().millis()).push(") WHERE org_id = ").bind(org.to_string());
+        sql.bind(Timestamp::now().millis())
+            .push(") WHERE org_id = ")
+            .bind(org.to_string());
         sql.push(" AND id = ").bind(id.to_string());
         let done = sql.query().execute(self.db.pool()).await?;
         if done.rows_affected() == 0 {
@@ -209,8 +268,12 @@ impl Store {
         secret_hash: &str,
     ) -> Result<ServiceAccount> {
         let mut sql = Sql::new("UPDATE service_accounts SET secret_hash = ");
-        sql.bind(secret_hash).push(" WHERE org_id = ").bind(org.to_string());
-        sql.push(" AND id = ").bind(id.to_string()).push(" AND archived_at IS NULL");
+        sql.bind(secret_hash)
+            .push(" WHERE org_id = ")
+            .bind(org.to_string());
+        sql.push(" AND id = ")
+            .bind(id.to_string())
+            .push(" AND archived_at IS NULL");
         let done = sql.query().execute(self.db.pool()).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);

@@ -1,0 +1,156 @@
+//! Wiring: from a validated [`Config`] to a running gateway.
+//!
+//! [`Gateway::open`] connects and migrates the store, unlocks the vault and loads the signing
+//! keys; [`Gateway::serve`] runs the HTTP server until the shutdown future resolves, then lets
+//! in-flight requests finish up to a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use keygate_api::{ApiOptions, ApiState, Limiter};
+use keygate_auth::{AuthState, KeyRing};
+use keygate_core::config::Config;
+use keygate_store::{Db, Kek, Store, Vault};
+use tokio::net::TcpListener;
+
+/// How long in-flight requests may run after shutdown begins.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// An opened gateway: store, keys and the HTTP router, ready to serve.
+pub struct Gateway {
+    pub store: Store,
+    pub keys: Arc<KeyRing>,
+    pub public_url: String,
+    router: Router,
+    limiter: Limiter,
+}
+
+/// Opens the database and applies migrations.
+pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
+    if config.database_url().starts_with("sqlite:") {
+        std::fs::create_dir_all(config.data_dir())?;
+    }
+    let db = Db::connect(&config.database_url(), config.max_connections()).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+impl Gateway {
+    pub async fn open(config: &Config, kek: &Kek) -> anyhow::Result<Self> {
+        let db = open_db(config).await?;
+        let vault = Vault::unlock(&db, kek).await?;
+        let store = Store::new(db, vault);
+        store.default_organization().await?;
+        let public_url = config.public_url();
+        let keys = Arc::new(KeyRing::load(store.clone(), public_url.clone()).await?);
+        let auth = AuthState {
+            store: store.clone(),
+            keys: keys.clone(),
+            public_url: public_url.as_str().into(),
+            access_token_ttl: config.access_token_ttl_secs(),
+        };
+        let limiter = Limiter::per_minute(config.rate_limit_per_minute());
+        let api = keygate_api::router(
+            ApiState { auth: auth.clone() },
+            ApiOptions {
+                max_body_bytes: config.max_body_bytes(),
+                limiter: limiter.clone(),
+            },
+        );
+        let health_store = store.clone();
+        let router = Router::new()
+            .merge(keygate_auth::router(auth))
+            .merge(api)
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let store = health_store.clone();
+                    async move {
+                        if store.ping().await {
+                            (StatusCode::OK, "ready").into_response()
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+                                .into_response()
+                        }
+                    }
+                }),
+            );
+        Ok(Self {
+            store,
+            keys,
+            public_url,
+            router,
+            limiter,
+        })
+    }
+
+    /// The HTTP router (for tests that drive it without a socket).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains for at most [`SHUTDOWN_GRACE`].
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let limiter = self.limiter.clone();
+        let pruner = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limiter.prune();
+            }
+        });
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = started_tx.send(());
+        };
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, service)
+            .with_graceful_shutdown(signal)
+            .into_future();
+        tokio::pin!(server);
+        let result = tokio::select! {
+            r = &mut server => r.map_err(Into::into),
+            _ = async {
+                let _ = started_rx.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("shutdown deadline reached; dropping remaining connections");
+                Ok(())
+            }
+        };
+        pruner.abort();
+        self.store.db().close().await;
+        result
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+}

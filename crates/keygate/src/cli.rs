@@ -1,0 +1,314 @@
+//! The command line. Machine-readable results are one JSON document on stdout; everything meant
+//! for people goes to stderr.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use keygate_auth::secret::{generate_client_secret, hash_client_secret, hash_password};
+use keygate_core::config::Config;
+use keygate_core::model::Role;
+use keygate_store::{Kek, Store, StoreError, Vault};
+use serde_json::json;
+
+use crate::app::{Gateway, open_db, shutdown_signal};
+use crate::settings::{self, EXIT_CONFIG, KeySource, resolve_kek, write_secret_file};
+
+/// keygate: a self-hosted MCP gateway with credential brokering.
+#[derive(Parser, Debug)]
+#[command(name = "keygate", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Configuration file (TOML); see config/keygate.example.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the embedded database and generated vault key (default ./data).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Listen address (overrides `listen` and KEYGATE_LISTEN).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage service accounts.
+    #[command(subcommand, name = "service-account")]
+    ServiceAccount(ServiceAccountCommand),
+    /// Manage the vault.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user; prints {"user": {...}}.
+    Add {
+        email: String,
+        #[arg(long, default_value = "member", value_parser = ["owner", "admin", "member"])]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceAccountCommand {
+    /// Create a service account; prints its credentials once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VaultCommand {
+    /// Re-wrap every data key under a new key-encryption key.
+    RotateKey,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match settings::load(
+        cli.global.config.as_deref(),
+        cli.global.data_dir.as_deref(),
+        |k| std::env::var(k).ok(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keygate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keygate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keygate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| config.log.level.clone())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format.as_deref() == Some("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { listen } => {
+            if let Some(listen) = listen {
+                config.listen = Some(listen);
+            }
+            serve(config).await
+        }
+        Command::Migrate => {
+            open_db(&config).await?;
+            eprintln!(
+                "migrations applied to {}",
+                redact_url(&config.database_url())
+            );
+            Ok(())
+        }
+        Command::User(UserCommand::Add {
+            email,
+            role,
+            password_stdin,
+        }) => user_add(&config, &email, &role, password_stdin).await,
+        Command::ServiceAccount(ServiceAccountCommand::Create { name, description }) => {
+            service_account_create(&config, &name, description.as_deref()).await
+        }
+        Command::Vault(VaultCommand::RotateKey) => rotate_key(&config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let (kek, _) = resolve_kek(&config)?;
+    let gateway = Gateway::open(&config, &kek).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen()))?;
+    let url = gateway.public_url.clone();
+    eprintln!(
+        "keygate is listening on {} (public URL {url})",
+        listener.local_addr()?
+    );
+    eprintln!("  database: {}", redact_url(&config.database_url()));
+    eprintln!(
+        "  create the first owner:      keygate user add EMAIL --role owner --password-stdin"
+    );
+    eprintln!("  create a service account:    keygate service-account create --name NAME");
+    eprintln!("  management API:              {url}/api/v1   (OpenAPI: {url}/api/openapi.json)");
+    gateway.serve(listener, shutdown_signal()).await
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let (kek, _) = resolve_kek(config)?;
+    let db = open_db(config).await?;
+    let vault = Vault::unlock(&db, &kek).await?;
+    Ok(Store::new(db, vault))
+}
+
+async fn user_add(
+    config: &Config,
+    email: &str,
+    role: &str,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
+    let email = email.trim();
+    if !email.contains('@') || email.len() > 254 || email.chars().any(char::is_whitespace) {
+        anyhow::bail!("{email:?} is not an email address");
+    }
+    let role = Role::parse(role).expect("clap restricts the values");
+    let password_hash = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let password = line.trim_end_matches(['\r', '\n']);
+        if password.chars().count() < 8 {
+            anyhow::bail!("the password must be at least 8 characters");
+        }
+        Some(hash_password(password).map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?)
+    } else {
+        None
+    };
+    let store = open_store(config).await?;
+    let org = store.default_organization().await?;
+    let user = match store
+        .create_user(org.id, email, role, password_hash.as_deref())
+        .await
+    {
+        Ok(u) => u,
+        Err(StoreError::Conflict(m)) => anyhow::bail!("{m}"),
+        Err(e) => return Err(e.into()),
+    };
+    print_json(&json!({"user": {
+        "id": user.id, "email": user.email, "role": user.role,
+        "organizationId": user.org_id, "createdAt": user.created_at,
+    }}))
+}
+
+async fn service_account_create(
+    config: &Config,
+    name: &str,
+    description: Option<&str>,
+) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() {
+        anyhow::bail!("--name must not be empty");
+    }
+    let store = open_store(config).await?;
+    let org = store.default_organization().await?;
+    // A service account made from the CLI acts for the organization's first owner, if any, so
+    // that what it creates has an owner.
+    let acting = store.first_owner(org.id).await?.map(|u| u.id);
+    let secret = generate_client_secret();
+    let sa = store
+        .create_service_account(
+            org.id,
+            name,
+            description,
+            acting,
+            &hash_client_secret(&secret),
+        )
+        .await?;
+    print_json(&json!({
+        "serviceAccount": {
+            "id": sa.id, "name": sa.name, "description": sa.description,
+            "createdAt": sa.created_at, "actingUserId": sa.acting_user_id,
+        },
+        "credentials": {"clientId": sa.id.client_id(), "clientSecret": secret},
+    }))
+}
+
+async fn rotate_key(config: &Config) -> anyhow::Result<()> {
+    let (old, source) = resolve_kek(config)?;
+    let db = open_db(config).await?;
+    let new_b64 = Kek::generate_base64();
+    let new = Kek::from_base64(&new_b64)?;
+    match source {
+        KeySource::File(path) => {
+            // Write the new key beside the old one first: if anything fails after the database
+            // commits, the key that opens the data is still on disk.
+            let staged = path.with_extension("key.new");
+            let _ = std::fs::remove_file(&staged);
+            write_secret_file(&staged, &new_b64)?;
+            let n = Vault::rotate_kek(&db, &old, &new).await?;
+            std::fs::rename(&staged, &path)?;
+            eprintln!(
+                "re-wrapped {n} data key(s); {} now holds the new key",
+                path.display()
+            );
+            print_json(&json!({"rotated": n, "kekId": new.id(), "keyFile": path}))
+        }
+        KeySource::Config => {
+            let n = Vault::rotate_kek(&db, &old, &new).await?;
+            eprintln!(
+                "re-wrapped {n} data key(s); set vault.key / KEYGATE_VAULT_KEY to the new key \
+                 below before the next start"
+            );
+            print_json(&json!({"rotated": n, "kekId": new.id(), "key": new_b64}))
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A database URL without its password.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
