@@ -87,12 +87,15 @@ impl FromRequestParts<ApiState> for Caller {
             .ok_or(ApiError::Unauthorized("A bearer token is required"))?;
         let claims = state
             .auth
-            .keys
-            .verify(token, &state.auth.management_audience())
+            .verify_access_token(token, &state.auth.management_audience())
             .await
             .map_err(|e| match e {
                 VerifyError::Expired => ApiError::Unauthorized("The access token has expired"),
                 VerifyError::Invalid => ApiError::Unauthorized("The access token is invalid"),
+                VerifyError::Revoked => ApiError::Unauthorized("The access token has been revoked"),
+                VerifyError::Unavailable => {
+                    ApiError::Internal("token revocation state unavailable".into())
+                }
             })?;
         let revoked = || ApiError::Unauthorized("The access token's principal is no longer active");
         match claims.subject() {

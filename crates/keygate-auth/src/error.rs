@@ -15,6 +15,12 @@ pub enum OAuthError {
     InvalidClient { basic: bool },
     #[error("unauthorized_client: {0}")]
     UnauthorizedClient(String),
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(String),
+    #[error("invalid_client_metadata: {0}")]
+    InvalidClientMetadata(String),
+    #[error("invalid_redirect_uri: {0}")]
+    InvalidRedirectUri(String),
     #[error("unsupported_grant_type")]
     UnsupportedGrantType,
     #[error("invalid_scope: {0}")]
@@ -38,6 +44,15 @@ impl OAuthError {
             ),
             OAuthError::UnauthorizedClient(m) => {
                 (StatusCode::BAD_REQUEST, "unauthorized_client", m.clone())
+            }
+            OAuthError::InvalidGrant(m) => (StatusCode::BAD_REQUEST, "invalid_grant", m.clone()),
+            OAuthError::InvalidClientMetadata(m) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_client_metadata",
+                m.clone(),
+            ),
+            OAuthError::InvalidRedirectUri(m) => {
+                (StatusCode::BAD_REQUEST, "invalid_redirect_uri", m.clone())
             }
             OAuthError::UnsupportedGrantType => (
                 StatusCode::BAD_REQUEST,

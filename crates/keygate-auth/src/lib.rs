@@ -4,18 +4,33 @@
 //!   passwords.
 //! - [`keys::KeyRing`]: ES256 signing keys kept (sealed) in the store, their JWKS, signing and
 //!   verifying access tokens.
-//! - [`token`]: the `/oauth2/token` grants.
+//! - [`authorize`]: the browser half of the code flow (authorize → login → consent → code).
+//! - [`token`] and [`grants`]: `/oauth2/token` (client credentials, authorization code with
+//!   PKCE, rotating refresh tokens with reuse detection).
+//! - [`revoke`], [`register`]: RFC 7009 and RFC 7591.
+//! - [`verify`] and [`protected`]: what resource servers use — token verification including
+//!   revocation, RFC 9728 metadata and the `401` challenge.
 //! - [`router`]: the HTTP endpoints (`/oauth2/*`, `/.well-known/*`).
 #![forbid(unsafe_code)]
 
+pub mod authorize;
 pub mod claims;
+pub mod clients;
 pub mod error;
+pub mod grants;
 pub mod keys;
+pub mod protected;
+pub mod register;
+pub mod resource;
+pub mod revoke;
 pub mod router;
 pub mod secret;
 pub mod token;
+pub mod verify;
+pub mod web;
 
 pub use claims::{Claims, MANAGEMENT_SCOPE, Subject};
 pub use error::OAuthError;
 pub use keys::KeyRing;
+pub use resource::Resource;
 pub use router::{AuthState, router};

@@ -11,8 +11,11 @@ use axum::{Json, Router};
 use keygate_store::Store;
 use serde_json::json;
 
+use crate::grants::AgentInfo;
 use crate::keys::KeyRing;
 use crate::token::{TokenRequest, exchange};
+use crate::web::CookiePolicy;
+use crate::{authorize, protected, register, revoke};
 
 /// What the authorization server's handlers share.
 #[derive(Clone)]
@@ -29,21 +32,54 @@ impl AuthState {
     pub fn management_audience(&self) -> String {
         format!("{}/api/v1", self.public_url)
     }
+
+    /// `__Host-` + Secure cookies on https; plain cookies on an http (loopback) URL.
+    pub fn cookies(&self) -> CookiePolicy {
+        CookiePolicy {
+            secure: self.public_url.starts_with("https://"),
+        }
+    }
 }
 
-/// `/oauth2/token` and the `/.well-known` documents.
+/// The authorization server's routes.
 pub fn router(state: AuthState) -> Router {
     Router::new()
         .route("/oauth2/token", post(token))
+        .route("/oauth2/authorize", get(authorize::authorize))
+        .route("/oauth2/auth", get(authorize::authorize))
+        .route(
+            "/oauth2/login",
+            get(authorize::login_page).post(authorize::login_submit),
+        )
+        .route(
+            "/oauth2/consent",
+            get(authorize::consent_page).post(authorize::consent_submit),
+        )
+        .route("/oauth2/revoke", post(revoke::revoke))
+        .route("/oauth2/register", post(register::register))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route(
+            "/.well-known/oauth-authorization-server/{*path}",
+            get(metadata),
+        )
         .route("/.well-known/openid-configuration", get(metadata))
+        .route(
+            "/.well-known/oauth-protected-resource/{*path}",
+            get(protected::metadata),
+        )
         .with_state(state)
 }
 
 async fn token(State(state): State<AuthState>, headers: HeaderMap, body: Bytes) -> Response {
+    let agent = AgentInfo {
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+    };
     let result = match TokenRequest::parse(&headers, &body) {
-        Ok(req) => exchange(&state, req).await,
+        Ok(req) => exchange(&state, req, agent).await,
         Err(e) => Err(e),
     };
     match result {
@@ -66,17 +102,24 @@ async fn jwks(State(state): State<AuthState>) -> Response {
     resp
 }
 
-/// RFC 8414 metadata, listing only what this server implements.
+/// RFC 8414 / OpenID discovery metadata, listing what this server implements.
 async fn metadata(State(state): State<AuthState>) -> Json<serde_json::Value> {
     let base = &state.public_url;
     Json(json!({
         "issuer": base.to_string(),
+        "authorization_endpoint": format!("{base}/oauth2/authorize"),
         "token_endpoint": format!("{base}/oauth2/token"),
+        "registration_endpoint": format!("{base}/oauth2/register"),
+        "revocation_endpoint": format!("{base}/oauth2/revoke"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "scopes_supported": [crate::MANAGEMENT_SCOPE],
-        "response_types_supported": [],
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "authorization_response_iss_parameter_supported": true,
     }))
 }

@@ -21,8 +21,8 @@ pub fn generate_client_secret() -> String {
     format!("ks_{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// The stored form of a client secret.
-pub fn hash_client_secret(secret: &str) -> String {
+/// The stored form of a high-entropy secret (client secret, code, refresh token, cookie).
+pub fn hash_secret(secret: &str) -> String {
     format!(
         "{HASH_PREFIX}{}",
         URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes()))
@@ -30,8 +30,8 @@ pub fn hash_client_secret(secret: &str) -> String {
 }
 
 /// Whether `secret` matches `stored`, in time independent of where they differ.
-pub fn verify_client_secret(secret: &str, stored: &str) -> bool {
-    let candidate = hash_client_secret(secret);
+pub fn verify_secret(secret: &str, stored: &str) -> bool {
+    let candidate = hash_secret(secret);
     candidate.len() == stored.len() && bool::from(candidate.as_bytes().ct_eq(stored.as_bytes()))
 }
 
@@ -61,11 +61,11 @@ mod tests {
         let a = generate_client_secret();
         let b = generate_client_secret();
         assert_ne!(a, b);
-        let stored = hash_client_secret(&a);
+        let stored = hash_secret(&a);
         assert!(!stored.contains(&a));
-        assert!(verify_client_secret(&a, &stored));
-        assert!(!verify_client_secret(&b, &stored));
-        assert!(!verify_client_secret("", &stored));
+        assert!(verify_secret(&a, &stored));
+        assert!(!verify_secret(&b, &stored));
+        assert!(!verify_secret("", &stored));
     }
 
     #[test]

@@ -10,17 +10,17 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use keygate_core::ids::APP_CLIENT_PREFIX;
-use keygate_core::model::Application;
-use keygate_core::{ApplicationId, ServiceAccountId, Timestamp};
+use keygate_core::{ServiceAccountId, Timestamp};
 use keygate_store::StoreError;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::claims::{Claims, MANAGEMENT_SCOPE};
+use crate::clients::{Client, is_service_account};
 use crate::error::OAuthError;
+use crate::grants::{self, AgentInfo};
 use crate::router::AuthState;
-use crate::secret::verify_client_secret;
+use crate::secret::verify_secret;
 
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Debug, Serialize)]
@@ -29,6 +29,8 @@ pub struct TokenResponse {
     pub token_type: &'static str,
     pub expires_in: u64,
     pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
 }
 
 /// The form parameters, each present at most once.
@@ -49,16 +51,7 @@ impl TokenRequest {
                 "the body must be application/x-www-form-urlencoded".into(),
             ));
         }
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|_| OAuthError::InvalidRequest("the body is not a valid form".into()))?;
-        let mut params = HashMap::with_capacity(pairs.len());
-        for (k, v) in pairs {
-            if params.insert(k.clone(), v).is_some() {
-                return Err(OAuthError::InvalidRequest(format!(
-                    "parameter `{k}` is repeated"
-                )));
-            }
-        }
+        let params = crate::authorize::unique_params(body).map_err(OAuthError::InvalidRequest)?;
         let basic = match headers.get(AUTHORIZATION) {
             None => None,
             Some(value) => Some(parse_basic(value.to_str().unwrap_or(""))?),
@@ -79,7 +72,7 @@ impl TokenRequest {
     }
 
     /// `(client_id, client_secret, used_basic)`.
-    fn client_credentials(&self) -> Result<(String, Option<String>, bool), OAuthError> {
+    pub fn client_credentials(&self) -> Result<(String, Option<String>, bool), OAuthError> {
         if let Some((id, secret)) = &self.basic {
             if self.get("client_id").is_some_and(|form_id| form_id != id) {
                 return Err(OAuthError::InvalidRequest(
@@ -112,9 +105,28 @@ fn parse_basic(value: &str) -> Result<(String, String), OAuthError> {
 }
 
 /// Dispatches on `grant_type`.
-pub async fn exchange(state: &AuthState, req: TokenRequest) -> Result<TokenResponse, OAuthError> {
+pub async fn exchange(
+    state: &AuthState,
+    req: TokenRequest,
+    agent: AgentInfo,
+) -> Result<TokenResponse, OAuthError> {
     match req.get("grant_type") {
         Some("client_credentials") => client_credentials(state, &req).await,
+        Some(grant @ ("authorization_code" | "refresh_token")) => {
+            let (client_id, secret, basic) = req.client_credentials()?;
+            if is_service_account(&client_id) {
+                return Err(OAuthError::UnauthorizedClient(
+                    "service accounts use client_credentials".into(),
+                ));
+            }
+            let client =
+                Client::authenticate(&state.store, &client_id, secret.as_deref(), basic).await?;
+            if grant == "authorization_code" {
+                grants::authorization_code(state, &req, &client, agent).await
+            } else {
+                grants::refresh_token(state, &req, &client).await
+            }
+        }
         Some(_) => Err(OAuthError::UnsupportedGrantType),
         None => Err(OAuthError::InvalidRequest("grant_type is required".into())),
     }
@@ -126,10 +138,12 @@ async fn client_credentials(
 ) -> Result<TokenResponse, OAuthError> {
     let (client_id, secret, basic) = req.client_credentials()?;
     let invalid = OAuthError::InvalidClient { basic };
-    if let Some(app_id) = client_id.strip_prefix(APP_CLIENT_PREFIX) {
-        authenticate_application(state, app_id, secret.as_deref(), basic).await?;
+    if !is_service_account(&client_id) {
+        Client::authenticate(&state.store, &client_id, secret.as_deref(), basic).await?;
         return Err(OAuthError::UnauthorizedClient(
-            "applications obtain tokens for their users with authorization_code".into(),
+            "only service accounts use client_credentials; applications obtain tokens for their \
+             users with authorization_code"
+                .into(),
         ));
     }
     let Some(sa_id) = ServiceAccountId::from_client_id(&client_id) else {
@@ -140,7 +154,7 @@ async fn client_credentials(
         Err(StoreError::NotFound) => return Err(invalid),
         Err(e) => return Err(e.into()),
     };
-    let secret_ok = secret.is_some_and(|s| verify_client_secret(&s, &found.secret_hash));
+    let secret_ok = secret.is_some_and(|s| verify_secret(&s, &found.secret_hash));
     if !secret_ok || found.account.archived_at.is_some() {
         return Err(invalid);
     }
@@ -182,28 +196,8 @@ async fn client_credentials(
         token_type: "Bearer",
         expires_in: state.access_token_ttl,
         scope,
+        refresh_token: None,
     })
-}
-
-/// Authenticates a confidential application client (`app_<uuid>` + its current secret).
-/// Archived applications, public clients presenting a secret, and old secrets all fail alike.
-pub async fn authenticate_application(
-    state: &AuthState,
-    app_id: &str,
-    secret: Option<&str>,
-    basic: bool,
-) -> Result<Application, OAuthError> {
-    let invalid = || OAuthError::InvalidClient { basic };
-    let id: ApplicationId = app_id.parse().map_err(|_| invalid())?;
-    let (app, hash) = match state.store.application_secret_hash(id).await {
-        Ok(found) => found,
-        Err(StoreError::NotFound) => return Err(invalid()),
-        Err(e) => return Err(e.into()),
-    };
-    match (hash, secret) {
-        (Some(hash), Some(secret)) if verify_client_secret(secret, &hash) => Ok(app),
-        _ => Err(invalid()),
-    }
 }
 
 #[cfg(test)]

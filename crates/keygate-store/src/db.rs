@@ -93,14 +93,24 @@ mod tests {
     /// differently.
     #[test]
     fn migrations_stay_in_step() {
-        let sqlite = include_str!("../migrations/sqlite/0001_init.sql");
-        let postgres = include_str!("../migrations/postgres/0001_init.sql");
+        let pairs = [
+            (
+                include_str!("../migrations/sqlite/0001_init.sql"),
+                include_str!("../migrations/postgres/0001_init.sql"),
+            ),
+            (
+                include_str!("../migrations/sqlite/0002_oauth.sql"),
+                include_str!("../migrations/postgres/0002_oauth.sql"),
+            ),
+        ];
         let body = |s: &str| -> String {
             s.lines()
                 .filter(|l| !l.starts_with("--"))
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        assert_eq!(body(sqlite).replace("BLOB", "BYTEA"), body(postgres));
+        for (sqlite, postgres) in pairs {
+            assert_eq!(body(sqlite).replace("BLOB", "BYTEA"), body(postgres));
+        }
     }
 }

@@ -20,6 +20,7 @@ pub use repo::access_graph::{AccessGraph, GraphEdge, GraphNode};
 pub use repo::applications::{ApplicationPatch, NewApplication, OAuthClientPatch};
 pub use repo::integrations::{IntegrationPatch, NewIntegration};
 pub use repo::keys::StoredSigningKey;
+pub use repo::oauth::{AuthorizationCode, AuthorizationRequest, RefreshToken, RegisteredClient};
 pub use repo::sessions::{NewAgentSession, SessionFilter};
 pub use repo::traces::{EventFilter, ToolStat, TraceStats, TraceSummary};
 pub use repo::users::ServiceAccountCredentials;

@@ -19,6 +19,22 @@ use tokio::task::JoinHandle;
 
 pub use keygate_store::Backend;
 
+/// Runs each named async test body (`async fn name(backend: Backend)`) once on SQLite and
+/// once on PostgreSQL, as `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Backend::Sqlite).await }) +
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Backend::Postgres).await }) +
+        }
+    };
+}
+
 /// The PostgreSQL server used by tests.
 pub fn postgres_admin_url() -> String {
     std::env::var("KEYGATE_TEST_POSTGRES_URL")
@@ -75,13 +91,16 @@ impl Drop for TempPostgres {
 
 /// A running gateway and what a test needs to talk to it.
 pub struct TestGateway {
+    /// Where to send requests; also the public URL, except for a [`TestGateway::replica`].
     pub url: String,
+    pub local_addr: std::net::SocketAddr,
     pub store: Store,
     pub org: OrgId,
     pub http: reqwest::Client,
     pub data_dir: tempfile::TempDir,
     pub database_url: String,
     pub backend: Backend,
+    vault_key: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _postgres: Option<TempPostgres>,
@@ -113,7 +132,8 @@ impl TestGateway {
         config.vault.key = Some(Kek::generate_base64());
         tweak(&mut config);
         config.validate().expect("test config is valid");
-        let kek = Kek::from_base64(config.vault.key.as_ref().unwrap()).unwrap();
+        let vault_key = config.vault.key.clone().unwrap();
+        let kek = Kek::from_base64(&vault_key).unwrap();
         let gateway = Gateway::open(&config, &kek).await.expect("open gateway");
         let store = gateway.store.clone();
         let org = store.default_organization().await.expect("org").id;
@@ -123,6 +143,7 @@ impl TestGateway {
         }));
         Self {
             url: config.public_url(),
+            local_addr: addr,
             store,
             org,
             http: reqwest::Client::builder()
@@ -132,16 +153,39 @@ impl TestGateway {
             data_dir,
             database_url: config.database_url(),
             backend,
+            vault_key,
             shutdown: Some(tx),
             task: Some(task),
             _postgres: postgres,
         }
     }
 
+    /// A second gateway on the same PostgreSQL database, vault key and public URL, listening on
+    /// its own port: what replicas behind a load balancer look like. Its `url` is its own
+    /// socket (where to send requests); tokens and resources use the shared public URL.
+    pub async fn replica(&self) -> TestGateway {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "replicas share a PostgreSQL database"
+        );
+        let (db, key) = (self.database_url.clone(), self.vault_key.clone());
+        let public: url::Url = self.url.parse().expect("public URL");
+        let mut replica = Self::start_with(Backend::Sqlite, move |c| {
+            c.database.url = Some(db);
+            c.vault.key = Some(key);
+            c.public_url = Some(public);
+        })
+        .await;
+        replica.url = format!("http://{}", replica.local_addr);
+        replica.backend = Backend::Postgres;
+        replica
+    }
+
     /// Creates a service account in `org` and returns `(clientId, clientSecret)`.
     pub async fn service_account_in(&self, org: OrgId, name: &str) -> (String, String) {
         let secret = keygate_auth::secret::generate_client_secret();
-        let hash = keygate_auth::secret::hash_client_secret(&secret);
+        let hash = keygate_auth::secret::hash_secret(&secret);
         let sa = self
             .store
             .create_service_account(org, name, None, None, &hash)

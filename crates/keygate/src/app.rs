@@ -19,6 +19,8 @@ use keygate_core::config::Config;
 use keygate_store::{Db, Kek, Store, Vault};
 use tokio::net::TcpListener;
 
+use crate::mcp_gate;
+
 /// How long in-flight requests may run after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -65,6 +67,7 @@ impl Gateway {
         );
         let health_store = store.clone();
         let router = Router::new()
+            .merge(mcp_gate::router(auth.clone()))
             .merge(keygate_auth::router(auth))
             .merge(api)
             .route("/healthz", get(|| async { "ok" }))
@@ -81,7 +84,8 @@ impl Gateway {
                         }
                     }
                 }),
-            );
+            )
+            .layer(axum::middleware::from_fn(crate::unread_body::layer));
         Ok(Self {
             store,
             keys,
@@ -103,11 +107,20 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let limiter = self.limiter.clone();
+        let store = self.store.clone();
+        let keys = self.keys.clone();
         let pruner = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
                 limiter.prune();
+                // Pick up signing keys rotated by another replica or the CLI.
+                if let Err(e) = keys.reload().await {
+                    tracing::warn!(error = %e, "reloading signing keys failed");
+                }
+                if let Err(e) = store.purge_expired_oauth_state().await {
+                    tracing::warn!(error = %e, "purging expired OAuth state failed");
+                }
             }
         });
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();

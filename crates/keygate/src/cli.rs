@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use keygate_auth::secret::{generate_client_secret, hash_client_secret, hash_password};
+use keygate_auth::secret::{generate_client_secret, hash_password, hash_secret};
 use keygate_core::config::Config;
 use keygate_core::model::Role;
 use keygate_store::{Kek, Store, StoreError, Vault};
@@ -55,6 +55,15 @@ pub enum Command {
     /// Manage the vault.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Manage the JWT signing keys.
+    #[command(subcommand, name = "signing-key")]
+    SigningKey(SigningKeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SigningKeyCommand {
+    /// Start signing with a new key; the old one stays in the JWKS until its tokens expire.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +172,15 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             service_account_create(&config, &name, description.as_deref()).await
         }
         Command::Vault(VaultCommand::RotateKey) => rotate_key(&config).await,
+        Command::SigningKey(SigningKeyCommand::Rotate) => {
+            let store = open_store(&config).await?;
+            let keys = keygate_auth::KeyRing::load(store, config.public_url()).await?;
+            let kid = keys.rotate().await?;
+            eprintln!(
+                "now signing with key {kid}; running gateways pick it up on their next reload"
+            );
+            print_json(&json!({"kid": kid}))
+        }
     }
 }
 
@@ -247,13 +265,7 @@ async fn service_account_create(
     let acting = store.first_owner(org.id).await?.map(|u| u.id);
     let secret = generate_client_secret();
     let sa = store
-        .create_service_account(
-            org.id,
-            name,
-            description,
-            acting,
-            &hash_client_secret(&secret),
-        )
+        .create_service_account(org.id, name, description, acting, &hash_secret(&secret))
         .await?;
     print_json(&json!({
         "serviceAccount": {

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use keygate_auth::secret::{generate_client_secret, hash_client_secret};
+use keygate_auth::secret::{generate_client_secret, hash_secret};
 use keygate_core::model::{Application, ClientType, OAuthClient};
 use keygate_core::{ApplicationId, IntegrationId, Timestamp};
 use keygate_store::{AccessGraph, ApplicationPatch, NewApplication, OAuthClientPatch};
@@ -232,7 +232,7 @@ async fn create_application(
             scopes: o.scopes,
             allowed_resources: o.allowed_resources,
         },
-        client_secret_hash: secret.as_deref().map(hash_client_secret),
+        client_secret_hash: secret.as_deref().map(hash_secret),
     };
     let app = state.store().create_application(caller.org, new).await?;
     let application = view(&state, &caller, &app, secret.clone()).await?;
@@ -369,7 +369,7 @@ async fn rotate_secret(
     let secret = generate_client_secret();
     let app = state
         .store()
-        .set_application_secret(caller.org, id, &hash_client_secret(&secret))
+        .set_application_secret(caller.org, id, &hash_secret(&secret))
         .await
         .or_not_found(NOT_FOUND)?;
     let application = view(&state, &caller, &app, Some(secret.clone())).await?;

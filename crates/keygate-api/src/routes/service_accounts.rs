@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use keygate_auth::secret::{generate_client_secret, hash_client_secret};
+use keygate_auth::secret::{generate_client_secret, hash_secret};
 use keygate_core::ServiceAccountId;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -63,7 +63,7 @@ async fn create_service_account(
             &name,
             description.as_deref(),
             caller.user_id(),
-            &hash_client_secret(&secret),
+            &hash_secret(&secret),
         )
         .await?;
     Ok((
@@ -129,7 +129,7 @@ async fn rotate_secret(
     let secret = generate_client_secret();
     let sa = state
         .store()
-        .set_service_account_secret(caller.org, id, &hash_client_secret(&secret))
+        .set_service_account_secret(caller.org, id, &hash_secret(&secret))
         .await
         .or_not_found(NOT_FOUND)?;
     Ok(Json(ServiceAccountWithCredentials {

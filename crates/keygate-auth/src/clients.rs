@@ -1,0 +1,186 @@
+//! OAuth clients: an application's own client (`app_<uuid>`), clients registered dynamically
+//! (RFC 7591, `mcp_<uuid>`), and the built-in first-party public client `keygate`.
+
+use keygate_core::ids::APP_CLIENT_PREFIX;
+use keygate_core::model::{Application, ClientType};
+use keygate_core::{ApplicationId, ServiceAccountId};
+use keygate_store::{RegisteredClient, Store, StoreError};
+use url::{Host, Url};
+
+use crate::error::OAuthError;
+use crate::secret::verify_secret;
+
+/// The id of the built-in first-party client.
+pub const FIRST_PARTY_CLIENT_ID: &str = "keygate";
+/// Prefix of dynamically registered client ids.
+pub const REGISTERED_CLIENT_PREFIX: &str = "mcp_";
+
+/// What kind of client a `client_id` names.
+#[derive(Clone, Debug)]
+pub enum ClientKind {
+    Application(Application),
+    Registered(RegisteredClient),
+    FirstParty,
+}
+
+/// A resolved client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub id: String,
+    pub kind: ClientKind,
+}
+
+impl Client {
+    /// Looks a client up; `None` when no active client has this id.
+    pub async fn resolve(store: &Store, client_id: &str) -> Result<Option<Self>, StoreError> {
+        let kind = if client_id == FIRST_PARTY_CLIENT_ID {
+            ClientKind::FirstParty
+        } else if let Some(raw) = client_id.strip_prefix(APP_CLIENT_PREFIX) {
+            let Ok(id) = raw.parse::<ApplicationId>() else {
+                return Ok(None);
+            };
+            match store.application_secret_hash(id).await {
+                Ok((app, _)) => ClientKind::Application(app),
+                Err(StoreError::NotFound) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        } else if client_id.starts_with(REGISTERED_CLIENT_PREFIX) {
+            match store.registered_client(client_id).await {
+                Ok(c) => ClientKind::Registered(c),
+                Err(StoreError::NotFound) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            id: client_id.to_owned(),
+            kind,
+        }))
+    }
+
+    /// Public clients cannot keep a secret; they must use PKCE.
+    pub fn is_public(&self) -> bool {
+        match &self.kind {
+            ClientKind::Application(app) => app.oauth.client_type == ClientType::Public,
+            ClientKind::Registered(c) => c.auth_method == "none",
+            ClientKind::FirstParty => true,
+        }
+    }
+
+    pub fn display_name(&self) -> String {
+        match &self.kind {
+            ClientKind::Application(app) => app.name.clone(),
+            ClientKind::Registered(c) => c.name.clone().unwrap_or_else(|| c.client_id.clone()),
+            ClientKind::FirstParty => "keygate CLI".to_owned(),
+        }
+    }
+
+    fn registered_redirects(&self) -> &[String] {
+        match &self.kind {
+            ClientKind::Application(app) => &app.oauth.redirect_uris,
+            ClientKind::Registered(c) => &c.redirect_uris,
+            ClientKind::FirstParty => &[],
+        }
+    }
+
+    /// The redirect URI to use: the one given if it is registered (exactly, or a loopback URI
+    /// differing only in port, RFC 8252 §7.3), or the only registered one when none is given.
+    pub fn redirect_uri(&self, given: Option<&str>) -> Option<String> {
+        let registered = self.registered_redirects();
+        match given {
+            None if registered.len() == 1 => Some(registered[0].clone()),
+            None => None,
+            Some(uri) => {
+                let allowed = match self.kind {
+                    ClientKind::FirstParty => is_loopback_http(uri),
+                    _ => registered.iter().any(|r| redirect_matches(r, uri)),
+                };
+                allowed.then(|| uri.to_owned())
+            }
+        }
+    }
+
+    /// Authenticates the client at the token, revocation and introspection endpoints.
+    /// Confidential clients must present their current secret; public clients none.
+    pub async fn authenticate(
+        store: &Store,
+        client_id: &str,
+        secret: Option<&str>,
+        basic: bool,
+    ) -> Result<Client, OAuthError> {
+        let invalid = || OAuthError::InvalidClient { basic };
+        let client = Client::resolve(store, client_id)
+            .await?
+            .ok_or_else(invalid)?;
+        let stored_hash = match &client.kind {
+            ClientKind::Application(app) => {
+                store
+                    .application_secret_hash(app.id)
+                    .await
+                    .map_err(|_| invalid())?
+                    .1
+            }
+            ClientKind::Registered(c) => c.secret_hash.clone(),
+            ClientKind::FirstParty => None,
+        };
+        match (client.is_public(), stored_hash, secret) {
+            (true, _, None) => Ok(client),
+            (false, Some(hash), Some(s)) if verify_secret(s, &hash) => Ok(client),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// Exact match, except that an `http` loopback IP literal may differ in port.
+pub fn redirect_matches(registered: &str, given: &str) -> bool {
+    if registered == given {
+        return true;
+    }
+    let (Ok(r), Ok(g)) = (Url::parse(registered), Url::parse(given)) else {
+        return false;
+    };
+    is_loopback_http(registered)
+        && r.scheme() == g.scheme()
+        && r.host() == g.host()
+        && r.path() == g.path()
+        && r.query() == g.query()
+        && g.fragment().is_none()
+}
+
+/// `http://127.0.0.1…`, `http://[::1]…` or `http://localhost…`.
+pub fn is_loopback_http(uri: &str) -> bool {
+    let Ok(u) = Url::parse(uri) else { return false };
+    u.scheme() == "http"
+        && u.fragment().is_none()
+        && match u.host() {
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(Host::Domain(d)) => d == "localhost",
+            None => false,
+        }
+}
+
+/// Whether `client_id` belongs to a service account (they use client credentials only).
+pub fn is_service_account(client_id: &str) -> bool {
+    ServiceAccountId::from_client_id(client_id).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_match_exactly_or_by_loopback_port() {
+        let r = "http://127.0.0.1:3000/callback";
+        assert!(redirect_matches(r, r));
+        assert!(redirect_matches(r, "http://127.0.0.1:49152/callback"));
+        assert!(!redirect_matches(r, "http://127.0.0.1:3000/callback/x"));
+        assert!(!redirect_matches(r, "http://127.0.0.1:3000/callback?x=1"));
+        assert!(!redirect_matches(r, "http://127.0.0.2:3000/callback"));
+        let https = "https://app.example/cb";
+        assert!(!redirect_matches(https, "https://app.example/cb/"));
+        assert!(!redirect_matches(https, "https://app.example:444/cb"));
+        assert!(!redirect_matches(https, "https://APP.example.evil/cb"));
+    }
+}
