@@ -16,3 +16,28 @@ if ((${#need_apt[@]})); then
 fi
 
 command -v cargo >/dev/null || { echo "setup: a Rust toolchain (cargo) is required" >&2; exit 1; }
+
+# --- Python venv for tests/e2e/mcp_python_oauth.sh: the official MCP Python SDK, pinned along
+# with everything it pulls in. Skipped when the venv already holds exactly this set.
+MCP_VENV="${KEYGATE_E2E_VENV:-$HOME/.cache/keygate-e2e/venv}"
+MCP_PY_REQS="mcp==2.3.0 mcp-types==2.3.0 annotated-types==0.8.0 anyio==4.16.0 attrs==26.1.0
+cffi==2.1.1 click==8.5.1 cryptography==50.0.2 h11==0.16.0 httpcore2==2.16.2 httpx2==2.16.2
+idna==3.20 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 opentelemetry-api==1.45.2
+pycparser==3.12 pydantic==2.14.3 pydantic_core==2.50.4 PyJWT==2.15.1 python-multipart==0.0.34
+referencing==0.37.0 rpds-py==2026.9.1 sse-starlette==3.7.0 starlette==1.10.0 truststore==0.10.5
+typing-inspection==0.4.5 typing_extensions==4.16.0 uvicorn==0.54.0"
+if [ "$(cat "$MCP_VENV/.keygate-reqs" 2>/dev/null)" != "$MCP_PY_REQS" ]; then
+  command -v python3 >/dev/null || { echo "setup: python3 (3.10+) is required" >&2; exit 1; }
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    else
+      echo "setup: please install: python3-venv" >&2
+      exit 1
+    fi
+  fi
+  [ -x "$MCP_VENV/bin/python" ] || python3 -m venv "$MCP_VENV"
+  # shellcheck disable=SC2086 # one requirement per word
+  "$MCP_VENV/bin/python" -m pip install -q --disable-pip-version-check $MCP_PY_REQS
+  printf '%s' "$MCP_PY_REQS" >"$MCP_VENV/.keygate-reqs"
+fi

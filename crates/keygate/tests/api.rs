@@ -5,19 +5,7 @@ use keygate_test_support::{Backend, TestGateway};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// Runs an async test body against both backends.
-macro_rules! both_backends {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(keygate_test_support::Backend::Sqlite).await }) +
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(keygate_test_support::Backend::Postgres).await }) +
-        }
-    };
-}
+use keygate_test_support::both_backends;
 
 both_backends!(
     service_account_to_archive_flow,
@@ -30,6 +18,37 @@ both_backends!(
     traces_and_stats,
     rate_limit_answers_429,
 );
+
+/// A response sent before the request body was read closes the connection explicitly, so a
+/// client reusing it does not meet a reset (seen with httpx and the MCP 401 challenge).
+#[tokio::test]
+async fn unread_request_bodies_close_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start(Backend::Sqlite).await;
+    let mut sock = tokio::net::TcpStream::connect(gw.local_addr).await.unwrap();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    sock.write_all(body.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = sock.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    // A request whose body is read keeps the connection alive.
+    let resp = gw
+        .http
+        .get(format!("{}/healthz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().get("connection").is_none());
+    gw.stop().await;
+}
 
 const POST: Method = Method::POST;
 const GET: Method = Method::GET;
@@ -740,7 +759,7 @@ async fn integration_settings_and_connections(backend: Backend) {
             "acting",
             None,
             Some(user.id),
-            &keygate_auth::secret::hash_client_secret(&secret),
+            &keygate_auth::secret::hash_secret(&secret),
         )
         .await
         .unwrap();
