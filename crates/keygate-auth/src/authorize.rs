@@ -96,7 +96,7 @@ pub async fn authorize(State(state): State<AuthState>, RawQuery(query): RawQuery
     let Some(client_id) = get(&params, "client_id") else {
         return error_page(StatusCode::BAD_REQUEST, "client_id is required");
     };
-    let client = match Client::resolve(&state.store, client_id).await {
+    let client = match Client::resolve(&state, client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return error_page(StatusCode::BAD_REQUEST, "Unknown or archived client"),
         Err(e) => return server_error(e),
@@ -493,7 +493,7 @@ pub async fn consent_page(
         Ok(false) => {}
         Err(e) => return server_error(e),
     }
-    let client = match Client::resolve(&state.store, &request.client_id).await {
+    let client = match Client::resolve(&state, &request.client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return error_page(StatusCode::BAD_REQUEST, "Unknown or archived client"),
         Err(e) => return server_error(e),

@@ -4,10 +4,16 @@
 use keygate_core::ids::APP_CLIENT_PREFIX;
 use keygate_core::model::{Application, ClientType};
 use keygate_core::{ApplicationId, ServiceAccountId};
-use keygate_store::{RegisteredClient, Store, StoreError};
+use keygate_store::{RegisteredClient, StoreError};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
 use url::{Host, Url};
 
+use crate::outbound::Outbound;
+
 use crate::error::OAuthError;
+use crate::router::AuthState;
 use crate::secret::verify_secret;
 
 /// The id of the built-in first-party client.
@@ -31,9 +37,19 @@ pub struct Client {
 }
 
 impl Client {
-    /// Looks a client up; `None` when no active client has this id.
-    pub async fn resolve(store: &Store, client_id: &str) -> Result<Option<Self>, StoreError> {
-        let kind = if client_id == FIRST_PARTY_CLIENT_ID {
+    /// Looks a client up; `None` when no active client has this id. An `https://` client id is
+    /// a client ID metadata document, fetched (through the SSRF guard) and cached.
+    pub async fn resolve(state: &AuthState, client_id: &str) -> Result<Option<Self>, StoreError> {
+        let store = &state.store;
+        let kind = if client_id.starts_with("https://") || client_id.starts_with("http://") {
+            match state.client_documents.get(client_id).await {
+                Ok(doc) => ClientKind::Registered(doc),
+                Err(why) => {
+                    tracing::info!(client_id, %why, "client metadata document refused");
+                    return Ok(None);
+                }
+            }
+        } else if client_id == FIRST_PARTY_CLIENT_ID {
             ClientKind::FirstParty
         } else if let Some(raw) = client_id.strip_prefix(APP_CLIENT_PREFIX) {
             let Ok(id) = raw.parse::<ApplicationId>() else {
@@ -104,13 +120,14 @@ impl Client {
     /// Authenticates the client at the token, revocation and introspection endpoints.
     /// Confidential clients must present their current secret; public clients none.
     pub async fn authenticate(
-        store: &Store,
+        state: &AuthState,
         client_id: &str,
         secret: Option<&str>,
         basic: bool,
     ) -> Result<Client, OAuthError> {
+        let store = &state.store;
         let invalid = || OAuthError::InvalidClient { basic };
-        let client = Client::resolve(store, client_id)
+        let client = Client::resolve(state, client_id)
             .await?
             .ok_or_else(invalid)?;
         let stored_hash = match &client.kind {
@@ -164,6 +181,80 @@ pub fn is_loopback_http(uri: &str) -> bool {
 /// Whether `client_id` belongs to a service account (they use client credentials only).
 pub fn is_service_account(client_id: &str) -> bool {
     ServiceAccountId::from_client_id(client_id).is_some()
+}
+
+/// Client ID metadata documents: fetched through the SSRF guard, checked, cached briefly.
+pub struct ClientDocuments {
+    outbound: Outbound,
+    cache: DashMap<String, (Instant, RegisteredClient)>,
+}
+
+const DOCUMENT_TTL: Duration = Duration::from_secs(300);
+const DOCUMENT_MAX_BYTES: usize = 64 * 1024;
+
+impl ClientDocuments {
+    pub fn new(outbound: Outbound) -> Self {
+        Self {
+            outbound,
+            cache: DashMap::new(),
+        }
+    }
+
+    /// The client a metadata document URL describes.
+    pub async fn get(&self, client_id: &str) -> Result<RegisteredClient, String> {
+        if let Some(hit) = self.cache.get(client_id)
+            && hit.0.elapsed() < DOCUMENT_TTL
+        {
+            return Ok(hit.1.clone());
+        }
+        let url = Url::parse(client_id).map_err(|_| "not a URL".to_owned())?;
+        let path_ok = url.path() != "/"
+            && !url.path().split('/').any(|seg| seg == "." || seg == "..")
+            && url.fragment().is_none();
+        if !path_ok {
+            return Err("the client id URL needs a path without dot segments or fragment".into());
+        }
+        self.outbound.check(&url, true).map_err(|e| e.to_string())?;
+        let doc = self
+            .outbound
+            .get_json(&url, DOCUMENT_MAX_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        if doc["client_id"].as_str() != Some(client_id) {
+            return Err("the document's client_id is not its own URL".into());
+        }
+        let method = doc["token_endpoint_auth_method"].as_str().unwrap_or("none");
+        if method != "none" {
+            return Err(format!(
+                "token_endpoint_auth_method {method} is not supported"
+            ));
+        }
+        let redirect_uris: Vec<String> = doc["redirect_uris"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if redirect_uris.is_empty() {
+            return Err("the document lists no redirect_uris".into());
+        }
+        let client = RegisteredClient {
+            client_id: client_id.to_owned(),
+            name: doc["client_name"]
+                .as_str()
+                .map(|n| n.chars().take(200).collect()),
+            redirect_uris,
+            auth_method: "none".into(),
+            secret_hash: None,
+            metadata: doc,
+            created_at: keygate_core::Timestamp::now(),
+        };
+        self.cache
+            .insert(client_id.to_owned(), (Instant::now(), client.clone()));
+        Ok(client)
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod clients;
 pub mod error;
 pub mod grants;
 pub mod keys;
+pub mod outbound;
 pub mod protected;
 pub mod register;
 pub mod resource;

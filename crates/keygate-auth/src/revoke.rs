@@ -29,7 +29,7 @@ async fn revoke_inner(
 ) -> Result<(), OAuthError> {
     let req = TokenRequest::parse(headers, body)?;
     let (client_id, secret, basic) = req.client_credentials()?;
-    let client = Client::authenticate(&state.store, &client_id, secret.as_deref(), basic).await?;
+    let client = Client::authenticate(state, &client_id, secret.as_deref(), basic).await?;
     let token = req
         .get("token")
         .ok_or_else(|| OAuthError::InvalidRequest("token is required".into()))?;

@@ -25,6 +25,8 @@ pub struct AuthState {
     /// The gateway's public URL, without a trailing slash; also the token issuer.
     pub public_url: Arc<str>,
     pub access_token_ttl: u64,
+    /// Client ID metadata documents, fetched through the SSRF guard.
+    pub client_documents: Arc<crate::clients::ClientDocuments>,
 }
 
 impl AuthState {
@@ -121,5 +123,6 @@ async fn metadata(State(state): State<AuthState>) -> Json<serde_json::Value> {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
         "authorization_response_iss_parameter_supported": true,
+        "client_id_metadata_document_supported": true,
     }))
 }

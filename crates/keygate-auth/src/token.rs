@@ -119,8 +119,7 @@ pub async fn exchange(
                     "service accounts use client_credentials".into(),
                 ));
             }
-            let client =
-                Client::authenticate(&state.store, &client_id, secret.as_deref(), basic).await?;
+            let client = Client::authenticate(state, &client_id, secret.as_deref(), basic).await?;
             if grant == "authorization_code" {
                 grants::authorization_code(state, &req, &client, agent).await
             } else {
@@ -139,7 +138,7 @@ async fn client_credentials(
     let (client_id, secret, basic) = req.client_credentials()?;
     let invalid = OAuthError::InvalidClient { basic };
     if !is_service_account(&client_id) {
-        Client::authenticate(&state.store, &client_id, secret.as_deref(), basic).await?;
+        Client::authenticate(state, &client_id, secret.as_deref(), basic).await?;
         return Err(OAuthError::UnauthorizedClient(
             "only service accounts use client_credentials; applications obtain tokens for their \
              users with authorization_code"

@@ -27,6 +27,17 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Management API.
     pub api: ApiConfig,
+    /// Requests the gateway makes to URLs that users supply.
+    pub outbound: OutboundConfig,
+}
+
+/// Outbound request settings (the SSRF guard).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Hosts that may be reached even though they resolve to loopback or private addresses,
+    /// and that may be reached over plain http: for local development only.
+    pub allowed_private_hosts: Vec<String>,
 }
 
 /// Logging settings.
@@ -82,6 +93,8 @@ pub struct ApiConfig {
 pub enum FieldKind {
     String,
     Integer,
+    /// Comma-separated in the environment.
+    StringList,
 }
 
 /// Every leaf of the file, dotted. `KEYGATE_` + the path in upper case with `.` → `_` is its
@@ -99,6 +112,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("auth.access_token_ttl_secs", FieldKind::Integer),
     ("api.rate_limit_per_minute", FieldKind::Integer),
     ("api.max_body_bytes", FieldKind::Integer),
+    ("outbound.allowed_private_hosts", FieldKind::StringList),
 ];
 
 /// The environment variable that overrides a dotted field.

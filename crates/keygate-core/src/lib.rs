@@ -7,6 +7,7 @@
 pub mod config;
 pub mod ids;
 pub mod model;
+pub mod net;
 pub mod secret;
 pub mod time;
 

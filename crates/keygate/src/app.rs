@@ -14,6 +14,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use keygate_api::{ApiOptions, ApiState, Limiter};
+use keygate_auth::clients::ClientDocuments;
+use keygate_auth::outbound::Outbound;
 use keygate_auth::{AuthState, KeyRing};
 use keygate_core::config::Config;
 use keygate_store::{Db, Kek, Store, Vault};
@@ -56,6 +58,9 @@ impl Gateway {
             keys: keys.clone(),
             public_url: public_url.as_str().into(),
             access_token_ttl: config.access_token_ttl_secs(),
+            client_documents: Arc::new(ClientDocuments::new(Outbound::new(
+                &config.outbound.allowed_private_hosts,
+            ))),
         };
         let limiter = Limiter::per_minute(config.rate_limit_per_minute());
         let api = keygate_api::router(

@@ -37,6 +37,13 @@ pub fn load(
             FieldKind::Integer => toml::Value::Integer(raw.trim().parse().map_err(|_| {
                 ConfigError::new(*field, format!("{var} must be an integer, got {raw:?}"))
             })?),
+            FieldKind::StringList => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
         };
         set(&mut table, field, value);
     }

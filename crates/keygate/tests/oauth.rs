@@ -1152,3 +1152,117 @@ async fn revocation_endpoint_and_signing_key_rotation(backend: Backend) {
     assert_eq!(published.len(), 2);
     s.gw.stop().await;
 }
+
+fn as_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A stock client identified by a client ID metadata document URL, served by a real local
+/// HTTP server. The SSRF guard refuses the loopback fetch unless the host is allow-listed.
+#[tokio::test]
+async fn client_id_metadata_documents() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let doc_url = format!(
+        "http://127.0.0.1:{}/client.json",
+        listener.local_addr().unwrap().port()
+    );
+    let doc = json!({
+        "client_id": doc_url, "client_name": "CIMD client",
+        "redirect_uris": ["http://127.0.0.1:4444/cb"], "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code"], "response_types": ["code"],
+    });
+    let served = doc.clone();
+    let app = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || async move { axum::Json(served) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // Without the allow-list the document is never fetched from a loopback address.
+    let s = setup(Backend::Sqlite).await;
+    let p = pkce();
+    let params = |p: &Pkce, resource: &str| {
+        vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", doc_url.clone()),
+            ("redirect_uri", "http://127.0.0.1:4444/cb".to_owned()),
+            ("code_challenge", p.challenge.clone()),
+            ("code_challenge_method", "S256".to_owned()),
+            ("resource", resource.to_owned()),
+        ]
+    };
+    let resp = browser()
+        .get(authorize_url(&s.gw, &as_refs(&params(&p, &s.mcp_url))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    s.gw.stop().await;
+
+    // With it (local development), the flow completes and the token names the document URL.
+    let gw = TestGateway::start_with(Backend::Sqlite, |c| {
+        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()]
+    })
+    .await;
+    let hash = keygate_auth::secret::hash_password(PASSWORD).unwrap();
+    gw.store
+        .create_user(gw.org, "u@example.com", Role::Member, Some(&hash))
+        .await
+        .unwrap();
+    let token = gw.admin_token().await;
+    let (_, _, app) = gw
+        .api(
+            Method::POST,
+            "/applications",
+            &token,
+            Some(json!({"name": "A", "oauth": {"type": "public", "redirectUris": [REDIRECT]}})),
+        )
+        .await;
+    let mcp_url = format!(
+        "{}/apps/{}/mcp",
+        gw.url,
+        app["application"]["id"].as_str().unwrap()
+    );
+    let meta: Value = gw
+        .http
+        .get(format!("{}/.well-known/oauth-authorization-server", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["client_id_metadata_document_supported"], true);
+    let b = browser();
+    let back = sign_in_and_approve(
+        &gw,
+        &b,
+        &authorize_url(&gw, &as_refs(&params(&p, &mcp_url))),
+        "u@example.com",
+    )
+    .await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", &query(&back)["code"]),
+        ("redirect_uri", "http://127.0.0.1:4444/cb"),
+        ("client_id", &doc_url),
+        ("code_verifier", &p.verifier),
+    ];
+    let (status, t) = token_request(&gw, &form).await;
+    assert_eq!(status, 200, "{t}");
+    let c = claims(t["access_token"].as_str().unwrap());
+    assert_eq!(
+        (c["client_id"].as_str(), c["aud"].as_str()),
+        (Some(doc_url.as_str()), Some(mcp_url.as_str()))
+    );
+    // A redirect URI the document does not list is refused.
+    let mut bad = params(&p, &mcp_url);
+    bad[2].1 = "http://127.0.0.1:4444/other".into();
+    let resp = b
+        .get(authorize_url(&gw, &as_refs(&bad)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    gw.stop().await;
+}
