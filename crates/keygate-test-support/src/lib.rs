@@ -6,6 +6,8 @@
 //! `keygate_test_<uuid>`.
 #![forbid(unsafe_code)]
 
+pub mod fake_upstream;
+
 use std::time::Duration;
 
 use keygate::app::Gateway;
@@ -100,6 +102,7 @@ pub struct TestGateway {
     pub data_dir: tempfile::TempDir,
     pub database_url: String,
     pub backend: Backend,
+    pub keys: std::sync::Arc<keygate_auth::KeyRing>,
     vault_key: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -136,6 +139,7 @@ impl TestGateway {
         let kek = Kek::from_base64(&vault_key).unwrap();
         let gateway = Gateway::open(&config, &kek).await.expect("open gateway");
         let store = gateway.store.clone();
+        let keys = gateway.keys.clone();
         let org = store.default_organization().await.expect("org").id;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gateway.serve(listener, async {
@@ -153,6 +157,7 @@ impl TestGateway {
             data_dir,
             database_url: config.database_url(),
             backend,
+            keys,
             vault_key,
             shutdown: Some(tx),
             task: Some(task),
@@ -180,6 +185,49 @@ impl TestGateway {
         replica.url = format!("http://{}", replica.local_addr);
         replica.backend = Backend::Postgres;
         replica
+    }
+
+    /// A user's access token for `resource`, as the authorization server would issue it after
+    /// the code flow (a fresh agent session, signed by the gateway's own key ring).
+    pub async fn user_token(
+        &self,
+        user: keygate_core::UserId,
+        app: keygate_core::ApplicationId,
+        resource: &str,
+    ) -> String {
+        let session = self
+            .store
+            .create_agent_session(
+                self.org,
+                keygate_store::NewAgentSession {
+                    application_id: app,
+                    user_id: Some(user),
+                    agent_id: Some(app.client_id()),
+                    name: Some("test agent".into()),
+                    hostname: None,
+                    user_agent: None,
+                    client_info: None,
+                    token_expires_at: None,
+                },
+            )
+            .await
+            .expect("session");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        self.keys.sign(&keygate_auth::Claims {
+            iss: self.url.clone(),
+            sub: user.to_string(),
+            aud: resource.to_owned(),
+            client_id: app.client_id(),
+            scope: String::new(),
+            org: self.org,
+            sid: Some(session.id),
+            iat: now,
+            exp: now + 600,
+            jti: uuid::Uuid::new_v4().to_string(),
+        })
     }
 
     /// Creates a service account in `org` and returns `(clientId, clientSecret)`.

@@ -18,10 +18,9 @@ use keygate_auth::clients::ClientDocuments;
 use keygate_auth::outbound::Outbound;
 use keygate_auth::{AuthState, KeyRing};
 use keygate_core::config::Config;
+use keygate_proxy::{ProxyState, Upstream};
 use keygate_store::{Db, Kek, Store, Vault};
 use tokio::net::TcpListener;
-
-use crate::mcp_gate;
 
 /// How long in-flight requests may run after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -72,7 +71,10 @@ impl Gateway {
         );
         let health_store = store.clone();
         let router = Router::new()
-            .merge(mcp_gate::router(auth.clone()))
+            .merge(keygate_proxy::router(ProxyState::new(
+                auth.clone(),
+                Upstream::new(&config.outbound.allowed_private_hosts),
+            )))
             .merge(keygate_auth::router(auth))
             .merge(api)
             .route("/healthz", get(|| async { "ok" }))

@@ -5,6 +5,5 @@
 
 pub mod app;
 pub mod cli;
-pub mod mcp_gate;
 pub mod settings;
 pub mod unread_body;

@@ -261,7 +261,8 @@ fn claims(jwt: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
-/// Calls the MCP endpoint; 501 means "authenticated" until the proxy lands, 401 refused.
+/// Calls the aggregated MCP endpoint; 501 means "authenticated" until aggregation lands,
+/// 401 refused.
 async fn mcp_status(gw: &TestGateway, url: &str, token: Option<&str>) -> (u16, Option<String>) {
     let mut req = gw
         .http
@@ -333,12 +334,13 @@ async fn code_flow_pkce_refresh_and_reuse_detection(backend: Backend) {
         501,
         "authenticated"
     );
-    // A pass-through URL of the same application accepts the application-wide token.
+    // A pass-through URL of the same application accepts the application-wide token (and then
+    // finds no such integration).
     assert_eq!(
         mcp_status(&s.gw, &format!("{}/github", s.mcp_url), Some(access))
             .await
             .0,
-        501
+        404
     );
     // The same token is refused by other resources.
     let (status, _, _) = s.gw.api(Method::GET, "/applications", access, None).await;

@@ -363,6 +363,23 @@ impl Store {
         })
     }
 
+    /// Records MCP activity: the session is live (connected) and active now.
+    pub async fn mark_agent_session_active(
+        &self,
+        session: AgentSessionId,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut sql = Sql::new("UPDATE agent_sessions SET last_active_at = ");
+        sql.bind(now.millis())
+            .push(", connected_at = COALESCE(connected_at, ")
+            .bind(now.millis());
+        sql.push(") WHERE id = ")
+            .bind(session.to_string())
+            .push(" AND status = 'active'");
+        sql.query().execute(self.db.pool()).await?;
+        Ok(())
+    }
+
     /// Extends a session's token expiry after a refresh.
     pub async fn touch_agent_session_token(
         &self,

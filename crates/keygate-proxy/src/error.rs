@@ -1,0 +1,130 @@
+//! Errors of the MCP gateway, each answered as HTTP status + JSON-RPC error in one exhaustive
+//! match. Who caused it is part of the variant: the client, the upstream, or the gateway.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// JSON-RPC code for "URL elicitation required" (MCP 2025-11-25): the user must connect.
+pub const URL_ELICITATION_REQUIRED: i64 = -32042;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client: no or a bad token. Carries the 401 to send.
+    #[error("unauthorized")]
+    Unauthorized(Box<Response>),
+    /// The client: an application or integration it may not see.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The client: a request the gateway cannot take (wrong method, body too large, …).
+    #[error("{message}")]
+    BadRequest {
+        status: StatusCode,
+        code: i64,
+        message: String,
+    },
+    /// The user has not connected this integration yet.
+    #[error("connection required for {integration_name}")]
+    ConnectionRequired {
+        request_id: Value,
+        integration_id: String,
+        integration_name: String,
+        connect_url: String,
+    },
+    /// The upstream could not be reached or failed mid-way.
+    #[error("upstream unavailable: {0}")]
+    Upstream(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The gateway itself failed (store, vault).
+    #[error("gateway error: {0}")]
+    Internal(String),
+}
+
+fn rpc_error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(d) = data {
+        error["data"] = d;
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": error})
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ProxyError::Unauthorized(resp) => return *resp,
+            ProxyError::NotFound(m) => (
+                StatusCode::NOT_FOUND,
+                rpc_error(Value::Null, -32001, m, None),
+            ),
+            ProxyError::BadRequest {
+                status,
+                code,
+                message,
+            } => (status, rpc_error(Value::Null, code, &message, None)),
+            ProxyError::ConnectionRequired {
+                request_id,
+                integration_id,
+                integration_name,
+                connect_url,
+            } => {
+                let message = format!("Connect your {integration_name} account to continue");
+                let data = json!({
+                    "elicitations": [{
+                        "mode": "url",
+                        "elicitationId": uuid::Uuid::new_v4().to_string(),
+                        "url": connect_url,
+                        "message": message,
+                    }],
+                    "integrationId": integration_id,
+                    "integrationName": integration_name,
+                    "connectUrl": connect_url,
+                });
+                (
+                    StatusCode::OK,
+                    rpc_error(request_id, URL_ELICITATION_REQUIRED, &message, Some(data)),
+                )
+            }
+            ProxyError::Upstream(detail) => {
+                tracing::warn!(%detail, "upstream failed");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    rpc_error(
+                        Value::Null,
+                        -32002,
+                        "The integration's server is unavailable",
+                        None,
+                    ),
+                )
+            }
+            ProxyError::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                rpc_error(
+                    Value::Null,
+                    -32002,
+                    "The integration's server did not answer in time",
+                    None,
+                ),
+            ),
+            ProxyError::Internal(detail) => {
+                tracing::error!(%detail, "gateway failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    rpc_error(Value::Null, -32603, "Internal gateway error", None),
+                )
+            }
+        };
+        let mut resp = (status, Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+impl From<keygate_store::StoreError> for ProxyError {
+    fn from(e: keygate_store::StoreError) -> Self {
+        ProxyError::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,176 @@
+//! Authentication of MCP requests, and the agent-session bookkeeping that goes with it.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use keygate_auth::keys::VerifyError;
+use keygate_auth::{Claims, Resource, protected};
+use keygate_core::model::Application;
+use keygate_core::{AgentSessionId, Timestamp, UserId};
+use keygate_store::StoreError;
+
+use crate::ProxyState;
+use crate::error::ProxyError;
+
+/// Who is calling, through which application.
+#[derive(Debug)]
+pub struct McpCaller {
+    pub claims: Claims,
+    pub user: UserId,
+    pub app: Application,
+}
+
+/// The resource path a request belongs to: `/apps/{id}/mcp[/integration]` or `/mcp`.
+/// Legacy SSE sub-paths (`…/sse`, `…/message`) belong to their endpoint.
+pub fn resource_path(uri: &Uri) -> String {
+    let path = uri.path().trim_end_matches('/');
+    let path = path
+        .strip_suffix("/sse")
+        .or_else(|| path.strip_suffix("/message"))
+        .unwrap_or(path);
+    if path.starts_with("/mcp") {
+        "/mcp".to_owned()
+    } else {
+        path.to_owned()
+    }
+}
+
+/// Verifies the bearer token for the resource this request addresses. A token for an
+/// application's aggregated endpoint also opens its pass-through endpoints.
+pub async fn authenticate(
+    state: &ProxyState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<McpCaller, ProxyError> {
+    let auth = &state.auth;
+    let path = resource_path(uri);
+    let url = format!("{}{path}", auth.public_url);
+    let resource = Resource::parse(&auth.public_url, &url)
+        .ok_or(ProxyError::NotFound("No such MCP endpoint"))?;
+    let unauthorized = |error: Option<&str>, message: &str| {
+        ProxyError::Unauthorized(Box::new(protected::unauthorized(
+            &auth.public_url,
+            &path,
+            error,
+            message,
+        )))
+    };
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| unauthorized(None, "A bearer token is required"))?;
+    let mut audiences = vec![url];
+    if let Resource::AppMcp {
+        app,
+        integration: Some(_),
+    } = &resource
+    {
+        audiences.push(
+            Resource::AppMcp {
+                app: *app,
+                integration: None,
+            }
+            .url(&auth.public_url),
+        );
+    }
+    let mut last = VerifyError::Invalid;
+    let mut claims = None;
+    for aud in &audiences {
+        match auth.verify_access_token(token, aud).await {
+            Ok(c) => {
+                claims = Some(c);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let Some(claims) = claims else {
+        if last == VerifyError::Unavailable {
+            return Err(ProxyError::Internal(
+                "token revocation state unavailable".into(),
+            ));
+        }
+        return Err(unauthorized(Some("invalid_token"), &last.to_string()));
+    };
+    let Ok(user) = claims.sub.parse::<UserId>() else {
+        return Err(unauthorized(
+            Some("invalid_token"),
+            "MCP access needs a user's token",
+        ));
+    };
+    let app_id = match resource {
+        Resource::AppMcp { app, .. } => app,
+        // `/mcp` serves the application whose client the token was issued to.
+        _ => claims
+            .client_id
+            .strip_prefix(keygate_core::ids::APP_CLIENT_PREFIX)
+            .and_then(|id| id.parse().ok())
+            .ok_or(ProxyError::NotFound(
+                "/mcp needs a token issued to an application's own client",
+            ))?,
+    };
+    let app = match auth.store.get_application(claims.org, app_id).await {
+        Ok(app) if app.archived_at.is_none() => app,
+        Ok(_) | Err(StoreError::NotFound) => {
+            return Err(ProxyError::NotFound("Application not found"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(sid) = claims.sid {
+        state.activity.touch(state, sid);
+    }
+    Ok(McpCaller { claims, user, app })
+}
+
+/// Marks agent sessions live and records their last activity, at most every few seconds per
+/// session and off the request path.
+#[derive(Default)]
+pub struct Activity {
+    last: DashMap<AgentSessionId, Instant>,
+}
+
+const TOUCH_EVERY: Duration = Duration::from_secs(10);
+
+impl Activity {
+    pub fn touch(&self, state: &ProxyState, sid: AgentSessionId) {
+        let now = Instant::now();
+        let due = self
+            .last
+            .get(&sid)
+            .is_none_or(|t| now.duration_since(*t) >= TOUCH_EVERY);
+        if !due {
+            return;
+        }
+        self.last.insert(sid, now);
+        let store = state.auth.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.mark_agent_session_active(sid, Timestamp::now()).await {
+                tracing::warn!(error = %e, "recording agent session activity failed");
+            }
+        });
+    }
+}
+
+/// The aggregated endpoint (`/apps/{id}/mcp`, `/mcp`): authenticated, then answered `501` —
+/// aggregation is not built yet, and this says so instead of pretending.
+pub async fn aggregated(State(state): State<ProxyState>, req: Request) -> Response {
+    match authenticate(&state, req.headers(), req.uri()).await {
+        Ok(_) => ProxyError::BadRequest {
+            status: StatusCode::NOT_IMPLEMENTED,
+            code: -32601,
+            message: "The aggregated endpoint is not available in this keygate build; use \
+                      /apps/{id}/mcp/{integration}"
+                .into(),
+        }
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}

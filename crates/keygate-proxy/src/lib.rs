@@ -1,0 +1,58 @@
+//! keygate's MCP gateway.
+//!
+//! Every MCP route first runs [`gate::authenticate`]: a bearer token for exactly this resource
+//! (RFC 8707 `aud`), live (not revoked), of the application's organization. Then:
+//!
+//! - `/apps/{id}/mcp/{integration}` — [`passthrough`]: a streaming reverse proxy to one
+//!   attached integration, keeping the upstream's names and behaviour. The client's own
+//!   `Authorization` never goes upstream; [`credentials`] supplies the integration's.
+//! - `/apps/{id}/mcp` and `/mcp` — the aggregated endpoint, not built yet: authenticated
+//!   requests get `501` with a JSON-RPC error that says so.
+//!
+//! Upstream traffic goes through [`upstream::Upstream`], a hyper client whose resolver refuses
+//! internal addresses (the SSRF guard) unless allow-listed for local development.
+#![forbid(unsafe_code)]
+
+pub mod credentials;
+pub mod error;
+pub mod gate;
+pub mod passthrough;
+pub mod sse;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::any;
+use keygate_auth::AuthState;
+
+pub use error::ProxyError;
+pub use upstream::Upstream;
+
+/// What the MCP routes share.
+#[derive(Clone)]
+pub struct ProxyState {
+    pub auth: AuthState,
+    pub upstream: Arc<Upstream>,
+    pub activity: Arc<gate::Activity>,
+}
+
+impl ProxyState {
+    pub fn new(auth: AuthState, upstream: Upstream) -> Self {
+        Self {
+            auth,
+            upstream: Arc::new(upstream),
+            activity: Arc::default(),
+        }
+    }
+}
+
+/// The MCP routes.
+pub fn router(state: ProxyState) -> Router {
+    Router::new()
+        .route("/apps/{id}/mcp", any(gate::aggregated))
+        .route("/apps/{id}/mcp/{integration}", any(passthrough::handle))
+        .route("/mcp", any(gate::aggregated))
+        .route("/mcp/{*rest}", any(gate::aggregated))
+        .with_state(state)
+}

@@ -1,0 +1,222 @@
+//! `…/apps/{id}/mcp/{integration}`: a streaming reverse proxy to one integration.
+//!
+//! The request body streams upstream untouched and the response streams back frame by frame;
+//! nothing is buffered except, when the user must first connect the integration, the (bounded)
+//! request body whose JSON-RPC id the `-32042` answer needs. Hop-by-hop headers, the client's
+//! `Authorization` and cookies are dropped; the integration's credential is set instead.
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use keygate_core::model::{Category, Integration};
+use serde_json::Value;
+use url::Url;
+
+use crate::ProxyState;
+use crate::credentials;
+use crate::error::ProxyError;
+use crate::gate::{McpCaller, authenticate};
+use crate::sse::KeepAlive;
+
+/// Largest request body relayed upstream.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Request headers never forwarded: hop-by-hop (RFC 9110 §7.6.1), the client's credentials,
+/// and what the client sets itself from the upstream URL.
+const DROP_REQUEST: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// Response headers never relayed: hop-by-hop, the upstream's own auth challenge (the agent
+/// authenticates to keygate, not to the upstream) and cookies for the upstream's domain.
+const DROP_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "www-authenticate",
+    "set-cookie",
+];
+
+pub async fn handle(
+    State(state): State<ProxyState>,
+    Path((_, integration)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    match forward(&state, &integration, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward(
+    state: &ProxyState,
+    integration_ref: &str,
+    req: Request,
+) -> Result<Response, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let caller = authenticate(state, &parts.headers, &parts.uri).await?;
+    let integration = attached_integration(state, &caller, integration_ref).await?;
+    let mut url = Url::parse(&integration.url).map_err(|_| {
+        ProxyError::Upstream(format!("integration {} has an invalid URL", integration.id))
+    })?;
+    if let Some(q) = parts.uri.query() {
+        let merged = match url.query() {
+            Some(existing) => format!("{existing}&{q}"),
+            None => q.to_owned(),
+        };
+        url.set_query(Some(&merged));
+    }
+    state.upstream.check(&url)?;
+    if declared_length(&parts.headers).is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        return Err(too_large());
+    }
+    let authorization = match credentials::authorization(state, &caller, &integration).await {
+        Ok(a) => a,
+        Err(ProxyError::ConnectionRequired {
+            integration_id,
+            integration_name,
+            connect_url,
+            ..
+        }) => {
+            return Err(ProxyError::ConnectionRequired {
+                request_id: request_id(body).await,
+                integration_id,
+                integration_name,
+                connect_url,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut upstream_req = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(url.as_str())
+        .body(Body::new(Limited::new(body, MAX_REQUEST_BYTES)))
+        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+    *upstream_req.headers_mut() = filtered(&parts.headers, DROP_REQUEST);
+    if let Some(auth) = authorization {
+        upstream_req
+            .headers_mut()
+            .insert(header::AUTHORIZATION, auth);
+    }
+    let resp = state.upstream.send(upstream_req).await?;
+    Ok(relay(resp))
+}
+
+/// Streams an upstream response back.
+fn relay(resp: http::Response<hyper::body::Incoming>) -> Response {
+    let (parts, body) = resp.into_parts();
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut headers = filtered(&parts.headers, DROP_RESPONSE);
+    let body = if is_sse {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-cache"));
+        Body::new(KeepAlive::new(body))
+    } else {
+        Body::new(body)
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// The integration named by id or slug, attached to the caller's application, active and
+/// proxied (not credential-only).
+async fn attached_integration(
+    state: &ProxyState,
+    caller: &McpCaller,
+    r: &str,
+) -> Result<Integration, ProxyError> {
+    let store = &state.auth.store;
+    let org = caller.app.org_id;
+    let ids = store.attached_integration_ids(org, caller.app.id).await?;
+    let found = store
+        .integrations_by_ids(org, &ids)
+        .await?
+        .into_iter()
+        .find(|i| i.slug == r || i.id.to_string() == r)
+        .ok_or(ProxyError::NotFound("Integration not found"))?;
+    if found.category != Category::GatewayRemoteMcp {
+        return Err(ProxyError::NotFound(
+            "Integration is credential-only and has no MCP endpoint here",
+        ));
+    }
+    Ok(found)
+}
+
+fn filtered(src: &HeaderMap, drop: &[&str]) -> HeaderMap {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<String> = src
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(src.len());
+    for (name, value) in src {
+        let n = name.as_str();
+        if drop.contains(&n) || named.iter().any(|h| h == n) {
+            continue;
+        }
+        out.append(HeaderName::clone(name), value.clone());
+    }
+    out
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large() -> ProxyError {
+    ProxyError::BadRequest {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: -32600,
+        message: format!("The request body is larger than {MAX_REQUEST_BYTES} bytes"),
+    }
+}
+
+/// The JSON-RPC id of a (small) request body, or null.
+async fn request_id(body: Body) -> Value {
+    let Ok(collected) = Limited::new(body, MAX_REQUEST_BYTES).collect().await else {
+        return Value::Null;
+    };
+    serde_json::from_slice::<Value>(&collected.to_bytes())
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null)
+}

@@ -1,0 +1,117 @@
+//! The upstream HTTP client: hyper-util over rustls (HTTP/1.1 and HTTP/2), one connection pool
+//! for all integrations, and a resolver that refuses internal addresses unless the host is on
+//! `outbound.allowed_private_hosts`.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::TokioExecutor;
+use keygate_auth::outbound::Outbound;
+use keygate_core::net::is_internal;
+use url::Url;
+
+use crate::error::ProxyError;
+
+/// How long an upstream may take to send response headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// DNS resolution with the SSRF guard.
+#[derive(Clone)]
+pub struct GuardedDns {
+    allowed: Arc<HashSet<String>>,
+}
+
+impl tower_service::Service<Name> for GuardedDns {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_ascii_lowercase();
+        let allowed = self.allowed.contains(&host);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| allowed || !is_internal(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{host} resolves only to internal addresses"),
+                ));
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+/// The shared upstream client.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector<GuardedDns>>, Body>,
+    guard: Outbound,
+}
+
+impl Upstream {
+    pub fn new(allowed_private_hosts: &[String]) -> Self {
+        let allowed: Arc<HashSet<String>> = Arc::new(
+            allowed_private_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        );
+        let mut http = HttpConnector::new_with_resolver(GuardedDns { allowed });
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        Self {
+            client,
+            guard: Outbound::new(allowed_private_hosts),
+        }
+    }
+
+    /// Refuses URLs the gateway must not call: non-https (outside the allow-list), embedded
+    /// credentials, internal IP literals.
+    pub fn check(&self, url: &Url) -> Result<(), ProxyError> {
+        self.guard
+            .check(url, true)
+            .map_err(|e| ProxyError::Upstream(e.to_string()))
+    }
+
+    /// Sends a request; the response body streams as it arrives.
+    pub async fn send(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(HEADER_TIMEOUT, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(ProxyError::Upstream(keygate_auth::outbound::error_chain(
+                &e,
+            ))),
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+        }
+    }
+}

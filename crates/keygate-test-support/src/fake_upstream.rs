@@ -1,0 +1,137 @@
+//! A fake MCP server (Streamable HTTP) for proxy tests. It answers JSON-RPC requests with what
+//! it saw — method, params and every request header — and a fixed `Mcp-Session-Id`, and has
+//! a few scripted behaviours:
+//!
+//! - `tools/call` of `slow`: an SSE response of three events 300 ms apart;
+//! - `tools/call` of `reset`: one SSE event, then the connection drops mid-stream;
+//! - `tools/call` of `hang`: never answers;
+//! - `GET /mcp`: an SSE stream of one event that then stays open.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures_util::stream;
+use serde_json::{Value, json};
+
+pub const SESSION_ID: &str = "upstream-session-1";
+
+/// A running fake upstream.
+pub struct FakeUpstream {
+    /// `http://127.0.0.1:PORT/mcp`
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+        let app = Router::new().route(
+            "/mcp",
+            post(rpc)
+                .get(open_stream)
+                .delete(|| async { StatusCode::NO_CONTENT }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, task }
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn header_map(headers: &HeaderMap) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in headers {
+        out.insert(
+            k.as_str().to_owned(),
+            json!(v.to_str().unwrap_or("<binary>")),
+        );
+    }
+    Value::Object(out)
+}
+
+fn event(id: u32, body: &Value) -> Bytes {
+    Bytes::from(format!("id: {id}\nevent: message\ndata: {body}\n\n"))
+}
+
+async fn rpc(headers: HeaderMap, Json(req): Json<Value>) -> Response {
+    let id = req["id"].clone();
+    let tool = req["params"]["name"].as_str().unwrap_or("");
+    let echo = json!({"jsonrpc": "2.0", "id": id, "result": {
+        "method": req["method"], "params": req["params"], "headers": header_map(&headers),
+    }});
+    let sse = |body: Body| {
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header("mcp-session-id", SESSION_ID)
+            .body(body)
+            .expect("valid response")
+    };
+    match (req["method"].as_str(), tool) {
+        (Some("tools/call"), "slow") => {
+            let frames = stream::unfold(0u32, move |n| {
+                let id = id.clone();
+                async move {
+                    if n == 3 {
+                        return None;
+                    }
+                    if n > 0 {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let body = if n < 2 {
+                        json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": n}})
+                    } else {
+                        json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}})
+                    };
+                    Some((Ok::<_, Infallible>(event(n, &body)), n + 1))
+                }
+            });
+            sse(Body::from_stream(frames))
+        }
+        (Some("tools/call"), "reset") => {
+            let first = event(
+                0,
+                &json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 0}}),
+            );
+            // Let the first event go out on the wire, then fail the stream.
+            let frames = stream::iter([Ok(first)]).chain(stream::once(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(std::io::Error::other("upstream reset"))
+            }));
+            sse(Body::from_stream(frames))
+        }
+        (Some("tools/call"), "hang") => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        _ => ([("mcp-session-id", SESSION_ID)], Json(echo)).into_response(),
+    }
+}
+
+async fn open_stream(headers: HeaderMap) -> Response {
+    let first = event(
+        1,
+        &json!({"jsonrpc": "2.0", "method": "notifications/message",
+        "params": {"headers": header_map(&headers)}}),
+    );
+    let frames = stream::iter(vec![Ok::<_, Infallible>(first)]).chain(stream::pending());
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(frames))
+        .expect("valid response")
+}
+
+use futures_util::StreamExt as _;

@@ -1,0 +1,444 @@
+//! The pass-through MCP proxy against a fake upstream that echoes what it receives: credential
+//! injection and isolation, streaming, and bad traffic. Every body runs on SQLite and
+//! PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use keygate_core::model::Role;
+use keygate_core::{ApplicationId, IntegrationId, Secret, UserId};
+use keygate_test_support::fake_upstream::{FakeUpstream, SESSION_ID};
+use keygate_test_support::{Backend, TestGateway, both_backends};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+both_backends!(
+    credentials_are_injected_and_isolated,
+    responses_stream_event_by_event,
+    bad_traffic_gets_clean_errors
+);
+
+struct World {
+    gw: TestGateway,
+    admin: String,
+    app: ApplicationId,
+    app_url: String,
+    alice: UserId,
+    bob: UserId,
+}
+
+async fn world(backend: Backend) -> World {
+    let gw = TestGateway::start_with(backend, |c| {
+        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()]
+    })
+    .await;
+    let admin = gw.admin_token().await;
+    let (_, _, app) = gw
+        .api(Method::POST, "/applications", &admin, Some(json!({"name": "Agents", "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}})))
+        .await;
+    let app: ApplicationId = app["application"]["id"].as_str().unwrap().parse().unwrap();
+    let alice = gw
+        .store
+        .create_user(gw.org, "alice@example.com", Role::Member, None)
+        .await
+        .unwrap()
+        .id;
+    let bob = gw
+        .store
+        .create_user(gw.org, "bob@example.com", Role::Member, None)
+        .await
+        .unwrap()
+        .id;
+    World {
+        app_url: format!("{}/apps/{app}/mcp", gw.url),
+        gw,
+        admin,
+        app,
+        alice,
+        bob,
+    }
+}
+
+impl World {
+    /// Creates and attaches an integration; returns (id, slug).
+    async fn integration(&self, body: Value) -> (IntegrationId, String) {
+        let (status, _, i) = self
+            .gw
+            .api(Method::POST, "/integrations", &self.admin, Some(body))
+            .await;
+        assert_eq!(status, 201, "{i}");
+        let id = i["integration"]["id"].as_str().unwrap().to_owned();
+        let (status, _, _) = self
+            .gw
+            .api(
+                Method::POST,
+                &format!("/applications/{}/integrations/{id}", self.app),
+                &self.admin,
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        (
+            id.parse().unwrap(),
+            i["integration"]["slug"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn token(&self, user: UserId) -> String {
+        self.gw.user_token(user, self.app, &self.app_url).await
+    }
+
+    async fn call(&self, slug: &str, token: Option<&str>, body: Value) -> reqwest::Response {
+        let mut req = self
+            .gw
+            .http
+            .post(format!("{}/{slug}", self.app_url))
+            .header("accept", "application/json, text/event-stream")
+            .header("cookie", "kg_session=browser-cookie")
+            .header("x-custom", "kept")
+            .header("mcp-session-id", "client-held-session")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "dropped")
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+}
+
+fn rpc(id: i64, method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+async fn credentials_are_injected_and_isolated(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, server) = w.integration(json!({"name": "Server", "url": up.url, "authMode": "server_token", "serverToken": "srv-secret"})).await;
+    let (personal_id, personal) = w
+        .integration(json!({"name": "Personal", "url": up.url, "authMode": "user_token"}))
+        .await;
+    let (_, open) = w.integration(json!({"name": "Open", "url": up.url})).await;
+    w.gw.store
+        .put_user_token(
+            w.gw.org,
+            personal_id,
+            w.alice,
+            &Secret::new("alice-personal-token"),
+            None,
+        )
+        .await
+        .unwrap();
+    let alice = w.token(w.alice).await;
+    let bob = w.token(w.bob).await;
+
+    // server_token: injected; the agent's token, cookies and hop-by-hop headers stay behind.
+    let resp = w
+        .call(&server, Some(&alice), rpc(1, "initialize", json!({})))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["mcp-session-id"], SESSION_ID);
+    let body: Value = resp.json().await.unwrap();
+    let seen = &body["result"]["headers"];
+    assert_eq!(seen["authorization"], "Bearer srv-secret");
+    assert_eq!(seen["x-custom"], "kept");
+    assert_eq!(seen["mcp-session-id"], "client-held-session");
+    for gone in ["cookie", "x-hop"] {
+        assert!(seen.get(gone).is_none(), "{gone} was forwarded: {seen}");
+    }
+    assert!(
+        !body.to_string().contains(&alice),
+        "the agent's token reached the upstream"
+    );
+    assert_eq!(body["id"], 1);
+
+    // user_token: each user's own token; a user without one is asked to connect.
+    let body: Value = w
+        .call(&personal, Some(&alice), rpc(2, "tools/list", json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["result"]["headers"]["authorization"],
+        "Bearer alice-personal-token"
+    );
+    let body: Value = w
+        .call(&personal, Some(&bob), rpc(3, "tools/list", json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["id"], 3);
+    assert_eq!(body["error"]["code"], -32042, "{body}");
+    let connect = body["error"]["data"]["connectUrl"].as_str().unwrap();
+    assert!(connect.contains(&personal_id.to_string()), "{connect}");
+    assert_eq!(body["error"]["data"]["elicitations"][0]["mode"], "url");
+    assert!(!body.to_string().contains("alice-personal-token"));
+
+    // none: nothing injected. Integrations answer by slug or id.
+    let body: Value = w
+        .call(&open, Some(&alice), rpc(4, "ping", json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        body["result"]["headers"].get("authorization").is_none(),
+        "{body}"
+    );
+    let body: Value = w
+        .call(
+            &personal_id.to_string(),
+            Some(&alice),
+            rpc(5, "ping", json!({})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["result"]["headers"]["authorization"],
+        "Bearer alice-personal-token"
+    );
+
+    // Unauthenticated and wrong-audience requests never reach the upstream.
+    let resp = w.call(&server, None, rpc(6, "ping", json!({}))).await;
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.contains(&format!(
+            "/.well-known/oauth-protected-resource/apps/{}/mcp/{server}",
+            w.app
+        )),
+        "{challenge}"
+    );
+    let elsewhere =
+        w.gw.user_token(
+            w.alice,
+            w.app,
+            &format!("{}/apps/{}/mcp", w.gw.url, ApplicationId::new()),
+        )
+        .await;
+    assert_eq!(
+        w.call(&server, Some(&elsewhere), rpc(7, "ping", json!({})))
+            .await
+            .status(),
+        401
+    );
+
+    // Detached or archived integrations are unreachable.
+    let (status, _, _) =
+        w.gw.api(
+            Method::DELETE,
+            &format!("/applications/{}/integrations/{personal_id}", w.app),
+            &w.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        w.call(&personal, Some(&alice), rpc(8, "ping", json!({})))
+            .await
+            .status(),
+        404
+    );
+    let (_, _, list) =
+        w.gw.api(Method::GET, "/integrations?name=Open", &w.admin, None)
+            .await;
+    let open_id = list["items"][0]["id"].as_str().unwrap();
+    w.gw.api(
+        Method::DELETE,
+        &format!("/integrations/{open_id}"),
+        &w.admin,
+        None,
+    )
+    .await;
+    assert_eq!(
+        w.call(&open, Some(&alice), rpc(9, "ping", json!({})))
+            .await
+            .status(),
+        404
+    );
+
+    // The agent session is marked live.
+    let (_, _, sessions) =
+        w.gw.api(
+            Method::GET,
+            &format!("/applications/{}/sessions", w.app),
+            &w.admin,
+            None,
+        )
+        .await;
+    let live = sessions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["lastActiveAt"].is_string())
+        .count();
+    assert!(live >= 1, "{sessions}");
+    w.gw.stop().await;
+}
+
+async fn responses_stream_event_by_event(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, slug) = w
+        .integration(json!({"name": "Stream", "url": up.url}))
+        .await;
+    let alice = w.token(w.alice).await;
+    let resp = w
+        .call(
+            &slug,
+            Some(&alice),
+            rpc(1, "tools/call", json!({"name": "slow"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    let start = Instant::now();
+    let mut stream = resp.bytes_stream();
+    let mut arrivals = Vec::new();
+    let mut buf = String::new();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            arrivals.push((start.elapsed(), event));
+        }
+    }
+    assert_eq!(arrivals.len(), 3, "{arrivals:?}");
+    // Sent 300 ms apart upstream; relayed as they came, not at the end.
+    for pair in arrivals.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_millis(200),
+            "events were buffered: {arrivals:?}"
+        );
+    }
+    assert!(arrivals[2].1.contains("\"done\""));
+
+    // A GET stream delivers its first event while staying open.
+    let resp =
+        w.gw.http
+            .get(format!("{}/{slug}", w.app_url))
+            .bearer_auth(&alice)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("first event")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&first);
+    assert!(
+        text.contains("notifications/message") && !text.contains(&alice),
+        "{text}"
+    );
+    drop(stream); // an open stream would hold graceful shutdown for its full grace period
+    w.gw.stop().await;
+}
+
+async fn bad_traffic_gets_clean_errors(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, slug) = w.integration(json!({"name": "Up", "url": up.url})).await;
+    let alice = w.token(w.alice).await;
+
+    // Upstream reset mid-stream: the client gets what was sent, then the stream ends in error.
+    let resp = w
+        .call(
+            &slug,
+            Some(&alice),
+            rpc(1, "tools/call", json!({"name": "reset"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("progress"));
+    let mut ended_badly = false;
+    while let Some(next) = stream.next().await {
+        ended_badly |= next.is_err();
+    }
+    assert!(
+        ended_badly,
+        "a reset upstream must not look like a clean end"
+    );
+
+    // Oversized body.
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"blob": "a".repeat(5 * 1024 * 1024)}});
+    let resp =
+        w.gw.http
+            .post(format!("{}/{slug}", w.app_url))
+            .bearer_auth(&alice)
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32600);
+
+    // Malformed JSON is the upstream's to judge, and its 4xx comes back as it was.
+    let resp =
+        w.gw.http
+            .post(format!("{}/{slug}", w.app_url))
+            .bearer_auth(&alice)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+
+    // Upstream down.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/mcp", dead.local_addr().unwrap());
+    drop(dead);
+    let (_, down) = w
+        .integration(json!({"name": "Down", "url": dead_url}))
+        .await;
+    let resp = w.call(&down, Some(&alice), rpc(2, "ping", json!({}))).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], -32002);
+
+    // The SSRF guard: an internal address that is not allow-listed is never contacted.
+    let (_, internal) = w
+        .integration(json!({"name": "Internal", "url": "http://10.255.255.1/mcp"}))
+        .await;
+    let started = Instant::now();
+    let resp = w
+        .call(&internal, Some(&alice), rpc(3, "ping", json!({})))
+        .await;
+    assert_eq!(resp.status(), 502);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused before connecting"
+    );
+
+    // Unknown integration, and the gateway is still up.
+    assert_eq!(
+        w.call("nope", Some(&alice), rpc(4, "ping", json!({})))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        w.gw.http
+            .get(format!("{}/healthz", w.gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    w.gw.stop().await;
+}
