@@ -16,6 +16,7 @@
 pub mod credentials;
 pub mod error;
 pub mod gate;
+pub mod legacy;
 pub mod passthrough;
 pub mod sse;
 pub mod upstream;
@@ -52,6 +53,11 @@ pub fn router(state: ProxyState) -> Router {
     Router::new()
         .route("/apps/{id}/mcp", any(gate::aggregated))
         .route("/apps/{id}/mcp/{integration}", any(passthrough::handle))
+        .route("/apps/{id}/mcp/{integration}/sse", any(passthrough::handle))
+        .route(
+            "/apps/{id}/mcp/{integration}/message",
+            any(passthrough::handle_message),
+        )
         .route("/mcp", any(gate::aggregated))
         .route("/mcp/{*rest}", any(gate::aggregated))
         .with_state(state)

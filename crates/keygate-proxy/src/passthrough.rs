@@ -19,6 +19,7 @@ use crate::ProxyState;
 use crate::credentials;
 use crate::error::ProxyError;
 use crate::gate::{McpCaller, authenticate};
+use crate::legacy::{EndpointMap, RewriteEndpoint};
 use crate::sse::KeepAlive;
 
 /// Largest request body relayed upstream.
@@ -59,12 +60,34 @@ const DROP_RESPONSE: &[&str] = &[
     "set-cookie",
 ];
 
+/// Which upstream URL a pass-through request goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The integration's URL (`…/{integration}` and its legacy alias `…/{integration}/sse`).
+    Endpoint,
+    /// A legacy SSE message post, `…/{integration}/message?ep=…` (see [`crate::legacy`]).
+    Message,
+}
+
 pub async fn handle(
     State(state): State<ProxyState>,
     Path((_, integration)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    match forward(&state, &integration, req).await {
+    respond(forward(&state, &integration, req, Route::Endpoint).await)
+}
+
+/// `…/{integration}/message?ep=…`: a legacy transport message.
+pub async fn handle_message(
+    State(state): State<ProxyState>,
+    Path((_, integration)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    respond(forward(&state, &integration, req, Route::Message).await)
+}
+
+fn respond(result: Result<Response, ProxyError>) -> Response {
+    match result {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -74,21 +97,37 @@ async fn forward(
     state: &ProxyState,
     integration_ref: &str,
     req: Request,
+    route: Route,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
     let caller = authenticate(state, &parts.headers, &parts.uri).await?;
     let integration = attached_integration(state, &caller, integration_ref).await?;
-    let mut url = Url::parse(&integration.url).map_err(|_| {
+    let base = Url::parse(&integration.url).map_err(|_| {
         ProxyError::Upstream(format!("integration {} has an invalid URL", integration.id))
     })?;
-    if let Some(q) = parts.uri.query() {
-        let merged = match url.query() {
-            Some(existing) => format!("{existing}&{q}"),
-            None => q.to_owned(),
-        };
-        url.set_query(Some(&merged));
-    }
+    let url = match route {
+        Route::Endpoint => with_query(base.clone(), parts.uri.query()),
+        Route::Message => {
+            let ep = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                .find(|(k, _)| k == "ep")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            EndpointMap::resolve(&base, &ep).ok_or(ProxyError::BadRequest {
+                status: StatusCode::BAD_REQUEST,
+                code: -32600,
+                message: "The message endpoint is missing or invalid; reconnect the SSE stream"
+                    .into(),
+            })?
+        }
+    };
     state.upstream.check(&url)?;
+    let endpoint_map = (parts.method == http::Method::GET).then(|| EndpointMap {
+        upstream: base,
+        downstream: format!(
+            "{}/apps/{}/mcp/{integration_ref}",
+            state.auth.public_url, caller.app.id
+        ),
+    });
     if declared_length(&parts.headers).is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
         return Err(too_large());
     }
@@ -121,11 +160,25 @@ async fn forward(
             .insert(header::AUTHORIZATION, auth);
     }
     let resp = state.upstream.send(upstream_req).await?;
-    Ok(relay(resp))
+    Ok(relay(resp, endpoint_map))
 }
 
-/// Streams an upstream response back.
-fn relay(resp: http::Response<hyper::body::Incoming>) -> Response {
+fn with_query(mut url: Url, extra: Option<&str>) -> Url {
+    if let Some(q) = extra.filter(|q| !q.is_empty()) {
+        let merged = match url.query() {
+            Some(existing) => format!("{existing}&{q}"),
+            None => q.to_owned(),
+        };
+        url.set_query(Some(&merged));
+    }
+    url
+}
+
+/// Streams an upstream response back; a GET stream's `endpoint` event is rewritten.
+fn relay(
+    resp: http::Response<hyper::body::Incoming>,
+    endpoint_map: Option<EndpointMap>,
+) -> Response {
     let (parts, body) = resp.into_parts();
     let is_sse = parts
         .headers
@@ -139,7 +192,10 @@ fn relay(resp: http::Response<hyper::body::Incoming>) -> Response {
         headers
             .entry(header::CACHE_CONTROL)
             .or_insert(HeaderValue::from_static("no-cache"));
-        Body::new(KeepAlive::new(body))
+        match endpoint_map {
+            Some(map) => Body::new(KeepAlive::new(RewriteEndpoint::new(body, map))),
+            None => Body::new(KeepAlive::new(body)),
+        }
     } else {
         Body::new(body)
     };

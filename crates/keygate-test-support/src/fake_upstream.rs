@@ -5,7 +5,10 @@
 //! - `tools/call` of `slow`: an SSE response of three events 300 ms apart;
 //! - `tools/call` of `reset`: one SSE event, then the connection drops mid-stream;
 //! - `tools/call` of `hang`: never answers;
-//! - `GET /mcp`: an SSE stream of one event that then stays open.
+//! - `GET /mcp`: an SSE stream of one event that then stays open;
+//! - legacy HTTP+SSE: `GET /sse` opens with `event: endpoint` (`/messages?sessionId=legacy-1`),
+//!   and each `POST /messages?sessionId=legacy-1` is answered `202` with its echo sent on the
+//!   stream.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,7 +16,10 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use std::collections::HashMap;
+
+use axum::extract::Query;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
 use serde_json::{Value, json};
@@ -24,6 +30,8 @@ pub const SESSION_ID: &str = "upstream-session-1";
 pub struct FakeUpstream {
     /// `http://127.0.0.1:PORT/mcp`
     pub url: String,
+    /// `http://127.0.0.1:PORT/sse` (legacy transport)
+    pub sse_url: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,17 +40,41 @@ impl FakeUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
-        let app = Router::new().route(
-            "/mcp",
-            post(rpc)
-                .get(open_stream)
-                .delete(|| async { StatusCode::NO_CONTENT }),
-        );
+        let addr = listener.local_addr().expect("addr");
+        let (url, sse_url) = (format!("http://{addr}/mcp"), format!("http://{addr}/sse"));
+        let (tx, _) = tokio::sync::broadcast::channel::<Value>(16);
+        let legacy_tx = tx.clone();
+        let app = Router::new()
+            .route(
+                "/mcp",
+                post(rpc)
+                    .get(open_stream)
+                    .delete(|| async { StatusCode::NO_CONTENT }),
+            )
+            .route("/sse", get(move || legacy_stream(legacy_tx.subscribe())))
+            .route(
+                "/messages",
+                post(
+                    move |q: Query<HashMap<String, String>>,
+                          headers: HeaderMap,
+                          Json(req): Json<Value>| {
+                        let tx = tx.clone();
+                        async move {
+                            if q.get("sessionId").map(String::as_str) != Some("legacy-1") {
+                                return StatusCode::NOT_FOUND;
+                            }
+                            let _ = tx.send(json!({"jsonrpc": "2.0", "id": req["id"], "result": {
+                                "method": req["method"], "headers": header_map(&headers),
+                            }}));
+                            StatusCode::ACCEPTED
+                        }
+                    },
+                ),
+            );
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url, task }
+        Self { url, sse_url, task }
     }
 }
 
@@ -119,6 +151,21 @@ async fn rpc(headers: HeaderMap, Json(req): Json<Value>) -> Response {
         }
         _ => ([("mcp-session-id", SESSION_ID)], Json(echo)).into_response(),
     }
+}
+
+async fn legacy_stream(rx: tokio::sync::broadcast::Receiver<Value>) -> Response {
+    let endpoint = Bytes::from_static(b"event: endpoint\ndata: /messages?sessionId=legacy-1\n\n");
+    let messages = stream::unfold(rx, |mut rx| async move {
+        let msg = rx.recv().await.ok()?;
+        let frame = Bytes::from(format!("event: message\ndata: {msg}\n\n"));
+        Some((Ok::<_, Infallible>(frame), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(
+            stream::iter([Ok(endpoint)]).chain(messages),
+        ))
+        .expect("valid response")
 }
 
 async fn open_stream(headers: HeaderMap) -> Response {

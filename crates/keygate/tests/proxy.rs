@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 both_backends!(
     credentials_are_injected_and_isolated,
     responses_stream_event_by_event,
-    bad_traffic_gets_clean_errors
+    bad_traffic_gets_clean_errors,
+    legacy_sse_endpoint_is_rewritten,
 );
 
 struct World {
@@ -440,5 +441,84 @@ async fn bad_traffic_gets_clean_errors(backend: Backend) {
             .status(),
         200
     );
+    w.gw.stop().await;
+}
+
+/// Legacy HTTP+SSE: the upstream's `endpoint` event is rewritten to the gateway, messages
+/// posted there reach the upstream with the injected credential, and answers come back on
+/// the stream.
+async fn legacy_sse_endpoint_is_rewritten(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, slug) = w.integration(json!({"name": "Legacy", "url": up.sse_url, "authMode": "server_token", "serverToken": "legacy-srv"})).await;
+    let alice = w.token(w.alice).await;
+    for path in [
+        format!("{}/{slug}", w.app_url),
+        format!("{}/{slug}/sse", w.app_url),
+    ] {
+        let resp =
+            w.gw.http
+                .get(&path)
+                .bearer_auth(&alice)
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut stream = resp.bytes_stream();
+        let mut buf = String::new();
+        while !buf.contains("\n\n") {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let endpoint = buf
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap()
+            .to_owned();
+        let prefix = format!("{}/{slug}/message?ep=", w.app_url);
+        assert!(endpoint.starts_with(&prefix), "{endpoint}");
+        assert!(
+            !buf.contains("sessionId"),
+            "the upstream endpoint is not exposed: {buf}"
+        );
+
+        let resp =
+            w.gw.http
+                .post(&endpoint)
+                .bearer_auth(&alice)
+                .json(&rpc(7, "tools/list", json!({})))
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(resp.status(), 202);
+        let mut buf = String::new();
+        while !buf.contains("\"id\":7") {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(buf.contains("Bearer legacy-srv"), "{buf}");
+        assert!(!buf.contains(&alice));
+        drop(stream);
+    }
+    // A forged endpoint cannot leave the upstream's origin.
+    let forged = format!("{}/{slug}/message?ep=Ly9ldmlsLmV4YW1wbGUveA", w.app_url); // "//evil.example/x"
+    let resp =
+        w.gw.http
+            .post(&forged)
+            .bearer_auth(&alice)
+            .json(&rpc(8, "ping", json!({})))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 400);
     w.gw.stop().await;
 }
