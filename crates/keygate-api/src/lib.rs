@@ -10,6 +10,7 @@ pub mod caller;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod probe;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
@@ -32,6 +33,8 @@ pub use rate_limit::Limiter;
 #[derive(Clone)]
 pub struct ApiState {
     pub auth: AuthState,
+    /// Connectivity checks for `POST /integrations/:id/validate`.
+    pub prober: Arc<dyn probe::Prober>,
 }
 
 impl ApiState {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod gate;
 pub mod legacy;
 pub mod passthrough;
+pub mod probe;
 pub mod sse;
 pub mod upstream;
 
@@ -39,10 +40,10 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    pub fn new(auth: AuthState, upstream: Upstream) -> Self {
+    pub fn new(auth: AuthState, upstream: Arc<Upstream>) -> Self {
         Self {
             auth,
-            upstream: Arc::new(upstream),
+            upstream,
             activity: Arc::default(),
         }
     }

@@ -13,13 +13,17 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use keygate_api::probe::{Probe, Prober};
 use keygate_api::{ApiOptions, ApiState, Limiter};
 use keygate_auth::clients::ClientDocuments;
 use keygate_auth::outbound::Outbound;
 use keygate_auth::{AuthState, KeyRing};
+use keygate_core::Secret;
 use keygate_core::config::Config;
+use keygate_proxy::probe::ProbeOutcome;
 use keygate_proxy::{ProxyState, Upstream};
 use keygate_store::{Db, Kek, Store, Vault};
+use std::pin::Pin;
 use tokio::net::TcpListener;
 
 /// How long in-flight requests may run after shutdown begins.
@@ -62,8 +66,12 @@ impl Gateway {
             ))),
         };
         let limiter = Limiter::per_minute(config.rate_limit_per_minute());
+        let upstream = Arc::new(Upstream::new(&config.outbound.allowed_private_hosts));
         let api = keygate_api::router(
-            ApiState { auth: auth.clone() },
+            ApiState {
+                auth: auth.clone(),
+                prober: Arc::new(UpstreamProber(upstream.clone())),
+            },
             ApiOptions {
                 max_body_bytes: config.max_body_bytes(),
                 limiter: limiter.clone(),
@@ -73,7 +81,7 @@ impl Gateway {
         let router = Router::new()
             .merge(keygate_proxy::router(ProxyState::new(
                 auth.clone(),
-                Upstream::new(&config.outbound.allowed_private_hosts),
+                upstream,
             )))
             .merge(keygate_auth::router(auth))
             .merge(api)
@@ -155,6 +163,25 @@ impl Gateway {
         pruner.abort();
         self.store.db().close().await;
         result
+    }
+}
+
+/// The API's connectivity checks, done by the proxy's upstream client.
+struct UpstreamProber(Arc<Upstream>);
+
+impl Prober for UpstreamProber {
+    fn probe<'a>(
+        &'a self,
+        url: &'a str,
+        credential: Option<&'a Secret>,
+    ) -> Pin<Box<dyn Future<Output = Probe> + Send + 'a>> {
+        Box::pin(async move {
+            match self.0.probe(url, credential).await {
+                ProbeOutcome::Valid(m) => Probe::Valid(m),
+                ProbeOutcome::NeedsAuthorization(m) => Probe::NeedsAuthorization(m),
+                ProbeOutcome::Invalid(m) => Probe::Invalid(m),
+            }
+        })
     }
 }
 

@@ -903,11 +903,13 @@ async fn integration_settings_and_connections(backend: Backend) {
         "leaving server_token drops it"
     );
 
-    // Validation answers with its real (pending) state and records it.
+    // Validation performs a real handshake: this example URL cannot be reached from here
+    // (and would be refused by the SSRF guard's https rule anyway), so it is recorded invalid.
     let (s, _, v) = gw
         .api(POST, &format!("/integrations/{id}/validate"), &token, None)
         .await;
-    assert_eq!((s, &v["status"]), (200, &json!("pending")));
+    assert_eq!((s, &v["status"]), (200, &json!("invalid")), "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
     let (_, _, i) = gw
         .api(GET, &format!("/integrations/{id}"), &token, None)
         .await;

@@ -17,6 +17,7 @@ both_backends!(
     responses_stream_event_by_event,
     bad_traffic_gets_clean_errors,
     legacy_sse_endpoint_is_rewritten,
+    validation_performs_a_real_handshake,
 );
 
 struct World {
@@ -520,5 +521,58 @@ async fn legacy_sse_endpoint_is_rewritten(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(resp.status(), 400);
+    w.gw.stop().await;
+}
+
+/// `POST /integrations/:id/validate` does an MCP handshake through the guarded client.
+async fn validation_performs_a_real_handshake(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let validate = |id: IntegrationId| {
+        let w = &w;
+        async move {
+            let (status, _, v) =
+                w.gw.api(
+                    Method::POST,
+                    &format!("/integrations/{id}/validate"),
+                    &w.admin,
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{v}");
+            (
+                v["status"].as_str().unwrap().to_owned(),
+                v["message"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+    };
+    let (streamable, _) = w.integration(json!({"name": "Streamable", "url": up.url, "authMode": "server_token", "serverToken": "t"})).await;
+    let (status, message) = validate(streamable).await;
+    assert_eq!(status, "valid", "{message}");
+    let (legacy, _) = w
+        .integration(json!({"name": "Legacy", "url": up.sse_url}))
+        .await;
+    let (status, message) = validate(legacy).await;
+    assert_eq!(
+        (status.as_str(), message.as_str()),
+        ("valid", "MCP server (legacy HTTP+SSE transport)")
+    );
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/mcp", dead.local_addr().unwrap());
+    drop(dead);
+    let (down, _) = w
+        .integration(json!({"name": "Down", "url": dead_url}))
+        .await;
+    assert_eq!(validate(down).await.0, "invalid");
+    let (_, _, i) =
+        w.gw.api(
+            Method::GET,
+            &format!("/integrations/{streamable}"),
+            &w.admin,
+            None,
+        )
+        .await;
+    assert_eq!(i["integration"]["validationStatus"], "valid");
+    assert!(i["integration"]["lastValidatedAt"].is_string());
     w.gw.stop().await;
 }

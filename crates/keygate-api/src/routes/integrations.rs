@@ -18,6 +18,7 @@ use crate::caller::Caller;
 use crate::dto::*;
 use crate::error::{ApiError, ErrorBody, FieldError, OrNotFound};
 use crate::extract::{ApiJson, ApiQuery, Id};
+use crate::probe::Probe;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -369,11 +370,11 @@ async fn archive_integration(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Check connectivity and record the result on the integration.
+/// Check connectivity with a real MCP handshake and record the result on the integration.
 ///
-/// The MCP handshake needs the gateway's upstream client, which arrives with the proxy; until
-/// then the check reports `pending` and says so, rather than claiming a result it did not
-/// measure.
+/// The handshake uses the integration's server token, or for per-user modes the caller's own
+/// connection if there is one. A server that asks for user authorization when no user
+/// credential was offered counts as valid: that is what per-user integrations do.
 #[utoipa::path(post, path = "/integrations/{id}/validate", tag = "integrations",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
     responses((status = 200, body = ValidationResult), (status = 404, body = ErrorBody)))]
@@ -383,11 +384,36 @@ async fn validate_integration(
     Id(id): Id<IntegrationId>,
 ) -> Result<Json<ValidationResult>, ApiError> {
     caller.require_privileged()?;
-    active(&state, &caller, id).await?;
-    let message = "Connectivity checks run once the MCP proxy is available in this gateway";
-    let i = state
-        .store()
-        .set_integration_validation(caller.org, id, ValidationStatus::Pending, Some(message))
+    let i = active(&state, &caller, id).await?;
+    let store = state.store();
+    let credential = match i.auth_mode {
+        AuthMode::ServerToken => store.integration_server_token(caller.org, id).await?,
+        AuthMode::UserToken | AuthMode::Oauth => match caller.user_id() {
+            Some(user) => match store.connection_credential(caller.org, id, user).await {
+                Ok(c) => Some(c),
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        },
+        AuthMode::None => None,
+    };
+    let (status, message) = match state.prober.probe(&i.url, credential.as_ref()).await {
+        Probe::Valid(m) => (ValidationStatus::Valid, m),
+        Probe::NeedsAuthorization(m)
+            if credential.is_none()
+                && i.auth_mode != AuthMode::None
+                && i.auth_mode != AuthMode::ServerToken =>
+        {
+            (
+                ValidationStatus::Valid,
+                format!("reachable; {m} (connect an account to go further)"),
+            )
+        }
+        Probe::NeedsAuthorization(m) | Probe::Invalid(m) => (ValidationStatus::Invalid, m),
+    };
+    let i = store
+        .set_integration_validation(caller.org, id, status, Some(&message))
         .await
         .or_not_found(NOT_FOUND)?;
     Ok(Json(ValidationResult {

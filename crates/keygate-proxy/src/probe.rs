@@ -1,0 +1,194 @@
+//! A real MCP handshake against an integration, for `POST /integrations/:id/validate`: an
+//! `initialize` over Streamable HTTP (JSON or SSE answer), falling back to the legacy
+//! transport's `endpoint` event; the session is closed afterwards.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use keygate_core::Secret;
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::upstream::Upstream;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_PROBE_BODY: usize = 256 * 1024;
+
+/// What the handshake found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// An MCP server answered `initialize`.
+    Valid(String),
+    /// Reachable, but it wants user authorization first.
+    NeedsAuthorization(String),
+    /// Not usable, and why.
+    Invalid(String),
+}
+
+impl Upstream {
+    /// Handshakes with the MCP server at `url`, with `credential` as a bearer token if given.
+    pub async fn probe(&self, url: &str, credential: Option<&Secret>) -> ProbeOutcome {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.probe_inner(url, credential)).await {
+            Ok(outcome) => outcome,
+            Err(_) => ProbeOutcome::Invalid("the server did not answer within 10 s".into()),
+        }
+    }
+
+    async fn probe_inner(&self, url: &str, credential: Option<&Secret>) -> ProbeOutcome {
+        let Ok(parsed) = Url::parse(url) else {
+            return ProbeOutcome::Invalid("the URL is not valid".into());
+        };
+        if let Err(e) = self.check(&parsed) {
+            return ProbeOutcome::Invalid(e.to_string());
+        }
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "keygate-validate", "version": env!("CARGO_PKG_VERSION")},
+        }});
+        let post = self.request(Method::POST, url, credential, Some(init.to_string()));
+        let resp = match self.send(post).await {
+            Ok(r) => r,
+            Err(e) => return ProbeOutcome::Invalid(e.to_string()),
+        };
+        let status = resp.status();
+        let session = resp.headers().get("mcp-session-id").cloned();
+        let is_sse = content_type(resp.headers()).starts_with("text/event-stream");
+        let body = read(resp.into_body()).await;
+        match status {
+            s if s.is_success() => {
+                let message = if is_sse {
+                    first_sse_data(&body)
+                } else {
+                    Some(body.clone())
+                };
+                let parsed: Option<Value> = message.and_then(|m| serde_json::from_str(&m).ok());
+                let outcome = match parsed.as_ref().and_then(|v| v.get("result")) {
+                    Some(result) => ProbeOutcome::Valid(describe(result)),
+                    None => ProbeOutcome::Invalid(
+                        "the server's answer to initialize is not an MCP result".into(),
+                    ),
+                };
+                if let Some(id) = session {
+                    let mut del = self.request(Method::DELETE, url, credential, None);
+                    del.headers_mut().insert("mcp-session-id", id);
+                    let _ = self.send(del).await;
+                }
+                outcome
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                ProbeOutcome::NeedsAuthorization(format!(
+                    "the server answered {status}: it needs {} credential",
+                    if credential.is_some() {
+                        "a different"
+                    } else {
+                        "a user's"
+                    }
+                ))
+            }
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_FOUND => {
+                self.probe_legacy(url, credential).await
+            }
+            other => ProbeOutcome::Invalid(format!("initialize answered {other}")),
+        }
+    }
+
+    /// The legacy transport: a GET stream that opens with an `endpoint` event.
+    async fn probe_legacy(&self, url: &str, credential: Option<&Secret>) -> ProbeOutcome {
+        let get = self.request(Method::GET, url, credential, None);
+        let resp = match self.send(get).await {
+            Ok(r) => r,
+            Err(e) => return ProbeOutcome::Invalid(e.to_string()),
+        };
+        if !resp.status().is_success()
+            || !content_type(resp.headers()).starts_with("text/event-stream")
+        {
+            return ProbeOutcome::Invalid(format!(
+                "not an MCP endpoint (GET answered {})",
+                resp.status()
+            ));
+        }
+        let mut body = resp.into_body();
+        let mut seen = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                seen.extend_from_slice(d);
+            }
+            let text = String::from_utf8_lossy(&seen);
+            if text.contains("\n\n") {
+                return if text.lines().any(|l| l.trim() == "event: endpoint") {
+                    ProbeOutcome::Valid("MCP server (legacy HTTP+SSE transport)".into())
+                } else {
+                    ProbeOutcome::Invalid(
+                        "the SSE stream did not open with an endpoint event".into(),
+                    )
+                };
+            }
+            if seen.len() > MAX_PROBE_BODY {
+                break;
+            }
+        }
+        ProbeOutcome::Invalid("the SSE stream ended before an endpoint event".into())
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        url: &str,
+        credential: Option<&Secret>,
+        body: Option<String>,
+    ) -> Request<Body> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url)
+            .header(ACCEPT, "application/json, text/event-stream")
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .expect("a request to a checked URL");
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(c) = credential
+            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", c.expose()))
+        {
+            v.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, v);
+        }
+        req
+    }
+}
+
+fn content_type(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+async fn read(body: hyper::body::Incoming) -> String {
+    match Limited::new(body, MAX_PROBE_BODY).collect().await {
+        Ok(c) => String::from_utf8_lossy(&c.to_bytes()).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+fn first_sse_data(body: &str) -> Option<String> {
+    let event = body
+        .split("\n\n")
+        .find(|e| e.lines().any(|l| l.starts_with("data:")))?;
+    Some(
+        event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim_start)
+            .collect(),
+    )
+}
+
+fn describe(result: &Value) -> String {
+    let info = &result["serverInfo"];
+    let name = info["name"].as_str().unwrap_or("unnamed server");
+    let version = info["version"].as_str().unwrap_or("?");
+    let protocol = result["protocolVersion"].as_str().unwrap_or("?");
+    format!("MCP server {name} {version} (protocol {protocol})")
+}
