@@ -41,3 +41,28 @@ if [ "$(cat "$MCP_VENV/.keygate-reqs" 2>/dev/null)" != "$MCP_PY_REQS" ]; then
   "$MCP_VENV/bin/python" -m pip install -q --disable-pip-version-check $MCP_PY_REQS
   printf '%s' "$MCP_PY_REQS" >"$MCP_VENV/.keygate-reqs"
 fi
+
+# --- Node + the MCP reference server for tests/e2e/server_everything.sh. The version of
+# @modelcontextprotocol/server-everything and of everything it pulls in is pinned by
+# tests/e2e/server-everything/package-lock.json, installed with `npm ci` into KEYGATE_E2E_NODE.
+# The pinned 2026.8.31 is the newest and runs on the machine's Node 20 (it needs >= 18: the
+# engines of its MCP SDK and of Express 5), so no Node of its own is installed from npm. Skipped
+# when the prefix already holds exactly this lock file.
+SE_SRC="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e/server-everything"
+SE_NODE="${KEYGATE_E2E_NODE:-$HOME/.cache/keygate-e2e/node}"
+if ! cmp -s "$SE_SRC/package-lock.json" "$SE_NODE/.keygate-lock" 2>/dev/null; then
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+    else
+      echo "setup: please install: nodejs npm" >&2
+      exit 1
+    fi
+  fi
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$node_major" -ge 18 ] || { echo "setup: Node >= 18 is required (found $(node --version))" >&2; exit 1; }
+  mkdir -p "$SE_NODE"
+  cp "$SE_SRC/package.json" "$SE_SRC/package-lock.json" "$SE_NODE/"
+  npm ci --prefix "$SE_NODE" --omit=dev --no-audit --no-fund --loglevel=error >/dev/null
+  cp "$SE_SRC/package-lock.json" "$SE_NODE/.keygate-lock"
+fi

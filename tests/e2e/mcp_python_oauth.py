@@ -3,8 +3,8 @@
 Given nothing but an application's MCP URL, `mcp.client.auth.OAuthClientProvider` must discover
 the protected-resource and authorization-server metadata, register itself dynamically, run the
 authorization-code flow with PKCE and an RFC 8707 resource indicator, and come back with an
-access token for that MCP URL. The "browser" is httpx2 (what the pinned SDK itself uses) posting
-the login and consent forms the way a person would.
+access token for that MCP URL. The "browser" (headless_oauth.py) is httpx2, what the pinned SDK
+itself uses, posting the login and consent forms the way a person would.
 
 The MCP proxy is not built yet, so the MCP request that follows the OAuth dance answers 501:
 that failure is expected and tolerated; everything about the token is asserted.
@@ -17,137 +17,16 @@ import base64
 import json
 import os
 import sys
-from html.parser import HTMLParser
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
-from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
-REDIRECT_URI = "http://localhost:3000/callback"
+from headless_oauth import REDIRECT_URI, Failure, check, find_failure, oauth_provider
+
 VERBOSE = os.environ.get("KEYGATE_E2E_VERBOSE") == "1"
 TRACE: list[str] = []  # every request the SDK's HTTP client made, and its answer
-
-
-class Failure(Exception):
-    pass
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise Failure(what)
-
-
-class MemoryStorage:
-    """The SDK's `TokenStorage` protocol, in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
-
-
-class FormParser(HTMLParser):
-    """Collects each <form>'s method, action and named <input>/<button> fields."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.forms: list[dict] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: (v or "") for k, v in attrs}
-        if tag == "form":
-            self.forms.append({"method": a.get("method", "get").lower(), "action": a.get("action", ""), "fields": []})
-        elif tag in ("input", "button") and self.forms and a.get("name"):
-            self.forms[-1]["fields"].append((a.get("type", "text" if tag == "input" else "submit"), a["name"], a.get("value", "")))
-
-
-def post_form(html: str, page_url: str) -> tuple[str, dict[str, str], list[tuple[str, str, str]]]:
-    """The page's single POST form: (absolute action URL, hidden fields, all fields)."""
-    p = FormParser()
-    p.feed(html)
-    forms = [f for f in p.forms if f["method"] == "post"]
-    check(len(forms) == 1, f"expected one POST form on {page_url}, found {len(forms)}: {html[:600]}")
-    form = forms[0]
-    hidden = {name: value for (typ, name, value) in form["fields"] if typ == "hidden"}
-    return urljoin(page_url, form["action"] or page_url), hidden, form["fields"]
-
-
-class HeadlessBrowser:
-    """Plays the user: follows the gateway's redirects, logs in, approves consent, and stops at
-    the redirect to the client's redirect_uri (which nothing listens on)."""
-
-    def __init__(self, email: str, password: str) -> None:
-        self.email = email
-        self.password = password
-        self.authorize_url: str | None = None
-        self.result: AuthorizationCodeResult | None = None
-        self.steps: list[str] = []
-
-    async def redirect_handler(self, authorization_url: str) -> None:
-        self.authorize_url = authorization_url
-        async with httpx2.AsyncClient(follow_redirects=False, timeout=15) as b:
-            r = await b.get(authorization_url)
-            loc = await self._expect_redirect(r, "GET authorize")
-            check("/oauth2/login" in loc, f"authorize redirected to {loc}, not the login page")
-
-            r = await b.get(loc)
-            check(r.status_code == 200, f"GET {loc} -> {r.status_code}: {r.text[:600]}")
-            self.steps.append(f"GET {loc} -> 200")
-            action, hidden, _ = post_form(r.text, loc)
-            check("csrf" in hidden and "request" in hidden, f"login form lacks csrf/request: {hidden}")
-            check(b.cookies.get("kg_csrf") == hidden["csrf"], f"kg_csrf cookie {b.cookies.get('kg_csrf')!r} != form csrf")
-            r = await b.post(action, data={**hidden, "email": self.email, "password": self.password})
-            loc = await self._expect_redirect(r, f"POST {action}")
-            check("/oauth2/consent" in loc, f"login redirected to {loc}, not the consent page")
-
-            r = await b.get(loc)
-            check(r.status_code == 200, f"GET {loc} -> {r.status_code}: {r.text[:600]}")
-            self.steps.append(f"GET {loc} -> 200")
-            action, hidden, fields = post_form(r.text, loc)
-            check(("submit", "approve", "1") in fields, f"consent form has no approve=1 button: {fields}")
-            r = await b.post(action, data={**hidden, "approve": "1"})
-            loc = await self._expect_redirect(r, f"POST {action}")
-
-        check(loc.startswith(REDIRECT_URI + "?"), f"consent redirected to {loc}, not {REDIRECT_URI}")
-        q = parse_qs(urlsplit(loc).query)
-        check("code" in q and "state" in q, f"final redirect lacks code/state: {loc}")
-        self.result = AuthorizationCodeResult(
-            code=q["code"][0], state=q["state"][0], iss=q["iss"][0] if "iss" in q else None
-        )
-
-    async def _expect_redirect(self, r: httpx2.Response, what: str) -> str:
-        check(r.status_code in (302, 303), f"{what} -> {r.status_code}, expected a redirect: {r.text[:600]}")
-        loc = urljoin(str(r.request.url), r.headers["location"])
-        self.steps.append(f"{what} -> {r.status_code} {loc}")
-        return loc
-
-    async def callback_handler(self) -> AuthorizationCodeResult:
-        check(self.result is not None, "callback_handler called before the browser reached the redirect_uri")
-        return self.result
-
-
-def find_failure(e: BaseException | None) -> Failure | None:
-    """A `Failure` raised by the browser inside the SDK's task groups, if that is what ended it."""
-    if isinstance(e, Failure):
-        return e
-    for inner in getattr(e, "exceptions", ()):
-        if (found := find_failure(inner)) is not None:
-            return found
-    return None
 
 
 def jwt_claims(token: str) -> dict:
@@ -171,21 +50,7 @@ async def trace_response(response: httpx2.Response) -> None:
 
 
 async def run(base_url: str, mcp_url: str, email: str, password: str) -> None:
-    storage = MemoryStorage()
-    browser = HeadlessBrowser(email, password)
-    provider = OAuthClientProvider(
-        server_url=mcp_url,
-        client_metadata=OAuthClientMetadata(
-            redirect_uris=[REDIRECT_URI],
-            token_endpoint_auth_method="none",
-            grant_types=["authorization_code", "refresh_token"],
-            response_types=["code"],
-            client_name="python-mcp-e2e",
-        ),
-        storage=storage,
-        redirect_handler=browser.redirect_handler,
-        callback_handler=browser.callback_handler,
-    )
+    provider, storage, browser = oauth_provider(mcp_url, email, password, "python-mcp-e2e")
 
     # The OAuth dance happens inside the first MCP request; that request then gets 501 from the
     # not-yet-built proxy, which surfaces as an error from initialize() (or the transport).
