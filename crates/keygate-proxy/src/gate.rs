@@ -159,16 +159,14 @@ impl Activity {
     }
 }
 
-/// The aggregated endpoint (`/apps/{id}/mcp`, `/mcp`): authenticated, then answered `501` —
-/// aggregation is not built yet, and this says so instead of pretending.
-pub async fn aggregated(State(state): State<ProxyState>, req: Request) -> Response {
+/// The Kontext runtime endpoints under `/mcp/…` (`integrations`, `connect-session`, …):
+/// authenticated, then answered `501` — they are not built yet, and this says so.
+pub async fn not_built(State(state): State<ProxyState>, req: Request) -> Response {
     match authenticate(&state, req.headers(), req.uri()).await {
         Ok(_) => ProxyError::BadRequest {
             status: StatusCode::NOT_IMPLEMENTED,
             code: -32601,
-            message: "The aggregated endpoint is not available in this keygate build; use \
-                      /apps/{id}/mcp/{integration}"
-                .into(),
+            message: "This runtime endpoint is not available in this keygate build".into(),
         }
         .into_response(),
         Err(e) => e.into_response(),

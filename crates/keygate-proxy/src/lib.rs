@@ -6,13 +6,15 @@
 //! - `/apps/{id}/mcp/{integration}` — [`passthrough`]: a streaming reverse proxy to one
 //!   attached integration, keeping the upstream's names and behaviour. The client's own
 //!   `Authorization` never goes upstream; [`credentials`] supplies the integration's.
-//! - `/apps/{id}/mcp` and `/mcp` — the aggregated endpoint, not built yet: authenticated
-//!   requests get `501` with a JSON-RPC error that says so.
+//! - `/apps/{id}/mcp` and `/mcp` — [`aggregate`]: one MCP server over every attached
+//!   integration, names namespaced by integration slug.
+//! - `/mcp/…` runtime endpoints — not built yet: `501` with a JSON-RPC error that says so.
 //!
 //! Upstream traffic goes through [`upstream::Upstream`], a hyper client whose resolver refuses
 //! internal addresses (the SSRF guard) unless allow-listed for local development.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod credentials;
 pub mod error;
 pub mod gate;
@@ -52,14 +54,14 @@ impl ProxyState {
 /// The MCP routes.
 pub fn router(state: ProxyState) -> Router {
     Router::new()
-        .route("/apps/{id}/mcp", any(gate::aggregated))
+        .route("/apps/{id}/mcp", any(aggregate::handle))
         .route("/apps/{id}/mcp/{integration}", any(passthrough::handle))
         .route("/apps/{id}/mcp/{integration}/sse", any(passthrough::handle))
         .route(
             "/apps/{id}/mcp/{integration}/message",
             any(passthrough::handle_message),
         )
-        .route("/mcp", any(gate::aggregated))
-        .route("/mcp/{*rest}", any(gate::aggregated))
+        .route("/mcp", any(aggregate::handle))
+        .route("/mcp/{*rest}", any(gate::not_built))
         .with_state(state)
 }

@@ -54,6 +54,8 @@ pub enum Purpose {
     OAuthAccessToken,
     OAuthRefreshToken,
     SigningKey,
+    /// The gateway's MCP session ids (the upstream sessions behind an aggregated session).
+    McpSession,
 }
 
 impl Purpose {
@@ -65,6 +67,7 @@ impl Purpose {
             Purpose::OAuthAccessToken => "oauth_access_token",
             Purpose::OAuthRefreshToken => "oauth_refresh_token",
             Purpose::SigningKey => "signing_key",
+            Purpose::McpSession => "mcp_session",
         }
     }
 }

@@ -5,6 +5,12 @@
 //! - `tools/call` of `slow`: an SSE response of three events 300 ms apart;
 //! - `tools/call` of `reset`: one SSE event, then the connection drops mid-stream;
 //! - `tools/call` of `hang`: never answers;
+//! - `tools/call` of `ask`: an SSE response that first sends the client a
+//!   `sampling/createMessage` request (id 5), waits for the client's answer (POSTed back), and
+//!   ends with a result quoting it;
+//! - `initialize`, `tools/list`, `prompts/list`, `resources/list` and `resources/read` answer
+//!   like a real server with tools `echo`, `slow`, `ask`, prompt `hello`, resource `{name}://doc`
+//!   (`name` given to [`FakeUpstream::named`]);
 //! - `GET /mcp`: an SSE stream of one event that then stays open;
 //! - legacy HTTP+SSE: `GET /sse` opens with `event: endpoint` (`/messages?sessionId=legacy-1`),
 //!   and each `POST /messages?sessionId=legacy-1` is answered `202` with its echo sent on the
@@ -37,6 +43,11 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start() -> Self {
+        Self::named("fake").await
+    }
+
+    /// A fake whose resource URIs and server name carry `name`.
+    pub async fn named(name: &'static str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -44,12 +55,15 @@ impl FakeUpstream {
         let (url, sse_url) = (format!("http://{addr}/mcp"), format!("http://{addr}/sse"));
         let (tx, _) = tokio::sync::broadcast::channel::<Value>(16);
         let legacy_tx = tx.clone();
+        let (answers, _) = tokio::sync::broadcast::channel::<Value>(16);
         let app = Router::new()
             .route(
                 "/mcp",
-                post(rpc)
-                    .get(open_stream)
-                    .delete(|| async { StatusCode::NO_CONTENT }),
+                post(move |headers: HeaderMap, Json(req): Json<Value>| {
+                    rpc(name, answers.clone(), headers, req)
+                })
+                .get(open_stream)
+                .delete(|| async { StatusCode::NO_CONTENT }),
             )
             .route("/sse", get(move || legacy_stream(legacy_tx.subscribe())))
             .route(
@@ -99,8 +113,50 @@ fn event(id: u32, body: &Value) -> Bytes {
     Bytes::from(format!("id: {id}\nevent: message\ndata: {body}\n\n"))
 }
 
-async fn rpc(headers: HeaderMap, Json(req): Json<Value>) -> Response {
+async fn rpc(
+    name: &'static str,
+    answers: tokio::sync::broadcast::Sender<Value>,
+    headers: HeaderMap,
+    req: Value,
+) -> Response {
     let id = req["id"].clone();
+    if req.get("method").is_none() {
+        // A client's answer to one of our requests.
+        let _ = answers.send(req);
+        return StatusCode::ACCEPTED.into_response();
+    }
+    if req["id"].is_null() {
+        return StatusCode::ACCEPTED.into_response(); // a notification
+    }
+    let reply = |result: Value| {
+        let body = Json(json!({"jsonrpc": "2.0", "id": id, "result": result}));
+        ([("mcp-session-id", SESSION_ID)], body).into_response()
+    };
+    match req["method"].as_str().unwrap_or("") {
+        "initialize" => {
+            return reply(json!({"protocolVersion": req["params"]["protocolVersion"],
+                "serverInfo": {"name": name, "version": "1"},
+                "capabilities": {"tools": {}, "prompts": {}, "resources": {}}}));
+        }
+        "tools/list" => {
+            let schema = json!({"type": "object"});
+            return reply(json!({"tools": [{"name": "echo", "inputSchema": schema},
+                {"name": "slow", "inputSchema": schema}, {"name": "ask", "inputSchema": schema}]}));
+        }
+        "prompts/list" => return reply(json!({"prompts": [{"name": "hello"}]})),
+        "resources/list" => {
+            return reply(json!({"resources": [{"uri": format!("{name}://doc"), "name": "doc"}]}));
+        }
+        "resources/read" if req["params"]["uri"] == format!("{name}://doc") => {
+            let text = format!("the {name} document");
+            return reply(json!({"contents": [{"uri": req["params"]["uri"], "text": text}]}));
+        }
+        "resources/read" => {
+            let err = json!({"code": -32002, "message": "no such resource"});
+            return Json(json!({"jsonrpc": "2.0", "id": id, "error": err})).into_response();
+        }
+        _ => {}
+    }
     let tool = req["params"]["name"].as_str().unwrap_or("");
     let echo = json!({"jsonrpc": "2.0", "id": id, "result": {
         "method": req["method"], "params": req["params"], "headers": header_map(&headers),
@@ -144,6 +200,33 @@ async fn rpc(headers: HeaderMap, Json(req): Json<Value>) -> Response {
                 Err(std::io::Error::other("upstream reset"))
             }));
             sse(Body::from_stream(frames))
+        }
+        (Some("tools/call"), "ask") => {
+            let mut rx = answers.subscribe();
+            let question = event(
+                0,
+                &json!({"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage",
+                "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "2+2?"}}], "maxTokens": 5}}),
+            );
+            let id = id.clone();
+            let finish = stream::once(async move {
+                let answer = loop {
+                    match rx.recv().await {
+                        Ok(a) if a["id"] == 5 => break a,
+                        Ok(_) => continue,
+                        Err(_) => break Value::Null,
+                    }
+                };
+                let text = answer["result"]["content"]["text"]
+                    .as_str()
+                    .unwrap_or("no answer")
+                    .to_owned();
+                let done = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}]}});
+                Ok::<_, Infallible>(event(1, &done))
+            });
+            sse(Body::from_stream(
+                stream::iter([Ok(question)]).chain(finish),
+            ))
         }
         (Some("tools/call"), "hang") => {
             std::future::pending::<()>().await;

@@ -261,13 +261,12 @@ fn claims(jwt: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
-/// Calls the aggregated MCP endpoint; 501 means "authenticated" until aggregation lands,
-/// 401 refused.
+/// Initializes on an MCP endpoint: 200 means authenticated (an application without
+/// integrations is an empty MCP server), 401 refused.
 async fn mcp_status(gw: &TestGateway, url: &str, token: Option<&str>) -> (u16, Option<String>) {
-    let mut req = gw
-        .http
-        .post(url)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}));
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let mut req = gw.http.post(url).json(&init);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -331,7 +330,7 @@ async fn code_flow_pkce_refresh_and_reuse_detection(backend: Backend) {
     assert!(c["sid"].is_string() && c["jti"].is_string() && c["exp"].is_i64());
     assert_eq!(
         mcp_status(&s.gw, &s.mcp_url, Some(access)).await.0,
-        501,
+        200,
         "authenticated"
     );
     // A pass-through URL of the same application accepts the application-wide token (and then
@@ -829,7 +828,7 @@ async fn sessions_revocation_and_counts(backend: Backend) {
     if let (Some(r), Some(url)) = (&replica, &replica_mcp) {
         assert_eq!(
             mcp_status(r, url, Some(access)).await.0,
-            501,
+            200,
             "the replica accepts the token"
         );
     }
@@ -883,7 +882,7 @@ async fn sessions_revocation_and_counts(backend: Backend) {
         // The other direction: a grant revoked through the replica dies on the first gateway.
         let tokens = full_flow(&s, &browser()).await;
         let access = tokens["access_token"].as_str().unwrap();
-        assert_eq!(mcp_status(&s.gw, &s.mcp_url, Some(access)).await.0, 501);
+        assert_eq!(mcp_status(&s.gw, &s.mcp_url, Some(access)).await.0, 200);
         let form = [
             ("token", tokens["refresh_token"].as_str().unwrap()),
             ("client_id", s.client_id.as_str()),
@@ -1029,7 +1028,7 @@ async fn first_party_client_and_registration(backend: Backend) {
         mcp_status(gw, &s.mcp_url, t["access_token"].as_str())
             .await
             .0,
-        501
+        200
     );
     s.gw.stop().await;
 }

@@ -18,6 +18,7 @@ both_backends!(
     bad_traffic_gets_clean_errors,
     legacy_sse_endpoint_is_rewritten,
     validation_performs_a_real_handshake,
+    aggregated_endpoint_fans_out_and_routes,
 );
 
 struct World {
@@ -136,7 +137,7 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
 
     // server_token: injected; the agent's token, cookies and hop-by-hop headers stay behind.
     let resp = w
-        .call(&server, Some(&alice), rpc(1, "initialize", json!({})))
+        .call(&server, Some(&alice), rpc(1, "ping", json!({})))
         .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["mcp-session-id"], SESSION_ID);
@@ -156,7 +157,7 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
 
     // user_token: each user's own token; a user without one is asked to connect.
     let body: Value = w
-        .call(&personal, Some(&alice), rpc(2, "tools/list", json!({})))
+        .call(&personal, Some(&alice), rpc(2, "ping", json!({})))
         .await
         .json()
         .await
@@ -574,5 +575,264 @@ async fn validation_performs_a_real_handshake(backend: Backend) {
         .await;
     assert_eq!(i["integration"]["validationStatus"], "valid");
     assert!(i["integration"]["lastValidatedAt"].is_string());
+    w.gw.stop().await;
+}
+
+/// The aggregated endpoint: one session over several upstreams, namespaced names, routed
+/// calls with their own credentials, a server-to-client round trip, and a failing or
+/// unconnected upstream left out without failing the rest.
+async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
+    let w = world(backend).await;
+    let (a, b) = (
+        FakeUpstream::named("alpha").await,
+        FakeUpstream::named("beta").await,
+    );
+    w.integration(
+        json!({"name": "Alpha", "url": a.url, "authMode": "server_token", "serverToken": "tok-a"}),
+    )
+    .await;
+    w.integration(
+        json!({"name": "Beta", "url": b.url, "authMode": "server_token", "serverToken": "tok-b"}),
+    )
+    .await;
+    w.integration(json!({"name": "Mine", "url": a.url, "authMode": "user_token"}))
+        .await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/mcp", dead.local_addr().unwrap());
+    drop(dead);
+    w.integration(json!({"name": "Down", "url": dead_url}))
+        .await;
+    let alice = w.token(w.alice).await;
+    let post = |session: Option<String>, body: Value| {
+        let mut req =
+            w.gw.http
+                .post(&w.app_url)
+                .bearer_auth(&alice)
+                .header("accept", "application/json, text/event-stream")
+                .json(&body);
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        req.send()
+    };
+
+    let resp = post(None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}}})).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !session.contains(SESSION_ID),
+        "upstream session ids are sealed"
+    );
+    let init: Value = resp.json().await.unwrap();
+    assert_eq!(init["result"]["serverInfo"]["name"], "keygate");
+    assert!(
+        init["result"]["capabilities"]["tools"].is_object(),
+        "{init}"
+    );
+    let notes = init["result"]["instructions"].as_str().unwrap();
+    assert!(
+        notes.contains("mine: not connected") && notes.contains("down: unavailable"),
+        "{notes}"
+    );
+    assert_eq!(
+        post(
+            Some(session.clone()),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        )
+        .await
+        .unwrap()
+        .status(),
+        202
+    );
+
+    // Lists: every reachable upstream's names, namespaced.
+    let tools: Value = post(Some(session.clone()), rpc(2, "tools/list", json!({})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "alpha_ask",
+            "alpha_echo",
+            "alpha_slow",
+            "beta_ask",
+            "beta_echo",
+            "beta_slow"
+        ]
+    );
+    let prompts: Value = post(Some(session.clone()), rpc(3, "prompts/list", json!({})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(prompts["result"]["prompts"].as_array().unwrap().len(), 2);
+    let read: Value = post(
+        Some(session.clone()),
+        rpc(4, "resources/read", json!({"uri": "beta://doc"})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(read["result"]["contents"][0]["text"], "the beta document");
+
+    // Calls route by prefix, each with its own upstream's credential.
+    for (tool, token) in [
+        ("alpha_echo", "Bearer tok-a"),
+        ("beta_echo", "Bearer tok-b"),
+    ] {
+        let r: Value = post(
+            Some(session.clone()),
+            rpc(5, "tools/call", json!({"name": tool, "arguments": {}})),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(r["id"], 5);
+        assert_eq!(r["result"]["params"]["name"], "echo", "{r}");
+        assert_eq!(r["result"]["headers"]["authorization"], token);
+        assert_eq!(r["result"]["headers"]["mcp-session-id"], SESSION_ID);
+    }
+    let r: Value = post(
+        Some(session.clone()),
+        rpc(6, "tools/call", json!({"name": "gamma_echo"})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(r["error"]["code"], -32602);
+
+    // A server-to-client request inside a call: namespaced id out, answer routed back.
+    let resp = post(
+        Some(session.clone()),
+        rpc(7, "tools/call", json!({"name": "beta_ask"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    while !buf.contains("sampling/createMessage") {
+        buf.push_str(&String::from_utf8_lossy(
+            &tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        ));
+    }
+    let request: Value =
+        serde_json::from_str(buf.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(request["id"], "beta~5", "{request}");
+    let answer = json!({"jsonrpc": "2.0", "id": request["id"], "result": {"role": "assistant", "model": "m", "content": {"type": "text", "text": "four"}}});
+    assert_eq!(
+        post(Some(session.clone()), answer).await.unwrap().status(),
+        202
+    );
+    let mut buf = String::new();
+    while !buf.contains("\"id\":7") {
+        buf.push_str(&String::from_utf8_lossy(
+            &tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        ));
+    }
+    assert!(buf.contains("four"), "{buf}");
+
+    // A merged GET stream carries events from both upstreams.
+    let resp =
+        w.gw.http
+            .get(&w.app_url)
+            .bearer_auth(&alice)
+            .header("mcp-session-id", &session)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut seen = 0;
+    let mut buf = String::new();
+    while seen < 2 {
+        buf.push_str(&String::from_utf8_lossy(
+            &tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        ));
+        seen = buf.matches("notifications/message").count();
+    }
+    // Each upstream's stream was opened with its own credential, never the agent's token.
+    assert!(
+        buf.contains("Bearer tok-a") && buf.contains("Bearer tok-b"),
+        "{buf}"
+    );
+    assert!(
+        !buf.contains(&alice),
+        "the agent's token reached an upstream"
+    );
+    drop(stream);
+
+    // Sessions are sealed per user: another user's token cannot use it; garbage is unknown.
+    let bob = w.token(w.bob).await;
+    let resp =
+        w.gw.http
+            .post(&w.app_url)
+            .bearer_auth(&bob)
+            .header("mcp-session-id", &session)
+            .json(&rpc(8, "tools/list", json!({})))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = post(Some("garbage".into()), rpc(9, "tools/list", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = post(None, rpc(10, "tools/list", json!({}))).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp =
+        w.gw.http
+            .post(&w.app_url)
+            .bearer_auth(&alice)
+            .header("content-type", "application/json")
+            .body("{oops")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], -32700);
+    let resp =
+        w.gw.http
+            .delete(&w.app_url)
+            .bearer_auth(&alice)
+            .header("mcp-session-id", &session)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 200);
     w.gw.stop().await;
 }
