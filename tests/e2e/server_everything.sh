@@ -2,7 +2,10 @@
 # The official MCP Python SDK, through keygate's pass-through route /apps/{id}/mcp/{slug}, against
 # the real MCP reference server (@modelcontextprotocol/server-everything): initialize, tools
 # (echo, get-sum, progress, sampling and elicitation round trips), resources and prompts, over
-# Streamable HTTP and over the legacy HTTP+SSE transport (see server_everything.py).
+# Streamable HTTP and over the legacy HTTP+SSE transport; then through the aggregated route
+# /apps/{id}/mcp over two Streamable-HTTP integrations (two server-everything processes):
+# prefixed tools and prompts, routed calls, namespaced sampling/elicitation ids, resources (see
+# server_everything.py).
 # Needs the venv and the Node prefix that scripts/setup.sh installs (KEYGATE_E2E_VENV,
 # KEYGATE_E2E_NODE).
 set -euo pipefail
@@ -40,11 +43,17 @@ wait_port() { # wait_port PORT PID WHAT: until something accepts on 127.0.0.1:PO
 "$PY" -c 'import mcp.client.sse, mcp.client.auth' 2>/dev/null || fail "no mcp SDK in $VENV: run scripts/setup.sh"
 [ -f "$EVERYTHING" ] || fail "no server-everything at $EVERYTHING: run scripts/setup.sh"
 
-# --- the upstreams: one server-everything per transport (its PORT env var, transport as argv) ---
+# --- the upstreams: one server-everything per transport (its PORT env var, transport as argv),
+# and a second Streamable-HTTP one for the aggregated route. KEYGATE_E2E_UPSTREAM names each
+# Streamable-HTTP one by its integration's slug: its get-env tool shows which process answered.
 HTTP_UPORT=$(free_port)
-PORT="$HTTP_UPORT" node "$EVERYTHING" streamableHttp >"$WORK/everything-http.log" 2>&1 &
+KEYGATE_E2E_UPSTREAM=everything PORT="$HTTP_UPORT" node "$EVERYTHING" streamableHttp >"$WORK/everything-http.log" 2>&1 &
 PIDS+=("$!")
 wait_port "$HTTP_UPORT" "$!" "server-everything (streamableHttp)"
+HTTP2_UPORT=$(free_port)
+KEYGATE_E2E_UPSTREAM=everything2 PORT="$HTTP2_UPORT" node "$EVERYTHING" streamableHttp >"$WORK/everything-http2.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$HTTP2_UPORT" "$!" "server-everything (streamableHttp, second)"
 SSE_UPORT=$(free_port)
 PORT="$SSE_UPORT" node "$EVERYTHING" sse >"$WORK/everything-sse.log" 2>&1 &
 PIDS+=("$!")
@@ -79,7 +88,7 @@ check "management token" '.access_token' "$tok"
 TOKEN=$(echo "$tok" | jq -r .access_token)
 api() { curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' "$@"; }
 
-# --- an application with both integrations attached ---
+# --- an application with all three integrations attached ---
 app=$(api -X POST "$URL/api/v1/applications" \
   -d '{"name":"everything-e2e","oauth":{"type":"public","redirectUris":["http://localhost:3000/callback"]}}')
 check "application" '.application.id' "$app"
@@ -101,16 +110,24 @@ HTTP_SLUG=$(integrate everything "http://127.0.0.1:$HTTP_UPORT/mcp")
 SSE_SLUG=$(integrate everything-sse "http://127.0.0.1:$SSE_UPORT/sse")
 [ "$HTTP_SLUG" = everything ] || fail "slug of integration 'everything' is '$HTTP_SLUG'"
 [ "$SSE_SLUG" = everything-sse ] || fail "slug of integration 'everything-sse' is '$SSE_SLUG'"
+HTTP2_SLUG=$(integrate everything2 "http://127.0.0.1:$HTTP2_UPORT/mcp")
+[ "$HTTP2_SLUG" = everything2 ] || fail "slug of integration 'everything2' is '$HTTP2_SLUG'"
 
-# --- the SDK, once per transport, each with its own OAuth flow against its pass-through URL ---
+# --- the SDK, once per transport, each with its own OAuth flow against its pass-through URL;
+# then once against the aggregated URL, over the two Streamable-HTTP integrations (the legacy-SSE
+# one stays attached: the aggregated route leaves it out, as it does any upstream it cannot use) ---
 failed=()
-for mode in http sse; do
-  slug=$HTTP_SLUG; [ "$mode" = sse ] && slug=$SSE_SLUG
-  if ! timeout 50 "$PY" "$HERE/server_everything.py" "$mode" "$URL/apps/$AID/mcp/$slug" "$EMAIL" "$PASSWORD"; then
+for mode in http sse aggregated; do
+  case $mode in
+    http) args=("$URL/apps/$AID/mcp/$HTTP_SLUG" "$EMAIL" "$PASSWORD") ;;
+    sse) args=("$URL/apps/$AID/mcp/$SSE_SLUG" "$EMAIL" "$PASSWORD") ;;
+    aggregated) args=("$URL/apps/$AID/mcp" "$EMAIL" "$PASSWORD" "$HTTP_SLUG,$HTTP2_SLUG") ;;
+  esac
+  if ! timeout 50 "$PY" "$HERE/server_everything.py" "$mode" "${args[@]}"; then
     failed+=("$mode")
   fi
 done
-((${#failed[@]} == 0)) || fail "the MCP Python SDK through the pass-through route, mode(s): ${failed[*]}"
+((${#failed[@]} == 0)) || fail "the MCP Python SDK through keygate, mode(s): ${failed[*]}"
 
 kill -TERM "$GW"; wait "$GW" || fail "serve exited non-zero after SIGTERM"
 echo "server_everything: ok"

@@ -27,6 +27,8 @@ pub struct AuthState {
     pub access_token_ttl: u64,
     /// Client ID metadata documents, fetched through the SSRF guard.
     pub client_documents: Arc<crate::clients::ClientDocuments>,
+    /// Verified tokens and their liveness (see [`crate::verify`]).
+    pub tokens: Arc<crate::verify::TokenCache>,
 }
 
 impl AuthState {

@@ -1,10 +1,24 @@
 //! Verifying access tokens for a resource server: signature, issuer, audience and expiry
 //! (`KeyRing::verify`), then liveness — the token's `jti` is not revoked and its agent
 //! session is active — so revocations take effect at once on every replica.
+//!
+//! Both steps are cached: a verified signature until the token's `exp` (it cannot change),
+//! liveness for the store's current change generation (any revocation, here or on another
+//! replica, moves it).
+
+use keygate_core::Timestamp;
+use keygate_store::GenCache;
 
 use crate::claims::Claims;
 use crate::keys::VerifyError;
 use crate::router::AuthState;
+
+/// Verified tokens and their liveness.
+#[derive(Default)]
+pub struct TokenCache {
+    verified: GenCache<String, Claims>,
+    live: GenCache<String, bool>,
+}
 
 impl AuthState {
     /// Verifies a bearer token for `audience` and checks it has not been revoked.
@@ -13,18 +27,38 @@ impl AuthState {
         token: &str,
         audience: &str,
     ) -> Result<Claims, VerifyError> {
-        let claims = self.keys.verify(token, audience).await?;
-        match self
-            .store
-            .access_token_is_live(&claims.jti, claims.sid)
-            .await
-        {
-            Ok(true) => Ok(claims),
-            Ok(false) => Err(VerifyError::Revoked),
-            Err(e) => {
-                tracing::error!(error = %e, "token liveness check failed");
-                Err(VerifyError::Unavailable)
+        let key = format!("{audience} {token}");
+        let claims = match self.tokens.verified.get(key.as_str(), 0) {
+            Some(c) if c.exp > Timestamp::now().seconds() => c,
+            Some(_) => return Err(VerifyError::Expired),
+            None => {
+                let c = self.keys.verify(token, audience).await?;
+                self.tokens.verified.put(key, 0, c.clone());
+                c
             }
+        };
+        let generation = self.store.generation();
+        let live = match self.tokens.live.get(claims.jti.as_str(), generation) {
+            Some(live) => live,
+            None => match self
+                .store
+                .access_token_is_live(&claims.jti, claims.sid)
+                .await
+            {
+                Ok(live) => {
+                    self.tokens.live.put(claims.jti.clone(), generation, live);
+                    live
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "token liveness check failed");
+                    return Err(VerifyError::Unavailable);
+                }
+            },
+        };
+        if live {
+            Ok(claims)
+        } else {
+            Err(VerifyError::Revoked)
         }
     }
 }

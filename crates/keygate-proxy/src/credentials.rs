@@ -2,8 +2,8 @@
 //! token is never among the candidates.
 
 use axum::http::HeaderValue;
-use keygate_core::Secret;
 use keygate_core::model::{AuthMode, Integration};
+use keygate_core::{Secret, UserId};
 use keygate_store::StoreError;
 use serde_json::Value;
 
@@ -11,17 +11,62 @@ use crate::ProxyState;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 
+/// A cached credential lookup: the header to send (if any), or "this user must connect".
+#[derive(Clone)]
+pub enum Cached {
+    Header(Option<HeaderValue>),
+    Missing,
+}
+
 /// The `Authorization` value to send upstream, if any. A user without a connection gets
 /// [`ProxyError::ConnectionRequired`] (with a null request id, for the caller to fill in).
+/// Lookups are cached for the store's change generation.
 pub async fn authorization(
     state: &ProxyState,
     caller: &McpCaller,
     integration: &Integration,
 ) -> Result<Option<HeaderValue>, ProxyError> {
+    let per_user = matches!(integration.auth_mode, AuthMode::UserToken | AuthMode::Oauth);
+    let key = (
+        integration.id,
+        if per_user {
+            caller.user
+        } else {
+            UserId(uuid::Uuid::nil())
+        },
+    );
+    let generation = state.auth.store.generation();
+    let cached = match state.cache.credentials.get(&key, generation) {
+        Some(c) => c,
+        None => {
+            let c = lookup(state, caller, integration).await?;
+            state.cache.credentials.put(key, generation, c.clone());
+            c
+        }
+    };
+    match cached {
+        Cached::Header(h) => Ok(h),
+        Cached::Missing => Err(ProxyError::ConnectionRequired {
+            request_id: Value::Null,
+            integration_id: integration.id.to_string(),
+            integration_name: integration.name.clone(),
+            connect_url: format!(
+                "{}/oauth/connect?integration={}",
+                state.auth.public_url, integration.id
+            ),
+        }),
+    }
+}
+
+async fn lookup(
+    state: &ProxyState,
+    caller: &McpCaller,
+    integration: &Integration,
+) -> Result<Cached, ProxyError> {
     let store = &state.auth.store;
     let org = caller.app.org_id;
     let secret = match integration.auth_mode {
-        AuthMode::None => return Ok(None),
+        AuthMode::None => return Ok(Cached::Header(None)),
         AuthMode::ServerToken => store
             .integration_server_token(org, integration.id)
             .await?
@@ -37,22 +82,12 @@ pub async fn authorization(
                 .await
             {
                 Ok(s) => s,
-                Err(StoreError::NotFound) => {
-                    return Err(ProxyError::ConnectionRequired {
-                        request_id: Value::Null,
-                        integration_id: integration.id.to_string(),
-                        integration_name: integration.name.clone(),
-                        connect_url: format!(
-                            "{}/oauth/connect?integration={}",
-                            state.auth.public_url, integration.id
-                        ),
-                    });
-                }
+                Err(StoreError::NotFound) => return Ok(Cached::Missing),
                 Err(e) => return Err(e.into()),
             }
         }
     };
-    bearer(&secret).map(Some)
+    Ok(Cached::Header(Some(bearer(&secret)?)))
 }
 
 fn bearer(secret: &Secret) -> Result<HeaderValue, ProxyError> {

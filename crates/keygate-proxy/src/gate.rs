@@ -9,12 +9,32 @@ use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use keygate_auth::keys::VerifyError;
 use keygate_auth::{Claims, Resource, protected};
-use keygate_core::model::Application;
+use std::sync::Arc;
+
+use keygate_core::model::{Application, Integration};
 use keygate_core::{AgentSessionId, Timestamp, UserId};
 use keygate_store::StoreError;
 
 use crate::ProxyState;
 use crate::error::ProxyError;
+
+/// The application's attached, active integrations, in attachment order (cached).
+pub async fn attached(
+    state: &ProxyState,
+    app: &Application,
+) -> Result<Arc<Vec<Integration>>, ProxyError> {
+    let store = &state.auth.store;
+    let generation = store.generation();
+    if let Some(list) = state.cache.attached.get(&app.id, generation) {
+        return Ok(list);
+    }
+    let ids = store.attached_integration_ids(app.org_id, app.id).await?;
+    let mut list = store.integrations_by_ids(app.org_id, &ids).await?;
+    list.sort_by_key(|i| ids.iter().position(|id| *id == i.id));
+    let list = Arc::new(list);
+    state.cache.attached.put(app.id, generation, list.clone());
+    Ok(list)
+}
 
 /// Who is calling, through which application.
 #[derive(Debug)]
@@ -117,13 +137,24 @@ pub async fn authenticate(
                 "/mcp needs a token issued to an application's own client",
             ))?,
     };
-    let app = match auth.store.get_application(claims.org, app_id).await {
-        Ok(app) if app.archived_at.is_none() => app,
-        Ok(_) | Err(StoreError::NotFound) => {
-            return Err(ProxyError::NotFound("Application not found"));
-        }
-        Err(e) => return Err(e.into()),
+    let generation = auth.store.generation();
+    let app = match state.cache.apps.get(&(claims.org, app_id), generation) {
+        Some(app) => app,
+        None => match auth.store.get_application(claims.org, app_id).await {
+            Ok(app) => {
+                state
+                    .cache
+                    .apps
+                    .put((claims.org, app_id), generation, app.clone());
+                app
+            }
+            Err(StoreError::NotFound) => return Err(ProxyError::NotFound("Application not found")),
+            Err(e) => return Err(e.into()),
+        },
     };
+    if app.archived_at.is_some() {
+        return Err(ProxyError::NotFound("Application not found"));
+    }
     if let Some(sid) = claims.sid {
         state.activity.touch(state, sid);
     }

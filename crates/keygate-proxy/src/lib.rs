@@ -29,6 +29,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::any;
 use keygate_auth::AuthState;
+use keygate_core::model::{Application, Integration};
+use keygate_core::{ApplicationId, IntegrationId, OrgId, UserId};
+use keygate_store::GenCache;
 
 pub use error::ProxyError;
 pub use upstream::Upstream;
@@ -39,6 +42,17 @@ pub struct ProxyState {
     pub auth: AuthState,
     pub upstream: Arc<Upstream>,
     pub activity: Arc<gate::Activity>,
+    pub cache: Arc<RouteCache>,
+}
+
+/// What the hot path would otherwise read from the store on every request, valid for one
+/// change generation (`Store::generation`): no database round trip once warm, and any change
+/// here or on another replica retires it.
+#[derive(Default)]
+pub struct RouteCache {
+    pub(crate) apps: GenCache<(OrgId, ApplicationId), Application>,
+    pub(crate) attached: GenCache<ApplicationId, Arc<Vec<Integration>>>,
+    pub(crate) credentials: GenCache<(IntegrationId, UserId), credentials::Cached>,
 }
 
 impl ProxyState {
@@ -47,6 +61,7 @@ impl ProxyState {
             auth,
             upstream,
             activity: Arc::default(),
+            cache: Arc::default(),
         }
     }
 }

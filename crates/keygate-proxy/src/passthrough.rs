@@ -212,14 +212,11 @@ async fn attached_integration(
     caller: &McpCaller,
     r: &str,
 ) -> Result<Integration, ProxyError> {
-    let store = &state.auth.store;
-    let org = caller.app.org_id;
-    let ids = store.attached_integration_ids(org, caller.app.id).await?;
-    let found = store
-        .integrations_by_ids(org, &ids)
+    let found = crate::gate::attached(state, &caller.app)
         .await?
-        .into_iter()
+        .iter()
         .find(|i| i.slug == r || i.id.to_string() == r)
+        .cloned()
         .ok_or(ProxyError::NotFound("Integration not found"))?;
     if found.category != Category::GatewayRemoteMcp {
         return Err(ProxyError::NotFound(

@@ -6,6 +6,8 @@
 //! each method takes the caller's [`OrgId`](keygate_core::OrgId) so no query can cross tenants.
 #![forbid(unsafe_code)]
 
+mod cache;
+mod changes;
 mod db;
 mod error;
 mod page;
@@ -13,6 +15,7 @@ mod repo;
 mod sql;
 pub mod vault;
 
+pub use cache::GenCache;
 pub use db::{Backend, Db};
 pub use error::StoreError;
 pub use page::{Cursor, Page, PageRequest};
@@ -33,6 +36,7 @@ use std::sync::Arc;
 pub struct Store {
     db: Db,
     vault: Arc<Vault>,
+    generation: changes::Generation,
 }
 
 impl Store {
@@ -40,6 +44,7 @@ impl Store {
         Self {
             db,
             vault: Arc::new(vault),
+            generation: changes::Generation::default(),
         }
     }
 

@@ -53,6 +53,7 @@ impl Gateway {
         let db = open_db(config).await?;
         let vault = Vault::unlock(&db, kek).await?;
         let store = Store::new(db, vault);
+        store.spawn_change_listener(config.database_url());
         store.default_organization().await?;
         let public_url = config.public_url();
         let keys = Arc::new(KeyRing::load(store.clone(), public_url.clone()).await?);
@@ -64,6 +65,7 @@ impl Gateway {
             client_documents: Arc::new(ClientDocuments::new(Outbound::new(
                 &config.outbound.allowed_private_hosts,
             ))),
+            tokens: Arc::default(),
         };
         let limiter = Limiter::per_minute(config.rate_limit_per_minute());
         let upstream = Arc::new(Upstream::new(&config.outbound.allowed_private_hosts));

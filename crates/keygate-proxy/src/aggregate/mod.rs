@@ -116,7 +116,13 @@ async fn post(
         Some(None) => return Err(unknown_session()),
         None => return Err(invalid("Mcp-Session-Id is required after initialize")),
     };
-    let members = members(state, caller).await?;
+    // Only the upstreams this session initialized take part; one whose initialize failed is
+    // not contacted again until the client initializes anew.
+    let members: Vec<Member> = members(state, caller)
+        .await?
+        .into_iter()
+        .filter(|m| session.upstream(m.integration.id).is_some())
+        .collect();
     match (method.as_deref(), id) {
         (Some("ping"), Some(id)) => Ok(result(id, json!({}))),
         (
@@ -248,12 +254,11 @@ async fn candidates(
     state: &ProxyState,
     caller: &McpCaller,
 ) -> Result<Vec<(Member, Option<String>)>, ProxyError> {
-    let store = &state.auth.store;
-    let org = caller.app.org_id;
-    let ids = store.attached_integration_ids(org, caller.app.id).await?;
-    let mut integrations = store.integrations_by_ids(org, &ids).await?;
+    let mut integrations: Vec<Integration> = crate::gate::attached(state, &caller.app)
+        .await?
+        .as_ref()
+        .clone();
     integrations.retain(|i| i.category == Category::GatewayRemoteMcp);
-    integrations.sort_by_key(|i| ids.iter().position(|id| *id == i.id));
     let mut out = Vec::with_capacity(integrations.len());
     for integration in integrations {
         match credentials::authorization(state, caller, &integration).await {

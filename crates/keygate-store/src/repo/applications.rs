@@ -179,6 +179,7 @@ impl Store {
         if sql.query().execute(self.db.pool()).await?.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        self.changed().await;
         self.get_application(org, id).await
     }
 
@@ -199,6 +200,7 @@ impl Store {
         }
         super::sessions::disconnect_all(&mut tx, org, id, now).await?;
         tx.commit().await?;
+        self.changed().await;
         Ok(())
     }
 
@@ -223,6 +225,7 @@ impl Store {
         }
         super::sessions::disconnect_all(&mut tx, org, id, now).await?;
         tx.commit().await?;
+        self.changed().await;
         self.get_application(org, id).await
     }
 
@@ -292,6 +295,7 @@ impl Store {
             sql.query().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        self.changed().await;
         Ok(())
     }
 
@@ -309,6 +313,7 @@ impl Store {
         sql.push(" AND integration_id = ")
             .bind(integration.to_string());
         sql.query().execute(self.db.pool()).await?;
+        self.changed().await;
         Ok(())
     }
 

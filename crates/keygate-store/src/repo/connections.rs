@@ -76,6 +76,7 @@ impl Store {
              updated_at = excluded.updated_at",
         );
         sql.query().execute(self.db.pool()).await?;
+        self.changed().await;
         self.get_connection(org, integration, user).await
     }
 
@@ -143,7 +144,9 @@ impl Store {
             .push(" AND integration_id = ")
             .bind(integration.to_string());
         sql.push(" AND user_id = ").bind(user.to_string());
-        Ok(sql.query().execute(self.db.pool()).await?.rows_affected() > 0)
+        let deleted = sql.query().execute(self.db.pool()).await?.rows_affected() > 0;
+        self.changed().await;
+        Ok(deleted)
     }
 
     /// Every connected (user, integration) pair of the organization.

@@ -273,6 +273,7 @@ impl Store {
             super::connections::delete_all_for_integration(&mut tx, org, id).await?;
         }
         tx.commit().await?;
+        self.changed().await;
         self.get_integration(org, id).await
     }
 
@@ -308,6 +309,7 @@ impl Store {
         }
         super::connections::delete_all_for_integration(&mut tx, org, id).await?;
         tx.commit().await?;
+        self.changed().await;
         self.get_integration(org, id).await
     }
 
@@ -332,6 +334,7 @@ impl Store {
             .bind(id.to_string());
         sql.query().execute(&mut *tx).await?;
         tx.commit().await?;
+        self.changed().await;
         Ok(())
     }
 

@@ -349,6 +349,7 @@ impl Store {
             .bind(session.to_string());
         sql.query().execute(&mut *tx).await?;
         tx.commit().await?;
+        self.changed().await;
         Ok(())
     }
 
@@ -521,6 +522,7 @@ impl Store {
             .bind(expires_at.millis())
             .push(") ON CONFLICT (jti) DO NOTHING");
         sql.query().execute(self.db.pool()).await?;
+        self.changed().await;
         Ok(())
     }
 

@@ -166,6 +166,7 @@ impl Store {
         let mut tx = self.db.pool().begin().await?;
         let n = disconnect_all(&mut tx, org, app, Timestamp::now().millis()).await?;
         tx.commit().await?;
+        self.changed().await;
         Ok(n)
     }
 }

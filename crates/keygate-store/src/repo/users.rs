@@ -257,6 +257,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        self.changed().await;
         Ok(())
     }
 
@@ -278,6 +279,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        self.changed().await;
         self.get_service_account(org, id).await
     }
 }

@@ -1,0 +1,2 @@
+//! Shared pieces of keygate's benchmarks (see `proxy.rs`).
+#![forbid(unsafe_code)]

@@ -1,0 +1,64 @@
+//! A cache whose entries are valid for one change generation (see [`Store::generation`]):
+//! any invalidating write, here or (on PostgreSQL) on another replica, retires them all.
+
+use std::hash::Hash;
+
+use dashmap::DashMap;
+
+/// A bounded map of values stamped with the generation they were read at.
+pub struct GenCache<K, V> {
+    map: DashMap<K, (u64, V)>,
+    capacity: usize,
+}
+
+impl<K: Eq + Hash, V: Clone> GenCache<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: DashMap::new(),
+            capacity,
+        }
+    }
+
+    /// The value read at `generation`, if still current.
+    pub fn get<Q>(&self, key: &Q, generation: u64) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        self.map
+            .get(key)
+            .filter(|e| e.0 == generation)
+            .map(|e| e.1.clone())
+    }
+
+    /// Stores a value read at `generation`. A full cache starts over rather than grow.
+    pub fn put(&self, key: K, generation: u64, value: V) {
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        self.map.insert(key, (generation, value));
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> Default for GenCache<K, V> {
+    fn default() -> Self {
+        Self::new(100_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_live_for_one_generation() {
+        let c: GenCache<String, u32> = GenCache::new(2);
+        c.put("a".into(), 1, 10);
+        assert_eq!(c.get("a", 1), Some(10));
+        assert_eq!(c.get("a", 2), None);
+        c.put("b".into(), 1, 20);
+        c.put("c".into(), 1, 30); // full: starts over
+        assert_eq!(c.get("a", 1), None);
+        assert_eq!(c.get("c", 1), Some(30));
+    }
+}
