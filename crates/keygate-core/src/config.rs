@@ -29,6 +29,17 @@ pub struct Config {
     pub api: ApiConfig,
     /// Requests the gateway makes to URLs that users supply.
     pub outbound: OutboundConfig,
+    /// The MCP proxy.
+    pub proxy: ProxyConfig,
+}
+
+/// MCP proxy settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Seconds an upstream may take to send response headers before the client gets 504.
+    /// Streams have no total timeout once they started.
+    pub upstream_header_timeout_secs: Option<u64>,
 }
 
 /// Outbound request settings (the SSRF guard).
@@ -113,6 +124,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("api.rate_limit_per_minute", FieldKind::Integer),
     ("api.max_body_bytes", FieldKind::Integer),
     ("outbound.allowed_private_hosts", FieldKind::StringList),
+    ("proxy.upstream_header_timeout_secs", FieldKind::Integer),
 ];
 
 /// The environment variable that overrides a dotted field.
@@ -143,6 +155,7 @@ pub const DEFAULT_ACCESS_TOKEN_TTL_SECS: u64 = 900;
 pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 120;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+pub const DEFAULT_UPSTREAM_HEADER_TIMEOUT_SECS: u64 = 60;
 
 impl Config {
     pub fn listen(&self) -> SocketAddr {
@@ -183,6 +196,12 @@ impl Config {
 
     pub fn max_body_bytes(&self) -> usize {
         self.api.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
+    }
+
+    pub fn upstream_header_timeout_secs(&self) -> u64 {
+        self.proxy
+            .upstream_header_timeout_secs
+            .unwrap_or(DEFAULT_UPSTREAM_HEADER_TIMEOUT_SECS)
     }
 
     pub fn max_connections(&self) -> u32 {
@@ -240,6 +259,12 @@ impl Config {
             return Err(ConfigError::new(
                 "api.rate_limit_per_minute",
                 "must be at least 1",
+            ));
+        }
+        if !(1..=3600).contains(&self.upstream_header_timeout_secs()) {
+            return Err(ConfigError::new(
+                "proxy.upstream_header_timeout_secs",
+                "must be between 1 and 3600",
             ));
         }
         if self.max_body_bytes() < 1024 {

@@ -129,6 +129,7 @@ async fn forward(
         ),
     });
     if declared_length(&parts.headers).is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        drain(body).await;
         return Err(too_large());
     }
     let authorization = match credentials::authorization(state, &caller, &integration).await {
@@ -261,6 +262,24 @@ fn too_large() -> ProxyError {
         code: -32600,
         message: format!("The request body is larger than {MAX_REQUEST_BYTES} bytes"),
     }
+}
+
+/// After an oversized body, at most this much more is read and discarded before answering.
+const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads and discards a body the gateway refuses (bounded in bytes and time), so a client
+/// still uploading reads the error instead of a reset connection ("lingering close").
+pub async fn drain(mut body: Body) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut seen = 0usize;
+        while seen < DRAIN_MAX_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// The JSON-RPC id of a (small) request body, or null.

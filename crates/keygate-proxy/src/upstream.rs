@@ -23,9 +23,6 @@ use url::Url;
 
 use crate::error::ProxyError;
 
-/// How long an upstream may take to send response headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// DNS resolution with the SSRF guard.
 #[derive(Clone)]
 pub struct GuardedDns {
@@ -64,10 +61,13 @@ impl tower_service::Service<Name> for GuardedDns {
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector<GuardedDns>>, Body>,
     guard: Outbound,
+    header_timeout: Duration,
 }
 
 impl Upstream {
-    pub fn new(allowed_private_hosts: &[String]) -> Self {
+    /// A client that refuses internal addresses outside `allowed_private_hosts` and gives
+    /// upstreams `header_timeout` to start answering.
+    pub fn new(allowed_private_hosts: &[String], header_timeout: Duration) -> Self {
         let allowed: Arc<HashSet<String>> = Arc::new(
             allowed_private_hosts
                 .iter()
@@ -90,6 +90,7 @@ impl Upstream {
         Self {
             client,
             guard: Outbound::new(allowed_private_hosts),
+            header_timeout,
         }
     }
 
@@ -106,7 +107,7 @@ impl Upstream {
         &self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(HEADER_TIMEOUT, self.client.request(req)).await {
+        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ProxyError::Upstream(keygate_auth::outbound::error_chain(
                 &e,

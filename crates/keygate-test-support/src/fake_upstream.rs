@@ -11,7 +11,7 @@
 //! - `initialize`, `tools/list`, `prompts/list`, `resources/list` and `resources/read` answer
 //!   like a real server with tools `echo`, `slow`, `ask`, prompt `hello`, resource `{name}://doc`
 //!   (`name` given to [`FakeUpstream::named`]);
-//! - `GET /mcp`: an SSE stream of one event that then stays open;
+//! - `GET /mcp`: events 1–3 (resuming after `Last-Event-ID`), then an open stream;
 //! - legacy HTTP+SSE: `GET /sse` opens with `event: endpoint` (`/messages?sessionId=legacy-1`),
 //!   and each `POST /messages?sessionId=legacy-1` is answered `202` with its echo sent on the
 //!   stream.
@@ -251,13 +251,30 @@ async fn legacy_stream(rx: tokio::sync::broadcast::Receiver<Value>) -> Response 
         .expect("valid response")
 }
 
+/// `GET /mcp`: events 1, 2 and 3, 100 ms apart, then an open stream. With `Last-Event-ID: n`
+/// it resumes after event n (the upstream's side of resumption).
 async fn open_stream(headers: HeaderMap) -> Response {
-    let first = event(
-        1,
-        &json!({"jsonrpc": "2.0", "method": "notifications/message",
-        "params": {"headers": header_map(&headers)}}),
-    );
-    let frames = stream::iter(vec![Ok::<_, Infallible>(first)]).chain(stream::pending());
+    let after: u32 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let seen = header_map(&headers);
+    let frames = stream::unfold(after + 1, move |n| {
+        let seen = seen.clone();
+        async move {
+            if n > 3 {
+                return None;
+            }
+            if n > after + 1 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let body = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                "params": {"seq": n, "headers": seen}});
+            Some((Ok::<_, Infallible>(event(n, &body)), n + 1))
+        }
+    })
+    .chain(stream::pending());
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(frames))

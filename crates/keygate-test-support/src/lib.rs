@@ -103,6 +103,8 @@ pub struct TestGateway {
     pub database_url: String,
     pub backend: Backend,
     pub keys: std::sync::Arc<keygate_auth::KeyRing>,
+    /// The configuration it was started with.
+    pub config: Config,
     vault_key: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -158,6 +160,7 @@ impl TestGateway {
             database_url: config.database_url(),
             backend,
             keys,
+            config: config.clone(),
             vault_key,
             shutdown: Some(tx),
             task: Some(task),
@@ -176,7 +179,11 @@ impl TestGateway {
         );
         let (db, key) = (self.database_url.clone(), self.vault_key.clone());
         let public: url::Url = self.url.parse().expect("public URL");
+        let base = self.config.clone();
         let mut replica = Self::start_with(Backend::Sqlite, move |c| {
+            let (listen, data_dir) = (c.listen, c.data_dir.clone());
+            *c = base;
+            (c.listen, c.data_dir) = (listen, data_dir);
             c.database.url = Some(db);
             c.vault.key = Some(key);
             c.public_url = Some(public);

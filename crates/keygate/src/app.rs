@@ -68,7 +68,10 @@ impl Gateway {
             tokens: Arc::default(),
         };
         let limiter = Limiter::per_minute(config.rate_limit_per_minute());
-        let upstream = Arc::new(Upstream::new(&config.outbound.allowed_private_hosts));
+        let upstream = Arc::new(Upstream::new(
+            &config.outbound.allowed_private_hosts,
+            Duration::from_secs(config.upstream_header_timeout_secs()),
+        ));
         let api = keygate_api::router(
             ApiState {
                 auth: auth.clone(),

@@ -19,6 +19,8 @@ both_backends!(
     legacy_sse_endpoint_is_rewritten,
     validation_performs_a_real_handshake,
     aggregated_endpoint_fans_out_and_routes,
+    last_event_id_resumes_without_loss,
+    hanging_upstream_gets_a_timeout,
 );
 
 struct World {
@@ -31,8 +33,16 @@ struct World {
 }
 
 async fn world(backend: Backend) -> World {
+    world_with(backend, |_| {}).await
+}
+
+async fn world_with(
+    backend: Backend,
+    tweak: impl FnOnce(&mut keygate_core::config::Config),
+) -> World {
     let gw = TestGateway::start_with(backend, |c| {
-        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()]
+        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
+        tweak(c);
     })
     .await;
     let admin = gw.admin_token().await;
@@ -834,5 +844,143 @@ async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(resp.status(), 200);
+    w.gw.stop().await;
+}
+
+/// A client that reconnects with `Last-Event-ID` gets what it missed, once.
+async fn last_event_id_resumes_without_loss(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, slug) = w
+        .integration(json!({"name": "Stream", "url": up.url}))
+        .await;
+    let alice = w.token(w.alice).await;
+    let open = |last: Option<&str>| {
+        let mut req =
+            w.gw.http
+                .get(format!("{}/{slug}", w.app_url))
+                .bearer_auth(&alice)
+                .header("accept", "text/event-stream");
+        if let Some(id) = last {
+            req = req.header("last-event-id", id);
+        }
+        req.send()
+    };
+    let seqs = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["params"]["seq"].as_u64())
+            .collect()
+    };
+    // Read event 1, then lose the connection.
+    let mut stream = open(None).await.unwrap().bytes_stream();
+    let mut buf = String::new();
+    while seqs(&buf).is_empty() {
+        buf.push_str(&String::from_utf8_lossy(
+            &tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        ));
+    }
+    assert_eq!(seqs(&buf), [1]);
+    assert!(buf.contains("id: 1"), "event ids pass through: {buf}");
+    drop(stream);
+    // Reconnect after event 1: events 2 and 3, nothing lost, nothing repeated.
+    let mut stream = open(Some("1")).await.unwrap().bytes_stream();
+    let mut buf = String::new();
+    while seqs(&buf).len() < 2 {
+        buf.push_str(&String::from_utf8_lossy(
+            &tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        ));
+    }
+    assert_eq!(seqs(&buf), [2, 3]);
+    assert!(
+        buf.contains("\"last-event-id\":\"1\""),
+        "the upstream saw Last-Event-ID: {buf}"
+    );
+    drop(stream);
+    w.gw.stop().await;
+}
+
+/// An upstream that never answers gets the client a clean 504 after the header timeout, and
+/// the gateway stays up.
+async fn hanging_upstream_gets_a_timeout(backend: Backend) {
+    let w = world_with(backend, |c| c.proxy.upstream_header_timeout_secs = Some(1)).await;
+    let up = FakeUpstream::start().await;
+    let (_, slug) = w.integration(json!({"name": "Hangs", "url": up.url})).await;
+    let alice = w.token(w.alice).await;
+    let started = Instant::now();
+    let resp = w
+        .call(
+            &slug,
+            Some(&alice),
+            rpc(1, "tools/call", json!({"name": "hang"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], -32002);
+    assert_eq!(
+        w.call(&slug, Some(&alice), rpc(2, "ping", json!({})))
+            .await
+            .status(),
+        200
+    );
+    w.gw.stop().await;
+}
+
+/// Two gateways on one PostgreSQL database: an aggregated session initialized on one
+/// continues on the other (its sealed Mcp-Session-Id carries everything needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregated_session_continues_on_another_replica() {
+    let w = world(Backend::Postgres).await;
+    let up = FakeUpstream::named("alpha").await;
+    w.integration(
+        json!({"name": "Alpha", "url": up.url, "authMode": "server_token", "serverToken": "tok-a"}),
+    )
+    .await;
+    let replica = w.gw.replica().await;
+    let alice = w.token(w.alice).await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let resp =
+        w.gw.http
+            .post(&w.app_url)
+            .bearer_auth(&alice)
+            .json(&init)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let on_replica = format!("{}/apps/{}/mcp", replica.url, w.app);
+    let r: Value = replica
+        .http
+        .post(&on_replica)
+        .bearer_auth(&alice)
+        .header("mcp-session-id", &session)
+        .json(&rpc(2, "tools/call", json!({"name": "alpha_echo"})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["result"]["headers"]["authorization"], "Bearer tok-a",
+        "{r}"
+    );
+    assert_eq!(r["result"]["headers"]["mcp-session-id"], SESSION_ID);
+    replica.stop().await;
     w.gw.stop().await;
 }

@@ -66,6 +66,16 @@ async fn dispatch(state: &ProxyState, req: Request) -> Result<Response, ProxyErr
     });
     match parts.method {
         Method::POST => {
+            if parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|n| n > MAX_REQUEST_BYTES)
+            {
+                crate::passthrough::drain(body).await;
+                return Err(too_large());
+            }
             let bytes = Limited::new(body, MAX_REQUEST_BYTES)
                 .collect()
                 .await
