@@ -66,3 +66,21 @@ if ! cmp -s "$SE_SRC/package-lock.json" "$SE_NODE/.keygate-lock" 2>/dev/null; th
   npm ci --prefix "$SE_NODE" --omit=dev --no-audit --no-fund --loglevel=error >/dev/null
   cp "$SE_SRC/package-lock.json" "$SE_NODE/.keygate-lock"
 fi
+
+# --- the official MCP TypeScript SDK client for tests/e2e/typescript_client.sh. The version of
+# @modelcontextprotocol/sdk (and of zod, its peer) and of everything they pull in is pinned by
+# tests/e2e/typescript-client/package-lock.json, installed with `npm ci` into KEYGATE_E2E_TS.
+# The pinned SDK 1.32.2 is the newest and runs on the machine's Node 20 (it needs >= 18; the
+# newest engine among its dependencies is @hono/node-server's >= 20); Node and npm come from
+# the block above. Skipped when the prefix already holds exactly this lock file.
+TS_SRC="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e/typescript-client"
+TS_NODE="${KEYGATE_E2E_TS:-$HOME/.cache/keygate-e2e/ts}"
+if ! cmp -s "$TS_SRC/package-lock.json" "$TS_NODE/.keygate-lock" 2>/dev/null; then
+  command -v node >/dev/null && command -v npm >/dev/null || { echo "setup: please install: nodejs npm" >&2; exit 1; }
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$node_major" -ge 20 ] || { echo "setup: Node >= 20 is required (found $(node --version))" >&2; exit 1; }
+  mkdir -p "$TS_NODE"
+  cp "$TS_SRC/package.json" "$TS_SRC/package-lock.json" "$TS_NODE/"
+  npm ci --prefix "$TS_NODE" --omit=dev --no-audit --no-fund --loglevel=error >/dev/null
+  cp "$TS_SRC/package-lock.json" "$TS_NODE/.keygate-lock"
+fi

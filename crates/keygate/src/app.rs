@@ -13,6 +13,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use keygate_api::probe::{Probe, Prober};
 use keygate_api::{ApiOptions, ApiState, Limiter};
 use keygate_auth::clients::ClientDocuments;
@@ -151,9 +152,15 @@ impl Gateway {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, service)
-            .with_graceful_shutdown(signal)
-            .into_future();
+        let server = axum::serve(
+            listener.tap_io(|tcp| {
+                // Streamed responses go out as several writes; Nagle would hold the later ones.
+                let _ = tcp.set_nodelay(true);
+            }),
+            service,
+        )
+        .with_graceful_shutdown(signal)
+        .into_future();
         tokio::pin!(server);
         let result = tokio::select! {
             r = &mut server => r.map_err(Into::into),

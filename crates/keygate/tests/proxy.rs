@@ -151,6 +151,12 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
         .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["mcp-session-id"], SESSION_ID);
+    // The relayed body was read to its end: the connection stays open for the next request.
+    assert!(
+        resp.headers().get("connection").is_none(),
+        "{:?}",
+        resp.headers()
+    );
     let body: Value = resp.json().await.unwrap();
     let seen = &body["result"]["headers"];
     assert_eq!(seen["authorization"], "Bearer srv-secret");
