@@ -27,16 +27,30 @@ impl AuthState {
         token: &str,
         audience: &str,
     ) -> Result<Claims, VerifyError> {
-        let key = format!("{audience} {token}");
-        let claims = match self.tokens.verified.get(key.as_str(), 0) {
-            Some(c) if c.exp > Timestamp::now().seconds() => c,
-            Some(_) => return Err(VerifyError::Expired),
+        self.verify_access_token_for(token, &[audience]).await
+    }
+
+    /// Like [`AuthState::verify_access_token`], accepting any of `audiences`. The signature is
+    /// checked once per token, whatever audience it is then presented for.
+    pub async fn verify_access_token_for(
+        &self,
+        token: &str,
+        audiences: &[&str],
+    ) -> Result<Claims, VerifyError> {
+        let claims = match self.tokens.verified.get(token, 0) {
+            Some(c) => c,
             None => {
-                let c = self.keys.verify(token, audience).await?;
-                self.tokens.verified.put(key, 0, c.clone());
+                let c = self.keys.verify_signature(token).await?;
+                self.tokens.verified.put(token.to_owned(), 0, c.clone());
                 c
             }
         };
+        if claims.exp <= Timestamp::now().seconds() {
+            return Err(VerifyError::Expired);
+        }
+        if !audiences.contains(&claims.aud.as_str()) {
+            return Err(VerifyError::Invalid);
+        }
         let generation = self.store.generation();
         let live = match self.tokens.live.get(claims.jti.as_str(), generation) {
             Some(live) => live,

@@ -101,24 +101,15 @@ pub async fn authenticate(
             .url(&auth.public_url),
         );
     }
-    let mut last = VerifyError::Invalid;
-    let mut claims = None;
-    for aud in &audiences {
-        match auth.verify_access_token(token, aud).await {
-            Ok(c) => {
-                claims = Some(c);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let Some(claims) = claims else {
-        if last == VerifyError::Unavailable {
+    let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    let claims = match auth.verify_access_token_for(token, &audiences).await {
+        Ok(c) => c,
+        Err(VerifyError::Unavailable) => {
             return Err(ProxyError::Internal(
                 "token revocation state unavailable".into(),
             ));
         }
-        return Err(unauthorized(Some("invalid_token"), &last.to_string()));
+        Err(e) => return Err(unauthorized(Some("invalid_token"), &e.to_string())),
     };
     let Ok(user) = claims.sub.parse::<UserId>() else {
         return Err(unauthorized(
