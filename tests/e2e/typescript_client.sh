@@ -18,30 +18,8 @@ PY="$VENV/bin/python"
 EVERYTHING="${KEYGATE_E2E_NODE:-$HOME/.cache/keygate-e2e/node}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 export KEYGATE_E2E_TS="${KEYGATE_E2E_TS:-$HOME/.cache/keygate-e2e/ts}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-logs() { # the tails of every log, for a failure
-  for f in "$WORK"/*.log; do echo "--- $(basename "$f") (tail)" >&2; tail -n 30 "$f" >&2; done
-}
-fail() { echo "FAIL: $*" >&2; logs; exit 1; }
-check() { # check DESCRIPTION JQ_FILTER JSON
-  echo "$3" | jq -e "$2" >/dev/null || fail "$1: $(echo "$3" | head -c 600)"
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # wait_port PORT PID WHAT: until something accepts on 127.0.0.1:PORT (10 s at most)
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-    kill -0 "$2" 2>/dev/null || fail "$3 exited before listening on port $1"
-    sleep 0.1
-  done
-  fail "$3 is not listening on port $1 after 10 s"
-}
+# shellcheck source=lib/gateway.sh
+source "$HERE/lib/gateway.sh"
 
 "$PY" -c 'import mcp.client.auth' 2>/dev/null || fail "no mcp SDK in $VENV: run scripts/setup.sh"
 [ -f "$EVERYTHING" ] || fail "no server-everything at $EVERYTHING: run scripts/setup.sh"
@@ -60,52 +38,10 @@ PIDS+=("$!")
 wait_port "$UPORT2" "$!" "server-everything (streamableHttp, second)"
 
 # --- the gateway, an owner, a service account and its management token ---
-PORT=$(free_port)
-URL="http://127.0.0.1:$PORT"
-export KEYGATE_LISTEN="127.0.0.1:$PORT"
-# The upstreams are on loopback, which the SSRF guard refuses unless allow-listed.
-export KEYGATE_OUTBOUND_ALLOWED_PRIVATE_HOSTS=127.0.0.1
-kg() { "$BIN" --data-dir "$WORK/data" "$@"; }
-
-EMAIL=owner@example.com
-PASSWORD="correct horse battery"
-owner=$(echo "$PASSWORD" | kg user add "$EMAIL" --role owner --password-stdin)
-check "user add" '.user.id' "$owner"
-sa=$(kg service-account create --name ci)
-check "service-account create" '.credentials.clientId and .credentials.clientSecret' "$sa"
-CID=$(echo "$sa" | jq -r .credentials.clientId)
-CSECRET=$(echo "$sa" | jq -r .credentials.clientSecret)
-
-"$BIN" --data-dir "$WORK/data" serve >"$WORK/serve.log" 2>&1 &
-GW=$!
-PIDS+=("$GW")
-for _ in $(seq 100); do curl -fs "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fs "$URL/healthz" >/dev/null 2>&1 || fail "gateway did not start"
-
-tok=$(curl -s -u "$CID:$CSECRET" -d grant_type=client_credentials -d scope=management:all \
-  --data-urlencode "audience=$URL/api/v1" "$URL/oauth2/token")
-check "management token" '.access_token' "$tok"
-TOKEN=$(echo "$tok" | jq -r .access_token)
-api() { curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' "$@"; }
+start_gateway
 
 # --- an application with both integrations attached ---
-app=$(api -X POST "$URL/api/v1/applications" \
-  -d '{"name":"typescript-e2e","oauth":{"type":"public","redirectUris":["http://localhost:3000/callback"]}}')
-check "application" '.application.id' "$app"
-AID=$(echo "$app" | jq -r .application.id)
-
-integrate() { # integrate NAME UPSTREAM_URL -> the integration's slug, attached to the application
-  local integ iid code
-  integ=$(api -w '\n%{http_code}' -X POST "$URL/api/v1/integrations" \
-    -d "$(jq -nc --arg n "$1" --arg u "$2" '{name:$n,url:$u,authMode:"none"}')")
-  [ "$(echo "$integ" | tail -n1)" = 201 ] || fail "create integration $1 -> $(echo "$integ" | tail -n1): $(echo "$integ" | head -n -1 | head -c 600)"
-  integ=$(echo "$integ" | head -n -1)
-  check "integration $1" '.integration.id and .integration.slug' "$integ"
-  iid=$(echo "$integ" | jq -r .integration.id)
-  code=$(api -o "$WORK/attach.out" -w '%{http_code}' -X POST "$URL/api/v1/applications/$AID/integrations/$iid")
-  [ "$code" = 204 ] || fail "attach integration $1 -> $code: $(head -c 600 "$WORK/attach.out")"
-  echo "$integ" | jq -r .integration.slug
-}
+create_app typescript-e2e
 SLUG=$(integrate everything "http://127.0.0.1:$UPORT/mcp")
 [ "$SLUG" = everything ] || fail "slug of integration 'everything' is '$SLUG'"
 SLUG2=$(integrate everything2 "http://127.0.0.1:$UPORT2/mcp")

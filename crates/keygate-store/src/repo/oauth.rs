@@ -237,21 +237,32 @@ impl Store {
             used_at: r.opt_ts("used_at")?,
             session_id: r.opt_id("session_id")?,
         };
-        if code.used_at.is_none() {
-            let mut sql = Sql::new("UPDATE authorization_codes SET used_at = ");
-            sql.bind(Timestamp::now().millis())
-                .push(" WHERE code_hash = ")
-                .bind(code_hash);
-            sql.push(" AND used_at IS NULL");
-            if sql.query().execute(self.db.pool()).await?.rows_affected() == 0 {
-                // Lost a race with a concurrent redemption: that is a replay too.
-                return Ok(AuthorizationCode {
-                    used_at: Some(Timestamp::now()),
-                    ..code
-                });
-            }
+        if code.used_at.is_none()
+            && !self
+                .use_once("authorization_codes", "code_hash", code_hash)
+                .await?
+        {
+            // Lost a race with a concurrent redemption: that is a replay too.
+            return Ok(AuthorizationCode {
+                used_at: Some(Timestamp::now()),
+                ..code
+            });
         }
         Ok(code)
+    }
+
+    /// Marks a one-time credential used; `false` when it already was (another request won).
+    async fn use_once(&self, table: &str, column: &str, hash: &str) -> Result<bool> {
+        let mut sql = Sql::new("UPDATE ");
+        sql.push(table)
+            .push(" SET used_at = ")
+            .bind(Timestamp::now().millis());
+        sql.push(" WHERE ")
+            .push(column)
+            .push(" = ")
+            .bind(hash)
+            .push(" AND used_at IS NULL");
+        Ok(sql.query().execute(self.db.pool()).await?.rows_affected() > 0)
     }
 
     /// Records which session a redeemed code produced.
@@ -313,18 +324,11 @@ impl Store {
             expires_at: r.ts("expires_at")?,
             used_at: r.opt_ts("used_at")?,
         };
-        if token.used_at.is_none() {
-            let mut sql = Sql::new("UPDATE refresh_tokens SET used_at = ");
-            sql.bind(Timestamp::now().millis())
-                .push(" WHERE token_hash = ")
-                .bind(hash);
-            sql.push(" AND used_at IS NULL");
-            if sql.query().execute(self.db.pool()).await?.rows_affected() == 0 {
-                return Ok(RefreshToken {
-                    used_at: Some(Timestamp::now()),
-                    ..token
-                });
-            }
+        if token.used_at.is_none() && !self.use_once("refresh_tokens", "token_hash", hash).await? {
+            return Ok(RefreshToken {
+                used_at: Some(Timestamp::now()),
+                ..token
+            });
         }
         Ok(token)
     }
