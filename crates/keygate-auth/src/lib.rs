@@ -16,6 +16,7 @@
 pub mod authorize;
 pub mod claims;
 pub mod clients;
+pub mod connect;
 pub mod error;
 pub mod grants;
 pub mod keys;

@@ -15,7 +15,7 @@ use crate::grants::AgentInfo;
 use crate::keys::KeyRing;
 use crate::token::{TokenRequest, exchange};
 use crate::web::CookiePolicy;
-use crate::{authorize, protected, register, revoke};
+use crate::{authorize, connect, protected, register, revoke};
 
 /// What the authorization server's handlers share.
 #[derive(Clone)]
@@ -61,6 +61,10 @@ pub fn router(state: AuthState) -> Router {
         )
         .route("/oauth2/revoke", post(revoke::revoke))
         .route("/oauth2/register", post(register::register))
+        .route(
+            "/oauth/connect",
+            get(connect::connect_page).post(connect::connect_submit),
+        )
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route(

@@ -46,15 +46,21 @@ pub async fn authorization(
     };
     match cached {
         Cached::Header(h) => Ok(h),
-        Cached::Missing => Err(ProxyError::ConnectionRequired {
-            request_id: Value::Null,
-            integration_id: integration.id.to_string(),
-            integration_name: integration.name.clone(),
-            connect_url: format!(
-                "{}/oauth/connect?integration={}",
-                state.auth.public_url, integration.id
-            ),
-        }),
+        Cached::Missing => {
+            let (_, _, connect_url) = keygate_auth::connect::create_connect_session(
+                &state.auth,
+                caller.app.org_id,
+                caller.app.id,
+                caller.user,
+            )
+            .await?;
+            Err(ProxyError::ConnectionRequired {
+                request_id: Value::Null,
+                integration_id: integration.id.to_string(),
+                integration_name: integration.name.clone(),
+                connect_url,
+            })
+        }
     }
 }
 

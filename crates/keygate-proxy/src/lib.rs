@@ -8,7 +8,8 @@
 //!   `Authorization` never goes upstream; [`credentials`] supplies the integration's.
 //! - `/apps/{id}/mcp` and `/mcp` — [`aggregate`]: one MCP server over every attached
 //!   integration, names namespaced by integration slug.
-//! - `/mcp/…` runtime endpoints — not built yet: `501` with a JSON-RPC error that says so.
+//! - `/mcp/integrations`, `/mcp/connect-session`, `/mcp/integrations/{id}/oauth/connection` —
+//!   [`runtime`]; the upstream OAuth start (`…/oauth/init`) is not built yet (`501`).
 //!
 //! Upstream traffic goes through [`upstream::Upstream`], a hyper client whose resolver refuses
 //! internal addresses (the SSRF guard) unless allow-listed for local development.
@@ -21,13 +22,14 @@ pub mod gate;
 pub mod legacy;
 pub mod passthrough;
 pub mod probe;
+pub mod runtime;
 pub mod sse;
 pub mod upstream;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::any;
+use axum::routing::{any, get, post};
 use keygate_auth::AuthState;
 use keygate_core::model::{Application, Integration};
 use keygate_core::{ApplicationId, IntegrationId, OrgId, UserId};
@@ -77,6 +79,12 @@ pub fn router(state: ProxyState) -> Router {
             any(passthrough::handle_message),
         )
         .route("/mcp", any(aggregate::handle))
+        .route("/mcp/integrations", get(runtime::integrations))
+        .route("/mcp/connect-session", post(runtime::connect_session))
+        .route(
+            "/mcp/integrations/{id}/oauth/connection",
+            get(runtime::oauth_connection),
+        )
         .route("/mcp/{*rest}", any(gate::not_built))
         .with_state(state)
 }

@@ -102,6 +102,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0002_oauth.sql"),
                 include_str!("../migrations/postgres/0002_oauth.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0003_connect_sessions.sql"),
+                include_str!("../migrations/postgres/0003_connect_sessions.sql"),
+            ),
         ];
         let body = |s: &str| -> String {
             s.lines()

@@ -21,6 +21,7 @@ both_backends!(
     aggregated_endpoint_fans_out_and_routes,
     last_event_id_resumes_without_loss,
     hanging_upstream_gets_a_timeout,
+    connect_link_completes_a_missing_connection,
 );
 
 struct World {
@@ -191,7 +192,14 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
     assert_eq!(body["id"], 3);
     assert_eq!(body["error"]["code"], -32042, "{body}");
     let connect = body["error"]["data"]["connectUrl"].as_str().unwrap();
-    assert!(connect.contains(&personal_id.to_string()), "{connect}");
+    assert!(
+        connect.starts_with(&format!("{}/oauth/connect?session=", w.gw.url)),
+        "{connect}"
+    );
+    assert_eq!(
+        body["error"]["data"]["integrationId"],
+        personal_id.to_string()
+    );
     assert_eq!(body["error"]["data"]["elicitations"][0]["mode"], "url");
     assert!(!body.to_string().contains("alice-personal-token"));
 
@@ -989,4 +997,195 @@ async fn aggregated_session_continues_on_another_replica() {
     assert_eq!(r["result"]["headers"]["mcp-session-id"], SESSION_ID);
     replica.stop().await;
     w.gw.stop().await;
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+/// A user without a connection follows the `-32042` link, stores a token on the connect page,
+/// and the next call carries it. The `/mcp` runtime endpoints report and hand out the same.
+async fn connect_link_completes_a_missing_connection(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (personal_id, personal) = w
+        .integration(json!({"name": "Personal", "url": up.url, "authMode": "user_token"}))
+        .await;
+    let bob = w.token(w.bob).await;
+    let body: Value = w
+        .call(&personal, Some(&bob), rpc(1, "ping", json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["error"]["code"], -32042, "{body}");
+    let link = body["error"]["data"]["connectUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        link.starts_with(&format!("{}/oauth/connect?session=", w.gw.url)),
+        "{link}"
+    );
+
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = browser.get(&link).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("name=\"token\"") && html.contains("name=\"connect\""),
+        "{html}"
+    );
+    let (csrf, session, integration) = (
+        hidden(&html, "csrf"),
+        hidden(&html, "session"),
+        hidden(&html, "integration"),
+    );
+    assert_eq!(integration, personal_id.to_string());
+    let post = format!("{}/oauth/connect", w.gw.url);
+    let no_csrf = [
+        ("session", session.as_str()),
+        ("integration", integration.as_str()),
+        ("token", "bob-token"),
+        ("connect", "1"),
+    ];
+    assert_eq!(
+        browser
+            .post(&post)
+            .form(&no_csrf)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("session", session.as_str()),
+        ("integration", integration.as_str()),
+        ("token", "bob-token"),
+        ("connect", "1"),
+    ];
+    let resp = browser.post(&post).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let after = browser
+        .get(&link)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        after.contains("connected") && !after.contains("bob-token"),
+        "{after}"
+    );
+
+    let body: Value = w
+        .call(&personal, Some(&bob), rpc(2, "ping", json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["result"]["headers"]["authorization"], "Bearer bob-token",
+        "{body}"
+    );
+    assert_eq!(
+        browser
+            .get(format!("{}/oauth/connect?session=forged", w.gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+
+    // The runtime endpoints, with a token for /mcp issued to the application's client.
+    let mcp = format!("{}/mcp", w.gw.url);
+    let alice = w.gw.user_token(w.alice, w.app, &mcp).await;
+    let list: Value =
+        w.gw.http
+            .get(format!("{mcp}/integrations"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let entry = list["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["slug"] == personal.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (entry["authMode"].as_str(), entry["connected"].as_bool()),
+        (Some("user_token"), Some(false))
+    );
+    let status: Value =
+        w.gw.http
+            .get(format!("{mcp}/integrations/{personal}/oauth/connection"))
+            .bearer_auth(&bob_for(&w, &mcp).await)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(status["connected"], true, "{status}");
+    let created: Value =
+        w.gw.http
+            .post(format!("{mcp}/connect-session"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert!(
+        created["sessionId"].is_string() && created["expiresAt"].is_string(),
+        "{created}"
+    );
+    assert_eq!(
+        browser
+            .get(created["connectUrl"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        w.gw.http
+            .get(format!("{mcp}/integrations"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    w.gw.stop().await;
+}
+
+async fn bob_for(w: &World, resource: &str) -> String {
+    w.gw.user_token(w.bob, w.app, resource).await
 }

@@ -519,6 +519,48 @@ impl Store {
             .collect()
     }
 
+    /// Stores a connect session (by hash) for a user of an application.
+    pub async fn insert_connect_session(
+        &self,
+        id_hash: &str,
+        org: OrgId,
+        app: ApplicationId,
+        user: UserId,
+        expires_at: Timestamp,
+    ) -> Result<()> {
+        let mut sql = Sql::new(
+            "INSERT INTO connect_sessions (id_hash, org_id, application_id, user_id, created_at, expires_at) VALUES (",
+        );
+        sql.bind(id_hash)
+            .push(", ")
+            .bind(org.to_string())
+            .push(", ")
+            .bind(app.to_string());
+        sql.push(", ")
+            .bind(user.to_string())
+            .push(", ")
+            .bind(Timestamp::now().millis());
+        sql.push(", ").bind(expires_at.millis()).push(")");
+        sql.query().execute(self.db.pool()).await?;
+        Ok(())
+    }
+
+    /// The organization, application and user of a live connect session.
+    pub async fn connect_session(&self, id_hash: &str) -> Result<(OrgId, ApplicationId, UserId)> {
+        let mut sql = Sql::new(
+            "SELECT org_id, application_id, user_id FROM connect_sessions WHERE id_hash = ",
+        );
+        sql.bind(id_hash)
+            .push(" AND expires_at > ")
+            .bind(Timestamp::now().millis());
+        let r = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok((r.id("org_id")?, r.id("application_id")?, r.id("user_id")?))
+    }
+
     pub async fn revoke_jti(&self, jti: &str, expires_at: Timestamp) -> Result<()> {
         let mut sql = Sql::new("INSERT INTO revoked_tokens (jti, expires_at) VALUES (");
         sql.bind(jti)
@@ -560,6 +602,7 @@ impl Store {
             "authorization_codes",
             "browser_sessions",
             "revoked_tokens",
+            "connect_sessions",
         ] {
             let mut sql = Sql::new("DELETE FROM ");
             // Codes are kept a while after expiry so a late replay is still recognised.

@@ -1,0 +1,105 @@
+//! The Kontext runtime endpoints beside `/mcp`, for agents that manage connections themselves:
+//! `GET /mcp/integrations`, `POST /mcp/connect-session` and
+//! `GET /mcp/integrations/{id}/oauth/connection`. They take the same token as `/mcp`.
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use keygate_core::model::AuthMode;
+use keygate_store::StoreError;
+use serde_json::{Value, json};
+
+use crate::ProxyState;
+use crate::error::ProxyError;
+use crate::gate::{McpCaller, attached, authenticate};
+
+fn respond(r: Result<Value, ProxyError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether the caller can use an integration now, and until when.
+async fn connection(
+    state: &ProxyState,
+    caller: &McpCaller,
+    i: &keygate_core::model::Integration,
+) -> Result<Value, ProxyError> {
+    if !matches!(i.auth_mode, AuthMode::UserToken | AuthMode::Oauth) {
+        return Ok(json!({"connected": true}));
+    }
+    match state
+        .auth
+        .store
+        .get_connection(caller.app.org_id, i.id, caller.user)
+        .await
+    {
+        Ok(c) if c.connected => {
+            let mut v = json!({"connected": true});
+            if let Some(t) = c.expires_at {
+                v["expiresAt"] = json!(t);
+            }
+            Ok(v)
+        }
+        Ok(_) | Err(StoreError::NotFound) => Ok(json!({"connected": false})),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /mcp/integrations`: the application's integrations and the caller's connections.
+pub async fn integrations(State(state): State<ProxyState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    respond(async {
+        let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
+        let mut items = Vec::new();
+        for i in attached(&state, &caller.app).await?.iter() {
+            let mut item = json!({"id": i.id, "name": i.name, "slug": i.slug, "category": i.category, "authMode": i.auth_mode});
+            let status = connection(&state, &caller, i).await?;
+            item["connected"] = status["connected"].clone();
+            items.push(item);
+        }
+        Ok(json!({"integrations": items}))
+    }
+    .await)
+}
+
+/// `POST /mcp/connect-session`: a link where the user connects their accounts.
+pub async fn connect_session(State(state): State<ProxyState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    respond(
+        async {
+            let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
+            let (id, expires, url) = keygate_auth::connect::create_connect_session(
+                &state.auth,
+                caller.app.org_id,
+                caller.app.id,
+                caller.user,
+            )
+            .await?;
+            Ok(json!({"sessionId": id, "expiresAt": expires, "connectUrl": url}))
+        }
+        .await,
+    )
+}
+
+/// `GET /mcp/integrations/{id}/oauth/connection`: the caller's connection to one integration.
+pub async fn oauth_connection(
+    State(state): State<ProxyState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    respond(
+        async {
+            let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
+            let list = attached(&state, &caller.app).await?;
+            let i = list
+                .iter()
+                .find(|i| i.id.to_string() == id || i.slug == id)
+                .ok_or(ProxyError::NotFound("Integration not found"))?;
+            connection(&state, &caller, i).await
+        }
+        .await,
+    )
+}
