@@ -97,11 +97,7 @@ fn rewrite_event(event: &[u8], map: &EndpointMap) -> Result<Bytes, BoxError> {
     if !is_endpoint {
         return Ok(Bytes::copy_from_slice(event));
     }
-    let data: String = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
+    let data = crate::sse::event_data(text);
     let rewritten = map
         .rewrite(&data)
         .ok_or("the upstream's endpoint leaves its origin")?;

@@ -20,7 +20,7 @@ use crate::credentials;
 use crate::error::ProxyError;
 use crate::gate::{McpCaller, authenticate};
 use crate::legacy::{EndpointMap, RewriteEndpoint};
-use crate::sse::KeepAlive;
+use crate::sse::{KeepAlive, is_event_stream};
 
 /// Largest request body relayed upstream.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -181,11 +181,7 @@ fn relay(
     endpoint_map: Option<EndpointMap>,
 ) -> Response {
     let (parts, body) = resp.into_parts();
-    let is_sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = is_event_stream(&parts.headers);
     let mut headers = filtered(&parts.headers, DROP_RESPONSE);
     let body = if is_sse {
         headers.remove(header::CONTENT_LENGTH);
@@ -247,7 +243,7 @@ fn filtered(src: &HeaderMap, drop: &[&str]) -> HeaderMap {
     out
 }
 
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -256,7 +252,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-fn too_large() -> ProxyError {
+pub(crate) fn too_large() -> ProxyError {
     ProxyError::BadRequest {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         code: -32600,

@@ -12,6 +12,7 @@ use keygate_core::Secret;
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::sse::{event_data, is_event_stream};
 use crate::upstream::Upstream;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +56,7 @@ impl Upstream {
         };
         let status = resp.status();
         let session = resp.headers().get("mcp-session-id").cloned();
-        let is_sse = content_type(resp.headers()).starts_with("text/event-stream");
+        let is_sse = is_event_stream(resp.headers());
         let body = read(resp.into_body()).await;
         match status {
             s if s.is_success() => {
@@ -102,9 +103,7 @@ impl Upstream {
             Ok(r) => r,
             Err(e) => return ProbeOutcome::Invalid(e.to_string()),
         };
-        if !resp.status().is_success()
-            || !content_type(resp.headers()).starts_with("text/event-stream")
-        {
+        if !resp.status().is_success() || !is_event_stream(resp.headers()) {
             return ProbeOutcome::Invalid(format!(
                 "not an MCP endpoint (GET answered {})",
                 resp.status()
@@ -158,13 +157,6 @@ impl Upstream {
     }
 }
 
-fn content_type(headers: &http::HeaderMap) -> &str {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
 async fn read(body: hyper::body::Incoming) -> String {
     match Limited::new(body, MAX_PROBE_BODY).collect().await {
         Ok(c) => String::from_utf8_lossy(&c.to_bytes()).into_owned(),
@@ -176,13 +168,7 @@ fn first_sse_data(body: &str) -> Option<String> {
     let event = body
         .split("\n\n")
         .find(|e| e.lines().any(|l| l.starts_with("data:")))?;
-    Some(
-        event
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim_start)
-            .collect(),
-    )
+    Some(event_data(event))
 }
 
 fn describe(result: &Value) -> String {

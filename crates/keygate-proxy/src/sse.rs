@@ -10,6 +10,24 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Whether a message's body is an event stream.
+pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// The `data` of one event: its `data:` lines, each without the one space that may follow the
+/// colon, concatenated.
+pub fn event_data(event: &str) -> String {
+    event
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect()
+}
 const COMMENT: &[u8] = b": keep-alive\n\n";
 
 /// A body that interleaves keep-alive comments at event boundaries while idle.

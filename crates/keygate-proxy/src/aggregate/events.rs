@@ -37,11 +37,7 @@ pub fn map_event(event: &[u8], map: &impl Fn(Value) -> Value) -> Bytes {
     let Ok(text) = std::str::from_utf8(event) else {
         return Bytes::copy_from_slice(event);
     };
-    let data: String = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
+    let data = crate::sse::event_data(text);
     let Ok(value) = serde_json::from_str::<Value>(&data) else {
         return Bytes::copy_from_slice(event);
     };

@@ -33,8 +33,8 @@ use crate::ProxyState;
 use crate::credentials;
 use crate::error::ProxyError;
 use crate::gate::{McpCaller, authenticate};
-use crate::passthrough::MAX_REQUEST_BYTES;
-use crate::sse::KeepAlive;
+use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
+use crate::sse::{KeepAlive, event_data, is_event_stream};
 
 const SEPARATOR: char = '_';
 const ID_SEPARATOR: char = '~';
@@ -66,13 +66,7 @@ async fn dispatch(state: &ProxyState, req: Request) -> Result<Response, ProxyErr
     });
     match parts.method {
         Method::POST => {
-            if parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok())
-                .is_some_and(|n| n > MAX_REQUEST_BYTES)
-            {
+            if declared_length(&parts.headers).is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
                 crate::passthrough::drain(body).await;
                 return Err(too_large());
             }
@@ -145,12 +139,7 @@ async fn post(
             Some(id),
         ) => {
             let items = fan_out_list(state, &members, &session, list).await;
-            let key = match list {
-                "tools/list" => "tools",
-                "prompts/list" => "prompts",
-                "resources/list" => "resources",
-                _ => "resourceTemplates",
-            };
+            let key = list_key(list);
             Ok(result(id, json!({ key: items })))
         }
         (Some(routed @ ("tools/call" | "prompts/get")), Some(id)) => {
@@ -464,11 +453,7 @@ async fn read_answer(
     id: Option<&Value>,
 ) -> Result<Value, String> {
     let status = resp.status();
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = is_event_stream(resp.headers());
     if !status.is_success() {
         return Err(format!("answered {status}"));
     }
@@ -489,11 +474,7 @@ async fn read_answer(
         }
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
-            let data: String = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim_start)
-                .collect();
+            let data = event_data(&event);
             if let Ok(v) = serde_json::from_str::<Value>(&data)
                 && v.get("method").is_none()
                 && v.get("id") == id
@@ -508,6 +489,16 @@ async fn read_answer(
     Err("the stream ended without an answer".into())
 }
 
+/// The result field of a list method's answer.
+fn list_key(method: &str) -> &'static str {
+    match method {
+        "tools/list" => "tools",
+        "prompts/list" => "prompts",
+        "resources/list" => "resources",
+        _ => "resourceTemplates",
+    }
+}
+
 /// Fetches a list from every upstream (following cursors) and namespaces its names.
 async fn fan_out_list(
     state: &ProxyState,
@@ -515,12 +506,7 @@ async fn fan_out_list(
     session: &AggregatedSession,
     method: &str,
 ) -> Vec<Value> {
-    let key = match method {
-        "tools/list" => "tools",
-        "prompts/list" => "prompts",
-        "resources/list" => "resources",
-        _ => "resourceTemplates",
-    };
+    let key = list_key(method);
     let per_member = join_all(members.iter().map(|m| async move {
         let upstream = session.upstream(m.integration.id)?;
         let mut items = Vec::new();
@@ -592,11 +578,7 @@ async fn relay_call(
         return Err(unknown_session());
     }
     let (parts, body) = resp.into_parts();
-    let is_sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = is_event_stream(&parts.headers);
     let slug: Arc<str> = member.integration.slug.as_str().into();
     let mut out = if is_sse {
         let mut r = Response::new(Body::new(KeepAlive::new(MapEvents::new(
@@ -696,14 +678,6 @@ fn parse_error() -> ProxyError {
         status: StatusCode::BAD_REQUEST,
         code: -32700,
         message: "Parse error".into(),
-    }
-}
-
-fn too_large() -> ProxyError {
-    ProxyError::BadRequest {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        code: -32600,
-        message: format!("The request body is larger than {MAX_REQUEST_BYTES} bytes"),
     }
 }
 
