@@ -22,6 +22,22 @@ pub enum OutboundError {
     Failed(String),
 }
 
+/// Resolves `host` and keeps only addresses the gateway may reach: public ones, or any when
+/// the host is allow-listed (`allowed`). None left is an error, so nothing is contacted.
+pub async fn resolve_guarded(host: &str, allowed: bool) -> std::io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await?
+        .filter(|a| allowed || !is_internal(a.ip()))
+        .collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{host} resolves only to internal addresses"),
+        ));
+    }
+    Ok(addrs)
+}
+
 struct GuardedResolver {
     allowed: Arc<HashSet<String>>,
 }
@@ -31,16 +47,8 @@ impl Resolve for GuardedResolver {
         let host = name.as_str().to_ascii_lowercase();
         let allowed = self.allowed.contains(&host);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let usable: Vec<SocketAddr> = addrs
-                .into_iter()
-                .filter(|a| allowed || !is_internal(a.ip()))
-                .collect();
-            if usable.is_empty() {
-                return Err(format!("{host} resolves only to internal addresses").into());
-            }
-            Ok(Box::new(usable.into_iter()) as Addrs)
+            let addrs = resolve_guarded(&host, allowed).await?;
+            Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }
 }

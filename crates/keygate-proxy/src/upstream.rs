@@ -17,13 +17,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
-use keygate_auth::outbound::Outbound;
-use keygate_core::net::is_internal;
+use keygate_auth::outbound::{Outbound, resolve_guarded};
 use url::Url;
 
 use crate::error::ProxyError;
 
-/// DNS resolution with the SSRF guard.
+/// DNS resolution with the SSRF guard (`resolve_guarded`, shared with the auth crate's client).
 #[derive(Clone)]
 pub struct GuardedDns {
     allowed: Arc<HashSet<String>>,
@@ -41,19 +40,7 @@ impl tower_service::Service<Name> for GuardedDns {
     fn call(&mut self, name: Name) -> Self::Future {
         let host = name.as_str().to_ascii_lowercase();
         let allowed = self.allowed.contains(&host);
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| allowed || !is_internal(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("{host} resolves only to internal addresses"),
-                ));
-            }
-            Ok(addrs.into_iter())
-        })
+        Box::pin(async move { Ok(resolve_guarded(&host, allowed).await?.into_iter()) })
     }
 }
 
