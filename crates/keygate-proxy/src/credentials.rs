@@ -4,7 +4,6 @@
 use axum::http::HeaderValue;
 use keygate_core::model::{AuthMode, Integration};
 use keygate_core::{Secret, UserId};
-use keygate_store::StoreError;
 use serde_json::Value;
 
 use crate::ProxyState;
@@ -69,31 +68,20 @@ async fn lookup(
     caller: &McpCaller,
     integration: &Integration,
 ) -> Result<Cached, ProxyError> {
-    let store = &state.auth.store;
-    let org = caller.app.org_id;
-    let secret = match integration.auth_mode {
-        AuthMode::None => return Ok(Cached::Header(None)),
-        AuthMode::ServerToken => store
-            .integration_server_token(org, integration.id)
-            .await?
-            .ok_or_else(|| {
-                ProxyError::Internal(format!(
-                    "integration {} has no server token",
-                    integration.id
-                ))
-            })?,
-        AuthMode::UserToken | AuthMode::Oauth => {
-            match store
-                .connection_credential(org, integration.id, caller.user)
-                .await
-            {
-                Ok(s) => s,
-                Err(StoreError::NotFound) => return Ok(Cached::Missing),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    Ok(Cached::Header(Some(bearer(&secret)?)))
+    let secret = state
+        .auth
+        .store
+        .upstream_credential(integration, Some(caller.user))
+        .await?;
+    match (integration.auth_mode, secret) {
+        (_, Some(secret)) => Ok(Cached::Header(Some(bearer(&secret)?))),
+        (AuthMode::None, None) => Ok(Cached::Header(None)),
+        (AuthMode::ServerToken, None) => Err(ProxyError::Internal(format!(
+            "integration {} has no server token",
+            integration.id
+        ))),
+        (AuthMode::UserToken | AuthMode::Oauth, None) => Ok(Cached::Missing),
+    }
 }
 
 fn bearer(secret: &Secret) -> Result<HeaderValue, ProxyError> {

@@ -49,7 +49,7 @@ struct ListQuery {
 
 /// An application the caller may see: privileged callers see the organization's, members
 /// their own. Anything else is "not found".
-async fn visible(
+pub(super) async fn visible(
     state: &ApiState,
     caller: &Caller,
     id: ApplicationId,

@@ -386,18 +386,7 @@ async fn validate_integration(
     caller.require_privileged()?;
     let i = active(&state, &caller, id).await?;
     let store = state.store();
-    let credential = match i.auth_mode {
-        AuthMode::ServerToken => store.integration_server_token(caller.org, id).await?,
-        AuthMode::UserToken | AuthMode::Oauth => match caller.user_id() {
-            Some(user) => match store.connection_credential(caller.org, id, user).await {
-                Ok(c) => Some(c),
-                Err(StoreError::NotFound) => None,
-                Err(e) => return Err(e.into()),
-            },
-            None => None,
-        },
-        AuthMode::None => None,
-    };
+    let credential = store.upstream_credential(&i, caller.user_id()).await?;
     let (status, message) = match state.prober.probe(&i.url, credential.as_ref()).await {
         Probe::Valid(m) => (ValidationStatus::Valid, m),
         Probe::NeedsAuthorization(m)

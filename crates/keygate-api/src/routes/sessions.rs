@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{DEFAULT_LIMIT, MAX_LIMIT};
+use super::page_request;
 use crate::ApiState;
 use crate::caller::Caller;
 use crate::dto::*;
@@ -23,8 +23,6 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_session))
 }
 
-const APP_NOT_FOUND: &str = "Application not found";
-
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
@@ -36,21 +34,11 @@ struct ListQuery {
     include_inactive: Option<bool>,
 }
 
+/// The application, if the caller may see it (same rule as the applications routes).
 async fn check_app(state: &ApiState, caller: &Caller, id: ApplicationId) -> Result<(), ApiError> {
-    let app = state
-        .store()
-        .get_application(caller.org, id)
+    super::applications::visible(state, caller, id)
         .await
-        .or_not_found(APP_NOT_FOUND)?;
-    if caller.is_privileged()
-        || app
-            .owner_user_id
-            .is_some_and(|o| Some(o) == caller.user_id())
-    {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(APP_NOT_FOUND))
-    }
+        .map(drop)
 }
 
 /// List an application's agent sessions.
@@ -63,13 +51,7 @@ async fn list_sessions(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<SessionList>, ApiError> {
     check_app(&state, &caller, id).await?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::validation(
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
+    let limit = page_request(q.limit, None)?.limit;
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(DerivedSessionStatus::parse(s).ok_or_else(|| {

@@ -165,6 +165,32 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The credential an integration uses upstream for `user`, by its `authMode`: the sealed
+    /// server token, or the user's own connection (none for a missing user or connection),
+    /// or nothing for `none`.
+    pub async fn upstream_credential(
+        &self,
+        integration: &keygate_core::model::Integration,
+        user: Option<UserId>,
+    ) -> Result<Option<Secret>> {
+        use keygate_core::model::AuthMode;
+        let (org, id) = (integration.org_id, integration.id);
+        match (integration.auth_mode, user) {
+            (AuthMode::None, _) => Ok(None),
+            (AuthMode::ServerToken, _) => self.integration_server_token(org, id).await,
+            (AuthMode::UserToken | AuthMode::Oauth, None) => Ok(None),
+            (AuthMode::UserToken | AuthMode::Oauth, Some(user)) => {
+                match self.connection_credential(org, id, user).await {
+                    Ok(secret) => Ok(Some(secret)),
+                    Err(StoreError::NotFound) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
+
 pub(crate) async fn delete_all_for_integration(
     tx: &mut Transaction<'_, Any>,
     org: OrgId,
