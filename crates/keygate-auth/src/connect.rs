@@ -73,11 +73,7 @@ pub async fn connect_page(
             )
         }
     };
-    let ids = match state.store.attached_integration_ids(org, app).await {
-        Ok(ids) => ids,
-        Err(e) => return failed(e),
-    };
-    let integrations = match state.store.integrations_by_ids(org, &ids).await {
+    let integrations = match state.store.attached_integrations(org, app).await {
         Ok(list) => list,
         Err(e) => return failed(e),
     };

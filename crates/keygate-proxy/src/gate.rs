@@ -28,10 +28,7 @@ pub async fn attached(
     if let Some(list) = state.cache.attached.get(&app.id, generation) {
         return Ok(list);
     }
-    let ids = store.attached_integration_ids(app.org_id, app.id).await?;
-    let mut list = store.integrations_by_ids(app.org_id, &ids).await?;
-    list.sort_by_key(|i| ids.iter().position(|id| *id == i.id));
-    let list = Arc::new(list);
+    let list = Arc::new(store.attached_integrations(app.org_id, app.id).await?);
     state.cache.attached.put(app.id, generation, list.clone());
     Ok(list)
 }

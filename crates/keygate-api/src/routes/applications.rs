@@ -93,10 +93,9 @@ async fn view(
     let counts = store
         .session_counts(caller.org, app.id, Timestamp::now())
         .await?;
-    let ids = store.attached_integration_ids(caller.org, app.id).await?;
-    let mut integrations = store.integrations_by_ids(caller.org, &ids).await?;
-    integrations.sort_by_key(|i| ids.iter().position(|id| *id == i.id));
-    let integrations = integrations
+    let integrations = store
+        .attached_integrations(caller.org, app.id)
+        .await?
         .iter()
         .map(|i| IntegrationView::new(i, None))
         .collect();

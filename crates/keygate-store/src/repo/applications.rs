@@ -265,6 +265,18 @@ impl Store {
         rows.iter().map(|r| r.id("integration_id")).collect()
     }
 
+    /// The active integrations attached to an application, oldest attachment first.
+    pub async fn attached_integrations(
+        &self,
+        org: OrgId,
+        app: ApplicationId,
+    ) -> Result<Vec<keygate_core::model::Integration>> {
+        let ids = self.attached_integration_ids(org, app).await?;
+        let mut list = self.integrations_by_ids(org, &ids).await?;
+        list.sort_by_key(|i| ids.iter().position(|id| *id == i.id));
+        Ok(list)
+    }
+
     /// Attaches integrations (already checked to belong to `org`); existing ones are no-ops.
     pub async fn attach_integrations(
         &self,
