@@ -1,8 +1,9 @@
 //! The connect page, `/oauth/connect?session=…`: where an agent's user stores the credentials
 //! an application's integrations need. A connect session (15 minutes, stored as a hash) is the
 //! capability: the gateway hands its URL out in `-32042` errors and `POST /mcp/connect-session`.
-//! `user_token` integrations get a form with a `token` field and a `connect` button; OAuth
-//! connections are made by the upstream OAuth flow.
+//! `user_token` integrations get a form with a `token` field and a `connect` button; `oauth`
+//! integrations a button that starts the provider's authorization flow ([`crate::broker`]),
+//! which comes back to `/oauth/connect/callback` and then to this page.
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -14,6 +15,7 @@ use keygate_store::StoreError;
 use serde::Deserialize;
 
 use crate::authorize::unique_params;
+use crate::broker::BrokerError;
 use crate::router::AuthState;
 use crate::secret::hash_secret;
 use crate::web::{CSRF_COOKIE, CSRF_FIELD, csrf_ok, error_page, escape, page, random_token};
@@ -101,9 +103,16 @@ pub async fn connect_page(
                 session = escape(&r.session),
                 id = i.id,
             ),
-            (false, _) => format!(
-                "<li><strong>{name}</strong>: connecting with OAuth is not available in this keygate build</li>"
+            (false, AuthMode::Oauth) => format!(
+                "<li><strong>{name}</strong><form method=\"post\" action=\"/oauth/connect\">\
+                 <input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{csrf}\">\
+                 <input type=\"hidden\" name=\"session\" value=\"{session}\">\
+                 <input type=\"hidden\" name=\"integration\" value=\"{id}\">\
+                 <button type=\"submit\" name=\"oauth\" value=\"1\">Connect with {name}</button></form></li>",
+                session = escape(&r.session),
+                id = i.id,
             ),
+            (false, _) => String::new(),
         });
     }
     body.push_str("</ul>");
@@ -134,16 +143,28 @@ pub async fn connect_submit(
     else {
         return error_page(StatusCode::BAD_REQUEST, "Unknown integration");
     };
-    // Only an integration attached to this session's application, and taking personal tokens.
-    let attached = match state.store.attached_integration_ids(org, app).await {
-        Ok(ids) => ids.contains(&integration),
+    // Only an integration attached to this session's application, and taking user credentials.
+    let attached = match state.store.attached_integrations(org, app).await {
+        Ok(list) => list.into_iter().find(|i| i.id == integration),
         Err(e) => return failed(e),
     };
-    let takes_tokens = attached
-        && matches!(state.store.get_integration(org, integration).await, Ok(i) if i.auth_mode == AuthMode::UserToken);
-    if !takes_tokens {
+    let Some(integration) = attached else {
+        return error_page(StatusCode::BAD_REQUEST, "Unknown integration");
+    };
+    if integration.auth_mode == AuthMode::Oauth {
+        return match state
+            .broker
+            .begin(org, &integration, user, Some(session))
+            .await
+        {
+            Ok((url, _)) => Redirect::to(&url).into_response(),
+            Err(e) => broker_failed(&e),
+        };
+    }
+    if integration.auth_mode != AuthMode::UserToken {
         return error_page(StatusCode::BAD_REQUEST, "Unknown integration");
     }
+    let integration = integration.id;
     let Some(token) = field("token").filter(|t| t.len() <= 16 * 1024) else {
         return error_page(StatusCode::BAD_REQUEST, "A token is required");
     };
@@ -159,6 +180,76 @@ pub async fn connect_submit(
         url::form_urlencoded::byte_serialize(session.as_bytes()).collect::<String>()
     ))
     .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct Callback {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /oauth/connect/callback?code=…&state=…`: the provider sends the user back here.
+pub async fn callback(State(state): State<AuthState>, Query(q): Query<Callback>) -> Response {
+    let Some(flow_state) = q.state.as_deref().filter(|s| !s.is_empty()) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The provider's answer has no state.",
+        );
+    };
+    let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
+        // The user declined (or the provider failed): the flow is over either way.
+        let _ = state.store.take_flow_state(&hash_secret(flow_state)).await;
+        let why = q.error.as_deref().unwrap_or("no code");
+        let why: String = why
+            .chars()
+            .filter(char::is_ascii_graphic)
+            .take(64)
+            .collect();
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            &format!("The provider did not grant access ({why}). Start again from your agent."),
+        );
+    };
+    match state.broker.complete(flow_state, code).await {
+        Ok(done) => match done.return_to {
+            Some(session) => Redirect::to(&format!(
+                "/oauth/connect?session={}",
+                url::form_urlencoded::byte_serialize(session.as_bytes()).collect::<String>()
+            ))
+            .into_response(),
+            None => page(
+                StatusCode::OK,
+                "Connected",
+                &format!(
+                    "<p><strong>{}</strong> is connected. You can close this window and return to your agent.</p>",
+                    escape(&done.integration.name)
+                ),
+                vec![],
+            ),
+        },
+        Err(e) => broker_failed(&e),
+    }
+}
+
+fn broker_failed(e: &BrokerError) -> Response {
+    match e {
+        BrokerError::UnknownState => error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in is unknown, was already used or has expired. Start again from your agent.",
+        ),
+        BrokerError::Store(_) => {
+            tracing::error!(error = %e, "connect flow failed");
+            error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong; try again.",
+            )
+        }
+        _ => {
+            tracing::warn!(error = %e, "connect flow failed");
+            error_page(StatusCode::BAD_GATEWAY, &e.to_string())
+        }
+    }
 }
 
 fn failed(e: StoreError) -> Response {

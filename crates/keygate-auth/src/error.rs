@@ -27,6 +27,19 @@ pub enum OAuthError {
     InvalidScope(String),
     #[error("invalid_target: {0}")]
     InvalidTarget(String),
+    /// A token-exchange target refused, with the machine-readable `failure_reason`.
+    #[error("invalid_target: {reason}")]
+    TargetRefused {
+        reason: &'static str,
+        message: String,
+    },
+    /// Token exchange: the user must connect (or reconnect) the integration first.
+    #[error("integration_required: {reason}")]
+    IntegrationRequired {
+        reason: &'static str,
+        integration_id: String,
+        connect_url: Option<String>,
+    },
     #[error("server_error")]
     Server(String),
 }
@@ -61,6 +74,14 @@ impl OAuthError {
             ),
             OAuthError::InvalidScope(m) => (StatusCode::BAD_REQUEST, "invalid_scope", m.clone()),
             OAuthError::InvalidTarget(m) => (StatusCode::BAD_REQUEST, "invalid_target", m.clone()),
+            OAuthError::TargetRefused { message, .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_target", message.clone())
+            }
+            OAuthError::IntegrationRequired { .. } => (
+                StatusCode::BAD_REQUEST,
+                "integration_required",
+                "the user must connect this integration first".to_owned(),
+            ),
             OAuthError::Server(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -76,11 +97,23 @@ impl IntoResponse for OAuthError {
             tracing::error!(%detail, "token endpoint failed");
         }
         let (status, code, description) = self.parts();
-        let mut resp = (
-            status,
-            Json(json!({"error": code, "error_description": description})),
-        )
-            .into_response();
+        let mut body = json!({"error": code, "error_description": description});
+        match &self {
+            OAuthError::TargetRefused { reason, .. } => body["failure_reason"] = json!(reason),
+            OAuthError::IntegrationRequired {
+                reason,
+                integration_id,
+                connect_url,
+            } => {
+                body["failure_reason"] = json!(reason);
+                body["integration_id"] = json!(integration_id);
+                if let Some(url) = connect_url {
+                    body["connect_url"] = json!(url);
+                }
+            }
+            _ => {}
+        }
+        let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if matches!(self, OAuthError::InvalidClient { basic: true }) {

@@ -270,6 +270,8 @@ async fn issue(state: &AuthState, i: Issue<'_>) -> Result<TokenResponse, OAuthEr
         expires_in: state.access_token_ttl,
         scope: i.scope.to_owned(),
         refresh_token,
+        issued_token_type: None,
+        credentials: None,
     })
 }
 

@@ -7,17 +7,23 @@
 //! - [`authorize`]: the browser half of the code flow (authorize → login → consent → code).
 //! - [`token`] and [`grants`]: `/oauth2/token` (client credentials, authorization code with
 //!   PKCE, rotating refresh tokens with reuse detection).
+//! - [`exchange`]: RFC 8693 token exchange — an application's user token in, that user's
+//!   upstream credential out (`internal_mcp_credentials`, server-side SDKs).
 //! - [`revoke`], [`register`]: RFC 7009 and RFC 7591.
 //! - [`verify`] and [`protected`]: what resource servers use — token verification including
 //!   revocation, RFC 9728 metadata and the `401` challenge.
+//! - [`broker`]: users' upstream OAuth connections (discovery, the connect flow, single-flight
+//!   refresh, revocation); [`connect`] is its page.
 //! - [`router`]: the HTTP endpoints (`/oauth2/*`, `/.well-known/*`).
 #![forbid(unsafe_code)]
 
 pub mod authorize;
+pub mod broker;
 pub mod claims;
 pub mod clients;
 pub mod connect;
 pub mod error;
+pub mod exchange;
 pub mod grants;
 pub mod keys;
 pub mod outbound;

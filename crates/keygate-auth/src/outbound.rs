@@ -113,6 +113,48 @@ impl Outbound {
         Ok(())
     }
 
+    /// Sends a request and reads at most `max_bytes` of the answer, whatever its status. What
+    /// the OAuth client library and discovery use; the body may carry secrets, so it is never
+    /// logged and never part of an error.
+    pub async fn execute(
+        &self,
+        req: http::Request<Vec<u8>>,
+        max_bytes: usize,
+    ) -> Result<http::Response<Vec<u8>>, OutboundError> {
+        let url = Url::parse(&req.uri().to_string())
+            .map_err(|_| OutboundError::Refused("not an absolute URL".into()))?;
+        self.check(&url, true)?;
+        let (parts, body) = req.into_parts();
+        let mut resp = self
+            .client
+            .request(parts.method, url.clone())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| OutboundError::Failed(error_chain(&e)))?;
+        let mut out = http::Response::builder().status(resp.status());
+        for (k, v) in resp.headers() {
+            out = out.header(k, v);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| OutboundError::Failed(error_chain(&e)))?
+        {
+            if body.len() + chunk.len() > max_bytes {
+                return Err(OutboundError::Failed(format!(
+                    "{} answered more than {max_bytes} bytes",
+                    url.origin().ascii_serialization()
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        out.body(body)
+            .map_err(|e| OutboundError::Failed(e.to_string()))
+    }
+
     /// GETs a JSON document of at most `max_bytes`.
     pub async fn get_json(
         &self,

@@ -29,6 +29,8 @@ pub struct AuthState {
     pub client_documents: Arc<crate::clients::ClientDocuments>,
     /// Verified tokens and their liveness (see [`crate::verify`]).
     pub tokens: Arc<crate::verify::TokenCache>,
+    /// Users' upstream OAuth connections (see [`crate::broker`]).
+    pub broker: Arc<crate::broker::Broker>,
 }
 
 impl AuthState {
@@ -65,6 +67,7 @@ pub fn router(state: AuthState) -> Router {
             "/oauth/connect",
             get(connect::connect_page).post(connect::connect_submit),
         )
+        .route("/oauth/connect/callback", get(connect::callback))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route(
@@ -122,7 +125,7 @@ async fn metadata(State(state): State<AuthState>) -> Json<serde_json::Value> {
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", crate::exchange::GRANT_TYPE],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],

@@ -1,7 +1,8 @@
 //! `POST /oauth2/token`.
 //!
 //! Grants implemented here: `client_credentials` for service accounts (the management API's
-//! machine credentials). Client authentication is HTTP Basic (RFC 6749 §2.3.1, form-encoded
+//! machine credentials); [`crate::grants`] has the code and refresh grants and
+//! [`crate::exchange`] token exchange. Client authentication is HTTP Basic (RFC 6749 §2.3.1, form-encoded
 //! id and secret) or `client_id` + `client_secret` in the body, never both.
 
 use std::collections::HashMap;
@@ -31,6 +32,12 @@ pub struct TokenResponse {
     pub scope: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// Token exchange (RFC 8693 §2.2.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
+    /// Token exchange for an integration with a `credentialSchema`: the stored credential map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<serde_json::Value>,
 }
 
 /// The form parameters, each present at most once.
@@ -126,6 +133,16 @@ pub async fn exchange(
                 grants::refresh_token(state, &req, &client).await
             }
         }
+        Some(crate::exchange::GRANT_TYPE) => {
+            let (client_id, secret, basic) = req.client_credentials()?;
+            if is_service_account(&client_id) {
+                return Err(OAuthError::UnauthorizedClient(
+                    "service accounts cannot exchange tokens for upstream credentials".into(),
+                ));
+            }
+            let client = Client::authenticate(state, &client_id, secret.as_deref(), basic).await?;
+            crate::exchange::token_exchange(state, &req, &client).await
+        }
         Some(_) => Err(OAuthError::UnsupportedGrantType),
         None => Err(OAuthError::InvalidRequest("grant_type is required".into())),
     }
@@ -196,6 +213,8 @@ async fn client_credentials(
         expires_in: state.access_token_ttl,
         scope,
         refresh_token: None,
+        issued_token_type: None,
+        credentials: None,
     })
 }
 

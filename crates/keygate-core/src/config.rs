@@ -31,6 +31,37 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// The MCP proxy.
     pub proxy: ProxyConfig,
+    /// OAuth toward upstream providers (users' connections).
+    pub upstream_oauth: UpstreamOAuthConfig,
+}
+
+/// OAuth toward upstream providers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct UpstreamOAuthConfig {
+    /// Seconds before its expiry that an access token is refreshed.
+    pub refresh_skew_secs: Option<u64>,
+    /// Named providers that integrations refer to with `oauth.provider`. File only: a map has
+    /// no environment variables.
+    pub providers: std::collections::BTreeMap<String, OAuthProviderConfig>,
+}
+
+/// One upstream OAuth provider.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct OAuthProviderConfig {
+    pub authorization_url: Option<Url>,
+    pub token_url: Option<Url>,
+    pub revocation_url: Option<Url>,
+    pub userinfo_url: Option<Url>,
+    pub client_id: Option<String>,
+    /// The client secret sealed by `keygate vault seal` (`vault:…`), so the file holds no
+    /// plaintext secret.
+    pub client_secret: Option<String>,
+    /// Scopes requested when the integration names none.
+    pub scopes: Vec<String>,
+    /// Extra parameters of the authorization request (`prompt = "consent"`, `access_type`, …).
+    pub authorize_params: std::collections::BTreeMap<String, String>,
 }
 
 /// MCP proxy settings.
@@ -125,6 +156,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("api.max_body_bytes", FieldKind::Integer),
     ("outbound.allowed_private_hosts", FieldKind::StringList),
     ("proxy.upstream_header_timeout_secs", FieldKind::Integer),
+    ("upstream_oauth.refresh_skew_secs", FieldKind::Integer),
 ];
 
 /// The environment variable that overrides a dotted field.
@@ -149,6 +181,9 @@ impl ConfigError {
     }
 }
 
+/// How a value sealed by `keygate vault seal` starts.
+pub const SEALED_PREFIX: &str = "vault:";
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_ACCESS_TOKEN_TTL_SECS: u64 = 900;
@@ -156,6 +191,7 @@ pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 120;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 pub const DEFAULT_UPSTREAM_HEADER_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_REFRESH_SKEW_SECS: u64 = 60;
 
 impl Config {
     pub fn listen(&self) -> SocketAddr {
@@ -202,6 +238,12 @@ impl Config {
         self.proxy
             .upstream_header_timeout_secs
             .unwrap_or(DEFAULT_UPSTREAM_HEADER_TIMEOUT_SECS)
+    }
+
+    pub fn refresh_skew_secs(&self) -> u64 {
+        self.upstream_oauth
+            .refresh_skew_secs
+            .unwrap_or(DEFAULT_REFRESH_SKEW_SECS)
     }
 
     pub fn max_connections(&self) -> u32 {
@@ -267,6 +309,35 @@ impl Config {
                 "must be between 1 and 3600",
             ));
         }
+        if self.refresh_skew_secs() > 3600 {
+            return Err(ConfigError::new(
+                "upstream_oauth.refresh_skew_secs",
+                "must be at most 3600",
+            ));
+        }
+        for (name, p) in &self.upstream_oauth.providers {
+            let field = |f: &str| format!("upstream_oauth.providers.{name}.{f}");
+            for (f, url) in [
+                ("authorization_url", &p.authorization_url),
+                ("token_url", &p.token_url),
+            ] {
+                if url.is_none() {
+                    return Err(ConfigError::new(field(f), "is required"));
+                }
+            }
+            if p.client_id.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::new(field("client_id"), "is required"));
+            }
+            if p.client_secret
+                .as_deref()
+                .is_some_and(|s| !s.starts_with(SEALED_PREFIX))
+            {
+                return Err(ConfigError::new(
+                    field("client_secret"),
+                    "must be sealed with `keygate vault seal` (it starts with `vault:`)",
+                ));
+            }
+        }
         if self.max_body_bytes() < 1024 {
             return Err(ConfigError::new(
                 "api.max_body_bytes",
@@ -293,6 +364,8 @@ mod tests {
                     leaves(&path, v, out);
                 }
             }
+            // Named providers are a map: file only, no environment variables.
+            _ if prefix.starts_with("upstream_oauth.providers.") => {}
             _ => out.push(prefix.to_owned()),
         }
     }
@@ -306,7 +379,7 @@ mod tests {
             .lines()
             .map(|l| {
                 l.strip_prefix("# ")
-                    .filter(|l| l.contains(" = "))
+                    .filter(|l| l.contains(" = ") || l.starts_with('['))
                     .unwrap_or(l)
             })
             .collect::<Vec<_>>()

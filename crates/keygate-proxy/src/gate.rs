@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use keygate_auth::keys::VerifyError;
@@ -178,16 +178,11 @@ impl Activity {
     }
 }
 
-/// The Kontext runtime endpoints under `/mcp/…` (`integrations`, `connect-session`, …):
-/// authenticated, then answered `501` — they are not built yet, and this says so.
-pub async fn not_built(State(state): State<ProxyState>, req: Request) -> Response {
+/// Any other path under `/mcp/…`: authenticated first (an agent without a token learns where
+/// to get one), then `404`.
+pub async fn unknown(State(state): State<ProxyState>, req: Request) -> Response {
     match authenticate(&state, req.headers(), req.uri()).await {
-        Ok(_) => ProxyError::BadRequest {
-            status: StatusCode::NOT_IMPLEMENTED,
-            code: -32601,
-            message: "This runtime endpoint is not available in this keygate build".into(),
-        }
-        .into_response(),
+        Ok(_) => ProxyError::NotFound("No such runtime endpoint").into_response(),
         Err(e) => e.into_response(),
     }
 }

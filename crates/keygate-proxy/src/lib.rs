@@ -9,7 +9,7 @@
 //! - `/apps/{id}/mcp` and `/mcp` — [`aggregate`]: one MCP server over every attached
 //!   integration, names namespaced by integration slug.
 //! - `/mcp/integrations`, `/mcp/connect-session`, `/mcp/integrations/{id}/oauth/connection` —
-//!   [`runtime`]; the upstream OAuth start (`…/oauth/init`) is not built yet (`501`).
+//!   `/mcp/integrations/{id}/oauth/init` — [`runtime`].
 //!
 //! Upstream traffic goes through [`upstream::Upstream`], a hyper client whose resolver refuses
 //! internal addresses (the SSRF guard) unless allow-listed for local development.
@@ -85,6 +85,10 @@ pub fn router(state: ProxyState) -> Router {
             "/mcp/integrations/{id}/oauth/connection",
             get(runtime::oauth_connection),
         )
-        .route("/mcp/{*rest}", any(gate::not_built))
+        .route(
+            "/mcp/integrations/{id}/oauth/init",
+            post(runtime::oauth_init),
+        )
+        .route("/mcp/{*rest}", any(gate::unknown))
         .with_state(state)
 }

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
-use keygate_core::model::{Category, Integration};
+use keygate_core::model::{AuthMode, Category, Integration};
 use serde_json::Value;
 use url::Url;
 
@@ -149,19 +149,64 @@ async fn forward(
         }
         Err(e) => return Err(e),
     };
-    let mut upstream_req = http::Request::builder()
-        .method(parts.method.clone())
-        .uri(url.as_str())
-        .body(Body::new(Limited::new(body, MAX_REQUEST_BYTES)))
-        .map_err(|e| ProxyError::Internal(e.to_string()))?;
-    *upstream_req.headers_mut() = filtered(&parts.headers, DROP_REQUEST);
-    if let Some(auth) = authorization {
-        upstream_req
-            .headers_mut()
-            .insert(header::AUTHORIZATION, auth);
+    let build = |body: Body, auth: Option<&HeaderValue>| {
+        let mut req = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(url.as_str())
+            .body(body)
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        *req.headers_mut() = filtered(&parts.headers, DROP_REQUEST);
+        if let Some(auth) = auth {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        Ok::<_, ProxyError>(req)
+    };
+    if integration.auth_mode != AuthMode::Oauth {
+        let body = Body::new(Limited::new(body, MAX_REQUEST_BYTES));
+        let resp = state
+            .upstream
+            .send(build(body, authorization.as_ref())?)
+            .await?;
+        return Ok(relay(resp, endpoint_map));
     }
-    let resp = state.upstream.send(upstream_req).await?;
-    Ok(relay(resp, endpoint_map))
+    // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
+    // kept, bounded, so the request can be retried once with a refreshed token.
+    let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
+    };
+    let resp = state
+        .upstream
+        .send(build(Body::from(bytes.clone()), authorization.as_ref())?)
+        .await?;
+    if resp.status() != StatusCode::UNAUTHORIZED {
+        return Ok(relay(resp, endpoint_map));
+    }
+    match credentials::after_rejection(state, &caller, &integration, authorization.as_ref()).await {
+        Ok(Some(fresh)) => {
+            drop(resp);
+            let retried = state
+                .upstream
+                .send(build(Body::from(bytes), Some(&fresh))?)
+                .await?;
+            Ok(relay(retried, endpoint_map))
+        }
+        Ok(None) => Ok(relay(resp, endpoint_map)),
+        Err(ProxyError::ConnectionRequired {
+            integration_id,
+            integration_name,
+            connect_url,
+            ..
+        }) => Err(ProxyError::ConnectionRequired {
+            request_id: request_id(Body::from(bytes)).await,
+            integration_id,
+            integration_name,
+            connect_url,
+        }),
+        Err(e) => Err(e),
+    }
 }
 
 fn with_query(mut url: Url, extra: Option<&str>) -> Url {

@@ -1,10 +1,12 @@
 //! The Kontext runtime endpoints beside `/mcp`, for agents that manage connections themselves:
-//! `GET /mcp/integrations`, `POST /mcp/connect-session` and
-//! `GET /mcp/integrations/{id}/oauth/connection`. They take the same token as `/mcp`.
+//! `GET /mcp/integrations`, `POST /mcp/connect-session`,
+//! `POST /mcp/integrations/{id}/oauth/init` and `GET /mcp/integrations/{id}/oauth/connection`.
+//! They take the same token as `/mcp`.
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
+use keygate_auth::broker::BrokerError;
 use keygate_core::model::AuthMode;
 use keygate_store::StoreError;
 use serde_json::{Value, json};
@@ -83,6 +85,54 @@ pub async fn connect_session(State(state): State<ProxyState>, req: Request) -> R
     )
 }
 
+/// One attached integration of the caller's application, by id or slug.
+async fn attached_by_ref(
+    state: &ProxyState,
+    caller: &McpCaller,
+    id: &str,
+) -> Result<keygate_core::model::Integration, ProxyError> {
+    attached(state, &caller.app)
+        .await?
+        .iter()
+        .find(|i| i.id.to_string() == id || i.slug == id)
+        .cloned()
+        .ok_or(ProxyError::NotFound("Integration not found"))
+}
+
+/// `POST /mcp/integrations/{id}/oauth/init`: where to send the user to connect an OAuth
+/// integration → `{authorizationUrl, state}`.
+pub async fn oauth_init(
+    State(state): State<ProxyState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    respond(
+        async {
+            let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
+            let i = attached_by_ref(&state, &caller, &id).await?;
+            if i.auth_mode != AuthMode::Oauth {
+                return Err(ProxyError::BadRequest {
+                    status: http::StatusCode::BAD_REQUEST,
+                    code: -32602,
+                    message: "This integration does not connect with OAuth".into(),
+                });
+            }
+            let (url, flow_state) = state
+                .auth
+                .broker
+                .begin(caller.app.org_id, &i, caller.user, None)
+                .await
+                .map_err(|e| match e {
+                    BrokerError::Store(e) => e.into(),
+                    other => ProxyError::Upstream(other.to_string()),
+                })?;
+            Ok(json!({"authorizationUrl": url, "state": flow_state}))
+        }
+        .await,
+    )
+}
+
 /// `GET /mcp/integrations/{id}/oauth/connection`: the caller's connection to one integration.
 pub async fn oauth_connection(
     State(state): State<ProxyState>,
@@ -93,12 +143,8 @@ pub async fn oauth_connection(
     respond(
         async {
             let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
-            let list = attached(&state, &caller.app).await?;
-            let i = list
-                .iter()
-                .find(|i| i.id.to_string() == id || i.slug == id)
-                .ok_or(ProxyError::NotFound("Integration not found"))?;
-            connection(&state, &caller, i).await
+            let i = attached_by_ref(&state, &caller, &id).await?;
+            connection(&state, &caller, &i).await
         }
         .await,
     )

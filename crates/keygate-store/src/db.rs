@@ -106,6 +106,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0003_connect_sessions.sql"),
                 include_str!("../migrations/postgres/0003_connect_sessions.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0004_upstream_oauth.sql"),
+                include_str!("../migrations/postgres/0004_upstream_oauth.sql"),
+            ),
         ];
         let body = |s: &str| -> String {
             s.lines()

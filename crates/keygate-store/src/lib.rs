@@ -26,6 +26,7 @@ pub use repo::keys::StoredSigningKey;
 pub use repo::oauth::{AuthorizationCode, AuthorizationRequest, RefreshToken, RegisteredClient};
 pub use repo::sessions::{NewAgentSession, SessionFilter};
 pub use repo::traces::{EventFilter, ToolStat, TraceStats, TraceSummary};
+pub use repo::upstream_oauth::{FlowState, OAuthConnection, OAuthTokens};
 pub use repo::users::ServiceAccountCredentials;
 pub use vault::{Kek, Purpose, SealContext, Vault, VaultError};
 

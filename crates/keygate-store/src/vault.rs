@@ -56,6 +56,12 @@ pub enum Purpose {
     SigningKey,
     /// The gateway's MCP session ids (the upstream sessions behind an aggregated session).
     McpSession,
+    /// An upstream authorization request in flight (PKCE verifier, where to return).
+    OAuthFlowState,
+    /// The client secret keygate got by registering at a discovered authorization server.
+    DiscoveredClientSecret,
+    /// A configured provider's client secret (`keygate vault seal`).
+    ProviderSecret,
 }
 
 impl Purpose {
@@ -68,6 +74,9 @@ impl Purpose {
             Purpose::OAuthRefreshToken => "oauth_refresh_token",
             Purpose::SigningKey => "signing_key",
             Purpose::McpSession => "mcp_session",
+            Purpose::OAuthFlowState => "oauth_flow_state",
+            Purpose::DiscoveredClientSecret => "discovered_client_secret",
+            Purpose::ProviderSecret => "provider_secret",
         }
     }
 }

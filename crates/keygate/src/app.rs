@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use keygate_api::probe::{Probe, Prober};
 use keygate_api::{ApiOptions, ApiState, Limiter};
+use keygate_auth::broker::Broker;
 use keygate_auth::clients::ClientDocuments;
 use keygate_auth::outbound::Outbound;
 use keygate_auth::{AuthState, KeyRing};
@@ -58,15 +59,23 @@ impl Gateway {
         store.default_organization().await?;
         let public_url = config.public_url();
         let keys = Arc::new(KeyRing::load(store.clone(), public_url.clone()).await?);
+        let outbound = Outbound::new(&config.outbound.allowed_private_hosts);
+        let broker = Broker::new(
+            store.clone(),
+            outbound.clone(),
+            public_url.as_str().into(),
+            &config.upstream_oauth.providers,
+            config.refresh_skew_secs(),
+        )
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let auth = AuthState {
             store: store.clone(),
             keys: keys.clone(),
             public_url: public_url.as_str().into(),
             access_token_ttl: config.access_token_ttl_secs(),
-            client_documents: Arc::new(ClientDocuments::new(Outbound::new(
-                &config.outbound.allowed_private_hosts,
-            ))),
+            client_documents: Arc::new(ClientDocuments::new(outbound)),
             tokens: Arc::default(),
+            broker: Arc::new(broker),
         };
         let limiter = Limiter::per_minute(config.rate_limit_per_minute());
         let upstream = Arc::new(Upstream::new(

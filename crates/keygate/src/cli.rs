@@ -94,6 +94,9 @@ pub enum ServiceAccountCommand {
 pub enum VaultCommand {
     /// Re-wrap every data key under a new key-encryption key.
     RotateKey,
+    /// Seal a secret read from stdin (an upstream OAuth provider's client secret) and print the
+    /// `vault:…` text to put in the configuration file.
+    Seal,
 }
 
 /// Entry point of the binary.
@@ -172,6 +175,19 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             service_account_create(&config, &name, description.as_deref()).await
         }
         Command::Vault(VaultCommand::RotateKey) => rotate_key(&config).await,
+        Command::Vault(VaultCommand::Seal) => {
+            let store = open_store(&config).await?;
+            let mut secret = String::new();
+            std::io::stdin().read_line(&mut secret)?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!secret.is_empty(), "no secret on stdin");
+            let sealed = keygate_auth::broker::seal_provider_secret(
+                &store,
+                &keygate_core::Secret::new(secret),
+            );
+            writeln!(std::io::stdout().lock(), "{sealed}")?;
+            Ok(())
+        }
         Command::SigningKey(SigningKeyCommand::Rotate) => {
             let store = open_store(&config).await?;
             let keys = keygate_auth::KeyRing::load(store, config.public_url()).await?;

@@ -532,7 +532,8 @@ async fn get_connection(
     Ok(Json(ConnectionEnvelope { connection }))
 }
 
-/// Remove the caller's stored credential for this integration.
+/// Remove the caller's stored credential for this integration; an OAuth grant is first
+/// revoked at the provider (RFC 7009) when it has a revocation endpoint.
 #[utoipa::path(delete, path = "/integrations/{id}/connection", tag = "integrations",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -542,14 +543,19 @@ async fn delete_connection(
     Id(id): Id<IntegrationId>,
 ) -> Result<StatusCode, ApiError> {
     let user = caller.require_user()?;
-    state
+    let integration = state
         .store()
         .get_integration(caller.org, id)
         .await
         .or_not_found(NOT_FOUND)?;
     state
-        .store()
-        .delete_connection(caller.org, id, user)
-        .await?;
+        .auth
+        .broker
+        .disconnect(&integration, user)
+        .await
+        .map_err(|e| match e {
+            keygate_auth::broker::BrokerError::Store(e) => ApiError::from(e),
+            other => ApiError::Internal(other.to_string()),
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }

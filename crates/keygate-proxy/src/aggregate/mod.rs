@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Limited};
-use keygate_core::model::{Category, Integration};
+use keygate_core::model::{AuthMode, Category, Integration};
 use serde_json::{Value, json};
 
 use self::events::MapEvents;
@@ -44,6 +44,8 @@ const ID_SEPARATOR: char = '~';
 struct Member {
     integration: Integration,
     authorization: Option<HeaderValue>,
+    /// Whose credential it is (to refresh it if the upstream refuses it).
+    caller: Arc<McpCaller>,
 }
 
 pub async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
@@ -55,7 +57,7 @@ pub async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
 
 async fn dispatch(state: &ProxyState, req: Request) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let caller = authenticate(state, &parts.headers, &parts.uri).await?;
+    let caller = Arc::new(authenticate(state, &parts.headers, &parts.uri).await?);
     let session_header = parts
         .headers
         .get("mcp-session-id")
@@ -103,7 +105,7 @@ async fn dispatch(state: &ProxyState, req: Request) -> Result<Response, ProxyErr
 
 async fn post(
     state: &ProxyState,
-    caller: &McpCaller,
+    caller: &Arc<McpCaller>,
     session: Option<Option<AggregatedSession>>,
     message: Value,
 ) -> Result<Response, ProxyError> {
@@ -239,7 +241,7 @@ fn noun(method: &str) -> &'static str {
 }
 
 /// The attached, proxied integrations the caller can use now (with credentials).
-async fn members(state: &ProxyState, caller: &McpCaller) -> Result<Vec<Member>, ProxyError> {
+async fn members(state: &ProxyState, caller: &Arc<McpCaller>) -> Result<Vec<Member>, ProxyError> {
     Ok(candidates(state, caller)
         .await?
         .into_iter()
@@ -251,7 +253,7 @@ async fn members(state: &ProxyState, caller: &McpCaller) -> Result<Vec<Member>, 
 /// connected yet.
 async fn candidates(
     state: &ProxyState,
-    caller: &McpCaller,
+    caller: &Arc<McpCaller>,
 ) -> Result<Vec<(Member, Option<String>)>, ProxyError> {
     let mut integrations: Vec<Integration> = crate::gate::attached(state, &caller.app)
         .await?
@@ -265,6 +267,7 @@ async fn candidates(
                 Member {
                     integration,
                     authorization,
+                    caller: caller.clone(),
                 },
                 None,
             )),
@@ -273,6 +276,7 @@ async fn candidates(
                     Member {
                         integration,
                         authorization: None,
+                        caller: caller.clone(),
                     },
                     Some(connect_url),
                 ));
@@ -285,7 +289,7 @@ async fn candidates(
 
 async fn initialize(
     state: &ProxyState,
-    caller: &McpCaller,
+    caller: &Arc<McpCaller>,
     message: &Value,
 ) -> Result<Response, ProxyError> {
     let id = message.get("id").cloned().unwrap_or(Value::Null);
@@ -387,10 +391,34 @@ async fn initialize(
     Ok(resp)
 }
 
-/// Sends one message to an upstream, with its session and credential.
+/// Sends one message to an upstream with its session and credential; an OAuth token the
+/// upstream refuses is refreshed and the message sent once more.
 async fn send(
     state: &ProxyState,
     member: &Member,
+    upstream: Option<&UpstreamSession>,
+    method: Method,
+    body: Option<String>,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+    let sent = member.authorization.as_ref();
+    if member.integration.auth_mode != AuthMode::Oauth {
+        return send_once(state, member, sent, upstream, method, body).await;
+    }
+    let resp = send_once(state, member, sent, upstream, method.clone(), body.clone()).await?;
+    if resp.status() != StatusCode::UNAUTHORIZED {
+        return Ok(resp);
+    }
+    match credentials::after_rejection(state, &member.caller, &member.integration, sent).await? {
+        Some(fresh) => send_once(state, member, Some(&fresh), upstream, method, body).await,
+        None => Ok(resp),
+    }
+}
+
+/// Sends one message to an upstream, with its session and credential.
+async fn send_once(
+    state: &ProxyState,
+    member: &Member,
+    authorization: Option<&HeaderValue>,
     upstream: Option<&UpstreamSession>,
     method: Method,
     body: Option<String>,
@@ -406,7 +434,7 @@ async fn send(
         .body(body.map(Body::from).unwrap_or_else(Body::empty))
         .map_err(|e| ProxyError::Internal(e.to_string()))?;
     let h = req.headers_mut();
-    if let Some(auth) = &member.authorization {
+    if let Some(auth) = authorization {
         h.insert(header::AUTHORIZATION, auth.clone());
     }
     if let Some(up) = upstream {
@@ -608,7 +636,7 @@ async fn relay_call(
 /// `GET`: the upstreams' server-to-client streams, merged.
 async fn merged_stream(
     state: &ProxyState,
-    caller: &McpCaller,
+    caller: &Arc<McpCaller>,
     session: &AggregatedSession,
 ) -> Result<Response, ProxyError> {
     let members = members(state, caller).await?;

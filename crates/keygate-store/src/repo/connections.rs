@@ -191,12 +191,19 @@ impl Store {
     }
 }
 
+/// Deletes every user's connection to an integration, and what discovery registered for it.
 pub(crate) async fn delete_all_for_integration(
     tx: &mut Transaction<'_, Any>,
     org: OrgId,
     integration: IntegrationId,
 ) -> Result<()> {
     let mut sql = Sql::new("DELETE FROM connections WHERE org_id = ");
+    sql.bind(org.to_string())
+        .push(" AND integration_id = ")
+        .bind(integration.to_string());
+    sql.query().execute(&mut **tx).await?;
+    // A client registered at a discovered authorization server belonged to the old settings.
+    let mut sql = Sql::new("DELETE FROM upstream_oauth_clients WHERE org_id = ");
     sql.bind(org.to_string())
         .push(" AND integration_id = ")
         .bind(integration.to_string());

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod oauth;
 pub mod sessions;
 pub mod traces;
+pub mod upstream_oauth;
 pub mod users;
 
 use std::str::FromStr;

@@ -603,6 +603,7 @@ impl Store {
             "browser_sessions",
             "revoked_tokens",
             "connect_sessions",
+            "upstream_oauth_states",
         ] {
             let mut sql = Sql::new("DELETE FROM ");
             // Codes are kept a while after expiry so a late replay is still recognised.

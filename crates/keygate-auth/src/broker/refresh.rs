@@ -1,0 +1,296 @@
+//! Handing out fresh upstream tokens, and revoking them.
+//!
+//! A token within `refresh_skew_secs` of expiry — or one the upstream just refused — is
+//! refreshed by exactly one caller: concurrent requests in this process wait on a per-connection
+//! mutex, and replicas on a lease in the connection's row (`Store::try_lease_refresh`); whoever
+//! waited then reads the tokens the winner stored. A refresh the provider refuses for good
+//! (`invalid_grant`, or no refresh token left) marks the connection disconnected, so the user
+//! is asked to connect again; a provider that is merely failing leaves it as it is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_core::model::{AuthMode, Integration};
+use keygate_core::{Secret, Timestamp, UserId};
+use keygate_store::{OAuthConnection, OAuthTokens, StoreError};
+use oauth2::basic::{BasicErrorResponseType, BasicTokenResponse};
+use oauth2::{RefreshToken, RequestTokenError, StandardRevocableToken, TokenResponse};
+
+use super::{Broker, BrokerError};
+use crate::web::random_token;
+
+/// How long a refresh lease holds before another replica may take over.
+const LEASE_SECS: i64 = 30;
+/// How long a caller waits for another replica's refresh before giving up.
+const WAIT_FOR_PEER: Duration = Duration::from_secs(15);
+
+/// An access token and when it expires.
+#[derive(Clone, Debug)]
+pub struct Fresh {
+    pub access: Secret,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The tokens of a token response. A response without `expires_in` has no known expiry.
+pub(crate) fn tokens_from(r: &BasicTokenResponse) -> OAuthTokens {
+    OAuthTokens {
+        access: Secret::new(r.access_token().secret().clone()),
+        refresh: r.refresh_token().map(|t| Secret::new(t.secret().clone())),
+        expires_at: r
+            .expires_in()
+            .map(|d| Timestamp::now().plus_seconds(d.as_secs().min(i64::MAX as u64) as i64)),
+    }
+}
+
+/// A token-endpoint failure as a [`BrokerError`], and whether the grant is gone for good. The
+/// provider's body is never included (it may echo what was sent).
+pub(crate) fn provider_error<RE: std::error::Error + 'static>(
+    what: &str,
+    e: &RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
+) -> (BrokerError, bool) {
+    match e {
+        RequestTokenError::ServerResponse(r) => {
+            let gone = matches!(
+                r.error(),
+                BasicErrorResponseType::InvalidGrant
+                    | BasicErrorResponseType::InvalidClient
+                    | BasicErrorResponseType::UnauthorizedClient
+            );
+            (
+                BrokerError::Provider(format!("{what} refused: {}", r.error().as_ref())),
+                gone,
+            )
+        }
+        RequestTokenError::Request(e) => (
+            BrokerError::Provider(format!(
+                "{what} failed: {}",
+                crate::outbound::error_chain(e)
+            )),
+            false,
+        ),
+        RequestTokenError::Parse(..) => (
+            BrokerError::Provider(format!(
+                "{what}: the provider's answer is not a token response"
+            )),
+            false,
+        ),
+        RequestTokenError::Other(why) => (
+            BrokerError::Provider(format!(
+                "{what} failed: {}",
+                why.chars().take(200).collect::<String>()
+            )),
+            false,
+        ),
+    }
+}
+
+impl Broker {
+    /// Whether a token expiring at `expires_at` may still be used without refreshing.
+    pub fn is_fresh(&self, expires_at: Option<Timestamp>) -> bool {
+        !self.stale(expires_at)
+    }
+
+    fn stale(&self, expires_at: Option<Timestamp>) -> bool {
+        expires_at
+            .is_some_and(|t| t.seconds() <= Timestamp::now().seconds() + self.refresh_skew_secs)
+    }
+
+    /// The user's current access token for an OAuth integration, refreshed first when it is
+    /// about to expire.
+    pub async fn access_token(
+        &self,
+        integration: &Integration,
+        user: UserId,
+    ) -> Result<Fresh, BrokerError> {
+        let conn = self.connection(integration, user).await?;
+        if !self.stale(conn.tokens.expires_at) {
+            return Ok(Fresh {
+                access: conn.tokens.access,
+                expires_at: conn.tokens.expires_at,
+            });
+        }
+        self.refresh(integration, user, None).await
+    }
+
+    /// After the upstream refused `rejected`: a token other than the refused one if a peer
+    /// already refreshed, else one refresh.
+    pub async fn refresh_rejected(
+        &self,
+        integration: &Integration,
+        user: UserId,
+        rejected: &Secret,
+    ) -> Result<Fresh, BrokerError> {
+        self.refresh(integration, user, Some(rejected)).await
+    }
+
+    async fn connection(
+        &self,
+        integration: &Integration,
+        user: UserId,
+    ) -> Result<OAuthConnection, BrokerError> {
+        match self
+            .store()
+            .oauth_connection(integration.org_id, integration.id, user)
+            .await
+        {
+            Ok(c) if c.connection.connected => Ok(c),
+            Ok(_) => Err(BrokerError::Disconnected),
+            Err(StoreError::NotFound) => Err(BrokerError::NotConnected),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn refresh(
+        &self,
+        integration: &Integration,
+        user: UserId,
+        rejected: Option<&Secret>,
+    ) -> Result<Fresh, BrokerError> {
+        let key = (integration.id, user);
+        let lock = self.locks.entry(key).or_default().clone();
+        let result = {
+            let _held = lock.lock().await;
+            self.refresh_locked(integration, user, rejected).await
+        };
+        drop(lock);
+        self.locks.remove_if(&key, |_, l| Arc::strong_count(l) == 1);
+        result
+    }
+
+    async fn refresh_locked(
+        &self,
+        integration: &Integration,
+        user: UserId,
+        rejected: Option<&Secret>,
+    ) -> Result<Fresh, BrokerError> {
+        let (org, id) = (integration.org_id, integration.id);
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_PEER;
+        loop {
+            let conn = self.connection(integration, user).await?;
+            let needed = match rejected {
+                Some(r) => conn.tokens.access == *r,
+                None => self.stale(conn.tokens.expires_at),
+            };
+            if !needed {
+                return Ok(Fresh {
+                    access: conn.tokens.access,
+                    expires_at: conn.tokens.expires_at,
+                });
+            }
+            let owner = random_token();
+            let lease = Timestamp::now().plus_seconds(LEASE_SECS);
+            if self
+                .store()
+                .try_lease_refresh(org, id, user, &owner, lease)
+                .await?
+            {
+                return self.refresh_leased(integration, user, &owner, conn).await;
+            }
+            // Another replica is refreshing; its result shows up in the row.
+            if tokio::time::Instant::now() > deadline {
+                return Err(BrokerError::Provider(
+                    "another replica's refresh did not finish".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn refresh_leased(
+        &self,
+        integration: &Integration,
+        user: UserId,
+        owner: &str,
+        conn: OAuthConnection,
+    ) -> Result<Fresh, BrokerError> {
+        let (org, id) = (integration.org_id, integration.id);
+        let store = self.store();
+        let Some(refresh) = conn.tokens.refresh else {
+            store.end_refresh(org, id, user, owner, true).await?;
+            return Err(BrokerError::Disconnected);
+        };
+        let outcome = async {
+            let endpoints = self.endpoints(integration).await.map_err(|e| (e, false))?;
+            let client = self.client(&endpoints).map_err(|e| (e, false))?;
+            let token = RefreshToken::new(refresh.expose().to_owned());
+            let mut request = client.exchange_refresh_token(&token);
+            if let Some(resource) = &endpoints.resource {
+                request = request.add_extra_param("resource", resource.clone());
+            }
+            request
+                .request_async(&self.http())
+                .await
+                .map_err(|e| provider_error("refresh", &e))
+        }
+        .await;
+        match outcome {
+            Ok(response) => {
+                let tokens = tokens_from(&response);
+                store.store_refreshed(org, id, user, owner, &tokens).await?;
+                tracing::info!(integration = %id, user = %user, "upstream OAuth token refreshed");
+                Ok(Fresh {
+                    access: tokens.access,
+                    expires_at: tokens.expires_at,
+                })
+            }
+            Err((e, gone)) => {
+                store.end_refresh(org, id, user, owner, gone).await?;
+                tracing::warn!(integration = %id, user = %user, error = %e, disconnected = gone, "upstream OAuth refresh failed");
+                Err(if gone { BrokerError::Disconnected } else { e })
+            }
+        }
+    }
+
+    /// Deletes a user's connection, first revoking its tokens at the provider (RFC 7009) when
+    /// it has a revocation endpoint. A provider that fails to revoke does not keep the sealed
+    /// tokens alive here. Returns whether a connection existed.
+    pub async fn disconnect(
+        &self,
+        integration: &Integration,
+        user: UserId,
+    ) -> Result<bool, BrokerError> {
+        let (org, id) = (integration.org_id, integration.id);
+        if integration.auth_mode == AuthMode::Oauth {
+            match self.store().oauth_connection(org, id, user).await {
+                Ok(conn) => self.revoke(integration, conn.tokens).await,
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.store().delete_connection(org, id, user).await?)
+    }
+
+    async fn revoke(&self, integration: &Integration, tokens: OAuthTokens) {
+        let client = match self.endpoints(integration).await {
+            Ok(e) if e.revocation_url.is_some() => match self.client(&e) {
+                Ok(c) => c,
+                Err(_) => return,
+            },
+            _ => return,
+        };
+        // Revoking the refresh token ends the grant (RFC 7009 §2.1); the access token too, for
+        // providers that track them separately.
+        let mut revocable = Vec::new();
+        if let Some(r) = tokens.refresh {
+            revocable.push(StandardRevocableToken::RefreshToken(RefreshToken::new(
+                r.expose().to_owned(),
+            )));
+        }
+        revocable.push(StandardRevocableToken::AccessToken(
+            oauth2::AccessToken::new(tokens.access.expose().to_owned()),
+        ));
+        for token in revocable {
+            let Ok(request) = client.revoke_token(token) else {
+                return;
+            };
+            if let Err(e) = request.request_async(&self.http()).await {
+                let why = match e {
+                    RequestTokenError::ServerResponse(r) => r.error().to_string(),
+                    RequestTokenError::Request(e) => crate::outbound::error_chain(&e),
+                    _ => "unexpected answer".into(),
+                };
+                tracing::warn!(integration = %integration.id, error = %why, "upstream revocation failed");
+            }
+        }
+    }
+}

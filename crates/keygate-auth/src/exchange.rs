@@ -1,0 +1,215 @@
+//! Token exchange (RFC 8693) at `/oauth2/token`: credential brokering without proxying.
+//!
+//! An application's client presents its user's gateway access token (or, when the client is
+//! confidential, the user's id) as `subject_token`, and names an integration attached to the
+//! application as `resource` (its id, slug or URL). The answer carries that user's upstream
+//! credential — a fresh OAuth access token, a pasted personal token, or the organization's
+//! server token — never anyone else's.
+
+use keygate_core::model::{Application, AuthMode, Integration};
+use keygate_core::{Secret, Timestamp, UserId};
+use keygate_store::StoreError;
+
+use crate::broker::BrokerError;
+use crate::clients::{Client, ClientKind};
+use crate::error::OAuthError;
+use crate::router::AuthState;
+use crate::token::{TokenRequest, TokenResponse};
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// A gateway access token (the user's, issued to this application).
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// A keygate user id; only confidential applications may assert one.
+pub const USER_ID_TYPE: &str = "urn:keygate:params:oauth:token-type:user-id";
+
+fn invalid_grant(why: &str) -> OAuthError {
+    OAuthError::InvalidGrant(why.to_owned())
+}
+
+pub async fn token_exchange(
+    state: &AuthState,
+    req: &TokenRequest,
+    client: &Client,
+) -> Result<TokenResponse, OAuthError> {
+    let ClientKind::Application(app) = &client.kind else {
+        return Err(OAuthError::UnauthorizedClient(
+            "only an application's client can exchange tokens".into(),
+        ));
+    };
+    let subject = req
+        .get("subject_token")
+        .ok_or_else(|| OAuthError::InvalidRequest("subject_token is required".into()))?;
+    let user = match req.get("subject_token_type") {
+        Some(ACCESS_TOKEN_TYPE) => token_subject(state, client, app, subject).await?,
+        Some(USER_ID_TYPE) if !client.is_public() => {
+            let id: UserId = subject
+                .parse()
+                .map_err(|_| invalid_grant("subject_token is not a user id"))?;
+            match state.store.get_user(app.org_id, id).await {
+                Ok(u) => u.id,
+                Err(StoreError::NotFound) => return Err(invalid_grant("unknown user")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Some(USER_ID_TYPE) => {
+            return Err(OAuthError::UnauthorizedClient(
+                "only confidential applications may name a user".into(),
+            ));
+        }
+        Some(_) => {
+            return Err(OAuthError::InvalidRequest(
+                "unsupported subject_token_type".into(),
+            ));
+        }
+        None => {
+            return Err(OAuthError::InvalidRequest(
+                "subject_token_type is required".into(),
+            ));
+        }
+    };
+    let target = req
+        .get("resource")
+        .or_else(|| req.get("audience"))
+        .ok_or_else(|| {
+            OAuthError::InvalidTarget("resource names the integration and is required".into())
+        })?;
+    let integration = target_integration(state, app, target).await?;
+    let required = |reason| async move {
+        let connect_url = crate::connect::create_connect_session(state, app.org_id, app.id, user)
+            .await
+            .ok()
+            .map(|(_, _, url)| url);
+        OAuthError::IntegrationRequired {
+            reason,
+            integration_id: integration.id.to_string(),
+            connect_url,
+        }
+    };
+    let (credential, expires_at) = match integration.auth_mode {
+        AuthMode::Oauth => match state.broker.access_token(&integration, user).await {
+            Ok(fresh) => (fresh.access, fresh.expires_at),
+            Err(BrokerError::NotConnected) => return Err(required("not_connected").await),
+            Err(BrokerError::Disconnected) => {
+                return Err(required("disconnected_or_reauth_required").await);
+            }
+            Err(BrokerError::Store(e)) => return Err(e.into()),
+            Err(e) => return Err(OAuthError::Server(e.to_string())),
+        },
+        AuthMode::UserToken | AuthMode::ServerToken => {
+            match state
+                .store
+                .upstream_credential(&integration, Some(user))
+                .await?
+            {
+                Some(secret) => (secret, None),
+                None if integration.auth_mode == AuthMode::ServerToken => {
+                    return Err(OAuthError::TargetRefused {
+                        reason: "server_token_missing",
+                        message: "the integration has no server token".into(),
+                    });
+                }
+                None => return Err(required("not_connected").await),
+            }
+        }
+        AuthMode::None => {
+            return Err(OAuthError::TargetRefused {
+                reason: "no_credential_required",
+                message: "the integration uses no credential".into(),
+            });
+        }
+    };
+    let expires_in = match expires_at {
+        Some(t) => (t.seconds() - Timestamp::now().seconds()).max(0) as u64,
+        None => state.access_token_ttl,
+    };
+    Ok(TokenResponse {
+        credentials: credential_map(&integration, &credential),
+        access_token: credential.expose().to_owned(),
+        token_type: "Bearer",
+        issued_token_type: Some(ACCESS_TOKEN_TYPE),
+        expires_in,
+        scope: integration
+            .oauth
+            .as_ref()
+            .map(|o| o.scopes.join(" "))
+            .unwrap_or_default(),
+        refresh_token: None,
+    })
+}
+
+/// The user behind a gateway access token issued to this application.
+async fn token_subject(
+    state: &AuthState,
+    client: &Client,
+    app: &Application,
+    token: &str,
+) -> Result<UserId, OAuthError> {
+    let claims = state
+        .keys
+        .verify_signature(token)
+        .await
+        .map_err(|_| invalid_grant("subject_token is invalid"))?;
+    if claims.exp <= Timestamp::now().seconds() {
+        return Err(invalid_grant("subject_token has expired"));
+    }
+    if claims.client_id != client.id || claims.org != app.org_id {
+        return Err(invalid_grant(
+            "subject_token was not issued to this application",
+        ));
+    }
+    let user: UserId = claims
+        .sub
+        .parse()
+        .map_err(|_| invalid_grant("subject_token does not belong to a user"))?;
+    if !state
+        .store
+        .access_token_is_live(&claims.jti, claims.sid)
+        .await?
+    {
+        return Err(invalid_grant("subject_token has been revoked"));
+    }
+    Ok(user)
+}
+
+/// The attached integration `target` names (id, slug or URL).
+async fn target_integration(
+    state: &AuthState,
+    app: &Application,
+    target: &str,
+) -> Result<Integration, OAuthError> {
+    let trimmed = target.trim_end_matches('/');
+    let names = |i: &Integration| {
+        i.id.to_string() == target || i.slug == target || i.url.trim_end_matches('/') == trimmed
+    };
+    let attached = state
+        .store
+        .attached_integrations(app.org_id, app.id)
+        .await?;
+    if let Some(i) = attached.into_iter().find(names) {
+        return Ok(i);
+    }
+    let exists = match target.parse() {
+        Ok(id) => state.store.get_integration(app.org_id, id).await.is_ok(),
+        Err(_) => false,
+    };
+    Err(if exists {
+        OAuthError::TargetRefused {
+            reason: "not_attached_to_application",
+            message: "the integration is not attached to this application".into(),
+        }
+    } else {
+        OAuthError::TargetRefused {
+            reason: "integration_not_found",
+            message: "no integration of this application has that id, slug or URL".into(),
+        }
+    })
+}
+
+/// For an integration with a `credentialSchema`, a credential stored as a JSON object is handed
+/// out as that map too.
+fn credential_map(integration: &Integration, credential: &Secret) -> Option<serde_json::Value> {
+    integration.credential_schema.as_ref()?;
+    serde_json::from_str::<serde_json::Value>(credential.expose())
+        .ok()
+        .filter(serde_json::Value::is_object)
+}
