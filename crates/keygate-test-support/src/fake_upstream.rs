@@ -30,6 +30,8 @@ use axum::{Json, Router};
 use futures_util::stream;
 use serde_json::{Value, json};
 
+use crate::fake_oauth::FakeOAuth;
+
 pub const SESSION_ID: &str = "upstream-session-1";
 
 /// A running fake upstream.
@@ -48,6 +50,16 @@ impl FakeUpstream {
 
     /// A fake whose resource URIs and server name carry `name`.
     pub async fn named(name: &'static str) -> Self {
+        Self::serve(name, None).await
+    }
+
+    /// A fake that accepts only live access tokens of `provider` (else `401` with an RFC 9728
+    /// challenge) and publishes `/.well-known/oauth-protected-resource/mcp` naming it.
+    pub async fn protected(name: &'static str, provider: &FakeOAuth) -> Self {
+        Self::serve(name, Some(provider.clone())).await
+    }
+
+    async fn serve(name: &'static str, provider: Option<FakeOAuth>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -85,6 +97,51 @@ impl FakeUpstream {
                     },
                 ),
             );
+        let app = match provider {
+            None => app,
+            Some(provider) => {
+                let metadata_url =
+                    format!("http://{addr}/.well-known/oauth-protected-resource/mcp");
+                let document = json!({
+                    "resource": url,
+                    "authorization_servers": [provider.issuer],
+                    "scopes_supported": ["read"],
+                });
+                app.layer(axum::middleware::from_fn(
+                    move |req: axum::extract::Request, next: axum::middleware::Next| {
+                        let provider = provider.clone();
+                        let metadata_url = metadata_url.clone();
+                        async move {
+                            let token = req
+                                .headers()
+                                .get(header::AUTHORIZATION)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.strip_prefix("Bearer "))
+                                .unwrap_or("");
+                            if provider.is_valid(token) {
+                                next.run(req).await
+                            } else {
+                                (
+                                    StatusCode::UNAUTHORIZED,
+                                    [(
+                                        header::WWW_AUTHENTICATE,
+                                        format!("Bearer resource_metadata=\"{metadata_url}\""),
+                                    )],
+                                )
+                                    .into_response()
+                            }
+                        }
+                    },
+                ))
+                .route(
+                    "/.well-known/oauth-protected-resource/mcp",
+                    get(move || {
+                        let d = document.clone();
+                        async move { Json(d) }
+                    }),
+                )
+            }
+        };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -26,10 +26,7 @@ use keygate_core::model::{AuthMode, Integration};
 use keygate_core::{IntegrationId, Secret, UserId};
 use keygate_store::{GenCache, Purpose, SealContext, Store, StoreError};
 use oauth2::basic::BasicClient;
-use oauth2::{
-    AuthUrl, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet, RedirectUrl,
-    RevocationUrl, TokenUrl,
-};
+use oauth2::{AuthUrl, ClientId, ClientSecret, EndpointNotSet, EndpointSet, RedirectUrl, TokenUrl};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -109,10 +106,10 @@ pub struct Provider {
     pub client_secret: Option<Secret>,
 }
 
-/// The oauth2 client type keygate builds: authorization and token endpoints always, a
-/// revocation endpoint when the provider has one.
+/// The oauth2 client type keygate builds: authorization and token endpoints (revocation is
+/// sent by hand, see `refresh.rs`).
 pub(crate) type UpstreamClient =
-    BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointSet>;
+    BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 /// The broker. One per gateway process.
 pub struct Broker {
@@ -305,7 +302,6 @@ impl Broker {
         let mut client = BasicClient::new(ClientId::new(e.client_id.clone()))
             .set_auth_uri(AuthUrl::from_url(e.authorization_url.clone()))
             .set_token_uri(TokenUrl::from_url(e.token_url.clone()))
-            .set_revocation_url_option(e.revocation_url.clone().map(RevocationUrl::from_url))
             .set_redirect_uri(redirect);
         if let Some(secret) = &e.client_secret {
             client = client.set_client_secret(ClientSecret::new(secret.expose().to_owned()));

@@ -10,11 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use keygate_core::model::{AuthMode, Integration};
 use keygate_core::{Secret, Timestamp, UserId};
 use keygate_store::{OAuthConnection, OAuthTokens, StoreError};
 use oauth2::basic::{BasicErrorResponseType, BasicTokenResponse};
-use oauth2::{RefreshToken, RequestTokenError, StandardRevocableToken, TokenResponse};
+use oauth2::{RefreshToken, RequestTokenError, TokenResponse};
 
 use super::{Broker, BrokerError};
 use crate::web::random_token;
@@ -260,37 +261,84 @@ impl Broker {
         Ok(self.store().delete_connection(org, id, user).await?)
     }
 
+    /// RFC 7009 at the provider's revocation endpoint, best effort: failures are logged (by
+    /// the endpoint's origin and status, never the token). Sent by hand rather than through
+    /// the oauth2 crate, which refuses plain-http endpoints even where the SSRF guard's
+    /// development allow-list permits them.
     async fn revoke(&self, integration: &Integration, tokens: OAuthTokens) {
-        let client = match self.endpoints(integration).await {
-            Ok(e) if e.revocation_url.is_some() => match self.client(&e) {
-                Ok(c) => c,
-                Err(_) => return,
-            },
-            _ => return,
+        let endpoints = match self.endpoints(integration).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(integration = %integration.id, error = %e, "upstream revocation skipped");
+                return;
+            }
+        };
+        let Some(url) = endpoints.revocation_url.clone() else {
+            return;
         };
         // Revoking the refresh token ends the grant (RFC 7009 §2.1); the access token too, for
         // providers that track them separately.
         let mut revocable = Vec::new();
         if let Some(r) = tokens.refresh {
-            revocable.push(StandardRevocableToken::RefreshToken(RefreshToken::new(
-                r.expose().to_owned(),
-            )));
+            revocable.push((r, "refresh_token"));
         }
-        revocable.push(StandardRevocableToken::AccessToken(
-            oauth2::AccessToken::new(tokens.access.expose().to_owned()),
-        ));
-        for token in revocable {
-            let Ok(request) = client.revoke_token(token) else {
+        revocable.push((tokens.access, "access_token"));
+        for (token, hint) in revocable {
+            let Some(req) = revocation_request(&endpoints, &url, &token, hint) else {
                 return;
             };
-            if let Err(e) = request.request_async(&self.http()).await {
-                let why = match e {
-                    RequestTokenError::ServerResponse(r) => r.error().to_string(),
-                    RequestTokenError::Request(e) => crate::outbound::error_chain(&e),
-                    _ => "unexpected answer".into(),
-                };
-                tracing::warn!(integration = %integration.id, error = %why, "upstream revocation failed");
+            match self
+                .outbound
+                .execute(req, super::MAX_PROVIDER_RESPONSE)
+                .await
+            {
+                Ok(resp) if resp.status().is_success() => {}
+                Ok(resp) => {
+                    tracing::warn!(integration = %integration.id, status = %resp.status(), "upstream revocation refused")
+                }
+                Err(e) => {
+                    tracing::warn!(integration = %integration.id, error = %e, "upstream revocation failed")
+                }
             }
         }
     }
+}
+
+/// An RFC 7009 revocation request with the client's authentication.
+fn revocation_request(
+    endpoints: &super::Endpoints,
+    url: &url::Url,
+    token: &Secret,
+    hint: &str,
+) -> Option<http::Request<Vec<u8>>> {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("token", token.expose())
+        .append_pair("token_type_hint", hint);
+    let mut req = http::Request::post(url.as_str()).header(
+        http::header::CONTENT_TYPE,
+        "application/x-www-form-urlencoded",
+    );
+    match (&endpoints.client_secret, endpoints.secret_in_body) {
+        (Some(secret), false) => {
+            let encode =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                encode(&endpoints.client_id),
+                encode(secret.expose())
+            ));
+            let mut value = http::HeaderValue::from_str(&format!("Basic {basic}"))
+                .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+            value.set_sensitive(true);
+            req = req.header(http::header::AUTHORIZATION, value);
+        }
+        (Some(secret), true) => {
+            form.append_pair("client_id", &endpoints.client_id)
+                .append_pair("client_secret", secret.expose());
+        }
+        (None, _) => {
+            form.append_pair("client_id", &endpoints.client_id);
+        }
+    }
+    req.body(form.finish().into_bytes()).ok()
 }

@@ -1,0 +1,561 @@
+//! Upstream OAuth brokering against a fake provider and a fake MCP server that accepts only the
+//! provider's live tokens: the connect flow, refresh ahead of expiry exactly once under
+//! concurrency (and across two replicas on PostgreSQL), refresh-and-retry after an upstream
+//! 401, a dead grant turning into `-32042`, revocation, discovery with dynamic registration, and
+//! RFC 8693 token exchange. Every body runs on SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use keygate_core::model::Role;
+use keygate_core::{ApplicationId, IntegrationId, UserId};
+use keygate_test_support::fake_oauth::FakeOAuth;
+use keygate_test_support::fake_upstream::FakeUpstream;
+use keygate_test_support::{Backend, TestGateway, both_backends};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+both_backends!(
+    connect_refresh_once_retry_and_revoke,
+    discovery_registers_at_the_mcp_servers_authorization_server,
+    token_exchange_hands_out_the_right_users_credential,
+);
+
+const CLIENT_ID: &str = "keygate-at-octo";
+const CLIENT_SECRET: &str = "octo-client-secret-0123456789";
+/// Access tokens of the fake provider live this long; the gateway refreshes 1 s before.
+const ACCESS_TTL: Duration = Duration::from_secs(4);
+
+struct World {
+    gw: TestGateway,
+    admin: String,
+    app: ApplicationId,
+    app_secret: String,
+    app_url: String,
+    alice: UserId,
+    bob: UserId,
+    provider: FakeOAuth,
+    upstream: FakeUpstream,
+}
+
+async fn world(backend: Backend) -> World {
+    let provider = FakeOAuth::start(ACCESS_TTL).await;
+    let gw = TestGateway::start_with(backend, |c| {
+        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
+        c.upstream_oauth.refresh_skew_secs = Some(1);
+    })
+    .await;
+    provider.register_client(
+        CLIENT_ID,
+        Some(CLIENT_SECRET),
+        &format!("{}/oauth/connect/callback", gw.url),
+    );
+    let upstream = FakeUpstream::protected("octo", &provider).await;
+    let admin = gw.admin_token().await;
+    let (status, _, app) = gw
+        .api(Method::POST, "/applications", &admin, Some(json!({"name": "Agents", "oauth": {"type": "confidential", "redirectUris": ["http://127.0.0.1/cb"]}})))
+        .await;
+    assert_eq!(status, 201, "{app}");
+    let app_id: ApplicationId = app["application"]["id"].as_str().unwrap().parse().unwrap();
+    let mut users = Vec::new();
+    for email in ["alice@example.com", "bob@example.com"] {
+        users.push(
+            gw.store
+                .create_user(gw.org, email, Role::Member, None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    World {
+        app_url: format!("{}/apps/{app_id}/mcp", gw.url),
+        app_secret: app["oauth"]["clientSecret"].as_str().unwrap().to_owned(),
+        app: app_id,
+        alice: users[0],
+        bob: users[1],
+        gw,
+        admin,
+        provider,
+        upstream,
+    }
+}
+
+impl World {
+    /// Creates and attaches an integration; returns (id, slug).
+    async fn integration(&self, body: Value) -> (IntegrationId, String) {
+        let (status, _, i) = self
+            .gw
+            .api(Method::POST, "/integrations", &self.admin, Some(body))
+            .await;
+        assert_eq!(status, 201, "{i}");
+        let id = i["integration"]["id"].as_str().unwrap().to_owned();
+        let path = format!("/applications/{}/integrations/{id}", self.app);
+        let (status, _, _) = self.gw.api(Method::POST, &path, &self.admin, None).await;
+        assert_eq!(status, 204);
+        (
+            id.parse().unwrap(),
+            i["integration"]["slug"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// An OAuth integration with the provider's endpoints and client given inline.
+    async fn inline_integration(&self) -> (IntegrationId, String) {
+        let p = &self.provider;
+        self.integration(json!({
+            "name": "Octo", "url": self.upstream.url, "authMode": "oauth",
+            "oauth": {
+                "clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET, "scopes": ["read"],
+                "authorizationUrl": p.url("/authorize"), "tokenUrl": p.url("/token"),
+                "revocationUrl": p.url("/revoke"), "userinfoUrl": p.url("/userinfo"),
+            }
+        }))
+        .await
+    }
+
+    async fn token(&self, user: UserId) -> String {
+        self.gw.user_token(user, self.app, &self.app_url).await
+    }
+
+    /// `tools/call echo` through the pass-through route: the JSON-RPC answer.
+    async fn call(&self, gw: &TestGateway, slug: &str, token: &str) -> Value {
+        let resp = gw
+            .http
+            .post(format!("{}/apps/{}/mcp/{slug}", gw.url, self.app))
+            .header("accept", "application/json, text/event-stream")
+            .bearer_auth(token)
+            .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    }
+
+    /// The bearer token the upstream saw on a successful echo.
+    fn upstream_token(answer: &Value) -> String {
+        let auth = answer["result"]["headers"]["authorization"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no upstream authorization in {answer}"));
+        auth.strip_prefix("Bearer ").unwrap().to_owned()
+    }
+
+    /// Follows a `-32042` answer's connect link like a browser: the connect page, the OAuth
+    /// button, the provider (which approves), the callback, back to the connect page.
+    async fn connect_via_page(&self, answer: &Value) {
+        assert_eq!(answer["error"]["code"], -32042, "{answer}");
+        let link = answer["error"]["data"]["connectUrl"].as_str().unwrap();
+        let browser = browser();
+        let html = browser
+            .get(link)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains("name=\"oauth\""), "{html}");
+        let form = [
+            ("csrf", hidden(&html, "csrf")),
+            ("session", hidden(&html, "session")),
+            ("integration", hidden(&html, "integration")),
+            ("oauth", "1".to_owned()),
+        ];
+        let resp = browser
+            .post(format!("{}/oauth/connect", self.gw.url))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303);
+        let to_provider = location(&resp);
+        assert!(
+            to_provider.starts_with(&self.provider.url("/authorize")),
+            "{to_provider}"
+        );
+        let back = follow_provider(&browser, &to_provider).await;
+        let resp = browser.get(&back).send().await.unwrap();
+        assert_eq!(resp.status(), 303, "{}", resp.text().await.unwrap());
+        let html = browser
+            .get(format!("{}{}", self.gw.url, location(&resp)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains("connected"), "{html}");
+    }
+}
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// The provider approves at once: its answer redirects to the gateway's callback.
+async fn follow_provider(browser: &reqwest::Client, authorize_url: &str) -> String {
+    let resp = browser.get(authorize_url).send().await.unwrap();
+    assert_eq!(resp.status(), 302, "{}", resp.text().await.unwrap());
+    location(&resp)
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+async fn connect_refresh_once_retry_and_revoke(backend: Backend) {
+    let w = world(backend).await;
+    let (id, slug) = w.inline_integration().await;
+    let alice = w.token(w.alice).await;
+
+    // Not connected yet: -32042 with a link; following it connects through the provider.
+    let answer = w.call(&w.gw, &slug, &alice).await;
+    w.connect_via_page(&answer).await;
+    let sent = w.provider.last_authorize();
+    assert_eq!(sent["code_challenge_method"], "S256");
+    assert_eq!(sent["scope"], "read");
+    assert_eq!(sent["client_id"], CLIENT_ID);
+    let conn =
+        w.gw.store
+            .get_connection(w.gw.org, id, w.alice)
+            .await
+            .unwrap();
+    assert!(conn.connected);
+    assert_eq!(conn.display_name.as_deref(), Some("Octo User"));
+    assert!(conn.expires_at.is_some());
+
+    // The provider's token is injected; Bob, not connected, still gets -32042.
+    let answer = w.call(&w.gw, &slug, &alice).await;
+    let first = World::upstream_token(&answer);
+    assert!(w.provider.is_valid(&first));
+    let bob = w.token(w.bob).await;
+    assert_eq!(w.call(&w.gw, &slug, &bob).await["error"]["code"], -32042);
+    assert_eq!(w.provider.refresh_count(), 0);
+
+    // Past the refresh point, 20 concurrent calls cause exactly one refresh.
+    tokio::time::sleep(ACCESS_TTL - Duration::from_millis(500)).await;
+    let answers = join_all((0..20).map(|_| w.call(&w.gw, &slug, &alice))).await;
+    let tokens: std::collections::HashSet<String> =
+        answers.iter().map(World::upstream_token).collect();
+    assert_eq!(w.provider.refresh_count(), 1);
+    assert_eq!(
+        tokens.len(),
+        1,
+        "every call carried the one refreshed token"
+    );
+    assert!(!tokens.contains(&first));
+
+    // Two replicas on one PostgreSQL database share the lease: still one refresh between them.
+    if backend == Backend::Postgres {
+        let replica = w.gw.replica().await;
+        tokio::time::sleep(ACCESS_TTL - Duration::from_millis(500)).await;
+        let calls = (0..20).map(|i| {
+            let gw = if i % 2 == 0 { &w.gw } else { &replica };
+            w.call(gw, &slug, &alice)
+        });
+        for answer in join_all(calls).await {
+            World::upstream_token(&answer);
+        }
+        assert_eq!(w.provider.refresh_count(), 2);
+    }
+    let refreshes = w.provider.refresh_count();
+
+    // The provider drops its access tokens early: the upstream's 401 makes the gateway refresh
+    // once and retry, invisibly to the agent.
+    w.provider.invalidate_access_tokens();
+    let answer = w.call(&w.gw, &slug, &alice).await;
+    assert!(w.provider.is_valid(&World::upstream_token(&answer)));
+    assert_eq!(w.provider.refresh_count(), refreshes + 1);
+
+    // The provider ends the grant: the next refresh is refused, the connection is marked
+    // disconnected and the agent is asked to connect again.
+    w.provider.revoke_all_grants();
+    let answer = w.call(&w.gw, &slug, &alice).await;
+    assert_eq!(answer["error"]["code"], -32042, "{answer}");
+    assert!(
+        !w.gw
+            .store
+            .get_connection(w.gw.org, id, w.alice)
+            .await
+            .unwrap()
+            .connected
+    );
+
+    // Reconnect, then revoke through the management API: the provider's revocation endpoint
+    // gets the refresh token, and the next call gets -32042.
+    w.connect_via_page(&answer).await;
+    let answer = w.call(&w.gw, &slug, &alice).await;
+    let live = World::upstream_token(&answer);
+    let revoked_before = w.provider.revoked().len();
+    let manager =
+        w.gw.user_token(w.alice, w.app, &format!("{}/api/v1", w.gw.url))
+            .await;
+    let (status, _, body) =
+        w.gw.api(
+            Method::DELETE,
+            &format!("/integrations/{id}/connection"),
+            &manager,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let revoked = w.provider.revoked();
+    assert_eq!(
+        revoked.len(),
+        revoked_before + 2,
+        "refresh and access token"
+    );
+    assert!(revoked.iter().any(|t| t.starts_with("rt-")));
+    assert!(revoked.contains(&live));
+    assert!(!w.provider.is_valid(&live));
+    assert_eq!(w.call(&w.gw, &slug, &alice).await["error"]["code"], -32042);
+}
+
+async fn discovery_registers_at_the_mcp_servers_authorization_server(backend: Backend) {
+    let w = world(backend).await;
+    // No endpoints, no client: everything comes from the MCP server's RFC 9728 metadata.
+    let (id, slug) = w
+        .integration(json!({"name": "Found", "url": w.upstream.url, "authMode": "oauth"}))
+        .await;
+    let mcp =
+        w.gw.user_token(w.alice, w.app, &format!("{}/mcp", w.gw.url))
+            .await;
+    let resp =
+        w.gw.http
+            .post(format!("{}/mcp/integrations/{slug}/oauth/init", w.gw.url))
+            .bearer_auth(&mcp)
+            .send()
+            .await
+            .unwrap();
+    let init: Value = resp.json().await.unwrap();
+    let url = init["authorizationUrl"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{init}"));
+    assert!(init["state"].as_str().is_some_and(|s| s.len() >= 32));
+    assert!(url.starts_with(&w.provider.url("/authorize")), "{url}");
+    let sent: std::collections::HashMap<String, String> = url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert!(
+        sent["client_id"].starts_with("dcr-"),
+        "registered dynamically: {sent:?}"
+    );
+    assert_eq!(
+        sent["resource"], w.upstream.url,
+        "RFC 8707 resource indicator"
+    );
+    assert_eq!(sent["scope"], "read", "scopes from the resource metadata");
+
+    // The callback (no connect page: the agent opened the URL) finishes the connection.
+    let browser = browser();
+    let back = follow_provider(&browser, url).await;
+    let resp = browser.get(&back).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("is connected"));
+    let token_request = w.provider.token_requests().pop().unwrap();
+    assert_eq!(token_request["resource"], w.upstream.url);
+    let connection: Value =
+        w.gw.http
+            .get(format!(
+                "{}/mcp/integrations/{id}/oauth/connection",
+                w.gw.url
+            ))
+            .bearer_auth(&mcp)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(connection["connected"], true, "{connection}");
+    assert!(connection["expiresAt"].is_string());
+    let alice = w.token(w.alice).await;
+    let answer = w.call(&w.gw, &slug, &alice).await;
+    assert!(w.provider.is_valid(&World::upstream_token(&answer)));
+
+    // The state was used once: replaying the callback is refused.
+    let resp = browser.get(&back).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+/// RFC 8693 at `/oauth2/token` with the application's own credentials.
+async fn exchange(
+    w: &World,
+    client: (&str, &str),
+    subject: &str,
+    kind: &str,
+    resource: &str,
+) -> (u16, Value) {
+    let resp =
+        w.gw.http
+            .post(format!("{}/oauth2/token", w.gw.url))
+            .basic_auth(client.0, Some(client.1))
+            .form(&[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", subject),
+                ("subject_token_type", kind),
+                ("resource", resource),
+            ])
+            .send()
+            .await
+            .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+async fn token_exchange_hands_out_the_right_users_credential(backend: Backend) {
+    let w = world(backend).await;
+    let client_id = w.app.client_id();
+    let client = (client_id.as_str(), w.app_secret.as_str());
+    let (oauth_id, oauth_slug) = w.inline_integration().await;
+    let (pat_id, _) = w
+        .integration(json!({"name": "Keys", "url": "https://keys.example.com/", "category": "internal_mcp_credentials", "authMode": "user_token"}))
+        .await;
+    for (user, token) in [(w.alice, "alice-key"), (w.bob, "bob-key")] {
+        w.gw.store
+            .put_user_token(
+                w.gw.org,
+                pat_id,
+                user,
+                &keygate_core::Secret::new(token),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let alice = w.token(w.alice).await;
+    let bob = w.token(w.bob).await;
+
+    // Each user's own pasted token, by id or by URL.
+    let (status, body) = exchange(&w, client, &alice, ACCESS, &pat_id.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], "alice-key");
+    assert_eq!(body["issued_token_type"], ACCESS);
+    assert_eq!(body["token_type"], "Bearer");
+    let (_, body) = exchange(&w, client, &bob, ACCESS, "https://keys.example.com").await;
+    assert_eq!(body["access_token"], "bob-key");
+
+    // An OAuth connection: the live provider token, not yet connected → integration_required.
+    let (status, body) = exchange(&w, client, &alice, ACCESS, &oauth_slug).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("integration_required")),
+        "{body}"
+    );
+    assert!(body["connect_url"].as_str().is_some());
+    let answer = w.call(&w.gw, &oauth_slug, &alice).await;
+    w.connect_via_page(&answer).await;
+    let (status, body) = exchange(&w, client, &alice, ACCESS, &oauth_id.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(w.provider.is_valid(body["access_token"].as_str().unwrap()));
+    assert!(body["expires_in"].as_u64().unwrap() <= ACCESS_TTL.as_secs());
+
+    // A confidential application may name its user directly.
+    let (_, body) = exchange(
+        &w,
+        client,
+        &w.bob.to_string(),
+        "urn:keygate:params:oauth:token-type:user-id",
+        &pat_id.to_string(),
+    )
+    .await;
+    assert_eq!(body["access_token"], "bob-key", "{body}");
+
+    // Refused: a token issued to another application.
+    let (_, _, other) = w
+        .gw
+        .api(Method::POST, "/applications", &w.admin, Some(json!({"name": "Other", "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}})))
+        .await;
+    let other: ApplicationId = other["application"]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let foreign =
+        w.gw.user_token(w.alice, other, &format!("{}/apps/{other}/mcp", w.gw.url))
+            .await;
+    let (status, body) = exchange(&w, client, &foreign, ACCESS, &pat_id.to_string()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+
+    // Refused: an integration not attached to the application.
+    let (_, _, loose) = w
+        .gw
+        .api(Method::POST, "/integrations", &w.admin, Some(json!({"name": "Loose", "url": "https://loose.example.com/", "authMode": "user_token"})))
+        .await;
+    let loose = loose["integration"]["id"].as_str().unwrap();
+    let (status, body) = exchange(&w, client, &alice, ACCESS, loose).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{body}"
+    );
+    assert_eq!(body["failure_reason"], "not_attached_to_application");
+
+    // Refused: a disconnected connection.
+    w.provider.revoke_all_grants();
+    tokio::time::sleep(ACCESS_TTL).await;
+    let (status, body) = exchange(&w, client, &alice, ACCESS, &oauth_id.to_string()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("integration_required")),
+        "{body}"
+    );
+    assert_eq!(body["failure_reason"], "disconnected_or_reauth_required");
+
+    // Refused: a service account's token, and a service account as the client.
+    let (sa_id, sa_secret) = w.gw.service_account_in(w.gw.org, "robot").await;
+    let (status, body) = exchange(&w, client, &w.admin, ACCESS, &pat_id.to_string()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let (status, body) = exchange(
+        &w,
+        (&sa_id, &sa_secret),
+        &alice,
+        ACCESS,
+        &pat_id.to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{body}"
+    );
+
+    // Refused: a wrong client secret.
+    let (status, _) = exchange(
+        &w,
+        (client_id.as_str(), "wrong"),
+        &alice,
+        ACCESS,
+        &pat_id.to_string(),
+    )
+    .await;
+    assert_eq!(status, 401);
+}
