@@ -40,9 +40,18 @@ struct World {
 
 async fn world(backend: Backend) -> World {
     let provider = FakeOAuth::start(ACCESS_TTL).await;
+    world_with(backend, provider, |_| {}).await
+}
+
+async fn world_with(
+    backend: Backend,
+    provider: FakeOAuth,
+    tweak: impl FnOnce(&mut keygate_core::config::Config),
+) -> World {
     let gw = TestGateway::start_with(backend, |c| {
         c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
         c.upstream_oauth.refresh_skew_secs = Some(1);
+        tweak(c);
     })
     .await;
     provider.register_client(
@@ -558,4 +567,166 @@ async fn token_exchange_hands_out_the_right_users_credential(backend: Backend) {
     )
     .await;
     assert_eq!(status, 401);
+}
+
+/// Every log line the process writes at `trace` level, from every crate.
+static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+    std::sync::OnceLock::new();
+
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The whole brokering life cycle with every crate logging at `trace`, through a provider
+/// declared in config with its client secret sealed by `keygate vault seal`: no access or
+/// refresh token, authorization code or client secret appears in any log line, nor anywhere in
+/// the database in plaintext (trace events included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_or_the_database() {
+    let logs = capture_logs();
+    // The provider's client secret is sealed against the database the gateway will use.
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/keygate.db", dir.path().display());
+    let kek_text = keygate_store::Kek::generate_base64();
+    let sealed = {
+        let db = keygate_store::Db::connect(&db_url, 1).await.unwrap();
+        db.migrate().await.unwrap();
+        let kek = keygate_store::Kek::from_base64(&kek_text).unwrap();
+        let store = keygate_store::Store::new(
+            db.clone(),
+            keygate_store::Vault::unlock(&db, &kek).await.unwrap(),
+        );
+        let sealed = keygate_auth::broker::seal_provider_secret(
+            &store,
+            &keygate_core::Secret::new(CLIENT_SECRET),
+        );
+        db.close().await;
+        sealed
+    };
+    assert!(sealed.starts_with("vault:") && !sealed.contains(CLIENT_SECRET));
+    let provider = FakeOAuth::start(ACCESS_TTL).await;
+    let p = provider.clone();
+    let w = world_with(Backend::Sqlite, provider, move |c| {
+        c.database.url = Some(db_url);
+        c.vault.key = Some(kek_text);
+        c.log.level = Some("trace".into());
+        c.upstream_oauth.providers.insert(
+            "octo".into(),
+            keygate_core::config::OAuthProviderConfig {
+                authorization_url: Some(p.url("/authorize").parse().unwrap()),
+                token_url: Some(p.url("/token").parse().unwrap()),
+                revocation_url: Some(p.url("/revoke").parse().unwrap()),
+                userinfo_url: Some(p.url("/userinfo").parse().unwrap()),
+                client_id: Some(CLIENT_ID.into()),
+                client_secret: Some(sealed),
+                scopes: vec!["read".into()],
+                authorize_params: [("prompt".to_owned(), "consent".to_owned())].into(),
+            },
+        );
+    })
+    .await;
+    let (id, slug) = w
+        .integration(json!({"name": "Octo", "url": w.upstream.url, "authMode": "oauth", "oauth": {"provider": "octo"}}))
+        .await;
+    let (status, _, oauth) =
+        w.gw.api(
+            Method::GET,
+            &format!("/integrations/{id}/oauth"),
+            &w.admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &oauth["oauth"]["provider"]),
+        (200, &json!("octo")),
+        "{oauth}"
+    );
+    let alice = w.token(w.alice).await;
+
+    // Connect (code flow), call, refresh after expiry, refresh after a 401, exchange, revoke.
+    let answer = w.call(&w.gw, &slug, &alice).await;
+    w.connect_via_page(&answer).await;
+    assert_eq!(w.provider.last_authorize()["prompt"], "consent");
+    World::upstream_token(&w.call(&w.gw, &slug, &alice).await);
+    tokio::time::sleep(ACCESS_TTL - Duration::from_millis(500)).await;
+    World::upstream_token(&w.call(&w.gw, &slug, &alice).await);
+    w.provider.invalidate_access_tokens();
+    World::upstream_token(&w.call(&w.gw, &slug, &alice).await);
+    assert_eq!(w.provider.refresh_count(), 2);
+    let client_id = w.app.client_id();
+    let (status, exchanged) = exchange(
+        &w,
+        (&client_id, &w.app_secret),
+        &alice,
+        ACCESS,
+        &id.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{exchanged}");
+    let manager =
+        w.gw.user_token(w.alice, w.app, &format!("{}/api/v1", w.gw.url))
+            .await;
+    let (status, _, _) =
+        w.gw.api(
+            Method::DELETE,
+            &format!("/integrations/{id}/connection"),
+            &manager,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(!w.provider.revoked().is_empty());
+
+    let mut secrets = w.provider.issued_secrets();
+    secrets.extend([
+        CLIENT_SECRET.to_owned(),
+        alice.clone(),
+        manager,
+        w.app_secret.clone(),
+    ]);
+    assert!(
+        secrets.len() >= 10,
+        "codes, access and refresh tokens were issued"
+    );
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("upstream OAuth token refreshed"),
+        "the capture works"
+    );
+    assert!(logs.lines().count() > 100, "trace level is on");
+    let dump = w.gw.raw_dump().await;
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret reached the logs: {}",
+            &secret[..6]
+        );
+        assert!(
+            !dump.contains(secret.as_str()),
+            "a secret is stored in plaintext: {}",
+            &secret[..6]
+        );
+    }
 }
