@@ -113,14 +113,16 @@ impl Capture {
 
     fn sensitive(&self, key: &str) -> bool {
         let key = key.to_ascii_lowercase();
-        SENSITIVE_KEYS.iter().any(|s| key.contains(s)) || self.fields.iter().any(|f| *f == key)
+        SENSITIVE_KEYS.iter().any(|s| key.contains(s)) || self.fields.contains(&key)
     }
 }
 
 /// `Bearer …`/`Basic …` values and JWTs (three base64url parts, the first a JSON header).
 fn looks_like_credential(s: &str) -> bool {
     let lower = s.get(..7).map(str::to_ascii_lowercase);
-    if matches!(lower.as_deref(), Some("bearer ")) || s.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("basic ")) {
+    if matches!(lower.as_deref(), Some("bearer "))
+        || s.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("basic "))
+    {
         return true;
     }
     let parts: Vec<&str> = s.split('.').collect();

@@ -172,9 +172,9 @@ impl Exchange {
             .map(str::to_owned);
         self.rpc_id = message.get("id").cloned();
         self.tool = match self.method.as_deref() {
-            Some("tools/call" | "prompts/get") => message["params"]["name"]
-                .as_str()
-                .map(str::to_owned),
+            Some("tools/call" | "prompts/get") => {
+                message["params"]["name"].as_str().map(str::to_owned)
+            }
             _ => None,
         };
         if self.method.is_none() {
@@ -264,7 +264,10 @@ impl Exchange {
         match self.http_status {
             Some(401 | 403) => (
                 Status::ErrorRemote,
-                Some(format!("the upstream refused the credential ({})", self.http_status.unwrap_or(0))),
+                Some(format!(
+                    "the upstream refused the credential ({})",
+                    self.http_status.unwrap_or(0)
+                )),
             ),
             Some(s) if s >= 400 => (
                 Status::ErrorRemote,

@@ -35,7 +35,9 @@ pub(crate) async fn temp_store() -> (keygate_store::Store, keygate_core::OrgId, 
     let db = keygate_store::Db::connect(&url, 4).await.expect("connect");
     db.migrate().await.expect("migrate");
     let kek = keygate_store::Kek::from_base64(&keygate_store::Kek::generate_base64()).unwrap();
-    let vault = keygate_store::Vault::unlock(&db, &kek).await.expect("vault");
+    let vault = keygate_store::Vault::unlock(&db, &kek)
+        .await
+        .expect("vault");
     let store = keygate_store::Store::new(db, vault);
     let org = store.default_organization().await.expect("org").id;
     (store, org, dir)

@@ -207,6 +207,9 @@ mod tests {
         ));
         assert!(!text.contains("attacker"));
         let _guard = m.stream_opened();
-        assert!(m.render(&TraceSink::disabled()).contains("keygate_open_streams 1"));
+        assert!(
+            m.render(&TraceSink::disabled())
+                .contains("keygate_open_streams 1")
+        );
     }
 }

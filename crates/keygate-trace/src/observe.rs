@@ -28,13 +28,14 @@ pub const MAX_INSPECT_CAP: usize = 1024 * 1024;
 pub struct PeekBuf {
     pub bytes: Vec<u8>,
     pub total: u64,
-    ended: bool,
 }
 
 impl PeekBuf {
-    /// Whether `bytes` holds the whole body.
+    /// Whether `bytes` holds everything seen so far (nothing was left out for size). The
+    /// sender stops polling a body that says it has ended, so its end may never be seen;
+    /// a JSON document that parses is complete.
     pub fn complete(&self) -> bool {
-        self.ended && self.bytes.len() as u64 == self.total
+        self.total > 0 && self.bytes.len() as u64 == self.total
     }
 }
 
@@ -80,18 +81,14 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        let mut seen = this.seen.lock().unwrap_or_else(|p| p.into_inner());
-        match &polled {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    seen.total += data.len() as u64;
-                    if seen.bytes.len() + data.len() <= this.limit {
-                        seen.bytes.extend_from_slice(data);
-                    }
-                }
+        if let Some(Ok(frame)) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let mut seen = this.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.total += data.len() as u64;
+            if seen.bytes.len() + data.len() <= this.limit {
+                seen.bytes.extend_from_slice(data);
             }
-            None => seen.ended = true,
-            Some(Err(_)) => {}
         }
         Poll::Ready(polled)
     }
@@ -143,7 +140,10 @@ impl<B: Body> Observed<B> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let (kind, stream) = if content_type.starts_with("text/event-stream") {
-            (Kind::Sse(Vec::new()), Some(exchange.metrics().stream_opened()))
+            (
+                Kind::Sse(Vec::new()),
+                Some(exchange.metrics().stream_opened()),
+            )
         } else if content_type.starts_with("application/json") {
             (Kind::Json(Vec::new()), None)
         } else {
@@ -166,7 +166,6 @@ impl<B: Body> Observed<B> {
 }
 
 impl<B> Observed<B> {
-
     fn on_data(&mut self, data: &Bytes) {
         let limit = self.limit;
         let Some(exchange) = self.exchange.as_mut() else {
@@ -250,19 +249,14 @@ impl<B> Observed<B> {
                         exchange.set_response(&message, local);
                     }
                 } else if exchange.capture().is_on() {
-                    let payload = exchange
-                        .capture()
-                        .payload(&buf, exchange.bytes_out);
+                    let payload = exchange.capture().payload(&buf, exchange.bytes_out);
                     exchange.set_response_payload(payload);
                 }
             }
             Kind::Sse(_) => {
                 exchange.resolve_request();
                 if exchange.rpc_id.is_some() && exchange.record {
-                    exchange.fail(
-                        Status::ErrorRemote,
-                        "the stream ended without a response",
-                    );
+                    exchange.fail(Status::ErrorRemote, "the stream ended without a response");
                 }
             }
             Kind::Other => {}

@@ -85,22 +85,29 @@ async fn a_streamed_answer_completes_the_exchange_when_it_passes() {
     let f = fixture(CaptureMode::Off).await;
     let mut ex = f.exchange();
     // The request streams upstream through a Peek.
-    let request = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "slow"}});
+    let request =
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "slow"}});
     let mut peek = Peek::new(Full::new(Bytes::from(request.to_string())), &mut ex);
     while peek.frame().await.is_some() {}
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut body = Box::pin(observed(ex, StreamBody::new(stream), "text/event-stream"));
     let send = |s: &str| Ok(Frame::data(Bytes::from(s.to_owned())));
-    tx.send(send("data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"))
-        .await
-        .unwrap();
+    tx.send(send(
+        "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n",
+    ))
+    .await
+    .unwrap();
     body.frame().await.unwrap().unwrap();
     assert_eq!(f.telemetry.sink.depth(), 0, "not answered yet");
     // The answer arrives in two frames, with CRLF line ends.
-    tx.send(send("id: 2\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,")).await.unwrap();
+    tx.send(send("id: 2\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,"))
+        .await
+        .unwrap();
     body.frame().await.unwrap().unwrap();
-    tx.send(send("\"result\":{\"content\":[]}}\r\n\r\n")).await.unwrap();
+    tx.send(send("\"result\":{\"content\":[]}}\r\n\r\n"))
+        .await
+        .unwrap();
     body.frame().await.unwrap().unwrap();
     // Completed while the stream is still open.
     assert_eq!(f.telemetry.sink.depth(), 1);
@@ -123,9 +130,18 @@ async fn a_streamed_answer_completes_the_exchange_when_it_passes() {
 async fn json_errors_and_tool_errors_get_their_status() {
     let f = fixture(CaptureMode::Redacted).await;
     for (answer, local) in [
-        (json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": "boom"}}), false),
-        (json!({"jsonrpc": "2.0", "id": 1, "result": {"isError": true, "content": [{"type": "text", "text": "bad input"}]}}), false),
-        (json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "Unknown tool: x"}}), true),
+        (
+            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": "boom"}}),
+            false,
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"isError": true, "content": [{"type": "text", "text": "bad input"}]}}),
+            false,
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "Unknown tool: x"}}),
+            true,
+        ),
     ] {
         let mut ex = f.exchange();
         ex.set_message(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
@@ -149,30 +165,47 @@ async fn json_errors_and_tool_errors_get_their_status() {
     assert_eq!(events[0].error_message.as_deref(), Some("boom (-32000)"));
     assert_eq!(events[1].error_message.as_deref(), Some("bad input"));
     let request = events[0].request_json.as_ref().unwrap();
-    assert_eq!(request["params"]["arguments"]["password"], crate::capture::MASK);
-    assert_eq!(events[0].response_json.as_ref().unwrap()["error"]["message"], "boom");
+    assert_eq!(
+        request["params"]["arguments"]["password"],
+        crate::capture::MASK
+    );
+    assert_eq!(
+        events[0].response_json.as_ref().unwrap()["error"]["message"],
+        "boom"
+    );
 }
 
 #[tokio::test]
 async fn a_client_that_leaves_early_is_a_warning_and_a_stream_without_answer_an_error() {
     let f = fixture(CaptureMode::Off).await;
     let mut ex = f.exchange();
-    ex.set_message(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "hang"}}));
+    ex.set_message(
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "hang"}}),
+    );
     let stream = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
     drop(observed(ex, StreamBody::new(stream), "text/event-stream"));
 
     let mut ex = f.exchange();
-    ex.set_message(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "reset"}}));
-    let frames = futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(
-        b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n",
-    )))]);
+    ex.set_message(
+        &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "reset"}}),
+    );
+    let frames =
+        futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(
+            b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n",
+        )))]);
     observed(ex, StreamBody::new(frames), "text/event-stream")
         .collect()
         .await
         .unwrap();
     let events = f.events().await;
     assert_eq!(events[0].status, "warn");
-    assert!(events[0].error_message.as_deref().unwrap().contains("client closed"));
+    assert!(
+        events[0]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("client closed")
+    );
     assert_eq!(events[1].status, "error_remote");
     assert_eq!(
         events[1].error_message.as_deref(),

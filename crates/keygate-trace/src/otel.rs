@@ -98,10 +98,12 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn nonzero_random<const N: usize>() -> [u8; N] {
@@ -288,7 +290,10 @@ mod tests {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let span = SpanContext::start(Some(incoming));
         assert_eq!(span.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(span.parent_span_id, Some(unhex("00f067aa0ba902b7").unwrap()));
+        assert_eq!(
+            span.parent_span_id,
+            Some(unhex("00f067aa0ba902b7").unwrap())
+        );
         let out = span.traceparent();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(out.ends_with("-01"));

@@ -35,7 +35,10 @@ async fn close_writes_everything_queued_in_id_order() {
     let events = stored(&store, org).await;
     assert_eq!(events.len(), 2_500);
     // Ids follow the order events were queued in: a tail paging by id misses none.
-    let tools: Vec<String> = events.iter().map(|e| e.tool_name.clone().unwrap()).collect();
+    let tools: Vec<String> = events
+        .iter()
+        .map(|e| e.tool_name.clone().unwrap())
+        .collect();
     let expected: Vec<String> = (0..2_500).map(|n| format!("tool-{n}")).collect();
     assert_eq!(tools, expected);
     // After close, emitting is a counted drop, not a panic or a wait.

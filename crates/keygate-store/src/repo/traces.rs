@@ -80,7 +80,8 @@ fn push_values(sql: &mut Sql, e: &TraceEvent) {
     sql.bind(e.created_at.millis()).push(", ");
     sql.bind(e.trace_id.clone()).push(", ");
     sql.bind(e.session_id.clone()).push(", ");
-    sql.bind(e.agent_session_id.map(|v| v.to_string())).push(", ");
+    sql.bind(e.agent_session_id.map(|v| v.to_string()))
+        .push(", ");
     sql.bind(e.application_id.to_string()).push(", ");
     sql.bind(e.user_id.map(|v| v.to_string())).push(", ");
     sql.bind(e.event_type.clone()).push(", ");
