@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::model::{Category, Integration};
 use serde_json::Value;
@@ -21,6 +21,8 @@ use crate::error::ProxyError;
 use crate::gate::{McpCaller, authenticate};
 use crate::legacy::{EndpointMap, RewriteEndpoint};
 use crate::sse::{KeepAlive, is_event_stream};
+use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
+use keygate_trace::{Exchange, Peek};
 
 /// Largest request body relayed upstream.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -74,7 +76,9 @@ pub async fn handle(
     Path((_, integration)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    respond(forward(&state, &integration, req, Route::Endpoint).await)
+    let mut ex = traced::start(&state, ROUTE_PASSTHROUGH, req.headers(), req.method());
+    let result = forward(&state, &integration, req, Route::Endpoint, &mut ex).await;
+    traced::finish(ex, result)
 }
 
 /// `…/{integration}/message?ep=…`: a legacy transport message.
@@ -83,14 +87,9 @@ pub async fn handle_message(
     Path((_, integration)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    respond(forward(&state, &integration, req, Route::Message).await)
-}
-
-fn respond(result: Result<Response, ProxyError>) -> Response {
-    match result {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+    let mut ex = traced::start(&state, ROUTE_MESSAGE, req.headers(), req.method());
+    let result = forward(&state, &integration, req, Route::Message, &mut ex).await;
+    traced::finish(ex, result)
 }
 
 async fn forward(
@@ -98,10 +97,21 @@ async fn forward(
     integration_ref: &str,
     req: Request,
     route: Route,
+    ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let caller = authenticate(state, &parts.headers, &parts.uri).await?;
+    let caller = match authenticate(state, &parts.headers, &parts.uri).await {
+        Ok(caller) => caller,
+        Err(e) => {
+            if matches!(e, ProxyError::Unauthorized(_)) {
+                traced::unauthenticated(state, ex, &parts.uri, body).await;
+            }
+            return Err(e);
+        }
+    };
+    traced::identify(ex, &caller);
     let integration = attached_integration(state, &caller, integration_ref).await?;
+    ex.integration = Some(integration.id);
     let base = Url::parse(&integration.url).map_err(|_| {
         ProxyError::Upstream(format!("integration {} has an invalid URL", integration.id))
     })?;
@@ -140,8 +150,10 @@ async fn forward(
             connect_url,
             ..
         }) => {
+            let message = request_message(body).await;
+            ex.set_message(&message);
             return Err(ProxyError::ConnectionRequired {
-                request_id: request_id(body).await,
+                request_id: message.get("id").cloned().unwrap_or(Value::Null),
                 integration_id,
                 integration_name,
                 connect_url,
@@ -152,7 +164,10 @@ async fn forward(
     let mut upstream_req = http::Request::builder()
         .method(parts.method.clone())
         .uri(url.as_str())
-        .body(Body::new(Limited::new(body, MAX_REQUEST_BYTES)))
+        .body(Body::new(Limited::new(
+            Peek::new(body, ex),
+            MAX_REQUEST_BYTES,
+        )))
         .map_err(|e| ProxyError::Internal(e.to_string()))?;
     *upstream_req.headers_mut() = filtered(&parts.headers, DROP_REQUEST);
     if let Some(auth) = authorization {
@@ -160,7 +175,15 @@ async fn forward(
             .headers_mut()
             .insert(header::AUTHORIZATION, auth);
     }
-    let resp = state.upstream.send(upstream_req).await?;
+    // The upstream's spans join this request's trace.
+    upstream_req
+        .headers_mut()
+        .insert("traceparent", ex.traceparent());
+    let route_label = match route {
+        Route::Endpoint => ROUTE_PASSTHROUGH,
+        Route::Message => ROUTE_MESSAGE,
+    };
+    let resp = traced::send_upstream(state, route_label, upstream_req).await?;
     Ok(relay(resp, endpoint_map))
 }
 
@@ -278,13 +301,10 @@ pub async fn drain(mut body: Body) {
     .await;
 }
 
-/// The JSON-RPC id of a (small) request body, or null.
-async fn request_id(body: Body) -> Value {
+/// A (small) request body as JSON, or null.
+async fn request_message(body: Body) -> Value {
     let Ok(collected) = Limited::new(body, MAX_REQUEST_BYTES).collect().await else {
         return Value::Null;
     };
-    serde_json::from_slice::<Value>(&collected.to_bytes())
-        .ok()
-        .and_then(|v| v.get("id").cloned())
-        .unwrap_or(Value::Null)
+    serde_json::from_slice::<Value>(&collected.to_bytes()).unwrap_or(Value::Null)
 }
