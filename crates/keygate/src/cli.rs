@@ -58,6 +58,8 @@ pub enum Command {
     /// Manage the JWT signing keys.
     #[command(subcommand, name = "signing-key")]
     SigningKey(SigningKeyCommand),
+    /// Follow trace events live from a running gateway.
+    Tail(crate::tail::TailArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,6 +174,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             service_account_create(&config, &name, description.as_deref()).await
         }
         Command::Vault(VaultCommand::RotateKey) => rotate_key(&config).await,
+        Command::Tail(args) => crate::tail::run(&config, args).await,
         Command::SigningKey(SigningKeyCommand::Rotate) => {
             let store = open_store(&config).await?;
             let keys = keygate_auth::KeyRing::load(store, config.public_url()).await?;
