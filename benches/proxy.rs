@@ -7,7 +7,9 @@
 //!
 //! - latency percentiles at a fixed 2,000 requests/s (DESIGN §9: added p50 ≤ 0.15 ms, p99 ≤ 1 ms);
 //! - saturated throughput with 32 concurrent clients (≥ 0.7 × direct);
-//! - aggregated `tools/list` over 5 upstreams that each take 5 ms (≤ slowest + 2 ms).
+//! - aggregated `tools/list` over 5 upstreams that each take 5 ms (≤ slowest + 2 ms);
+//! - pass-through latency at 2,000 requests/s with trace events on and off (two gateways,
+//!   runs alternated): tracing may add at most 5 %.
 //!
 //! Client, gateway and upstream share the machine's cores, so absolute numbers understate what
 //! a dedicated gateway does; the ratios are the point.
@@ -355,5 +357,102 @@ async fn main() {
         ms(percentile(&lone, 0.5)),
         ms(percentile(&all, 0.5)) - ms(percentile(&lone, 0.5))
     );
+    tracing_on_vs_off(&client, &gw, &direct_url).await;
     gw.stop().await;
+}
+
+/// A pass-through `tools/call` target on `gw`: a new application, integration and user.
+async fn pass_target(gw: &TestGateway, upstream_url: &str, name: &str) -> Target {
+    let admin = gw.admin_token().await;
+    let (_, _, app) = gw
+        .api(reqwest::Method::POST, "/applications", &admin, Some(json!({"name": name, "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}})))
+        .await;
+    let app_id = app["application"]["id"].as_str().unwrap().to_owned();
+    let (_, _, i) = gw
+        .api(
+            reqwest::Method::POST,
+            "/integrations",
+            &admin,
+            Some(json!({"name": name, "url": upstream_url})),
+        )
+        .await;
+    let id = i["integration"]["id"].as_str().unwrap();
+    gw.api(
+        reqwest::Method::POST,
+        &format!("/applications/{app_id}/integrations/{id}"),
+        &admin,
+        None,
+    )
+    .await;
+    let user = gw
+        .store
+        .create_user(gw.org, &format!("{name}@example.com"), Role::Member, None)
+        .await
+        .unwrap()
+        .id;
+    let app_mcp = format!("{}/apps/{app_id}/mcp", gw.url);
+    let token = gw.user_token(user, app_id.parse().unwrap(), &app_mcp).await;
+    Target {
+        url: format!("{app_mcp}/{}", i["integration"]["slug"].as_str().unwrap()),
+        token: Some(token),
+        session: None,
+        body: Bytes::from(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}).to_string()),
+    }
+}
+
+/// Pass-through latency with trace events recorded (`gw`) and not (a second gateway with
+/// `traces.enabled = false`), alternating runs so drift on a shared machine hits both.
+async fn tracing_on_vs_off(client: &HttpClient, gw: &TestGateway, upstream_url: &str) {
+    let gw_off = TestGateway::start_with(Backend::Sqlite, |c| {
+        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
+        c.traces.enabled = Some(false);
+    })
+    .await;
+    let on = pass_target(gw, upstream_url, "traced").await;
+    let off = pass_target(&gw_off, upstream_url, "untraced").await;
+    for t in [&on, &off] {
+        for _ in 0..500 {
+            once(client, t).await;
+        }
+    }
+    let (mut lat_on, mut lat_off) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        lat_off.extend(fixed_rate(client, &off).await);
+        lat_on.extend(fixed_rate(client, &on).await);
+    }
+    lat_on.sort_unstable();
+    lat_off.sort_unstable();
+    let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;
+    println!();
+    println!(
+        "pass-through at {RATE} req/s, trace events off vs on ({} requests each)",
+        lat_on.len()
+    );
+    println!(
+        "{:<13} {:>9} {:>9} {:>9}",
+        "", "mean ms", "p50 ms", "p99 ms"
+    );
+    for (name, v) in [("tracing off", &lat_off), ("tracing on", &lat_on)] {
+        println!(
+            "{:<13} {:>9.3} {:>9.3} {:>9.3}",
+            name,
+            ms(mean(v)),
+            ms(percentile(v, 0.5)),
+            ms(percentile(v, 0.99))
+        );
+    }
+    println!(
+        "on / off: mean {:.3}, p50 {:.3}, p99 {:.3} (budget ≤ 1.05); events written {}, dropped {}",
+        ms(mean(&lat_on)) / ms(mean(&lat_off)),
+        ms(percentile(&lat_on, 0.5)) / ms(percentile(&lat_off, 0.5)),
+        ms(percentile(&lat_on, 0.99)) / ms(percentile(&lat_off, 0.99)),
+        gw.telemetry.sink.stats().written(),
+        gw.telemetry.sink.stats().dropped(),
+    );
+    let (rps_off, rps_on) = (saturated(client, &off).await, saturated(client, &on).await);
+    println!(
+        "saturated ({CONCURRENCY} clients): off {rps_off:.0} req/s, on {rps_on:.0} req/s → {:.2}",
+        rps_on / rps_off
+    );
+    gw_off.stop().await;
 }

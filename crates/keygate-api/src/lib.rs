@@ -35,6 +35,8 @@ pub struct ApiState {
     pub auth: AuthState,
     /// Connectivity checks for `POST /integrations/:id/validate`.
     pub prober: Arc<dyn probe::Prober>,
+    /// The trace pipeline: the live tail wakes when it writes.
+    pub traces: keygate_trace::TraceSink,
 }
 
 impl ApiState {

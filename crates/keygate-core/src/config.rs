@@ -33,6 +33,43 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// OAuth toward upstream providers (users' connections).
     pub upstream_oauth: UpstreamOAuthConfig,
+    /// Trace events: one per JSON-RPC exchange.
+    pub traces: TracesConfig,
+    /// OpenTelemetry export and Prometheus metrics.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Trace event settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// Record a trace event per JSON-RPC exchange (default true).
+    pub enabled: Option<bool>,
+    /// Payload capture: `off` (default), `redacted` or `full`.
+    pub capture: Option<String>,
+    /// Extra JSON field names masked in `redacted` mode (besides tokens, secrets, passwords…).
+    pub redact_fields: Vec<String>,
+    /// Largest request or response payload kept per event, in bytes.
+    pub max_payload_bytes: Option<usize>,
+    /// Events older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: Option<u32>,
+    /// Events that may wait to be written; more are dropped (and counted), never waited for.
+    pub queue_capacity: Option<usize>,
+}
+
+/// OpenTelemetry and Prometheus settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL (e.g. `http://127.0.0.1:4318`); spans go to `{url}/v1/traces`.
+    /// Unset (and no `OTEL_EXPORTER_OTLP_ENDPOINT`): no spans are exported.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of exported spans.
+    pub service_name: Option<String>,
+    /// Serve Prometheus metrics at `/metrics` (default true).
+    pub metrics_enabled: Option<bool>,
+    /// When set, `/metrics` requires `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
 }
 
 /// OAuth toward upstream providers.
@@ -137,6 +174,8 @@ pub enum FieldKind {
     Integer,
     /// Comma-separated in the environment.
     StringList,
+    /// `true` or `false`.
+    Bool,
 }
 
 /// Every leaf of the file, dotted. `KEYGATE_` + the path in upper case with `.` → `_` is its
@@ -157,6 +196,16 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("outbound.allowed_private_hosts", FieldKind::StringList),
     ("proxy.upstream_header_timeout_secs", FieldKind::Integer),
     ("upstream_oauth.refresh_skew_secs", FieldKind::Integer),
+    ("traces.enabled", FieldKind::Bool),
+    ("traces.capture", FieldKind::String),
+    ("traces.redact_fields", FieldKind::StringList),
+    ("traces.max_payload_bytes", FieldKind::Integer),
+    ("traces.retention_days", FieldKind::Integer),
+    ("traces.queue_capacity", FieldKind::Integer),
+    ("telemetry.otlp_endpoint", FieldKind::String),
+    ("telemetry.service_name", FieldKind::String),
+    ("telemetry.metrics_enabled", FieldKind::Bool),
+    ("telemetry.metrics_token", FieldKind::String),
 ];
 
 /// The environment variable that overrides a dotted field.
@@ -192,6 +241,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 pub const DEFAULT_UPSTREAM_HEADER_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_REFRESH_SKEW_SECS: u64 = 60;
+pub const DEFAULT_TRACE_MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+pub const DEFAULT_TRACE_RETENTION_DAYS: u32 = 30;
+pub const DEFAULT_TRACE_QUEUE_CAPACITY: usize = 20_000;
 
 impl Config {
     pub fn listen(&self) -> SocketAddr {
@@ -252,8 +304,89 @@ impl Config {
             .unwrap_or(DEFAULT_MAX_CONNECTIONS)
     }
 
+    pub fn traces_enabled(&self) -> bool {
+        self.traces.enabled.unwrap_or(true)
+    }
+
+    /// `off`, `redacted` or `full`.
+    pub fn trace_capture(&self) -> &str {
+        self.traces.capture.as_deref().unwrap_or("off")
+    }
+
+    pub fn trace_max_payload_bytes(&self) -> usize {
+        self.traces
+            .max_payload_bytes
+            .unwrap_or(DEFAULT_TRACE_MAX_PAYLOAD_BYTES)
+    }
+
+    pub fn trace_retention_days(&self) -> u32 {
+        self.traces
+            .retention_days
+            .unwrap_or(DEFAULT_TRACE_RETENTION_DAYS)
+    }
+
+    pub fn trace_queue_capacity(&self) -> usize {
+        self.traces
+            .queue_capacity
+            .unwrap_or(DEFAULT_TRACE_QUEUE_CAPACITY)
+    }
+
+    pub fn metrics_enabled(&self) -> bool {
+        self.telemetry.metrics_enabled.unwrap_or(true)
+    }
+
+    fn validate_telemetry(&self) -> Result<(), ConfigError> {
+        if !matches!(self.trace_capture(), "off" | "redacted" | "full") {
+            return Err(ConfigError::new(
+                "traces.capture",
+                "must be `off`, `redacted` or `full`",
+            ));
+        }
+        if !(256..=1024 * 1024).contains(&self.trace_max_payload_bytes()) {
+            return Err(ConfigError::new(
+                "traces.max_payload_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
+        if self.trace_retention_days() > 3650 {
+            return Err(ConfigError::new(
+                "traces.retention_days",
+                "must be at most 3650 (0 keeps events forever)",
+            ));
+        }
+        if !(100..=10_000_000).contains(&self.trace_queue_capacity()) {
+            return Err(ConfigError::new(
+                "traces.queue_capacity",
+                "must be between 100 and 10000000",
+            ));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            let ok = Url::parse(endpoint)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::new(
+                    "telemetry.otlp_endpoint",
+                    "must be an http or https URL",
+                ));
+            }
+        }
+        if self
+            .telemetry
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.len() < 16)
+        {
+            return Err(ConfigError::new(
+                "telemetry.metrics_token",
+                "must be at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks everything that can be checked without touching the network or the disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_telemetry()?;
         if let Some(url) = &self.public_url {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(ConfigError::new(

@@ -24,6 +24,7 @@ pub mod passthrough;
 pub mod probe;
 pub mod runtime;
 pub mod sse;
+pub mod traced;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct ProxyState {
     pub upstream: Arc<Upstream>,
     pub activity: Arc<gate::Activity>,
     pub cache: Arc<RouteCache>,
+    /// Trace events, spans and metrics of MCP requests.
+    pub tracing: Arc<traced::Tracing>,
 }
 
 /// What the hot path would otherwise read from the store on every request, valid for one
@@ -64,7 +67,16 @@ impl ProxyState {
             upstream,
             activity: Arc::default(),
             cache: Arc::default(),
+            tracing: Arc::new(traced::Tracing::new(Arc::new(
+                keygate_trace::Telemetry::disabled(),
+            ))),
         }
+    }
+
+    /// Records exchanges through `telemetry` (the default records metrics only).
+    pub fn with_telemetry(mut self, telemetry: Arc<keygate_trace::Telemetry>) -> Self {
+        self.tracing = Arc::new(traced::Tracing::new(telemetry));
+        self
     }
 }
 

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::model::{AuthMode, Category, Integration};
 use serde_json::Value;
@@ -21,6 +21,8 @@ use crate::error::ProxyError;
 use crate::gate::{McpCaller, authenticate};
 use crate::legacy::{EndpointMap, RewriteEndpoint};
 use crate::sse::{KeepAlive, is_event_stream};
+use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
+use keygate_trace::{Exchange, Peek};
 
 /// Largest request body relayed upstream.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -74,7 +76,9 @@ pub async fn handle(
     Path((_, integration)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    respond(forward(&state, &integration, req, Route::Endpoint).await)
+    let mut ex = traced::start(&state, ROUTE_PASSTHROUGH, req.headers(), req.method());
+    let result = forward(&state, &integration, req, Route::Endpoint, &mut ex).await;
+    traced::finish(ex, result)
 }
 
 /// `…/{integration}/message?ep=…`: a legacy transport message.
@@ -83,14 +87,9 @@ pub async fn handle_message(
     Path((_, integration)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    respond(forward(&state, &integration, req, Route::Message).await)
-}
-
-fn respond(result: Result<Response, ProxyError>) -> Response {
-    match result {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+    let mut ex = traced::start(&state, ROUTE_MESSAGE, req.headers(), req.method());
+    let result = forward(&state, &integration, req, Route::Message, &mut ex).await;
+    traced::finish(ex, result)
 }
 
 async fn forward(
@@ -98,10 +97,21 @@ async fn forward(
     integration_ref: &str,
     req: Request,
     route: Route,
+    ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let caller = authenticate(state, &parts.headers, &parts.uri).await?;
+    let caller = match authenticate(state, &parts.headers, &parts.uri).await {
+        Ok(caller) => caller,
+        Err(e) => {
+            if matches!(e, ProxyError::Unauthorized(_)) {
+                traced::unauthenticated(state, ex, &parts.uri, body).await;
+            }
+            return Err(e);
+        }
+    };
+    traced::identify(ex, &caller);
     let integration = attached_integration(state, &caller, integration_ref).await?;
+    ex.integration = Some(integration.id);
     let base = Url::parse(&integration.url).map_err(|_| {
         ProxyError::Upstream(format!("integration {} has an invalid URL", integration.id))
     })?;
@@ -140,8 +150,10 @@ async fn forward(
             connect_url,
             ..
         }) => {
+            let message = request_message(body).await;
+            ex.set_message(&message);
             return Err(ProxyError::ConnectionRequired {
-                request_id: request_id(body).await,
+                request_id: message.get("id").cloned().unwrap_or(Value::Null),
                 integration_id,
                 integration_name,
                 connect_url,
@@ -149,6 +161,7 @@ async fn forward(
         }
         Err(e) => return Err(e),
     };
+    let traceparent = ex.traceparent();
     let build = |body: Body, auth: Option<&HeaderValue>| {
         let mut req = http::Request::builder()
             .method(parts.method.clone())
@@ -160,37 +173,40 @@ async fn forward(
             req.headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
         }
+        // The upstream's spans join this request's trace.
+        req.headers_mut().insert("traceparent", traceparent.clone());
         Ok::<_, ProxyError>(req)
     };
+    let route_label = match route {
+        Route::Endpoint => ROUTE_PASSTHROUGH,
+        Route::Message => ROUTE_MESSAGE,
+    };
     if integration.auth_mode != AuthMode::Oauth {
-        let body = Body::new(Limited::new(body, MAX_REQUEST_BYTES));
-        let resp = state
-            .upstream
-            .send(build(body, authorization.as_ref())?)
-            .await?;
+        let body = Body::new(Limited::new(Peek::new(body, ex), MAX_REQUEST_BYTES));
+        let req = build(body, authorization.as_ref())?;
+        let resp = traced::send_upstream(state, route_label, req).await?;
         return Ok(relay(resp, endpoint_map));
     }
     // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
     // kept, bounded, so the request can be retried once with a refreshed token.
-    let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+    let bytes = match Limited::new(Peek::new(body, ex), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
     };
-    let resp = state
-        .upstream
-        .send(build(Body::from(bytes.clone()), authorization.as_ref())?)
-        .await?;
+    let req = build(Body::from(bytes.clone()), authorization.as_ref())?;
+    let resp = traced::send_upstream(state, route_label, req).await?;
     if resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(relay(resp, endpoint_map));
     }
     match credentials::after_rejection(state, &caller, &integration, authorization.as_ref()).await {
         Ok(Some(fresh)) => {
             drop(resp);
-            let retried = state
-                .upstream
-                .send(build(Body::from(bytes), Some(&fresh))?)
-                .await?;
+            let req = build(Body::from(bytes), Some(&fresh))?;
+            let retried = traced::send_upstream(state, route_label, req).await?;
             Ok(relay(retried, endpoint_map))
         }
         Ok(None) => Ok(relay(resp, endpoint_map)),
@@ -199,12 +215,16 @@ async fn forward(
             integration_name,
             connect_url,
             ..
-        }) => Err(ProxyError::ConnectionRequired {
-            request_id: request_id(Body::from(bytes)).await,
-            integration_id,
-            integration_name,
-            connect_url,
-        }),
+        }) => {
+            let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+            ex.set_message(&message);
+            Err(ProxyError::ConnectionRequired {
+                request_id: message.get("id").cloned().unwrap_or(Value::Null),
+                integration_id,
+                integration_name,
+                connect_url,
+            })
+        }
         Err(e) => Err(e),
     }
 }
@@ -323,13 +343,10 @@ pub async fn drain(mut body: Body) {
     .await;
 }
 
-/// The JSON-RPC id of a (small) request body, or null.
-async fn request_id(body: Body) -> Value {
+/// A (small) request body as JSON, or null.
+async fn request_message(body: Body) -> Value {
     let Ok(collected) = Limited::new(body, MAX_REQUEST_BYTES).collect().await else {
         return Value::Null;
     };
-    serde_json::from_slice::<Value>(&collected.to_bytes())
-        .ok()
-        .and_then(|v| v.get("id").cloned())
-        .unwrap_or(Value::Null)
+    serde_json::from_slice::<Value>(&collected.to_bytes()).unwrap_or(Value::Null)
 }

@@ -5,6 +5,8 @@
 //! - `tools/call` of `slow`: an SSE response of three events 300 ms apart;
 //! - `tools/call` of `reset`: one SSE event, then the connection drops mid-stream;
 //! - `tools/call` of `hang`: never answers;
+//! - `tools/call` of `fail`: a JSON-RPC error (`-32000`, "the tool failed");
+//! - `tools/call` of `crash`: HTTP 500;
 //! - `tools/call` of `ask`: an SSE response that first sends the client a
 //!   `sampling/createMessage` request (id 5), waits for the client's answer (POSTed back), and
 //!   ends with a result quoting it;
@@ -284,6 +286,13 @@ async fn rpc(
             sse(Body::from_stream(
                 stream::iter([Ok(question)]).chain(finish),
             ))
+        }
+        (Some("tools/call"), "fail") => {
+            let err = json!({"code": -32000, "message": "the tool failed"});
+            Json(json!({"jsonrpc": "2.0", "id": id, "error": err})).into_response()
+        }
+        (Some("tools/call"), "crash") => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "upstream crashed").into_response()
         }
         (Some("tools/call"), "hang") => {
             std::future::pending::<()>().await;

@@ -104,6 +104,8 @@ pub struct TestGateway {
     pub database_url: String,
     pub backend: Backend,
     pub keys: std::sync::Arc<keygate_auth::KeyRing>,
+    /// The gateway's trace pipeline, spans and metrics.
+    pub telemetry: std::sync::Arc<keygate_trace::Telemetry>,
     /// The configuration it was started with.
     pub config: Config,
     vault_key: String,
@@ -143,6 +145,7 @@ impl TestGateway {
         let gateway = Gateway::open(&config, &kek).await.expect("open gateway");
         let store = gateway.store.clone();
         let keys = gateway.keys.clone();
+        let telemetry = gateway.telemetry.clone();
         let org = store.default_organization().await.expect("org").id;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gateway.serve(listener, async {
@@ -161,6 +164,7 @@ impl TestGateway {
             database_url: config.database_url(),
             backend,
             keys,
+            telemetry,
             config: config.clone(),
             vault_key,
             shutdown: Some(tx),

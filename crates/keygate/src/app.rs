@@ -25,6 +25,8 @@ use keygate_core::config::Config;
 use keygate_proxy::probe::ProbeOutcome;
 use keygate_proxy::{ProxyState, Upstream};
 use keygate_store::{Db, Kek, Store, Vault};
+use keygate_trace::otel::{Exporter, ExporterHandle};
+use keygate_trace::{Capture, CaptureMode, Metrics, SinkHandle, Telemetry, TraceSink, retention};
 use std::pin::Pin;
 use tokio::net::TcpListener;
 
@@ -36,8 +38,18 @@ pub struct Gateway {
     pub store: Store,
     pub keys: Arc<KeyRing>,
     pub public_url: String,
+    /// Trace events, spans and metrics.
+    pub telemetry: Arc<Telemetry>,
     router: Router,
     limiter: Limiter,
+    pipeline: Pipeline,
+}
+
+/// The background halves of telemetry, drained at shutdown.
+struct Pipeline {
+    sink: Option<SinkHandle>,
+    exporter: Option<ExporterHandle>,
+    retention_days: u32,
 }
 
 /// Opens the database and applies migrations.
@@ -82,10 +94,12 @@ impl Gateway {
             &config.outbound.allowed_private_hosts,
             Duration::from_secs(config.upstream_header_timeout_secs()),
         ));
+        let (telemetry, pipeline) = telemetry(config, &store);
         let api = keygate_api::router(
             ApiState {
                 auth: auth.clone(),
                 prober: Arc::new(UpstreamProber(upstream.clone())),
+                traces: telemetry.sink.clone(),
             },
             ApiOptions {
                 max_body_bytes: config.max_body_bytes(),
@@ -93,11 +107,10 @@ impl Gateway {
             },
         );
         let health_store = store.clone();
-        let router = Router::new()
-            .merge(keygate_proxy::router(ProxyState::new(
-                auth.clone(),
-                upstream,
-            )))
+        let mut router = Router::new()
+            .merge(keygate_proxy::router(
+                ProxyState::new(auth.clone(), upstream).with_telemetry(telemetry.clone()),
+            ))
             .merge(keygate_auth::router(auth))
             .merge(api)
             .route("/healthz", get(|| async { "ok" }))
@@ -116,12 +129,20 @@ impl Gateway {
                 }),
             )
             .layer(axum::middleware::from_fn(crate::unread_body::layer));
+        if config.metrics_enabled() {
+            router = router.merge(crate::metrics::router(
+                telemetry.clone(),
+                config.telemetry.metrics_token.clone(),
+            ));
+        }
         Ok(Self {
             store,
             keys,
             public_url,
+            telemetry,
             router,
             limiter,
+            pipeline,
         })
     }
 
@@ -153,6 +174,8 @@ impl Gateway {
                 }
             }
         });
+        let retention = (self.pipeline.retention_days > 0)
+            .then(|| retention::spawn(self.store.clone(), self.pipeline.retention_days));
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
@@ -182,9 +205,68 @@ impl Gateway {
             }
         };
         pruner.abort();
+        if let Some(r) = retention {
+            r.abort();
+        }
+        // Every queued trace event is written before the database closes.
+        if let Some(sink) = self.pipeline.sink {
+            sink.close().await;
+            let stats = self.telemetry.sink.stats();
+            tracing::info!(
+                written = stats.written(),
+                dropped = stats.dropped(),
+                "trace events flushed"
+            );
+        }
+        if let Some(exporter) = self.pipeline.exporter {
+            exporter.close().await;
+        }
         self.store.db().close().await;
         result
     }
+}
+
+/// Starts the trace pipeline, the span exporter and the metrics registry per `config`.
+fn telemetry(config: &Config, store: &Store) -> (Arc<Telemetry>, Pipeline) {
+    let (sink, sink_handle) = if config.traces_enabled() {
+        let (sink, handle) = TraceSink::spawn(store.clone(), config.trace_queue_capacity());
+        (sink, Some(handle))
+    } else {
+        (TraceSink::disabled(), None)
+    };
+    let (exporter, exporter_handle) = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            let service = config
+                .telemetry
+                .service_name
+                .as_deref()
+                .unwrap_or("keygate");
+            let (e, h) = Exporter::spawn(endpoint, service, 8_192);
+            (Some(e), Some(h))
+        }
+        None => (None, None),
+    };
+    let mode = CaptureMode::parse(config.trace_capture()).unwrap_or_default();
+    let telemetry = Arc::new(Telemetry {
+        sink,
+        capture: Capture::new(
+            mode,
+            &config.traces.redact_fields,
+            config.trace_max_payload_bytes(),
+        ),
+        metrics: Metrics::new(),
+        exporter,
+    });
+    let pipeline = Pipeline {
+        sink: sink_handle,
+        exporter: exporter_handle,
+        retention_days: if config.traces_enabled() {
+            config.trace_retention_days()
+        } else {
+            0
+        },
+    };
+    (telemetry, pipeline)
 }
 
 /// The API's connectivity checks, done by the proxy's upstream client.

@@ -58,6 +58,8 @@ pub enum Command {
     /// Manage the JWT signing keys.
     #[command(subcommand, name = "signing-key")]
     SigningKey(SigningKeyCommand),
+    /// Follow trace events live from a running gateway.
+    Tail(crate::tail::TailArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,6 +190,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             writeln!(std::io::stdout().lock(), "{sealed}")?;
             Ok(())
         }
+        Command::Tail(args) => crate::tail::run(&config, args).await,
         Command::SigningKey(SigningKeyCommand::Rotate) => {
             let store = open_store(&config).await?;
             let keys = keygate_auth::KeyRing::load(store, config.public_url()).await?;

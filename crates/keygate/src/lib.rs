@@ -5,5 +5,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod metrics;
 pub mod settings;
+pub mod tail;
 pub mod unread_body;

@@ -37,6 +37,16 @@ pub fn load(
             FieldKind::Integer => toml::Value::Integer(raw.trim().parse().map_err(|_| {
                 ConfigError::new(*field, format!("{var} must be an integer, got {raw:?}"))
             })?),
+            FieldKind::Bool => toml::Value::Boolean(match raw.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ConfigError::new(
+                        *field,
+                        format!("{var} must be true or false, got {raw:?}"),
+                    ));
+                }
+            }),
             FieldKind::StringList => toml::Value::Array(
                 raw.split(',')
                     .map(str::trim)
@@ -46,6 +56,18 @@ pub fn load(
             ),
         };
         set(&mut table, field, value);
+    }
+    // The OpenTelemetry SDKs' standard variables, when keygate's own are not set.
+    for (standard, field) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+        ("OTEL_SERVICE_NAME", "telemetry.service_name"),
+    ] {
+        if env(&env_var_for(field)).is_none()
+            && let Some(value) = env(standard).filter(|v| !v.trim().is_empty())
+            && file_value(&table, field).is_none()
+        {
+            set(&mut table, field, toml::Value::String(value));
+        }
     }
     if let Some(dir) = data_dir {
         set(
@@ -60,6 +82,11 @@ pub fn load(
         Kek::from_base64(key).map_err(|e| ConfigError::new("vault.key", e.to_string()))?;
     }
     Ok(config)
+}
+
+fn file_value<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+    let (section, leaf) = dotted.split_once('.')?;
+    table.get(section)?.as_table()?.get(leaf)
 }
 
 fn set(table: &mut toml::Table, dotted: &str, value: toml::Value) {

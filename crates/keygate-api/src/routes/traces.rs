@@ -1,13 +1,20 @@
-//! `/traces`, `/traces/stats`, `/traces/:traceId`, `/events`, `/mcp-events`. Members see the
-//! events of their own agents; admins the organization's.
+//! `/traces`, `/traces/stats`, `/traces/:traceId`, `/events`, `/events/stream`, `/mcp-events`.
+//! Members see the events of their own agents; admins the organization's.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use keygate_core::model::TraceEvent;
 use keygate_core::{AgentSessionId, ApplicationId, Timestamp, UserId};
 use keygate_store::{EventFilter, TraceSummary};
+use keygate_trace::live::Tail;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -25,6 +32,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(trace_stats))
         .routes(routes!(get_trace))
         .routes(routes!(list_events))
+        .routes(routes!(stream_events))
         .routes(routes!(my_events))
 }
 
@@ -44,6 +52,8 @@ struct TraceQuery {
     started_before: Option<String>,
     event_type: Option<String>,
     status: Option<String>,
+    /// Events of this tool only (`toolName` as recorded).
+    tool_name: Option<String>,
     /// `1d`, `7d` or `30d` (stats only).
     period: Option<String>,
 }
@@ -95,6 +105,7 @@ fn filter(caller: &Caller, q: &TraceQuery) -> Result<EventFilter, ApiError> {
         trace_id: None,
         event_type: q.event_type.clone().filter(|s| !s.is_empty()),
         status: q.status.clone().filter(|s| !s.is_empty()),
+        tool_name: q.tool_name.clone().filter(|s| !s.is_empty()),
         started_after: time_param("startedAfter", q.started_after.as_deref())?,
         started_before: time_param("startedBefore", q.started_before.as_deref())?,
     })
@@ -399,6 +410,68 @@ async fn list_events(
         items: page.items.iter().map(EventView::from).collect(),
         next_cursor: page.next.map(|c| c.encode()),
     }))
+}
+
+/// Follows trace events live as `text/event-stream`: one SSE event per trace event, its `id`
+/// the event id. A reconnect with `Last-Event-ID` resumes after that event, losing and
+/// repeating none. Same filters as `/events` (cursor and limit aside).
+#[utoipa::path(get, path = "/events/stream", tag = "traces",
+    params(TraceQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    security(("bearer" = [])),
+    responses((status = 200, content_type = "text/event-stream", body = EventView), (status = 400, body = ErrorBody)))]
+async fn stream_events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<TraceQuery>,
+) -> Result<Response, ApiError> {
+    let f = filter(&caller, &q)?;
+    let after = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| uuid::Uuid::try_parse(s.trim()).ok())
+                .ok_or_else(|| ApiError::validation("Last-Event-ID", "must be an event id"))
+        })
+        .transpose()?;
+    let tail = Tail::new(
+        state.store().clone(),
+        caller.org,
+        f,
+        after,
+        state.traces.written(),
+    );
+    let events = futures_util::stream::unfold(tail, |mut tail| async move {
+        match tail.next().await {
+            Ok(batch) => Some((batch, tail)),
+            Err(e) => {
+                // The client reconnects with Last-Event-ID and loses nothing.
+                tracing::warn!(error = %e, "live tail query failed; closing the stream");
+                None
+            }
+        }
+    })
+    .flat_map(|batch| {
+        futures_util::stream::iter(batch.into_iter().map(|e| {
+            let event = Event::default().id(e.id.to_string());
+            Ok::<_, Infallible>(
+                event
+                    .json_data(EventView::from(&e))
+                    .unwrap_or_else(|_| Event::default().comment("unencodable event")),
+            )
+        }))
+    });
+    let sse = Sse::new(events).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    );
+    Ok((
+        [("x-accel-buffering", "no"), ("cache-control", "no-cache")],
+        sse,
+    )
+        .into_response())
 }
 
 /// The caller's own recent events.

@@ -35,6 +35,8 @@ use crate::error::ProxyError;
 use crate::gate::{McpCaller, authenticate};
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
 use crate::sse::{KeepAlive, event_data, is_event_stream};
+use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP, TRACEPARENT};
+use keygate_trace::{Exchange, LocalAnswer};
 
 const SEPARATOR: char = '_';
 const ID_SEPARATOR: char = '~';
@@ -49,15 +51,36 @@ struct Member {
 }
 
 pub async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
-    match dispatch(&state, req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+    let route = if req.uri().path().starts_with("/mcp") {
+        ROUTE_MCP
+    } else {
+        ROUTE_AGGREGATED
+    };
+    let mut ex = traced::start(&state, route, req.headers(), req.method());
+    let traceparent = ex.traceparent();
+    let result = TRACEPARENT
+        .scope(traceparent, dispatch(&state, req, &mut ex))
+        .await;
+    traced::finish(ex, result)
 }
 
-async fn dispatch(state: &ProxyState, req: Request) -> Result<Response, ProxyError> {
+async fn dispatch(
+    state: &ProxyState,
+    req: Request,
+    ex: &mut Exchange,
+) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let caller = Arc::new(authenticate(state, &parts.headers, &parts.uri).await?);
+    let caller = match authenticate(state, &parts.headers, &parts.uri).await {
+        Ok(caller) => caller,
+        Err(e) => {
+            if matches!(e, ProxyError::Unauthorized(_)) {
+                traced::unauthenticated(state, ex, &parts.uri, body).await;
+            }
+            return Err(e);
+        }
+    };
+    traced::identify(ex, &caller);
+    let caller = Arc::new(caller);
     let session_header = parts
         .headers
         .get("mcp-session-id")
@@ -77,11 +100,13 @@ async fn dispatch(state: &ProxyState, req: Request) -> Result<Response, ProxyErr
                 .await
                 .map_err(|_| too_large())?
                 .to_bytes();
+            ex.bytes_in = bytes.len() as u64;
             let message: Value = serde_json::from_slice(&bytes).map_err(|_| parse_error())?;
             if message.is_array() {
                 return Err(invalid("JSON-RPC batches are not supported"));
             }
-            post(state, &caller, session, message).await
+            ex.set_message(&message);
+            post(state, &caller, session, message, ex).await
         }
         Method::GET => match session {
             Some(Some(s)) => merged_stream(state, &caller, &s).await,
@@ -108,6 +133,7 @@ async fn post(
     caller: &Arc<McpCaller>,
     session: Option<Option<AggregatedSession>>,
     message: Value,
+    ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let method = message
         .get("method")
@@ -160,6 +186,7 @@ async fn post(
                     &format!("Unknown {}: {name}", noun(routed)),
                 ));
             };
+            ex.integration = Some(member.integration.id);
             let mut upstream_msg = message.clone();
             upstream_msg["params"]["name"] = Value::from(inner);
             relay_call(
@@ -215,6 +242,7 @@ async fn post(
                 .iter()
                 .find(|m| m.integration.slug == slug)
                 .ok_or_else(|| invalid("Unknown response id"))?;
+            ex.integration = Some(member.integration.id);
             let mut answer = message.clone();
             answer["id"] =
                 serde_json::from_str(original).map_err(|_| invalid("Unknown response id"))?;
@@ -453,7 +481,10 @@ async fn send_once(
             h.insert("mcp-protocol-version", p);
         }
     }
-    state.upstream.send(req).await
+    if let Ok(traceparent) = TRACEPARENT.try_with(HeaderValue::clone) {
+        h.insert("traceparent", traceparent);
+    }
+    traced::send_upstream(state, ROUTE_AGGREGATED, req).await
 }
 
 /// A request to one upstream, answered as a JSON value (from JSON or from its SSE stream).
@@ -685,12 +716,19 @@ async fn merged_stream(
 }
 
 fn result(id: Value, result: Value) -> Response {
-    axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
+    let mut resp =
+        axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response();
+    resp.extensions_mut().insert(LocalAnswer);
+    resp
 }
 
 fn rpc_error(id: Value, code: i64, message: &str) -> Response {
-    axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}))
-        .into_response()
+    let mut resp = axum::Json(
+        json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
+    )
+    .into_response();
+    resp.extensions_mut().insert(LocalAnswer);
+    resp
 }
 
 fn invalid(message: &str) -> ProxyError {

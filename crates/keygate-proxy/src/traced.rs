@@ -1,0 +1,198 @@
+//! What the MCP handlers tell `keygate-trace` about each request: who, which integration,
+//! which JSON-RPC message, how it ended. [`start`] opens the exchange, [`finish`] hands it to
+//! the relayed response, which completes it once the answer has gone by.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use keygate_core::model::Application;
+use keygate_core::{ApplicationId, OrgId};
+use keygate_store::GenCache;
+use keygate_trace::{Exchange, LocalAnswer, Observed, Status, Telemetry, Who};
+use serde_json::Value;
+
+use crate::ProxyState;
+use crate::error::ProxyError;
+use crate::gate::McpCaller;
+
+/// Route labels (metrics, spans).
+pub const ROUTE_PASSTHROUGH: &str = "/apps/{id}/mcp/{integration}";
+pub const ROUTE_MESSAGE: &str = "/apps/{id}/mcp/{integration}/message";
+pub const ROUTE_AGGREGATED: &str = "/apps/{id}/mcp";
+pub const ROUTE_MCP: &str = "/mcp";
+
+/// Most of an unauthenticated request's body read to name its method and tool, and how long
+/// the gateway waits for it.
+const UNAUTHENTICATED_PEEK_BYTES: usize = 64 * 1024;
+const UNAUTHENTICATED_PEEK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+tokio::task_local! {
+    /// The `traceparent` of the request being handled, for every upstream request it causes.
+    pub static TRACEPARENT: HeaderValue;
+}
+
+/// The proxy's telemetry and what it needs to attribute refused requests.
+pub struct Tracing {
+    pub telemetry: Arc<Telemetry>,
+    /// Application → organization, for requests whose token did not say.
+    orgs: GenCache<ApplicationId, Option<OrgId>>,
+}
+
+impl Tracing {
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
+        Self {
+            telemetry,
+            orgs: GenCache::new(10_000),
+        }
+    }
+}
+
+/// Opens the record of one request.
+pub fn start(
+    state: &ProxyState,
+    route: &'static str,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Exchange {
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let mut ex = state.tracing.telemetry.start(route, traceparent);
+    ex.session = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if *method != Method::POST {
+        // A GET stream or a DELETE is not a JSON-RPC exchange: metrics and a span only.
+        ex.method = Some(method.as_str().to_owned());
+        ex.record = false;
+    }
+    ex
+}
+
+/// The caller is known.
+pub fn identify(ex: &mut Exchange, caller: &McpCaller) {
+    ex.who = Some(Who {
+        org: caller.app.org_id,
+        app: caller.app.id,
+        user: Some(caller.user),
+        agent_session: caller.claims.sid,
+    });
+}
+
+/// Who caused an error, as a trace status.
+pub fn status_of(e: &ProxyError) -> Status {
+    match e {
+        ProxyError::Unauthorized(_) | ProxyError::ConnectionRequired { .. } => Status::ErrorAuth,
+        ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => Status::ErrorRemote,
+        ProxyError::NotFound(_) | ProxyError::BadRequest { .. } | ProxyError::Internal(_) => {
+            Status::ErrorProxy
+        }
+    }
+}
+
+/// Hands the exchange to the response (relayed or the gateway's own error).
+pub fn finish(mut ex: Exchange, result: Result<Response, ProxyError>) -> Response {
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            let message = match &e {
+                ProxyError::Unauthorized(_) => "authentication failed".to_owned(),
+                other => other.to_string(),
+            };
+            ex.fail(status_of(&e), message);
+            let mut resp = e.into_response();
+            resp.extensions_mut().insert(LocalAnswer);
+            resp
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let observed = Observed::new(body, ex, parts.status, &parts.headers, &parts.extensions);
+    Response::from_parts(parts, Body::new(observed))
+}
+
+/// A request that failed authentication: attributed to the application its URL names (when
+/// there is one), with the method and tool its body names (read briefly and bounded). The user
+/// stays unknown.
+pub async fn unauthenticated(state: &ProxyState, ex: &mut Exchange, uri: &Uri, body: Body) {
+    let Some(app) = app_of(state, uri).await else {
+        return;
+    };
+    ex.who = Some(Who {
+        org: app.org_id,
+        app: app.id,
+        user: None,
+        agent_session: None,
+    });
+    if let Some(r) = uri.path().split('/').nth(4).filter(|r| !r.is_empty())
+        && let Ok(attached) = crate::gate::attached(state, &app).await
+    {
+        ex.integration = attached
+            .iter()
+            .find(|i| i.slug == r || i.id.to_string() == r)
+            .map(|i| i.id);
+    }
+    if ex.record {
+        let read = tokio::time::timeout(
+            UNAUTHENTICATED_PEEK_WAIT,
+            Limited::new(body, UNAUTHENTICATED_PEEK_BYTES).collect(),
+        )
+        .await;
+        if let Ok(Ok(collected)) = read {
+            let bytes = collected.to_bytes();
+            ex.bytes_in = bytes.len() as u64;
+            if let Ok(message) = serde_json::from_slice::<Value>(&bytes) {
+                ex.set_message(&message);
+                ex.record = true; // even a stray response is worth seeing when refused
+            }
+        }
+    }
+}
+
+/// The application named by `/apps/{id}/…`, if it exists.
+async fn app_of(state: &ProxyState, uri: &Uri) -> Option<Application> {
+    let id: ApplicationId = uri
+        .path()
+        .strip_prefix("/apps/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
+    let store = &state.auth.store;
+    let generation = store.generation();
+    let org = match state.tracing.orgs.get(&id, generation) {
+        Some(org) => org,
+        None => {
+            let org = store.application_org(id).await.ok()?;
+            state.tracing.orgs.put(id, generation, org);
+            org
+        }
+    }?;
+    if let Some(app) = state.cache.apps.get(&(org, id), generation) {
+        return Some(app);
+    }
+    store.get_application(org, id).await.ok()
+}
+
+/// Sends a request upstream, timing it for the upstream latency histogram.
+pub async fn send_upstream(
+    state: &ProxyState,
+    route: &'static str,
+    req: http::Request<Body>,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+    let started = Instant::now();
+    let result = state.upstream.send(req).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(ProxyError::UpstreamTimeout) => "timeout",
+        Err(_) => "error",
+    };
+    state
+        .tracing
+        .telemetry
+        .metrics
+        .upstream(route, outcome, started.elapsed().as_secs_f64());
+    result
+}

@@ -1,0 +1,445 @@
+//! One JSON-RPC exchange as the proxy sees it: [`Telemetry::start`] opens an [`Exchange`] when
+//! a request arrives, the proxy fills in who and what as it learns them, and the exchange
+//! completes — trace event, span, metrics — when the response has been relayed
+//! ([`crate::observe::Observed`]), or when the proxy answered with an error itself.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use http::HeaderValue;
+use keygate_core::{AgentSessionId, ApplicationId, IntegrationId, OrgId, Timestamp, UserId};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::capture::Capture;
+use crate::metrics::Metrics;
+use crate::observe::PeekBuf;
+use crate::otel::{Attr, Exporter, FinishedSpan, SpanContext};
+use crate::sink::{TraceSink, blank_event};
+
+/// Longest error message kept in an event.
+const MAX_ERROR_CHARS: usize = 500;
+/// Longest downstream session id stored as is; longer ones (the aggregated endpoint's sealed
+/// sessions) are stored as a digest.
+const MAX_SESSION_CHARS: usize = 64;
+
+/// The status of an exchange (DESIGN §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Answered, but not as hoped: a tool result with `isError`, or the client left early.
+    Warn,
+    /// The upstream failed: a JSON-RPC error, an HTTP error, a broken stream.
+    ErrorRemote,
+    /// The gateway refused or failed the request itself.
+    ErrorProxy,
+    /// Authentication or authorization failed (including a missing upstream connection).
+    ErrorAuth,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::ErrorRemote => "error_remote",
+            Status::ErrorProxy => "error_proxy",
+            Status::ErrorAuth => "error_auth",
+        }
+    }
+}
+
+/// Marks a response the gateway composed itself (not relayed): a JSON-RPC error in it is the
+/// gateway's answer, not the upstream's.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAnswer;
+
+/// Everything that records exchanges, shared by the proxy's handlers.
+pub struct Telemetry {
+    pub sink: TraceSink,
+    pub capture: Capture,
+    pub metrics: Metrics,
+    pub exporter: Option<Exporter>,
+}
+
+impl Telemetry {
+    /// Records nothing but metrics: tracing turned off.
+    pub fn disabled() -> Self {
+        Self {
+            sink: TraceSink::disabled(),
+            capture: Capture::default(),
+            metrics: Metrics::new(),
+            exporter: None,
+        }
+    }
+
+    /// Opens the record of a request on `route` (the route template, a metrics label).
+    pub fn start(self: &Arc<Self>, route: &'static str, traceparent: Option<&str>) -> Exchange {
+        Exchange {
+            telemetry: self.clone(),
+            route,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            span: SpanContext::start(traceparent),
+            who: None,
+            session: None,
+            response_session: None,
+            integration: None,
+            method: None,
+            tool: None,
+            rpc_id: None,
+            request_json: None,
+            bytes_in: 0,
+            peek: None,
+            outcome: None,
+            http_status: None,
+            response_json: None,
+            bytes_out: 0,
+            record: true,
+            done: false,
+        }
+    }
+}
+
+/// Whose request it is.
+#[derive(Clone, Copy, Debug)]
+pub struct Who {
+    pub org: OrgId,
+    pub app: ApplicationId,
+    pub user: Option<UserId>,
+    pub agent_session: Option<AgentSessionId>,
+}
+
+/// A request in flight. Completes exactly once: through [`Exchange::complete`], or when
+/// dropped (a handler that bailed out, a client that went away).
+pub struct Exchange {
+    telemetry: Arc<Telemetry>,
+    route: &'static str,
+    started: Instant,
+    started_at: SystemTime,
+    span: SpanContext,
+    pub who: Option<Who>,
+    /// The downstream MCP session id, as the client sent it.
+    pub session: Option<String>,
+    /// The session id a response assigned (only an `initialize` answer starts a session).
+    pub(crate) response_session: Option<String>,
+    pub integration: Option<IntegrationId>,
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    /// The JSON-RPC id of the request, to find its response in a stream.
+    pub rpc_id: Option<Value>,
+    request_json: Option<Value>,
+    pub bytes_in: u64,
+    peek: Option<Arc<Mutex<PeekBuf>>>,
+    outcome: Option<(Status, Option<String>)>,
+    http_status: Option<u16>,
+    response_json: Option<Value>,
+    pub bytes_out: u64,
+    /// False for requests that are not JSON-RPC exchanges (a GET stream, a DELETE): they count
+    /// in the metrics and get a span, but leave no trace event.
+    pub record: bool,
+    done: bool,
+}
+
+impl Exchange {
+    /// The `traceparent` to send upstream: this request's span as the parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.span.traceparent()).expect("hex and dashes")
+    }
+
+    pub fn span(&self) -> &SpanContext {
+        &self.span
+    }
+
+    pub fn capture(&self) -> &Capture {
+        &self.telemetry.capture
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.telemetry.metrics
+    }
+
+    /// Whether trace events are being recorded at all.
+    pub fn recording(&self) -> bool {
+        self.telemetry.sink.is_enabled()
+    }
+
+    /// Takes what a parsed JSON-RPC message says about itself.
+    pub fn set_message(&mut self, message: &Value) {
+        self.method = message
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        self.rpc_id = message.get("id").cloned();
+        self.tool = match self.method.as_deref() {
+            Some("tools/call" | "prompts/get") => {
+                message["params"]["name"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        };
+        if self.method.is_none() {
+            // A client's answer to a server-to-client request: relayed, not an exchange.
+            self.record = false;
+        }
+        if self.telemetry.capture.is_on() {
+            self.request_json = Some(self.telemetry.capture.value(message.clone()));
+        }
+    }
+
+    /// Sets the outcome unless one is set already (the first failure is the cause).
+    pub fn fail(&mut self, status: Status, message: impl Into<String>) {
+        if self.outcome.is_none() {
+            self.outcome = Some((status, Some(message.into())));
+        }
+    }
+
+    pub(crate) fn set_peek(&mut self, peek: Arc<Mutex<PeekBuf>>) {
+        self.peek = Some(peek);
+    }
+
+    /// For a pass-through request: fills method, id and tool from the request body seen so far
+    /// (the body streams upstream untouched; only a bounded prefix was kept).
+    pub(crate) fn resolve_request(&mut self) {
+        let Some(peek) = self.peek.take() else { return };
+        let peek = peek.lock().unwrap_or_else(|p| p.into_inner());
+        self.bytes_in = peek.total;
+        if self.method.is_some() {
+            return;
+        }
+        if peek.complete()
+            && let Ok(message) = serde_json::from_slice::<Value>(&peek.bytes)
+        {
+            if message.is_array() {
+                self.method = Some("batch".to_owned());
+            } else {
+                self.set_message(&message);
+            }
+            return;
+        }
+        if self.telemetry.capture.is_on() {
+            self.request_json = self.telemetry.capture.payload(&peek.bytes, peek.total);
+        }
+    }
+
+    pub(crate) fn set_http_status(&mut self, status: u16) {
+        self.http_status = Some(status);
+    }
+
+    /// Records the JSON-RPC response relayed to the client.
+    pub(crate) fn set_response(&mut self, response: &Value, local: bool) {
+        if let Some(error) = response.get("error") {
+            let message = error["message"].as_str().unwrap_or("JSON-RPC error");
+            let code = error["code"].as_i64().unwrap_or(0);
+            let status = if local {
+                if code == -32042 {
+                    Status::ErrorAuth
+                } else {
+                    Status::ErrorProxy
+                }
+            } else {
+                Status::ErrorRemote
+            };
+            self.fail(status, format!("{message} ({code})"));
+        } else if response["result"]["isError"] == Value::Bool(true) {
+            let text = response["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or("the tool reported an error");
+            self.fail(Status::Warn, text.to_owned());
+        }
+        if self.telemetry.capture.is_on() {
+            self.response_json = Some(self.telemetry.capture.value(response.clone()));
+        }
+    }
+
+    pub(crate) fn set_response_payload(&mut self, payload: Option<Value>) {
+        if self.response_json.is_none() {
+            self.response_json = payload;
+        }
+    }
+
+    fn status(&self) -> (Status, Option<String>) {
+        if let Some(o) = &self.outcome {
+            return o.clone();
+        }
+        match self.http_status {
+            Some(401 | 403) => (
+                Status::ErrorRemote,
+                Some(format!(
+                    "the upstream refused the credential ({})",
+                    self.http_status.unwrap_or(0)
+                )),
+            ),
+            Some(s) if s >= 400 => (
+                Status::ErrorRemote,
+                Some(format!("the upstream answered HTTP {s}")),
+            ),
+            _ => (Status::Ok, None),
+        }
+    }
+
+    /// Completes the exchange: metrics, span, trace event.
+    pub fn complete(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.resolve_request();
+        let elapsed = self.started.elapsed();
+        let (status, error) = self.status();
+        let error = error.map(|m| truncate(&m, MAX_ERROR_CHARS));
+        let method = self.method.clone().unwrap_or_else(|| "unknown".to_owned());
+        let t = self.telemetry.clone();
+        t.metrics
+            .exchange(self.route, &method, status.as_str(), elapsed.as_secs_f64());
+        if let Some(exporter) = &t.exporter
+            && self.span.sampled
+        {
+            exporter.export(self.span_record(&method, status, error.clone()));
+        }
+        if !self.record || !t.sink.is_enabled() {
+            return;
+        }
+        let Some(who) = self.who else { return };
+        let mut e = blank_event(who.org, who.app);
+        let raw_session = self.session.as_deref().or(if method == "initialize" {
+            self.response_session.as_deref()
+        } else {
+            None
+        });
+        let session_key = raw_session.map(session_id);
+        e.session_id = session_key
+            .clone()
+            .or(who.agent_session.map(|s| s.to_string()))
+            .unwrap_or_else(|| format!("request-{}", self.span.trace_id_hex()));
+        e.trace_id = trace_id(&e.session_id, who.agent_session);
+        e.agent_session_id = who.agent_session;
+        e.user_id = who.user;
+        e.event_type = method;
+        e.status = status.as_str().to_owned();
+        e.duration_ms = elapsed.as_millis().try_into().unwrap_or(i64::MAX);
+        e.integration_id = self.integration;
+        e.tool_name = self.tool.take();
+        e.error_message = error;
+        e.bytes_in = self.bytes_in.try_into().unwrap_or(i64::MAX);
+        e.bytes_out = self.bytes_out.try_into().unwrap_or(i64::MAX);
+        e.request_json = self.request_json.take();
+        e.response_json = self.response_json.take();
+        e.created_at = Timestamp::now();
+        t.sink.emit(e);
+    }
+
+    fn span_record(&self, method: &str, status: Status, error: Option<String>) -> FinishedSpan {
+        let mut attributes = vec![
+            ("mcp.method", Attr::Str(method.to_owned())),
+            ("http.route", Attr::Str(self.route.to_owned())),
+            ("keygate.status", Attr::Str(status.as_str().to_owned())),
+        ];
+        if let Some(tool) = &self.tool {
+            attributes.push(("mcp.tool", Attr::Str(tool.clone())));
+        }
+        if let Some(i) = self.integration {
+            attributes.push(("keygate.integration_id", Attr::Str(i.to_string())));
+        }
+        if let Some(who) = self.who {
+            attributes.push(("keygate.application_id", Attr::Str(who.app.to_string())));
+            if let Some(u) = who.user {
+                attributes.push(("enduser.id", Attr::Str(u.to_string())));
+            }
+        }
+        if let Some(s) = self.http_status {
+            attributes.push(("http.response.status_code", Attr::Int(i64::from(s))));
+        }
+        let name = match &self.tool {
+            Some(tool) => format!("{method} {tool}"),
+            None => method.to_owned(),
+        };
+        FinishedSpan {
+            context: self.span,
+            name,
+            start: self.started_at,
+            end: SystemTime::now(),
+            attributes,
+            error: (status != Status::Ok && status != Status::Warn)
+                .then(|| error.unwrap_or_else(|| status.as_str().to_owned())),
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.done {
+            self.fail(
+                Status::Warn,
+                "the client closed the connection before the response",
+            );
+            self.finish();
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// The stored form of a downstream session id: as is when short, else a digest (the
+/// aggregated endpoint's sealed sessions are long; a digest still groups and filters).
+pub fn session_id(raw: &str) -> String {
+    if raw.len() <= MAX_SESSION_CHARS {
+        return raw.to_owned();
+    }
+    let digest = Sha256::digest(raw.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The trace an event belongs to: one per downstream session, the same on every replica
+/// without coordination. A UUID v7 whose time is the agent session's start (so traces sort
+/// roughly by when their agent connected) and whose other bits are a digest of the session.
+pub fn trace_id(session: &str, agent_session: Option<AgentSessionId>) -> String {
+    let millis = agent_session
+        .and_then(|s| s.0.get_timestamp())
+        .map(|t| {
+            let (secs, nanos) = t.to_unix();
+            secs * 1000 + u64::from(nanos / 1_000_000)
+        })
+        .unwrap_or_else(|| Timestamp::now().millis().max(0) as u64);
+    let digest = Sha256::digest(session.as_bytes());
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&digest[..10]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &bytes)
+        .into_uuid()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_are_stable_per_session_and_sort_by_agent_session() {
+        let early = AgentSessionId::new();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let late = AgentSessionId::new();
+        let a = trace_id("s-1", Some(early));
+        assert_eq!(a, trace_id("s-1", Some(early)));
+        assert_ne!(a, trace_id("s-2", Some(early)));
+        assert!(trace_id("s-0", Some(late)) > a);
+        assert!(a.parse::<uuid::Uuid>().is_ok());
+    }
+
+    #[test]
+    fn long_sessions_are_digested() {
+        assert_eq!(session_id("abc"), "abc");
+        let long = "x".repeat(300);
+        let d = session_id(&long);
+        assert!(d.starts_with("sha256:") && d.len() == 39, "{d}");
+        assert_eq!(d, session_id(&long));
+    }
+}

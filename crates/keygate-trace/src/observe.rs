@@ -1,0 +1,323 @@
+//! Bodies that watch an exchange go by without holding it up.
+//!
+//! - [`Peek`] wraps a request body that streams upstream: it counts the bytes and keeps a
+//!   bounded prefix (enough for a JSON-RPC request's method, id and tool name).
+//! - [`Observed`] wraps the response relayed to the client: it counts the bytes and reads the
+//!   JSON-RPC answer — a JSON body's end, or in an SSE stream the event that answers the
+//!   request's id — then completes the exchange. Frames pass on the moment they arrive; the
+//!   only copy is of (bounded) bytes it inspects.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use serde_json::Value;
+
+use crate::exchange::{Exchange, LocalAnswer, Status};
+use crate::metrics::StreamGuard;
+
+/// Most bytes of a request or a JSON response kept for inspection (payload capture may ask
+/// for more, up to [`MAX_INSPECT_CAP`]).
+pub const MAX_INSPECT: usize = 64 * 1024;
+pub const MAX_INSPECT_CAP: usize = 1024 * 1024;
+
+/// What a [`Peek`] saw.
+#[derive(Debug, Default)]
+pub struct PeekBuf {
+    pub bytes: Vec<u8>,
+    pub total: u64,
+}
+
+impl PeekBuf {
+    /// Whether `bytes` holds everything seen so far (nothing was left out for size). The
+    /// sender stops polling a body that says it has ended, so its end may never be seen;
+    /// a JSON document that parses is complete.
+    pub fn complete(&self) -> bool {
+        self.total > 0 && self.bytes.len() as u64 == self.total
+    }
+}
+
+/// A request body that streams on unchanged while its first bytes are kept.
+pub struct Peek<B> {
+    inner: B,
+    seen: Arc<Mutex<PeekBuf>>,
+    limit: usize,
+}
+
+impl<B> Peek<B> {
+    /// Wraps `inner`; `exchange` reads what it saw when it completes.
+    pub fn new(inner: B, exchange: &mut Exchange) -> Self {
+        let seen = Arc::new(Mutex::new(PeekBuf::default()));
+        exchange.set_peek(seen.clone());
+        Self {
+            inner,
+            seen,
+            limit: inspect_limit(exchange),
+        }
+    }
+}
+
+fn inspect_limit(exchange: &Exchange) -> usize {
+    let capture = exchange.capture();
+    if capture.is_on() {
+        capture.max_bytes.clamp(MAX_INSPECT, MAX_INSPECT_CAP)
+    } else {
+        MAX_INSPECT
+    }
+}
+
+impl<B> Body for Peek<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let mut seen = this.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.total += data.len() as u64;
+            if seen.bytes.len() + data.len() <= this.limit {
+                seen.bytes.extend_from_slice(data);
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A relayed response that completes its exchange once the answer has gone by.
+pub struct Observed<B> {
+    inner: B,
+    exchange: Option<Exchange>,
+    kind: Kind,
+    local: bool,
+    limit: usize,
+    _stream: Option<StreamGuard>,
+}
+
+enum Kind {
+    /// A JSON body: its first bytes, parsed at the end.
+    Json(Vec<u8>),
+    /// An event stream: the current (partial) event.
+    Sse(Vec<u8>),
+    /// Anything else (an empty 202, an error page): only counted.
+    Other,
+}
+
+impl<B: Body> Observed<B> {
+    /// Wraps a response body; `status` and `headers` are the response's.
+    pub fn new(
+        inner: B,
+        mut exchange: Exchange,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Self {
+        exchange.set_http_status(status.as_u16());
+        exchange.response_session = headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let (kind, stream) = if content_type.starts_with("text/event-stream") {
+            (
+                Kind::Sse(Vec::new()),
+                Some(exchange.metrics().stream_opened()),
+            )
+        } else if content_type.starts_with("application/json") {
+            (Kind::Json(Vec::new()), None)
+        } else {
+            (Kind::Other, None)
+        };
+        let mut observed = Self {
+            limit: inspect_limit(&exchange),
+            exchange: Some(exchange),
+            kind,
+            local: extensions.get::<LocalAnswer>().is_some(),
+            _stream: stream,
+            inner,
+        };
+        if observed.inner.is_end_stream() {
+            // An empty body may never be polled.
+            observed.end();
+        }
+        observed
+    }
+}
+
+impl<B> Observed<B> {
+    fn on_data(&mut self, data: &Bytes) {
+        let limit = self.limit;
+        let Some(exchange) = self.exchange.as_mut() else {
+            return;
+        };
+        exchange.bytes_out += data.len() as u64;
+        let mut events = Vec::new();
+        let mut too_large = false;
+        match &mut self.kind {
+            Kind::Json(buf) => {
+                if buf.len() + data.len() <= limit {
+                    buf.extend_from_slice(data);
+                } else {
+                    too_large = true;
+                }
+            }
+            Kind::Sse(buf) => {
+                buf.extend(data.iter().filter(|b| **b != b'\r'));
+                while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                    events.push(buf.drain(..end + 2).collect::<Vec<u8>>());
+                }
+                if buf.len() > limit {
+                    // An event too large to inspect: skip to the next boundary.
+                    buf.clear();
+                }
+            }
+            Kind::Other => {}
+        }
+        if too_large {
+            self.kind = Kind::Other;
+        }
+        for event in events {
+            if self.answers(&event) {
+                self.complete();
+                return;
+            }
+        }
+    }
+
+    /// Whether this SSE event is the response to the exchange's request.
+    fn answers(&mut self, event: &[u8]) -> bool {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return false;
+        };
+        let Ok(text) = std::str::from_utf8(event) else {
+            return false;
+        };
+        let data: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if !data.contains("\"id\"") {
+            return false; // a notification: no need to parse it
+        }
+        let Ok(message) = serde_json::from_str::<Value>(&data) else {
+            return false;
+        };
+        if message.get("method").is_some()
+            || (message.get("result").is_none() && message.get("error").is_none())
+        {
+            return false;
+        }
+        exchange.resolve_request();
+        if exchange.rpc_id.is_some() && message.get("id") != exchange.rpc_id.as_ref() {
+            return false;
+        }
+        exchange.set_response(&message, self.local);
+        true
+    }
+
+    fn end(&mut self) {
+        let local = self.local;
+        let Some(exchange) = self.exchange.as_mut() else {
+            return;
+        };
+        match std::mem::replace(&mut self.kind, Kind::Other) {
+            Kind::Json(buf) => {
+                if let Ok(message) = serde_json::from_slice::<Value>(&buf) {
+                    if message.is_object() {
+                        exchange.set_response(&message, local);
+                    }
+                } else if exchange.capture().is_on() {
+                    let payload = exchange.capture().payload(&buf, exchange.bytes_out);
+                    exchange.set_response_payload(payload);
+                }
+            }
+            Kind::Sse(_) => {
+                exchange.resolve_request();
+                if exchange.rpc_id.is_some() && exchange.record {
+                    exchange.fail(Status::ErrorRemote, "the stream ended without a response");
+                }
+            }
+            Kind::Other => {}
+        }
+        self.complete();
+    }
+
+    fn complete(&mut self) {
+        if let Some(exchange) = self.exchange.take() {
+            exchange.complete();
+        }
+    }
+}
+
+impl<B> Body for Observed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.on_data(data);
+                }
+                if this.inner.is_end_stream() {
+                    // The server stops polling a body that says it has ended.
+                    this.end();
+                }
+            }
+            Some(Err(e)) => {
+                if let Some(exchange) = this.exchange.as_mut() {
+                    exchange.fail(
+                        Status::ErrorRemote,
+                        format!("the upstream stream failed: {e}"),
+                    );
+                }
+                this.complete();
+            }
+            None => this.end(),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+#[path = "observe_tests.rs"]
+mod tests;
