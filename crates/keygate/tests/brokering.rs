@@ -602,7 +602,7 @@ impl std::io::Write for Sink {
 /// The whole brokering life cycle with every crate logging at `trace`, through a provider
 /// declared in config with its client secret sealed by `keygate vault seal`: no access or
 /// refresh token, authorization code or client secret appears in any log line, nor anywhere in
-/// the database in plaintext (trace events included).
+/// the database in plaintext — trace events included, with redacted payload capture on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_or_the_database() {
     let logs = capture_logs();
@@ -632,6 +632,8 @@ async fn secrets_never_reach_logs_or_the_database() {
         c.database.url = Some(db_url);
         c.vault.key = Some(kek_text);
         c.log.level = Some("trace".into());
+        // Payloads are kept (redacted): the fake upstream echoes the Authorization it got.
+        c.traces.capture = Some("redacted".into());
         c.upstream_oauth.providers.insert(
             "octo".into(),
             keygate_core::config::OAuthProviderConfig {
