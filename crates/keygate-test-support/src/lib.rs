@@ -6,6 +6,7 @@
 //! `keygate_test_<uuid>`.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod fake_oauth;
 pub mod fake_upstream;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use keygate_core::model::Role;
 use keygate_core::{ApplicationId, IntegrationId, UserId};
+use keygate_test_support::browser::{browser, field, location};
 use keygate_test_support::fake_oauth::FakeOAuth;
 use keygate_test_support::fake_upstream::FakeUpstream;
 use keygate_test_support::{Backend, TestGateway, both_backends};
@@ -166,9 +167,9 @@ impl World {
             .unwrap();
         assert!(html.contains("name=\"oauth\""), "{html}");
         let form = [
-            ("csrf", hidden(&html, "csrf")),
-            ("session", hidden(&html, "session")),
-            ("integration", hidden(&html, "integration")),
+            ("csrf", field(&html, "csrf")),
+            ("session", field(&html, "session")),
+            ("integration", field(&html, "integration")),
             ("oauth", "1".to_owned()),
         ];
         let resp = browser
@@ -198,32 +199,11 @@ impl World {
     }
 }
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn location(resp: &reqwest::Response) -> String {
-    resp.headers()["location"].to_str().unwrap().to_owned()
-}
-
 /// The provider approves at once: its answer redirects to the gateway's callback.
 async fn follow_provider(browser: &reqwest::Client, authorize_url: &str) -> String {
     let resp = browser.get(authorize_url).send().await.unwrap();
     assert_eq!(resp.status(), 302, "{}", resp.text().await.unwrap());
     location(&resp)
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in {html}"))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
 }
 
 async fn connect_refresh_once_retry_and_revoke(backend: Backend) {

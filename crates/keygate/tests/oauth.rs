@@ -4,8 +4,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keygate_core::model::Role;
+use keygate_test_support::browser::{browser, field, location};
 use keygate_test_support::{Backend, TestGateway, both_backends};
-use reqwest::{Method, StatusCode, redirect};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -20,15 +21,6 @@ both_backends!(
 
 const REDIRECT: &str = "http://127.0.0.1:7777/callback";
 const PASSWORD: &str = "correct horse battery";
-
-/// A cookie-keeping client that does not follow redirects: a scripted browser.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 struct Pkce {
     verifier: String,
@@ -96,26 +88,12 @@ fn authorize_url(gw: &TestGateway, params: &[(&str, &str)]) -> String {
     url.to_string()
 }
 
-fn location(resp: &reqwest::Response) -> String {
-    resp.headers()["location"].to_str().unwrap().to_owned()
-}
-
 fn absolute(gw: &TestGateway, loc: &str) -> String {
     if loc.starts_with('/') {
         format!("{}{loc}", gw.url)
     } else {
         loc.to_owned()
     }
-}
-
-/// The value of a hidden form field.
-fn field(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no field {name} in {html}"))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
 }
 
 fn query(url: &str) -> std::collections::HashMap<String, String> {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use keygate_core::model::Role;
 use keygate_core::{ApplicationId, IntegrationId, Secret, UserId};
+use keygate_test_support::browser::{browser, field};
 use keygate_test_support::fake_upstream::{FakeUpstream, SESSION_ID};
 use keygate_test_support::{Backend, TestGateway, both_backends};
 use reqwest::Method;
@@ -999,15 +1000,6 @@ async fn aggregated_session_continues_on_another_replica() {
     w.gw.stop().await;
 }
 
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in {html}"))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
-}
-
 /// A user without a connection follows the `-32042` link, stores a token on the connect page,
 /// and the next call carries it. The `/mcp` runtime endpoints report and hand out the same.
 async fn connect_link_completes_a_missing_connection(backend: Backend) {
@@ -1033,11 +1025,7 @@ async fn connect_link_completes_a_missing_connection(backend: Backend) {
         "{link}"
     );
 
-    let browser = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = browser();
     let resp = browser.get(&link).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(
@@ -1052,9 +1040,9 @@ async fn connect_link_completes_a_missing_connection(backend: Backend) {
         "{html}"
     );
     let (csrf, session, integration) = (
-        hidden(&html, "csrf"),
-        hidden(&html, "session"),
-        hidden(&html, "integration"),
+        field(&html, "csrf"),
+        field(&html, "session"),
+        field(&html, "integration"),
     );
     assert_eq!(integration, personal_id.to_string());
     let post = format!("{}/oauth/connect", w.gw.url);
