@@ -27,6 +27,14 @@ fn connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
     })
 }
 
+/// A connection's sealed secrets, as stored.
+pub(crate) struct StoredCredential {
+    pub kind: ConnectionKind,
+    pub credential: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub expires_at: Option<Timestamp>,
+}
+
 fn ctx(purpose: Purpose, org: OrgId, integration: IntegrationId, user: UserId) -> SealContext {
     SealContext {
         purpose,
@@ -50,6 +58,26 @@ impl Store {
             &ctx(Purpose::UserToken, org, integration, user),
             token.expose().as_bytes(),
         );
+        let stored = StoredCredential {
+            kind: ConnectionKind::UserToken,
+            credential: sealed,
+            refresh_token: None,
+            expires_at: None,
+        };
+        self.upsert_connection(org, integration, user, stored, display_name)
+            .await
+    }
+
+    /// Inserts or replaces a user's connection with a sealed credential, connected, with no
+    /// refresh in progress.
+    pub(crate) async fn upsert_connection(
+        &self,
+        org: OrgId,
+        integration: IntegrationId,
+        user: UserId,
+        stored: StoredCredential,
+        display_name: Option<&str>,
+    ) -> Result<Connection> {
         let now = Timestamp::now().millis();
         let mut sql = Sql::new(
             "INSERT INTO connections (id, org_id, integration_id, user_id, kind, credential, \
@@ -61,20 +89,28 @@ impl Store {
             .push(", ");
         sql.bind(integration.to_string())
             .push(", ")
-            .bind(user.to_string());
-        sql.push(", 'user_token', ")
-            .bind(sealed)
-            .push(", NULL, NULL, ");
-        sql.bind(display_name.map(str::to_owned))
-            .push(", 'connected', ")
-            .bind(now)
+            .bind(user.to_string())
             .push(", ");
-        sql.bind(now).push(
-            ") ON CONFLICT (integration_id, user_id) DO UPDATE SET kind = excluded.kind, \
-             credential = excluded.credential, refresh_token = NULL, expires_at = NULL, \
-             display_name = excluded.display_name, status = 'connected', \
-             updated_at = excluded.updated_at",
-        );
+        sql.bind(stored.kind.as_str())
+            .push(", ")
+            .bind(stored.credential)
+            .push(", ")
+            .bind(stored.refresh_token)
+            .push(", ");
+        sql.bind(stored.expires_at.map(|t| t.millis()))
+            .push(", ")
+            .bind(display_name.map(str::to_owned));
+        sql.push(", 'connected', ")
+            .bind(now)
+            .push(", ")
+            .bind(now)
+            .push(
+                ") ON CONFLICT (integration_id, user_id) DO UPDATE SET kind = excluded.kind, \
+                 credential = excluded.credential, refresh_token = excluded.refresh_token, \
+                 expires_at = excluded.expires_at, display_name = excluded.display_name, \
+                 status = 'connected', refresh_lease_until = NULL, refresh_lease_owner = NULL, \
+                 updated_at = excluded.updated_at",
+            );
         sql.query().execute(self.db.pool()).await?;
         self.changed().await;
         self.get_connection(org, integration, user).await

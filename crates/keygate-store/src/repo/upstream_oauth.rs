@@ -2,10 +2,11 @@
 //! registered at discovered authorization servers, and the sealed token pair of each connection
 //! with the lease that keeps refreshes single-flight across replicas.
 
-use keygate_core::model::Connection;
+use keygate_core::model::{Connection, ConnectionKind};
 use keygate_core::{IntegrationId, OrgId, Secret, Timestamp, UserId};
 
 use super::RowExt;
+use super::connections::StoredCredential;
 use crate::sql::Sql;
 use crate::vault::{Purpose, SealContext};
 use crate::{Result, Store, StoreError};
@@ -195,40 +196,14 @@ impl Store {
         display_name: Option<&str>,
     ) -> Result<Connection> {
         let (access, refresh) = self.seal_tokens(org, integration, user, tokens);
-        let now = Timestamp::now().millis();
-        let mut sql = Sql::new(
-            "INSERT INTO connections (id, org_id, integration_id, user_id, kind, credential, \
-             refresh_token, expires_at, display_name, status, created_at, updated_at) VALUES (",
-        );
-        sql.bind(keygate_core::ConnectionId::new().to_string())
-            .push(", ")
-            .bind(org.to_string())
-            .push(", ");
-        sql.bind(integration.to_string())
-            .push(", ")
-            .bind(user.to_string());
-        sql.push(", 'oauth', ")
-            .bind(access)
-            .push(", ")
-            .bind(refresh)
-            .push(", ");
-        sql.bind(tokens.expires_at.map(|t| t.millis()))
-            .push(", ")
-            .bind(display_name.map(str::to_owned));
-        sql.push(", 'connected', ")
-            .bind(now)
-            .push(", ")
-            .bind(now)
-            .push(
-                ") ON CONFLICT (integration_id, user_id) DO UPDATE SET kind = excluded.kind, \
-                 credential = excluded.credential, refresh_token = excluded.refresh_token, \
-                 expires_at = excluded.expires_at, display_name = excluded.display_name, \
-                 status = 'connected', refresh_lease_until = NULL, refresh_lease_owner = NULL, \
-                 updated_at = excluded.updated_at",
-            );
-        sql.query().execute(self.db.pool()).await?;
-        self.changed().await;
-        self.get_connection(org, integration, user).await
+        let stored = StoredCredential {
+            kind: ConnectionKind::Oauth,
+            credential: access,
+            refresh_token: refresh,
+            expires_at: tokens.expires_at,
+        };
+        self.upsert_connection(org, integration, user, stored, display_name)
+            .await
     }
 
     /// A user's OAuth connection with its tokens opened; `NotFound` if there is none.
