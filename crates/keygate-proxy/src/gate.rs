@@ -33,6 +33,20 @@ pub async fn attached(
     Ok(list)
 }
 
+/// One of the application's attached integrations, by slug or id.
+pub async fn attached_by_ref(
+    state: &ProxyState,
+    app: &Application,
+    r: &str,
+) -> Result<Integration, ProxyError> {
+    attached(state, app)
+        .await?
+        .iter()
+        .find(|i| i.slug == r || i.id.to_string() == r)
+        .cloned()
+        .ok_or(ProxyError::NotFound("Integration not found"))
+}
+
 /// Who is calling, through which application.
 #[derive(Debug)]
 pub struct McpCaller {

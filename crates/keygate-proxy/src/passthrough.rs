@@ -274,12 +274,7 @@ async fn attached_integration(
     caller: &McpCaller,
     r: &str,
 ) -> Result<Integration, ProxyError> {
-    let found = crate::gate::attached(state, &caller.app)
-        .await?
-        .iter()
-        .find(|i| i.slug == r || i.id.to_string() == r)
-        .cloned()
-        .ok_or(ProxyError::NotFound("Integration not found"))?;
+    let found = crate::gate::attached_by_ref(state, &caller.app, r).await?;
     if found.category != Category::GatewayRemoteMcp {
         return Err(ProxyError::NotFound(
             "Integration is credential-only and has no MCP endpoint here",

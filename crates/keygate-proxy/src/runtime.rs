@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::gate::{McpCaller, attached, authenticate};
+use crate::gate::{McpCaller, attached, attached_by_ref, authenticate};
 
 fn respond(r: Result<Value, ProxyError>) -> Response {
     match r {
@@ -85,20 +85,6 @@ pub async fn connect_session(State(state): State<ProxyState>, req: Request) -> R
     )
 }
 
-/// One attached integration of the caller's application, by id or slug.
-async fn attached_by_ref(
-    state: &ProxyState,
-    caller: &McpCaller,
-    id: &str,
-) -> Result<keygate_core::model::Integration, ProxyError> {
-    attached(state, &caller.app)
-        .await?
-        .iter()
-        .find(|i| i.id.to_string() == id || i.slug == id)
-        .cloned()
-        .ok_or(ProxyError::NotFound("Integration not found"))
-}
-
 /// `POST /mcp/integrations/{id}/oauth/init`: where to send the user to connect an OAuth
 /// integration → `{authorizationUrl, state}`.
 pub async fn oauth_init(
@@ -110,7 +96,7 @@ pub async fn oauth_init(
     respond(
         async {
             let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
-            let i = attached_by_ref(&state, &caller, &id).await?;
+            let i = attached_by_ref(&state, &caller.app, &id).await?;
             if i.auth_mode != AuthMode::Oauth {
                 return Err(ProxyError::BadRequest {
                     status: http::StatusCode::BAD_REQUEST,
@@ -143,7 +129,7 @@ pub async fn oauth_connection(
     respond(
         async {
             let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
-            let i = attached_by_ref(&state, &caller, &id).await?;
+            let i = attached_by_ref(&state, &caller.app, &id).await?;
             connection(&state, &caller, &i).await
         }
         .await,
