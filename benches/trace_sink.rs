@@ -8,6 +8,10 @@
 
 #![allow(clippy::print_stdout)] // a benchmark's report is its output
 
+/// The allocator the `keygate` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use keygate_core::model::TraceEvent;
