@@ -14,6 +14,10 @@
 
 #![allow(clippy::print_stdout)] // a benchmark's report is its output
 
+/// The allocator the `keygate` binary uses (this binary is also the measured gateway).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::convert::Infallible;
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
