@@ -17,8 +17,22 @@
 //! - legacy HTTP+SSE: `GET /sse` opens with `event: endpoint` (`/messages?sessionId=legacy-1`),
 //!   and each `POST /messages?sessionId=legacy-1` is answered `202` with its echo sent on the
 //!   stream.
+//!
+//! Sessions are `upstream-session-{n}`, `n` starting at 1 ([`SESSION_ID`]); other ids are
+//! accepted as they are. [`FakeUpstream::forget_sessions`] makes it forget the ones it issued:
+//! a request carrying one gets `404`, and the next `initialize` issues `n + 1`.
+//! [`FakeUpstream::requests`] lists every message POSTed to `/mcp`, with its headers.
+//!
+//! [`FakeUpstream::modern`] speaks only 2026-07-28: stateless (no `Mcp-Session-Id`, `GET` and
+//! `DELETE` → `405`), `server/discover`, results with `resultType`; every request must carry
+//! `params._meta` with the version and client capabilities and the `MCP-Protocol-Version`,
+//! `Mcp-Method` and `Mcp-Name` headers that mirror it (else `400`, `-32602` or `-32020`);
+//! `initialize` is refused with `400` and `-32022` naming the one version it speaks; `ping`
+//! and `logging/setLevel` are unknown (`404`, `-32601`).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -35,6 +49,9 @@ use serde_json::{Value, json};
 use crate::fake_oauth::FakeOAuth;
 
 pub const SESSION_ID: &str = "upstream-session-1";
+/// The only version a [`FakeUpstream::modern`] speaks.
+pub const MODERN: &str = "2026-07-28";
+const SESSION_PREFIX: &str = "upstream-session-";
 
 /// A running fake upstream.
 pub struct FakeUpstream {
@@ -43,6 +60,36 @@ pub struct FakeUpstream {
     /// `http://127.0.0.1:PORT/sse` (legacy transport)
     pub sse_url: String,
     task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+/// What the handlers share.
+struct Shared {
+    name: &'static str,
+    /// Speaks only 2026-07-28.
+    modern: bool,
+    /// Sessions `upstream-session-{n}` with `n` below this are forgotten; `n` is the live one.
+    epoch: AtomicU32,
+    /// Every message POSTed to `/mcp`: `{method, id, params, headers}`.
+    log: Mutex<Vec<Value>>,
+    /// The client's answers to the fake's own requests.
+    answers: tokio::sync::broadcast::Sender<Value>,
+}
+
+impl Shared {
+    fn session(&self) -> String {
+        format!("{SESSION_PREFIX}{}", self.epoch.load(Ordering::SeqCst))
+    }
+
+    /// Whether a request names a session this fake issued and forgot.
+    fn forgotten(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix(SESSION_PREFIX))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n < self.epoch.load(Ordering::SeqCst))
+    }
 }
 
 impl FakeUpstream {
@@ -52,16 +99,37 @@ impl FakeUpstream {
 
     /// A fake whose resource URIs and server name carry `name`.
     pub async fn named(name: &'static str) -> Self {
-        Self::serve(name, None).await
+        Self::serve(name, None, false).await
+    }
+
+    /// A fake of the 2026-07-28 era only (see the module doc).
+    pub async fn modern(name: &'static str) -> Self {
+        Self::serve(name, None, true).await
+    }
+
+    /// Every JSON-RPC message POSTed to `/mcp` so far: `{method, id, params, headers}`.
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared.log.lock().expect("log").clone()
+    }
+
+    /// How many requests (or notifications) of `method` it received.
+    pub fn count(&self, method: &str) -> usize {
+        let log = self.shared.log.lock().expect("log");
+        log.iter().filter(|r| r["method"] == method).count()
+    }
+
+    /// Forgets every session it issued: requests carrying one get `404`.
+    pub fn forget_sessions(&self) {
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A fake that accepts only live access tokens of `provider` (else `401` with an RFC 9728
     /// challenge) and publishes `/.well-known/oauth-protected-resource/mcp` naming it.
     pub async fn protected(name: &'static str, provider: &FakeOAuth) -> Self {
-        Self::serve(name, Some(provider.clone())).await
+        Self::serve(name, Some(provider.clone()), false).await
     }
 
-    async fn serve(name: &'static str, provider: Option<FakeOAuth>) -> Self {
+    async fn serve(name: &'static str, provider: Option<FakeOAuth>, modern: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -70,14 +138,22 @@ impl FakeUpstream {
         let (tx, _) = tokio::sync::broadcast::channel::<Value>(16);
         let legacy_tx = tx.clone();
         let (answers, _) = tokio::sync::broadcast::channel::<Value>(16);
+        let shared = Arc::new(Shared {
+            name,
+            modern,
+            epoch: AtomicU32::new(1),
+            log: Mutex::new(Vec::new()),
+            answers,
+        });
+        let (on_post, on_get, on_delete) = (shared.clone(), shared.clone(), shared.clone());
         let app = Router::new()
             .route(
                 "/mcp",
                 post(move |headers: HeaderMap, Json(req): Json<Value>| {
-                    rpc(name, answers.clone(), headers, req)
+                    rpc(on_post.clone(), headers, req)
                 })
-                .get(open_stream)
-                .delete(|| async { StatusCode::NO_CONTENT }),
+                .get(move |headers: HeaderMap| open_stream(on_get.clone(), headers))
+                .delete(move |headers: HeaderMap| close(on_delete.clone(), headers)),
             )
             .route("/sse", get(move || legacy_stream(legacy_tx.subscribe())))
             .route(
@@ -147,7 +223,12 @@ impl FakeUpstream {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url, sse_url, task }
+        Self {
+            url,
+            sse_url,
+            task,
+            shared,
+        }
     }
 }
 
@@ -172,26 +253,135 @@ fn event(id: u32, body: &Value) -> Bytes {
     Bytes::from(format!("id: {id}\nevent: message\ndata: {body}\n\n"))
 }
 
-async fn rpc(
-    name: &'static str,
-    answers: tokio::sync::broadcast::Sender<Value>,
-    headers: HeaderMap,
-    req: Value,
-) -> Response {
-    let id = req["id"].clone();
+fn rpc_error(status: StatusCode, id: &Value, code: i64, message: &str, data: Value) -> Response {
+    let error = json!({"code": code, "message": message, "data": data});
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": error});
+    (status, Json(body)).into_response()
+}
+
+async fn rpc(shared: Arc<Shared>, headers: HeaderMap, req: Value) -> Response {
+    shared.log.lock().expect("log").push(json!({
+        "method": req["method"], "id": req["id"], "params": req["params"],
+        "headers": header_map(&headers),
+    }));
+    if shared.forgotten(&headers) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     if req.get("method").is_none() {
         // A client's answer to one of our requests.
-        let _ = answers.send(req);
+        let _ = shared.answers.send(req);
         return StatusCode::ACCEPTED.into_response();
     }
     if req["id"].is_null() {
         return StatusCode::ACCEPTED.into_response(); // a notification
     }
-    let reply = |result: Value| {
+    if shared.modern
+        && let Some(refused) = refuse_modern(&headers, &req)
+    {
+        return refused;
+    }
+    answer(&shared, headers, req).await
+}
+
+/// How a 2026-07-28-only server refuses what it cannot take: `initialize`, removed methods,
+/// requests whose `_meta` or headers are missing or disagree.
+fn refuse_modern(headers: &HeaderMap, req: &Value) -> Option<Response> {
+    let id = &req["id"];
+    let method = req["method"].as_str().unwrap_or("");
+    if method == "initialize" {
+        let requested = &req["params"]["protocolVersion"];
+        let message = format!("Unsupported protocol version; this server speaks only {MODERN}");
+        let data = json!({"supported": [MODERN], "requested": requested});
+        return Some(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            -32022,
+            &message,
+            data,
+        ));
+    }
+    let meta = &req["params"]["_meta"];
+    if meta["io.modelcontextprotocol/protocolVersion"] != MODERN
+        || !meta["io.modelcontextprotocol/clientCapabilities"].is_object()
+    {
+        let message = "params._meta lacks the protocol version or client capabilities";
+        return Some(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            -32602,
+            message,
+            Value::Null,
+        ));
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let name = match method {
+        "tools/call" | "prompts/get" => req["params"]["name"].as_str(),
+        "resources/read" => req["params"]["uri"].as_str(),
+        _ => None,
+    };
+    if header("mcp-protocol-version") != Some(MODERN)
+        || header("mcp-method") != Some(method)
+        || name.is_some_and(|n| header("mcp-name").map(decode_header) != Some(n.to_owned()))
+    {
+        let message = "Header mismatch";
+        return Some(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            -32020,
+            message,
+            Value::Null,
+        ));
+    }
+    if matches!(method, "ping" | "logging/setLevel") {
+        let message = "Method not found";
+        return Some(rpc_error(
+            StatusCode::NOT_FOUND,
+            id,
+            -32601,
+            message,
+            Value::Null,
+        ));
+    }
+    None
+}
+
+/// `Mcp-Name` as sent: plain, or `=?base64?…?=`.
+fn decode_header(value: &str) -> String {
+    use base64::Engine;
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default(),
+        None => value.to_owned(),
+    }
+}
+
+async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
+    let name = shared.name;
+    let id = req["id"].clone();
+    // A 2025 fake answers within its session; a 2026 one has none, and marks its results.
+    let session = (!shared.modern).then(|| shared.session());
+    let reply = |mut result: Value| {
+        if shared.modern {
+            result["resultType"] = json!("complete");
+        }
         let body = Json(json!({"jsonrpc": "2.0", "id": id, "result": result}));
-        ([("mcp-session-id", SESSION_ID)], body).into_response()
+        match &session {
+            Some(s) => ([("mcp-session-id", s.clone())], body).into_response(),
+            None => body.into_response(),
+        }
     };
     match req["method"].as_str().unwrap_or("") {
+        "server/discover" if shared.modern => {
+            return reply(json!({"supportedVersions": [MODERN],
+                "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
+                "_meta": {"io.modelcontextprotocol/serverInfo": {"name": name, "version": "1"}}}));
+        }
         "initialize" => {
             return reply(json!({"protocolVersion": req["params"]["protocolVersion"],
                 "serverInfo": {"name": name, "version": "1"},
@@ -217,15 +407,18 @@ async fn rpc(
         _ => {}
     }
     let tool = req["params"]["name"].as_str().unwrap_or("");
-    let echo = json!({"jsonrpc": "2.0", "id": id, "result": {
-        "method": req["method"], "params": req["params"], "headers": header_map(&headers),
-    }});
+    let echo =
+        json!({"method": req["method"], "params": req["params"], "headers": header_map(&headers)});
     let sse = |body: Body| {
-        Response::builder()
+        let mut resp = Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
-            .header("mcp-session-id", SESSION_ID)
             .body(body)
-            .expect("valid response")
+            .expect("valid response");
+        if let Some(s) = &session {
+            resp.headers_mut()
+                .insert("mcp-session-id", s.parse().expect("valid header"));
+        }
+        resp
     };
     match (req["method"].as_str(), tool) {
         (Some("tools/call"), "slow") => {
@@ -261,7 +454,7 @@ async fn rpc(
             sse(Body::from_stream(frames))
         }
         (Some("tools/call"), "ask") => {
-            let mut rx = answers.subscribe();
+            let mut rx = shared.answers.subscribe();
             let question = event(
                 0,
                 &json!({"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage",
@@ -298,7 +491,7 @@ async fn rpc(
             std::future::pending::<()>().await;
             unreachable!()
         }
-        _ => ([("mcp-session-id", SESSION_ID)], Json(echo)).into_response(),
+        _ => reply(echo),
     }
 }
 
@@ -317,9 +510,27 @@ async fn legacy_stream(rx: tokio::sync::broadcast::Receiver<Value>) -> Response 
         .expect("valid response")
 }
 
+/// `DELETE /mcp`: the end of a session (405 for a 2026 fake, 404 for a forgotten session).
+async fn close(shared: Arc<Shared>, headers: HeaderMap) -> StatusCode {
+    if shared.modern {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else if shared.forgotten(&headers) {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::NO_CONTENT
+    }
+}
+
 /// `GET /mcp`: events 1, 2 and 3, 100 ms apart, then an open stream. With `Last-Event-ID: n`
-/// it resumes after event n (the upstream's side of resumption).
-async fn open_stream(headers: HeaderMap) -> Response {
+/// it resumes after event n (the upstream's side of resumption). A 2026 fake has no such
+/// stream (405); a forgotten session gets 404.
+async fn open_stream(shared: Arc<Shared>, headers: HeaderMap) -> Response {
+    if shared.modern {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    if shared.forgotten(&headers) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let after: u32 = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
