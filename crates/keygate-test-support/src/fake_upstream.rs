@@ -7,6 +7,8 @@
 //! - `tools/call` of `hang`: never answers;
 //! - `tools/call` of `fail`: a JSON-RPC error (`-32000`, "the tool failed");
 //! - `tools/call` of `crash`: HTTP 500;
+//! - `tools/call` of `invalid`: a JSON-RPC error `-32602` (Invalid params), sent by a 2026
+//!   fake with `400` as its SDKs do;
 //! - `tools/call` of `ask`: an SSE response that first sends the client a
 //!   `sampling/createMessage` request (id 5), waits for the client's answer (POSTed back), and
 //!   ends with a result quoting it;
@@ -177,48 +179,7 @@ impl FakeUpstream {
             );
         let app = match provider {
             None => app,
-            Some(provider) => {
-                let metadata_url =
-                    format!("http://{addr}/.well-known/oauth-protected-resource/mcp");
-                let document = json!({
-                    "resource": url,
-                    "authorization_servers": [provider.issuer],
-                    "scopes_supported": ["read"],
-                });
-                app.layer(axum::middleware::from_fn(
-                    move |req: axum::extract::Request, next: axum::middleware::Next| {
-                        let provider = provider.clone();
-                        let metadata_url = metadata_url.clone();
-                        async move {
-                            let token = req
-                                .headers()
-                                .get(header::AUTHORIZATION)
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| v.strip_prefix("Bearer "))
-                                .unwrap_or("");
-                            if provider.is_valid(token) {
-                                next.run(req).await
-                            } else {
-                                (
-                                    StatusCode::UNAUTHORIZED,
-                                    [(
-                                        header::WWW_AUTHENTICATE,
-                                        format!("Bearer resource_metadata=\"{metadata_url}\""),
-                                    )],
-                                )
-                                    .into_response()
-                            }
-                        }
-                    },
-                ))
-                .route(
-                    "/.well-known/oauth-protected-resource/mcp",
-                    get(move || {
-                        let d = document.clone();
-                        async move { Json(d) }
-                    }),
-                )
-            }
+            Some(provider) => protect(app, provider, &url),
         };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -230,6 +191,47 @@ impl FakeUpstream {
             shared,
         }
     }
+}
+
+/// Only live access tokens of `provider` pass (else `401` with an RFC 9728 challenge), and
+/// `/.well-known/oauth-protected-resource/mcp` names it.
+fn protect(app: Router, provider: FakeOAuth, url: &str) -> Router {
+    let metadata_url = url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp");
+    let document = json!({
+        "resource": url,
+        "authorization_servers": [provider.issuer],
+        "scopes_supported": ["read"],
+    });
+    app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let provider = provider.clone();
+            let metadata_url = metadata_url.clone();
+            async move {
+                let token = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if provider.is_valid(token) {
+                    return next.run(req).await;
+                }
+                let challenge = format!("Bearer resource_metadata=\"{metadata_url}\"");
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response()
+            }
+        },
+    ))
+    .route(
+        "/.well-known/oauth-protected-resource/mcp",
+        get(move || {
+            let d = document.clone();
+            async move { Json(d) }
+        }),
+    )
 }
 
 impl Drop for FakeUpstream {
@@ -254,7 +256,10 @@ fn event(id: u32, body: &Value) -> Bytes {
 }
 
 fn rpc_error(status: StatusCode, id: &Value, code: i64, message: &str, data: Value) -> Response {
-    let error = json!({"code": code, "message": message, "data": data});
+    let mut error = json!({"code": code, "message": message});
+    if !data.is_null() {
+        error["data"] = data;
+    }
     let body = json!({"jsonrpc": "2.0", "id": id, "error": error});
     (status, Json(body)).into_response()
 }
@@ -286,32 +291,22 @@ async fn rpc(shared: Arc<Shared>, headers: HeaderMap, req: Value) -> Response {
 /// How a 2026-07-28-only server refuses what it cannot take: `initialize`, removed methods,
 /// requests whose `_meta` or headers are missing or disagree.
 fn refuse_modern(headers: &HeaderMap, req: &Value) -> Option<Response> {
-    let id = &req["id"];
+    let refuse = |status, code, message: &str, data| {
+        Some(rpc_error(status, &req["id"], code, message, data))
+    };
     let method = req["method"].as_str().unwrap_or("");
     if method == "initialize" {
-        let requested = &req["params"]["protocolVersion"];
         let message = format!("Unsupported protocol version; this server speaks only {MODERN}");
+        let requested = &req["params"]["protocolVersion"];
         let data = json!({"supported": [MODERN], "requested": requested});
-        return Some(rpc_error(
-            StatusCode::BAD_REQUEST,
-            id,
-            -32022,
-            &message,
-            data,
-        ));
+        return refuse(StatusCode::BAD_REQUEST, -32022, &message, data);
     }
     let meta = &req["params"]["_meta"];
     if meta["io.modelcontextprotocol/protocolVersion"] != MODERN
         || !meta["io.modelcontextprotocol/clientCapabilities"].is_object()
     {
         let message = "params._meta lacks the protocol version or client capabilities";
-        return Some(rpc_error(
-            StatusCode::BAD_REQUEST,
-            id,
-            -32602,
-            message,
-            Value::Null,
-        ));
+        return refuse(StatusCode::BAD_REQUEST, -32602, message, Value::Null);
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let name = match method {
@@ -323,24 +318,20 @@ fn refuse_modern(headers: &HeaderMap, req: &Value) -> Option<Response> {
         || header("mcp-method") != Some(method)
         || name.is_some_and(|n| header("mcp-name").map(decode_header) != Some(n.to_owned()))
     {
-        let message = "Header mismatch";
-        return Some(rpc_error(
+        return refuse(
             StatusCode::BAD_REQUEST,
-            id,
             -32020,
-            message,
+            "Header mismatch",
             Value::Null,
-        ));
+        );
     }
     if matches!(method, "ping" | "logging/setLevel") {
-        let message = "Method not found";
-        return Some(rpc_error(
+        return refuse(
             StatusCode::NOT_FOUND,
-            id,
             -32601,
-            message,
+            "Method not found",
             Value::Null,
-        ));
+        );
     }
     None
 }
@@ -361,87 +352,89 @@ fn decode_header(value: &str) -> String {
     }
 }
 
-async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
-    let name = shared.name;
-    let id = req["id"].clone();
-    // A 2025 fake answers within its session; a 2026 one has none, and marks its results.
-    let session = (!shared.modern).then(|| shared.session());
-    let reply = |mut result: Value| {
-        if shared.modern {
+/// How the fake answers one request: within its session (2025) or with `resultType` (2026).
+struct Reply {
+    id: Value,
+    session: Option<String>,
+    modern: bool,
+}
+
+impl Reply {
+    fn result(&self, mut result: Value) -> Response {
+        if self.modern {
             result["resultType"] = json!("complete");
         }
-        let body = Json(json!({"jsonrpc": "2.0", "id": id, "result": result}));
-        match &session {
+        let body = Json(json!({"jsonrpc": "2.0", "id": self.id, "result": result}));
+        match &self.session {
             Some(s) => ([("mcp-session-id", s.clone())], body).into_response(),
             None => body.into_response(),
         }
-    };
-    match req["method"].as_str().unwrap_or("") {
-        "server/discover" if shared.modern => {
-            return reply(json!({"supportedVersions": [MODERN],
-                "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
-                "_meta": {"io.modelcontextprotocol/serverInfo": {"name": name, "version": "1"}}}));
-        }
-        "initialize" => {
-            return reply(json!({"protocolVersion": req["params"]["protocolVersion"],
-                "serverInfo": {"name": name, "version": "1"},
-                "capabilities": {"tools": {}, "prompts": {}, "resources": {}}}));
-        }
-        "tools/list" => {
-            let schema = json!({"type": "object"});
-            return reply(json!({"tools": [{"name": "echo", "inputSchema": schema},
-                {"name": "slow", "inputSchema": schema}, {"name": "ask", "inputSchema": schema}]}));
-        }
-        "prompts/list" => return reply(json!({"prompts": [{"name": "hello"}]})),
-        "resources/list" => {
-            return reply(json!({"resources": [{"uri": format!("{name}://doc"), "name": "doc"}]}));
-        }
-        "resources/read" if req["params"]["uri"] == format!("{name}://doc") => {
-            let text = format!("the {name} document");
-            return reply(json!({"contents": [{"uri": req["params"]["uri"], "text": text}]}));
-        }
-        "resources/read" => {
-            let err = json!({"code": -32002, "message": "no such resource"});
-            return Json(json!({"jsonrpc": "2.0", "id": id, "error": err})).into_response();
-        }
-        _ => {}
     }
-    let tool = req["params"]["name"].as_str().unwrap_or("");
-    let echo =
-        json!({"method": req["method"], "params": req["params"], "headers": header_map(&headers)});
-    let sse = |body: Body| {
+
+    fn sse(&self, body: Body) -> Response {
         let mut resp = Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
             .body(body)
             .expect("valid response");
-        if let Some(s) = &session {
+        if let Some(s) = &self.session {
             resp.headers_mut()
                 .insert("mcp-session-id", s.parse().expect("valid header"));
         }
         resp
+    }
+}
+
+async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
+    let name = shared.name;
+    let reply = Reply {
+        id: req["id"].clone(),
+        session: (!shared.modern).then(|| shared.session()),
+        modern: shared.modern,
     };
-    match (req["method"].as_str(), tool) {
-        (Some("tools/call"), "slow") => {
-            let frames = stream::unfold(0u32, move |n| {
-                let id = id.clone();
-                async move {
-                    if n == 3 {
-                        return None;
-                    }
-                    if n > 0 {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                    }
-                    let body = if n < 2 {
-                        json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": n}})
-                    } else {
-                        json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}})
-                    };
-                    Some((Ok::<_, Infallible>(event(n, &body)), n + 1))
-                }
-            });
-            sse(Body::from_stream(frames))
+    let uri = &req["params"]["uri"];
+    match req["method"].as_str().unwrap_or("") {
+        "server/discover" if shared.modern => reply.result(json!({"supportedVersions": [MODERN],
+            "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": name, "version": "1"}}})),
+        "initialize" => reply.result(json!({"protocolVersion": req["params"]["protocolVersion"],
+            "serverInfo": {"name": name, "version": "1"},
+            "capabilities": {"tools": {}, "prompts": {}, "resources": {}}})),
+        "tools/list" => {
+            let schema = json!({"type": "object"});
+            reply.result(json!({"tools": [{"name": "echo", "inputSchema": schema},
+                {"name": "slow", "inputSchema": schema}, {"name": "ask", "inputSchema": schema}]}))
         }
-        (Some("tools/call"), "reset") => {
+        "prompts/list" => reply.result(json!({"prompts": [{"name": "hello"}]})),
+        "resources/list" => {
+            reply.result(json!({"resources": [{"uri": format!("{name}://doc"), "name": "doc"}]}))
+        }
+        "resources/read" if *uri == format!("{name}://doc") => {
+            let text = format!("the {name} document");
+            reply.result(json!({"contents": [{"uri": uri, "text": text}]}))
+        }
+        "resources/read" => rpc_error(
+            StatusCode::OK,
+            &reply.id,
+            -32002,
+            "no such resource",
+            Value::Null,
+        ),
+        "tools/call" => tool(shared, &reply, headers, &req).await,
+        _ => reply.result(echo(&headers, &req)),
+    }
+}
+
+/// What the fake saw of a request: method, params and every header.
+fn echo(headers: &HeaderMap, req: &Value) -> Value {
+    json!({"method": req["method"], "params": req["params"], "headers": header_map(headers)})
+}
+
+/// `tools/call`: the scripted tools, else an echo.
+async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -> Response {
+    let id = &reply.id;
+    match req["params"]["name"].as_str().unwrap_or("") {
+        "slow" => reply.sse(Body::from_stream(slow(id.clone()))),
+        "reset" => {
             let first = event(
                 0,
                 &json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 0}}),
@@ -451,48 +444,72 @@ async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 Err(std::io::Error::other("upstream reset"))
             }));
-            sse(Body::from_stream(frames))
+            reply.sse(Body::from_stream(frames))
         }
-        (Some("tools/call"), "ask") => {
-            let mut rx = shared.answers.subscribe();
-            let question = event(
-                0,
-                &json!({"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage",
-                "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "2+2?"}}], "maxTokens": 5}}),
-            );
-            let id = id.clone();
-            let finish = stream::once(async move {
-                let answer = loop {
-                    match rx.recv().await {
-                        Ok(a) if a["id"] == 5 => break a,
-                        Ok(_) => continue,
-                        Err(_) => break Value::Null,
-                    }
-                };
-                let text = answer["result"]["content"]["text"]
-                    .as_str()
-                    .unwrap_or("no answer")
-                    .to_owned();
-                let done = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}]}});
-                Ok::<_, Infallible>(event(1, &done))
-            });
-            sse(Body::from_stream(
-                stream::iter([Ok(question)]).chain(finish),
-            ))
+        "ask" => reply.sse(ask(shared, id.clone())),
+        "fail" => rpc_error(StatusCode::OK, id, -32000, "the tool failed", Value::Null),
+        "invalid" => {
+            let status = if shared.modern {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            rpc_error(status, id, -32602, "invalid arguments", Value::Null)
         }
-        (Some("tools/call"), "fail") => {
-            let err = json!({"code": -32000, "message": "the tool failed"});
-            Json(json!({"jsonrpc": "2.0", "id": id, "error": err})).into_response()
-        }
-        (Some("tools/call"), "crash") => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "upstream crashed").into_response()
-        }
-        (Some("tools/call"), "hang") => {
+        "crash" => (StatusCode::INTERNAL_SERVER_ERROR, "upstream crashed").into_response(),
+        "hang" => {
             std::future::pending::<()>().await;
             unreachable!()
         }
-        _ => reply(echo),
+        _ => reply.result(echo(&headers, req)),
     }
+}
+
+/// Two progress notifications and the result, 300 ms apart.
+fn slow(id: Value) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    stream::unfold(0u32, move |n| {
+        let id = id.clone();
+        async move {
+            if n == 3 {
+                return None;
+            }
+            if n > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let body = if n < 2 {
+                json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": n}})
+            } else {
+                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}})
+            };
+            Some((Ok::<_, Infallible>(event(n, &body)), n + 1))
+        }
+    })
+}
+
+/// A `sampling/createMessage` request (id 5) to the client, then a result quoting its answer.
+fn ask(shared: &Shared, id: Value) -> Body {
+    let mut rx = shared.answers.subscribe();
+    let question = event(
+        0,
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage",
+        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "2+2?"}}], "maxTokens": 5}}),
+    );
+    let finish = stream::once(async move {
+        let answer = loop {
+            match rx.recv().await {
+                Ok(a) if a["id"] == 5 => break a,
+                Ok(_) => continue,
+                Err(_) => break Value::Null,
+            }
+        };
+        let text = answer["result"]["content"]["text"]
+            .as_str()
+            .unwrap_or("no answer")
+            .to_owned();
+        let done = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}]}});
+        Ok::<_, Infallible>(event(1, &done))
+    });
+    Body::from_stream(stream::iter([Ok(question)]).chain(finish))
 }
 
 async fn legacy_stream(rx: tokio::sync::broadcast::Receiver<Value>) -> Response {
