@@ -176,6 +176,26 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
     );
     assert_eq!(body["id"], 1);
 
+    // 2026-07-28 routing headers pass untouched, base64 sentinel included.
+    let routed = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "=?base64?w6ljaGVj?="),
+        ("mcp-param-region", "us-west1"),
+    ];
+    let mut req =
+        w.gw.http
+            .post(format!("{}/{server}", w.app_url))
+            .bearer_auth(&alice)
+            .json(&rpc(10, "tools/call", json!({"name": "échec"})));
+    for (k, v) in routed {
+        req = req.header(k, v);
+    }
+    let body: Value = req.send().await.unwrap().json().await.unwrap();
+    for (k, v) in routed {
+        assert_eq!(body["result"]["headers"][k], v, "{k}: {body}");
+    }
+
     // user_token: each user's own token; a user without one is asked to connect.
     let body: Value = w
         .call(&personal, Some(&alice), rpc(2, "ping", json!({})))
