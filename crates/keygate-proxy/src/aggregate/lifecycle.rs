@@ -195,8 +195,11 @@ impl Summary {
     }
 }
 
+/// The gateway, titled with the application's name.
 fn server_info(caller: &McpCaller) -> Value {
-    json!({"name": "keygate", "title": caller.app.name, "version": env!("CARGO_PKG_VERSION")})
+    let mut info = era::gateway_info();
+    info["title"] = Value::from(caller.app.name.as_str());
+    info
 }
 
 fn instructions(notes: &[String]) -> String {

@@ -255,7 +255,7 @@ fn handshake_era<'a>(
     downstream: &'a Downstream,
 ) -> impl Iterator<Item = &'a Member> {
     members.iter().filter(move |m| match downstream {
-        Downstream::Session(s) => s.upstream(m.integration.id).is_some_and(|u| !u.is_modern()),
+        Downstream::Session(s) => s.legacy(m.integration.id).is_some(),
         Downstream::Stateless(_) => false,
     })
 }
@@ -521,10 +521,7 @@ async fn close(
 ) -> Result<Response, ProxyError> {
     let members = members(state, caller).await?;
     join_all(members.iter().filter_map(|m| {
-        let up = session
-            .upstream(m.integration.id)
-            .filter(|u| !u.is_modern())?
-            .clone();
+        let up = session.legacy(m.integration.id)?.clone();
         Some(async move { send(state, m, Some(&up), Method::DELETE, None).await })
     }))
     .await;
@@ -541,10 +538,7 @@ async fn merged_stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let mut opened = 0;
     for m in &members {
-        let Some(up) = session
-            .upstream(m.integration.id)
-            .filter(|u| !u.is_modern())
-        else {
+        let Some(up) = session.legacy(m.integration.id) else {
             continue;
         };
         let Ok(resp) = send(state, m, Some(up), Method::GET, None).await else {

@@ -81,4 +81,10 @@ impl AggregatedSession {
     pub fn upstream(&self, integration: IntegrationId) -> Option<&UpstreamSession> {
         self.upstreams.iter().find(|u| u.integration == integration)
     }
+
+    /// The upstream's session if it is of the 2025 era (the only ones with a GET stream, a
+    /// DELETE, notifications and `logging/setLevel`).
+    pub fn legacy(&self, integration: IntegrationId) -> Option<&UpstreamSession> {
+        self.upstream(integration).filter(|u| !u.is_modern())
+    }
 }
