@@ -102,6 +102,28 @@ impl World {
         )
     }
 
+    /// A 2025 client's POST to the aggregated endpoint, within `session` once it has one.
+    fn aggregated(
+        &self,
+        token: &str,
+        session: Option<&str>,
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .gw
+            .http
+            .post(&self.app_url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(body);
+        if let Some(s) = session {
+            req = req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        req
+    }
+
     async fn token(&self, user: UserId) -> String {
         self.gw.user_token(user, self.app, &self.app_url).await
     }
@@ -127,6 +149,28 @@ impl World {
 
 fn rpc(id: i64, method: &str, params: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+/// The tools of two fake upstreams named alpha and beta, on the aggregated endpoint.
+const ALPHA_BETA_TOOLS: [&str; 6] = [
+    "alpha_ask",
+    "alpha_echo",
+    "alpha_slow",
+    "beta_ask",
+    "beta_echo",
+    "beta_slow",
+];
+
+/// The `name`s of a list's items, sorted.
+fn names(items: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    names
 }
 
 async fn credentials_are_injected_and_isolated(backend: Backend) {
@@ -652,16 +696,7 @@ async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
         .await;
     let alice = w.token(w.alice).await;
     let post = |session: Option<String>, body: Value| {
-        let mut req =
-            w.gw.http
-                .post(&w.app_url)
-                .bearer_auth(&alice)
-                .header("accept", "application/json, text/event-stream")
-                .json(&body);
-        if let Some(s) = session {
-            req = req.header("mcp-session-id", s);
-        }
-        req.send()
+        w.aggregated(&alice, session.as_deref(), &body).send()
     };
 
     let resp = post(None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -704,24 +739,7 @@ async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
         .json()
         .await
         .unwrap();
-    let mut names: Vec<&str> = tools["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    names.sort_unstable();
-    assert_eq!(
-        names,
-        [
-            "alpha_ask",
-            "alpha_echo",
-            "alpha_slow",
-            "beta_ask",
-            "beta_echo",
-            "beta_slow"
-        ]
-    );
+    assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
     let prompts: Value = post(Some(session.clone()), rpc(3, "prompts/list", json!({})))
         .await
         .unwrap()
@@ -967,24 +985,7 @@ async fn aggregated_endpoint_serves_2026_clients(backend: Backend) {
     assert_eq!(status, 200, "{tools}");
     assert_eq!(tools["result"]["resultType"], "complete");
     assert_eq!(tools["result"]["cacheScope"], "private");
-    let mut names: Vec<&str> = tools["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    names.sort_unstable();
-    assert_eq!(
-        names,
-        [
-            "alpha_ask",
-            "alpha_echo",
-            "alpha_slow",
-            "beta_ask",
-            "beta_echo",
-            "beta_slow"
-        ]
-    );
+    assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
 
     // To the 2026 upstream: _meta and the mirrored headers (Mcp-Name renamed), Mcp-Param-*
     // passed on, no session.
@@ -1174,14 +1175,11 @@ async fn aggregated_endpoint_serves_2026_clients(backend: Backend) {
             .unwrap();
     assert_eq!(get.status(), 405);
     // Without a session and without the 2026 version, a client must initialize first.
-    let resp =
-        w.gw.http
-            .post(&w.app_url)
-            .bearer_auth(&alice)
-            .json(&rpc(15, "tools/list", json!({})))
-            .send()
-            .await
-            .unwrap();
+    let resp = w
+        .aggregated(&alice, None, &rpc(15, "tools/list", json!({})))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     w.gw.stop().await;
 }
@@ -1200,20 +1198,7 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
     w.integration(json!({"name": "Beta", "url": beta.url}))
         .await;
     let alice = w.token(w.alice).await;
-    let post = |session: Option<&str>, body: Value| {
-        let mut req =
-            w.gw.http
-                .post(&w.app_url)
-                .bearer_auth(&alice)
-                .header("accept", "application/json, text/event-stream")
-                .json(&body);
-        if let Some(s) = session {
-            req = req
-                .header("mcp-session-id", s)
-                .header("mcp-protocol-version", "2025-06-18");
-        }
-        req
-    };
+    let post = |session: Option<&str>, body: Value| w.aggregated(&alice, session, &body);
     let init = rpc(
         1,
         "initialize",
@@ -1259,8 +1244,8 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
 
     let (_, tools) = status_json(post(Some(&session), rpc(2, "tools/list", json!({})))).await;
     assert_eq!(
-        tools["result"]["tools"].as_array().unwrap().len(),
-        6,
+        names(&tools["result"]["tools"]),
+        ALPHA_BETA_TOOLS,
         "{tools}"
     );
     let (status, r) = status_json(post(
@@ -1311,18 +1296,7 @@ async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
     w.integration(json!({"name": "Alpha", "url": a.url})).await;
     w.integration(json!({"name": "Beta", "url": b.url})).await;
     let alice = w.token(w.alice).await;
-    let post = |session: Option<&str>, body: Value| {
-        let mut req =
-            w.gw.http
-                .post(&w.app_url)
-                .bearer_auth(&alice)
-                .header("accept", "application/json, text/event-stream")
-                .json(&body);
-        if let Some(s) = session {
-            req = req.header("mcp-session-id", s);
-        }
-        req
-    };
+    let post = |session: Option<&str>, body: Value| w.aggregated(&alice, session, &body);
     let initialize = || {
         post(
             None,
@@ -1396,10 +1370,8 @@ async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
         "upstream-session-2"
     );
     let (status, tools) = status_json(post(Some(&session), rpc(10, "tools/list", json!({})))).await;
-    assert_eq!(
-        (status, tools["result"]["tools"].as_array().unwrap().len()),
-        (200, 6)
-    );
+    assert_eq!(status, 200, "{tools}");
+    assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
     w.gw.stop().await;
 }
 
