@@ -1279,6 +1279,19 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
         (200, json!(-32602)),
         "{r}"
     );
+    // An initialize asking for the stateless version gets (and offers upstream) a 2025 one.
+    let init = rpc(
+        5,
+        "initialize",
+        json!({"protocolVersion": MODERN, "capabilities": {}}),
+    );
+    let (_, r) = status_json(post(None, init)).await;
+    assert_eq!(r["result"]["protocolVersion"], "2025-11-25", "{r}");
+    let offered = beta
+        .requests()
+        .into_iter()
+        .rfind(|q| q["method"] == "initialize");
+    assert_eq!(offered.unwrap()["params"]["protocolVersion"], "2025-11-25");
     assert_eq!(alpha.count("initialize"), 0);
     w.gw.stop().await;
 }

@@ -80,6 +80,16 @@ pub fn name_of(message: &Value) -> Option<&str> {
     message["params"][key].as_str()
 }
 
+/// The version a 2025 `initialize` is answered with: the one requested if it is a
+/// handshake-era version, else the newest of those (as the 2025 spec has a server do).
+pub fn handshake_version(requested: Option<&str>) -> &str {
+    match requested {
+        Some(v) if LEGACY.contains(&v) => v,
+        Some(_) => LATEST_LEGACY,
+        None => "2025-06-18",
+    }
+}
+
 /// Whether a request speaks 2026-07-28 (or a later, stateless version): its `_meta` names a
 /// protocol version, or its `MCP-Protocol-Version` header is not a handshake-era one.
 pub fn declares_modern(headers: &HeaderMap, message: Option<&Value>) -> bool {
@@ -327,6 +337,13 @@ mod tests {
         let refused = accept(&h, &list).unwrap_err();
         assert_eq!(refused.code, UNSUPPORTED_PROTOCOL_VERSION);
         assert_eq!(refused.data.unwrap()["requested"], "2099-01-01");
+    }
+
+    #[test]
+    fn initialize_gets_a_handshake_era_version() {
+        assert_eq!(handshake_version(Some("2025-03-26")), "2025-03-26");
+        assert_eq!(handshake_version(Some(MODERN)), LATEST_LEGACY);
+        assert_eq!(handshake_version(None), "2025-06-18");
     }
 
     #[test]

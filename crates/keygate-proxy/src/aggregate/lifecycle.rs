@@ -43,9 +43,12 @@ pub async fn initialize(
 ) -> Result<Response, ProxyError> {
     let id = message.get("id").cloned().unwrap_or(Value::Null);
     let params = &message["params"];
-    let requested = params["protocolVersion"].as_str().unwrap_or("2025-06-18");
+    let version = era::handshake_version(params["protocolVersion"].as_str());
+    // Upstreams are offered the version the client gets (never a stateless one).
+    let mut offer = message.clone();
+    offer["params"]["protocolVersion"] = Value::from(version);
     let candidates = candidates(state, caller).await?;
-    let summary = summarize(&candidates, false, |m| join_initialize(state, m, message)).await;
+    let summary = summarize(&candidates, false, |m| join_initialize(state, m, &offer)).await;
     let session = AggregatedSession {
         app: caller.app.id,
         upstreams: summary.sessions,
@@ -54,7 +57,7 @@ pub async fn initialize(
     };
     let sealed = session.seal(&state.auth.store, caller.app.org_id, caller.user);
     let body = json!({"jsonrpc": "2.0", "id": id, "result": {
-        "protocolVersion": requested,
+        "protocolVersion": version,
         "capabilities": Value::Object(summary.capabilities),
         "serverInfo": server_info(caller),
         "instructions": instructions(&summary.notes),
