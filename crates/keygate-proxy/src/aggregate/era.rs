@@ -259,8 +259,8 @@ pub async fn era(state: &ProxyState, member: &Member) -> Era {
 
 /// `server/discover` on the gateway's own behalf.
 async fn discover(state: &ProxyState, member: &Member) -> Option<Era> {
-    let message = json!({"jsonrpc": "2.0", "id": "kg-discover", "method": "server/discover",
-        "params": {"_meta": meta(None, None)}});
+    // The link puts the gateway's own `_meta` in.
+    let message = json!({"jsonrpc": "2.0", "id": "kg-discover", "method": "server/discover"});
     let link = Link::Modern(Arc::new(meta(None, None)));
     let resp = upstream::send_message(state, member, &link, &message, None)
         .await
