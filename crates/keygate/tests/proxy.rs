@@ -936,6 +936,21 @@ fn modern(
     req.json(&rpc(id, method, params))
 }
 
+/// Checks that a fake 2026 upstream's echo of a call of its `echo` tool came as a 2026 request
+/// on behalf of `client`: the mirrored headers with the upstream's own name, no session, and
+/// `_meta`, which it returns.
+fn seen_as_2026_echo<'a>(r: &'a Value, client: &str) -> &'a Value {
+    let seen = &r["result"]["headers"];
+    assert_eq!(seen["mcp-method"], "tools/call", "{r}");
+    assert_eq!(seen["mcp-name"], "echo");
+    assert_eq!(seen["mcp-protocol-version"], MODERN);
+    assert!(seen.get("mcp-session-id").is_none(), "{seen}");
+    let meta = &r["result"]["params"]["_meta"];
+    assert_eq!(meta["io.modelcontextprotocol/protocolVersion"], MODERN);
+    assert_eq!(meta["io.modelcontextprotocol/clientInfo"]["name"], client);
+    meta
+}
+
 /// Sends a request and reads its status and JSON body.
 async fn status_json(req: reqwest::RequestBuilder) -> (u16, Value) {
     let resp = req.send().await.unwrap();
@@ -999,18 +1014,8 @@ async fn aggregated_endpoint_serves_2026_clients(backend: Backend) {
     .header("mcp-param-region", "us-west1");
     let (status, r) = status_json(call).await;
     assert_eq!(status, 200, "{r}");
-    let seen = &r["result"]["headers"];
-    assert_eq!(seen["mcp-method"], "tools/call");
-    assert_eq!(seen["mcp-name"], "echo");
-    assert_eq!(seen["mcp-protocol-version"], MODERN);
-    assert_eq!(seen["mcp-param-region"], "us-west1");
-    assert!(seen.get("mcp-session-id").is_none(), "{seen}");
-    let meta = &r["result"]["params"]["_meta"];
-    assert_eq!(meta["io.modelcontextprotocol/protocolVersion"], MODERN);
-    assert_eq!(
-        meta["io.modelcontextprotocol/clientInfo"]["name"],
-        "client-2026"
-    );
+    seen_as_2026_echo(&r, "client-2026");
+    assert_eq!(r["result"]["headers"]["mcp-param-region"], "us-west1");
     assert_eq!(alpha.count("initialize"), 0);
     assert!(
         alpha
@@ -1254,18 +1259,8 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
     ))
     .await;
     assert_eq!(status, 200, "{r}");
-    let seen = &r["result"]["headers"];
-    assert_eq!(seen["mcp-method"], "tools/call");
-    assert_eq!(seen["mcp-name"], "echo");
-    assert_eq!(seen["mcp-protocol-version"], MODERN);
-    assert_eq!(seen["authorization"], "Bearer tok-a");
-    assert!(seen.get("mcp-session-id").is_none(), "{seen}");
-    let meta = &r["result"]["params"]["_meta"];
-    assert_eq!(meta["io.modelcontextprotocol/protocolVersion"], MODERN);
-    assert_eq!(
-        meta["io.modelcontextprotocol/clientInfo"]["name"],
-        "client-2025"
-    );
+    let meta = seen_as_2026_echo(&r, "client-2025");
+    assert_eq!(r["result"]["headers"]["authorization"], "Bearer tok-a");
     assert_eq!(
         meta["io.modelcontextprotocol/clientCapabilities"],
         json!({"experimental": {"x": {}}}),
