@@ -17,7 +17,8 @@ fi
 
 command -v cargo >/dev/null || { echo "setup: a Rust toolchain (cargo) is required" >&2; exit 1; }
 
-# --- Python venv for tests/e2e/mcp_python_oauth.sh: the official MCP Python SDK, pinned along
+# --- Python venv for tests/e2e/mcp_python_oauth.sh, server_everything.sh and mcp_python_2026.sh
+# (client, and the 2026-07-28 upstream on uvicorn): the official MCP Python SDK, pinned along
 # with everything it pulls in. Skipped when the venv already holds exactly this set.
 MCP_VENV="${KEYGATE_E2E_VENV:-$HOME/.cache/keygate-e2e/venv}"
 MCP_PY_REQS="mcp==2.3.0 mcp-types==2.3.0 annotated-types==0.8.0 anyio==4.16.0 attrs==26.1.0
@@ -42,7 +43,7 @@ if [ "$(cat "$MCP_VENV/.keygate-reqs" 2>/dev/null)" != "$MCP_PY_REQS" ]; then
   printf '%s' "$MCP_PY_REQS" >"$MCP_VENV/.keygate-reqs"
 fi
 
-# --- Node + the MCP reference server for tests/e2e/server_everything.sh. The version of
+# --- Node + the MCP reference server for tests/e2e/server_everything.sh (and mcp_python_2026.sh). The version of
 # @modelcontextprotocol/server-everything and of everything it pulls in is pinned by
 # tests/e2e/server-everything/package-lock.json, installed with `npm ci` into KEYGATE_E2E_NODE.
 # The pinned 2026.8.31 is the newest and runs on the machine's Node 20 (it needs >= 18: the

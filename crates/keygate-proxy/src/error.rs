@@ -35,6 +35,10 @@ pub enum ProxyError {
     /// The upstream could not be reached or failed mid-way.
     #[error("upstream unavailable: {0}")]
     Upstream(String),
+    /// The upstream forgot the session the client's aggregated session holds for it: the
+    /// client must initialize again (the sealed session id cannot change under it).
+    #[error("upstream session expired")]
+    SessionExpired,
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -99,6 +103,15 @@ impl IntoResponse for ProxyError {
                     ),
                 )
             }
+            ProxyError::SessionExpired => (
+                StatusCode::NOT_FOUND,
+                rpc_error(
+                    Value::Null,
+                    -32001,
+                    "An integration's session expired; initialize again",
+                    None,
+                ),
+            ),
             ProxyError::UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 rpc_error(

@@ -58,6 +58,10 @@ pub struct RouteCache {
     pub(crate) apps: GenCache<(OrgId, ApplicationId), Application>,
     pub(crate) attached: GenCache<ApplicationId, Arc<Vec<Integration>>>,
     pub(crate) credentials: GenCache<(IntegrationId, UserId), credentials::Cached>,
+    /// Which era each upstream speaks (probed with `server/discover`).
+    pub(crate) eras: GenCache<IntegrationId, aggregate::era::Era>,
+    /// The upstream sessions the gateway holds for 2026 clients.
+    pub(crate) handshakes: aggregate::handshakes::Handshakes,
 }
 
 impl ProxyState {

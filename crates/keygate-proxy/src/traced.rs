@@ -86,7 +86,9 @@ pub fn identify(ex: &mut Exchange, caller: &McpCaller) {
 pub fn status_of(e: &ProxyError) -> Status {
     match e {
         ProxyError::Unauthorized(_) | ProxyError::ConnectionRequired { .. } => Status::ErrorAuth,
-        ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => Status::ErrorRemote,
+        ProxyError::Upstream(_) | ProxyError::UpstreamTimeout | ProxyError::SessionExpired => {
+            Status::ErrorRemote
+        }
         ProxyError::NotFound(_) | ProxyError::BadRequest { .. } | ProxyError::Internal(_) => {
             Status::ErrorProxy
         }

@@ -38,6 +38,28 @@ impl<K: Eq + Hash, V: Clone> GenCache<K, V> {
         }
         self.map.insert(key, (generation, value));
     }
+
+    /// The value read at `generation`, or the one `make` builds, stored for that generation.
+    /// Callers racing on one key all get the same value (one entry lock, no await inside).
+    pub fn get_or_insert_with(&self, key: K, generation: u64, make: impl FnOnce() -> V) -> V {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&key) {
+            self.map.clear();
+        }
+        match self.map.entry(key) {
+            dashmap::Entry::Occupied(mut e) => {
+                if e.get().0 != generation {
+                    e.insert((generation, make()));
+                }
+                e.get().1.clone()
+            }
+            dashmap::Entry::Vacant(e) => e.insert((generation, make())).1.clone(),
+        }
+    }
+
+    /// Removes the entry for `key` if `stale` says its value is outdated.
+    pub fn remove_if(&self, key: &K, stale: impl FnOnce(&V) -> bool) {
+        self.map.remove_if(key, |_, (_, v)| stale(v));
+    }
 }
 
 impl<K: Eq + Hash, V: Clone> Default for GenCache<K, V> {
@@ -60,5 +82,17 @@ mod tests {
         c.put("c".into(), 1, 30); // full: starts over
         assert_eq!(c.get("a", 1), None);
         assert_eq!(c.get("c", 1), Some(30));
+    }
+
+    #[test]
+    fn get_or_insert_keeps_the_current_value_and_replaces_an_old_one() {
+        let c: GenCache<&str, u32> = GenCache::new(10);
+        assert_eq!(c.get_or_insert_with("a", 1, || 10), 10);
+        assert_eq!(c.get_or_insert_with("a", 1, || 11), 10);
+        assert_eq!(c.get_or_insert_with("a", 2, || 12), 12);
+        c.remove_if(&"a", |v| *v == 10); // not the current value: kept
+        assert_eq!(c.get("a", 2), Some(12));
+        c.remove_if(&"a", |v| *v == 12);
+        assert_eq!(c.get("a", 2), None);
     }
 }

@@ -7,6 +7,8 @@
 //! - `tools/call` of `hang`: never answers;
 //! - `tools/call` of `fail`: a JSON-RPC error (`-32000`, "the tool failed");
 //! - `tools/call` of `crash`: HTTP 500;
+//! - `tools/call` of `invalid`: a JSON-RPC error `-32602` (Invalid params), sent by a 2026
+//!   fake with `400` as its SDKs do;
 //! - `tools/call` of `ask`: an SSE response that first sends the client a
 //!   `sampling/createMessage` request (id 5), waits for the client's answer (POSTed back), and
 //!   ends with a result quoting it;
@@ -17,8 +19,22 @@
 //! - legacy HTTP+SSE: `GET /sse` opens with `event: endpoint` (`/messages?sessionId=legacy-1`),
 //!   and each `POST /messages?sessionId=legacy-1` is answered `202` with its echo sent on the
 //!   stream.
+//!
+//! Sessions are `upstream-session-{n}`, `n` starting at 1 ([`SESSION_ID`]); other ids are
+//! accepted as they are. [`FakeUpstream::forget_sessions`] makes it forget the ones it issued:
+//! a request carrying one gets `404`, and the next `initialize` issues `n + 1`.
+//! [`FakeUpstream::requests`] lists every message POSTed to `/mcp`, with its headers.
+//!
+//! [`FakeUpstream::modern`] speaks only 2026-07-28: stateless (no `Mcp-Session-Id`, `GET` and
+//! `DELETE` → `405`), `server/discover`, results with `resultType`; every request must carry
+//! `params._meta` with the version and client capabilities and the `MCP-Protocol-Version`,
+//! `Mcp-Method` and `Mcp-Name` headers that mirror it (else `400`, `-32602` or `-32020`);
+//! `initialize` is refused with `400` and `-32022` naming the one version it speaks; `ping`
+//! and `logging/setLevel` are unknown (`404`, `-32601`).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -35,6 +51,9 @@ use serde_json::{Value, json};
 use crate::fake_oauth::FakeOAuth;
 
 pub const SESSION_ID: &str = "upstream-session-1";
+/// The only version a [`FakeUpstream::modern`] speaks.
+pub const MODERN: &str = "2026-07-28";
+const SESSION_PREFIX: &str = "upstream-session-";
 
 /// A running fake upstream.
 pub struct FakeUpstream {
@@ -43,6 +62,36 @@ pub struct FakeUpstream {
     /// `http://127.0.0.1:PORT/sse` (legacy transport)
     pub sse_url: String,
     task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+/// What the handlers share.
+struct Shared {
+    name: &'static str,
+    /// Speaks only 2026-07-28.
+    modern: bool,
+    /// Sessions `upstream-session-{n}` with `n` below this are forgotten; `n` is the live one.
+    epoch: AtomicU32,
+    /// Every message POSTed to `/mcp`: `{method, id, params, headers}`.
+    log: Mutex<Vec<Value>>,
+    /// The client's answers to the fake's own requests.
+    answers: tokio::sync::broadcast::Sender<Value>,
+}
+
+impl Shared {
+    fn session(&self) -> String {
+        format!("{SESSION_PREFIX}{}", self.epoch.load(Ordering::SeqCst))
+    }
+
+    /// Whether a request names a session this fake issued and forgot.
+    fn forgotten(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix(SESSION_PREFIX))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n < self.epoch.load(Ordering::SeqCst))
+    }
 }
 
 impl FakeUpstream {
@@ -52,16 +101,37 @@ impl FakeUpstream {
 
     /// A fake whose resource URIs and server name carry `name`.
     pub async fn named(name: &'static str) -> Self {
-        Self::serve(name, None).await
+        Self::serve(name, None, false).await
+    }
+
+    /// A fake of the 2026-07-28 era only (see the module doc).
+    pub async fn modern(name: &'static str) -> Self {
+        Self::serve(name, None, true).await
+    }
+
+    /// Every JSON-RPC message POSTed to `/mcp` so far: `{method, id, params, headers}`.
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared.log.lock().expect("log").clone()
+    }
+
+    /// How many requests (or notifications) of `method` it received.
+    pub fn count(&self, method: &str) -> usize {
+        let log = self.shared.log.lock().expect("log");
+        log.iter().filter(|r| r["method"] == method).count()
+    }
+
+    /// Forgets every session it issued: requests carrying one get `404`.
+    pub fn forget_sessions(&self) {
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A fake that accepts only live access tokens of `provider` (else `401` with an RFC 9728
     /// challenge) and publishes `/.well-known/oauth-protected-resource/mcp` naming it.
     pub async fn protected(name: &'static str, provider: &FakeOAuth) -> Self {
-        Self::serve(name, Some(provider.clone())).await
+        Self::serve(name, Some(provider.clone()), false).await
     }
 
-    async fn serve(name: &'static str, provider: Option<FakeOAuth>) -> Self {
+    async fn serve(name: &'static str, provider: Option<FakeOAuth>, modern: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -70,14 +140,22 @@ impl FakeUpstream {
         let (tx, _) = tokio::sync::broadcast::channel::<Value>(16);
         let legacy_tx = tx.clone();
         let (answers, _) = tokio::sync::broadcast::channel::<Value>(16);
+        let shared = Arc::new(Shared {
+            name,
+            modern,
+            epoch: AtomicU32::new(1),
+            log: Mutex::new(Vec::new()),
+            answers,
+        });
+        let (on_post, on_get, on_delete) = (shared.clone(), shared.clone(), shared.clone());
         let app = Router::new()
             .route(
                 "/mcp",
                 post(move |headers: HeaderMap, Json(req): Json<Value>| {
-                    rpc(name, answers.clone(), headers, req)
+                    rpc(on_post.clone(), headers, req)
                 })
-                .get(open_stream)
-                .delete(|| async { StatusCode::NO_CONTENT }),
+                .get(move |headers: HeaderMap| open_stream(on_get.clone(), headers))
+                .delete(move |headers: HeaderMap| close(on_delete.clone(), headers)),
             )
             .route("/sse", get(move || legacy_stream(legacy_tx.subscribe())))
             .route(
@@ -101,54 +179,59 @@ impl FakeUpstream {
             );
         let app = match provider {
             None => app,
-            Some(provider) => {
-                let metadata_url =
-                    format!("http://{addr}/.well-known/oauth-protected-resource/mcp");
-                let document = json!({
-                    "resource": url,
-                    "authorization_servers": [provider.issuer],
-                    "scopes_supported": ["read"],
-                });
-                app.layer(axum::middleware::from_fn(
-                    move |req: axum::extract::Request, next: axum::middleware::Next| {
-                        let provider = provider.clone();
-                        let metadata_url = metadata_url.clone();
-                        async move {
-                            let token = req
-                                .headers()
-                                .get(header::AUTHORIZATION)
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| v.strip_prefix("Bearer "))
-                                .unwrap_or("");
-                            if provider.is_valid(token) {
-                                next.run(req).await
-                            } else {
-                                (
-                                    StatusCode::UNAUTHORIZED,
-                                    [(
-                                        header::WWW_AUTHENTICATE,
-                                        format!("Bearer resource_metadata=\"{metadata_url}\""),
-                                    )],
-                                )
-                                    .into_response()
-                            }
-                        }
-                    },
-                ))
-                .route(
-                    "/.well-known/oauth-protected-resource/mcp",
-                    get(move || {
-                        let d = document.clone();
-                        async move { Json(d) }
-                    }),
-                )
-            }
+            Some(provider) => protect(app, provider, &url),
         };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url, sse_url, task }
+        Self {
+            url,
+            sse_url,
+            task,
+            shared,
+        }
     }
+}
+
+/// Only live access tokens of `provider` pass (else `401` with an RFC 9728 challenge), and
+/// `/.well-known/oauth-protected-resource/mcp` names it.
+fn protect(app: Router, provider: FakeOAuth, url: &str) -> Router {
+    let metadata_url = url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp");
+    let document = json!({
+        "resource": url,
+        "authorization_servers": [provider.issuer],
+        "scopes_supported": ["read"],
+    });
+    app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let provider = provider.clone();
+            let metadata_url = metadata_url.clone();
+            async move {
+                let token = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if provider.is_valid(token) {
+                    return next.run(req).await;
+                }
+                let challenge = format!("Bearer resource_metadata=\"{metadata_url}\"");
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response()
+            }
+        },
+    ))
+    .route(
+        "/.well-known/oauth-protected-resource/mcp",
+        get(move || {
+            let d = document.clone();
+            async move { Json(d) }
+        }),
+    )
 }
 
 impl Drop for FakeUpstream {
@@ -172,83 +255,186 @@ fn event(id: u32, body: &Value) -> Bytes {
     Bytes::from(format!("id: {id}\nevent: message\ndata: {body}\n\n"))
 }
 
-async fn rpc(
-    name: &'static str,
-    answers: tokio::sync::broadcast::Sender<Value>,
-    headers: HeaderMap,
-    req: Value,
-) -> Response {
-    let id = req["id"].clone();
+fn rpc_error(status: StatusCode, id: &Value, code: i64, message: &str, data: Value) -> Response {
+    let mut error = json!({"code": code, "message": message});
+    if !data.is_null() {
+        error["data"] = data;
+    }
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": error});
+    (status, Json(body)).into_response()
+}
+
+async fn rpc(shared: Arc<Shared>, headers: HeaderMap, req: Value) -> Response {
+    shared.log.lock().expect("log").push(json!({
+        "method": req["method"], "id": req["id"], "params": req["params"],
+        "headers": header_map(&headers),
+    }));
+    if shared.forgotten(&headers) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     if req.get("method").is_none() {
         // A client's answer to one of our requests.
-        let _ = answers.send(req);
+        let _ = shared.answers.send(req);
         return StatusCode::ACCEPTED.into_response();
     }
     if req["id"].is_null() {
         return StatusCode::ACCEPTED.into_response(); // a notification
     }
-    let reply = |result: Value| {
-        let body = Json(json!({"jsonrpc": "2.0", "id": id, "result": result}));
-        ([("mcp-session-id", SESSION_ID)], body).into_response()
+    if shared.modern
+        && let Some(refused) = refuse_modern(&headers, &req)
+    {
+        return refused;
+    }
+    answer(&shared, headers, req).await
+}
+
+/// How a 2026-07-28-only server refuses what it cannot take: `initialize`, removed methods,
+/// requests whose `_meta` or headers are missing or disagree.
+fn refuse_modern(headers: &HeaderMap, req: &Value) -> Option<Response> {
+    let refuse = |status, code, message: &str, data| {
+        Some(rpc_error(status, &req["id"], code, message, data))
     };
-    match req["method"].as_str().unwrap_or("") {
-        "initialize" => {
-            return reply(json!({"protocolVersion": req["params"]["protocolVersion"],
-                "serverInfo": {"name": name, "version": "1"},
-                "capabilities": {"tools": {}, "prompts": {}, "resources": {}}}));
+    let method = req["method"].as_str().unwrap_or("");
+    if method == "initialize" {
+        let message = format!("Unsupported protocol version; this server speaks only {MODERN}");
+        let requested = &req["params"]["protocolVersion"];
+        let data = json!({"supported": [MODERN], "requested": requested});
+        return refuse(StatusCode::BAD_REQUEST, -32022, &message, data);
+    }
+    let meta = &req["params"]["_meta"];
+    if meta["io.modelcontextprotocol/protocolVersion"] != MODERN
+        || !meta["io.modelcontextprotocol/clientCapabilities"].is_object()
+    {
+        let message = "params._meta lacks the protocol version or client capabilities";
+        return refuse(StatusCode::BAD_REQUEST, -32602, message, Value::Null);
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let name = match method {
+        "tools/call" | "prompts/get" => req["params"]["name"].as_str(),
+        "resources/read" => req["params"]["uri"].as_str(),
+        _ => None,
+    };
+    if header("mcp-protocol-version") != Some(MODERN)
+        || header("mcp-method") != Some(method)
+        || name.is_some_and(|n| header("mcp-name").map(decode_header) != Some(n.to_owned()))
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            -32020,
+            "Header mismatch",
+            Value::Null,
+        );
+    }
+    if matches!(method, "ping" | "logging/setLevel") {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            -32601,
+            "Method not found",
+            Value::Null,
+        );
+    }
+    None
+}
+
+/// `Mcp-Name` as sent: plain, or `=?base64?…?=`.
+fn decode_header(value: &str) -> String {
+    use base64::Engine;
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default(),
+        None => value.to_owned(),
+    }
+}
+
+/// How the fake answers one request: within its session (2025) or with `resultType` (2026).
+struct Reply {
+    id: Value,
+    session: Option<String>,
+    modern: bool,
+}
+
+impl Reply {
+    fn result(&self, mut result: Value) -> Response {
+        if self.modern {
+            result["resultType"] = json!("complete");
         }
+        let body = Json(json!({"jsonrpc": "2.0", "id": self.id, "result": result}));
+        match &self.session {
+            Some(s) => ([("mcp-session-id", s.clone())], body).into_response(),
+            None => body.into_response(),
+        }
+    }
+
+    fn sse(&self, body: Body) -> Response {
+        let mut resp = Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .body(body)
+            .expect("valid response");
+        if let Some(s) = &self.session {
+            resp.headers_mut()
+                .insert("mcp-session-id", s.parse().expect("valid header"));
+        }
+        resp
+    }
+}
+
+async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
+    let name = shared.name;
+    let reply = Reply {
+        id: req["id"].clone(),
+        session: (!shared.modern).then(|| shared.session()),
+        modern: shared.modern,
+    };
+    let uri = &req["params"]["uri"];
+    match req["method"].as_str().unwrap_or("") {
+        "server/discover" if shared.modern => reply.result(json!({"supportedVersions": [MODERN],
+            "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": name, "version": "1"}}})),
+        "initialize" => reply.result(json!({"protocolVersion": req["params"]["protocolVersion"],
+            "serverInfo": {"name": name, "version": "1"},
+            "capabilities": {"tools": {}, "prompts": {}, "resources": {}}})),
         "tools/list" => {
             let schema = json!({"type": "object"});
-            return reply(json!({"tools": [{"name": "echo", "inputSchema": schema},
-                {"name": "slow", "inputSchema": schema}, {"name": "ask", "inputSchema": schema}]}));
+            reply.result(json!({"tools": [{"name": "echo", "inputSchema": schema},
+                {"name": "slow", "inputSchema": schema}, {"name": "ask", "inputSchema": schema}]}))
         }
-        "prompts/list" => return reply(json!({"prompts": [{"name": "hello"}]})),
+        "prompts/list" => reply.result(json!({"prompts": [{"name": "hello"}]})),
         "resources/list" => {
-            return reply(json!({"resources": [{"uri": format!("{name}://doc"), "name": "doc"}]}));
+            reply.result(json!({"resources": [{"uri": format!("{name}://doc"), "name": "doc"}]}))
         }
-        "resources/read" if req["params"]["uri"] == format!("{name}://doc") => {
+        "resources/read" if *uri == format!("{name}://doc") => {
             let text = format!("the {name} document");
-            return reply(json!({"contents": [{"uri": req["params"]["uri"], "text": text}]}));
+            reply.result(json!({"contents": [{"uri": uri, "text": text}]}))
         }
-        "resources/read" => {
-            let err = json!({"code": -32002, "message": "no such resource"});
-            return Json(json!({"jsonrpc": "2.0", "id": id, "error": err})).into_response();
-        }
-        _ => {}
+        "resources/read" => rpc_error(
+            StatusCode::OK,
+            &reply.id,
+            -32002,
+            "no such resource",
+            Value::Null,
+        ),
+        "tools/call" => tool(shared, &reply, headers, &req).await,
+        _ => reply.result(echo(&headers, &req)),
     }
-    let tool = req["params"]["name"].as_str().unwrap_or("");
-    let echo = json!({"jsonrpc": "2.0", "id": id, "result": {
-        "method": req["method"], "params": req["params"], "headers": header_map(&headers),
-    }});
-    let sse = |body: Body| {
-        Response::builder()
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .header("mcp-session-id", SESSION_ID)
-            .body(body)
-            .expect("valid response")
-    };
-    match (req["method"].as_str(), tool) {
-        (Some("tools/call"), "slow") => {
-            let frames = stream::unfold(0u32, move |n| {
-                let id = id.clone();
-                async move {
-                    if n == 3 {
-                        return None;
-                    }
-                    if n > 0 {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                    }
-                    let body = if n < 2 {
-                        json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": n}})
-                    } else {
-                        json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}})
-                    };
-                    Some((Ok::<_, Infallible>(event(n, &body)), n + 1))
-                }
-            });
-            sse(Body::from_stream(frames))
-        }
-        (Some("tools/call"), "reset") => {
+}
+
+/// What the fake saw of a request: method, params and every header.
+fn echo(headers: &HeaderMap, req: &Value) -> Value {
+    json!({"method": req["method"], "params": req["params"], "headers": header_map(headers)})
+}
+
+/// `tools/call`: the scripted tools, else an echo.
+async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -> Response {
+    let id = &reply.id;
+    match req["params"]["name"].as_str().unwrap_or("") {
+        "slow" => reply.sse(Body::from_stream(slow(id.clone()))),
+        "reset" => {
             let first = event(
                 0,
                 &json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 0}}),
@@ -258,48 +444,72 @@ async fn rpc(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 Err(std::io::Error::other("upstream reset"))
             }));
-            sse(Body::from_stream(frames))
+            reply.sse(Body::from_stream(frames))
         }
-        (Some("tools/call"), "ask") => {
-            let mut rx = answers.subscribe();
-            let question = event(
-                0,
-                &json!({"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage",
-                "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "2+2?"}}], "maxTokens": 5}}),
-            );
-            let id = id.clone();
-            let finish = stream::once(async move {
-                let answer = loop {
-                    match rx.recv().await {
-                        Ok(a) if a["id"] == 5 => break a,
-                        Ok(_) => continue,
-                        Err(_) => break Value::Null,
-                    }
-                };
-                let text = answer["result"]["content"]["text"]
-                    .as_str()
-                    .unwrap_or("no answer")
-                    .to_owned();
-                let done = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}]}});
-                Ok::<_, Infallible>(event(1, &done))
-            });
-            sse(Body::from_stream(
-                stream::iter([Ok(question)]).chain(finish),
-            ))
+        "ask" => reply.sse(ask(shared, id.clone())),
+        "fail" => rpc_error(StatusCode::OK, id, -32000, "the tool failed", Value::Null),
+        "invalid" => {
+            let status = if shared.modern {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            rpc_error(status, id, -32602, "invalid arguments", Value::Null)
         }
-        (Some("tools/call"), "fail") => {
-            let err = json!({"code": -32000, "message": "the tool failed"});
-            Json(json!({"jsonrpc": "2.0", "id": id, "error": err})).into_response()
-        }
-        (Some("tools/call"), "crash") => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "upstream crashed").into_response()
-        }
-        (Some("tools/call"), "hang") => {
+        "crash" => (StatusCode::INTERNAL_SERVER_ERROR, "upstream crashed").into_response(),
+        "hang" => {
             std::future::pending::<()>().await;
             unreachable!()
         }
-        _ => ([("mcp-session-id", SESSION_ID)], Json(echo)).into_response(),
+        _ => reply.result(echo(&headers, req)),
     }
+}
+
+/// Two progress notifications and the result, 300 ms apart.
+fn slow(id: Value) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    stream::unfold(0u32, move |n| {
+        let id = id.clone();
+        async move {
+            if n == 3 {
+                return None;
+            }
+            if n > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let body = if n < 2 {
+                json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": n}})
+            } else {
+                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}})
+            };
+            Some((Ok::<_, Infallible>(event(n, &body)), n + 1))
+        }
+    })
+}
+
+/// A `sampling/createMessage` request (id 5) to the client, then a result quoting its answer.
+fn ask(shared: &Shared, id: Value) -> Body {
+    let mut rx = shared.answers.subscribe();
+    let question = event(
+        0,
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage",
+        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "2+2?"}}], "maxTokens": 5}}),
+    );
+    let finish = stream::once(async move {
+        let answer = loop {
+            match rx.recv().await {
+                Ok(a) if a["id"] == 5 => break a,
+                Ok(_) => continue,
+                Err(_) => break Value::Null,
+            }
+        };
+        let text = answer["result"]["content"]["text"]
+            .as_str()
+            .unwrap_or("no answer")
+            .to_owned();
+        let done = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}]}});
+        Ok::<_, Infallible>(event(1, &done))
+    });
+    Body::from_stream(stream::iter([Ok(question)]).chain(finish))
 }
 
 async fn legacy_stream(rx: tokio::sync::broadcast::Receiver<Value>) -> Response {
@@ -317,9 +527,27 @@ async fn legacy_stream(rx: tokio::sync::broadcast::Receiver<Value>) -> Response 
         .expect("valid response")
 }
 
+/// `DELETE /mcp`: the end of a session (405 for a 2026 fake, 404 for a forgotten session).
+async fn close(shared: Arc<Shared>, headers: HeaderMap) -> StatusCode {
+    if shared.modern {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else if shared.forgotten(&headers) {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::NO_CONTENT
+    }
+}
+
 /// `GET /mcp`: events 1, 2 and 3, 100 ms apart, then an open stream. With `Last-Event-ID: n`
-/// it resumes after event n (the upstream's side of resumption).
-async fn open_stream(headers: HeaderMap) -> Response {
+/// it resumes after event n (the upstream's side of resumption). A 2026 fake has no such
+/// stream (405); a forgotten session gets 404.
+async fn open_stream(shared: Arc<Shared>, headers: HeaderMap) -> Response {
+    if shared.modern {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    if shared.forgotten(&headers) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let after: u32 = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

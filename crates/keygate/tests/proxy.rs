@@ -20,6 +20,9 @@ both_backends!(
     legacy_sse_endpoint_is_rewritten,
     validation_performs_a_real_handshake,
     aggregated_endpoint_fans_out_and_routes,
+    aggregated_endpoint_serves_2026_clients,
+    aggregated_session_bridges_2026_upstreams,
+    upstream_session_expiry_reaches_the_client,
     last_event_id_resumes_without_loss,
     hanging_upstream_gets_a_timeout,
     connect_link_completes_a_missing_connection,
@@ -99,6 +102,28 @@ impl World {
         )
     }
 
+    /// A 2025 client's POST to the aggregated endpoint, within `session` once it has one.
+    fn aggregated(
+        &self,
+        token: &str,
+        session: Option<&str>,
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .gw
+            .http
+            .post(&self.app_url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(body);
+        if let Some(s) = session {
+            req = req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        req
+    }
+
     async fn token(&self, user: UserId) -> String {
         self.gw.user_token(user, self.app, &self.app_url).await
     }
@@ -124,6 +149,28 @@ impl World {
 
 fn rpc(id: i64, method: &str, params: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+/// The tools of two fake upstreams named alpha and beta, on the aggregated endpoint.
+const ALPHA_BETA_TOOLS: [&str; 6] = [
+    "alpha_ask",
+    "alpha_echo",
+    "alpha_slow",
+    "beta_ask",
+    "beta_echo",
+    "beta_slow",
+];
+
+/// The `name`s of a list's items, sorted.
+fn names(items: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    names
 }
 
 async fn credentials_are_injected_and_isolated(backend: Backend) {
@@ -172,6 +219,26 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
         "the agent's token reached the upstream"
     );
     assert_eq!(body["id"], 1);
+
+    // 2026-07-28 routing headers pass untouched, base64 sentinel included.
+    let routed = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "=?base64?w6ljaGVj?="),
+        ("mcp-param-region", "us-west1"),
+    ];
+    let mut req =
+        w.gw.http
+            .post(format!("{}/{server}", w.app_url))
+            .bearer_auth(&alice)
+            .json(&rpc(10, "tools/call", json!({"name": "échec"})));
+    for (k, v) in routed {
+        req = req.header(k, v);
+    }
+    let body: Value = req.send().await.unwrap().json().await.unwrap();
+    for (k, v) in routed {
+        assert_eq!(body["result"]["headers"][k], v, "{k}: {body}");
+    }
 
     // user_token: each user's own token; a user without one is asked to connect.
     let body: Value = w
@@ -629,16 +696,7 @@ async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
         .await;
     let alice = w.token(w.alice).await;
     let post = |session: Option<String>, body: Value| {
-        let mut req =
-            w.gw.http
-                .post(&w.app_url)
-                .bearer_auth(&alice)
-                .header("accept", "application/json, text/event-stream")
-                .json(&body);
-        if let Some(s) = session {
-            req = req.header("mcp-session-id", s);
-        }
-        req.send()
+        w.aggregated(&alice, session.as_deref(), &body).send()
     };
 
     let resp = post(None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -681,24 +739,7 @@ async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
         .json()
         .await
         .unwrap();
-    let mut names: Vec<&str> = tools["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    names.sort_unstable();
-    assert_eq!(
-        names,
-        [
-            "alpha_ask",
-            "alpha_echo",
-            "alpha_slow",
-            "beta_ask",
-            "beta_echo",
-            "beta_slow"
-        ]
-    );
+    assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
     let prompts: Value = post(Some(session.clone()), rpc(3, "prompts/list", json!({})))
         .await
         .unwrap()
@@ -859,6 +900,486 @@ async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(resp.status(), 200);
+    w.gw.stop().await;
+}
+
+const MODERN: &str = "2026-07-28";
+
+/// A 2026-07-28 request to the aggregated endpoint: `_meta` with the version, capabilities and
+/// `clientInfo`, and the `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers.
+fn modern(
+    w: &World,
+    token: &str,
+    id: i64,
+    method: &str,
+    mut params: Value,
+) -> reqwest::RequestBuilder {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "client-2026", "version": "1"},
+    });
+    let mut req =
+        w.gw.http
+            .post(&w.app_url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", MODERN)
+            .header("mcp-method", method);
+    if let Some(name) = params
+        .get("name")
+        .or(params.get("uri"))
+        .and_then(Value::as_str)
+    {
+        req = req.header("mcp-name", name);
+    }
+    req.json(&rpc(id, method, params))
+}
+
+/// Checks that a fake 2026 upstream's echo of a call of its `echo` tool came as a 2026 request
+/// on behalf of `client`: the mirrored headers with the upstream's own name, no session, and
+/// `_meta`, which it returns.
+fn seen_as_2026_echo<'a>(r: &'a Value, client: &str) -> &'a Value {
+    let seen = &r["result"]["headers"];
+    assert_eq!(seen["mcp-method"], "tools/call", "{r}");
+    assert_eq!(seen["mcp-name"], "echo");
+    assert_eq!(seen["mcp-protocol-version"], MODERN);
+    assert!(seen.get("mcp-session-id").is_none(), "{seen}");
+    let meta = &r["result"]["params"]["_meta"];
+    assert_eq!(meta["io.modelcontextprotocol/protocolVersion"], MODERN);
+    assert_eq!(meta["io.modelcontextprotocol/clientInfo"]["name"], client);
+    meta
+}
+
+/// Sends a request and reads its status and JSON body.
+async fn status_json(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A 2026-07-28 client on the aggregated endpoint, over a 2026 upstream (alpha) and a 2025
+/// one (beta): `server/discover`, namespaced lists and routed calls without a session; alpha
+/// gets `_meta` and the mirrored headers and never an `initialize`; beta gets one handshake
+/// from the gateway for several calls, and a new one after it forgot that session.
+async fn aggregated_endpoint_serves_2026_clients(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = (
+        FakeUpstream::modern("alpha").await,
+        FakeUpstream::named("beta").await,
+    );
+    w.integration(json!({"name": "Alpha", "url": alpha.url}))
+        .await;
+    w.integration(json!({"name": "Beta", "url": beta.url}))
+        .await;
+    let alice = w.token(w.alice).await;
+
+    let (status, discover) = status_json(modern(&w, &alice, 1, "server/discover", json!({}))).await;
+    assert_eq!(status, 200, "{discover}");
+    let r = &discover["result"];
+    assert_eq!(r["resultType"], "complete");
+    assert!(
+        r["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(MODERN)),
+        "{r}"
+    );
+    assert!(r["capabilities"]["tools"].is_object(), "{r}");
+    assert_eq!(
+        r["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "keygate"
+    );
+    let notes = r["instructions"].as_str().unwrap();
+    assert!(
+        notes.contains("alpha: Alpha") && notes.contains("beta: Beta"),
+        "{notes}"
+    );
+
+    let (status, tools) = status_json(modern(&w, &alice, 2, "tools/list", json!({}))).await;
+    assert_eq!(status, 200, "{tools}");
+    assert_eq!(tools["result"]["resultType"], "complete");
+    assert_eq!(tools["result"]["cacheScope"], "private");
+    assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
+
+    // To the 2026 upstream: _meta and the mirrored headers (Mcp-Name renamed), Mcp-Param-*
+    // passed on, no session.
+    let call = modern(
+        &w,
+        &alice,
+        3,
+        "tools/call",
+        json!({"name": "alpha_echo", "arguments": {}}),
+    )
+    .header("mcp-param-region", "us-west1");
+    let (status, r) = status_json(call).await;
+    assert_eq!(status, 200, "{r}");
+    seen_as_2026_echo(&r, "client-2026");
+    assert_eq!(r["result"]["headers"]["mcp-param-region"], "us-west1");
+    assert_eq!(alpha.count("initialize"), 0);
+    assert!(
+        alpha
+            .requests()
+            .iter()
+            .all(|q| q["headers"]["mcp-method"] == q["method"]
+                && q["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == MODERN),
+        "{:?}",
+        alpha.requests()
+    );
+
+    // To the 2025 upstream: the gateway's own session, one handshake for several calls.
+    for id in 4..7 {
+        let (status, r) = status_json(modern(
+            &w,
+            &alice,
+            id,
+            "tools/call",
+            json!({"name": "beta_echo"}),
+        ))
+        .await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["result"]["params"]["name"], "echo");
+        assert_eq!(r["result"]["headers"]["mcp-session-id"], SESSION_ID);
+        assert_eq!(
+            r["result"]["resultType"], "complete",
+            "results are marked for a 2026 client"
+        );
+        assert!(
+            r["result"]["params"].get("_meta").is_none(),
+            "no 2026 _meta to a 2025 upstream: {r}"
+        );
+    }
+    let (_, prompt) = status_json(modern(
+        &w,
+        &alice,
+        7,
+        "prompts/get",
+        json!({"name": "beta_hello"}),
+    ))
+    .await;
+    assert_eq!(prompt["result"]["params"]["name"], "hello", "{prompt}");
+    assert_eq!(beta.count("initialize"), 1);
+    assert_eq!(beta.count("notifications/initialized"), 1);
+    let init = beta
+        .requests()
+        .into_iter()
+        .find(|q| q["method"] == "initialize")
+        .unwrap();
+    assert_eq!(init["params"]["clientInfo"]["name"], "client-2026");
+    assert!(
+        init["params"]["capabilities"].get("sampling").is_none(),
+        "{init}"
+    );
+
+    // Beta forgets its session: the gateway opens a new one, and the call still succeeds.
+    beta.forget_sessions();
+    let (status, r) = status_json(modern(
+        &w,
+        &alice,
+        8,
+        "tools/call",
+        json!({"name": "beta_echo"}),
+    ))
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["result"]["headers"]["mcp-session-id"],
+        "upstream-session-2"
+    );
+    assert_eq!(beta.count("initialize"), 2);
+
+    let (_, read) = status_json(modern(
+        &w,
+        &alice,
+        9,
+        "resources/read",
+        json!({"uri": "beta://doc"}),
+    ))
+    .await;
+    assert_eq!(
+        read["result"]["contents"][0]["text"], "the beta document",
+        "{read}"
+    );
+    assert_eq!(read["result"]["resultType"], "complete");
+    let (_, missing) = status_json(modern(
+        &w,
+        &alice,
+        10,
+        "resources/read",
+        json!({"uri": "x://y"}),
+    ))
+    .await;
+    assert_eq!(missing["error"]["code"], -32602, "{missing}");
+
+    // The era's own errors, each with the request's id.
+    let (status, r) = status_json(modern(&w, &alice, 11, "ping", json!({}))).await;
+    assert_eq!(
+        (status, r["error"]["code"].clone(), r["id"].clone()),
+        (404, json!(-32601), json!(11))
+    );
+    // Mcp-Name twice, then once but not the body's name.
+    let twice = modern(&w, &alice, 12, "tools/call", json!({"name": "alpha_echo"}))
+        .header("mcp-name", "beta_echo");
+    let (status, r) = status_json(twice).await;
+    assert_eq!(
+        (status, r["error"]["code"].clone()),
+        (400, json!(-32020)),
+        "{r}"
+    );
+    let mut wrong_name = modern(&w, &alice, 12, "tools/call", json!({"name": "alpha_echo"}))
+        .build()
+        .unwrap();
+    wrong_name
+        .headers_mut()
+        .insert("mcp-name", "beta_echo".parse().unwrap());
+    let resp = w.gw.http.execute(wrong_name).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], -32020);
+    let bare =
+        w.gw.http
+            .post(&w.app_url)
+            .bearer_auth(&alice)
+            .header("mcp-protocol-version", MODERN)
+            .header("mcp-method", "tools/list")
+            .json(&rpc(13, "tools/list", json!({})));
+    let (status, r) = status_json(bare).await;
+    assert_eq!(
+        (status, r["error"]["code"].clone()),
+        (400, json!(-32602)),
+        "{r}"
+    );
+    let future = json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "2099-01-01",
+        "io.modelcontextprotocol/clientCapabilities": {}}});
+    let unsupported =
+        w.gw.http
+            .post(&w.app_url)
+            .bearer_auth(&alice)
+            .header("mcp-protocol-version", "2099-01-01")
+            .header("mcp-method", "tools/list")
+            .json(&rpc(14, "tools/list", future));
+    let (status, r) = status_json(unsupported).await;
+    assert_eq!(
+        (status, r["error"]["code"].clone()),
+        (400, json!(-32022)),
+        "{r}"
+    );
+    assert!(
+        r["error"]["data"]["supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(MODERN)),
+        "{r}"
+    );
+    let get =
+        w.gw.http
+            .get(&w.app_url)
+            .bearer_auth(&alice)
+            .header("mcp-protocol-version", MODERN)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(get.status(), 405);
+    // Without a session and without the 2026 version, a client must initialize first.
+    let resp = w
+        .aggregated(&alice, None, &rpc(15, "tools/list", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    w.gw.stop().await;
+}
+
+/// A 2025 client's session over a 2026 upstream: the gateway discovers it instead of
+/// initializing it, and every request it relays carries `_meta` built from the client's
+/// `initialize` (kept in the sealed session) and the mirrored headers.
+async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = (
+        FakeUpstream::modern("alpha").await,
+        FakeUpstream::named("beta").await,
+    );
+    w.integration(json!({"name": "Alpha", "url": alpha.url, "authMode": "server_token", "serverToken": "tok-a"}))
+        .await;
+    w.integration(json!({"name": "Beta", "url": beta.url}))
+        .await;
+    let alice = w.token(w.alice).await;
+    let post = |session: Option<&str>, body: Value| w.aggregated(&alice, session, &body);
+    let init = rpc(
+        1,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18",
+        "capabilities": {"sampling": {}, "experimental": {"x": {}}}, "clientInfo": {"name": "client-2025", "version": "1"}}),
+    );
+    let resp = post(None, init).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let init: Value = resp.json().await.unwrap();
+    assert!(
+        init["result"]["capabilities"]["tools"].is_object(),
+        "{init}"
+    );
+    let notes = init["result"]["instructions"].as_str().unwrap();
+    assert!(
+        notes.contains("alpha: Alpha") && notes.contains("beta: Beta"),
+        "{notes}"
+    );
+    assert_eq!(
+        (alpha.count("initialize"), alpha.count("server/discover")),
+        (0, 1)
+    );
+    assert_eq!(beta.count("initialize"), 1);
+    let status = post(
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .status();
+    assert_eq!(status, 202);
+    assert_eq!(
+        alpha.count("notifications/initialized"),
+        0,
+        "a 2026 upstream takes no notifications"
+    );
+    assert_eq!(beta.count("notifications/initialized"), 1);
+
+    let (_, tools) = status_json(post(Some(&session), rpc(2, "tools/list", json!({})))).await;
+    assert_eq!(
+        names(&tools["result"]["tools"]),
+        ALPHA_BETA_TOOLS,
+        "{tools}"
+    );
+    let (status, r) = status_json(post(
+        Some(&session),
+        rpc(3, "tools/call", json!({"name": "alpha_echo"})),
+    ))
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let meta = seen_as_2026_echo(&r, "client-2025");
+    assert_eq!(r["result"]["headers"]["authorization"], "Bearer tok-a");
+    assert_eq!(
+        meta["io.modelcontextprotocol/clientCapabilities"],
+        json!({"experimental": {"x": {}}}),
+        "the client's capabilities, without what the gateway cannot carry across eras"
+    );
+    // A JSON-RPC error a 2026 upstream sends with a 400 reaches a 2025 client in a 200.
+    let call = rpc(4, "tools/call", json!({"name": "alpha_invalid"}));
+    let (status, r) = status_json(post(Some(&session), call)).await;
+    assert_eq!(
+        (status, r["error"]["code"].clone()),
+        (200, json!(-32602)),
+        "{r}"
+    );
+    // An initialize asking for the stateless version gets (and offers upstream) a 2025 one.
+    let init = rpc(
+        5,
+        "initialize",
+        json!({"protocolVersion": MODERN, "capabilities": {}}),
+    );
+    let (_, r) = status_json(post(None, init)).await;
+    assert_eq!(r["result"]["protocolVersion"], "2025-11-25", "{r}");
+    let offered = beta
+        .requests()
+        .into_iter()
+        .rfind(|q| q["method"] == "initialize");
+    assert_eq!(offered.unwrap()["params"]["protocolVersion"], "2025-11-25");
+    assert_eq!(alpha.count("initialize"), 0);
+    w.gw.stop().await;
+}
+
+/// An upstream that forgets a 2025 client's session: every path that needs it answers `404`
+/// with `-32001`, so the client initializes again (the sealed session id cannot change under
+/// it) — lists, reads, `logging/setLevel`, notifications, the GET stream, answers to
+/// server-to-client requests and routed calls — and a new `initialize` works.
+async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
+    let w = world(backend).await;
+    let (a, b) = (
+        FakeUpstream::named("alpha").await,
+        FakeUpstream::named("beta").await,
+    );
+    w.integration(json!({"name": "Alpha", "url": a.url})).await;
+    w.integration(json!({"name": "Beta", "url": b.url})).await;
+    let alice = w.token(w.alice).await;
+    let post = |session: Option<&str>, body: Value| w.aggregated(&alice, session, &body);
+    let initialize = || {
+        post(
+            None,
+            rpc(
+                1,
+                "initialize",
+                json!({"protocolVersion": "2025-06-18",
+        "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+            ),
+        )
+    };
+    let resp = initialize().send().await.unwrap();
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = status_json(post(Some(&session), rpc(2, "tools/list", json!({})))).await;
+    assert_eq!(status, 200);
+
+    b.forget_sessions();
+    let expired = [
+        rpc(3, "tools/list", json!({})),
+        rpc(4, "prompts/list", json!({})),
+        rpc(5, "resources/read", json!({"uri": "alpha://doc"})),
+        rpc(6, "logging/setLevel", json!({"level": "info"})),
+        rpc(7, "tools/call", json!({"name": "beta_echo"})),
+        json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}),
+        json!({"jsonrpc": "2.0", "id": "beta~5", "result": {}}),
+    ];
+    for message in expired {
+        let (status, r) = status_json(post(Some(&session), message.clone())).await;
+        assert_eq!(
+            (status, r["error"]["code"].clone()),
+            (404, json!(-32001)),
+            "{message} → {r}"
+        );
+    }
+    let get =
+        w.gw.http
+            .get(&w.app_url)
+            .bearer_auth(&alice)
+            .header("mcp-session-id", &session)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(get.status(), 404);
+    // Alpha still knows its session: a call routed there alone works.
+    let (status, r) = status_json(post(
+        Some(&session),
+        rpc(8, "tools/call", json!({"name": "alpha_echo"})),
+    ))
+    .await;
+    assert_eq!(status, 200, "{r}");
+
+    // A new initialize opens a new session with beta, and everything works again.
+    let resp = initialize().send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (status, r) = status_json(post(
+        Some(&session),
+        rpc(9, "tools/call", json!({"name": "beta_echo"})),
+    ))
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["result"]["headers"]["mcp-session-id"],
+        "upstream-session-2"
+    );
+    let (status, tools) = status_json(post(Some(&session), rpc(10, "tools/list", json!({})))).await;
+    assert_eq!(status, 200, "{tools}");
+    assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
     w.gw.stop().await;
 }
 

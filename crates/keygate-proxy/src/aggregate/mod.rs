@@ -1,54 +1,54 @@
 //! The aggregated endpoint, `/apps/{id}/mcp` and `/mcp`: one MCP server exposing the tools,
-//! prompts and resources of every attached proxied integration.
+//! prompts and resources of every attached proxied integration, to clients of both eras (design
+//! notes in `README.md` here).
 //!
-//! - `initialize` fans out (in parallel) to each integration the user has credentials for,
-//!   passing the client's capabilities on; the answer's `Mcp-Session-Id` is the sealed list of
-//!   upstream sessions ([`session::AggregatedSession`]).
+//! - A 2025 client's `initialize` fans out (in parallel) to each integration the user has
+//!   credentials for, passing the client's capabilities on; the answer's `Mcp-Session-Id` is
+//!   the sealed list of upstream sessions ([`session::AggregatedSession`]). A 2026-07-28 client
+//!   has no session: each request carries `_meta` ([`era::accept`]), and `server/discover`
+//!   answers what `initialize` would ([`lifecycle`]).
+//! - Each upstream is spoken to in its own era ([`era::era`], [`upstream::Link`]); for a 2026
+//!   client the gateway holds the sessions of 2025 upstreams itself ([`handshakes`]).
 //! - Lists fan out and namespace names as `{slug}_{name}`: slugs contain no `_`, so the first
 //!   `_` splits them unambiguously. Resource URIs are kept; `resources/read` asks every upstream.
 //! - `tools/call` and `prompts/get` route by prefix and stream the upstream's answer back.
 //!   Server-to-client requests inside it (sampling, elicitation, roots) get ids namespaced as
 //!   `{slug}~{original id}`, and the client's answers are routed back by that prefix.
 //! - Notifications fan out; `GET` merges the upstreams' streams; `DELETE` closes them all.
-//! - An upstream that fails is left out (and logged) without failing the others.
+//! - An upstream that fails is left out (and logged) without failing the others; one that
+//!   forgot its session fails a 2025 client's request with `404` so that it initializes again.
 
+pub mod era;
 pub mod events;
+pub mod handshakes;
+pub mod lifecycle;
 pub mod session;
+pub mod upstream;
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Limited};
-use keygate_core::model::{AuthMode, Category, Integration};
 use serde_json::{Value, json};
 
 use self::events::MapEvents;
-use self::session::{AggregatedSession, UpstreamSession};
+use self::session::AggregatedSession;
+use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send};
 use crate::ProxyState;
-use crate::credentials;
 use crate::error::ProxyError;
 use crate::gate::{McpCaller, authenticate};
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
-use crate::sse::{KeepAlive, event_data, is_event_stream};
+use crate::sse::{KeepAlive, is_event_stream};
 use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP, TRACEPARENT};
 use keygate_trace::{Exchange, LocalAnswer};
 
 const SEPARATOR: char = '_';
 const ID_SEPARATOR: char = '~';
-
-/// An upstream the caller can use: the integration and its credential.
-#[derive(Clone)]
-struct Member {
-    integration: Integration,
-    authorization: Option<HeaderValue>,
-    /// Whose credential it is (to refresh it if the upstream refuses it).
-    caller: Arc<McpCaller>,
-}
 
 pub async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     let route = if req.uri().path().starts_with("/mcp") {
@@ -91,57 +91,64 @@ async fn dispatch(
     });
     match parts.method {
         Method::POST => {
-            if declared_length(&parts.headers).is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
-                crate::passthrough::drain(body).await;
-                return Err(too_large());
-            }
-            let bytes = Limited::new(body, MAX_REQUEST_BYTES)
-                .collect()
-                .await
-                .map_err(|_| too_large())?
-                .to_bytes();
-            ex.bytes_in = bytes.len() as u64;
-            let message: Value = serde_json::from_slice(&bytes).map_err(|_| parse_error())?;
-            if message.is_array() {
-                return Err(invalid("JSON-RPC batches are not supported"));
-            }
-            ex.set_message(&message);
-            post(state, &caller, session, message, ex).await
+            let message = read_message(&parts.headers, body, ex).await?;
+            post(state, &caller, &parts.headers, session, message, ex).await
+        }
+        // No stream to open and no session to close without a session (a 2026 client).
+        Method::GET | Method::DELETE
+            if session.is_none() || era::declares_modern(&parts.headers, None) =>
+        {
+            Ok(StatusCode::METHOD_NOT_ALLOWED.into_response())
         }
         Method::GET => match session {
             Some(Some(s)) => merged_stream(state, &caller, &s).await,
             _ => Err(unknown_session()),
         },
         Method::DELETE => match session {
-            Some(Some(s)) => {
-                let members = members(state, &caller).await?;
-                join_all(members.iter().filter_map(|m| {
-                    let up = s.upstream(m.integration.id)?.clone();
-                    Some(async move { send(state, m, Some(&up), Method::DELETE, None).await })
-                }))
-                .await;
-                Ok(StatusCode::OK.into_response())
-            }
+            Some(Some(s)) => close(state, &caller, &s).await,
             _ => Err(unknown_session()),
         },
         _ => Ok(StatusCode::METHOD_NOT_ALLOWED.into_response()),
     }
 }
 
+/// The POSTed JSON-RPC message (bounded; one message, no batch).
+async fn read_message(
+    headers: &HeaderMap,
+    body: Body,
+    ex: &mut Exchange,
+) -> Result<Value, ProxyError> {
+    if declared_length(headers).is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        crate::passthrough::drain(body).await;
+        return Err(too_large());
+    }
+    let bytes = Limited::new(body, MAX_REQUEST_BYTES)
+        .collect()
+        .await
+        .map_err(|_| too_large())?
+        .to_bytes();
+    ex.bytes_in = bytes.len() as u64;
+    let message: Value = serde_json::from_slice(&bytes).map_err(|_| parse_error())?;
+    if message.is_array() {
+        return Err(invalid("JSON-RPC batches are not supported"));
+    }
+    ex.set_message(&message);
+    Ok(message)
+}
+
 async fn post(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
+    headers: &HeaderMap,
     session: Option<Option<AggregatedSession>>,
     message: Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
-    let method = message
-        .get("method")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let id = message.get("id").cloned();
-    if method.as_deref() == Some("initialize") {
-        return initialize(state, caller, &message).await;
+    if era::declares_modern(headers, Some(&message)) {
+        return stateless(state, caller, headers, message, ex).await;
+    }
+    if message["method"] == "initialize" {
+        return lifecycle::initialize(state, caller, &message).await;
     }
     let session = match session {
         Some(Some(s)) => s,
@@ -155,397 +162,203 @@ async fn post(
         .into_iter()
         .filter(|m| session.upstream(m.integration.id).is_some())
         .collect();
-    match (method.as_deref(), id) {
-        (Some("ping"), Some(id)) => Ok(result(id, json!({}))),
-        (
-            Some(
-                list @ ("tools/list"
-                | "prompts/list"
-                | "resources/list"
-                | "resources/templates/list"),
-            ),
-            Some(id),
-        ) => {
-            let items = fan_out_list(state, &members, &session, list).await;
-            let key = list_key(list);
-            Ok(result(id, json!({ key: items })))
+    serve(state, &members, &Downstream::Session(session), &message, ex).await
+}
+
+/// A 2026-07-28 request: its envelope checked, then served without a session. The era defines
+/// no client notifications over HTTP (they are accepted and dropped) and no client responses.
+async fn stateless(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+    headers: &HeaderMap,
+    message: Value,
+    ex: &mut Exchange,
+) -> Result<Response, ProxyError> {
+    let id = match (message.get("method"), message.get("id")) {
+        (Some(_), Some(id)) => id.clone(),
+        (Some(_), None) => return Ok(StatusCode::ACCEPTED.into_response()),
+        (None, _) => return Err(invalid("A 2026-07-28 client sends requests only")),
+    };
+    let meta = match era::accept(headers, &message) {
+        Ok(meta) => Arc::new(meta),
+        Err(r) => {
+            let status = StatusCode::BAD_REQUEST;
+            return Ok(rpc_error_with(status, id, r.code, &r.message, r.data));
         }
-        (Some(routed @ ("tools/call" | "prompts/get")), Some(id)) => {
-            let name = message["params"]["name"].as_str().unwrap_or("");
-            let Some((slug, inner)) = name.split_once(SEPARATOR) else {
-                return Ok(rpc_error(
-                    id,
-                    -32602,
-                    &format!("Unknown {}: {name}", noun(routed)),
-                ));
-            };
-            let Some(member) = members.iter().find(|m| m.integration.slug == slug) else {
-                return Ok(rpc_error(
-                    id,
-                    -32602,
-                    &format!("Unknown {}: {name}", noun(routed)),
-                ));
-            };
-            ex.integration = Some(member.integration.id);
-            let mut upstream_msg = message.clone();
-            upstream_msg["params"]["name"] = Value::from(inner);
-            relay_call(
-                state,
-                member,
-                session.upstream(member.integration.id),
-                upstream_msg,
-            )
-            .await
+    };
+    if message["method"] == "server/discover" {
+        return lifecycle::discover(state, caller, &meta, id).await;
+    }
+    let members = members(state, caller).await?;
+    let downstream = Downstream::Stateless(Stateless {
+        meta,
+        params: Stateless::params_of(headers),
+    });
+    serve(state, &members, &downstream, &message, ex).await
+}
+
+/// One message of a client, in its era, over the upstreams it may use.
+async fn serve(
+    state: &ProxyState,
+    members: &[Member],
+    downstream: &Downstream,
+    message: &Value,
+    ex: &mut Exchange,
+) -> Result<Response, ProxyError> {
+    let (method, id) = match (message["method"].as_str(), message.get("id")) {
+        (Some(method), Some(id)) => (method, id.clone()),
+        (Some(_), None) => return notify(state, members, downstream, message).await,
+        (None, Some(Value::String(namespaced))) => {
+            return answer_upstream(state, members, downstream, message, namespaced, ex).await;
         }
-        (Some("resources/read"), Some(id)) => {
-            let answers = join_all(
-                members
-                    .iter()
-                    .map(|m| rpc(state, m, session.upstream(m.integration.id), &message)),
+        _ => return Err(invalid("Not a JSON-RPC request, notification or response")),
+    };
+    let modern = downstream.is_modern();
+    match method {
+        "ping" if !modern => Ok(result(id, json!({}))),
+        "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
+            let mut body = json!({ list_key(method): fan_out_list(state, members, downstream, method).await? });
+            if modern {
+                era::cacheable(&mut body);
+            }
+            Ok(result(id, body))
+        }
+        "tools/call" | "prompts/get" => route(state, members, downstream, message, id, ex).await,
+        "resources/read" => read_resource(state, members, downstream, message, id).await,
+        "logging/setLevel" if !modern => {
+            let sent = join_all(
+                handshake_era(members, downstream).map(|m| rpc(state, m, downstream, message)),
             )
             .await;
-            let found = answers
-                .into_iter()
-                .flatten()
-                .find_map(|v| v.get("result").cloned());
-            Ok(match found {
-                Some(r) => result(id, r),
-                None => rpc_error(id, -32002, "Resource not found"),
-            })
-        }
-        (Some("logging/setLevel"), Some(id)) => {
-            join_all(
-                members
-                    .iter()
-                    .map(|m| rpc(state, m, session.upstream(m.integration.id), &message)),
-            )
-            .await;
+            sent.into_iter().collect::<Result<Vec<_>, _>>()?;
             Ok(result(id, json!({})))
         }
-        (Some(other), Some(id)) => Ok(rpc_error(id, -32601, &format!("Method not found: {other}"))),
-        // Notifications go to every upstream.
-        (Some(_), None) => {
-            join_all(members.iter().map(|m| {
-                let up = session.upstream(m.integration.id).cloned();
-                let body = message.to_string();
-                async move { send(state, m, up.as_ref(), Method::POST, Some(body)).await }
-            }))
-            .await;
-            Ok(StatusCode::ACCEPTED.into_response())
-        }
-        // A response to a server-to-client request: back to the upstream that asked.
-        (None, Some(Value::String(namespaced))) => {
-            let Some((slug, original)) = namespaced.split_once(ID_SEPARATOR) else {
-                return Err(invalid("Unknown response id"));
-            };
-            let member = members
-                .iter()
-                .find(|m| m.integration.slug == slug)
-                .ok_or_else(|| invalid("Unknown response id"))?;
-            ex.integration = Some(member.integration.id);
-            let mut answer = message.clone();
-            answer["id"] =
-                serde_json::from_str(original).map_err(|_| invalid("Unknown response id"))?;
-            let resp = send(
-                state,
-                member,
-                session.upstream(member.integration.id),
-                Method::POST,
-                Some(answer.to_string()),
-            )
-            .await?;
-            Ok(resp.status().into_response())
-        }
-        _ => Err(invalid("Not a JSON-RPC request, notification or response")),
+        // A 2026 server answers an unknown method with 404 (ping and setLevel are gone).
+        other => Ok(rpc_error_with(
+            if modern {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::OK
+            },
+            id,
+            -32601,
+            &format!("Method not found: {other}"),
+            None,
+        )),
     }
 }
 
-fn noun(method: &str) -> &'static str {
-    if method == "tools/call" {
-        "tool"
-    } else {
-        "prompt"
-    }
+/// The members that take messages only the 2025 era has (notifications, `logging/setLevel`):
+/// the 2025 upstreams of a 2025 client's session.
+fn handshake_era<'a>(
+    members: &'a [Member],
+    downstream: &'a Downstream,
+) -> impl Iterator<Item = &'a Member> {
+    members.iter().filter(move |m| match downstream {
+        Downstream::Session(s) => s.legacy(m.integration.id).is_some(),
+        Downstream::Stateless(_) => false,
+    })
 }
 
-/// The attached, proxied integrations the caller can use now (with credentials).
-async fn members(state: &ProxyState, caller: &Arc<McpCaller>) -> Result<Vec<Member>, ProxyError> {
-    Ok(candidates(state, caller)
-        .await?
-        .into_iter()
-        .filter_map(|(m, missing)| missing.is_none().then_some(m))
-        .collect())
-}
-
-/// Every attached proxied integration, with the connect URL for those the user has not
-/// connected yet.
-async fn candidates(
+/// Notifications go to every 2025 upstream of the session.
+async fn notify(
     state: &ProxyState,
-    caller: &Arc<McpCaller>,
-) -> Result<Vec<(Member, Option<String>)>, ProxyError> {
-    let mut integrations: Vec<Integration> = crate::gate::attached(state, &caller.app)
-        .await?
-        .as_ref()
-        .clone();
-    integrations.retain(|i| i.category == Category::GatewayRemoteMcp);
-    let mut out = Vec::with_capacity(integrations.len());
-    for integration in integrations {
-        match credentials::authorization(state, caller, &integration).await {
-            Ok(authorization) => out.push((
-                Member {
-                    integration,
-                    authorization,
-                    caller: caller.clone(),
-                },
-                None,
-            )),
-            Err(ProxyError::ConnectionRequired { connect_url, .. }) => {
-                out.push((
-                    Member {
-                        integration,
-                        authorization: None,
-                        caller: caller.clone(),
-                    },
-                    Some(connect_url),
-                ));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
-}
-
-async fn initialize(
-    state: &ProxyState,
-    caller: &Arc<McpCaller>,
+    members: &[Member],
+    downstream: &Downstream,
     message: &Value,
 ) -> Result<Response, ProxyError> {
-    let id = message.get("id").cloned().unwrap_or(Value::Null);
-    let requested = message["params"]["protocolVersion"]
-        .as_str()
-        .unwrap_or("2025-06-18")
-        .to_owned();
-    let candidates = candidates(state, caller).await?;
-    let results = join_all(
-        candidates
-            .iter()
-            .filter(|(_, missing)| missing.is_none())
-            .map(|(m, _)| async move {
-                let resp = send(state, m, None, Method::POST, Some(message.to_string())).await;
-                let outcome = match resp {
-                    Ok(resp) => {
-                        let session = resp
-                            .headers()
-                            .get("mcp-session-id")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        read_answer(resp, message.get("id"))
-                            .await
-                            .map(|v| (session, v))
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                (m, outcome)
-            }),
+    let sent = join_all(
+        handshake_era(members, downstream).map(|m| exchange(state, m, downstream, message)),
     )
     .await;
-    let mut upstreams = Vec::new();
-    let mut caps = serde_json::Map::new();
-    let mut notes = Vec::new();
-    for (member, outcome) in results {
-        let slug = &member.integration.slug;
-        match outcome {
-            Ok((session, answer)) if answer.get("result").is_some() => {
-                let r = &answer["result"];
-                for cap in ["tools", "prompts", "resources", "logging"] {
-                    if r["capabilities"].get(cap).is_some() {
-                        caps.insert(
-                            cap.to_owned(),
-                            if cap == "logging" {
-                                json!({})
-                            } else {
-                                json!({"listChanged": true})
-                            },
-                        );
-                    }
-                }
-                upstreams.push(UpstreamSession {
-                    integration: member.integration.id,
-                    session,
-                    protocol: r["protocolVersion"].as_str().map(str::to_owned),
-                });
-                notes.push(format!("{slug}: {}", member.integration.name));
-            }
-            Ok((_, answer)) => {
-                tracing::warn!(integration = %member.integration.id, error = %answer["error"], "upstream refused initialize");
-                notes.push(format!(
-                    "{slug}: unavailable ({})",
-                    answer["error"]["message"].as_str().unwrap_or("error")
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(integration = %member.integration.id, error = %e, "upstream initialize failed");
-                notes.push(format!("{slug}: unavailable"));
-            }
-        }
+    if sent
+        .iter()
+        .any(|r| matches!(r, Err(ProxyError::SessionExpired)))
+    {
+        return Err(ProxyError::SessionExpired);
     }
-    for (member, missing) in &candidates {
-        if let Some(url) = missing {
-            notes.push(format!(
-                "{}: not connected; connect at {url}",
-                member.integration.slug
-            ));
-        }
-    }
-    let session = AggregatedSession {
-        app: caller.app.id,
-        upstreams,
-    };
-    let sealed = session.seal(&state.auth.store, caller.app.org_id, caller.user);
-    let body = json!({"jsonrpc": "2.0", "id": id, "result": {
-        "protocolVersion": requested,
-        "capabilities": Value::Object(caps),
-        "serverInfo": {"name": "keygate", "title": caller.app.name, "version": env!("CARGO_PKG_VERSION")},
-        "instructions": format!(
-            "Tools, prompts and resources of several integrations, named {{integration}}{SEPARATOR}{{name}}. Integrations: {}.",
-            notes.join("; ")
-        ),
-    }});
-    let mut resp = axum::Json(body).into_response();
-    resp.headers_mut().insert(
-        "mcp-session-id",
-        HeaderValue::from_str(&sealed).expect("base64url is a valid header"),
-    );
-    Ok(resp)
+    Ok(StatusCode::ACCEPTED.into_response())
 }
 
-/// Sends one message to an upstream with its session and credential; an OAuth token the
-/// upstream refuses is refreshed and the message sent once more.
-async fn send(
+/// A response to a server-to-client request: back to the upstream that asked.
+async fn answer_upstream(
     state: &ProxyState,
-    member: &Member,
-    upstream: Option<&UpstreamSession>,
-    method: Method,
-    body: Option<String>,
-) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    let sent = member.authorization.as_ref();
-    if member.integration.auth_mode != AuthMode::Oauth {
-        return send_once(state, member, sent, upstream, method, body).await;
-    }
-    let resp = send_once(state, member, sent, upstream, method.clone(), body.clone()).await?;
-    if resp.status() != StatusCode::UNAUTHORIZED {
-        return Ok(resp);
-    }
-    match credentials::after_rejection(state, &member.caller, &member.integration, sent).await? {
-        Some(fresh) => send_once(state, member, Some(&fresh), upstream, method, body).await,
-        None => Ok(resp),
-    }
-}
-
-/// Sends one message to an upstream, with its session and credential.
-async fn send_once(
-    state: &ProxyState,
-    member: &Member,
-    authorization: Option<&HeaderValue>,
-    upstream: Option<&UpstreamSession>,
-    method: Method,
-    body: Option<String>,
-) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    let url = url::Url::parse(&member.integration.url)
-        .map_err(|_| ProxyError::Upstream("invalid integration URL".into()))?;
-    state.upstream.check(&url)?;
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(url.as_str())
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.map(Body::from).unwrap_or_else(Body::empty))
-        .map_err(|e| ProxyError::Internal(e.to_string()))?;
-    let h = req.headers_mut();
-    if let Some(auth) = authorization {
-        h.insert(header::AUTHORIZATION, auth.clone());
-    }
-    if let Some(up) = upstream {
-        if let Some(s) = up
-            .session
-            .as_deref()
-            .and_then(|s| HeaderValue::from_str(s).ok())
-        {
-            h.insert("mcp-session-id", s);
-        }
-        if let Some(p) = up
-            .protocol
-            .as_deref()
-            .and_then(|p| HeaderValue::from_str(p).ok())
-        {
-            h.insert("mcp-protocol-version", p);
-        }
-    }
-    if let Ok(traceparent) = TRACEPARENT.try_with(HeaderValue::clone) {
-        h.insert("traceparent", traceparent);
-    }
-    traced::send_upstream(state, ROUTE_AGGREGATED, req).await
-}
-
-/// A request to one upstream, answered as a JSON value (from JSON or from its SSE stream).
-async fn rpc(
-    state: &ProxyState,
-    member: &Member,
-    upstream: Option<&UpstreamSession>,
+    members: &[Member],
+    downstream: &Downstream,
     message: &Value,
-) -> Option<Value> {
-    let resp = send(
-        state,
-        member,
-        upstream,
-        Method::POST,
-        Some(message.to_string()),
-    )
-    .await
-    .ok()?;
-    read_answer(resp, message.get("id")).await.ok()
+    namespaced: &str,
+    ex: &mut Exchange,
+) -> Result<Response, ProxyError> {
+    let unknown = || invalid("Unknown response id");
+    let (slug, original) = namespaced.split_once(ID_SEPARATOR).ok_or_else(unknown)?;
+    let member = members
+        .iter()
+        .find(|m| m.integration.slug == slug)
+        .ok_or_else(unknown)?;
+    ex.integration = Some(member.integration.id);
+    let mut answer = message.clone();
+    answer["id"] = serde_json::from_str(original).map_err(|_| unknown())?;
+    let reply = exchange(state, member, downstream, &answer).await?;
+    Ok(reply.resp.status().into_response())
 }
 
-/// The JSON-RPC answer with `id` in a JSON body or an SSE stream.
-async fn read_answer(
-    resp: http::Response<hyper::body::Incoming>,
-    id: Option<&Value>,
-) -> Result<Value, String> {
-    let status = resp.status();
-    let is_sse = is_event_stream(resp.headers());
-    if !status.is_success() {
-        return Err(format!("answered {status}"));
-    }
-    let mut body = resp.into_body();
-    if !is_sse {
-        let bytes = Limited::new(body, MAX_REQUEST_BYTES)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        return serde_json::from_slice(&bytes).map_err(|e| e.to_string());
-    }
-    let mut buf = String::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
-        if let Some(d) = frame.data_ref() {
-            buf.push_str(&String::from_utf8_lossy(d).replace("\r\n", "\n"));
-        }
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            let data = event_data(&event);
-            if let Ok(v) = serde_json::from_str::<Value>(&data)
-                && v.get("method").is_none()
-                && v.get("id") == id
-            {
-                return Ok(v);
+/// `tools/call` and `prompts/get`: to the upstream the name's prefix names.
+async fn route(
+    state: &ProxyState,
+    members: &[Member],
+    downstream: &Downstream,
+    message: &Value,
+    id: Value,
+    ex: &mut Exchange,
+) -> Result<Response, ProxyError> {
+    let name = message["params"]["name"].as_str().unwrap_or("");
+    let target = name.split_once(SEPARATOR).and_then(|(slug, inner)| {
+        let member = members.iter().find(|m| m.integration.slug == slug)?;
+        Some((member, inner))
+    });
+    let Some((member, inner)) = target else {
+        let noun = if message["method"] == "tools/call" {
+            "tool"
+        } else {
+            "prompt"
+        };
+        return Ok(rpc_error(id, -32602, &format!("Unknown {noun}: {name}")));
+    };
+    ex.integration = Some(member.integration.id);
+    let mut upstream_msg = message.clone();
+    upstream_msg["params"]["name"] = Value::from(inner);
+    relay_call(state, member, downstream, upstream_msg).await
+}
+
+/// `resources/read`: every upstream is asked; the first that has it answers.
+async fn read_resource(
+    state: &ProxyState,
+    members: &[Member],
+    downstream: &Downstream,
+    message: &Value,
+    id: Value,
+) -> Result<Response, ProxyError> {
+    let answers = join_all(members.iter().map(|m| rpc(state, m, downstream, message))).await;
+    let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let found = answers
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.get("result").cloned());
+    let modern = downstream.is_modern();
+    Ok(match found {
+        Some(mut r) => {
+            if modern {
+                era::cacheable(&mut r);
             }
+            result(id, r)
         }
-        if buf.len() > MAX_REQUEST_BYTES {
-            return Err("answer too large".into());
-        }
-    }
-    Err("the stream ended without an answer".into())
+        // 2026-07-28 replaced the code for "resource not found" with Invalid Params.
+        None => rpc_error(
+            id,
+            if modern { -32602 } else { -32002 },
+            "Resource not found",
+        ),
+    })
 }
 
 /// The result field of a list method's answer.
@@ -562,36 +375,19 @@ fn list_key(method: &str) -> &'static str {
 async fn fan_out_list(
     state: &ProxyState,
     members: &[Member],
-    session: &AggregatedSession,
+    downstream: &Downstream,
     method: &str,
-) -> Vec<Value> {
+) -> Result<Vec<Value>, ProxyError> {
     let key = list_key(method);
-    let per_member = join_all(members.iter().map(|m| async move {
-        let upstream = session.upstream(m.integration.id)?;
-        let mut items = Vec::new();
-        let mut cursor: Option<String> = None;
-        for page in 0..20 {
-            let mut params = json!({});
-            if let Some(c) = &cursor {
-                params["cursor"] = Value::from(c.clone());
-            }
-            let msg = json!({"jsonrpc": "2.0", "id": format!("kg-list-{page}"), "method": method, "params": params});
-            let Some(answer) = rpc(state, m, Some(upstream), &msg).await else {
-                tracing::warn!(integration = %m.integration.id, method, "upstream list failed");
-                break;
-            };
-            let result = &answer["result"];
-            items.extend(result[key].as_array().cloned().unwrap_or_default());
-            cursor = result["nextCursor"].as_str().map(str::to_owned);
-            if cursor.is_none() {
-                break;
-            }
-        }
-        Some((m.integration.slug.clone(), items))
-    }))
+    let per_member = join_all(
+        members
+            .iter()
+            .map(|m| list_one(state, m, downstream, method)),
+    )
     .await;
     let mut out = Vec::new();
-    for (slug, items) in per_member.into_iter().flatten() {
+    for outcome in per_member {
+        let (slug, items) = outcome?;
         for mut item in items {
             if matches!(key, "tools" | "prompts")
                 && let Some(name) = item["name"].as_str()
@@ -601,7 +397,36 @@ async fn fan_out_list(
             out.push(item);
         }
     }
-    out
+    Ok(out)
+}
+
+/// One upstream's list, all pages (at most 20); what it returned before failing, if it fails.
+async fn list_one<'a>(
+    state: &ProxyState,
+    member: &'a Member,
+    downstream: &Downstream,
+    method: &str,
+) -> Result<(&'a str, Vec<Value>), ProxyError> {
+    let key = list_key(method);
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0..20 {
+        let mut params = json!({});
+        if let Some(c) = &cursor {
+            params["cursor"] = Value::from(c.clone());
+        }
+        let msg = json!({"jsonrpc": "2.0", "id": format!("kg-list-{page}"), "method": method, "params": params});
+        let Some(answer) = rpc(state, member, downstream, &msg).await? else {
+            break;
+        };
+        let result = &answer["result"];
+        items.extend(result[key].as_array().cloned().unwrap_or_default());
+        cursor = result["nextCursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok((member.integration.slug.as_str(), items))
 }
 
 /// Namespaces the id of a server-to-client request coming from `slug`.
@@ -616,33 +441,39 @@ fn namespace_request(slug: Arc<str>) -> impl Fn(Value) -> Value + Unpin + Send +
     }
 }
 
-/// Streams a routed call's answer back, namespacing server-to-client requests.
+/// What a routed answer's events go through on their way to the client: server-to-client
+/// requests get namespaced ids and, with `stamp`, results get `resultType` (a 2025 upstream's,
+/// for a 2026 client).
+fn for_client(slug: Arc<str>, stamp: bool) -> impl Fn(Value) -> Value + Unpin + Send + 'static {
+    let namespace = namespace_request(slug);
+    move |v: Value| {
+        let mut v = namespace(v);
+        if stamp && let Some(r) = v.get_mut("result") {
+            era::complete(r);
+        }
+        v
+    }
+}
+
+/// Streams a routed call's answer back, translated between the eras where they differ.
 async fn relay_call(
     state: &ProxyState,
     member: &Member,
-    upstream: Option<&UpstreamSession>,
+    downstream: &Downstream,
     message: Value,
 ) -> Result<Response, ProxyError> {
-    let resp = send(
-        state,
-        member,
-        upstream,
-        Method::POST,
-        Some(message.to_string()),
-    )
-    .await?;
-    if resp.status() == StatusCode::NOT_FOUND && upstream.and_then(|u| u.session.as_ref()).is_some()
-    {
-        // The upstream forgot its session: the client must initialize again.
-        return Err(unknown_session());
+    let reply = exchange(state, member, downstream, &message).await?;
+    let (mut parts, body) = reply.resp.into_parts();
+    let stamp = downstream.is_modern() && !reply.modern;
+    if !downstream.is_modern() && reply.modern && parts.status.is_client_error() {
+        // A 2026 upstream sends JSON-RPC errors with a 4xx; a 2025 client reads them in a 200.
+        parts.status = StatusCode::OK;
     }
-    let (parts, body) = resp.into_parts();
-    let is_sse = is_event_stream(&parts.headers);
     let slug: Arc<str> = member.integration.slug.as_str().into();
-    let mut out = if is_sse {
+    let mut out = if is_event_stream(&parts.headers) {
         let mut r = Response::new(Body::new(KeepAlive::new(MapEvents::new(
             body,
-            namespace_request(slug),
+            for_client(slug, stamp),
         ))));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -653,6 +484,8 @@ async fn relay_call(
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         r
+    } else if stamp {
+        stamped(body).await?
     } else {
         let mut r = Response::new(Body::new(body));
         if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
@@ -662,6 +495,37 @@ async fn relay_call(
     };
     *out.status_mut() = parts.status;
     Ok(out)
+}
+
+/// A 2025 upstream's JSON answer for a 2026 client, its result marked (bounded, like every
+/// message the gateway must rewrite).
+async fn stamped(body: hyper::body::Incoming) -> Result<Response, ProxyError> {
+    let bytes = Limited::new(body, MAX_REQUEST_BYTES)
+        .collect()
+        .await
+        .map_err(|e| ProxyError::Upstream(format!("reading the answer: {e}")))?
+        .to_bytes();
+    let mut answer: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| ProxyError::Upstream("the answer is not JSON".into()))?;
+    if let Some(r) = answer.get_mut("result") {
+        era::complete(r);
+    }
+    Ok(axum::Json(answer).into_response())
+}
+
+/// `DELETE`: closes the session's 2025 upstream sessions.
+async fn close(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+    session: &AggregatedSession,
+) -> Result<Response, ProxyError> {
+    let members = members(state, caller).await?;
+    join_all(members.iter().filter_map(|m| {
+        let up = session.legacy(m.integration.id)?.clone();
+        Some(async move { send(state, m, Some(&up), Method::DELETE, None).await })
+    }))
+    .await;
+    Ok(StatusCode::OK.into_response())
 }
 
 /// `GET`: the upstreams' server-to-client streams, merged.
@@ -674,12 +538,15 @@ async fn merged_stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let mut opened = 0;
     for m in &members {
-        let Some(up) = session.upstream(m.integration.id) else {
+        let Some(up) = session.legacy(m.integration.id) else {
             continue;
         };
         let Ok(resp) = send(state, m, Some(up), Method::GET, None).await else {
             continue;
         };
+        if resp.status() == StatusCode::NOT_FOUND && up.session.is_some() {
+            return Err(ProxyError::SessionExpired);
+        }
         if !resp.status().is_success() {
             continue;
         }
@@ -723,10 +590,22 @@ fn result(id: Value, result: Value) -> Response {
 }
 
 fn rpc_error(id: Value, code: i64, message: &str) -> Response {
-    let mut resp = axum::Json(
-        json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
-    )
-    .into_response();
+    rpc_error_with(StatusCode::OK, id, code, message, None)
+}
+
+fn rpc_error_with(
+    status: StatusCode,
+    id: Value,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Response {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": error});
+    let mut resp = (status, axum::Json(body)).into_response();
     resp.extensions_mut().insert(LocalAnswer);
     resp
 }

@@ -1,0 +1,213 @@
+//! What the aggregated server says about itself: a 2025 client's `initialize`, which opens the
+//! sealed session, and a 2026 client's `server/discover`. Both ask every upstream the user can
+//! use, in parallel and each in its own era, and merge what they can do.
+
+use std::sync::Arc;
+
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use futures_util::future::join_all;
+use serde_json::{Map, Value, json};
+
+use super::era::{self, Era};
+use super::handshakes;
+use super::session::{AggregatedSession, UpstreamSession};
+use super::upstream::{self, Member, candidates};
+use super::{SEPARATOR, result};
+use crate::ProxyState;
+use crate::error::ProxyError;
+use crate::gate::McpCaller;
+
+/// An upstream that took part: its session (2025 client) and its capabilities.
+struct Joined {
+    session: Option<UpstreamSession>,
+    capabilities: Value,
+}
+
+/// What the upstreams add up to.
+#[derive(Default)]
+struct Summary {
+    capabilities: Map<String, Value>,
+    /// `{slug}: {name}` per integration, or why it is not available.
+    notes: Vec<String>,
+    sessions: Vec<UpstreamSession>,
+}
+
+/// `initialize` (2025): each upstream joins in its era — a 2025 one gets the client's own
+/// `initialize`, a 2026 one is only discovered — and the answer's `Mcp-Session-Id` seals them
+/// with the client's capabilities.
+pub async fn initialize(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+    message: &Value,
+) -> Result<Response, ProxyError> {
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let params = &message["params"];
+    let version = era::handshake_version(params["protocolVersion"].as_str());
+    // Upstreams are offered the version the client gets (never a stateless one).
+    let mut offer = message.clone();
+    offer["params"]["protocolVersion"] = Value::from(version);
+    let candidates = candidates(state, caller).await?;
+    let summary = summarize(&candidates, false, |m| join_initialize(state, m, &offer)).await;
+    let session = AggregatedSession {
+        app: caller.app.id,
+        upstreams: summary.sessions,
+        capabilities: params.get("capabilities").cloned(),
+        client_info: params.get("clientInfo").cloned(),
+    };
+    let sealed = session.seal(&state.auth.store, caller.app.org_id, caller.user);
+    let body = json!({"jsonrpc": "2.0", "id": id, "result": {
+        "protocolVersion": version,
+        "capabilities": Value::Object(summary.capabilities),
+        "serverInfo": server_info(caller),
+        "instructions": instructions(&summary.notes),
+    }});
+    let mut resp = axum::Json(body).into_response();
+    resp.headers_mut().insert(
+        "mcp-session-id",
+        HeaderValue::from_str(&sealed).expect("base64url is a valid header"),
+    );
+    Ok(resp)
+}
+
+/// `server/discover` (2026): the versions the endpoint speaks and what the user's upstreams can
+/// do; a 2025 upstream is asked through the session the gateway holds for this user.
+pub async fn discover(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+    meta: &Map<String, Value>,
+    id: Value,
+) -> Result<Response, ProxyError> {
+    let candidates = candidates(state, caller).await?;
+    let summary = summarize(&candidates, true, |m| join_discover(state, m, meta)).await;
+    let mut body = json!({
+        "supportedVersions": era::SUPPORTED,
+        "capabilities": Value::Object(summary.capabilities),
+        "instructions": instructions(&summary.notes),
+        "_meta": {era::META_SERVER_INFO: server_info(caller)},
+    });
+    era::cacheable(&mut body);
+    Ok(result(id, body))
+}
+
+async fn join_initialize(
+    state: &ProxyState,
+    member: &Member,
+    message: &Value,
+) -> Result<Joined, String> {
+    if let Era::Modern(capabilities) = era::era(state, member).await {
+        return Ok(Joined {
+            session: Some(UpstreamSession::modern(member.integration.id)),
+            capabilities: (*capabilities).clone(),
+        });
+    }
+    let (session, answer) = upstream::initialize(state, member, message)
+        .await
+        .map_err(|e| unavailable(member, &e))?;
+    match answer.get("result") {
+        Some(r) => Ok(Joined {
+            session: Some(session),
+            capabilities: r["capabilities"].clone(),
+        }),
+        None => {
+            tracing::warn!(integration = %member.integration.id, error = %answer["error"], "upstream refused initialize");
+            let why = answer["error"]["message"].as_str().unwrap_or("error");
+            Err(format!("unavailable ({why})"))
+        }
+    }
+}
+
+/// The note for an upstream that could not be reached; the detail goes to the log only.
+fn unavailable(member: &Member, error: &dyn std::fmt::Display) -> String {
+    tracing::warn!(integration = %member.integration.id, %error, "upstream left out of the aggregated server");
+    "unavailable".to_owned()
+}
+
+async fn join_discover(
+    state: &ProxyState,
+    member: &Member,
+    meta: &Map<String, Value>,
+) -> Result<Joined, String> {
+    let capabilities = match era::era(state, member).await {
+        Era::Modern(capabilities) => (*capabilities).clone(),
+        Era::Legacy => {
+            let h = handshakes::session(state, member, meta).await;
+            h.map_err(|e| unavailable(member, &e))?.capabilities
+        }
+    };
+    Ok(Joined {
+        session: None,
+        capabilities,
+    })
+}
+
+/// Joins every connected candidate with `join` (in parallel) and adds up the outcome; one that
+/// fails is left out and named in the notes, as is one the user has not connected.
+async fn summarize<'a, Fut>(
+    candidates: &'a [(Member, Option<String>)],
+    modern: bool,
+    join: impl Fn(&'a Member) -> Fut,
+) -> Summary
+where
+    Fut: std::future::Future<Output = Result<Joined, String>>,
+{
+    let connected = candidates.iter().filter(|(_, missing)| missing.is_none());
+    let join = &join;
+    let outcomes = join_all(connected.map(|(m, _)| async move { (m, join(m).await) })).await;
+    let mut summary = Summary::default();
+    for (member, outcome) in outcomes {
+        summary.add(member, outcome, modern);
+    }
+    for (member, missing) in candidates {
+        if let Some(url) = missing {
+            let slug = &member.integration.slug;
+            summary
+                .notes
+                .push(format!("{slug}: not connected; connect at {url}"));
+        }
+    }
+    summary
+}
+
+impl Summary {
+    fn add(&mut self, member: &Member, outcome: Result<Joined, String>, modern: bool) {
+        let slug = &member.integration.slug;
+        let joined = match outcome {
+            Ok(joined) => joined,
+            Err(why) => {
+                self.notes.push(format!("{slug}: {why}"));
+                return;
+            }
+        };
+        // 2025 clients hear of list changes on the GET stream; 2026 ones would need
+        // `subscriptions/listen`, which the gateway does not offer (nor logging, removed).
+        for cap in ["tools", "prompts", "resources", "logging"] {
+            if joined.capabilities.get(cap).is_none() || (modern && cap == "logging") {
+                continue;
+            }
+            let value = if modern || cap == "logging" {
+                json!({})
+            } else {
+                json!({"listChanged": true})
+            };
+            self.capabilities.insert(cap.to_owned(), value);
+        }
+        self.sessions.extend(joined.session);
+        self.notes
+            .push(format!("{slug}: {}", member.integration.name));
+    }
+}
+
+/// The gateway, titled with the application's name.
+fn server_info(caller: &McpCaller) -> Value {
+    let mut info = era::gateway_info();
+    info["title"] = Value::from(caller.app.name.as_str());
+    info
+}
+
+fn instructions(notes: &[String]) -> String {
+    format!(
+        "Tools, prompts and resources of several integrations, named {{integration}}{SEPARATOR}{{name}}. Integrations: {}.",
+        notes.join("; ")
+    )
+}

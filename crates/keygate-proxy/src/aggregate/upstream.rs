@@ -1,0 +1,510 @@
+//! Talking to one upstream of the aggregated endpoint: who can be reached ([`members`]), how a
+//! message reaches it on behalf of a downstream client ([`link`], [`exchange`]) in the
+//! upstream's own era ([`Link`]), the credential and its OAuth retry ([`send_with`]), and one
+//! JSON-RPC answer read from JSON or from SSE ([`read_answer`]).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use keygate_core::model::{AuthMode, Category, Integration};
+use serde_json::{Map, Value};
+
+use super::era::{self, Era};
+use super::handshakes;
+use super::session::{AggregatedSession, UpstreamSession};
+use crate::ProxyState;
+use crate::credentials;
+use crate::error::ProxyError;
+use crate::gate::McpCaller;
+use crate::passthrough::MAX_REQUEST_BYTES;
+use crate::sse::{event_data, is_event_stream};
+use crate::traced::{self, ROUTE_AGGREGATED, TRACEPARENT};
+
+const SESSION_ID: &str = "mcp-session-id";
+
+/// An upstream the caller can use: the integration and its credential.
+#[derive(Clone)]
+pub struct Member {
+    pub integration: Integration,
+    pub authorization: Option<HeaderValue>,
+    /// Whose credential it is (to refresh it if the upstream refuses it).
+    pub caller: Arc<McpCaller>,
+}
+
+/// The client on the other side of the aggregated endpoint.
+pub enum Downstream {
+    /// 2025: the sealed session its `initialize` opened.
+    Session(AggregatedSession),
+    /// 2026-07-28: no session; what its request declared.
+    Stateless(Stateless),
+}
+
+/// What a 2026 request carries for the upstreams.
+pub struct Stateless {
+    /// The `io.modelcontextprotocol/*` entries of its `_meta`.
+    pub meta: Arc<Map<String, Value>>,
+    /// Its `Mcp-Param-*` headers (a routed tool call passes them on).
+    pub params: HeaderMap,
+}
+
+/// How one message reaches one upstream, in the upstream's era.
+pub enum Link {
+    /// 2026-07-28: no session; this `_meta` goes into every request.
+    Modern(Arc<Map<String, Value>>),
+    /// 2025: the upstream's session and the version it negotiated.
+    Legacy(UpstreamSession),
+}
+
+impl Downstream {
+    pub fn is_modern(&self) -> bool {
+        matches!(self, Downstream::Stateless(_))
+    }
+
+    /// The `Mcp-Param-*` headers to pass on with a routed call.
+    pub fn params(&self) -> Option<&HeaderMap> {
+        match self {
+            Downstream::Stateless(s) => Some(&s.params),
+            Downstream::Session(_) => None,
+        }
+    }
+}
+
+impl Stateless {
+    /// The `Mcp-Param-*` headers of a request.
+    pub fn params_of(headers: &HeaderMap) -> HeaderMap {
+        headers
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with(era::PARAM_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// The attached, proxied integrations the caller can use now (with credentials).
+pub async fn members(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+) -> Result<Vec<Member>, ProxyError> {
+    Ok(candidates(state, caller)
+        .await?
+        .into_iter()
+        .filter_map(|(m, missing)| missing.is_none().then_some(m))
+        .collect())
+}
+
+/// Every attached proxied integration, with the connect URL for those the user has not
+/// connected yet.
+pub async fn candidates(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+) -> Result<Vec<(Member, Option<String>)>, ProxyError> {
+    let attached = crate::gate::attached(state, &caller.app).await?;
+    let mut out = Vec::with_capacity(attached.len());
+    for integration in attached
+        .iter()
+        .filter(|i| i.category == Category::GatewayRemoteMcp)
+    {
+        let (authorization, missing) = match credentials::authorization(state, caller, integration)
+            .await
+        {
+            Ok(authorization) => (authorization, None),
+            Err(ProxyError::ConnectionRequired { connect_url, .. }) => (None, Some(connect_url)),
+            Err(e) => return Err(e),
+        };
+        let member = Member {
+            integration: integration.clone(),
+            authorization,
+            caller: caller.clone(),
+        };
+        out.push((member, missing));
+    }
+    Ok(out)
+}
+
+/// How `member` is reached for `downstream`: a 2025 client's session names the upstream's
+/// session (or, for a 2026 upstream, none: `_meta` from the client's `initialize`); a 2026
+/// client's `_meta` goes to a 2026 upstream as is, and a 2025 upstream is reached through the
+/// session the gateway holds for this user ([`handshakes`]).
+pub async fn link(
+    state: &ProxyState,
+    member: &Member,
+    downstream: &Downstream,
+) -> Result<Link, ProxyError> {
+    match downstream {
+        Downstream::Session(s) => {
+            let up = s
+                .upstream(member.integration.id)
+                .ok_or_else(|| ProxyError::Internal("an upstream outside the session".into()))?;
+            Ok(if up.is_modern() {
+                let meta = era::meta(s.capabilities.as_ref(), s.client_info.as_ref());
+                Link::Modern(Arc::new(meta))
+            } else {
+                Link::Legacy(up.clone())
+            })
+        }
+        Downstream::Stateless(s) => match era::era(state, member).await {
+            Era::Modern(_) => Ok(Link::Modern(s.meta.clone())),
+            Era::Legacy => Ok(Link::Legacy(
+                handshakes::session(state, member, &s.meta).await?.session,
+            )),
+        },
+    }
+}
+
+/// An upstream's answer to a message.
+pub struct Reply {
+    pub resp: http::Response<hyper::body::Incoming>,
+    /// Whether the upstream speaks 2026-07-28.
+    pub modern: bool,
+}
+
+/// POSTs `message` to `member` on behalf of `downstream`. When the upstream answers `404` to
+/// its session, a 2025 client learns its session expired ([`ProxyError::SessionExpired`]);
+/// for a 2026 client the gateway's own session is replaced and the message sent once more.
+pub async fn exchange(
+    state: &ProxyState,
+    member: &Member,
+    downstream: &Downstream,
+    message: &Value,
+) -> Result<Reply, ProxyError> {
+    let params = downstream.params();
+    let via = link(state, member, downstream).await?;
+    let modern = matches!(via, Link::Modern(_));
+    let resp = send_message(state, member, &via, message, params).await?;
+    let Some(stale) = forgotten(&resp, &via) else {
+        return Ok(Reply { resp, modern });
+    };
+    if !downstream.is_modern() {
+        return Err(ProxyError::SessionExpired);
+    }
+    handshakes::forget(state, member, stale);
+    let via = link(state, member, downstream).await?;
+    let resp = send_message(state, member, &via, message, params).await?;
+    match forgotten(&resp, &via) {
+        None => Ok(Reply { resp, modern }),
+        Some(_) => Err(ProxyError::Upstream(
+            "the upstream refused a session it had just opened".into(),
+        )),
+    }
+}
+
+/// The upstream session an upstream's `404` declares gone.
+fn forgotten<'a>(
+    resp: &http::Response<hyper::body::Incoming>,
+    link: &'a Link,
+) -> Option<&'a UpstreamSession> {
+    match link {
+        Link::Legacy(up) if resp.status() == StatusCode::NOT_FOUND && up.session.is_some() => {
+            Some(up)
+        }
+        _ => None,
+    }
+}
+
+/// A request to one upstream, answered as a JSON value. An upstream that fails is left out
+/// (`None`, logged); only an expired session fails the client's request.
+pub async fn rpc(
+    state: &ProxyState,
+    member: &Member,
+    downstream: &Downstream,
+    message: &Value,
+) -> Result<Option<Value>, ProxyError> {
+    let failed = |error: &dyn std::fmt::Display| {
+        let method = message["method"].as_str().unwrap_or("");
+        tracing::warn!(integration = %member.integration.id, method, %error, "upstream failed");
+    };
+    match exchange(state, member, downstream, message).await {
+        Ok(reply) => match read_answer(reply.resp, message.get("id")).await {
+            Ok(answer) => Ok(Some(answer)),
+            Err(e) => {
+                failed(&e);
+                Ok(None)
+            }
+        },
+        Err(ProxyError::SessionExpired) => Err(ProxyError::SessionExpired),
+        Err(e) => {
+            failed(&e);
+            Ok(None)
+        }
+    }
+}
+
+/// Runs an upstream's `initialize` with `message`: the session it opened (if it opened one,
+/// with the version it negotiated) and its answer, which may be an error.
+pub async fn initialize(
+    state: &ProxyState,
+    member: &Member,
+    message: &Value,
+) -> Result<(UpstreamSession, Value), String> {
+    let body = Bytes::from(message.to_string());
+    let resp = send_with(state, member, Method::POST, HeaderMap::new(), Some(body))
+        .await
+        .map_err(|e| e.to_string())?;
+    let session = resp
+        .headers()
+        .get(SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let answer = read_answer(resp, message.get("id")).await?;
+    let protocol = answer["result"]["protocolVersion"]
+        .as_str()
+        .map(str::to_owned);
+    let up = UpstreamSession {
+        integration: member.integration.id,
+        session,
+        protocol,
+    };
+    Ok((up, answer))
+}
+
+/// POSTs `message` over `link`: with `_meta` and the mirrored headers to a 2026 upstream
+/// (plus the client's `Mcp-Param-*`), with the session headers to a 2025 one.
+pub async fn send_message(
+    state: &ProxyState,
+    member: &Member,
+    link: &Link,
+    message: &Value,
+    params: Option<&HeaderMap>,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+    let (body, headers) = match link {
+        Link::Modern(meta) => {
+            let mut message = message.clone();
+            set_meta(&mut message, Some(meta));
+            (message.to_string(), modern_headers(&message, params))
+        }
+        Link::Legacy(up) if has_reserved_meta(message) => {
+            let mut message = message.clone();
+            set_meta(&mut message, None);
+            (message.to_string(), session_headers(Some(up)))
+        }
+        Link::Legacy(up) => (message.to_string(), session_headers(Some(up))),
+    };
+    send_with(
+        state,
+        member,
+        Method::POST,
+        headers,
+        Some(Bytes::from(body)),
+    )
+    .await
+}
+
+fn has_reserved_meta(message: &Value) -> bool {
+    message["params"]["_meta"]
+        .as_object()
+        .is_some_and(|m| m.keys().any(|k| k.starts_with(era::RESERVED_PREFIX)))
+}
+
+/// Replaces the reserved entries of `params._meta` with `meta` (or drops them), keeping the
+/// others (`progressToken`, trace context).
+fn set_meta(message: &mut Value, meta: Option<&Map<String, Value>>) {
+    let Some(params) = message.as_object_mut().map(|m| {
+        m.entry("params")
+            .or_insert_with(|| Value::Object(Map::new()))
+    }) else {
+        return;
+    };
+    let Some(params) = params.as_object_mut() else {
+        return;
+    };
+    let mut merged = match params.remove("_meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    merged.retain(|k, _| !k.starts_with(era::RESERVED_PREFIX));
+    merged.extend(
+        meta.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    if !merged.is_empty() {
+        params.insert("_meta".into(), Value::Object(merged));
+    }
+}
+
+/// The headers a 2026 request mirrors from its body, and the client's `Mcp-Param-*`.
+fn modern_headers(message: &Value, params: Option<&HeaderMap>) -> HeaderMap {
+    let mut h = params.cloned().unwrap_or_default();
+    h.insert(era::PROTOCOL_VERSION, HeaderValue::from_static(era::MODERN));
+    if let Some(method) = message["method"]
+        .as_str()
+        .and_then(|m| HeaderValue::from_str(m).ok())
+    {
+        h.insert(era::MCP_METHOD, method);
+    }
+    if let Some(name) = era::name_of(message) {
+        h.insert(era::MCP_NAME, era::encode_header_value(name));
+    }
+    h
+}
+
+/// The headers that continue a 2025 upstream session.
+fn session_headers(upstream: Option<&UpstreamSession>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let Some(up) = upstream else {
+        return h;
+    };
+    if let Some(s) = up
+        .session
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        h.insert(SESSION_ID, s);
+    }
+    if let Some(p) = up
+        .protocol
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
+        h.insert(era::PROTOCOL_VERSION, p);
+    }
+    h
+}
+
+/// Sends one message to a 2025 upstream with its session and credential (the `GET` stream and
+/// `DELETE` of a session).
+pub async fn send(
+    state: &ProxyState,
+    member: &Member,
+    upstream: Option<&UpstreamSession>,
+    method: Method,
+    body: Option<String>,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+    let headers = session_headers(upstream);
+    send_with(state, member, method, headers, body.map(Bytes::from)).await
+}
+
+/// Sends one message to an upstream with its credential and `headers`; an OAuth token the
+/// upstream refuses is refreshed and the message sent once more.
+async fn send_with(
+    state: &ProxyState,
+    member: &Member,
+    method: Method,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+    let sent = member.authorization.as_ref();
+    if member.integration.auth_mode != AuthMode::Oauth {
+        return send_once(state, member, sent, method, headers, body).await;
+    }
+    let resp = send_once(
+        state,
+        member,
+        sent,
+        method.clone(),
+        headers.clone(),
+        body.clone(),
+    )
+    .await?;
+    if resp.status() != StatusCode::UNAUTHORIZED {
+        return Ok(resp);
+    }
+    match credentials::after_rejection(state, &member.caller, &member.integration, sent).await? {
+        Some(fresh) => send_once(state, member, Some(&fresh), method, headers, body).await,
+        None => Ok(resp),
+    }
+}
+
+/// Sends one message to an upstream, with `headers` and a credential.
+async fn send_once(
+    state: &ProxyState,
+    member: &Member,
+    authorization: Option<&HeaderValue>,
+    method: Method,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+    let url = url::Url::parse(&member.integration.url)
+        .map_err(|_| ProxyError::Upstream("invalid integration URL".into()))?;
+    state.upstream.check(&url)?;
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(url.as_str())
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.map(Body::from).unwrap_or_else(Body::empty))
+        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+    let h = req.headers_mut();
+    h.extend(headers);
+    if let Some(auth) = authorization {
+        h.insert(header::AUTHORIZATION, auth.clone());
+    }
+    if let Ok(traceparent) = TRACEPARENT.try_with(HeaderValue::clone) {
+        h.insert("traceparent", traceparent);
+    }
+    traced::send_upstream(state, ROUTE_AGGREGATED, req).await
+}
+
+/// The JSON-RPC answer with `id` in a JSON body or an SSE stream. A `4xx` carrying a JSON-RPC
+/// error is an answer too (2026-07-28 sends its errors that way).
+pub async fn read_answer(
+    resp: http::Response<hyper::body::Incoming>,
+    id: Option<&Value>,
+) -> Result<Value, String> {
+    let status = resp.status();
+    let is_sse = is_event_stream(resp.headers());
+    if !status.is_success() && !status.is_client_error() {
+        return Err(format!("answered {status}"));
+    }
+    let mut body = resp.into_body();
+    if !is_sse {
+        let bytes = Limited::new(body, MAX_REQUEST_BYTES)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
+        return match answer {
+            Some(v) if status.is_success() || v.get("error").is_some() => Ok(v),
+            _ => Err(format!("answered {status} without a JSON-RPC answer")),
+        };
+    }
+    let mut buf = String::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(d) = frame.data_ref() {
+            buf.push_str(&String::from_utf8_lossy(d).replace("\r\n", "\n"));
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let data = event_data(&event);
+            if let Ok(v) = serde_json::from_str::<Value>(&data)
+                && v.get("method").is_none()
+                && v.get("id") == id
+            {
+                return Ok(v);
+            }
+        }
+        if buf.len() > MAX_REQUEST_BYTES {
+            return Err("answer too large".into());
+        }
+    }
+    Err("the stream ended without an answer".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn meta_is_replaced_or_dropped_and_the_rest_kept() {
+        let mut m = json!({"method": "tools/list", "params": {"_meta": {
+            "progressToken": 3, era::META_VERSION: "2026-07-28"}}});
+        set_meta(&mut m, None);
+        assert_eq!(m["params"]["_meta"], json!({"progressToken": 3}));
+        let meta = era::meta(None, None);
+        let mut bare = json!({"method": "tools/list"});
+        set_meta(&mut bare, Some(&meta));
+        assert_eq!(bare["params"]["_meta"][era::META_VERSION], era::MODERN);
+        let h = modern_headers(
+            &json!({"method": "tools/call", "params": {"name": "échec"}}),
+            None,
+        );
+        assert_eq!(h[&era::MCP_METHOD], "tools/call");
+        assert_eq!(h[&era::MCP_NAME], "=?base64?w6ljaGVj?=");
+    }
+}

@@ -1,0 +1,129 @@
+"""The official MCP Python SDK as a 2026-07-28 client of keygate's aggregated endpoint.
+
+`mcp.client.Client` in its default `mode="auto"` probes `server/discover` and stays in the
+stateless era when the server answers it. Behind `{URL}/apps/{appId}/mcp` are two integrations
+of different eras: `modern` (modern_server.py, the Python SDK's dual-era server, which keygate
+must speak 2026-07-28 to: it validates every request's `_meta` and mirrored headers) and
+`everything` (@modelcontextprotocol/server-everything on the TypeScript SDK 1.32.2, 2025 era
+only, for which keygate runs the `initialize` handshake itself). The client gets its token the
+way a real one would (OAuthClientProvider + a headless login, see headless_oauth.py), then:
+the negotiated version is 2026-07-28 and the server is keygate; tools and prompts of both
+upstreams are listed as `{slug}_{name}` and calls route to each; a resource is read; no request
+the SDK sent carried `Mcp-Session-Id` or was an `initialize`, and each carried
+`MCP-Protocol-Version: 2026-07-28` and `Mcp-Method`.
+
+Usage: python mcp_python_2026.py MCP_URL EMAIL PASSWORD
+"""
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from headless_oauth import Failure, check, find_failure, oauth_provider
+
+VERBOSE = os.environ.get("KEYGATE_E2E_VERBOSE") == "1"
+STEP_TIMEOUT = 15  # seconds, per protocol step
+MODERN = "2026-07-28"
+SENT: list[dict[str, Any]] = []  # every request the SDK sent to the MCP URL: method, headers
+TRACE: list[str] = []
+MCP_URL = ""
+
+
+async def record(request: httpx2.Request) -> None:
+    if str(request.url) == MCP_URL:
+        body = json.loads(request.content) if request.content else {}
+        SENT.append({"http": request.method, "method": body.get("method"), "headers": dict(request.headers)})
+    TRACE.append(f"-> {request.method} {request.url}")
+
+
+async def step(what: str, fn: Any) -> Any:
+    try:
+        with anyio.fail_after(STEP_TIMEOUT):
+            result = await fn()
+    except TimeoutError:
+        raise Failure(f"{what}: no answer within {STEP_TIMEOUT}s") from None
+    if VERBOSE:
+        print(f"  ok: {what}", file=sys.stderr)
+    return result
+
+
+def text(result: types.CallToolResult) -> str:
+    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def exercise(client: Client) -> None:
+    check(client.protocol_version == MODERN, f"negotiated {client.protocol_version!r}, expected {MODERN}")
+    check(client.server_info is not None and client.server_info.name == "keygate", f"serverInfo {client.server_info!r}")
+    notes = client.instructions or ""
+    check("modern" in notes and "everything" in notes, f"instructions do not name both integrations: {notes!r}")
+
+    tools = {t.name for t in (await step("tools/list", client.list_tools)).tools}
+    for wanted in ("modern_add", "everything_echo", "everything_get-sum"):
+        check(wanted in tools, f"tools/list lacks {wanted}: {sorted(tools)}")
+    r = await step("tools/call modern_add", lambda: client.call_tool("modern_add", {"a": 2, "b": 3}))
+    check(not r.is_error and text(r) == "5", f"modern_add: {r!r}")
+    r = await step("tools/call everything_echo", lambda: client.call_tool("everything_echo", {"message": "hi 2026"}))
+    check(not r.is_error and "hi 2026" in text(r), f"everything_echo: {r!r}")
+    r = await step("tools/call everything_get-sum", lambda: client.call_tool("everything_get-sum", {"a": 40, "b": 2}))
+    check(not r.is_error and "42" in text(r), f"everything_get-sum: {r!r}")
+
+    prompts = {p.name for p in (await step("prompts/list", client.list_prompts)).prompts}
+    check({"modern_greet", "everything_simple-prompt"} <= prompts, f"prompts/list: {sorted(prompts)}")
+    p = await step("prompts/get modern_greet", lambda: client.get_prompt("modern_greet", {"name": "Ada"}))
+    check(any("Hello, Ada!" in getattr(m.content, "text", "") for m in p.messages), f"modern_greet: {p!r}")
+    res = await step("resources/read modern://note", lambda: client.read_resource("modern://note"))
+    check(any("2026-07-28 server" in getattr(c, "text", "") for c in res.contents), f"modern://note: {res!r}")
+
+
+async def run(mcp_url: str, email: str, password: str) -> None:
+    global MCP_URL
+    MCP_URL = mcp_url
+    provider, _, _ = oauth_provider(mcp_url, email, password, "python-2026-e2e")
+    error: BaseException | None = None
+    try:
+        async with httpx2.AsyncClient(auth=provider, timeout=15, event_hooks={"request": [record]}) as http:
+            transport = streamable_http_client(mcp_url, http_client=http)
+            async with Client(transport, read_timeout_seconds=STEP_TIMEOUT) as client:
+                await exercise(client)
+    except Exception as e:  # ExceptionGroup included
+        error = e
+    failure = find_failure(error)
+    if failure is not None:
+        raise failure
+    check(error is None, f"the 2026-07-28 session failed: {error!r}")
+
+    posts = [s for s in SENT if s["http"] == "POST" and s["method"]]
+    check(len(posts) >= 8, f"only {len(posts)} MCP requests were recorded")
+    check(posts[0]["method"] == "server/discover", f"the SDK did not start with server/discover: {posts[0]}")
+    for s in posts:
+        h = s["headers"]
+        check(s["method"] != "initialize", "the SDK fell back to initialize")
+        check("mcp-session-id" not in h, f"{s['method']} carried Mcp-Session-Id")
+        check(h.get("mcp-protocol-version") == MODERN, f"{s['method']} carried MCP-Protocol-Version {h.get('mcp-protocol-version')!r}")
+        check(h.get("mcp-method") == s["method"], f"{s['method']} carried Mcp-Method {h.get('mcp-method')!r}")
+    check(not any(s["http"] == "GET" for s in SENT), "the SDK opened a GET stream")
+
+
+def main() -> int:
+    if len(sys.argv) != 4:
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(asyncio.wait_for(run(*sys.argv[1:]), timeout=60))
+    except (Failure, TimeoutError) as e:
+        print(f"FAIL: {e or 'timed out after 60s'}", file=sys.stderr)
+        print("SDK requests:\n" + "\n".join(TRACE), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
