@@ -24,6 +24,7 @@ both_backends!(
     aggregated_session_bridges_2026_upstreams,
     upstream_session_expiry_reaches_the_client,
     last_event_id_resumes_without_loss,
+    aggregated_stream_resumes_every_upstream,
     hanging_upstream_gets_a_timeout,
     connect_link_completes_a_missing_connection,
 );
@@ -1443,6 +1444,97 @@ async fn last_event_id_resumes_without_loss(backend: Backend) {
     );
     drop(stream);
     w.gw.stop().await;
+}
+
+/// The aggregated `GET` stream merges two upstreams' streams; its event ids are cursors over
+/// both, so a reconnect resumes each upstream after its own last event: nothing lost, nothing
+/// repeated.
+async fn aggregated_stream_resumes_every_upstream(backend: Backend) {
+    let w = world(backend).await;
+    let (a, b) = (
+        FakeUpstream::named("alpha").await,
+        FakeUpstream::named("beta").await,
+    );
+    for (name, url, token) in [("Alpha", &a.url, "tok-a"), ("Beta", &b.url, "tok-b")] {
+        w.integration(
+            json!({"name": name, "url": url, "authMode": "server_token", "serverToken": token}),
+        )
+        .await;
+    }
+    let alice = w.token(w.alice).await;
+    let init = rpc(
+        1,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}),
+    );
+    let resp = w.aggregated(&alice, None, &init).send().await.unwrap();
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let open = |last: Option<&str>| {
+        let mut req =
+            w.gw.http
+                .get(&w.app_url)
+                .bearer_auth(&alice)
+                .header("accept", "text/event-stream")
+                .header("mcp-session-id", &session);
+        if let Some(id) = last {
+            req = req.header("last-event-id", id);
+        }
+        req.send()
+    };
+    // (upstream token, seq) of each event received.
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    // Three events, then the connection is lost.
+    let last_id = merged_events(open(None).await.unwrap(), &mut seen, 3).await;
+    let before = seen.len();
+    merged_events(open(Some(&last_id)).await.unwrap(), &mut seen, 6).await;
+    assert!(before < 6, "the reconnect had something to resume");
+    seen.sort();
+    let want: Vec<(String, u64)> = ["Bearer tok-a", "Bearer tok-b"]
+        .iter()
+        .flat_map(|t| (1..=3).map(|n| (t.to_string(), n)))
+        .collect();
+    assert_eq!(seen, want, "each upstream's events 1–3, exactly once");
+    w.gw.stop().await;
+}
+
+/// Reads the merged stream of fake upstreams until `seen` holds `upto` events, each as (the
+/// upstream's `Authorization`, its seq); returns the last event id.
+async fn merged_events(
+    resp: reqwest::Response,
+    seen: &mut Vec<(String, u64)>,
+    upto: usize,
+) -> String {
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let (mut buf, mut last_id) = (String::new(), String::new());
+    while seen.len() < upto {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the next event in time")
+            .unwrap()
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(data).unwrap();
+            let id = event.lines().find_map(|l| l.strip_prefix("id: ")).unwrap();
+            assert!(
+                id.parse::<u64>().is_err(),
+                "ids are cursors, not upstream ids: {id}"
+            );
+            last_id = id.to_owned();
+            let token = v["params"]["headers"]["authorization"].as_str().unwrap();
+            seen.push((token.to_owned(), v["params"]["seq"].as_u64().unwrap()));
+        }
+    }
+    last_id
 }
 
 /// An upstream that never answers gets the client a clean 504 after the header timeout, and

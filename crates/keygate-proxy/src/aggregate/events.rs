@@ -1,5 +1,8 @@
-//! Rewriting SSE events as they stream: every complete event passes through a function (used
-//! to namespace the ids of server-to-client requests); partial events wait for their end.
+//! Rewriting SSE events as they stream: every complete event passes through a function (to
+//! namespace the ids of server-to-client requests and turn event ids into [`Cursor`]s);
+//! partial events wait for their end.
+//!
+//! [`Cursor`]: super::cursor::Cursor
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -10,7 +13,7 @@ use serde_json::Value;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Rewrites each event's `data` JSON with `map`; events that are not JSON pass unchanged.
+/// Passes each complete event (line ends normalised to `\n`) through `map`.
 pub struct MapEvents<B, F> {
     inner: B,
     buf: BytesMut,
@@ -32,27 +35,62 @@ fn split_event(buf: &mut BytesMut) -> Option<BytesMut> {
     Some(buf.split_to(end))
 }
 
-/// Applies `map` to the JSON in an event's `data` lines.
-pub fn map_event(event: &[u8], map: &impl Fn(Value) -> Value) -> Bytes {
+/// An event with its `data` JSON passed through `data` and its `id` through `id`; data that
+/// is not JSON, and every other field, stay as they were.
+pub fn map_event(
+    event: &[u8],
+    data: impl FnOnce(Value) -> Value,
+    id: impl FnOnce(&str) -> String,
+) -> Bytes {
     let Ok(text) = std::str::from_utf8(event) else {
         return Bytes::copy_from_slice(event);
     };
-    let data = crate::sse::event_data(text);
-    let Ok(value) = serde_json::from_str::<Value>(&data) else {
-        return Bytes::copy_from_slice(event);
-    };
-    let mapped = map(value);
-    let mut out = String::with_capacity(event.len() + 16);
-    for line in text
+    let mapped = serde_json::from_str::<Value>(&crate::sse::event_data(text))
+        .ok()
+        .map(|v| data(v).to_string());
+    let new_id = event_id(event).map(id);
+    rebuild(text, mapped.as_deref(), new_id.as_deref())
+}
+
+/// An event with its `id` replaced.
+pub fn with_id(event: &[u8], id: &str) -> Bytes {
+    match std::str::from_utf8(event) {
+        Ok(text) => rebuild(text, None, Some(id)),
+        Err(_) => Bytes::copy_from_slice(event),
+    }
+}
+
+/// The `id` field of an event, if it has one.
+pub fn event_id(event: &[u8]) -> Option<&str> {
+    std::str::from_utf8(event)
+        .ok()?
         .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with("data:"))
-    {
-        out.push_str(line);
+        .find_map(|l| l.strip_prefix("id:"))
+        .map(|id| id.strip_prefix(' ').unwrap_or(id))
+}
+
+/// `text` with its `data` lines replaced by `data` and its `id` line by `id`, where given.
+fn rebuild(text: &str, data: Option<&str>, id: Option<&str>) -> Bytes {
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let replaced = (id.is_some() && line.starts_with("id:"))
+            || (data.is_some() && line.starts_with("data:"));
+        if !replaced {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(id);
         out.push('\n');
     }
-    out.push_str("data: ");
-    out.push_str(&mapped.to_string());
-    out.push_str("\n\n");
+    if let Some(data) = data {
+        out.push_str("data: ");
+        out.push_str(data);
+        out.push('\n');
+    }
+    out.push('\n');
     Bytes::from(out)
 }
 
@@ -60,7 +98,7 @@ impl<B, F> Body for MapEvents<B, F>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
-    F: Fn(Value) -> Value + Unpin,
+    F: FnMut(&[u8]) -> Bytes + Unpin,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -72,7 +110,7 @@ where
         let this = &mut *self;
         loop {
             if let Some(event) = split_event(&mut this.buf) {
-                return Poll::Ready(Some(Ok(Frame::data(map_event(&event, &this.map)))));
+                return Poll::Ready(Some(Ok(Frame::data((this.map)(&event)))));
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
@@ -109,18 +147,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn maps_data_and_keeps_other_fields() {
+    fn maps_data_and_id_and_keeps_other_fields() {
         let out = map_event(
             b"id: 3\nevent: message\ndata: {\"id\":1,\"method\":\"x\"}\n\n",
-            &|mut v| {
+            |mut v| {
                 v["id"] = Value::from("ns~1");
                 v
             },
+            |id| format!("cursor-{id}"),
         );
         assert_eq!(
             &out[..],
-            b"id: 3\nevent: message\ndata: {\"id\":\"ns~1\",\"method\":\"x\"}\n\n"
+            b"event: message\nid: cursor-3\ndata: {\"id\":\"ns~1\",\"method\":\"x\"}\n\n"
         );
-        assert_eq!(&map_event(b": comment\n\n", &|v| v)[..], b": comment\n\n");
+        let comment = map_event(b": comment\n\n", |v| v, |id| id.to_owned());
+        assert_eq!(&comment[..], b": comment\n\n");
+        // A priming event: an id and empty data.
+        let primed = map_event(b"id: 7\ndata:\n\n", |v| v, |_| "c".into());
+        assert_eq!(&primed[..], b"data:\nid: c\n\n");
+        assert_eq!(event_id(b"event: x\nid:9\ndata: 1\n\n"), Some("9"));
+        assert_eq!(
+            &with_id(b"id: 9\ndata: 1\n\n", "z")[..],
+            b"data: 1\nid: z\n\n"
+        );
     }
 }

@@ -18,6 +18,7 @@
 //! - An upstream that fails is left out (and logged) without failing the others; one that
 //!   forgot its session fails a 2025 client's request with `404` so that it initializes again.
 
+pub mod cursor;
 pub mod era;
 pub mod events;
 pub mod handshakes;
@@ -34,9 +35,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Limited};
+use keygate_core::IntegrationId;
 use serde_json::{Value, json};
 
-use self::events::MapEvents;
+use self::cursor::Cursor;
+use self::events::{MapEvents, event_id, map_event, with_id};
 use self::session::AggregatedSession;
 use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send};
 use crate::ProxyState;
@@ -101,7 +104,11 @@ async fn dispatch(
             Ok(StatusCode::METHOD_NOT_ALLOWED.into_response())
         }
         Method::GET => match session {
-            Some(Some(s)) => merged_stream(state, &caller, &s).await,
+            Some(Some(s)) => {
+                let last = parts.headers.get("last-event-id");
+                let cursor = Cursor::parse(last.and_then(|v| v.to_str().ok()));
+                merged_stream(state, &caller, &s, cursor).await
+            }
             _ => Err(unknown_session()),
         },
         Method::DELETE => match session {
@@ -471,10 +478,11 @@ async fn relay_call(
     }
     let slug: Arc<str> = member.integration.slug.as_str().into();
     let mut out = if is_event_stream(&parts.headers) {
-        let mut r = Response::new(Body::new(KeepAlive::new(MapEvents::new(
-            body,
-            for_client(slug, stamp),
-        ))));
+        let (data, integration) = (for_client(slug, stamp), member.integration.id);
+        let events = MapEvents::new(body, move |event: &[u8]| {
+            map_event(event, &data, |id| Cursor::one(integration, id))
+        });
+        let mut r = Response::new(Body::new(KeepAlive::new(events)));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
@@ -528,20 +536,24 @@ async fn close(
     Ok(StatusCode::OK.into_response())
 }
 
-/// `GET`: the upstreams' server-to-client streams, merged.
+/// `GET`: the upstreams' server-to-client streams, merged, each resumed after the event the
+/// client's `cursor` names for it. Every event leaves with the cursor of everything the
+/// client has been sent so far as its id.
 async fn merged_stream(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
     session: &AggregatedSession,
+    cursor: Cursor,
 ) -> Result<Response, ProxyError> {
     let members = members(state, caller).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<(IntegrationId, Bytes)>(64);
     let mut opened = 0;
     for m in &members {
         let Some(up) = session.legacy(m.integration.id) else {
             continue;
         };
-        let Ok(resp) = send(state, m, Some(up), Method::GET, None).await else {
+        let last = cursor.get(m.integration.id);
+        let Ok(resp) = upstream::open_stream(state, m, up, last).await else {
             continue;
         };
         if resp.status() == StatusCode::NOT_FOUND && up.session.is_some() {
@@ -551,14 +563,15 @@ async fn merged_stream(
             continue;
         }
         opened += 1;
-        let tx = tx.clone();
-        let map = namespace_request(m.integration.slug.as_str().into());
-        let mut body = MapEvents::new(resp.into_body(), map);
+        let (tx, integration) = (tx.clone(), m.integration.id);
+        let namespace = namespace_request(m.integration.slug.as_str().into());
+        let mut body = MapEvents::new(resp.into_body(), move |event: &[u8]| {
+            map_event(event, &namespace, str::to_owned)
+        });
         tokio::spawn(async move {
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { break };
-                if let Ok(data) = frame.into_data()
-                    && tx.send(Ok(data)).await.is_err()
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(event) = frame.into_data()
+                    && tx.send((integration, event)).await.is_err()
                 {
                     break; // the client went away
                 }
@@ -569,8 +582,17 @@ async fn merged_stream(
         return Ok(StatusCode::METHOD_NOT_ALLOWED.into_response());
     }
     drop(tx);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    // One consumer stamps the ids, so they advance in the order the client receives events.
+    let stream = futures_util::stream::unfold((rx, cursor), |(mut rx, mut cursor)| async move {
+        let (integration, event) = rx.recv().await?;
+        let event = match event_id(&event) {
+            Some(id) => {
+                cursor.advance(integration, id);
+                with_id(&event, &cursor.encode())
+            }
+            None => event,
+        };
+        Some((Ok::<_, std::io::Error>(event), (rx, cursor)))
     });
     let mut resp = Response::new(Body::new(KeepAlive::new(Body::from_stream(stream))));
     resp.headers_mut().insert(

@@ -24,6 +24,7 @@ use crate::sse::{event_data, is_event_stream};
 use crate::traced::{self, ROUTE_AGGREGATED, TRACEPARENT};
 
 const SESSION_ID: &str = "mcp-session-id";
+const LAST_EVENT_ID: &str = "last-event-id";
 
 /// An upstream the caller can use: the integration and its credential.
 #[derive(Clone)]
@@ -375,6 +376,20 @@ pub async fn send(
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
     let headers = session_headers(upstream);
     send_with(state, member, method, headers, body.map(Bytes::from)).await
+}
+
+/// Opens a 2025 upstream session's `GET` stream, resuming after `last_event_id` if given.
+pub async fn open_stream(
+    state: &ProxyState,
+    member: &Member,
+    upstream: &UpstreamSession,
+    last_event_id: Option<&str>,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+    let mut headers = session_headers(Some(upstream));
+    if let Some(id) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert(LAST_EVENT_ID, id);
+    }
+    send_with(state, member, Method::GET, headers, None).await
 }
 
 /// Sends one message to an upstream with its credential and `headers`; an OAuth token the
