@@ -8,11 +8,13 @@
 //! - latency percentiles at a fixed 2,000 requests/s (DESIGN §9: added p50 ≤ 0.15 ms, p99 ≤ 1 ms);
 //! - saturated throughput with 32 concurrent clients (≥ 0.7 × direct);
 //! - aggregated `tools/list` over 5 upstreams that each take 5 ms (≤ slowest + 2 ms);
+//! - the first SSE event of an answer, from the upstream sending it to the client holding it
+//!   (the gateway adds ≤ 1 ms);
 //! - pass-through latency at 2,000 requests/s with trace events on and off (two gateways,
 //!   many short alternating rounds): tracing may add at most 5 %.
 //!
 //! `cargo bench -p keygate-benches --bench proxy -- SECTION…` runs only the named sections:
-//! `latency`, `throughput`, `fan-out`, `tracing`.
+//! `latency`, `throughput`, `fan-out`, `sse`, `tracing`.
 //!
 //! Client, gateway and upstream share the machine's cores, so absolute numbers understate what
 //! a dedicated gateway does; the ratios are the point.
@@ -23,11 +25,13 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -71,6 +75,73 @@ async fn upstream(delay: Duration) -> String {
     url
 }
 
+/// When the SSE upstream sent its last event.
+type SentAt = Arc<Mutex<Option<Instant>>>;
+
+/// An upstream answering every POST with an SSE stream whose one event it sends 5 ms after the
+/// answer's headers, noting in [`SentAt`] the moment it hands the event to hyper.
+async fn sse_upstream() -> (String, SentAt) {
+    let sent: SentAt = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let at = sent.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        post(move || {
+            let at = at.clone();
+            async move {
+                let event = futures_util::stream::once(async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    *at.lock().unwrap() = Some(Instant::now());
+                    Ok::<_, std::convert::Infallible>(Bytes::from_static(
+                        b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n",
+                    ))
+                });
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+                    axum::body::Body::from_stream(event),
+                )
+            }
+        }),
+    );
+    // Without TCP_NODELAY the event, a small write behind the unacknowledged headers, waits
+    // for a delayed ACK (Nagle): ~40 ms on loopback, whichever way it goes.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, sent)
+}
+
+/// From the upstream sending an SSE event to the client holding it, for `n` requests, sorted.
+async fn first_event_delays(
+    client: &HttpClient,
+    t: &Target,
+    sent: &SentAt,
+    n: usize,
+) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut body = send(client, t).await.into_body();
+        loop {
+            let frame = body.frame().await.expect("an event").expect("a frame");
+            if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                break;
+            }
+        }
+        let arrived = Instant::now();
+        let sent_at = sent
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the upstream noted its event");
+        out.push(arrived - sent_at);
+        body.collect().await.expect("the rest of the stream");
+    }
+    out.sort_unstable();
+    out
+}
+
 struct Target {
     url: String,
     token: Option<String>,
@@ -79,6 +150,18 @@ struct Target {
 }
 
 async fn once(client: &HttpClient, t: &Target) -> Duration {
+    let started = Instant::now();
+    send(client, t)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .expect("body");
+    started.elapsed()
+}
+
+/// Sends `t`'s request; its answer must be a success.
+async fn send(client: &HttpClient, t: &Target) -> hyper::Response<hyper::body::Incoming> {
     let mut req = hyper::Request::post(&t.url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream");
@@ -88,7 +171,6 @@ async fn once(client: &HttpClient, t: &Target) -> Duration {
     if let Some(s) = &t.session {
         req = req.header("mcp-session-id", s);
     }
-    let started = Instant::now();
     let resp = client
         .request(req.body(Full::new(t.body.clone())).unwrap())
         .await
@@ -99,8 +181,7 @@ async fn once(client: &HttpClient, t: &Target) -> Duration {
         t.url,
         resp.status()
     );
-    resp.into_body().collect().await.expect("body");
-    started.elapsed()
+    resp
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -287,6 +368,9 @@ async fn main() {
     if wants("fan-out") {
         fan_out(&client, &gw, &admin, user).await;
     }
+    if wants("sse") {
+        sse_first_event(&client, &gw).await;
+    }
     if wants("tracing") {
         tracing_on_vs_off(&client, &gw, &direct_url).await;
     }
@@ -404,6 +488,39 @@ async fn fan_out(client: &HttpClient, gw: &TestGateway, admin: &str, user: UserI
         ms(percentile(&all, 0.5)),
         ms(percentile(&lone, 0.5)),
         ms(percentile(&all, 0.5)) - ms(percentile(&lone, 0.5))
+    );
+}
+
+/// How long the first SSE event of an answer takes from the upstream to the client, directly
+/// and through the pass-through route (DESIGN §9: the gateway adds ≤ 1 ms).
+async fn sse_first_event(client: &HttpClient, gw: &TestGateway) {
+    const N: usize = 500;
+    let (url, sent) = sse_upstream().await;
+    let direct = Target {
+        url: url.clone(),
+        token: None,
+        session: None,
+        body: Bytes::from_static(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"slow\"}}"),
+    };
+    let pass = pass_target(gw, &url, "sse").await;
+    first_event_delays(client, &pass, &sent, 50).await; // warm-up
+    let d = first_event_delays(client, &direct, &sent, N).await;
+    let p = first_event_delays(client, &pass, &sent, N).await;
+    println!();
+    println!("first SSE event, upstream send → client receipt ({N} answers each)");
+    println!("{:<13} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+    for (name, v) in [("direct", &d), ("pass-through", &p)] {
+        println!(
+            "{:<13} {:>9.3} {:>9.3}",
+            name,
+            ms(percentile(v, 0.5)),
+            ms(percentile(v, 0.99))
+        );
+    }
+    println!(
+        "added by the gateway: p50 {:.3} ms, p99 {:.3} ms (budget ≤ 1 ms)",
+        ms(percentile(&p, 0.5)) - ms(percentile(&d, 0.5)),
+        ms(percentile(&p, 0.99)) - ms(percentile(&d, 0.99))
     );
 }
 
