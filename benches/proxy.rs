@@ -411,11 +411,21 @@ async fn latency(client: &HttpClient, direct: &Target, targets: &[(&str, &Target
 }
 
 /// Saturated throughput, direct and through the gateway.
+///
+/// For scale, a bare forwarder is measured too: hyper server and client relaying the same
+/// request with no authentication, lookup or tracing. It does the HTTP work any proxy must do
+/// on top of the direct path, so its ratio is the ceiling for keygate on this machine.
 async fn throughput(client: &HttpClient, direct: &Target, targets: &[(&str, &Target)]) {
     println!();
     let direct_rps = saturated(client, direct).await;
     println!("{:<13} {:>10.0} req/s", "direct", direct_rps);
-    for &(name, t) in targets {
+    let bare = Target {
+        url: bare_forwarder(&direct.url).await,
+        token: None,
+        session: None,
+        body: direct.body.clone(),
+    };
+    for &(name, t) in [("bare forward", &bare)].iter().chain(targets) {
         let rps = saturated(client, t).await;
         println!(
             "{:<13} {:>10.0} req/s   {:.2} × direct",
@@ -424,6 +434,37 @@ async fn throughput(client: &HttpClient, direct: &Target, targets: &[(&str, &Tar
             rps / direct_rps
         );
     }
+}
+
+/// A minimal reverse proxy to `upstream`: every POST is relayed as it is.
+async fn bare_forwarder(upstream: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let upstream: hyper::Uri = upstream.parse().unwrap();
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http::<axum::body::Body>();
+    let app = axum::Router::new().route(
+        "/mcp",
+        post(move |req: axum::extract::Request| {
+            let (client, upstream) = (client.clone(), upstream.clone());
+            async move {
+                let (mut parts, body) = req.into_parts();
+                parts.uri = upstream;
+                parts.headers.remove(axum::http::header::HOST);
+                let resp = client
+                    .request(hyper::Request::from_parts(parts, body))
+                    .await
+                    .unwrap();
+                resp.map(axum::body::Body::new)
+            }
+        }),
+    );
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
 }
 
 /// Aggregated `tools/list` over 5 upstreams of 5 ms each, against one of them directly.
