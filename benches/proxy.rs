@@ -622,7 +622,8 @@ async fn tracing_on_vs_off(client: &HttpClient, gw: &TestGateway, upstream_url: 
     for t in [&on, &off] {
         fixed_rate_for(client, t, ROUND).await;
     }
-    let written_before = gw.telemetry.sink.stats().written();
+    let stats = gw.telemetry.sink.stats();
+    let (written_before, dropped_before) = (stats.written(), stats.dropped());
     let (mut lat_on, mut lat_off) = (Vec::new(), Vec::new());
     let (mut p50_ratios, mut mean_ratios) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
@@ -669,13 +670,20 @@ async fn tracing_on_vs_off(client: &HttpClient, gw: &TestGateway, upstream_url: 
     );
     println!(
         "events written {}, dropped {}",
-        gw.telemetry.sink.stats().written() - written_before,
-        gw.telemetry.sink.stats().dropped(),
+        stats.written() - written_before,
+        stats.dropped() - dropped_before,
     );
     let (rps_off, rps_on) = (saturated(client, &off).await, saturated(client, &on).await);
+    while gw.telemetry.sink.depth() > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // the last batch's commit
     println!(
-        "saturated ({CONCURRENCY} clients): off {rps_off:.0} req/s, on {rps_on:.0} req/s → {:.2}",
-        rps_on / rps_off
+        "saturated ({CONCURRENCY} clients): off {rps_off:.0} req/s, on {rps_on:.0} req/s → {:.2}; \
+         events written {}, dropped {}",
+        rps_on / rps_off,
+        stats.written() - written_before,
+        stats.dropped() - dropped_before,
     );
     gw_off.stop().await;
 }

@@ -5,8 +5,9 @@
 //! writes it in one transaction, then waits [`LINGER`] (20 ms) so the next batch can gather:
 //! batches grow by themselves with the load, and the writer wakes at most 50 times a second
 //! rather than once per event (a cross-thread wake-up per request was the largest cost of
-//! tracing on a busy two-core machine). A full
-//! queue drops the event and counts it; nothing on the request path awaits the database.
+//! tracing on a busy two-core machine). After a full batch it does not wait: the queue holds
+//! more. A full queue drops the event and counts it; nothing on the request path awaits the
+//! database.
 //!
 //! The writer also assigns each event its id (UUID v7) just before the insert. Ids therefore
 //! increase in commit order on one gateway, which is what lets a live tail page by id without
@@ -141,17 +142,21 @@ async fn writer(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        tokio::select! {
+        let taken = tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => {
                 if n == 0 {
                     break; // every sender is gone
                 }
                 write(&store, &mut batch, &stats, &written).await;
+                n
             }
             _ = &mut close => {
                 drain(&store, rx, batch, &stats, &written).await;
                 break;
             }
+        };
+        if taken == MAX_BATCH {
+            continue; // more is waiting: lingering now would only let the queue overflow
         }
         // Let events gather before the next write: at most one wake-up and one transaction
         // per LINGER, instead of one per event when each arrives alone.
