@@ -9,15 +9,11 @@
 set -euo pipefail
 
 BIN="${KEYGATE_BIN:?set KEYGATE_BIN to the keygate binary}"
-VENV="${KEYGATE_E2E_VENV:-$HOME/.cache/keygate-e2e/venv}"
-PY="$VENV/bin/python"
-EVERYTHING="${KEYGATE_E2E_NODE:-$HOME/.cache/keygate-e2e/node}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib/gateway.sh
 source "$HERE/lib/gateway.sh"
 
 "$PY" -c 'import mcp.client, mcp.server.mcpserver, uvicorn' 2>/dev/null || fail "no mcp SDK in $VENV: run scripts/setup.sh"
-[ -f "$EVERYTHING" ] || fail "no server-everything at $EVERYTHING: run scripts/setup.sh"
 
 # --- the upstreams: one of each era ---
 MODERN_PORT=$(free_port)
@@ -25,9 +21,7 @@ MODERN_PORT=$(free_port)
 PIDS+=("$!")
 wait_port "$MODERN_PORT" "$!" "modern_server.py"
 EVERYTHING_PORT=$(free_port)
-PORT="$EVERYTHING_PORT" node "$EVERYTHING" streamableHttp >"$WORK/everything.log" 2>&1 &
-PIDS+=("$!")
-wait_port "$EVERYTHING_PORT" "$!" "server-everything (streamableHttp)"
+start_everything "$EVERYTHING_PORT" streamableHttp everything
 
 # --- the gateway and an application with both attached ---
 start_gateway

@@ -11,31 +11,21 @@
 set -euo pipefail
 
 BIN="${KEYGATE_BIN:?set KEYGATE_BIN to the keygate binary}"
-VENV="${KEYGATE_E2E_VENV:-$HOME/.cache/keygate-e2e/venv}"
-PY="$VENV/bin/python"
-EVERYTHING="${KEYGATE_E2E_NODE:-$HOME/.cache/keygate-e2e/node}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib/gateway.sh
 source "$HERE/lib/gateway.sh"
 
 "$PY" -c 'import mcp.client.sse, mcp.client.auth' 2>/dev/null || fail "no mcp SDK in $VENV: run scripts/setup.sh"
-[ -f "$EVERYTHING" ] || fail "no server-everything at $EVERYTHING: run scripts/setup.sh"
 
 # --- the upstreams: one server-everything per transport (its PORT env var, transport as argv),
 # and a second Streamable-HTTP one for the aggregated route. KEYGATE_E2E_UPSTREAM names each
 # Streamable-HTTP one by its integration's slug: its get-env tool shows which process answered.
 HTTP_UPORT=$(free_port)
-KEYGATE_E2E_UPSTREAM=everything PORT="$HTTP_UPORT" node "$EVERYTHING" streamableHttp >"$WORK/everything-http.log" 2>&1 &
-PIDS+=("$!")
-wait_port "$HTTP_UPORT" "$!" "server-everything (streamableHttp)"
+KEYGATE_E2E_UPSTREAM=everything start_everything "$HTTP_UPORT" streamableHttp everything-http
 HTTP2_UPORT=$(free_port)
-KEYGATE_E2E_UPSTREAM=everything2 PORT="$HTTP2_UPORT" node "$EVERYTHING" streamableHttp >"$WORK/everything-http2.log" 2>&1 &
-PIDS+=("$!")
-wait_port "$HTTP2_UPORT" "$!" "server-everything (streamableHttp, second)"
+KEYGATE_E2E_UPSTREAM=everything2 start_everything "$HTTP2_UPORT" streamableHttp everything-http2
 SSE_UPORT=$(free_port)
-PORT="$SSE_UPORT" node "$EVERYTHING" sse >"$WORK/everything-sse.log" 2>&1 &
-PIDS+=("$!")
-wait_port "$SSE_UPORT" "$!" "server-everything (sse)"
+start_everything "$SSE_UPORT" sse everything-sse
 
 # --- the gateway, an owner, a service account and its management token ---
 start_gateway

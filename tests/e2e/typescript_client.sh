@@ -13,29 +13,21 @@
 set -euo pipefail
 
 BIN="${KEYGATE_BIN:?set KEYGATE_BIN to the keygate binary}"
-VENV="${KEYGATE_E2E_VENV:-$HOME/.cache/keygate-e2e/venv}"
-PY="$VENV/bin/python"
-EVERYTHING="${KEYGATE_E2E_NODE:-$HOME/.cache/keygate-e2e/node}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 export KEYGATE_E2E_TS="${KEYGATE_E2E_TS:-$HOME/.cache/keygate-e2e/ts}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib/gateway.sh
 source "$HERE/lib/gateway.sh"
 
 "$PY" -c 'import mcp.client.auth' 2>/dev/null || fail "no mcp SDK in $VENV: run scripts/setup.sh"
-[ -f "$EVERYTHING" ] || fail "no server-everything at $EVERYTHING: run scripts/setup.sh"
 cmp -s "$HERE/typescript-client/package-lock.json" "$KEYGATE_E2E_TS/.keygate-lock" 2>/dev/null \
   || fail "the TypeScript SDK in $KEYGATE_E2E_TS is not the pinned one: run scripts/setup.sh"
 
 # --- the upstreams: two Streamable-HTTP server-everything processes (its PORT env var, transport
 # as argv); the first is also the pass-through route's ---
 UPORT=$(free_port)
-PORT="$UPORT" node "$EVERYTHING" streamableHttp >"$WORK/everything.log" 2>&1 &
-PIDS+=("$!")
-wait_port "$UPORT" "$!" "server-everything (streamableHttp)"
+start_everything "$UPORT" streamableHttp everything
 UPORT2=$(free_port)
-PORT="$UPORT2" node "$EVERYTHING" streamableHttp >"$WORK/everything2.log" 2>&1 &
-PIDS+=("$!")
-wait_port "$UPORT2" "$!" "server-everything (streamableHttp, second)"
+start_everything "$UPORT2" streamableHttp everything2
 
 # --- the gateway, an owner, a service account and its management token ---
 start_gateway

@@ -3,6 +3,11 @@
 # token, an application and attached integrations. Source it after setting BIN.
 # shellcheck shell=bash
 
+# What scripts/setup.sh installs for these scripts.
+VENV="${KEYGATE_E2E_VENV:-$HOME/.cache/keygate-e2e/venv}"
+PY="$VENV/bin/python"
+EVERYTHING="${KEYGATE_E2E_NODE:-$HOME/.cache/keygate-e2e/node}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -26,6 +31,16 @@ wait_port() { # wait_port PORT PID WHAT: until something accepts on 127.0.0.1:PO
     sleep 0.1
   done
   fail "$3 is not listening on port $1 after 10 s"
+}
+
+# start_everything PORT TRANSPORT LOG: @modelcontextprotocol/server-everything serving TRANSPORT
+# (streamableHttp or sse) on PORT, logging to $WORK/LOG.log, once it listens. Variables set on
+# the call (KEYGATE_E2E_UPSTREAM=…) reach its environment.
+start_everything() {
+  [ -f "$EVERYTHING" ] || fail "no server-everything at $EVERYTHING: run scripts/setup.sh"
+  PORT="$1" node "$EVERYTHING" "$2" >"$WORK/$3.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$1" "$!" "server-everything ($2, $3)"
 }
 
 # start_gateway: an owner (EMAIL/PASSWORD), a service account, the gateway on a free port (URL,
