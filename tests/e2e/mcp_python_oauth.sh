@@ -6,6 +6,8 @@
 set -euo pipefail
 
 BIN="${KEYGATE_BIN:?set KEYGATE_BIN to the keygate binary}"
+VENV="${KEYGATE_E2E_VENV:-$HOME/.cache/keygate-e2e/venv}"
+PY="$VENV/bin/python"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 WORK=$(mktemp -d)
 PID=""
