@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use keygate_core::model::Role;
-use keygate_core::{ApplicationId, IntegrationId, UserId};
+use keygate_core::{ApplicationId, IntegrationId};
 use keygate_test_support::browser::{browser, field, location};
 use keygate_test_support::fake_oauth::FakeOAuth;
 use keygate_test_support::fake_upstream::FakeUpstream;
+use keygate_test_support::world::{AppClient, McpWorld};
 use keygate_test_support::{Backend, TestGateway, both_backends};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -27,16 +27,19 @@ const CLIENT_SECRET: &str = "octo-client-secret-0123456789";
 /// Access tokens of the fake provider live this long; the gateway refreshes 1 s before.
 const ACCESS_TTL: Duration = Duration::from_secs(4);
 
+/// The common world (a confidential application), an OAuth provider and an upstream that
+/// accepts only that provider's tokens.
 struct World {
-    gw: TestGateway,
-    admin: String,
-    app: ApplicationId,
-    app_secret: String,
-    app_url: String,
-    alice: UserId,
-    bob: UserId,
+    base: McpWorld,
     provider: FakeOAuth,
     upstream: FakeUpstream,
+}
+
+impl std::ops::Deref for World {
+    type Target = McpWorld;
+    fn deref(&self) -> &McpWorld {
+        &self.base
+    }
 }
 
 async fn world(backend: Backend) -> World {
@@ -49,8 +52,7 @@ async fn world_with(
     provider: FakeOAuth,
     tweak: impl FnOnce(&mut keygate_core::config::Config),
 ) -> World {
-    let gw = TestGateway::start_with(backend, |c| {
-        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
+    let base = McpWorld::start(backend, AppClient::Confidential, |c| {
         c.upstream_oauth.refresh_skew_secs = Some(1);
         tweak(c);
     })
@@ -58,56 +60,17 @@ async fn world_with(
     provider.register_client(
         CLIENT_ID,
         Some(CLIENT_SECRET),
-        &format!("{}/oauth/connect/callback", gw.url),
+        &format!("{}/oauth/connect/callback", base.gw.url),
     );
     let upstream = FakeUpstream::protected("octo", &provider).await;
-    let admin = gw.admin_token().await;
-    let (status, _, app) = gw
-        .api(Method::POST, "/applications", &admin, Some(json!({"name": "Agents", "oauth": {"type": "confidential", "redirectUris": ["http://127.0.0.1/cb"]}})))
-        .await;
-    assert_eq!(status, 201, "{app}");
-    let app_id: ApplicationId = app["application"]["id"].as_str().unwrap().parse().unwrap();
-    let mut users = Vec::new();
-    for email in ["alice@example.com", "bob@example.com"] {
-        users.push(
-            gw.store
-                .create_user(gw.org, email, Role::Member, None)
-                .await
-                .unwrap()
-                .id,
-        );
-    }
     World {
-        app_url: format!("{}/apps/{app_id}/mcp", gw.url),
-        app_secret: app["oauth"]["clientSecret"].as_str().unwrap().to_owned(),
-        app: app_id,
-        alice: users[0],
-        bob: users[1],
-        gw,
-        admin,
+        base,
         provider,
         upstream,
     }
 }
 
 impl World {
-    /// Creates and attaches an integration; returns (id, slug).
-    async fn integration(&self, body: Value) -> (IntegrationId, String) {
-        let (status, _, i) = self
-            .gw
-            .api(Method::POST, "/integrations", &self.admin, Some(body))
-            .await;
-        assert_eq!(status, 201, "{i}");
-        let id = i["integration"]["id"].as_str().unwrap().to_owned();
-        let path = format!("/applications/{}/integrations/{id}", self.app);
-        let (status, _, _) = self.gw.api(Method::POST, &path, &self.admin, None).await;
-        assert_eq!(status, 204);
-        (
-            id.parse().unwrap(),
-            i["integration"]["slug"].as_str().unwrap().to_owned(),
-        )
-    }
-
     /// An OAuth integration with the provider's endpoints and client given inline.
     async fn inline_integration(&self) -> (IntegrationId, String) {
         let p = &self.provider;
@@ -120,10 +83,6 @@ impl World {
             }
         }))
         .await
-    }
-
-    async fn token(&self, user: UserId) -> String {
-        self.gw.user_token(user, self.app, &self.app_url).await
     }
 
     /// `tools/call echo` through the pass-through route: the JSON-RPC answer.
@@ -415,7 +374,7 @@ const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 async fn token_exchange_hands_out_the_right_users_credential(backend: Backend) {
     let w = world(backend).await;
     let client_id = w.app.client_id();
-    let client = (client_id.as_str(), w.app_secret.as_str());
+    let client = (client_id.as_str(), w.app_secret.as_deref().unwrap());
     let (oauth_id, oauth_slug) = w.inline_integration().await;
     let (pat_id, _) = w
         .integration(json!({"name": "Keys", "url": "https://keys.example.com/", "category": "internal_mcp_credentials", "authMode": "user_token"}))
@@ -660,7 +619,7 @@ async fn secrets_never_reach_logs_or_the_database() {
     let client_id = w.app.client_id();
     let (status, exchanged) = exchange(
         &w,
-        (&client_id, &w.app_secret),
+        (&client_id, w.app_secret.as_ref().unwrap()),
         &alice,
         ACCESS,
         &id.to_string(),
@@ -686,7 +645,7 @@ async fn secrets_never_reach_logs_or_the_database() {
         CLIENT_SECRET.to_owned(),
         alice.clone(),
         manager,
-        w.app_secret.clone(),
+        w.app_secret.clone().unwrap(),
     ]);
     assert!(
         secrets.len() >= 10,

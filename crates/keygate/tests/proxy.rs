@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use keygate_core::model::Role;
-use keygate_core::{ApplicationId, IntegrationId, Secret, UserId};
+use keygate_core::{ApplicationId, IntegrationId, Secret};
 use keygate_test_support::browser::{browser, field};
 use keygate_test_support::fake_upstream::{FakeUpstream, SESSION_ID};
-use keygate_test_support::{Backend, TestGateway, both_backends};
+use keygate_test_support::world::{AppClient, McpWorld as World};
+use keygate_test_support::{Backend, both_backends};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -29,15 +29,6 @@ both_backends!(
     connect_link_completes_a_missing_connection,
 );
 
-struct World {
-    gw: TestGateway,
-    admin: String,
-    app: ApplicationId,
-    app_url: String,
-    alice: UserId,
-    bob: UserId,
-}
-
 async fn world(backend: Backend) -> World {
     world_with(backend, |_| {}).await
 }
@@ -46,63 +37,21 @@ async fn world_with(
     backend: Backend,
     tweak: impl FnOnce(&mut keygate_core::config::Config),
 ) -> World {
-    let gw = TestGateway::start_with(backend, |c| {
-        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
-        tweak(c);
-    })
-    .await;
-    let admin = gw.admin_token().await;
-    let (_, _, app) = gw
-        .api(Method::POST, "/applications", &admin, Some(json!({"name": "Agents", "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}})))
-        .await;
-    let app: ApplicationId = app["application"]["id"].as_str().unwrap().parse().unwrap();
-    let alice = gw
-        .store
-        .create_user(gw.org, "alice@example.com", Role::Member, None)
-        .await
-        .unwrap()
-        .id;
-    let bob = gw
-        .store
-        .create_user(gw.org, "bob@example.com", Role::Member, None)
-        .await
-        .unwrap()
-        .id;
-    World {
-        app_url: format!("{}/apps/{app}/mcp", gw.url),
-        gw,
-        admin,
-        app,
-        alice,
-        bob,
-    }
+    World::start(backend, AppClient::Public, tweak).await
 }
 
-impl World {
-    /// Creates and attaches an integration; returns (id, slug).
-    async fn integration(&self, body: Value) -> (IntegrationId, String) {
-        let (status, _, i) = self
-            .gw
-            .api(Method::POST, "/integrations", &self.admin, Some(body))
-            .await;
-        assert_eq!(status, 201, "{i}");
-        let id = i["integration"]["id"].as_str().unwrap().to_owned();
-        let (status, _, _) = self
-            .gw
-            .api(
-                Method::POST,
-                &format!("/applications/{}/integrations/{id}", self.app),
-                &self.admin,
-                None,
-            )
-            .await;
-        assert_eq!(status, 204);
-        (
-            id.parse().unwrap(),
-            i["integration"]["slug"].as_str().unwrap().to_owned(),
-        )
-    }
+/// The requests these tests send through a [`World`]'s gateway.
+trait Requests {
+    fn aggregated(
+        &self,
+        token: &str,
+        session: Option<&str>,
+        body: &Value,
+    ) -> reqwest::RequestBuilder;
+    async fn call(&self, slug: &str, token: Option<&str>, body: Value) -> reqwest::Response;
+}
 
+impl Requests for World {
     /// A 2025 client's POST to the aggregated endpoint, within `session` once it has one.
     fn aggregated(
         &self,
@@ -125,10 +74,7 @@ impl World {
         req
     }
 
-    async fn token(&self, user: UserId) -> String {
-        self.gw.user_token(user, self.app, &self.app_url).await
-    }
-
+    /// A pass-through POST carrying headers that must be dropped and kept.
     async fn call(&self, slug: &str, token: Option<&str>, body: Value) -> reqwest::Response {
         let mut req = self
             .gw

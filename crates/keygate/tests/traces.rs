@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use keygate_core::model::Role;
-use keygate_core::{ApplicationId, IntegrationId, UserId};
+use keygate_core::{ApplicationId, IntegrationId};
 use keygate_test_support::fake_upstream::FakeUpstream;
-use keygate_test_support::{Backend, TestGateway, both_backends};
+use keygate_test_support::world::{AppClient, McpWorld};
+use keygate_test_support::{Backend, both_backends};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -22,71 +23,38 @@ both_backends!(
     spans_reach_an_otlp_collector_and_metrics_parse,
 );
 
+/// The common world and one fake upstream attached as a pass-through integration.
 struct World {
-    gw: TestGateway,
-    admin: String,
-    app: ApplicationId,
-    app_url: String,
-    alice: UserId,
+    base: McpWorld,
     integration: IntegrationId,
     slug: String,
     _up: FakeUpstream,
 }
 
+impl std::ops::Deref for World {
+    type Target = McpWorld;
+    fn deref(&self) -> &McpWorld {
+        &self.base
+    }
+}
+
 async fn world(backend: Backend, tweak: impl FnOnce(&mut keygate_core::config::Config)) -> World {
-    let gw = TestGateway::start_with(backend, |c| {
-        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
-        tweak(c);
-    })
-    .await;
-    let admin = gw.admin_token().await;
-    let (_, _, app) = gw
-        .api(Method::POST, "/applications", &admin, Some(json!({"name": "Agents", "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}})))
-        .await;
-    let app: ApplicationId = app["application"]["id"].as_str().unwrap().parse().unwrap();
-    let alice = gw
-        .store
-        .create_user(gw.org, "alice@example.com", Role::Member, None)
-        .await
-        .unwrap()
-        .id;
+    let base = McpWorld::start(backend, AppClient::Public, tweak).await;
     let up = FakeUpstream::start().await;
-    let (status, _, i) = gw
-        .api(
-            Method::POST,
-            "/integrations",
-            &admin,
-            Some(json!({"name": "Fake", "url": up.url})),
-        )
+    let (integration, slug) = base
+        .integration(json!({"name": "Fake", "url": up.url}))
         .await;
-    assert_eq!(status, 201, "{i}");
-    let integration = i["integration"]["id"].as_str().unwrap().to_owned();
-    let (status, _, _) = gw
-        .api(
-            Method::POST,
-            &format!("/applications/{app}/integrations/{integration}"),
-            &admin,
-            None,
-        )
-        .await;
-    assert_eq!(status, 204);
     World {
-        app_url: format!("{}/apps/{app}/mcp", gw.url),
-        slug: i["integration"]["slug"].as_str().unwrap().to_owned(),
-        integration: integration.parse().unwrap(),
-        gw,
-        admin,
-        app,
-        alice,
+        base,
+        integration,
+        slug,
         _up: up,
     }
 }
 
 impl World {
-    async fn token(&self) -> String {
-        self.gw
-            .user_token(self.alice, self.app, &self.app_url)
-            .await
+    async fn alice_token(&self) -> String {
+        self.base.token(self.alice).await
     }
 
     /// A pass-through `tools/call`; returns the status and the whole body.
@@ -135,7 +103,7 @@ fn by_tool<'a>(events: &'a [Value], tool: &str) -> &'a Value {
 
 async fn calls_are_traced_with_status_duration_tool_and_integration(backend: Backend) {
     let w = world(backend, |_| {}).await;
-    let token = w.token().await;
+    let token = w.alice_token().await;
     assert_eq!(w.call(&token, "echo", &[]).await.0, 200);
     let (status, body) = w.call(&token, "slow", &[]).await;
     assert!(status == 200 && body.contains("done"), "{body}");
@@ -286,7 +254,7 @@ async fn calls_are_traced_with_status_duration_tool_and_integration(backend: Bac
     let fail_stat = top.iter().find(|t| t["toolName"] == "fail").unwrap();
     assert_eq!(fail_stat["errorCount"], 1);
     assert_eq!(fail_stat["integrationId"], integration);
-    w.gw.stop().await;
+    w.base.gw.stop().await;
 }
 
 /// Reads SSE events from a `/events/stream` response: (id, data) pairs.
@@ -348,7 +316,7 @@ async fn open_stream(w: &World, last: Option<&str>, query: &str) -> SseReader {
 
 async fn event_stream_resumes_without_losing_or_repeating(backend: Backend) {
     let w = world(backend, |_| {}).await;
-    let token = w.token().await;
+    let token = w.alice_token().await;
     let mut stream = open_stream(&w, None, "").await;
     let mut seen = Vec::new();
     for _ in 0..3 {
@@ -402,7 +370,7 @@ async fn event_stream_resumes_without_losing_or_repeating(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(resp.status(), 400);
-    w.gw.stop().await;
+    w.base.gw.stop().await;
 }
 
 /// A `keygate tail` process and its output lines.
@@ -448,7 +416,7 @@ impl Tail {
 
 async fn tail_prints_each_call_as_it_happens(backend: Backend) {
     let w = world(backend, |_| {}).await;
-    let token = w.token().await;
+    let token = w.alice_token().await;
     let mut json = Tail::start(&w, &["--json"]).await;
     let mut refused = Tail::start(&w, &["--status", "error_auth"]).await;
     let app = w.app.to_string();
@@ -479,7 +447,7 @@ async fn tail_prints_each_call_as_it_happens(backend: Backend) {
     for mut t in [json, refused, only_app] {
         t.child.kill().await.ok();
     }
-    w.gw.stop().await;
+    w.base.gw.stop().await;
 }
 
 /// A stand-in OTLP/HTTP collector: keeps every `POST /v1/traces` body.
@@ -520,7 +488,7 @@ async fn spans_reach_an_otlp_collector_and_metrics_parse(backend: Backend) {
         c.telemetry.otlp_endpoint = Some(collector_url.clone());
     })
     .await;
-    let token = w.token().await;
+    let token = w.alice_token().await;
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (status, body) = w.call(&token, "echo", &[("traceparent", incoming)]).await;
     assert_eq!(status, 200);
@@ -643,7 +611,7 @@ async fn spans_reach_an_otlp_collector_and_metrics_parse(backend: Backend) {
         !text.contains(&w.alice.to_string()),
         "no user ids in labels"
     );
-    w.gw.stop().await;
+    w.base.gw.stop().await;
 }
 
 type Sample = (String, std::collections::HashMap<String, String>, f64);
