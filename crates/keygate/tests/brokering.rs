@@ -196,10 +196,16 @@ async fn connect_refresh_once_retry_and_revoke(backend: Backend) {
 
     // Past the refresh point, 20 concurrent calls cause exactly one refresh.
     tokio::time::sleep(ACCESS_TTL - Duration::from_millis(500)).await;
+    let generation = w.gw.store.generation();
     let answers = join_all((0..20).map(|_| w.call(&w.gw, &slug, &alice))).await;
     let tokens: std::collections::HashSet<String> =
         answers.iter().map(World::upstream_token).collect();
     assert_eq!(w.provider.refresh_count(), 1);
+    assert_eq!(
+        w.gw.store.generation(),
+        generation,
+        "a refresh leaves the caches in place"
+    );
     assert_eq!(
         tokens.len(),
         1,

@@ -293,8 +293,12 @@ impl Store {
         sql.push(", refresh_lease_until = NULL, refresh_lease_owner = NULL");
         scoped(&mut sql, org, integration, user);
         sql.push(" AND refresh_lease_owner = ").bind(owner);
+        // No change generation bump: nothing cached goes wrong with the old token. Each
+        // replica's cached header carries its expiry and is looked up again near it, and an
+        // upstream that refuses the old token sends the caller to `refresh_rejected`, which
+        // reads the new one. A bump here cleared every cache on every replica at each refresh
+        // of any user's token.
         let stored = sql.query().execute(self.db.pool()).await?.rows_affected() > 0;
-        self.changed().await;
         if stored {
             Ok(())
         } else {
