@@ -18,7 +18,7 @@ use url::Url;
 use crate::ProxyState;
 use crate::credentials;
 use crate::error::ProxyError;
-use crate::gate::{McpCaller, authenticate};
+use crate::gate::McpCaller;
 use crate::legacy::{EndpointMap, RewriteEndpoint};
 use crate::sse::{KeepAlive, is_event_stream};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
@@ -100,16 +100,7 @@ async fn forward(
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let caller = match authenticate(state, &parts.headers, &parts.uri).await {
-        Ok(caller) => caller,
-        Err(e) => {
-            if matches!(e, ProxyError::Unauthorized(_)) {
-                traced::unauthenticated(state, ex, &parts.uri, body).await;
-            }
-            return Err(e);
-        }
-    };
-    traced::identify(ex, &caller);
+    let (caller, body) = traced::authenticate(state, &parts, body, ex).await?;
     let integration = attached_integration(state, &caller, integration_ref).await?;
     ex.integration = Some(integration.id);
     let base = Url::parse(&integration.url).map_err(|_| {

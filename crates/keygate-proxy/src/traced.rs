@@ -72,8 +72,31 @@ pub fn start(
     ex
 }
 
+/// Authenticates an MCP request and names its caller on `ex`. A refused request is
+/// attributed as far as its URL and body allow (reading the body); otherwise the body comes
+/// back untouched.
+pub async fn authenticate(
+    state: &ProxyState,
+    parts: &http::request::Parts,
+    body: Body,
+    ex: &mut Exchange,
+) -> Result<(McpCaller, Body), ProxyError> {
+    match crate::gate::authenticate(state, &parts.headers, &parts.uri).await {
+        Ok(caller) => {
+            identify(ex, &caller);
+            Ok((caller, body))
+        }
+        Err(e) => {
+            if matches!(e, ProxyError::Unauthorized(_)) {
+                unauthenticated(state, ex, &parts.uri, body).await;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// The caller is known.
-pub fn identify(ex: &mut Exchange, caller: &McpCaller) {
+fn identify(ex: &mut Exchange, caller: &McpCaller) {
     ex.who = Some(Who {
         org: caller.app.org_id,
         app: caller.app.id,
@@ -118,7 +141,7 @@ pub fn finish(mut ex: Exchange, result: Result<Response, ProxyError>) -> Respons
 /// A request that failed authentication: attributed to the application its URL names (when
 /// there is one), with the method and tool its body names (read briefly and bounded). The user
 /// stays unknown.
-pub async fn unauthenticated(state: &ProxyState, ex: &mut Exchange, uri: &Uri, body: Body) {
+async fn unauthenticated(state: &ProxyState, ex: &mut Exchange, uri: &Uri, body: Body) {
     let Some(app) = app_of(state, uri).await else {
         return;
     };

@@ -44,7 +44,7 @@ use self::session::AggregatedSession;
 use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send};
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::gate::{McpCaller, authenticate};
+use crate::gate::McpCaller;
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
 use crate::sse::{KeepAlive, is_event_stream};
 use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP, TRACEPARENT};
@@ -73,16 +73,7 @@ async fn dispatch(
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let caller = match authenticate(state, &parts.headers, &parts.uri).await {
-        Ok(caller) => caller,
-        Err(e) => {
-            if matches!(e, ProxyError::Unauthorized(_)) {
-                traced::unauthenticated(state, ex, &parts.uri, body).await;
-            }
-            return Err(e);
-        }
-    };
-    traced::identify(ex, &caller);
+    let (caller, body) = traced::authenticate(state, &parts, body, ex).await?;
     let caller = Arc::new(caller);
     let session_header = parts
         .headers
