@@ -35,7 +35,13 @@ pub(crate) struct StoredCredential {
     pub expires_at: Option<Timestamp>,
 }
 
-fn ctx(purpose: Purpose, org: OrgId, integration: IntegrationId, user: UserId) -> SealContext {
+/// What a user's connection secret is sealed to.
+pub(crate) fn ctx(
+    purpose: Purpose,
+    org: OrgId,
+    integration: IntegrationId,
+    user: UserId,
+) -> SealContext {
     SealContext {
         purpose,
         org: Some(org),

@@ -6,7 +6,7 @@ use keygate_core::model::{Connection, ConnectionKind};
 use keygate_core::{IntegrationId, OrgId, Secret, Timestamp, UserId};
 
 use super::RowExt;
-use super::connections::StoredCredential;
+use super::connections::{StoredCredential, ctx};
 use crate::sql::Sql;
 use crate::vault::{Purpose, SealContext};
 use crate::{Result, Store, StoreError};
@@ -34,15 +34,6 @@ pub struct FlowState {
     pub user: UserId,
     /// The payload sealed at the start (PKCE verifier, where to return).
     pub payload: Vec<u8>,
-}
-
-fn ctx(purpose: Purpose, org: OrgId, integration: IntegrationId, user: UserId) -> SealContext {
-    SealContext {
-        purpose,
-        org: Some(org),
-        integration: Some(integration),
-        user: Some(user),
-    }
 }
 
 fn client_ctx(org: OrgId, integration: IntegrationId) -> SealContext {
