@@ -43,14 +43,20 @@ fn event(org: OrgId, app: ApplicationId, n: u64) -> TraceEvent {
     e
 }
 
-async fn run(rate: u64, secs: u64) -> (u64, u64, usize, Duration, usize) {
-    let dir = tempfile::tempdir().unwrap();
+/// A store over a new SQLite file in `dir`, and its default organization.
+async fn sqlite_store(dir: &tempfile::TempDir) -> (Store, OrgId) {
     let url = format!("sqlite://{}/bench.db", dir.path().display());
     let db = keygate_store::Db::connect(&url, 10).await.unwrap();
     db.migrate().await.unwrap();
     let kek = Kek::from_base64(&Kek::generate_base64()).unwrap();
     let store = Store::new(db.clone(), Vault::unlock(&db, &kek).await.unwrap());
     let org = store.default_organization().await.unwrap().id;
+    (store, org)
+}
+
+async fn run(rate: u64, secs: u64) -> (u64, u64, usize, Duration, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, org) = sqlite_store(&dir).await;
     let app = ApplicationId::new();
     let (sink, handle) = TraceSink::spawn(store.clone(), QUEUE);
     let per_tick = rate / 100; // every 10 ms
@@ -85,12 +91,7 @@ async fn run(rate: u64, secs: u64) -> (u64, u64, usize, Duration, usize) {
 /// Raw capacity: `n` events written back to back in batches of `batch`.
 async fn raw_inserts(n: u64, batch: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/raw.db", dir.path().display());
-    let db = keygate_store::Db::connect(&url, 10).await.unwrap();
-    db.migrate().await.unwrap();
-    let kek = Kek::from_base64(&Kek::generate_base64()).unwrap();
-    let store = Store::new(db.clone(), Vault::unlock(&db, &kek).await.unwrap());
-    let org = store.default_organization().await.unwrap().id;
+    let (store, org) = sqlite_store(&dir).await;
     let app = ApplicationId::new();
     let mut events: Vec<TraceEvent> = (0..n).map(|i| event(org, app, i)).collect();
     for e in &mut events {
