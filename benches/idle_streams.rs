@@ -27,6 +27,7 @@ use axum::routing::get;
 use futures_util::stream;
 use http_body_util::{BodyExt, Empty};
 use keygate_core::model::Role;
+use keygate_test_support::world::AppClient;
 use keygate_test_support::{Backend, TestGateway};
 use serde_json::{Value, json};
 
@@ -178,27 +179,13 @@ async fn gateway() {
     })
     .await;
     let admin = gw.admin_token().await;
-    let (_, _, app) = gw
-        .api(reqwest::Method::POST, "/applications", &admin, Some(json!({"name": "Bench", "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}})))
+    let app = gw
+        .create_application(&admin, "Bench", AppClient::Public)
         .await;
     let app: keygate_core::ApplicationId =
         app["application"]["id"].as_str().unwrap().parse().unwrap();
-    let (_, _, i) = gw
-        .api(
-            reqwest::Method::POST,
-            "/integrations",
-            &admin,
-            Some(json!({"name": "Idle", "url": upstream})),
-        )
+    gw.attach_integration(&admin, app, json!({"name": "Idle", "url": upstream}))
         .await;
-    let id = i["integration"]["id"].as_str().unwrap();
-    gw.api(
-        reqwest::Method::POST,
-        &format!("/applications/{app}/integrations/{id}"),
-        &admin,
-        None,
-    )
-    .await;
     let user = gw
         .store
         .create_user(gw.org, "bench@example.com", Role::Member, None)

@@ -36,8 +36,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use keygate_core::UserId;
 use keygate_core::model::Role;
+use keygate_core::{ApplicationId, UserId};
+use keygate_test_support::world::AppClient;
 use keygate_test_support::{Backend, TestGateway};
 use serde_json::{Value, json};
 
@@ -142,6 +143,7 @@ async fn first_event_delays(
     out
 }
 
+#[derive(Clone)]
 struct Target {
     url: String,
     token: Option<String>,
@@ -201,15 +203,7 @@ async fn fixed_rate_for(client: &HttpClient, t: &Target, period: Duration) -> Ve
     let mut tasks = Vec::with_capacity(n as usize);
     for _ in 0..n {
         tick.tick().await;
-        let (client, t) = (
-            client.clone(),
-            Target {
-                url: t.url.clone(),
-                token: t.token.clone(),
-                session: t.session.clone(),
-                body: t.body.clone(),
-            },
-        );
+        let (client, t) = (client.clone(), t.clone());
         tasks.push(tokio::spawn(async move { once(&client, &t).await }));
     }
     let mut out = Vec::with_capacity(tasks.len());
@@ -225,15 +219,7 @@ async fn saturated(client: &HttpClient, t: &Target) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(SATURATION_SECS);
     let mut workers = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (client, t) = (
-            client.clone(),
-            Target {
-                url: t.url.clone(),
-                token: t.token.clone(),
-                session: t.session.clone(),
-                body: t.body.clone(),
-            },
-        );
+        let (client, t) = (client.clone(), t.clone());
         workers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -287,33 +273,10 @@ async fn main() {
     })
     .await;
     let admin = gw.admin_token().await;
-    let (_, _, app) = gw
-        .api(reqwest::Method::POST, "/applications", &admin, Some(json!({"name": "bench", "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}})))
+    let app_id = new_app(&gw, &admin, "bench").await;
+    let (_, slug) = gw
+        .attach_integration(&admin, app_id, json!({"name": "direct", "url": direct_url}))
         .await;
-    let app_id = app["application"]["id"].as_str().unwrap().to_owned();
-    let attach = |name: String, url: String| {
-        let (gw, admin, app_id) = (&gw, &admin, &app_id);
-        async move {
-            let (_, _, i) = gw
-                .api(
-                    reqwest::Method::POST,
-                    "/integrations",
-                    admin,
-                    Some(json!({"name": name, "url": url})),
-                )
-                .await;
-            let id = i["integration"]["id"].as_str().unwrap().to_owned();
-            gw.api(
-                reqwest::Method::POST,
-                &format!("/applications/{app_id}/integrations/{id}"),
-                admin,
-                None,
-            )
-            .await;
-            i["integration"]["slug"].as_str().unwrap().to_owned()
-        }
-    };
-    let slug = attach("direct".into(), direct_url.clone()).await;
     let user = gw
         .store
         .create_user(gw.org, "bench@example.com", Role::Member, None)
@@ -321,7 +284,7 @@ async fn main() {
         .unwrap()
         .id;
     let app_mcp = format!("{}/apps/{app_id}/mcp", gw.url);
-    let token = gw.user_token(user, app_id.parse().unwrap(), &app_mcp).await;
+    let token = gw.user_token(user, app_id, &app_mcp).await;
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
         .build_http();
@@ -469,38 +432,16 @@ async fn bare_forwarder(upstream: &str) -> String {
 
 /// Aggregated `tools/list` over 5 upstreams of 5 ms each, against one of them directly.
 async fn fan_out(client: &HttpClient, gw: &TestGateway, admin: &str, user: UserId) {
-    let fan_app = gw
-        .api(reqwest::Method::POST, "/applications", admin, Some(json!({"name": "fan", "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}})))
-        .await
-        .2["application"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let fan_app = new_app(gw, admin, "fan").await;
     let mut slow_direct = String::new();
     for n in 0..5 {
         let url = upstream(Duration::from_millis(5)).await;
-        let (_, _, i) = gw
-            .api(
-                reqwest::Method::POST,
-                "/integrations",
-                admin,
-                Some(json!({"name": format!("slow{n}"), "url": url})),
-            )
-            .await;
-        let id = i["integration"]["id"].as_str().unwrap();
-        gw.api(
-            reqwest::Method::POST,
-            &format!("/applications/{fan_app}/integrations/{id}"),
-            admin,
-            None,
-        )
-        .await;
+        let body = json!({"name": format!("slow{n}"), "url": url});
+        gw.attach_integration(admin, fan_app, body).await;
         slow_direct = url;
     }
     let fan_mcp = format!("{}/apps/{fan_app}/mcp", gw.url);
-    let fan_token = gw
-        .user_token(user, fan_app.parse().unwrap(), &fan_mcp)
-        .await;
+    let fan_token = gw.user_token(user, fan_app, &fan_mcp).await;
     let fan_session = initialize(client, &fan_mcp, &fan_token).await;
     let list = Bytes::from(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string());
     let one = Target {
@@ -565,29 +506,19 @@ async fn sse_first_event(client: &HttpClient, gw: &TestGateway) {
     );
 }
 
+/// A new application with a public client.
+async fn new_app(gw: &TestGateway, admin: &str, name: &str) -> ApplicationId {
+    let app = gw.create_application(admin, name, AppClient::Public).await;
+    app["application"]["id"].as_str().unwrap().parse().unwrap()
+}
+
 /// A pass-through `tools/call` target on `gw`: a new application, integration and user.
 async fn pass_target(gw: &TestGateway, upstream_url: &str, name: &str) -> Target {
     let admin = gw.admin_token().await;
-    let (_, _, app) = gw
-        .api(reqwest::Method::POST, "/applications", &admin, Some(json!({"name": name, "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}})))
+    let app_id = new_app(gw, &admin, name).await;
+    let (_, slug) = gw
+        .attach_integration(&admin, app_id, json!({"name": name, "url": upstream_url}))
         .await;
-    let app_id = app["application"]["id"].as_str().unwrap().to_owned();
-    let (_, _, i) = gw
-        .api(
-            reqwest::Method::POST,
-            "/integrations",
-            &admin,
-            Some(json!({"name": name, "url": upstream_url})),
-        )
-        .await;
-    let id = i["integration"]["id"].as_str().unwrap();
-    gw.api(
-        reqwest::Method::POST,
-        &format!("/applications/{app_id}/integrations/{id}"),
-        &admin,
-        None,
-    )
-    .await;
     let user = gw
         .store
         .create_user(gw.org, &format!("{name}@example.com"), Role::Member, None)
@@ -595,9 +526,9 @@ async fn pass_target(gw: &TestGateway, upstream_url: &str, name: &str) -> Target
         .unwrap()
         .id;
     let app_mcp = format!("{}/apps/{app_id}/mcp", gw.url);
-    let token = gw.user_token(user, app_id.parse().unwrap(), &app_mcp).await;
+    let token = gw.user_token(user, app_id, &app_mcp).await;
     Target {
-        url: format!("{app_mcp}/{}", i["integration"]["slug"].as_str().unwrap()),
+        url: format!("{app_mcp}/{slug}"),
         token: Some(token),
         session: None,
         body: Bytes::from(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}).to_string()),

@@ -14,13 +14,15 @@ pub mod world;
 use std::time::Duration;
 
 use keygate::app::Gateway;
-use keygate_core::OrgId;
 use keygate_core::config::Config;
+use keygate_core::{ApplicationId, IntegrationId, OrgId};
 use keygate_store::{Kek, Store};
 use serde_json::Value;
 use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use crate::world::AppClient;
 
 pub use keygate_store::Backend;
 
@@ -280,6 +282,42 @@ impl TestGateway {
         let (status, body) = self.client_credentials(&id, &secret).await;
         assert_eq!(status, 200, "{body}");
         body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an application named `name` with a public or confidential OAuth client; returns
+    /// the API's answer (`application`, and `oauth` with a confidential client's secret).
+    pub async fn create_application(&self, admin: &str, name: &str, client: AppClient) -> Value {
+        let kind = match client {
+            AppClient::Public => "public",
+            AppClient::Confidential => "confidential",
+        };
+        let body = serde_json::json!({"name": name, "oauth": {"type": kind, "redirectUris": ["http://127.0.0.1/cb"]}});
+        let (status, _, app) = self
+            .api(reqwest::Method::POST, "/applications", admin, Some(body))
+            .await;
+        assert_eq!(status, 201, "{app}");
+        app
+    }
+
+    /// Creates an integration from `body` and attaches it to `app`: (id, slug).
+    pub async fn attach_integration(
+        &self,
+        admin: &str,
+        app: ApplicationId,
+        body: Value,
+    ) -> (IntegrationId, String) {
+        let (status, _, i) = self
+            .api(reqwest::Method::POST, "/integrations", admin, Some(body))
+            .await;
+        assert_eq!(status, 201, "{i}");
+        let id = i["integration"]["id"].as_str().unwrap().to_owned();
+        let path = format!("/applications/{app}/integrations/{id}");
+        let (status, _, _) = self.api(reqwest::Method::POST, &path, admin, None).await;
+        assert_eq!(status, 204);
+        (
+            id.parse().unwrap(),
+            i["integration"]["slug"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// Sends a management request and returns `(status, headers, body)`.

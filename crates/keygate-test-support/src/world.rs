@@ -4,8 +4,7 @@
 use keygate_core::config::Config;
 use keygate_core::model::Role;
 use keygate_core::{ApplicationId, IntegrationId, UserId};
-use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{Backend, TestGateway};
 
@@ -43,15 +42,7 @@ impl McpWorld {
         })
         .await;
         let admin = gw.admin_token().await;
-        let kind = match client {
-            AppClient::Public => "public",
-            AppClient::Confidential => "confidential",
-        };
-        let body = json!({"name": "Agents", "oauth": {"type": kind, "redirectUris": ["http://127.0.0.1/cb"]}});
-        let (status, _, app) = gw
-            .api(Method::POST, "/applications", &admin, Some(body))
-            .await;
-        assert_eq!(status, 201, "{app}");
+        let app = gw.create_application(&admin, "Agents", client).await;
         let id: ApplicationId = app["application"]["id"].as_str().unwrap().parse().unwrap();
         let mut users = Vec::new();
         for email in ["alice@example.com", "bob@example.com"] {
@@ -74,19 +65,9 @@ impl McpWorld {
 
     /// Creates an integration from `body` and attaches it to the application: (id, slug).
     pub async fn integration(&self, body: Value) -> (IntegrationId, String) {
-        let (status, _, i) = self
-            .gw
-            .api(Method::POST, "/integrations", &self.admin, Some(body))
-            .await;
-        assert_eq!(status, 201, "{i}");
-        let id = i["integration"]["id"].as_str().unwrap().to_owned();
-        let path = format!("/applications/{}/integrations/{id}", self.app);
-        let (status, _, _) = self.gw.api(Method::POST, &path, &self.admin, None).await;
-        assert_eq!(status, 204);
-        (
-            id.parse().unwrap(),
-            i["integration"]["slug"].as_str().unwrap().to_owned(),
-        )
+        self.gw
+            .attach_integration(&self.admin, self.app, body)
+            .await
     }
 
     /// `user`'s access token for the aggregated endpoint (it opens the pass-through ones too).
