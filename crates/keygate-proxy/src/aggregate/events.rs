@@ -52,16 +52,8 @@ pub fn map_event(
     rebuild(text, mapped.as_deref(), new_id.as_deref())
 }
 
-/// An event with its `id` replaced.
-pub fn with_id(event: &[u8], id: &str) -> Bytes {
-    match std::str::from_utf8(event) {
-        Ok(text) => rebuild(text, None, Some(id)),
-        Err(_) => Bytes::copy_from_slice(event),
-    }
-}
-
 /// The `id` field of an event, if it has one.
-pub fn event_id(event: &[u8]) -> Option<&str> {
+fn event_id(event: &[u8]) -> Option<&str> {
     std::str::from_utf8(event)
         .ok()?
         .lines()
@@ -166,9 +158,7 @@ mod tests {
         let primed = map_event(b"id: 7\ndata:\n\n", |v| v, |_| "c".into());
         assert_eq!(&primed[..], b"data:\nid: c\n\n");
         assert_eq!(event_id(b"event: x\nid:9\ndata: 1\n\n"), Some("9"));
-        assert_eq!(
-            &with_id(b"id: 9\ndata: 1\n\n", "z")[..],
-            b"data: 1\nid: z\n\n"
-        );
+        let renumbered = map_event(b"id: 9\ndata: 1\n\n", |v| v, |_| "z".into());
+        assert_eq!(&renumbered[..], b"id: z\ndata: 1\n\n");
     }
 }

@@ -39,7 +39,7 @@ use keygate_core::IntegrationId;
 use serde_json::{Value, json};
 
 use self::cursor::Cursor;
-use self::events::{MapEvents, event_id, map_event, with_id};
+use self::events::{MapEvents, map_event};
 use self::session::AggregatedSession;
 use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send};
 use crate::ProxyState;
@@ -537,7 +537,7 @@ async fn merged_stream(
     cursor: Cursor,
 ) -> Result<Response, ProxyError> {
     let members = members(state, caller).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<(IntegrationId, Bytes)>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<(IntegrationId, Arc<str>, Bytes)>(64);
     let mut opened = 0;
     for m in &members {
         let Some(up) = session.legacy(m.integration.id) else {
@@ -555,14 +555,13 @@ async fn merged_stream(
         }
         opened += 1;
         let (tx, integration) = (tx.clone(), m.integration.id);
-        let namespace = namespace_request(m.integration.slug.as_str().into());
-        let mut body = MapEvents::new(resp.into_body(), move |event: &[u8]| {
-            map_event(event, &namespace, str::to_owned)
-        });
+        let slug: Arc<str> = m.integration.slug.as_str().into();
+        // Split into whole events here; the consumer rewrites them.
+        let mut body = MapEvents::new(resp.into_body(), Bytes::copy_from_slice);
         tokio::spawn(async move {
             while let Some(Ok(frame)) = body.frame().await {
                 if let Ok(event) = frame.into_data()
-                    && tx.send((integration, event)).await.is_err()
+                    && tx.send((integration, slug.clone(), event)).await.is_err()
                 {
                     break; // the client went away
                 }
@@ -575,14 +574,11 @@ async fn merged_stream(
     drop(tx);
     // One consumer stamps the ids, so they advance in the order the client receives events.
     let stream = futures_util::stream::unfold((rx, cursor), |(mut rx, mut cursor)| async move {
-        let (integration, event) = rx.recv().await?;
-        let event = match event_id(&event) {
-            Some(id) => {
-                cursor.advance(integration, id);
-                with_id(&event, &cursor.encode())
-            }
-            None => event,
-        };
+        let (integration, slug, event) = rx.recv().await?;
+        let event = map_event(&event, namespace_request(slug), |id| {
+            cursor.advance(integration, id);
+            cursor.encode()
+        });
         Some((Ok::<_, std::io::Error>(event), (rx, cursor)))
     });
     let mut resp = Response::new(Body::new(KeepAlive::new(Body::from_stream(stream))));
