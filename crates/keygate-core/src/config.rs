@@ -13,6 +13,10 @@ use url::Url;
 pub struct Config {
     /// Address the gateway listens on.
     pub listen: Option<SocketAddr>,
+    /// Limits on the sockets clients open (slow and idle clients, descriptor exhaustion).
+    pub server: ServerConfig,
+    /// Rules shared by every MCP endpoint.
+    pub mcp: McpConfig,
     /// URL clients use to reach the gateway; defaults to `http://{listen}`.
     pub public_url: Option<Url>,
     /// Directory for the embedded database and the generated vault key.
@@ -37,6 +41,31 @@ pub struct Config {
     pub traces: TracesConfig,
     /// OpenTelemetry export and Prometheus metrics.
     pub telemetry: TelemetryConfig,
+}
+
+/// Listener limits: what a slow, idle or flooding client can hold.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Seconds a client has to send a request's complete headers, from when the connection
+    /// opens or the previous response ended; then the connection is closed.
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds an idle keep-alive connection (no request in flight) stays open.
+    pub idle_timeout_secs: Option<u64>,
+    /// Open client connections at most; one more is refused at once (and logged). Default:
+    /// the open-files limit (raised to its hard limit at start) less a reserve for the database,
+    /// upstream connections and files.
+    pub max_connections: Option<u32>,
+}
+
+/// Settings every MCP endpoint shares.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// Browser origins (`https://app.example.com`) allowed besides the public URL's own. A
+    /// request with any other `Origin` header gets 403 (DNS-rebinding protection); requests
+    /// without one (non-browser clients) are served.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Trace event settings.
@@ -108,6 +137,12 @@ pub struct ProxyConfig {
     /// Seconds an upstream may take to send response headers before the client gets 504.
     /// Streams have no total timeout once they started.
     pub upstream_header_timeout_secs: Option<u64>,
+    /// Seconds a streamed upstream answer may stay silent (no byte, keep-alives included)
+    /// before the gateway ends it; the client may resume with `Last-Event-ID`.
+    pub stream_idle_timeout_secs: Option<u64>,
+    /// Seconds each upstream gets to answer its part of an aggregated fan-out (`initialize`,
+    /// `tools/list`, …); one that misses it is left out of that answer and asked again later.
+    pub fanout_timeout_secs: Option<u64>,
 }
 
 /// Outbound request settings (the SSRF guard).
@@ -155,6 +190,9 @@ pub struct VaultConfig {
 pub struct AuthConfig {
     /// Lifetime of issued access tokens, in seconds.
     pub access_token_ttl_secs: Option<u64>,
+    /// Seconds a connect link (`/oauth/connect?session=…`) stays usable; it is single-use and
+    /// only for the user it was minted for.
+    pub connect_link_ttl_secs: Option<u64>,
 }
 
 /// Management API settings.
@@ -182,6 +220,10 @@ pub enum FieldKind {
 /// environment variable (`database.url` → `KEYGATE_DATABASE_URL`).
 pub const FIELDS: &[(&str, FieldKind)] = &[
     ("listen", FieldKind::String),
+    ("server.header_read_timeout_secs", FieldKind::Integer),
+    ("server.idle_timeout_secs", FieldKind::Integer),
+    ("server.max_connections", FieldKind::Integer),
+    ("mcp.allowed_origins", FieldKind::StringList),
     ("public_url", FieldKind::String),
     ("data_dir", FieldKind::String),
     ("log.format", FieldKind::String),
@@ -191,10 +233,13 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("vault.key", FieldKind::String),
     ("vault.key_file", FieldKind::String),
     ("auth.access_token_ttl_secs", FieldKind::Integer),
+    ("auth.connect_link_ttl_secs", FieldKind::Integer),
     ("api.rate_limit_per_minute", FieldKind::Integer),
     ("api.max_body_bytes", FieldKind::Integer),
     ("outbound.allowed_private_hosts", FieldKind::StringList),
     ("proxy.upstream_header_timeout_secs", FieldKind::Integer),
+    ("proxy.stream_idle_timeout_secs", FieldKind::Integer),
+    ("proxy.fanout_timeout_secs", FieldKind::Integer),
     ("upstream_oauth.refresh_skew_secs", FieldKind::Integer),
     ("traces.enabled", FieldKind::Bool),
     ("traces.capture", FieldKind::String),
@@ -241,6 +286,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 pub const DEFAULT_UPSTREAM_HEADER_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_REFRESH_SKEW_SECS: u64 = 60;
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_STREAM_IDLE_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_FANOUT_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_CONNECT_LINK_TTL_SECS: u64 = 600;
 pub const DEFAULT_TRACE_MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 pub const DEFAULT_TRACE_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_TRACE_QUEUE_CAPACITY: usize = 20_000;
@@ -296,6 +346,36 @@ impl Config {
         self.upstream_oauth
             .refresh_skew_secs
             .unwrap_or(DEFAULT_REFRESH_SKEW_SECS)
+    }
+
+    pub fn header_read_timeout_secs(&self) -> u64 {
+        self.server
+            .header_read_timeout_secs
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS)
+    }
+
+    pub fn idle_timeout_secs(&self) -> u64 {
+        self.server
+            .idle_timeout_secs
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS)
+    }
+
+    pub fn stream_idle_timeout_secs(&self) -> u64 {
+        self.proxy
+            .stream_idle_timeout_secs
+            .unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_SECS)
+    }
+
+    pub fn fanout_timeout_secs(&self) -> u64 {
+        self.proxy
+            .fanout_timeout_secs
+            .unwrap_or(DEFAULT_FANOUT_TIMEOUT_SECS)
+    }
+
+    pub fn connect_link_ttl_secs(&self) -> u64 {
+        self.auth
+            .connect_link_ttl_secs
+            .unwrap_or(DEFAULT_CONNECT_LINK_TTL_SECS)
     }
 
     pub fn max_connections(&self) -> u32 {
@@ -441,6 +521,61 @@ impl Config {
                 "proxy.upstream_header_timeout_secs",
                 "must be between 1 and 3600",
             ));
+        }
+        for (field, value, range) in [
+            (
+                "server.header_read_timeout_secs",
+                self.header_read_timeout_secs(),
+                1..=300,
+            ),
+            (
+                "server.idle_timeout_secs",
+                self.idle_timeout_secs(),
+                1..=3600,
+            ),
+            (
+                "proxy.stream_idle_timeout_secs",
+                self.stream_idle_timeout_secs(),
+                1..=86_400,
+            ),
+            (
+                "proxy.fanout_timeout_secs",
+                self.fanout_timeout_secs(),
+                1..=300,
+            ),
+            (
+                "auth.connect_link_ttl_secs",
+                self.connect_link_ttl_secs(),
+                30..=86_400,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ));
+            }
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        for origin in &self.mcp.allowed_origins {
+            let ok = Url::parse(origin).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && !origin.ends_with('/')
+            });
+            if !ok {
+                return Err(ConfigError::new(
+                    "mcp.allowed_origins",
+                    format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
+                ));
+            }
         }
         if self.refresh_skew_secs() > 3600 {
             return Err(ConfigError::new(
