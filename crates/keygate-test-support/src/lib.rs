@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod fake_oauth;
 pub mod fake_upstream;
+pub mod fuzz;
 pub mod world;
 
 use std::time::Duration;

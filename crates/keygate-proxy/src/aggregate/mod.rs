@@ -131,6 +131,13 @@ async fn read_message(
         return Err(invalid("JSON-RPC batches are not supported"));
     }
     ex.set_message(&message);
+    // Everything below reads (and rewrites) the message as an object with object params.
+    if !message.is_object() {
+        return Err(invalid("A JSON-RPC message is an object"));
+    }
+    if message.get("params").is_some_and(|p| !p.is_object()) {
+        return Err(invalid("MCP params are an object"));
+    }
     Ok(message)
 }
 
