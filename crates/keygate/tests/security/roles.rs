@@ -50,8 +50,15 @@ async fn member_cannot_create_applications(backend: Backend) {
     let (status, _, answer) =
         w.gw.api(Method::POST, "/applications", &alice, Some(body.clone()))
             .await;
-    assert_eq!((status, &answer["error"]), (403, &json!("forbidden")), "{answer}");
-    for (email, role) in [("admin@example.com", Role::Admin), ("owner@example.com", Role::Owner)] {
+    assert_eq!(
+        (status, &answer["error"]),
+        (403, &json!("forbidden")),
+        "{answer}"
+    );
+    for (email, role) in [
+        ("admin@example.com", Role::Admin),
+        ("owner@example.com", Role::Owner),
+    ] {
         let token = w.gw.management_token(user(&w, email, role).await).await;
         let (status, _, answer) =
             w.gw.api(Method::POST, "/applications", &token, Some(body.clone()))
@@ -63,34 +70,35 @@ async fn member_cannot_create_applications(backend: Backend) {
 async fn member_cannot_change_attachments(backend: Backend) {
     let w = McpWorld::start(backend, AppClient::Public, |_| {}).await;
     let (attached, _) = w
-        .integration(json!({"name": "Attached", "url": "https://a.example.com/", "authMode": "user_token"}))
+        .integration(
+            json!({"name": "Attached", "url": "https://a.example.com/", "authMode": "user_token"}),
+        )
         .await;
     let (_, _, spare) =
         w.gw.api(Method::POST, "/integrations", &w.admin, Some(json!({"name": "Spare", "url": "https://s.example.com/", "authMode": "server_token", "serverToken": "org-secret"})))
             .await;
     let spare = spare["integration"]["id"].as_str().unwrap().to_owned();
     // An application Alice owns (created before members lost that right) and an admin's.
-    let own = w
-        .gw
-        .store
-        .create_application(
-            w.gw.org,
-            keygate_store::NewApplication {
-                name: "Alice's".into(),
-                owner_user_id: Some(w.alice),
-                oauth: OAuthClient {
-                    client_type: ClientType::Public,
-                    redirect_uris: vec!["http://127.0.0.1/cb".into()],
-                    pkce_required: true,
-                    scopes: vec![],
-                    allowed_resources: vec![],
+    let own =
+        w.gw.store
+            .create_application(
+                w.gw.org,
+                keygate_store::NewApplication {
+                    name: "Alice's".into(),
+                    owner_user_id: Some(w.alice),
+                    oauth: OAuthClient {
+                        client_type: ClientType::Public,
+                        redirect_uris: vec!["http://127.0.0.1/cb".into()],
+                        pkce_required: true,
+                        scopes: vec![],
+                        allowed_resources: vec![],
+                    },
+                    client_secret_hash: None,
                 },
-                client_secret_hash: None,
-            },
-        )
-        .await
-        .unwrap()
-        .id;
+            )
+            .await
+            .unwrap()
+            .id;
     w.gw.store
         .attach_integrations(w.gw.org, own, &[attached], false)
         .await
@@ -98,8 +106,16 @@ async fn member_cannot_change_attachments(backend: Backend) {
     let alice = w.gw.management_token(w.alice).await;
     for app in [own, w.app] {
         let changes = [
-            (Method::POST, format!("/applications/{app}/integrations/{spare}"), None),
-            (Method::DELETE, format!("/applications/{app}/integrations/{attached}"), None),
+            (
+                Method::POST,
+                format!("/applications/{app}/integrations/{spare}"),
+                None,
+            ),
+            (
+                Method::DELETE,
+                format!("/applications/{app}/integrations/{attached}"),
+                None,
+            ),
             (
                 Method::PUT,
                 format!("/applications/{app}/integrations"),
@@ -138,7 +154,11 @@ async fn member_sees_only_her_own_agent_sessions(backend: Backend) {
     let (status, _, answer) =
         w.gw.api(Method::GET, &format!("{path}/{bobs}"), &alice, None)
             .await;
-    assert_eq!((status, &answer["error"]), (404, &json!("not_found")), "{answer}");
+    assert_eq!(
+        (status, &answer["error"]),
+        (404, &json!("not_found")),
+        "{answer}"
+    );
     // An admin sees both.
     let (_, _, list) = w.gw.api(Method::GET, &path, &w.admin, None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
@@ -193,10 +213,9 @@ fn route(method: Method, path: String, body: Option<Value>, codes: [u16; 3]) -> 
 /// destructive routes last.
 async fn routes(w: &McpWorld, label: &str) -> Vec<Route> {
     use Method as M;
-    let app = w
-        .gw
-        .create_application(&w.admin, &format!("App {label}"), AppClient::Confidential)
-        .await;
+    let app =
+        w.gw.create_application(&w.admin, &format!("App {label}"), AppClient::Confidential)
+            .await;
     let app: ApplicationId = app["application"]["id"].as_str().unwrap().parse().unwrap();
     // Validation probes a closed loopback port: a quick, recorded failure.
     let (keys, _) = w
@@ -209,8 +228,13 @@ async fn routes(w: &McpWorld, label: &str) -> Vec<Route> {
             .await;
     let spare = spare["integration"]["id"].as_str().unwrap().to_owned();
     let (_, _, sa) =
-        w.gw.api(M::POST, "/service-accounts", &w.admin, Some(json!({"name": format!("robot {label}")})))
-            .await;
+        w.gw.api(
+            M::POST,
+            "/service-accounts",
+            &w.admin,
+            Some(json!({"name": format!("robot {label}")})),
+        )
+        .await;
     let sa = sa["serviceAccount"]["id"].as_str().unwrap().to_owned();
     agent_session(w, w.alice, app).await;
     let bobs = agent_session(w, w.bob, app).await;
@@ -222,43 +246,128 @@ async fn routes(w: &McpWorld, label: &str) -> Vec<Route> {
     let bob = w.bob;
     vec![
         route(M::GET, "/applications".into(), None, [200, 200, 200]),
-        route(M::GET, "/applications?all=true".into(), None, [403, 200, 200]),
-        route(M::POST, "/applications".into(), Some(new_app), [403, 201, 201]),
-        route(M::GET, "/applications/access-graph".into(), None, [403, 200, 200]),
+        route(
+            M::GET,
+            "/applications?all=true".into(),
+            None,
+            [403, 200, 200],
+        ),
+        route(
+            M::POST,
+            "/applications".into(),
+            Some(new_app),
+            [403, 201, 201],
+        ),
+        route(
+            M::GET,
+            "/applications/access-graph".into(),
+            None,
+            [403, 200, 200],
+        ),
         route(M::GET, a.clone(), None, [200, 200, 200]),
-        route(M::PATCH, a.clone(), Some(json!({"name": "Renamed"})), [403, 200, 200]),
+        route(
+            M::PATCH,
+            a.clone(),
+            Some(json!({"name": "Renamed"})),
+            [403, 200, 200],
+        ),
         route(M::GET, format!("{a}/oauth"), None, [200, 200, 200]),
-        route(M::PATCH, format!("{a}/oauth"), Some(json!({"scopes": ["read"]})), [403, 200, 200]),
+        route(
+            M::PATCH,
+            format!("{a}/oauth"),
+            Some(json!({"scopes": ["read"]})),
+            [403, 200, 200],
+        ),
         route(M::POST, format!("{a}/rotate-secret"), None, [403, 200, 200]),
         route(M::GET, format!("{a}/integrations"), None, [200, 200, 200]),
-        route(M::PUT, format!("{a}/integrations"), Some(json!({"integrationIds": [keys, spare]})), [403, 200, 200]),
-        route(M::DELETE, format!("{a}/integrations/{spare}"), None, [403, 204, 204]),
-        route(M::POST, format!("{a}/integrations/{spare}"), None, [403, 204, 204]),
+        route(
+            M::PUT,
+            format!("{a}/integrations"),
+            Some(json!({"integrationIds": [keys, spare]})),
+            [403, 200, 200],
+        ),
+        route(
+            M::DELETE,
+            format!("{a}/integrations/{spare}"),
+            None,
+            [403, 204, 204],
+        ),
+        route(
+            M::POST,
+            format!("{a}/integrations/{spare}"),
+            None,
+            [403, 204, 204],
+        ),
         route(M::GET, format!("{a}/sessions"), None, [200, 200, 200]),
-        route(M::GET, format!("{a}/sessions/{bobs}"), None, [404, 200, 200]),
+        route(
+            M::GET,
+            format!("{a}/sessions/{bobs}"),
+            None,
+            [404, 200, 200],
+        ),
         route(M::GET, "/integrations".into(), None, [200, 200, 200]),
-        route(M::POST, "/integrations".into(), Some(new_integration), [403, 201, 201]),
+        route(
+            M::POST,
+            "/integrations".into(),
+            Some(new_integration),
+            [403, 201, 201],
+        ),
         route(M::GET, i.clone(), None, [200, 200, 200]),
-        route(M::PATCH, i.clone(), Some(json!({"name": format!("Keys {label}!")})), [403, 200, 200]),
+        route(
+            M::PATCH,
+            i.clone(),
+            Some(json!({"name": format!("Keys {label}!")})),
+            [403, 200, 200],
+        ),
         route(M::POST, format!("{i}/validate"), None, [403, 200, 200]),
-        route(M::GET, format!("/integrations/{spare}/oauth"), None, [403, 200, 200]),
-        route(M::PUT, format!("/integrations/{spare}/oauth"), Some(oauth_body()), [403, 200, 200]),
+        route(
+            M::GET,
+            format!("/integrations/{spare}/oauth"),
+            None,
+            [403, 200, 200],
+        ),
+        route(
+            M::PUT,
+            format!("/integrations/{spare}/oauth"),
+            Some(oauth_body()),
+            [403, 200, 200],
+        ),
         route(M::DELETE, format!("{i}/oauth"), None, [403, 204, 204]),
-        route(M::POST, format!("{i}/connection"), Some(json!({"token": "personal"})), [200, 200, 403]),
+        route(
+            M::POST,
+            format!("{i}/connection"),
+            Some(json!({"token": "personal"})),
+            [200, 200, 403],
+        ),
         route(M::GET, format!("{i}/connection"), None, [200, 200, 403]),
         route(M::DELETE, format!("{i}/connection"), None, [204, 204, 403]),
         route(M::GET, "/service-accounts".into(), None, [403, 200, 200]),
-        route(M::POST, "/service-accounts".into(), Some(json!({"name": format!("new {label}")})), [403, 201, 201]),
+        route(
+            M::POST,
+            "/service-accounts".into(),
+            Some(json!({"name": format!("new {label}")})),
+            [403, 201, 201],
+        ),
         route(M::GET, s.clone(), None, [403, 200, 200]),
         route(M::POST, format!("{s}/rotate-secret"), None, [403, 200, 200]),
         route(M::DELETE, s.clone(), None, [403, 204, 204]),
         route(M::GET, "/traces".into(), None, [200, 200, 200]),
-        route(M::GET, format!("/traces?userId={bob}"), None, [403, 200, 200]),
+        route(
+            M::GET,
+            format!("/traces?userId={bob}"),
+            None,
+            [403, 200, 200],
+        ),
         route(M::GET, "/traces/stats".into(), None, [200, 200, 200]),
         route(M::GET, "/events".into(), None, [200, 200, 200]),
         route(M::GET, "/mcp-events".into(), None, [200, 200, 403]),
         route(M::DELETE, format!("{a}/sessions"), None, [200, 200, 200]),
-        route(M::DELETE, format!("/integrations/{spare}"), None, [403, 204, 204]),
+        route(
+            M::DELETE,
+            format!("/integrations/{spare}"),
+            None,
+            [403, 204, 204],
+        ),
         route(M::DELETE, a, None, [403, 204, 204]),
     ]
 }
@@ -292,7 +401,10 @@ async fn every_management_route_follows_the_role_matrix(backend: Backend) {
                 _ => true,
             };
             if status != want || !code_ok {
-                wrong.push(format!("{who}: {} {} → {status} (want {want}) {body}", r.method, r.path));
+                wrong.push(format!(
+                    "{who}: {} {} → {status} (want {want}) {body}",
+                    r.method, r.path
+                ));
             }
         }
     }

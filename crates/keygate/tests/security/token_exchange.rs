@@ -48,7 +48,10 @@ async fn exchange(
         None => form.push(("client_id", client.0)),
     }
     let resp = req.form(&form).send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
 }
 
 /// A `user_token` integration named `name`, attached to `app`, holding Alice's and Bob's own
@@ -84,17 +87,20 @@ async fn org_server(w: &McpWorld, app: ApplicationId) -> String {
 
 /// A second application with a confidential client: `(id, client_id, secret)`.
 async fn other_confidential_app(w: &McpWorld) -> (ApplicationId, String, String) {
-    let app = w
-        .gw
-        .create_application(&w.admin, "Other", AppClient::Confidential)
-        .await;
+    let app =
+        w.gw.create_application(&w.admin, "Other", AppClient::Confidential)
+            .await;
     let id: ApplicationId = app["application"]["id"].as_str().unwrap().parse().unwrap();
     let secret = app["oauth"]["clientSecret"].as_str().unwrap().to_owned();
     (id, id.client_id(), secret)
 }
 
 fn assert_refused(status: u16, body: &Value, want: (u16, &str)) {
-    assert_eq!((status, body["error"].as_str()), (want.0, Some(want.1)), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (want.0, Some(want.1)),
+        "{body}"
+    );
     let text = body.to_string();
     for secret in ["alice-key", "bob-key", SERVER_TOKEN] {
         assert!(!text.contains(secret), "{text}");
@@ -128,7 +134,11 @@ async fn confidential_client_must_present_its_secret(backend: Backend) {
     }
     let secret = w.app_secret.as_deref();
     let (status, body) = exchange(&w, (&client, secret), &alice, ACCESS, &keys).await;
-    assert_eq!((status, &body["access_token"]), (200, &json!("alice-key")), "{body}");
+    assert_eq!(
+        (status, &body["access_token"]),
+        (200, &json!("alice-key")),
+        "{body}"
+    );
 }
 
 async fn only_a_token_issued_to_this_application_is_a_subject(backend: Backend) {
@@ -156,20 +166,36 @@ async fn member_cannot_wire_an_integration_into_an_application_to_exchange_it(ba
     let mallory = w.gw.management_token(w.alice).await;
     // She may not create an application of her own…
     let body = json!({"name": "Mine", "oauth": {"type": "public", "redirectUris": ["http://127.0.0.1/cb"]}});
-    let (status, _, answer) = w.gw.api(Method::POST, "/applications", &mallory, Some(body)).await;
-    assert_eq!((status, &answer["error"]), (403, &json!("forbidden")), "{answer}");
+    let (status, _, answer) =
+        w.gw.api(Method::POST, "/applications", &mallory, Some(body))
+            .await;
+    assert_eq!(
+        (status, &answer["error"]),
+        (403, &json!("forbidden")),
+        "{answer}"
+    );
     // …nor attach another application's integrations to one she can sign in to.
     for integration in [&server, &keys] {
         let path = format!("/applications/{}/integrations/{integration}", w.app);
         let (status, _, answer) = w.gw.api(Method::POST, &path, &mallory, None).await;
-        assert_eq!((status, &answer["error"]), (403, &json!("forbidden")), "{answer}");
+        assert_eq!(
+            (status, &answer["error"]),
+            (403, &json!("forbidden")),
+            "{answer}"
+        );
     }
     // So the exchange through this application finds them unattached.
     let client = (w.app.client_id(), w.app_secret.clone());
     let alice = w.token(w.alice).await;
     for integration in [&server, &keys] {
-        let (status, body) =
-            exchange(&w, (&client.0, client.1.as_deref()), &alice, ACCESS, integration).await;
+        let (status, body) = exchange(
+            &w,
+            (&client.0, client.1.as_deref()),
+            &alice,
+            ACCESS,
+            integration,
+        )
+        .await;
         assert_refused(status, &body, (400, "invalid_target"));
         assert_eq!(body["failure_reason"], "not_attached_to_application");
     }
@@ -196,9 +222,17 @@ async fn exchange_releases_only_the_callers_own_credential(backend: Backend) {
     let alice = w.token(w.alice).await;
     let bob = w.token(w.bob).await;
     let (status, body) = exchange(&w, client, &alice, ACCESS, &keys).await;
-    assert_eq!((status, &body["access_token"]), (200, &json!("alice-key")), "{body}");
+    assert_eq!(
+        (status, &body["access_token"]),
+        (200, &json!("alice-key")),
+        "{body}"
+    );
     let (status, body) = exchange(&w, client, &bob, ACCESS, &keys).await;
-    assert_eq!((status, &body["access_token"]), (200, &json!("bob-key")), "{body}");
+    assert_eq!(
+        (status, &body["access_token"]),
+        (200, &json!("bob-key")),
+        "{body}"
+    );
     // Alice's token never yields Bob's key, however Bob is named.
     let (status, body) = exchange(&w, client, &w.bob.to_string(), USER_ID, &keys).await;
     assert_refused(status, &body, (400, "invalid_request"));
