@@ -22,8 +22,8 @@ pub struct Caller {
 
 #[derive(Clone, Debug)]
 pub enum CallerKind {
-    /// Service accounts administer the whole organization; they act for a user (their
-    /// `actingUserId`) only where a user is needed, such as personal connections.
+    /// Service accounts administer the whole organization, as an admin does; they act for a
+    /// user (their `actingUserId`) only where a user is needed, such as personal connections.
     ServiceAccount {
         id: ServiceAccountId,
         acting_user: Option<UserId>,
@@ -40,6 +40,16 @@ impl Caller {
         match &self.kind {
             CallerKind::ServiceAccount { .. } => true,
             CallerKind::User { role, .. } => role.is_privileged(),
+        }
+    }
+
+    /// Whose agent sessions the caller may see and revoke: `None` for the whole
+    /// organization (owners, admins, service accounts), a member's own id otherwise.
+    pub fn restricted_to(&self) -> Option<UserId> {
+        match &self.kind {
+            CallerKind::ServiceAccount { .. } => None,
+            CallerKind::User { role, .. } if role.is_privileged() => None,
+            CallerKind::User { id, .. } => Some(*id),
         }
     }
 
@@ -60,6 +70,8 @@ impl Caller {
         })
     }
 
+    /// Managing the organization (applications, attachments, integrations, service accounts)
+    /// is for owners, admins and service accounts; members get 403.
     pub fn require_privileged(&self) -> Result<(), ApiError> {
         if self.is_privileged() {
             Ok(())

@@ -1,14 +1,15 @@
 //! Token exchange (RFC 8693) at `/oauth2/token`: credential brokering without proxying.
 //!
-//! An application's client presents its user's gateway access token (or, when the client is
-//! confidential, the user's id) as `subject_token`, and names an integration attached to the
-//! application as `resource` (its id, slug or URL). The answer carries that user's upstream
-//! credential — a fresh OAuth access token, a pasted personal token, or the organization's
-//! server token — never anyone else's.
+//! An application's **confidential** client, authenticated with its secret, presents a gateway
+//! access token that its user obtained through that same application as `subject_token`, and
+//! names an integration attached to the application as `resource` (its id, slug or URL). The
+//! answer carries that user's own upstream credential — a fresh OAuth access token or a pasted
+//! personal token — never anyone else's. A `server_token` is the organization's credential and
+//! is never exchanged: a server that needs it is configured with it directly. Public clients
+//! cannot authenticate, so they cannot exchange at all.
 
 use keygate_core::model::{Application, AuthMode, Integration};
 use keygate_core::{Secret, Timestamp, UserId};
-use keygate_store::StoreError;
 
 use crate::broker::BrokerError;
 use crate::clients::{Client, ClientKind};
@@ -19,8 +20,6 @@ use crate::token::{TokenRequest, TokenResponse};
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// A gateway access token (the user's, issued to this application).
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-/// A keygate user id; only confidential applications may assert one.
-pub const USER_ID_TYPE: &str = "urn:keygate:params:oauth:token-type:user-id";
 
 fn invalid_grant(why: &str) -> OAuthError {
     OAuthError::InvalidGrant(why.to_owned())
@@ -31,6 +30,11 @@ pub async fn token_exchange(
     req: &TokenRequest,
     client: &Client,
 ) -> Result<TokenResponse, OAuthError> {
+    // The caller has authenticated (`Client::authenticate`); a public client did so without a
+    // secret, which is no authentication at all for handing out credentials.
+    if client.is_public() {
+        return Err(OAuthError::InvalidClient { basic: false });
+    }
     let ClientKind::Application(app) = &client.kind else {
         return Err(OAuthError::UnauthorizedClient(
             "only an application's client can exchange tokens".into(),
@@ -41,25 +45,10 @@ pub async fn token_exchange(
         .ok_or_else(|| OAuthError::InvalidRequest("subject_token is required".into()))?;
     let user = match req.get("subject_token_type") {
         Some(ACCESS_TOKEN_TYPE) => token_subject(state, client, app, subject).await?,
-        Some(USER_ID_TYPE) if !client.is_public() => {
-            let id: UserId = subject
-                .parse()
-                .map_err(|_| invalid_grant("subject_token is not a user id"))?;
-            match state.store.get_user(app.org_id, id).await {
-                Ok(u) => u.id,
-                Err(StoreError::NotFound) => return Err(invalid_grant("unknown user")),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Some(USER_ID_TYPE) => {
-            return Err(OAuthError::UnauthorizedClient(
-                "only confidential applications may name a user".into(),
-            ));
-        }
         Some(_) => {
-            return Err(OAuthError::InvalidRequest(
-                "unsupported subject_token_type".into(),
-            ));
+            return Err(OAuthError::InvalidRequest(format!(
+                "subject_token_type must be {ACCESS_TOKEN_TYPE}"
+            )));
         }
         None => {
             return Err(OAuthError::InvalidRequest(
@@ -95,21 +84,21 @@ pub async fn token_exchange(
             Err(BrokerError::Store(e)) => return Err(e.into()),
             Err(e) => return Err(OAuthError::Server(e.to_string())),
         },
-        AuthMode::UserToken | AuthMode::ServerToken => {
-            match state
-                .store
-                .upstream_credential(&integration, Some(user))
-                .await?
-            {
-                Some(secret) => (secret, None),
-                None if integration.auth_mode == AuthMode::ServerToken => {
-                    return Err(OAuthError::TargetRefused {
-                        reason: "server_token_missing",
-                        message: "the integration has no server token".into(),
-                    });
-                }
-                None => return Err(required("not_connected").await),
-            }
+        AuthMode::UserToken => match state
+            .store
+            .upstream_credential(&integration, Some(user))
+            .await?
+        {
+            Some(secret) => (secret, None),
+            None => return Err(required("not_connected").await),
+        },
+        AuthMode::ServerToken => {
+            return Err(OAuthError::TargetRefused {
+                reason: "server_token_not_exchangeable",
+                message: "a server token is the organization's credential, not a user's; \
+                          configure the server with it directly"
+                    .into(),
+            });
         }
         AuthMode::None => {
             return Err(OAuthError::TargetRefused {

@@ -20,7 +20,9 @@ pub use db::{Backend, Db};
 pub use error::StoreError;
 pub use page::{Cursor, Page, PageRequest};
 pub use repo::access_graph::{AccessGraph, GraphEdge, GraphNode};
-pub use repo::applications::{ApplicationPatch, NewApplication, OAuthClientPatch};
+pub use repo::applications::{
+    ApplicationFilter, ApplicationPatch, NewApplication, OAuthClientPatch,
+};
 pub use repo::integrations::{IntegrationPatch, NewIntegration};
 pub use repo::keys::StoredSigningKey;
 pub use repo::oauth::{AuthorizationCode, AuthorizationRequest, RefreshToken, RegisteredClient};

@@ -247,6 +247,27 @@ impl TestGateway {
         })
     }
 
+    /// A user's own management API token, as the first-party `keygate` client obtains it
+    /// (`aud` = `{url}/api/v1`, no agent session).
+    pub async fn management_token(&self, user: keygate_core::UserId) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        self.keys.sign(&keygate_auth::Claims {
+            iss: self.url.clone(),
+            sub: user.to_string(),
+            aud: format!("{}/api/v1", self.url),
+            client_id: keygate_auth::clients::FIRST_PARTY_CLIENT_ID.to_owned(),
+            scope: String::new(),
+            org: self.org,
+            sid: None,
+            iat: now,
+            exp: now + 600,
+            jti: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
     /// Creates a service account in `org` and returns `(clientId, clientSecret)`.
     pub async fn service_account_in(&self, org: OrgId, name: &str) -> (String, String) {
         let secret = keygate_auth::secret::generate_client_secret();

@@ -424,8 +424,9 @@ async fn token_exchange_hands_out_the_right_users_credential(backend: Backend) {
     assert!(w.provider.is_valid(body["access_token"].as_str().unwrap()));
     assert!(body["expires_in"].as_u64().unwrap() <= ACCESS_TTL.as_secs());
 
-    // A confidential application may name its user directly.
-    let (_, body) = exchange(
+    // Refused: naming a user instead of presenting her token (no user's credential without her
+    // token from this application).
+    let (status, body) = exchange(
         &w,
         client,
         &w.bob.to_string(),
@@ -433,7 +434,11 @@ async fn token_exchange_hands_out_the_right_users_credential(backend: Backend) {
         &pat_id.to_string(),
     )
     .await;
-    assert_eq!(body["access_token"], "bob-key", "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
 
     // Refused: a token issued to another application.
     let (_, _, other) = w

@@ -1,5 +1,6 @@
 //! `/applications`: CRUD, secret rotation, OAuth client settings, attached integrations and
-//! the access graph.
+//! the access graph. Owners, admins and service accounts manage applications and their
+//! attachments; members only read the active ones (README.md, "Roles").
 
 use axum::Json;
 use axum::extract::State;
@@ -7,7 +8,9 @@ use axum::http::StatusCode;
 use keygate_auth::secret::{generate_client_secret, hash_secret};
 use keygate_core::model::{Application, ClientType, OAuthClient};
 use keygate_core::{ApplicationId, IntegrationId, Timestamp};
-use keygate_store::{AccessGraph, ApplicationPatch, NewApplication, OAuthClientPatch};
+use keygate_store::{
+    AccessGraph, ApplicationFilter, ApplicationPatch, NewApplication, OAuthClientPatch,
+};
 use serde::Deserialize;
 use url::Url;
 use utoipa::IntoParams;
@@ -47,8 +50,9 @@ struct ListQuery {
     all: Option<bool>,
 }
 
-/// An application the caller may see: privileged callers see the organization's, members
-/// their own. Anything else is "not found".
+/// An application the caller may see: privileged callers any of the organization's, members
+/// the active ones (any user of the organization may sign in through them). Anything else is
+/// "not found".
 pub(super) async fn visible(
     state: &ApiState,
     caller: &Caller,
@@ -59,23 +63,21 @@ pub(super) async fn visible(
         .get_application(caller.org, id)
         .await
         .or_not_found(NOT_FOUND)?;
-    if caller.is_privileged()
-        || app
-            .owner_user_id
-            .is_some_and(|o| Some(o) == caller.user_id())
-    {
+    if caller.is_privileged() || app.archived_at.is_none() {
         Ok(app)
     } else {
         Err(ApiError::NotFound(NOT_FOUND))
     }
 }
 
-/// Like [`visible`], and not archived.
+/// An application the caller may change: owners, admins and service accounts only (members
+/// get 403 before anything is looked up), and not archived.
 async fn modifiable(
     state: &ApiState,
     caller: &Caller,
     id: ApplicationId,
 ) -> Result<Application, ApiError> {
+    caller.require_privileged()?;
     let app = visible(state, caller, id).await?;
     if app.archived_at.is_some() {
         return Err(ApiError::Conflict("Application is archived".into()));
@@ -99,8 +101,7 @@ async fn view(
         .iter()
         .map(|i| IntegrationView::new(i, None))
         .collect();
-    // Whoever can see an application may change it, until it is archived.
-    let can_modify = app.archived_at.is_none();
+    let can_modify = caller.is_privileged() && app.archived_at.is_none();
     Ok(ApplicationView::new(
         app,
         state.public_url(),
@@ -181,17 +182,22 @@ async fn list_applications(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ApplicationList>, ApiError> {
     let page = page_request(q.limit, q.cursor.as_deref())?;
-    let owner = match (&caller.kind, q.all.unwrap_or(false)) {
-        (crate::caller::CallerKind::ServiceAccount { .. }, _) => None,
+    let filter = match (&caller.kind, q.all.unwrap_or(false)) {
+        (crate::caller::CallerKind::ServiceAccount { .. }, _) => ApplicationFilter::All,
         (_, true) => {
             caller.require_privileged()?;
-            None
+            ApplicationFilter::All
         }
-        (_, false) => caller.user_id(),
+        // Members: every active application, the ones they can sign in through.
+        (_, false) if !caller.is_privileged() => ApplicationFilter::Active,
+        (_, false) => match caller.user_id() {
+            Some(user) => ApplicationFilter::OwnedBy(user),
+            None => ApplicationFilter::All,
+        },
     };
     let page = state
         .store()
-        .list_applications(caller.org, owner, page)
+        .list_applications(caller.org, filter, page)
         .await?;
     let mut items = Vec::with_capacity(page.items.len());
     for app in &page.items {
@@ -206,12 +212,13 @@ async fn list_applications(
 /// Create an application. A confidential client's secret is in the response, once.
 #[utoipa::path(post, path = "/applications", tag = "applications", request_body = CreateApplication,
     security(("bearer" = [])),
-    responses((status = 201, body = ApplicationWithSecret), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = ApplicationWithSecret), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn create_application(
     State(state): State<ApiState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateApplication>,
 ) -> Result<(StatusCode, Json<ApplicationWithSecret>), ApiError> {
+    caller.require_privileged()?;
     let name = check_name("name", &body.name)?;
     let o = body.oauth;
     check_oauth_lists(
@@ -305,7 +312,7 @@ fn oauth_patch(
 /// Update an application (only the fields sent).
 #[utoipa::path(patch, path = "/applications/{id}", tag = "applications", request_body = UpdateApplication,
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 200, body = ApplicationEnvelope), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ApplicationEnvelope), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn update_application(
     State(state): State<ApiState>,
     caller: Caller,
@@ -334,12 +341,13 @@ async fn update_application(
 /// Archive an application: sets `archivedAt` and revokes its sessions.
 #[utoipa::path(delete, path = "/applications/{id}", tag = "applications",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn archive_application(
     State(state): State<ApiState>,
     caller: Caller,
     Id(id): Id<ApplicationId>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_privileged()?;
     visible(&state, &caller, id).await?;
     state
         .store()
@@ -352,7 +360,7 @@ async fn archive_application(
 /// Rotate the client secret; the previous one stops working at once.
 #[utoipa::path(post, path = "/applications/{id}/rotate-secret", tag = "applications",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 200, body = ApplicationWithSecret), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ApplicationWithSecret), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn rotate_secret(
     State(state): State<ApiState>,
     caller: Caller,
@@ -394,7 +402,7 @@ async fn get_oauth(
 /// Update the OAuth client settings (only the fields sent).
 #[utoipa::path(patch, path = "/applications/{id}/oauth", tag = "applications", request_body = UpdateApplicationOAuth,
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 200, body = ApplicationOAuthEnvelope), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ApplicationOAuthEnvelope), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn update_oauth(
     State(state): State<ApiState>,
     caller: Caller,
@@ -438,7 +446,7 @@ async fn list_integrations(
 /// Replace the whole set of attached integrations.
 #[utoipa::path(put, path = "/applications/{id}/integrations", tag = "applications", request_body = IntegrationIds,
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 200, body = IntegrationIds), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = IntegrationIds), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn replace_integrations(
     State(state): State<ApiState>,
     caller: Caller,
@@ -484,7 +492,7 @@ async fn replace_integrations(
 /// Attach one integration (a no-op when already attached).
 #[utoipa::path(post, path = "/applications/{id}/integrations/{integrationId}", tag = "applications",
     params(("id" = String, Path, format = Uuid), ("integrationId" = String, Path, format = Uuid)),
-    security(("bearer" = [])), responses((status = 204), (status = 404, body = ErrorBody)))]
+    security(("bearer" = [])), responses((status = 204), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn attach_integration(
     State(state): State<ApiState>,
     caller: Caller,
@@ -509,7 +517,7 @@ async fn attach_integration(
 /// Detach one integration. Users' connections to it remain.
 #[utoipa::path(delete, path = "/applications/{id}/integrations/{integrationId}", tag = "applications",
     params(("id" = String, Path, format = Uuid), ("integrationId" = String, Path, format = Uuid)),
-    security(("bearer" = [])), responses((status = 204), (status = 404, body = ErrorBody)))]
+    security(("bearer" = [])), responses((status = 204), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn detach_integration(
     State(state): State<ApiState>,
     caller: Caller,

@@ -1,4 +1,6 @@
 //! `/integrations`: CRUD, upstream OAuth settings, validation, and the caller's own connection.
+//! Owners, admins and service accounts manage integrations; members read the active ones and
+//! manage only their own connection (README.md, "Roles").
 
 use axum::Json;
 use axum::extract::State;
@@ -199,7 +201,7 @@ async fn list_integrations(
 
 /// Create an integration. A server token is sealed and never returned.
 #[utoipa::path(post, path = "/integrations", tag = "integrations", request_body = CreateIntegration,
-    security(("bearer" = [])), responses((status = 201, body = IntegrationEnvelope), (status = 400, body = ErrorBody)))]
+    security(("bearer" = [])), responses((status = 201, body = IntegrationEnvelope), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn create_integration(
     State(state): State<ApiState>,
     caller: Caller,
@@ -269,11 +271,15 @@ async fn get_integration(
     caller: Caller,
     Id(id): Id<IntegrationId>,
 ) -> Result<Json<IntegrationEnvelope>, ApiError> {
-    let i = state
-        .store()
-        .get_integration(caller.org, id)
-        .await
-        .or_not_found(NOT_FOUND)?;
+    let i = if caller.is_privileged() {
+        state
+            .store()
+            .get_integration(caller.org, id)
+            .await
+            .or_not_found(NOT_FOUND)?
+    } else {
+        active(&state, &caller, id).await?
+    };
     Ok(Json(IntegrationEnvelope {
         integration: view(&state, &caller, &i).await?,
     }))
@@ -283,7 +289,7 @@ async fn get_integration(
 /// connections; leaving `server_token` removes the server token.
 #[utoipa::path(patch, path = "/integrations/{id}", tag = "integrations", request_body = UpdateIntegration,
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 200, body = IntegrationEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = IntegrationEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn update_integration(
     State(state): State<ApiState>,
     caller: Caller,
@@ -355,7 +361,7 @@ async fn update_integration(
 /// Archive an integration; it is detached from every application.
 #[utoipa::path(delete, path = "/integrations/{id}", tag = "integrations",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn archive_integration(
     State(state): State<ApiState>,
     caller: Caller,
@@ -377,7 +383,7 @@ async fn archive_integration(
 /// credential was offered counts as valid: that is what per-user integrations do.
 #[utoipa::path(post, path = "/integrations/{id}/validate", tag = "integrations",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 200, body = ValidationResult), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ValidationResult), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn validate_integration(
     State(state): State<ApiState>,
     caller: Caller,
@@ -414,12 +420,13 @@ async fn validate_integration(
 /// The integration's OAuth settings (only for `authMode: oauth`).
 #[utoipa::path(get, path = "/integrations/{id}/oauth", tag = "integrations",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 200, body = IntegrationOAuthEnvelope), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = IntegrationOAuthEnvelope), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn get_oauth(
     State(state): State<ApiState>,
     caller: Caller,
     Id(id): Id<IntegrationId>,
 ) -> Result<Json<IntegrationOAuthEnvelope>, ApiError> {
+    caller.require_privileged()?;
     let i = active(&state, &caller, id).await?;
     match (&i.auth_mode, &i.oauth) {
         (AuthMode::Oauth, Some(o)) => Ok(Json(IntegrationOAuthEnvelope {
@@ -432,7 +439,7 @@ async fn get_oauth(
 /// Replace the OAuth settings. Existing OAuth connections must re-authenticate.
 #[utoipa::path(put, path = "/integrations/{id}/oauth", tag = "integrations", request_body = IntegrationOAuthInput,
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 200, body = IntegrationOAuthEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = IntegrationOAuthEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn put_oauth(
     State(state): State<ApiState>,
     caller: Caller,
@@ -459,7 +466,7 @@ async fn put_oauth(
 /// Remove the OAuth settings (set another `authMode` first).
 #[utoipa::path(delete, path = "/integrations/{id}/oauth", tag = "integrations",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn delete_oauth(
     State(state): State<ApiState>,
     caller: Caller,

@@ -1,4 +1,6 @@
-//! `/applications/:id/sessions`: the agent sessions of an application.
+//! `/applications/:id/sessions`: the agent sessions of an application. Owners, admins and
+//! service accounts see and revoke everyone's; a member only her own (another user's session
+//! is "not found").
 
 use axum::Json;
 use axum::extract::State;
@@ -62,6 +64,7 @@ async fn list_sessions(
         limit,
         status,
         include_inactive: q.include_inactive.unwrap_or(false),
+        user: caller.restricted_to(),
     };
     let now = Timestamp::now();
     let sessions = state
@@ -73,7 +76,8 @@ async fn list_sessions(
     }))
 }
 
-/// Disconnect every session of an application and invalidate their tokens.
+/// Disconnect every session of an application (a member: her own) and invalidate their
+/// tokens.
 #[utoipa::path(delete, path = "/applications/{id}/sessions", tag = "sessions", params(("id" = String, Path, format = Uuid)),
     security(("bearer" = [])), responses((status = 200, body = RevokeSessionsResult), (status = 404, body = ErrorBody)))]
 async fn revoke_sessions(
@@ -82,7 +86,10 @@ async fn revoke_sessions(
     Id(id): Id<ApplicationId>,
 ) -> Result<Json<RevokeSessionsResult>, ApiError> {
     check_app(&state, &caller, id).await?;
-    let n = state.store().revoke_agent_sessions(caller.org, id).await?;
+    let n = state
+        .store()
+        .revoke_agent_sessions(caller.org, id, caller.restricted_to())
+        .await?;
     Ok(Json(RevokeSessionsResult {
         success: true,
         disconnected_count: n,
@@ -104,6 +111,12 @@ async fn get_session(
         .get_agent_session(caller.org, id, session)
         .await
         .or_not_found("Session not found")?;
+    if caller
+        .restricted_to()
+        .is_some_and(|me| s.user_id != Some(me))
+    {
+        return Err(ApiError::NotFound("Session not found"));
+    }
     Ok(Json(SessionEnvelope {
         session: SessionView::new(&s, Timestamp::now()),
     }))

@@ -16,6 +16,17 @@ pub struct NewApplication {
     pub client_secret_hash: Option<String>,
 }
 
+/// Which applications of an organization to list.
+#[derive(Clone, Copy, Debug)]
+pub enum ApplicationFilter {
+    /// Every one, archived included.
+    All,
+    /// Those not archived.
+    Active,
+    /// Those this user created, archived included.
+    OwnedBy(UserId),
+}
+
 /// A partial update of an application; `None` leaves a field unchanged.
 #[derive(Default)]
 pub struct ApplicationPatch {
@@ -107,19 +118,25 @@ impl Store {
         application(&row)
     }
 
-    /// Applications of `org`, newest first; only those owned by `owner` when given.
+    /// Applications of `org` that `filter` selects, newest first.
     pub async fn list_applications(
         &self,
         org: OrgId,
-        owner: Option<UserId>,
+        filter: ApplicationFilter,
         page: PageRequest,
     ) -> Result<Page<Application>> {
         let mut sql = Sql::new("SELECT ");
         sql.push(COLUMNS)
             .push(" FROM applications WHERE org_id = ")
             .bind(org.to_string());
-        if let Some(owner) = owner {
-            sql.push(" AND owner_user_id = ").bind(owner.to_string());
+        match filter {
+            ApplicationFilter::All => {}
+            ApplicationFilter::Active => {
+                sql.push(" AND archived_at IS NULL");
+            }
+            ApplicationFilter::OwnedBy(owner) => {
+                sql.push(" AND owner_user_id = ").bind(owner.to_string());
+            }
         }
         if let Some(after) = page.after {
             sql.push(" AND id < ").bind(after.0.to_string());

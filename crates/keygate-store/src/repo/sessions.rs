@@ -27,6 +27,8 @@ pub struct SessionFilter {
     pub status: Option<DerivedSessionStatus>,
     /// Include expired and disconnected sessions.
     pub include_inactive: bool,
+    /// Only this user's sessions.
+    pub user: Option<UserId>,
 }
 
 const COLUMNS: &str = "id, org_id, application_id, user_id, agent_id, name, status, hostname, \
@@ -144,6 +146,7 @@ impl Store {
         let sessions = self.all_agent_sessions(org, app).await?;
         Ok(sessions
             .into_iter()
+            .filter(|s| filter.user.is_none_or(|u| s.user_id == Some(u)))
             .filter(|s| {
                 let derived = s.derived_status(now);
                 match filter.status {
@@ -161,10 +164,16 @@ impl Store {
             .collect())
     }
 
-    /// Disconnects every session of an application; returns how many were still connected.
-    pub async fn revoke_agent_sessions(&self, org: OrgId, app: ApplicationId) -> Result<u64> {
+    /// Disconnects every session of an application (only `user`'s, when given); returns how
+    /// many were still connected.
+    pub async fn revoke_agent_sessions(
+        &self,
+        org: OrgId,
+        app: ApplicationId,
+        user: Option<UserId>,
+    ) -> Result<u64> {
         let mut tx = self.db.pool().begin().await?;
-        let n = disconnect_all(&mut tx, org, app, Timestamp::now().millis()).await?;
+        let n = disconnect(&mut tx, org, app, user, Timestamp::now().millis()).await?;
         tx.commit().await?;
         self.changed().await;
         Ok(n)
@@ -177,10 +186,23 @@ pub(crate) async fn disconnect_all(
     app: ApplicationId,
     now: i64,
 ) -> Result<u64> {
+    disconnect(tx, org, app, None, now).await
+}
+
+async fn disconnect(
+    tx: &mut Transaction<'_, Any>,
+    org: OrgId,
+    app: ApplicationId,
+    user: Option<UserId>,
+    now: i64,
+) -> Result<u64> {
     let mut sql = Sql::new("UPDATE agent_sessions SET status = 'disconnected', disconnected_at = ");
     sql.bind(now).push(" WHERE org_id = ").bind(org.to_string());
     sql.push(" AND application_id = ")
         .bind(app.to_string())
         .push(" AND status = 'active'");
+    if let Some(user) = user {
+        sql.push(" AND user_id = ").bind(user.to_string());
+    }
     Ok(sql.query().execute(&mut **tx).await?.rows_affected())
 }
