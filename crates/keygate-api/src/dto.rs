@@ -274,6 +274,9 @@ pub struct IntegrationView {
     pub capabilities: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_schema: Option<serde_json::Value>,
+    /// Request headers forwarded to this integration besides the gateway's allow-list.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forward_headers: Vec<String>,
     pub server_token_configured: bool,
     pub validation_status: ValidationStatus,
     pub validation_message: Option<String>,
@@ -301,6 +304,7 @@ impl IntegrationView {
                 .map(|o| IntegrationOAuthView::new(o, i.oauth_client_secret_configured)),
             capabilities: i.capabilities.clone(),
             credential_schema: i.credential_schema.clone(),
+            forward_headers: i.forward_headers.clone(),
             server_token_configured: i.server_token_configured,
             validation_status: i.validation_status,
             validation_message: i.validation_message.clone(),
@@ -353,6 +357,10 @@ pub struct CreateIntegration {
     pub oauth: Option<IntegrationOAuthInput>,
     pub capabilities: Option<serde_json::Value>,
     pub credential_schema: Option<serde_json::Value>,
+    /// Request headers the agent may send this integration besides the gateway's allow-list
+    /// (never one that can carry a credential, e.g. `X-Tenant`; at most 16).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
     /// Required when `authMode` is `server_token`; sealed on receipt, never returned.
     pub server_token: Option<String>,
 }
@@ -370,6 +378,8 @@ pub struct UpdateIntegration {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Object>)]
     pub credential_schema: Option<Option<serde_json::Value>>,
+    /// Replaces the extra forwarded request headers (`[]` removes them).
+    pub forward_headers: Option<Vec<String>>,
     /// A new server token (sealed), or `null` to remove it.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]

@@ -203,6 +203,9 @@ pub struct Integration {
     pub oauth_client_secret_configured: bool,
     pub capabilities: Option<serde_json::Value>,
     pub credential_schema: Option<serde_json::Value>,
+    /// Request headers forwarded to this integration besides the proxy's allow-list
+    /// (lower-case names, each accepted by [`forwardable_header`]).
+    pub forward_headers: Vec<String>,
     pub server_token_configured: bool,
     pub validation_status: ValidationStatus,
     pub validation_message: Option<String>,
@@ -299,6 +302,64 @@ pub struct TraceEvent {
     pub bytes_out: i64,
     pub request_json: Option<serde_json::Value>,
     pub response_json: Option<serde_json::Value>,
+}
+
+/// At most this many extra forwarded headers per integration.
+pub const MAX_FORWARD_HEADERS: usize = 16;
+
+/// Name fragments of headers that carry credentials; such a header is never forwarded on an
+/// integration's behalf, since it would carry the agent's secret, not the integration's.
+const CREDENTIAL_HINTS: &[&str] = &[
+    "auth",
+    "token",
+    "key",
+    "secret",
+    "cookie",
+    "password",
+    "passwd",
+    "credential",
+    "session",
+    "signature",
+];
+
+/// Headers an integration may not add to the forwarded ones: the gateway sets them, they are
+/// hop-by-hop, or they describe the client's network.
+const NEVER_FORWARDED: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "origin",
+    "referer",
+];
+
+/// An extra request header an integration may have forwarded: a valid field name (RFC 9110
+/// token), lower-cased, that cannot carry a credential (no `auth`, `token`, `key`, `secret`,
+/// `cookie`, `session`, … in it), is not hop-by-hop, not set by the gateway, not an
+/// `X-Forwarded-*`, and not an `Mcp-*` (those pass anyway).
+pub fn forwardable_header(name: &str) -> Result<String, &'static str> {
+    let name = name.trim().to_ascii_lowercase();
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || name.len() > 64 || !name.chars().all(tchar) {
+        return Err("must be a header name (letters, digits, `-`), at most 64 characters");
+    }
+    if CREDENTIAL_HINTS.iter().any(|h| name.contains(h)) {
+        return Err("must not be a header that carries credentials");
+    }
+    if NEVER_FORWARDED.contains(&name.as_str()) || name.starts_with("x-forwarded-") {
+        return Err("must not be a hop-by-hop or gateway-set header");
+    }
+    if name.starts_with("mcp-") {
+        return Err("is forwarded already (every Mcp-* header is)");
+    }
+    Ok(name)
 }
 
 /// Turns a display name into a URL- and tool-name-safe slug: lowercase ASCII letters, digits

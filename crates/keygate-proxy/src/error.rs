@@ -14,6 +14,9 @@ pub enum ProxyError {
     /// The client: no or a bad token. Carries the 401 to send.
     #[error("unauthorized")]
     Unauthorized(Box<Response>),
+    /// The client: a browser on an origin the gateway does not serve (DNS rebinding).
+    #[error("the request's Origin is not allowed")]
+    ForeignOrigin,
     /// The client: an application or integration it may not see.
     #[error("{0}")]
     NotFound(&'static str),
@@ -59,6 +62,10 @@ impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
             ProxyError::Unauthorized(resp) => return *resp,
+            ProxyError::ForeignOrigin => (
+                StatusCode::FORBIDDEN,
+                rpc_error(Value::Null, -32600, "Origin not allowed", None),
+            ),
             ProxyError::NotFound(m) => (
                 StatusCode::NOT_FOUND,
                 rpc_error(Value::Null, -32001, m, None),

@@ -70,13 +70,17 @@ pub fn resource_path(uri: &Uri) -> String {
     }
 }
 
-/// Verifies the bearer token for the resource this request addresses. A token for an
-/// application's aggregated endpoint also opens its pass-through endpoints.
+/// Checks the request's `Origin` (DNS-rebinding protection, [`crate::origin`]), then verifies
+/// the bearer token for the resource this request addresses. A token for an application's
+/// aggregated endpoint also opens its pass-through endpoints.
 pub async fn authenticate(
     state: &ProxyState,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<McpCaller, ProxyError> {
+    if !state.origins.permits(headers) {
+        return Err(ProxyError::ForeignOrigin);
+    }
     let auth = &state.auth;
     let path = resource_path(uri);
     let url = format!("{}{path}", auth.public_url);

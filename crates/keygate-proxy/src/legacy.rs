@@ -1,10 +1,13 @@
 //! Legacy HTTP+SSE (MCP 2024-11-05) through the pass-through route.
 //!
 //! The upstream's SSE stream opens with an `endpoint` event naming where to POST messages. The
-//! gateway rewrites it to its own `…/mcp/{integration}/message?ep=<upstream endpoint>`, so the
-//! client keeps talking to keygate (with keygate's token) and any replica can route the POST:
-//! the upstream endpoint travels in `ep` (base64url of its path and query) and must resolve to
-//! the integration's own origin.
+//! gateway rewrites it to its own `…/mcp/{integration}/message?ep=<sealed>`, so the client
+//! keeps talking to keygate (with keygate's token) and any replica can route the POST. A
+//! message goes upstream with the integration's credential attached, so `ep` must not be
+//! steerable: it is the announced endpoint (an absolute URL on the integration's origin) and
+//! the application, sealed by the vault for the organization, integration and user the stream
+//! was opened for. Another user, another integration or application, or any `ep` the gateway
+//! did not seal itself opens to nothing, and the message is refused before it leaves.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -13,50 +16,105 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use keygate_core::{ApplicationId, IntegrationId, OrgId, UserId};
+use keygate_store::{Purpose, SealContext, Store};
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// The first event is buffered at most this far; past it the stream passes through untouched.
 const MAX_FIRST_EVENT: usize = 64 * 1024;
 
+/// The longest `ep` opened (a sealed endpoint is a few hundred bytes).
+const MAX_EP_CHARS: usize = 8 * 1024;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Maps an upstream endpoint (relative to the integration URL) to the gateway's message URL.
-#[derive(Clone, Debug)]
+/// Whose legacy stream this is: the announced endpoint is sealed to exactly this.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamOwner {
+    pub org: OrgId,
+    pub app: ApplicationId,
+    pub integration: IntegrationId,
+    pub user: UserId,
+}
+
+/// What `ep` carries, sealed.
+#[derive(Serialize, Deserialize)]
+struct Announced {
+    #[serde(rename = "a")]
+    app: ApplicationId,
+    /// The upstream's message endpoint, absolute.
+    #[serde(rename = "e")]
+    endpoint: String,
+}
+
+impl StreamOwner {
+    /// The vault's associated data: the organization, integration and user. (Purpose
+    /// `mcp_session` as for aggregated sessions; those are sealed without an integration, so
+    /// neither opens as the other.)
+    fn ctx(&self) -> SealContext {
+        SealContext {
+            purpose: Purpose::McpSession,
+            org: Some(self.org),
+            integration: Some(self.integration),
+            user: Some(self.user),
+        }
+    }
+
+    fn seal(&self, store: &Store, endpoint: &Url) -> String {
+        let plain = serde_json::to_vec(&Announced {
+            app: self.app,
+            endpoint: endpoint.as_str().to_owned(),
+        })
+        .expect("plain data serializes");
+        URL_SAFE_NO_PAD.encode(store.vault().seal(&self.ctx(), &plain))
+    }
+
+    /// The upstream endpoint `ep` names, if the gateway sealed it for this owner and it is still
+    /// on the integration's origin.
+    pub fn open(&self, store: &Store, upstream: &Url, ep: &str) -> Option<Url> {
+        if ep.len() > MAX_EP_CHARS {
+            return None;
+        }
+        let sealed = URL_SAFE_NO_PAD.decode(ep).ok()?;
+        let plain = store.vault().open(&self.ctx(), &sealed).ok()?;
+        let announced: Announced = serde_json::from_slice(&plain).ok()?;
+        if announced.app != self.app {
+            return None;
+        }
+        let target = Url::parse(&announced.endpoint).ok()?;
+        (target.origin() == upstream.origin()).then_some(target)
+    }
+}
+
+/// Maps the endpoint an upstream announces to the gateway's message URL.
+#[derive(Clone)]
 pub struct EndpointMap {
     /// The integration's URL: the base for relative endpoints and the only allowed origin.
     pub upstream: Url,
     /// `{publicUrl}/apps/{id}/mcp/{integration}`.
     pub downstream: String,
+    pub owner: StreamOwner,
+    /// Its vault seals `ep`.
+    pub store: Store,
 }
 
 impl EndpointMap {
     /// The gateway URL for an upstream endpoint, or `None` if it leaves the upstream's origin.
     pub fn rewrite(&self, endpoint: &str) -> Option<String> {
-        let target = self.upstream.join(endpoint.trim()).ok()?;
-        if target.origin() != self.upstream.origin() {
-            return None;
-        }
-        let mut path_and_query = target.path().to_owned();
-        if let Some(q) = target.query() {
-            path_and_query.push('?');
-            path_and_query.push_str(q);
-        }
+        let target = on_origin(&self.upstream, endpoint)?;
         Some(format!(
             "{}/message?ep={}",
             self.downstream,
-            URL_SAFE_NO_PAD.encode(path_and_query)
+            self.owner.seal(&self.store, &target)
         ))
     }
+}
 
-    /// The upstream URL a `…/message?ep=` request goes to, checked to stay on its origin.
-    pub fn resolve(upstream: &Url, ep: &str) -> Option<Url> {
-        let decoded = String::from_utf8(URL_SAFE_NO_PAD.decode(ep).ok()?).ok()?;
-        if !decoded.starts_with('/') || decoded.starts_with("//") {
-            return None;
-        }
-        let target = upstream.join(&decoded).ok()?;
-        (target.origin() == upstream.origin()).then_some(target)
-    }
+/// The absolute URL of an announced endpoint, if it stays on the upstream's origin.
+fn on_origin(upstream: &Url, endpoint: &str) -> Option<Url> {
+    let target = upstream.join(endpoint.trim()).ok()?;
+    (target.origin() == upstream.origin()).then_some(target)
 }
 
 /// Rewrites the `endpoint` event at the head of an SSE stream.
@@ -86,8 +144,11 @@ fn event_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-/// The event with its `data` replaced if it is an `endpoint` event.
-fn rewrite_event(event: &[u8], map: &EndpointMap) -> Result<Bytes, BoxError> {
+/// The event with its `data` replaced (by `rewrite`) if it is an `endpoint` event.
+fn rewrite_event(
+    event: &[u8],
+    rewrite: impl FnOnce(&str) -> Option<String>,
+) -> Result<Bytes, BoxError> {
     let Ok(text) = std::str::from_utf8(event) else {
         return Ok(Bytes::copy_from_slice(event));
     };
@@ -98,9 +159,7 @@ fn rewrite_event(event: &[u8], map: &EndpointMap) -> Result<Bytes, BoxError> {
         return Ok(Bytes::copy_from_slice(event));
     }
     let data = crate::sse::event_data(text);
-    let rewritten = map
-        .rewrite(&data)
-        .ok_or("the upstream's endpoint leaves its origin")?;
+    let rewritten = rewrite(&data).ok_or("the upstream's endpoint leaves its origin")?;
     Ok(Bytes::from(format!(
         "event: endpoint\ndata: {rewritten}\n\n"
     )))
@@ -132,7 +191,8 @@ where
                     if let Some(end) = event_end(head) {
                         let mut buf = this.head.take().expect("collecting");
                         let event = buf.split_to(end);
-                        let mut out = BytesMut::from(&rewrite_event(&event, &this.map)?[..]);
+                        let mut out =
+                            BytesMut::from(&rewrite_event(&event, |e| this.map.rewrite(e))?[..]);
                         out.extend_from_slice(&buf);
                         return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
                     }
@@ -162,38 +222,28 @@ where
 mod tests {
     use super::*;
 
-    fn map() -> EndpointMap {
-        EndpointMap {
-            upstream: Url::parse("http://up.example:3001/sse").unwrap(),
-            downstream: "https://kg.example/apps/a/mcp/everything".into(),
-        }
-    }
-
     #[test]
-    fn endpoints_round_trip_on_the_upstream_origin_only() {
-        let m = map();
-        let rewritten = m.rewrite("/message?sessionId=abc").unwrap();
-        assert!(rewritten.starts_with("https://kg.example/apps/a/mcp/everything/message?ep="));
-        let ep = rewritten.split("ep=").nth(1).unwrap();
+    fn endpoints_stay_on_the_upstream_origin() {
+        let up = Url::parse("http://up.example:3001/sse").unwrap();
         assert_eq!(
-            EndpointMap::resolve(&m.upstream, ep).unwrap().as_str(),
+            on_origin(&up, "/message?sessionId=abc").unwrap().as_str(),
             "http://up.example:3001/message?sessionId=abc"
         );
-        assert!(m.rewrite("http://evil.example/message").is_none());
-        assert!(m.rewrite("//evil.example/message").is_none());
-        let evil = URL_SAFE_NO_PAD.encode("//evil.example/x");
-        assert!(EndpointMap::resolve(&m.upstream, &evil).is_none());
+        assert!(on_origin(&up, "http://evil.example/message").is_none());
+        assert!(on_origin(&up, "//evil.example/message").is_none());
+        assert!(on_origin(&up, "https://up.example:3001/message").is_none());
     }
 
     #[test]
     fn rewrites_only_endpoint_events() {
-        let m = map();
-        let ev = rewrite_event(b"event: endpoint\ndata: /message?sessionId=1\n\n", &m).unwrap();
-        assert!(
-            String::from_utf8_lossy(&ev).starts_with("event: endpoint\ndata: https://kg.example/")
-        );
-        let msg = rewrite_event(b"event: message\ndata: {}\n\n", &m).unwrap();
+        let up = Url::parse("http://up.example:3001/sse").unwrap();
+        let rewrite = |e: &str| on_origin(&up, e).map(|_| "https://kg.example/m".to_owned());
+        let ev =
+            rewrite_event(b"event: endpoint\ndata: /message?sessionId=1\n\n", rewrite).unwrap();
+        assert_eq!(&ev[..], b"event: endpoint\ndata: https://kg.example/m\n\n");
+        let msg = rewrite_event(b"event: message\ndata: {}\n\n", rewrite).unwrap();
         assert_eq!(&msg[..], b"event: message\ndata: {}\n\n");
-        assert!(rewrite_event(b"event: endpoint\ndata: https://evil.example/m\n\n", &m).is_err());
+        let evil = b"event: endpoint\ndata: https://evil.example/m\n\n";
+        assert!(rewrite_event(evil, rewrite).is_err());
     }
 }

@@ -1,11 +1,13 @@
 //! keygate's MCP gateway.
 //!
-//! Every MCP route first runs [`gate::authenticate`]: a bearer token for exactly this resource
-//! (RFC 8707 `aud`), live (not revoked), of the application's organization. Then:
+//! Every MCP route first runs [`gate::authenticate`]: an `Origin` the gateway serves
+//! ([`origin`]), then a bearer token for exactly this resource (RFC 8707 `aud`), live (not
+//! revoked), of the application's organization. Then:
 //!
 //! - `/apps/{id}/mcp/{integration}` — [`passthrough`]: a streaming reverse proxy to one
 //!   attached integration, keeping the upstream's names and behaviour. The client's own
-//!   `Authorization` never goes upstream; [`credentials`] supplies the integration's.
+//!   `Authorization` never goes upstream; [`credentials`] supplies the integration's, and
+//!   [`forwarded`] lets only allow-listed request headers through.
 //! - `/apps/{id}/mcp` and `/mcp` — [`aggregate`]: one MCP server over every attached
 //!   integration, names namespaced by integration slug.
 //! - `/mcp/integrations`, `/mcp/connect-session`, `/mcp/integrations/{id}/oauth/connection` —
@@ -18,8 +20,10 @@
 pub mod aggregate;
 pub mod credentials;
 pub mod error;
+pub mod forwarded;
 pub mod gate;
 pub mod legacy;
+pub mod origin;
 pub mod passthrough;
 pub mod probe;
 pub mod runtime;
@@ -48,6 +52,8 @@ pub struct ProxyState {
     pub cache: Arc<RouteCache>,
     /// Trace events, spans and metrics of MCP requests.
     pub tracing: Arc<traced::Tracing>,
+    /// The browser origins the MCP endpoints serve.
+    pub origins: Arc<origin::AllowedOrigins>,
 }
 
 /// What the hot path would otherwise read from the store on every request, valid for one
@@ -67,6 +73,7 @@ pub struct RouteCache {
 impl ProxyState {
     pub fn new(auth: AuthState, upstream: Arc<Upstream>) -> Self {
         Self {
+            origins: Arc::new(origin::AllowedOrigins::new(&auth.public_url, &[])),
             auth,
             upstream,
             activity: Arc::default(),
@@ -75,6 +82,12 @@ impl ProxyState {
                 keygate_trace::Telemetry::disabled(),
             ))),
         }
+    }
+
+    /// Serves browsers on these origins (`mcp.allowed_origins`) besides the public URL's.
+    pub fn with_allowed_origins(mut self, origins: &[String]) -> Self {
+        self.origins = Arc::new(origin::AllowedOrigins::new(&self.auth.public_url, origins));
+        self
     }
 
     /// Records exchanges through `telemetry` (the default records metrics only).

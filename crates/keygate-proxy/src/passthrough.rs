@@ -2,8 +2,9 @@
 //!
 //! The request body streams upstream untouched and the response streams back frame by frame;
 //! nothing is buffered except, when the user must first connect the integration, the (bounded)
-//! request body whose JSON-RPC id the `-32042` answer needs. Hop-by-hop headers, the client's
-//! `Authorization` and cookies are dropped; the integration's credential is set instead.
+//! request body whose JSON-RPC id the `-32042` answer needs. Request headers pass by the
+//! allow-list of [`crate::forwarded`] (the agent's credentials stay behind, `access_token`
+//! leaves the query string); the integration's credential is set instead.
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -18,34 +19,15 @@ use url::Url;
 use crate::ProxyState;
 use crate::credentials;
 use crate::error::ProxyError;
+use crate::forwarded;
 use crate::gate::McpCaller;
-use crate::legacy::{EndpointMap, RewriteEndpoint};
+use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
 use crate::sse::{KeepAlive, is_event_stream};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
 use keygate_trace::{Exchange, Peek};
 
 /// Largest request body relayed upstream.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-
-/// Request headers never forwarded: hop-by-hop (RFC 9110 §7.6.1), the client's credentials,
-/// and what the client sets itself from the upstream URL.
-const DROP_REQUEST: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "authorization",
-    "cookie",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-];
 
 /// Response headers never relayed: hop-by-hop, the upstream's own auth challenge (the agent
 /// authenticates to keygate, not to the upstream) and cookies for the upstream's domain.
@@ -106,20 +88,19 @@ async fn forward(
     let base = Url::parse(&integration.url).map_err(|_| {
         ProxyError::Upstream(format!("integration {} has an invalid URL", integration.id))
     })?;
+    let agent_token = forwarded::bearer(&parts.headers);
+    let owner = StreamOwner {
+        org: caller.app.org_id,
+        app: caller.app.id,
+        integration: integration.id,
+        user: caller.user,
+    };
     let url = match route {
-        Route::Endpoint => with_query(base.clone(), parts.uri.query()),
-        Route::Message => {
-            let ep = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-                .find(|(k, _)| k == "ep")
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
-            EndpointMap::resolve(&base, &ep).ok_or(ProxyError::BadRequest {
-                status: StatusCode::BAD_REQUEST,
-                code: -32600,
-                message: "The message endpoint is missing or invalid; reconnect the SSE stream"
-                    .into(),
-            })?
+        Route::Endpoint => {
+            let query = forwarded::query(parts.uri.query(), agent_token);
+            with_query(base.clone(), query.as_deref())
         }
+        Route::Message => message_endpoint(state, &owner, &base, &parts)?,
     };
     state.upstream.check(&url)?;
     let endpoint_map = (parts.method == http::Method::GET).then(|| EndpointMap {
@@ -128,6 +109,8 @@ async fn forward(
             "{}/apps/{}/mcp/{integration_ref}",
             state.auth.public_url, caller.app.id
         ),
+        owner,
+        store: state.auth.store.clone(),
     });
     if declared_length(&parts.headers).is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
         drain(body).await;
@@ -159,7 +142,8 @@ async fn forward(
             .uri(url.as_str())
             .body(body)
             .map_err(|e| ProxyError::Internal(e.to_string()))?;
-        *req.headers_mut() = filtered(&parts.headers, DROP_REQUEST);
+        *req.headers_mut() =
+            forwarded::request_headers(&parts.headers, &integration.forward_headers, agent_token);
         if let Some(auth) = auth {
             req.headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
@@ -218,6 +202,35 @@ async fn forward(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The upstream endpoint of a legacy message post: what its `ep` names, if the gateway sealed
+/// it for this user's stream of this integration (see [`crate::legacy`]). Anything else is
+/// refused before a byte goes upstream.
+fn message_endpoint(
+    state: &ProxyState,
+    owner: &StreamOwner,
+    base: &Url,
+    parts: &http::request::Parts,
+) -> Result<Url, ProxyError> {
+    if parts.method != http::Method::POST {
+        return Err(ProxyError::BadRequest {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: -32600,
+            message: "Legacy messages are POSTed".into(),
+        });
+    }
+    let ep = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "ep")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    owner
+        .open(&state.auth.store, base, &ep)
+        .ok_or(ProxyError::BadRequest {
+            status: StatusCode::BAD_REQUEST,
+            code: -32600,
+            message: "The message endpoint is missing or invalid; reconnect the SSE stream".into(),
+        })
 }
 
 fn with_query(mut url: Url, extra: Option<&str>) -> Url {

@@ -108,7 +108,9 @@ fn identify(ex: &mut Exchange, caller: &McpCaller) {
 /// Who caused an error, as a trace status.
 pub fn status_of(e: &ProxyError) -> Status {
     match e {
-        ProxyError::Unauthorized(_) | ProxyError::ConnectionRequired { .. } => Status::ErrorAuth,
+        ProxyError::Unauthorized(_)
+        | ProxyError::ForeignOrigin
+        | ProxyError::ConnectionRequired { .. } => Status::ErrorAuth,
         ProxyError::Upstream(_) | ProxyError::UpstreamTimeout | ProxyError::SessionExpired => {
             Status::ErrorRemote
         }

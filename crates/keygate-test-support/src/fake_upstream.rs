@@ -23,7 +23,9 @@
 //! Sessions are `upstream-session-{n}`, `n` starting at 1 ([`SESSION_ID`]); other ids are
 //! accepted as they are. [`FakeUpstream::forget_sessions`] makes it forget the ones it issued:
 //! a request carrying one gets `404`, and the next `initialize` issues `n + 1`.
-//! [`FakeUpstream::requests`] lists every message POSTed to `/mcp`, with its headers.
+//! [`FakeUpstream::requests`] lists every message POSTed to `/mcp`, with its headers;
+//! [`FakeUpstream::hits`] every HTTP request it received on any path (known or not), with its
+//! method, path, query and headers — what a test asserts on to show that nothing reached it.
 //!
 //! [`FakeUpstream::modern`] speaks only 2026-07-28: stateless (no `Mcp-Session-Id`, `GET` and
 //! `DELETE` → `405`), `server/discover`, results with `resultType`; every request must carry
@@ -74,6 +76,8 @@ struct Shared {
     epoch: AtomicU32,
     /// Every message POSTed to `/mcp`: `{method, id, params, headers}`.
     log: Mutex<Vec<Value>>,
+    /// Every HTTP request, any path: `{method, path, query, headers}`.
+    hits: Arc<Mutex<Vec<Value>>>,
     /// The client's answers to the fake's own requests.
     answers: tokio::sync::broadcast::Sender<Value>,
 }
@@ -114,6 +118,12 @@ impl FakeUpstream {
         self.shared.log.lock().expect("log").clone()
     }
 
+    /// Every HTTP request it received on any path, in order: `{method, path, query, headers}`
+    /// (`query` is null when there was none).
+    pub fn hits(&self) -> Vec<Value> {
+        self.shared.hits.lock().expect("hits").clone()
+    }
+
     /// How many requests (or notifications) of `method` it received.
     pub fn count(&self, method: &str) -> usize {
         let log = self.shared.log.lock().expect("log");
@@ -145,8 +155,10 @@ impl FakeUpstream {
             modern,
             epoch: AtomicU32::new(1),
             log: Mutex::new(Vec::new()),
+            hits: Arc::default(),
             answers,
         });
+        let hits = shared.hits.clone();
         let (on_post, on_get, on_delete) = (shared.clone(), shared.clone(), shared.clone());
         let app = Router::new()
             .route(
@@ -181,6 +193,7 @@ impl FakeUpstream {
             None => app,
             Some(provider) => protect(app, provider, &url),
         };
+        let app = record_hits(app, hits);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -232,6 +245,21 @@ fn protect(app: Router, provider: FakeOAuth, url: &str) -> Router {
             async move { Json(d) }
         }),
     )
+}
+
+/// Logs every request the fake receives, whatever its path (an unknown one still gets `404`).
+fn record_hits(app: Router, hits: Arc<Mutex<Vec<Value>>>) -> Router {
+    app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            hits.lock().expect("hits").push(json!({
+                "method": req.method().as_str(),
+                "path": req.uri().path(),
+                "query": req.uri().query(),
+                "headers": header_map(req.headers()),
+            }));
+            next.run(req)
+        },
+    ))
 }
 
 impl Drop for FakeUpstream {

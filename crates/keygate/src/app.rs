@@ -109,7 +109,9 @@ impl Gateway {
         let health_store = store.clone();
         let mut router = Router::new()
             .merge(keygate_proxy::router(
-                ProxyState::new(auth.clone(), upstream).with_telemetry(telemetry.clone()),
+                ProxyState::new(auth.clone(), upstream)
+                    .with_telemetry(telemetry.clone())
+                    .with_allowed_origins(&config.mcp.allowed_origins),
             ))
             .merge(keygate_auth::router(auth))
             .merge(api)

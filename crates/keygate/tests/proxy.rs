@@ -82,7 +82,7 @@ impl Requests for World {
             .post(format!("{}/{slug}", self.app_url))
             .header("accept", "application/json, text/event-stream")
             .header("cookie", "kg_session=browser-cookie")
-            .header("x-custom", "kept")
+            .header("x-custom", "not on the allow-list")
             .header("mcp-session-id", "client-held-session")
             .header("connection", "keep-alive, x-hop")
             .header("x-hop", "dropped")
@@ -141,7 +141,8 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
     let alice = w.token(w.alice).await;
     let bob = w.token(w.bob).await;
 
-    // server_token: injected; the agent's token, cookies and hop-by-hop headers stay behind.
+    // server_token: injected; the agent's token, cookies, hop-by-hop and unlisted headers stay
+    // behind.
     let resp = w
         .call(&server, Some(&alice), rpc(1, "ping", json!({})))
         .await;
@@ -156,9 +157,9 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
     let body: Value = resp.json().await.unwrap();
     let seen = &body["result"]["headers"];
     assert_eq!(seen["authorization"], "Bearer srv-secret");
-    assert_eq!(seen["x-custom"], "kept");
     assert_eq!(seen["mcp-session-id"], "client-held-session");
-    for gone in ["cookie", "x-hop"] {
+    // Headers pass by an allow-list: an unlisted one stays behind too.
+    for gone in ["cookie", "x-hop", "x-custom"] {
         assert!(seen.get(gone).is_none(), "{gone} was forwarded: {seen}");
     }
     assert!(

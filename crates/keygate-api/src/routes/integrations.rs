@@ -117,6 +117,24 @@ fn check_secret(field: &str, value: &str) -> Result<Secret, ApiError> {
     Ok(Secret::new(value))
 }
 
+/// Extra forwarded request headers: each a header that cannot carry a credential, no
+/// duplicates, at most `MAX_FORWARD_HEADERS`.
+fn check_forward_headers(names: &[String]) -> Result<Vec<String>, ApiError> {
+    const FIELD: &str = "forwardHeaders";
+    if names.len() > keygate_core::model::MAX_FORWARD_HEADERS {
+        return Err(ApiError::validation(FIELD, "must list at most 16 headers"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let name = keygate_core::model::forwardable_header(name)
+            .map_err(|m| ApiError::validation(FIELD, &format!("`{name}` {m}")))?;
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 fn check_object(field: &str, value: &Option<serde_json::Value>) -> Result<(), ApiError> {
     match value {
         None | Some(serde_json::Value::Object(_)) => Ok(()),
@@ -213,6 +231,7 @@ async fn create_integration(
     let auth_mode = body.auth_mode.unwrap_or(AuthMode::None);
     check_object("capabilities", &body.capabilities)?;
     check_object("credentialSchema", &body.credential_schema)?;
+    let forward_headers = check_forward_headers(&body.forward_headers)?;
     let server_token = match (auth_mode, body.server_token) {
         (AuthMode::ServerToken, Some(t)) => Some(check_secret("serverToken", &t)?),
         (AuthMode::ServerToken, None) => {
@@ -252,6 +271,7 @@ async fn create_integration(
         oauth_client_secret,
         capabilities: body.capabilities,
         credential_schema: body.credential_schema,
+        forward_headers,
         server_token,
     };
     let integration = state.store().create_integration(caller.org, new).await?;
@@ -346,6 +366,11 @@ async fn update_integration(
         auth_mode: body.auth_mode,
         capabilities: body.capabilities,
         credential_schema: body.credential_schema,
+        forward_headers: body
+            .forward_headers
+            .as_deref()
+            .map(check_forward_headers)
+            .transpose()?,
         server_token,
     };
     let i = state

@@ -44,6 +44,7 @@ use self::session::AggregatedSession;
 use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send};
 use crate::ProxyState;
 use crate::error::ProxyError;
+use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
 use crate::sse::{KeepAlive, is_event_stream};
@@ -197,7 +198,8 @@ async fn stateless(
     let members = members(state, caller).await?;
     let downstream = Downstream::Stateless(Stateless {
         meta,
-        params: Stateless::params_of(headers),
+        // `Mcp-Param-*` pass on; one that carries the agent's own token does not.
+        params: forwarded::without_token(Stateless::params_of(headers), forwarded::bearer(headers)),
     });
     serve(state, &members, &downstream, &message, ex).await
 }

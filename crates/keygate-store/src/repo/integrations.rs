@@ -23,6 +23,8 @@ pub struct NewIntegration {
     pub oauth_client_secret: Option<Secret>,
     pub capabilities: Option<serde_json::Value>,
     pub credential_schema: Option<serde_json::Value>,
+    /// Extra forwarded request headers (checked by `model::forwardable_header`).
+    pub forward_headers: Vec<String>,
     pub server_token: Option<Secret>,
 }
 
@@ -35,12 +37,13 @@ pub struct IntegrationPatch {
     pub auth_mode: Option<AuthMode>,
     pub capabilities: Option<Option<serde_json::Value>>,
     pub credential_schema: Option<Option<serde_json::Value>>,
+    pub forward_headers: Option<Vec<String>>,
     pub server_token: Option<Option<Secret>>,
 }
 
 const COLUMNS: &str = "id, org_id, name, slug, url, category, auth_mode, oauth, \
     oauth_client_secret IS NOT NULL AS has_client_secret, capabilities, credential_schema, \
-    server_token IS NOT NULL AS has_server_token, validation_status, validation_message, \
+    forward_headers, server_token IS NOT NULL AS has_server_token, validation_status, validation_message, \
     last_validated_at, created_at, updated_at, archived_at";
 
 fn integration(row: &sqlx::any::AnyRow) -> Result<Integration> {
@@ -56,6 +59,9 @@ fn integration(row: &sqlx::any::AnyRow) -> Result<Integration> {
         oauth_client_secret_configured: bool_col(row, "has_client_secret")?,
         capabilities: row.opt_json("capabilities")?,
         credential_schema: row.opt_json("credential_schema")?,
+        forward_headers: row
+            .opt_json::<Vec<String>>("forward_headers")?
+            .unwrap_or_default(),
         server_token_configured: bool_col(row, "has_server_token")?,
         validation_status: row.wire("validation_status", ValidationStatus::parse)?,
         validation_message: row.opt_text("validation_message")?,
@@ -64,6 +70,11 @@ fn integration(row: &sqlx::any::AnyRow) -> Result<Integration> {
         updated_at: row.ts("updated_at")?,
         archived_at: row.opt_ts("archived_at")?,
     })
+}
+
+/// The stored form of an integration's extra forwarded headers (NULL for none).
+fn forward_headers_json(headers: &[String]) -> Option<String> {
+    (!headers.is_empty()).then(|| to_json(&headers))
 }
 
 /// `x IS NOT NULL` is an integer in SQLite and a boolean in PostgreSQL.
@@ -108,8 +119,8 @@ impl Store {
             };
             let mut sql = Sql::new(
                 "INSERT INTO integrations (id, org_id, name, slug, url, category, auth_mode, oauth, \
-                 oauth_client_secret, capabilities, credential_schema, server_token, \
-                 validation_status, created_at, updated_at) VALUES (",
+                 oauth_client_secret, capabilities, credential_schema, forward_headers, \
+                 server_token, validation_status, created_at, updated_at) VALUES (",
             );
             sql.bind(id.to_string())
                 .push(", ")
@@ -130,6 +141,8 @@ impl Store {
             sql.bind(client_secret.clone()).push(", ");
             sql.bind(new.capabilities.as_ref().map(to_json)).push(", ");
             sql.bind(new.credential_schema.as_ref().map(to_json))
+                .push(", ");
+            sql.bind(forward_headers_json(&new.forward_headers))
                 .push(", ");
             sql.bind(server_token.clone())
                 .push(", 'pending', ")
@@ -251,6 +264,10 @@ impl Store {
         if let Some(v) = patch.credential_schema {
             sql.push(", credential_schema = ")
                 .bind(v.as_ref().map(to_json));
+        }
+        if let Some(v) = patch.forward_headers {
+            sql.push(", forward_headers = ")
+                .bind(forward_headers_json(&v));
         }
         if let Some(v) = patch.server_token {
             let sealed = v.map(|t| {
