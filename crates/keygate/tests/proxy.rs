@@ -1708,10 +1708,17 @@ async fn connect_link_completes_a_missing_connection(backend: Backend) {
         created["sessionId"].is_string() && created["expiresAt"].is_string(),
         "{created}"
     );
+    // Alice's link: Bob's browser is refused; hers opens it.
+    let alice_link = created["connectUrl"].as_str().unwrap();
+    assert_eq!(browser.get(alice_link).send().await.unwrap().status(), 403);
     assert_eq!(
-        w.open_connect_link(&browser, created["connectUrl"].as_str().unwrap(), w.alice)
-            .await
-            .status(),
+        w.open_connect_link(
+            &keygate_test_support::browser::browser(),
+            alice_link,
+            w.alice
+        )
+        .await
+        .status(),
         200
     );
     assert_eq!(
