@@ -4,10 +4,12 @@
 //!
 //! Failures are limited with growing delays ([`Backoff`]): a key's first `free` failures cost
 //! nothing, then each further attempt must wait 1 s, 2 s, 4 s, … up to a maximum after the
-//! previous failure. An attempt counts as a failure from the moment it starts (so a burst of
-//! concurrent attempts cannot slip past the count) until it is [`Attempt::succeeded`]; one that
-//! comes too early is refused before any password or secret is checked. Registration is a
-//! plain rate (GCRA, `governor`).
+//! previous failure; one that comes too early is refused before any password or secret is
+//! checked. A sign-in counts as a failure from the moment it starts until it
+//! [`Attempt::succeeded`], so a concurrent burst cannot start more argon2 computations than the
+//! allowance. A client authentication (one SHA-256) counts only once it has failed, so a
+//! client's own concurrent requests never hold each other up. Registration is a plain rate
+//! (GCRA, `governor`).
 //!
 //! All of this is in memory: every replica keeps its own counts (README.md says so).
 
@@ -108,21 +110,52 @@ impl Backoff {
         self.hasher.hash_one(key)
     }
 
+    /// How long `key` must still wait at `now` (zero when it may go).
+    fn wait(&self, f: &Failures, now: Instant) -> Duration {
+        let since = now.saturating_duration_since(f.last);
+        if since >= self.memory() {
+            return Duration::ZERO;
+        }
+        self.delay(f.count).saturating_sub(since)
+    }
+
+    /// Whether `key` may try at `now`: `Err(wait)` when it comes too early.
+    fn check(&self, key: u64, now: Instant) -> Result<(), Duration> {
+        match self.entries.get(&key).map(|f| self.wait(&f, now)) {
+            Some(wait) if !wait.is_zero() => Err(wait),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failure of `key` at `now`.
+    fn fail(&self, key: u64, now: Instant) {
+        let mut entry = self.entries.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        let f = entry.value_mut();
+        if now.saturating_duration_since(f.last) >= self.memory() {
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+    }
+
     /// Starts an attempt for `key` at `now`: `Err(wait)` when it comes too early (nothing is
-    /// counted), else the attempt counts as a failure until [`Backoff::forgive`].
+    /// counted), else the attempt counts as a failure until [`Backoff::forgive`]. One lock
+    /// for both steps, so concurrent attempts are counted one by one.
     fn begin(&self, key: u64, now: Instant) -> Result<(), Duration> {
         let mut entry = self.entries.entry(key).or_insert(Failures {
             count: 0,
             last: now,
         });
         let f = entry.value_mut();
-        let since = now.saturating_duration_since(f.last);
-        if since >= self.memory() {
-            f.count = 0;
+        let wait = self.wait(f, now);
+        if !wait.is_zero() {
+            return Err(wait);
         }
-        let wait = self.delay(f.count);
-        if since < wait {
-            return Err(wait - since);
+        if now.saturating_duration_since(f.last) >= self.memory() {
+            f.count = 0;
         }
         f.count = f.count.saturating_add(1);
         f.last = now;
@@ -180,26 +213,21 @@ pub struct Limits {
     register_all: DefaultDirectRateLimiter,
 }
 
-/// Two counted keys of one attempt; report success with [`Attempt::succeeded`].
+/// A sign-in under way, counted against its account and address; report success with
+/// [`Attempt::succeeded`].
 #[must_use]
 pub struct Attempt<'a> {
-    principal: (&'a Backoff, u64),
-    address: (&'a Backoff, u64),
-    /// Whether success wipes the principal's failures (an account that proved its password)
-    /// or only takes back this attempt's count (a client: its secret is not typed by a person,
-    /// and its own traffic must not reset the count of someone guessing it).
-    reset_principal: bool,
+    limits: &'a Limits,
+    account: u64,
+    address: u64,
 }
 
 impl Attempt<'_> {
-    /// The attempt succeeded: it no longer counts as a failure.
+    /// The password was right: the account's failures are forgotten, and the address's count
+    /// of this attempt taken back.
     pub fn succeeded(self) {
-        if self.reset_principal {
-            self.principal.0.reset(self.principal.1);
-        } else {
-            self.principal.0.forgive(self.principal.1);
-        }
-        self.address.0.forgive(self.address.1);
+        self.limits.login_account.reset(self.account);
+        self.limits.login_ip.forgive(self.address);
     }
 }
 
@@ -222,47 +250,37 @@ impl Limits {
 
     /// Starts a sign-in attempt for `email` from `ip`: `Err(wait)` when either must wait.
     pub fn begin_login(&self, ip: ClientIp, email: &str) -> Result<Attempt<'_>, Duration> {
-        let account = email.trim().to_ascii_lowercase();
-        self.begin_pair(
-            (&self.login_account, self.login_account.key(account)),
-            (&self.login_ip, self.login_ip.key(ip)),
-            true,
-        )
-    }
-
-    /// Starts a client authentication for `client_id` (when the request names one) from `ip`.
-    pub fn begin_client_auth(
-        &self,
-        ip: ClientIp,
-        client_id: Option<&str>,
-    ) -> Result<Attempt<'_>, Duration> {
-        self.begin_pair(
-            (
-                &self.client_auth_client,
-                self.client_auth_client.key(client_id),
-            ),
-            (&self.client_auth_ip, self.client_auth_ip.key(ip)),
-            false,
-        )
-    }
-
-    fn begin_pair<'a>(
-        &'a self,
-        principal: (&'a Backoff, u64),
-        address: (&'a Backoff, u64),
-        reset_principal: bool,
-    ) -> Result<Attempt<'a>, Duration> {
+        let account = self.login_account.key(email.trim().to_ascii_lowercase());
+        let address = self.login_ip.key(ip);
         let now = Instant::now();
-        address.0.begin(address.1, now)?;
-        if let Err(wait) = principal.0.begin(principal.1, now) {
-            address.0.forgive(address.1);
+        self.login_ip.begin(address, now)?;
+        if let Err(wait) = self.login_account.begin(account, now) {
+            self.login_ip.forgive(address);
             return Err(wait);
         }
         Ok(Attempt {
-            principal,
+            limits: self,
+            account,
             address,
-            reset_principal,
         })
+    }
+
+    /// Whether a client authentication for `client_id` (when the request names one) from
+    /// `ip` may be tried now: `Err(wait)` when either must wait.
+    pub fn check_client_auth(&self, ip: ClientIp, client_id: Option<&str>) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.client_auth_ip
+            .check(self.client_auth_ip.key(ip), now)?;
+        self.client_auth_client
+            .check(self.client_auth_client.key(client_id), now)
+    }
+
+    /// Counts a failed client authentication against `client_id` and `ip`.
+    pub fn client_auth_failed(&self, ip: ClientIp, client_id: Option<&str>) {
+        let now = Instant::now();
+        self.client_auth_ip.fail(self.client_auth_ip.key(ip), now);
+        self.client_auth_client
+            .fail(self.client_auth_client.key(client_id), now);
     }
 
     /// Whether `ip` may register a client now: `Err(wait)` past its rate or the overall one.
@@ -322,6 +340,10 @@ mod tests {
     fn success_takes_back_its_own_count_and_old_failures_are_forgotten() {
         let b = Backoff::new(1, MAX);
         let t0 = Instant::now();
+        assert_eq!(b.check(1, t0), Ok(()));
+        b.fail(1, t0);
+        assert_eq!(b.check(1, t0), Err(Duration::from_secs(1)));
+        b.reset(1);
         assert_eq!(b.begin(1, t0), Ok(()));
         b.forgive(1);
         assert!(b.is_empty());
@@ -356,12 +378,23 @@ mod tests {
         let _ = limits.begin_login(ip, "d@example.com").unwrap();
         assert!(limits.begin_login(ip, "e@example.com").is_err());
 
+        // A client's concurrent attempts do not count; its failures do.
+        assert!(limits.check_client_auth(ip, Some("app_x")).is_ok());
+        assert!(limits.check_client_auth(ip, Some("app_x")).is_ok());
+        limits.client_auth_failed(ip, Some("app_x"));
+        assert!(limits.check_client_auth(other_ip(), Some("app_x")).is_err());
+        assert!(limits.check_client_auth(ip, Some("app_y")).is_err());
+
         assert!(limits.check_registration(ip).is_ok());
         assert!(limits.check_registration(ip).is_err());
         let other = ClientIp(IpAddr::from([10, 0, 0, 2]));
         assert!(limits.check_registration(other).is_ok());
         let third = ClientIp(IpAddr::from([10, 0, 0, 3]));
         assert!(limits.check_registration(third).is_err());
+    }
+
+    fn other_ip() -> ClientIp {
+        ClientIp(IpAddr::from([10, 0, 0, 9]))
     }
 
     #[test]

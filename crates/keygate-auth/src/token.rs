@@ -129,18 +129,15 @@ pub async fn limited<T>(
     client_id: Option<&str>,
     authenticated: impl Future<Output = Result<T, OAuthError>>,
 ) -> Result<T, OAuthError> {
-    let attempt = state
-        .limits
-        .begin_client_auth(ip, client_id)
-        .map_err(|wait| {
-            tracing::info!(client_id, "client authentication throttled");
-            OAuthError::TooManyAttempts {
-                retry_after: retry_after_secs(wait),
-            }
-        })?;
+    if let Err(wait) = state.limits.check_client_auth(ip, client_id) {
+        tracing::info!(client_id, ip = %ip.0, "client authentication throttled");
+        return Err(OAuthError::TooManyAttempts {
+            retry_after: retry_after_secs(wait),
+        });
+    }
     let result = authenticated.await;
-    if !matches!(result, Err(OAuthError::InvalidClient { .. })) {
-        attempt.succeeded();
+    if matches!(result, Err(OAuthError::InvalidClient { .. })) {
+        state.limits.client_auth_failed(ip, client_id);
     }
     result
 }
