@@ -2,6 +2,7 @@
 //! account or user of one organization.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use keygate_auth::keys::VerifyError;
@@ -86,9 +87,19 @@ impl Caller {
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
+    /// The caller the rate limit already verified, or a fresh verification.
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
+        match parts.extensions.get::<Caller>() {
+            Some(caller) => Ok(caller.clone()),
+            None => Self::resolve(state, &parts.headers).await,
+        }
+    }
+}
+
+impl Caller {
+    /// Verifies the request's bearer token and resolves its live principal.
+    pub async fn resolve(state: &ApiState, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let token = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {

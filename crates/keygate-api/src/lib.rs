@@ -2,8 +2,10 @@
 //!
 //! Handlers live in [`routes`], one file per resource. Every route is registered through
 //! `utoipa-axum`, so `/api/openapi.json` is generated from the same code that serves requests.
-//! Requests pass, in order: request id → rate limit → body limit → handler, whose extractors
-//! ([`extract`], [`caller`]) turn bad input into [`ApiError`]s in the one flat error format.
+//! Requests pass, in order: request id → caller verification and rate limit (keyed on the
+//! principal, or the client address before authentication) → body limit → handler, whose
+//! extractors ([`extract`], [`caller`]) turn bad input into [`ApiError`]s in the one flat error
+//! format.
 #![forbid(unsafe_code)]
 
 pub mod caller;
@@ -98,7 +100,7 @@ pub fn router(state: ApiState, options: ApiOptions) -> Router {
         .layer(Extension(extract::MaxBody(options.max_body_bytes)))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(middleware::from_fn_with_state(
-            options.limiter,
+            (state.clone(), options.limiter),
             rate_limit::layer,
         ))
         .with_state(state);

@@ -1,26 +1,40 @@
-//! Per-credential rate limit of the management API (GCRA via `governor`). The key is a hash of
-//! the `Authorization` header, or the peer address for unauthenticated requests, so one noisy
-//! client cannot starve the others.
+//! Rate limit of the management API (GCRA via `governor`), keyed on who is calling: the
+//! verified principal (service account or user) once its bearer token checks out, else the
+//! client address. Minting fresh tokens does not buy a principal a fresh allowance, and
+//! requests with a missing, invalid or garbage token all count against their address.
+//!
+//! The middleware verifies the caller itself and hands the [`Caller`] on in the request's
+//! extensions, so handlers do not verify twice.
 
-use std::hash::{BuildHasher, Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use keygate_auth::limits::{ClientIp, retry_after_secs};
+use keygate_core::{ServiceAccountId, UserId};
 
+use crate::ApiState;
+use crate::caller::{Caller, CallerKind};
 use crate::error::ApiError;
 
-/// A keyed limiter with its hasher.
+/// What a request is counted against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    ServiceAccount(ServiceAccountId),
+    User(UserId),
+    /// Not (yet) a principal: no token, or one that did not verify.
+    Address(IpAddr),
+}
+
+/// A keyed limiter.
 #[derive(Clone)]
 pub struct Limiter {
-    inner: Arc<DefaultKeyedRateLimiter<u64>>,
-    hasher: std::collections::hash_map::RandomState,
+    inner: Arc<DefaultKeyedRateLimiter<Key>>,
 }
 
 impl Limiter {
@@ -28,44 +42,44 @@ impl Limiter {
         let n = NonZeroU32::new(n.max(1)).expect("max(1) is non-zero");
         Self {
             inner: Arc::new(RateLimiter::keyed(Quota::per_minute(n))),
-            hasher: Default::default(),
         }
     }
 
-    fn key(&self, req: &Request) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        match req.headers().get(AUTHORIZATION) {
-            Some(auth) => auth.as_bytes().hash(&mut h),
-            None => req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-                .hash(&mut h),
-        }
-        h.finish()
-    }
-}
-
-/// Middleware: 429 with `Retry-After` once a key exceeds its quota.
-pub async fn layer(State(limiter): State<Limiter>, req: Request, next: Next) -> Response {
-    let key = limiter.key(&req);
-    match limiter.inner.check_key(&key) {
-        Ok(()) => next.run(req).await,
-        Err(not_until) => {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            ApiError::RateLimited {
-                retry_after: retry_after.max(1),
-            }
-            .into_response()
-        }
-    }
-}
-
-impl Limiter {
     /// Forgets keys whose quota has fully replenished; call periodically.
     pub fn prune(&self) {
         self.inner.retain_recent();
         self.inner.shrink_to_fit();
+    }
+}
+
+/// Middleware: 429 with `Retry-After` once a principal or address exceeds its quota.
+pub async fn layer(
+    State((state, limiter)): State<(ApiState, Limiter)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let key = match Caller::resolve(&state, req.headers()).await {
+        Ok(caller) => {
+            let key = match &caller.kind {
+                CallerKind::ServiceAccount { id, .. } => Key::ServiceAccount(*id),
+                CallerKind::User { id, .. } => Key::User(*id),
+            };
+            req.extensions_mut().insert(caller);
+            key
+        }
+        Err(_) => Key::Address(ClientIp::of(req.extensions()).0),
+    };
+    match limiter.inner.check_key(&key) {
+        Ok(()) => next.run(req).await,
+        Err(not_until) => {
+            if let Key::Address(ip) = &key {
+                tracing::info!(%ip, "management API rate limit reached");
+            }
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::RateLimited {
+                retry_after: retry_after_secs(wait),
+            }
+            .into_response()
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The authorization code flow's browser half: `GET /oauth2/authorize` validates and parks the
 //! request, `/oauth2/login` signs the user in, `/oauth2/consent` asks (once per client and
-//! resource) and issues the one-time code.
+//! resource) and issues the one-time code. The same sign-in page serves connect links
+//! (`/oauth2/login?connect=…`, back to the link afterwards).
 //!
 //! Errors about the client or its redirect URI are shown as a page (never redirected, RFC 6749
 //! §4.1.2.1); every other error goes back to the client's redirect URI with `state` and `iss`.
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::clients::{Client, ClientKind};
+use crate::limits::{ClientIp, retry_after_secs};
 use crate::resource::Resource;
 use crate::router::AuthState;
 use crate::secret::{hash_secret, verify_password};
@@ -292,7 +294,10 @@ pub struct RequestRef {
 }
 
 /// The signed-in user of this browser, if any.
-async fn browser_user(state: &AuthState, headers: &HeaderMap) -> Option<(OrgId, UserId)> {
+pub(crate) async fn browser_user(
+    state: &AuthState,
+    headers: &HeaderMap,
+) -> Option<(OrgId, UserId)> {
     let cookie = state.cookies().get(headers, SESSION_COOKIE)?;
     state
         .store
@@ -302,7 +307,7 @@ async fn browser_user(state: &AuthState, headers: &HeaderMap) -> Option<(OrgId, 
 }
 
 /// The CSRF token for a form: the browser's cookie, or a fresh one to set.
-fn csrf_token(policy: CookiePolicy, headers: &HeaderMap) -> (String, Vec<HeaderValue>) {
+pub(crate) fn csrf_token(policy: CookiePolicy, headers: &HeaderMap) -> (String, Vec<HeaderValue>) {
     match policy.get(headers, CSRF_COOKIE).filter(|c| c.len() >= 32) {
         Some(c) => (c, vec![]),
         None => {
@@ -327,55 +332,137 @@ fn csrf_failure() -> Response {
     )
 }
 
+/// `?request=…` (an authorization request) or `?connect=…` (a connect link).
+#[derive(Deserialize)]
+pub struct LoginRef {
+    request: Option<String>,
+    connect: Option<String>,
+}
+
+/// What a sign-in is for, and where the browser goes once signed in.
+enum SignInFor {
+    /// An authorization request: on to consent.
+    Request(AuthorizationRequest),
+    /// A connect link: back to it. Only users of the link's organization may sign in here.
+    Connect {
+        session: String,
+        org: OrgId,
+        user: UserId,
+    },
+}
+
+impl SignInFor {
+    async fn find(
+        state: &AuthState,
+        request: Option<&str>,
+        connect: Option<&str>,
+    ) -> Result<Self, Response> {
+        match (request, connect) {
+            (Some(id), None) => match state.store.authorization_request(id).await {
+                Ok(req) => Ok(Self::Request(req)),
+                Err(StoreError::NotFound) => Err(expired_request()),
+                Err(e) => Err(server_error(e)),
+            },
+            (None, Some(session)) => {
+                match state.store.connect_session(&hash_secret(session)).await {
+                    Ok((org, _, user)) => Ok(Self::Connect {
+                        session: session.to_owned(),
+                        org,
+                        user,
+                    }),
+                    Err(StoreError::NotFound) => Err(crate::connect::link_gone()),
+                    Err(e) => Err(server_error(e)),
+                }
+            }
+            _ => Err(expired_request()),
+        }
+    }
+
+    /// The organization whose users may sign in (any, for a client that is not an
+    /// application's).
+    fn org(&self) -> Option<OrgId> {
+        match self {
+            Self::Request(req) => req.org_id,
+            Self::Connect { org, .. } => Some(*org),
+        }
+    }
+
+    /// The form's hidden field naming this target.
+    fn hidden(&self) -> (&'static str, &str) {
+        match self {
+            Self::Request(req) => ("request", req.id.as_str()),
+            Self::Connect { session, .. } => ("connect", session.as_str()),
+        }
+    }
+
+    fn next(&self) -> String {
+        match self {
+            Self::Request(req) => format!("/oauth2/consent?request={}", req.id),
+            Self::Connect { session, .. } => crate::connect::link_path(session),
+        }
+    }
+
+    /// Whether a browser signed in as `user` of `org` skips the form. A connect link needs
+    /// its own user: anyone else gets the form, to sign in as that user.
+    fn signed_in(&self, org: OrgId, user: UserId) -> bool {
+        match self {
+            Self::Request(req) => req.org_id.is_none_or(|o| o == org),
+            Self::Connect {
+                org: o, user: u, ..
+            } => *o == org && *u == user,
+        }
+    }
+}
+
 fn login_form(
     state: &AuthState,
     headers: &HeaderMap,
-    request: &str,
+    target: &SignInFor,
+    status: StatusCode,
     error: Option<&str>,
 ) -> Response {
     let (csrf, cookies) = csrf_token(state.cookies(), headers);
     let error = error
         .map(|e| format!("<p class=\"error\">{}</p>", escape(e)))
         .unwrap_or_default();
+    let (name, value) = target.hidden();
     let body = format!(
         "{error}<form method=\"post\" action=\"/oauth2/login\">\
          <input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{csrf}\">\
-         <input type=\"hidden\" name=\"request\" value=\"{request}\">\
+         <input type=\"hidden\" name=\"{name}\" value=\"{value}\">\
          <label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus>\
          <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
          <button type=\"submit\">Sign in</button></form>",
-        request = escape(request),
+        value = escape(value),
     );
-    let status = if error.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNAUTHORIZED
-    };
     page(status, "Sign in", &body, cookies)
 }
 
-/// `GET /oauth2/login?request=…`
+/// `GET /oauth2/login?request=…` or `?connect=…`
 pub async fn login_page(
     State(state): State<AuthState>,
     headers: HeaderMap,
-    Query(r): Query<RequestRef>,
+    Query(r): Query<LoginRef>,
 ) -> Response {
-    let request = match state.store.authorization_request(&r.request).await {
-        Ok(req) => req,
-        Err(StoreError::NotFound) => return expired_request(),
-        Err(e) => return server_error(e),
+    let target = match SignInFor::find(&state, r.request.as_deref(), r.connect.as_deref()).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
     };
-    if let Some((org, _)) = browser_user(&state, &headers).await
-        && request.org_id.is_none_or(|o| o == org)
+    if let Some((org, user)) = browser_user(&state, &headers).await
+        && target.signed_in(org, user)
     {
-        return Redirect::to(&format!("/oauth2/consent?request={}", request.id)).into_response();
+        return Redirect::to(&target.next()).into_response();
     }
-    login_form(&state, &headers, &request.id, None)
+    login_form(&state, &headers, &target, StatusCode::OK, None)
 }
 
-/// `POST /oauth2/login` with `email`, `password`, `csrf`, `request`.
+/// `POST /oauth2/login` with `email`, `password`, `csrf`, and `request` or `connect`.
+///
+/// Failed sign-ins are throttled per account and per client address ([`crate::limits`]); an
+/// attempt that must wait gets 429 with `Retry-After` and no password check.
 pub async fn login_submit(
     State(state): State<AuthState>,
+    ip: ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -385,20 +472,33 @@ pub async fn login_submit(
     if !csrf_ok(state.cookies(), &headers, get(&form, CSRF_FIELD)) {
         return csrf_failure();
     }
-    let request = match state
-        .store
-        .authorization_request(get(&form, "request").unwrap_or(""))
-        .await
-    {
-        Ok(req) => req,
-        Err(StoreError::NotFound) => return expired_request(),
-        Err(e) => return server_error(e),
+    let target = match SignInFor::find(&state, get(&form, "request"), get(&form, "connect")).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
     };
     let (email, password) = (
         get(&form, "email").unwrap_or(""),
         get(&form, "password").unwrap_or(""),
     );
-    let candidates = match state.store.users_by_email(request.org_id, email).await {
+    let attempt = match state.limits.begin_login(ip, email) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            let secs = retry_after_secs(wait);
+            tracing::info!(ip = %ip.0, "sign-in throttled");
+            let message = format!("Too many failed sign-ins. Try again in {secs} seconds.");
+            let mut resp = login_form(
+                &state,
+                &headers,
+                &target,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&message),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return resp;
+        }
+    };
+    let candidates = match state.store.users_by_email(target.org(), email).await {
         Ok(c) => c,
         Err(e) => return server_error(e),
     };
@@ -421,14 +521,16 @@ pub async fn login_submit(
     .await
     .unwrap_or_default();
     let [user] = verified.as_slice() else {
-        tracing::info!(request = %request.id, "sign-in refused");
+        tracing::info!(ip = %ip.0, "sign-in refused");
         return login_form(
             &state,
             &headers,
-            &request.id,
+            &target,
+            StatusCode::UNAUTHORIZED,
             Some("Invalid email or password."),
         );
     };
+    attempt.succeeded();
     let session = random_token();
     let expires = Timestamp::now().plus_seconds(BROWSER_SESSION_SECS);
     if let Err(e) = state
@@ -438,7 +540,7 @@ pub async fn login_submit(
     {
         return server_error(e);
     }
-    let mut resp = Redirect::to(&format!("/oauth2/consent?request={}", request.id)).into_response();
+    let mut resp = Redirect::to(&target.next()).into_response();
     resp.headers_mut().append(
         header::SET_COOKIE,
         state

@@ -1,9 +1,17 @@
 //! The connect page, `/oauth/connect?session=…`: where an agent's user stores the credentials
-//! an application's integrations need. A connect session (15 minutes, stored as a hash) is the
-//! capability: the gateway hands its URL out in `-32042` errors and `POST /mcp/connect-session`.
+//! an application's integrations need. The gateway hands the link out in `-32042` errors and
+//! `POST /mcp/connect-session`; it names one user and is not a bearer capability:
+//!
+//! - it opens only for that user, signed in at the gateway's own sign-in page (a browser that
+//!   is not signed in as them is sent there, `/oauth2/login?connect=…`, and back); another
+//!   signed-in user gets a page saying the link is someone else's;
+//! - it lives `auth.connect_link_ttl_secs` (stored as a hash), and completing a connection
+//!   uses it up — storing a token here, or the provider's callback for a flow started here.
+//!   Viewing the page does not.
+//!
 //! `user_token` integrations get a form with a `token` field and a `connect` button; `oauth`
 //! integrations a button that starts the provider's authorization flow ([`crate::broker`]),
-//! which comes back to `/oauth/connect/callback` and then to this page.
+//! which comes back to `/oauth/connect/callback`.
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -14,14 +22,11 @@ use keygate_core::{ApplicationId, IntegrationId, OrgId, Secret, Timestamp, UserI
 use keygate_store::StoreError;
 use serde::Deserialize;
 
-use crate::authorize::unique_params;
+use crate::authorize::{browser_user, csrf_token, unique_params};
 use crate::broker::BrokerError;
 use crate::router::AuthState;
 use crate::secret::hash_secret;
-use crate::web::{CSRF_COOKIE, CSRF_FIELD, csrf_ok, error_page, escape, page, random_token};
-
-/// How long a connect session lasts.
-pub const CONNECT_SESSION_SECS: i64 = 15 * 60;
+use crate::web::{CSRF_FIELD, csrf_ok, error_page, escape, page, random_token};
 
 /// A new connect session for a user of an application: `(id, expiresAt, connect URL)`.
 pub async fn create_connect_session(
@@ -31,13 +36,30 @@ pub async fn create_connect_session(
     user: UserId,
 ) -> Result<(String, Timestamp, String), StoreError> {
     let id = random_token();
-    let expires = Timestamp::now().plus_seconds(CONNECT_SESSION_SECS);
+    let ttl = i64::try_from(state.connect_link_ttl_secs).unwrap_or(i64::MAX);
+    let expires = Timestamp::now().plus_seconds(ttl);
     state
         .store
         .insert_connect_session(&hash_secret(&id), org, app, user, expires)
         .await?;
-    let url = format!("{}/oauth/connect?session={id}", state.public_url);
+    let url = format!("{}{}", state.public_url, link_path(&id));
     Ok((id, expires, url))
+}
+
+/// `/oauth/connect?session=…`
+pub(crate) fn link_path(session: &str) -> String {
+    format!(
+        "/oauth/connect?session={}",
+        url::form_urlencoded::byte_serialize(session.as_bytes()).collect::<String>()
+    )
+}
+
+/// The page for a link that is unknown, expired or used up.
+pub(crate) fn link_gone() -> Response {
+    error_page(
+        StatusCode::BAD_REQUEST,
+        "This connect link is unknown, has expired or was already used. Ask your agent for a new one.",
+    )
 }
 
 #[derive(Deserialize)]
@@ -45,11 +67,54 @@ pub struct SessionRef {
     session: String,
 }
 
-fn expired() -> Response {
-    error_page(
-        StatusCode::BAD_REQUEST,
-        "This connect link is unknown or has expired. Ask your agent for a new one.",
-    )
+/// A live link and the user it is for.
+struct Link {
+    org: OrgId,
+    app: ApplicationId,
+    user: UserId,
+}
+
+/// The live link `session`, if this browser is signed in as its user: a browser not signed
+/// in is sent to sign in; another user is refused.
+async fn open_link(
+    state: &AuthState,
+    headers: &HeaderMap,
+    session: &str,
+) -> Result<Link, Response> {
+    let (org, app, user) = match state.store.connect_session(&hash_secret(session)).await {
+        Ok(s) => s,
+        Err(StoreError::NotFound) => return Err(link_gone()),
+        Err(e) => return Err(failed(e)),
+    };
+    let sign_in = format!(
+        "/oauth2/login?connect={}",
+        url::form_urlencoded::byte_serialize(session.as_bytes()).collect::<String>()
+    );
+    match browser_user(state, headers).await {
+        Some((o, u)) if o == org && u == user => Ok(Link { org, app, user }),
+        Some((o, u)) => {
+            tracing::info!(link_user = %user, signed_in = %u, "connect link refused to another user");
+            let email = state
+                .store
+                .get_user(o, u)
+                .await
+                .map(|u| u.email)
+                .unwrap_or_default();
+            Err(page(
+                StatusCode::FORBIDDEN,
+                "Not your connect link",
+                &format!(
+                    "<p class=\"error\">You are signed in as <strong>{}</strong>, but this \
+                     connect link was made for another account. Only that account can use \
+                     it.</p><p><a href=\"{}\">Sign in with another account</a></p>",
+                    escape(&email),
+                    escape(&sign_in),
+                ),
+                vec![],
+            ))
+        }
+        None => Err(Redirect::to(&sign_in).into_response()),
+    }
 }
 
 /// `GET /oauth/connect?session=…`
@@ -58,23 +123,11 @@ pub async fn connect_page(
     headers: HeaderMap,
     Query(r): Query<SessionRef>,
 ) -> Response {
-    let Ok((org, app, user)) = state.store.connect_session(&hash_secret(&r.session)).await else {
-        return expired();
+    let Link { org, app, user } = match open_link(&state, &headers, &r.session).await {
+        Ok(link) => link,
+        Err(resp) => return resp,
     };
-    let (csrf, cookies) = match state
-        .cookies()
-        .get(&headers, CSRF_COOKIE)
-        .filter(|c| c.len() >= 32)
-    {
-        Some(c) => (c, vec![]),
-        None => {
-            let t = random_token();
-            (
-                t.clone(),
-                vec![state.cookies().set(CSRF_COOKIE, &t, CONNECT_SESSION_SECS)],
-            )
-        }
-    };
+    let (csrf, cookies) = csrf_token(state.cookies(), &headers);
     let integrations = match state.store.attached_integrations(org, app).await {
         Ok(list) => list,
         Err(e) => return failed(e),
@@ -115,11 +168,12 @@ pub async fn connect_page(
             (false, _) => String::new(),
         });
     }
-    body.push_str("</ul>");
+    body.push_str("</ul><p>This link connects one account, once.</p>");
     page(StatusCode::OK, "Connect your accounts", &body, cookies)
 }
 
-/// `POST /oauth/connect` with `csrf`, `session`, `integration`, `token`, `connect`.
+/// `POST /oauth/connect` with `csrf`, `session`, `integration`, and `token` + `connect` or
+/// `oauth`.
 pub async fn connect_submit(
     State(state): State<AuthState>,
     headers: HeaderMap,
@@ -136,8 +190,9 @@ pub async fn connect_submit(
         );
     }
     let session = field("session").unwrap_or("");
-    let Ok((org, app, user)) = state.store.connect_session(&hash_secret(session)).await else {
-        return expired();
+    let Link { org, app, user } = match open_link(&state, &headers, session).await {
+        Ok(link) => link,
+        Err(resp) => return resp,
     };
     let Some(integration) = field("integration").and_then(|v| v.parse::<IntegrationId>().ok())
     else {
@@ -152,6 +207,7 @@ pub async fn connect_submit(
         return error_page(StatusCode::BAD_REQUEST, "Unknown integration");
     };
     if integration.auth_mode == AuthMode::Oauth {
+        // The provider's callback uses the link up (see `Broker::complete`).
         return match state
             .broker
             .begin(org, &integration, user, Some(session))
@@ -164,22 +220,40 @@ pub async fn connect_submit(
     if integration.auth_mode != AuthMode::UserToken {
         return error_page(StatusCode::BAD_REQUEST, "Unknown integration");
     }
-    let integration = integration.id;
     let Some(token) = field("token").filter(|t| t.len() <= 16 * 1024) else {
         return error_page(StatusCode::BAD_REQUEST, "A token is required");
     };
+    // Use the link up first: of two submissions racing, only one stores.
+    match state
+        .store
+        .take_connect_session(&hash_secret(session))
+        .await
+    {
+        Ok(taken) if taken == (org, app, user) => {}
+        Ok(_) | Err(StoreError::NotFound) => return link_gone(),
+        Err(e) => return failed(e),
+    }
     if let Err(e) = state
         .store
-        .put_user_token(org, integration, user, &Secret::new(token), None)
+        .put_user_token(org, integration.id, user, &Secret::new(token), None)
         .await
     {
         return failed(e);
     }
-    Redirect::to(&format!(
-        "/oauth/connect?session={}",
-        url::form_urlencoded::byte_serialize(session.as_bytes()).collect::<String>()
-    ))
-    .into_response()
+    connected_page(&integration.name)
+}
+
+/// The end of a connection: the link is used up, so there is no page to go back to.
+fn connected_page(name: &str) -> Response {
+    page(
+        StatusCode::OK,
+        "Connected",
+        &format!(
+            "<p><strong>{}</strong> is connected. You can close this window and return to your agent.</p>",
+            escape(name)
+        ),
+        vec![],
+    )
 }
 
 #[derive(Deserialize)]
@@ -212,22 +286,7 @@ pub async fn callback(State(state): State<AuthState>, Query(q): Query<Callback>)
         );
     };
     match state.broker.complete(flow_state, code).await {
-        Ok(done) => match done.return_to {
-            Some(session) => Redirect::to(&format!(
-                "/oauth/connect?session={}",
-                url::form_urlencoded::byte_serialize(session.as_bytes()).collect::<String>()
-            ))
-            .into_response(),
-            None => page(
-                StatusCode::OK,
-                "Connected",
-                &format!(
-                    "<p><strong>{}</strong> is connected. You can close this window and return to your agent.</p>",
-                    escape(&done.integration.name)
-                ),
-                vec![],
-            ),
-        },
+        Ok(done) => connected_page(&done.integration.name),
         Err(e) => broker_failed(&e),
     }
 }
@@ -236,7 +295,8 @@ fn broker_failed(e: &BrokerError) -> Response {
     match e {
         BrokerError::UnknownState => error_page(
             StatusCode::BAD_REQUEST,
-            "This sign-in is unknown, was already used or has expired. Start again from your agent.",
+            "This sign-in is unknown, was already used or has expired, or its connect link was \
+             already used. Start again from your agent.",
         ),
         BrokerError::Store(_) => {
             tracing::error!(error = %e, "connect flow failed");

@@ -40,6 +40,10 @@ pub enum OAuthError {
         integration_id: String,
         connect_url: Option<String>,
     },
+    /// Too many attempts (failed client authentications, registrations) from this client or
+    /// address: 429 with `Retry-After`.
+    #[error("temporarily_unavailable: retry after {retry_after} s")]
+    TooManyAttempts { retry_after: u64 },
     #[error("server_error")]
     Server(String),
 }
@@ -82,6 +86,11 @@ impl OAuthError {
                 "integration_required",
                 "the user must connect this integration first".to_owned(),
             ),
+            OAuthError::TooManyAttempts { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                format!("too many attempts; retry after {retry_after} s"),
+            ),
             OAuthError::Server(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -116,11 +125,17 @@ impl IntoResponse for OAuthError {
         let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if matches!(self, OAuthError::InvalidClient { basic: true }) {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"keygate\""),
-            );
+        match &self {
+            OAuthError::InvalidClient { basic: true } => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"keygate\""),
+                );
+            }
+            OAuthError::TooManyAttempts { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         resp
     }

@@ -14,6 +14,7 @@
 //!   revocation, RFC 9728 metadata and the `401` challenge.
 //! - [`broker`]: users' upstream OAuth connections (discovery, the connect flow, single-flight
 //!   refresh, revocation); [`connect`] is its page.
+//! - [`limits`]: throttles for sign-in, client authentication and registration.
 //! - [`router`]: the HTTP endpoints (`/oauth2/*`, `/.well-known/*`).
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod error;
 pub mod exchange;
 pub mod grants;
 pub mod keys;
+pub mod limits;
 pub mod outbound;
 pub mod protected;
 pub mod register;

@@ -1,6 +1,8 @@
 //! `POST /oauth2/register`: dynamic client registration (RFC 7591), so a stock MCP client
 //! that knows only the gateway's URL can connect. Registered clients may use the
 //! authorization code grant (with PKCE) and refresh tokens, for MCP resources only.
+//! Registrations are limited per client address and overall ([`crate::limits`]): each one is a
+//! row anyone can make without credentials.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -15,6 +17,7 @@ use url::Url;
 
 use crate::clients::{REGISTERED_CLIENT_PREFIX, is_loopback_http};
 use crate::error::OAuthError;
+use crate::limits::{ClientIp, retry_after_secs};
 use crate::router::AuthState;
 use crate::secret::{generate_client_secret, hash_secret};
 
@@ -31,7 +34,14 @@ struct Metadata {
     scope: Option<String>,
 }
 
-pub async fn register(State(state): State<AuthState>, body: Bytes) -> Response {
+pub async fn register(State(state): State<AuthState>, ip: ClientIp, body: Bytes) -> Response {
+    if let Err(wait) = state.limits.check_registration(ip) {
+        tracing::info!(ip = %ip.0, "client registration throttled");
+        return OAuthError::TooManyAttempts {
+            retry_after: retry_after_secs(wait),
+        }
+        .into_response();
+    }
     match register_inner(&state, &body).await {
         Ok(doc) => (StatusCode::CREATED, Json(doc)).into_response(),
         Err(e) => e.into_response(),

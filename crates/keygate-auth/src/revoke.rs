@@ -11,23 +11,28 @@ use keygate_store::StoreError;
 
 use crate::clients::Client;
 use crate::error::OAuthError;
+use crate::limits::ClientIp;
 use crate::router::AuthState;
 use crate::secret::hash_secret;
-use crate::token::TokenRequest;
+use crate::token::{TokenRequest, limited};
 
-pub async fn revoke(State(state): State<AuthState>, headers: HeaderMap, body: Bytes) -> Response {
-    match revoke_inner(&state, &headers, &body).await {
+pub async fn revoke(
+    State(state): State<AuthState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = match TokenRequest::parse(&headers, &body) {
+        Ok(req) => limited(&state, ip, req.client_id(), revoke_inner(&state, &req)).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn revoke_inner(
-    state: &AuthState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), OAuthError> {
-    let req = TokenRequest::parse(headers, body)?;
+async fn revoke_inner(state: &AuthState, req: &TokenRequest) -> Result<(), OAuthError> {
     let (client_id, secret, basic) = req.client_credentials()?;
     let client = Client::authenticate(state, &client_id, secret.as_deref(), basic).await?;
     let token = req

@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::grants::AgentInfo;
 use crate::keys::KeyRing;
-use crate::token::{TokenRequest, exchange};
+use crate::limits::ClientIp;
+use crate::token::{TokenRequest, exchange, limited};
 use crate::web::CookiePolicy;
 use crate::{authorize, connect, protected, register, revoke};
 
@@ -31,6 +32,10 @@ pub struct AuthState {
     pub tokens: Arc<crate::verify::TokenCache>,
     /// Users' upstream OAuth connections (see [`crate::broker`]).
     pub broker: Arc<crate::broker::Broker>,
+    /// Seconds a new connect link stays usable.
+    pub connect_link_ttl_secs: u64,
+    /// Throttles for sign-in, client authentication and registration.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl AuthState {
@@ -82,7 +87,12 @@ pub fn router(state: AuthState) -> Router {
         .with_state(state)
 }
 
-async fn token(State(state): State<AuthState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    State(state): State<AuthState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let agent = AgentInfo {
         user_agent: headers
             .get(header::USER_AGENT)
@@ -90,7 +100,16 @@ async fn token(State(state): State<AuthState>, headers: HeaderMap, body: Bytes) 
             .map(|s| s.chars().take(256).collect()),
     };
     let result = match TokenRequest::parse(&headers, &body) {
-        Ok(req) => exchange(&state, req, agent).await,
+        Ok(req) => {
+            let client_id = req.client_id().map(str::to_owned);
+            limited(
+                &state,
+                ip,
+                client_id.as_deref(),
+                exchange(&state, req, agent),
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     match result {

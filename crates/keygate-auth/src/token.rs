@@ -20,6 +20,7 @@ use crate::claims::{Claims, MANAGEMENT_SCOPE};
 use crate::clients::{Client, is_service_account};
 use crate::error::OAuthError;
 use crate::grants::{self, AgentInfo};
+use crate::limits::{ClientIp, retry_after_secs};
 use crate::router::AuthState;
 use crate::secret::verify_secret;
 
@@ -78,6 +79,14 @@ impl TokenRequest {
             .filter(|v| !v.is_empty())
     }
 
+    /// The `client_id` the request names (HTTP Basic or the form), if any, before any check.
+    pub fn client_id(&self) -> Option<&str> {
+        match &self.basic {
+            Some((id, _)) => Some(id),
+            None => self.get("client_id"),
+        }
+    }
+
     /// `(client_id, client_secret, used_basic)`.
     pub fn client_credentials(&self) -> Result<(String, Option<String>, bool), OAuthError> {
         if let Some((id, secret)) = &self.basic {
@@ -109,6 +118,28 @@ fn parse_basic(value: &str) -> Result<(String, String), OAuthError> {
             .unwrap_or_default()
     };
     Ok((unescape(id), unescape(secret)))
+}
+
+/// Runs `authenticated` (a request whose client authenticates) under the client
+/// authentication limits: refused at once, before any secret is checked, while `client_id` or
+/// the address must wait; a failed authentication (`invalid_client`) counts against both.
+pub async fn limited<T>(
+    state: &AuthState,
+    ip: ClientIp,
+    client_id: Option<&str>,
+    authenticated: impl Future<Output = Result<T, OAuthError>>,
+) -> Result<T, OAuthError> {
+    if let Err(wait) = state.limits.check_client_auth(ip, client_id) {
+        tracing::info!(client_id, ip = %ip.0, "client authentication throttled");
+        return Err(OAuthError::TooManyAttempts {
+            retry_after: retry_after_secs(wait),
+        });
+    }
+    let result = authenticated.await;
+    if matches!(result, Err(OAuthError::InvalidClient { .. })) {
+        state.limits.client_auth_failed(ip, client_id);
+    }
+    result
 }
 
 /// Dispatches on `grant_type`.

@@ -193,6 +193,25 @@ pub struct AuthConfig {
     /// Seconds a connect link (`/oauth/connect?session=…`) stays usable; it is single-use and
     /// only for the user it was minted for.
     pub connect_link_ttl_secs: Option<u64>,
+    /// Failed sign-ins of one account (email) before each further attempt must wait, the wait
+    /// doubling from one second with every further failure.
+    pub login_failures_per_account: Option<u32>,
+    /// Failed sign-ins from one client address (an IPv6 /64) before each further attempt must
+    /// wait, as for an account.
+    pub login_failures_per_ip: Option<u32>,
+    /// Failed client authentications (wrong or missing secret, unknown client) of one
+    /// `client_id` at the token and revocation endpoints before each further attempt must wait.
+    pub client_auth_failures_per_client: Option<u32>,
+    /// Failed client authentications from one client address before each further attempt
+    /// must wait.
+    pub client_auth_failures_per_ip: Option<u32>,
+    /// The longest wait those growing delays reach, in seconds; a key's failures are forgotten
+    /// after twice this long without one.
+    pub failure_delay_max_secs: Option<u64>,
+    /// Dynamic client registrations (`/oauth2/register`) per minute from one client address.
+    pub registrations_per_ip_per_minute: Option<u32>,
+    /// Dynamic client registrations per minute from everyone together.
+    pub registrations_per_minute: Option<u32>,
 }
 
 /// Management API settings.
@@ -234,6 +253,13 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("vault.key_file", FieldKind::String),
     ("auth.access_token_ttl_secs", FieldKind::Integer),
     ("auth.connect_link_ttl_secs", FieldKind::Integer),
+    ("auth.login_failures_per_account", FieldKind::Integer),
+    ("auth.login_failures_per_ip", FieldKind::Integer),
+    ("auth.client_auth_failures_per_client", FieldKind::Integer),
+    ("auth.client_auth_failures_per_ip", FieldKind::Integer),
+    ("auth.failure_delay_max_secs", FieldKind::Integer),
+    ("auth.registrations_per_ip_per_minute", FieldKind::Integer),
+    ("auth.registrations_per_minute", FieldKind::Integer),
     ("api.rate_limit_per_minute", FieldKind::Integer),
     ("api.max_body_bytes", FieldKind::Integer),
     ("outbound.allowed_private_hosts", FieldKind::StringList),
@@ -291,6 +317,13 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_STREAM_IDLE_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_FANOUT_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_CONNECT_LINK_TTL_SECS: u64 = 600;
+pub const DEFAULT_LOGIN_FAILURES_PER_ACCOUNT: u32 = 5;
+pub const DEFAULT_LOGIN_FAILURES_PER_IP: u32 = 20;
+pub const DEFAULT_CLIENT_AUTH_FAILURES_PER_CLIENT: u32 = 10;
+pub const DEFAULT_CLIENT_AUTH_FAILURES_PER_IP: u32 = 30;
+pub const DEFAULT_FAILURE_DELAY_MAX_SECS: u64 = 900;
+pub const DEFAULT_REGISTRATIONS_PER_IP_PER_MINUTE: u32 = 20;
+pub const DEFAULT_REGISTRATIONS_PER_MINUTE: u32 = 300;
 pub const DEFAULT_TRACE_MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 pub const DEFAULT_TRACE_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_TRACE_QUEUE_CAPACITY: usize = 20_000;
@@ -376,6 +409,48 @@ impl Config {
         self.auth
             .connect_link_ttl_secs
             .unwrap_or(DEFAULT_CONNECT_LINK_TTL_SECS)
+    }
+
+    pub fn login_failures_per_account(&self) -> u32 {
+        self.auth
+            .login_failures_per_account
+            .unwrap_or(DEFAULT_LOGIN_FAILURES_PER_ACCOUNT)
+    }
+
+    pub fn login_failures_per_ip(&self) -> u32 {
+        self.auth
+            .login_failures_per_ip
+            .unwrap_or(DEFAULT_LOGIN_FAILURES_PER_IP)
+    }
+
+    pub fn client_auth_failures_per_client(&self) -> u32 {
+        self.auth
+            .client_auth_failures_per_client
+            .unwrap_or(DEFAULT_CLIENT_AUTH_FAILURES_PER_CLIENT)
+    }
+
+    pub fn client_auth_failures_per_ip(&self) -> u32 {
+        self.auth
+            .client_auth_failures_per_ip
+            .unwrap_or(DEFAULT_CLIENT_AUTH_FAILURES_PER_IP)
+    }
+
+    pub fn failure_delay_max_secs(&self) -> u64 {
+        self.auth
+            .failure_delay_max_secs
+            .unwrap_or(DEFAULT_FAILURE_DELAY_MAX_SECS)
+    }
+
+    pub fn registrations_per_ip_per_minute(&self) -> u32 {
+        self.auth
+            .registrations_per_ip_per_minute
+            .unwrap_or(DEFAULT_REGISTRATIONS_PER_IP_PER_MINUTE)
+    }
+
+    pub fn registrations_per_minute(&self) -> u32 {
+        self.auth
+            .registrations_per_minute
+            .unwrap_or(DEFAULT_REGISTRATIONS_PER_MINUTE)
     }
 
     pub fn max_connections(&self) -> u32 {
@@ -548,12 +623,44 @@ impl Config {
                 self.connect_link_ttl_secs(),
                 30..=86_400,
             ),
+            (
+                "auth.failure_delay_max_secs",
+                self.failure_delay_max_secs(),
+                1..=86_400,
+            ),
         ] {
             if !range.contains(&value) {
                 return Err(ConfigError::new(
                     field,
                     format!("must be between {} and {}", range.start(), range.end()),
                 ));
+            }
+        }
+        for (field, value) in [
+            (
+                "auth.login_failures_per_account",
+                self.login_failures_per_account(),
+            ),
+            ("auth.login_failures_per_ip", self.login_failures_per_ip()),
+            (
+                "auth.client_auth_failures_per_client",
+                self.client_auth_failures_per_client(),
+            ),
+            (
+                "auth.client_auth_failures_per_ip",
+                self.client_auth_failures_per_ip(),
+            ),
+            (
+                "auth.registrations_per_ip_per_minute",
+                self.registrations_per_ip_per_minute(),
+            ),
+            (
+                "auth.registrations_per_minute",
+                self.registrations_per_minute(),
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return Err(ConfigError::new(field, "must be between 1 and 1000000"));
             }
         }
         if self.server.max_connections == Some(0) {

@@ -18,6 +18,7 @@ use keygate_api::probe::{Probe, Prober};
 use keygate_api::{ApiOptions, ApiState, Limiter};
 use keygate_auth::broker::Broker;
 use keygate_auth::clients::ClientDocuments;
+use keygate_auth::limits::{LimitSettings, Limits};
 use keygate_auth::outbound::Outbound;
 use keygate_auth::{AuthState, KeyRing};
 use keygate_core::Secret;
@@ -42,6 +43,7 @@ pub struct Gateway {
     pub telemetry: Arc<Telemetry>,
     router: Router,
     limiter: Limiter,
+    auth_limits: Arc<Limits>,
     pipeline: Pipeline,
 }
 
@@ -88,6 +90,16 @@ impl Gateway {
             client_documents: Arc::new(ClientDocuments::new(outbound)),
             tokens: Arc::default(),
             broker: Arc::new(broker),
+            connect_link_ttl_secs: config.connect_link_ttl_secs(),
+            limits: Arc::new(Limits::new(LimitSettings {
+                login_failures_per_account: config.login_failures_per_account(),
+                login_failures_per_ip: config.login_failures_per_ip(),
+                client_auth_failures_per_client: config.client_auth_failures_per_client(),
+                client_auth_failures_per_ip: config.client_auth_failures_per_ip(),
+                failure_delay_max: Duration::from_secs(config.failure_delay_max_secs()),
+                registrations_per_ip_per_minute: config.registrations_per_ip_per_minute(),
+                registrations_per_minute: config.registrations_per_minute(),
+            })),
         };
         let limiter = Limiter::per_minute(config.rate_limit_per_minute());
         let upstream = Arc::new(Upstream::new(
@@ -113,7 +125,7 @@ impl Gateway {
                     .with_telemetry(telemetry.clone())
                     .with_allowed_origins(&config.mcp.allowed_origins),
             ))
-            .merge(keygate_auth::router(auth))
+            .merge(keygate_auth::router(auth.clone()))
             .merge(api)
             .route("/healthz", get(|| async { "ok" }))
             .route(
@@ -144,6 +156,7 @@ impl Gateway {
             telemetry,
             router,
             limiter,
+            auth_limits: auth.limits,
             pipeline,
         })
     }
@@ -160,6 +173,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let limiter = self.limiter.clone();
+        let auth_limits = self.auth_limits.clone();
         let store = self.store.clone();
         let keys = self.keys.clone();
         let pruner = tokio::spawn(async move {
@@ -167,6 +181,7 @@ impl Gateway {
             loop {
                 tick.tick().await;
                 limiter.prune();
+                auth_limits.prune();
                 // Pick up signing keys rotated by another replica or the CLI.
                 if let Err(e) = keys.reload().await {
                     tracing::warn!(error = %e, "reloading signing keys failed");

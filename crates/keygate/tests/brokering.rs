@@ -110,17 +110,16 @@ impl World {
         auth.strip_prefix("Bearer ").unwrap().to_owned()
     }
 
-    /// Follows a `-32042` answer's connect link like a browser: the connect page, the OAuth
-    /// button, the provider (which approves), the callback, back to the connect page.
+    /// Follows a `-32042` answer's connect link like Alice's browser: sign-in, the connect
+    /// page, the OAuth button, the provider (which approves), the callback, which uses the
+    /// link up.
     async fn connect_via_page(&self, answer: &Value) {
         assert_eq!(answer["error"]["code"], -32042, "{answer}");
         let link = answer["error"]["data"]["connectUrl"].as_str().unwrap();
         let browser = browser();
-        let html = browser
-            .get(link)
-            .send()
+        let html = self
+            .open_connect_link(&browser, link, self.alice)
             .await
-            .unwrap()
             .text()
             .await
             .unwrap();
@@ -145,16 +144,10 @@ impl World {
         );
         let back = follow_provider(&browser, &to_provider).await;
         let resp = browser.get(&back).send().await.unwrap();
-        assert_eq!(resp.status(), 303, "{}", resp.text().await.unwrap());
-        let html = browser
-            .get(format!("{}{}", self.gw.url, location(&resp)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(html.contains("connected"), "{html}");
+        assert_eq!(resp.status(), 200);
+        let html = resp.text().await.unwrap();
+        assert!(html.contains("is connected"), "{html}");
+        assert_eq!(browser.get(link).send().await.unwrap().status(), 400);
     }
 }
 

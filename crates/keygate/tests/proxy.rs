@@ -1585,8 +1585,9 @@ async fn connect_link_completes_a_missing_connection(backend: Backend) {
         "{link}"
     );
 
+    // The link opens for Bob once he has signed in (security::connect_links has the rest).
     let browser = browser();
-    let resp = browser.get(&link).send().await.unwrap();
+    let resp = w.open_connect_link(&browser, &link, w.bob).await;
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-security-policy"]
@@ -1630,19 +1631,14 @@ async fn connect_link_completes_a_missing_connection(backend: Backend) {
         ("connect", "1"),
     ];
     let resp = browser.post(&post).form(&form).send().await.unwrap();
-    assert_eq!(resp.status(), 303);
-    let after = browser
-        .get(&link)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let after = resp.text().await.unwrap();
     assert!(
         after.contains("connected") && !after.contains("bob-token"),
         "{after}"
     );
+    // Connecting used the link up.
+    assert_eq!(browser.get(&link).send().await.unwrap().status(), 400);
 
     let body: Value = w
         .call(&personal, Some(&bob), rpc(2, "ping", json!({})))
@@ -1713,13 +1709,17 @@ async fn connect_link_completes_a_missing_connection(backend: Backend) {
         created["sessionId"].is_string() && created["expiresAt"].is_string(),
         "{created}"
     );
+    // Alice's link: Bob's browser is refused; hers opens it.
+    let alice_link = created["connectUrl"].as_str().unwrap();
+    assert_eq!(browser.get(alice_link).send().await.unwrap().status(), 403);
     assert_eq!(
-        browser
-            .get(created["connectUrl"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        w.open_connect_link(
+            &keygate_test_support::browser::browser(),
+            alice_link,
+            w.alice
+        )
+        .await
+        .status(),
         200
     );
     assert_eq!(

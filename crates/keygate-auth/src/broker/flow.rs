@@ -2,7 +2,9 @@
 //! discovered MCP servers), then the callback that redeems the code and seals the tokens.
 //!
 //! The `state` parameter is the flow's capability: random, stored only as a hash, bound to the
-//! organization, integration and user that started it, usable once, for ten minutes.
+//! organization, integration and user that started it, usable once, for ten minutes. A flow
+//! started on the connect page also needs that page's connect link to be live when it
+//! completes, and uses the link up.
 
 use keygate_core::model::{AuthMode, Integration};
 use keygate_core::{OrgId, Secret, Timestamp, UserId};
@@ -111,6 +113,19 @@ impl Broker {
             .await
             .map_err(|e| provider_error("code exchange", &e).0)?;
         let tokens = tokens_from(&response);
+        // A flow started from a connect link completes only while that link is live, and uses
+        // it up: a link connects once.
+        if let Some(session) = &payload.return_to {
+            match self
+                .store()
+                .take_connect_session(&hash_secret(session))
+                .await
+            {
+                Ok((org, _, user)) if org == flow.org && user == flow.user => {}
+                Ok(_) | Err(StoreError::NotFound) => return Err(BrokerError::UnknownState),
+                Err(e) => return Err(e.into()),
+            }
+        }
         let display_name = self.display_name(&endpoints, &tokens.access).await;
         self.store()
             .put_oauth_connection(

@@ -561,6 +561,25 @@ impl Store {
         Ok((r.id("org_id")?, r.id("application_id")?, r.id("user_id")?))
     }
 
+    /// Uses a live connect session up: deletes it and returns its organization, application
+    /// and user. Of two concurrent calls only one gets it.
+    pub async fn take_connect_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<(OrgId, ApplicationId, UserId)> {
+        let mut sql = Sql::new("DELETE FROM connect_sessions WHERE id_hash = ");
+        sql.bind(id_hash)
+            .push(" AND expires_at > ")
+            .bind(Timestamp::now().millis())
+            .push(" RETURNING org_id, application_id, user_id");
+        let r = sql
+            .query()
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok((r.id("org_id")?, r.id("application_id")?, r.id("user_id")?))
+    }
+
     pub async fn revoke_jti(&self, jti: &str, expires_at: Timestamp) -> Result<()> {
         let mut sql = Sql::new("INSERT INTO revoked_tokens (jti, expires_at) VALUES (");
         sql.bind(jti)
