@@ -28,6 +28,7 @@ pub mod traced;
 pub mod upstream;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{any, get, post};
@@ -48,6 +49,9 @@ pub struct ProxyState {
     pub cache: Arc<RouteCache>,
     /// Trace events, spans and metrics of MCP requests.
     pub tracing: Arc<traced::Tracing>,
+    /// What each upstream gets to answer its part of an aggregated fan-out
+    /// (`proxy.fanout_timeout_secs`).
+    pub fanout_timeout: Duration,
 }
 
 /// What the hot path would otherwise read from the store on every request, valid for one
@@ -74,7 +78,14 @@ impl ProxyState {
             tracing: Arc::new(traced::Tracing::new(Arc::new(
                 keygate_trace::Telemetry::disabled(),
             ))),
+            fanout_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Gives each upstream `timeout` for its part of an aggregated fan-out (default 5 s).
+    pub fn with_fanout_timeout(mut self, timeout: Duration) -> Self {
+        self.fanout_timeout = timeout;
+        self
     }
 
     /// Records exchanges through `telemetry` (the default records metrics only).

@@ -109,7 +109,9 @@ impl Gateway {
         let health_store = store.clone();
         let mut router = Router::new()
             .merge(keygate_proxy::router(
-                ProxyState::new(auth.clone(), upstream).with_telemetry(telemetry.clone()),
+                ProxyState::new(auth.clone(), upstream)
+                    .with_telemetry(telemetry.clone())
+                    .with_fanout_timeout(Duration::from_secs(config.fanout_timeout_secs())),
             ))
             .merge(keygate_auth::router(auth))
             .merge(api)
