@@ -105,7 +105,8 @@ pub struct TelemetryConfig {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields, default)]
 pub struct UpstreamOAuthConfig {
-    /// Seconds before its expiry that an access token is refreshed.
+    /// Seconds before its expiry that an access token is refreshed; at most a quarter of the
+    /// token's lifetime, so a short-lived token is used for three quarters of its life first.
     pub refresh_skew_secs: Option<u64>,
     /// Named providers that integrations refer to with `oauth.provider`. File only: a map has
     /// no environment variables.

@@ -12,7 +12,7 @@ use crate::error::ProxyError;
 use crate::gate::McpCaller;
 
 /// A cached credential lookup: the header to send (if any) and, for an OAuth token, when it
-/// expires; or "this user must connect".
+/// is due for a refresh; or "this user must connect".
 #[derive(Clone)]
 pub enum Cached {
     Header(Option<HeaderValue>, Option<Timestamp>),
@@ -31,8 +31,8 @@ pub async fn authorization(
     let key = cache_key(caller, integration);
     let generation = state.auth.store.generation();
     let cached = match state.cache.credentials.get(&key, generation) {
-        Some(Cached::Header(h, expires)) if state.auth.broker.is_fresh(expires) => {
-            Cached::Header(h, expires)
+        Some(Cached::Header(h, refresh_at)) if state.auth.broker.is_fresh(refresh_at) => {
+            Cached::Header(h, refresh_at)
         }
         Some(Cached::Missing) => Cached::Missing,
         _ => {
@@ -76,7 +76,7 @@ pub async fn after_rejection(
             state.cache.credentials.put(
                 cache_key(caller, integration),
                 state.auth.store.generation(),
-                Cached::Header(Some(header.clone()), fresh.expires_at),
+                Cached::Header(Some(header.clone()), fresh.refresh_at),
             );
             Ok(Some(header))
         }
@@ -145,7 +145,7 @@ async fn lookup(
         {
             Ok(fresh) => Ok(Cached::Header(
                 Some(bearer(&fresh.access)?),
-                fresh.expires_at,
+                fresh.refresh_at,
             )),
             Err(BrokerError::NotConnected | BrokerError::Disconnected) => Ok(Cached::Missing),
             Err(e) => Err(broker_error(e)),

@@ -32,6 +32,7 @@ pub mod traced;
 pub mod upstream;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{any, get, post};
@@ -54,6 +55,9 @@ pub struct ProxyState {
     pub tracing: Arc<traced::Tracing>,
     /// The browser origins the MCP endpoints serve.
     pub origins: Arc<origin::AllowedOrigins>,
+    /// What each upstream gets to answer its part of an aggregated fan-out
+    /// (`proxy.fanout_timeout_secs`).
+    pub fanout_timeout: Duration,
 }
 
 /// What the hot path would otherwise read from the store on every request, valid for one
@@ -81,12 +85,19 @@ impl ProxyState {
             tracing: Arc::new(traced::Tracing::new(Arc::new(
                 keygate_trace::Telemetry::disabled(),
             ))),
+            fanout_timeout: Duration::from_secs(5),
         }
     }
 
     /// Serves browsers on these origins (`mcp.allowed_origins`) besides the public URL's.
     pub fn with_allowed_origins(mut self, origins: &[String]) -> Self {
         self.origins = Arc::new(origin::AllowedOrigins::new(&self.auth.public_url, origins));
+        self
+    }
+
+    /// Gives each upstream `timeout` for its part of an aggregated fan-out (default 5 s).
+    pub fn with_fanout_timeout(mut self, timeout: Duration) -> Self {
+        self.fanout_timeout = timeout;
         self
     }
 

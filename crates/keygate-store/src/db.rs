@@ -114,6 +114,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0005_forward_headers.sql"),
                 include_str!("../migrations/postgres/0005_forward_headers.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0006_token_version.sql"),
+                include_str!("../migrations/postgres/0006_token_version.sql"),
+            ),
         ];
         let body = |s: &str| -> String {
             s.lines()

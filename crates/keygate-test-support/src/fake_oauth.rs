@@ -126,6 +126,13 @@ impl FakeOAuth {
             .is_some_and(|exp| *exp > Instant::now())
     }
 
+    /// Issues a token pair to `client_id` out of band, as if its user had just been through
+    /// the code flow: the token response (`access_token`, `refresh_token`, `expires_in`).
+    pub fn grant(&self, client_id: &str) -> Value {
+        let mut inner = self.lock();
+        issue(&self.provider, &mut inner, client_id)
+    }
+
     /// How many refresh grants succeeded.
     pub fn refresh_count(&self) -> usize {
         self.provider.refreshes.load(Ordering::SeqCst)

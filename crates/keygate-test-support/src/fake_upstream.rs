@@ -26,6 +26,8 @@
 //! [`FakeUpstream::requests`] lists every message POSTed to `/mcp`, with its headers;
 //! [`FakeUpstream::hits`] every HTTP request it received on any path (known or not), with its
 //! method, path, query and headers — what a test asserts on to show that nothing reached it.
+//! [`FakeUpstream::stall`] makes it stop answering `/mcp` (never, or after the headers) until
+//! it is told to answer again.
 //!
 //! [`FakeUpstream::modern`] speaks only 2026-07-28: stateless (no `Mcp-Session-Id`, `GET` and
 //! `DELETE` → `405`), `server/discover`, results with `resultType`; every request must carry
@@ -35,7 +37,7 @@
 //! and `logging/setLevel` are unknown (`404`, `-32601`).
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +58,17 @@ pub const SESSION_ID: &str = "upstream-session-1";
 /// The only version a [`FakeUpstream::modern`] speaks.
 pub const MODERN: &str = "2026-07-28";
 const SESSION_PREFIX: &str = "upstream-session-";
+
+/// How a fake answers `/mcp` ([`FakeUpstream::stall`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stall {
+    /// It answers as usual.
+    No = 0,
+    /// It accepts each request and never answers, not even with headers.
+    Silent = 1,
+    /// It sends the headers of an SSE answer, then nothing.
+    AfterHeaders = 2,
+}
 
 /// A running fake upstream.
 pub struct FakeUpstream {
@@ -80,9 +93,27 @@ struct Shared {
     hits: Arc<Mutex<Vec<Value>>>,
     /// The client's answers to the fake's own requests.
     answers: tokio::sync::broadcast::Sender<Value>,
+    /// A [`Stall`], as its discriminant.
+    stall: AtomicU8,
 }
 
 impl Shared {
+    /// The answer of a stalled fake, if it is stalled: one that never comes, or headers only.
+    async fn stalled(&self) -> Option<Response> {
+        match self.stall.load(Ordering::SeqCst) {
+            x if x == Stall::Silent as u8 => std::future::pending().await,
+            x if x == Stall::AfterHeaders as u8 => Some(
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "text/event-stream")
+                    .body(Body::from_stream(stream::pending::<
+                        Result<Bytes, Infallible>,
+                    >()))
+                    .expect("valid response"),
+            ),
+            _ => None,
+        }
+    }
+
     fn session(&self) -> String {
         format!("{SESSION_PREFIX}{}", self.epoch.load(Ordering::SeqCst))
     }
@@ -130,6 +161,11 @@ impl FakeUpstream {
         log.iter().filter(|r| r["method"] == method).count()
     }
 
+    /// From now on answers `/mcp` requests as `stall` says (in flight ones are unaffected).
+    pub fn stall(&self, stall: Stall) {
+        self.shared.stall.store(stall as u8, Ordering::SeqCst);
+    }
+
     /// Forgets every session it issued: requests carrying one get `404`.
     pub fn forget_sessions(&self) {
         self.shared.epoch.fetch_add(1, Ordering::SeqCst);
@@ -157,6 +193,7 @@ impl FakeUpstream {
             log: Mutex::new(Vec::new()),
             hits: Arc::default(),
             answers,
+            stall: AtomicU8::new(Stall::No as u8),
         });
         let hits = shared.hits.clone();
         let (on_post, on_get, on_delete) = (shared.clone(), shared.clone(), shared.clone());
@@ -297,6 +334,9 @@ async fn rpc(shared: Arc<Shared>, headers: HeaderMap, req: Value) -> Response {
         "method": req["method"], "id": req["id"], "params": req["params"],
         "headers": header_map(&headers),
     }));
+    if let Some(stalled) = shared.stalled().await {
+        return stalled;
+    }
     if shared.forgotten(&headers) {
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -570,6 +610,9 @@ async fn close(shared: Arc<Shared>, headers: HeaderMap) -> StatusCode {
 /// it resumes after event n (the upstream's side of resumption). A 2026 fake has no such
 /// stream (405); a forgotten session gets 404.
 async fn open_stream(shared: Arc<Shared>, headers: HeaderMap) -> Response {
+    if let Some(stalled) = shared.stalled().await {
+        return stalled;
+    }
     if shared.modern {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }

@@ -123,7 +123,8 @@ impl Gateway {
             .merge(keygate_proxy::router(
                 ProxyState::new(auth.clone(), upstream)
                     .with_telemetry(telemetry.clone())
-                    .with_allowed_origins(&config.mcp.allowed_origins),
+                    .with_allowed_origins(&config.mcp.allowed_origins)
+                    .with_fanout_timeout(Duration::from_secs(config.fanout_timeout_secs())),
             ))
             .merge(keygate_auth::router(auth.clone()))
             .merge(api)

@@ -1,11 +1,19 @@
 //! Handing out fresh upstream tokens, and revoking them.
 //!
-//! A token within `refresh_skew_secs` of expiry — or one the upstream just refused — is
-//! refreshed by exactly one caller: concurrent requests in this process wait on a per-connection
-//! mutex, and replicas on a lease in the connection's row (`Store::try_lease_refresh`); whoever
-//! waited then reads the tokens the winner stored. A refresh the provider refuses for good
-//! (`invalid_grant`, or no refresh token left) marks the connection disconnected, so the user
-//! is asked to connect again; a provider that is merely failing leaves it as it is.
+//! A token is refreshed ahead of expiry by `refresh_skew_secs`, clamped to a quarter of the
+//! token's lifetime ([`MAX_SKEW_SHARE`]): a token that lives 10 s is refreshed once 7.5 s old,
+//! not at once (with the default 60 s skew it would be "about to expire" from birth, and every
+//! call would refresh it). So a token younger than three quarters of its lifetime is never
+//! refreshed ahead of time; one the upstream refused is refreshed whatever its age.
+//!
+//! Each expiry costs one refresh. A caller notes the token version it judged stale (or the
+//! token the upstream refused); concurrent requests in this process then wait on a
+//! per-connection mutex, and replicas on a lease in the connection's row that is taken only
+//! while that version is still the stored one (`Store::try_lease_refresh`). Whoever finds a
+//! newer version than the one it noted takes it instead of refreshing again. A refresh the
+//! provider refuses for good (`invalid_grant`, or no refresh token left) marks the connection
+//! disconnected, so the user is asked to connect again; a provider that is merely failing
+//! leaves it as it is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,22 +32,38 @@ use crate::web::random_token;
 const LEASE_SECS: i64 = 30;
 /// How long a caller waits for another replica's refresh before giving up.
 const WAIT_FOR_PEER: Duration = Duration::from_secs(15);
+/// The refresh skew is at most `1 / MAX_SKEW_SHARE` of a token's lifetime (`expires_in` at
+/// issue), so a token is used for at least three quarters of its life before it is refreshed.
+pub const MAX_SKEW_SHARE: i64 = 4;
 
-/// An access token and when it expires.
+/// An access token, when it expires, and from when it is refreshed before use.
 #[derive(Clone, Debug)]
 pub struct Fresh {
     pub access: Secret,
     pub expires_at: Option<Timestamp>,
+    /// When the token becomes due for a refresh (`None`: never, it does not expire).
+    pub refresh_at: Option<Timestamp>,
+}
+
+/// Which token a refresh replaces: it happens only while that one is still the stored one.
+#[derive(Clone, Copy)]
+enum Stale<'a> {
+    /// The tokens at this version, due for a refresh.
+    Version(i64),
+    /// This access token, which the upstream refused.
+    Refused(&'a Secret),
 }
 
 /// The tokens of a token response. A response without `expires_in` has no known expiry.
 pub(crate) fn tokens_from(r: &BasicTokenResponse) -> OAuthTokens {
+    let now = Timestamp::now();
     OAuthTokens {
         access: Secret::new(r.access_token().secret().clone()),
         refresh: r.refresh_token().map(|t| Secret::new(t.secret().clone())),
         expires_at: r
             .expires_in()
-            .map(|d| Timestamp::now().plus_seconds(d.as_secs().min(i64::MAX as u64) as i64)),
+            .map(|d| now.plus_seconds(d.as_secs().min(i64::MAX as u64 / 1000) as i64)),
+        issued_at: now,
     }
 }
 
@@ -86,14 +110,24 @@ pub(crate) fn provider_error<RE: std::error::Error + 'static>(
 }
 
 impl Broker {
-    /// Whether a token expiring at `expires_at` may still be used without refreshing.
-    pub fn is_fresh(&self, expires_at: Option<Timestamp>) -> bool {
-        !self.stale(expires_at)
+    /// Whether a token due for a refresh at `refresh_at` ([`Fresh::refresh_at`]) may still be
+    /// used as it is.
+    pub fn is_fresh(&self, refresh_at: Option<Timestamp>) -> bool {
+        refresh_at.is_none_or(|t| Timestamp::now() < t)
     }
 
-    fn stale(&self, expires_at: Option<Timestamp>) -> bool {
-        expires_at
-            .is_some_and(|t| t.seconds() <= Timestamp::now().seconds() + self.refresh_skew_secs)
+    /// When `tokens` become due for a refresh: `refresh_skew_secs` before expiry, but never
+    /// more than a quarter of their lifetime before it.
+    pub fn refresh_at(&self, tokens: &OAuthTokens) -> Option<Timestamp> {
+        due(tokens, self.refresh_skew_secs)
+    }
+
+    fn fresh(&self, tokens: OAuthTokens) -> Fresh {
+        Fresh {
+            refresh_at: self.refresh_at(&tokens),
+            expires_at: tokens.expires_at,
+            access: tokens.access,
+        }
     }
 
     /// The user's current access token for an OAuth integration, refreshed first when it is
@@ -104,13 +138,11 @@ impl Broker {
         user: UserId,
     ) -> Result<Fresh, BrokerError> {
         let conn = self.connection(integration, user).await?;
-        if !self.stale(conn.tokens.expires_at) {
-            return Ok(Fresh {
-                access: conn.tokens.access,
-                expires_at: conn.tokens.expires_at,
-            });
+        if self.is_fresh(self.refresh_at(&conn.tokens)) {
+            return Ok(self.fresh(conn.tokens));
         }
-        self.refresh(integration, user, None).await
+        self.refresh(integration, user, Stale::Version(conn.version))
+            .await
     }
 
     /// After the upstream refused `rejected`: a token other than the refused one if a peer
@@ -121,7 +153,8 @@ impl Broker {
         user: UserId,
         rejected: &Secret,
     ) -> Result<Fresh, BrokerError> {
-        self.refresh(integration, user, Some(rejected)).await
+        self.refresh(integration, user, Stale::Refused(rejected))
+            .await
     }
 
     async fn connection(
@@ -145,44 +178,45 @@ impl Broker {
         &self,
         integration: &Integration,
         user: UserId,
-        rejected: Option<&Secret>,
+        stale: Stale<'_>,
     ) -> Result<Fresh, BrokerError> {
         let key = (integration.id, user);
         let lock = self.locks.entry(key).or_default().clone();
         let result = {
             let _held = lock.lock().await;
-            self.refresh_locked(integration, user, rejected).await
+            self.refresh_locked(integration, user, stale).await
         };
         drop(lock);
         self.locks.remove_if(&key, |_, l| Arc::strong_count(l) == 1);
         result
     }
 
+    /// Refreshes the `stale` tokens unless someone already replaced them: another request here
+    /// (which held the mutex first) or another replica (which held the lease).
     async fn refresh_locked(
         &self,
         integration: &Integration,
         user: UserId,
-        rejected: Option<&Secret>,
+        stale: Stale<'_>,
     ) -> Result<Fresh, BrokerError> {
         let (org, id) = (integration.org_id, integration.id);
         let deadline = tokio::time::Instant::now() + WAIT_FOR_PEER;
         loop {
             let conn = self.connection(integration, user).await?;
-            let needed = match rejected {
-                Some(r) => conn.tokens.access == *r,
-                None => self.stale(conn.tokens.expires_at),
+            let replaced = match stale {
+                Stale::Version(v) => conn.version != v,
+                Stale::Refused(r) => conn.tokens.access != *r,
             };
-            if !needed {
-                return Ok(Fresh {
-                    access: conn.tokens.access,
-                    expires_at: conn.tokens.expires_at,
-                });
+            if replaced {
+                return Ok(self.fresh(conn.tokens));
             }
             let owner = random_token();
             let lease = Timestamp::now().plus_seconds(LEASE_SECS);
+            // Only while the row still holds the tokens just read: a replica that refreshed
+            // and released the lease in between is seen on the next turn.
             if self
                 .store()
-                .try_lease_refresh(org, id, user, &owner, lease)
+                .try_lease_refresh(org, id, user, &owner, lease, conn.version)
                 .await?
             {
                 return self.refresh_leased(integration, user, &owner, conn).await;
@@ -229,10 +263,7 @@ impl Broker {
                 let tokens = tokens_from(&response);
                 store.store_refreshed(org, id, user, owner, &tokens).await?;
                 tracing::info!(integration = %id, user = %user, "upstream OAuth token refreshed");
-                Ok(Fresh {
-                    access: tokens.access,
-                    expires_at: tokens.expires_at,
-                })
+                Ok(self.fresh(tokens))
             }
             Err((e, gone)) => {
                 store.end_refresh(org, id, user, owner, gone).await?;
@@ -341,4 +372,44 @@ fn revocation_request(
         }
     }
     req.body(form.finish().into_bytes()).ok()
+}
+
+/// When `tokens` become due for a refresh with a skew of `skew_secs`, clamped to
+/// `1 / MAX_SKEW_SHARE` of their lifetime.
+fn due(tokens: &OAuthTokens, skew_secs: i64) -> Option<Timestamp> {
+    let expires = tokens.expires_at?.millis();
+    let lifetime = (expires - tokens.issued_at.millis()).max(0);
+    let skew = skew_secs
+        .saturating_mul(1000)
+        .min(lifetime / MAX_SKEW_SHARE);
+    Some(Timestamp::from_millis(expires - skew))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(issued: i64, lifetime_ms: Option<i64>) -> OAuthTokens {
+        OAuthTokens {
+            access: Secret::new("a"),
+            refresh: None,
+            expires_at: lifetime_ms.map(|l| Timestamp::from_millis(issued + l)),
+            issued_at: Timestamp::from_millis(issued),
+        }
+    }
+
+    #[test]
+    fn the_skew_is_at_most_a_quarter_of_the_lifetime() {
+        let at = |lifetime, skew| due(&tokens(1_000_000, lifetime), skew).map(|t| t.millis());
+        // A 10 s token with the default 60 s skew: refreshed once 7.5 s old, not at birth.
+        assert_eq!(at(Some(10_000), 60), Some(1_007_500));
+        // A one-hour token: the configured skew.
+        assert_eq!(
+            at(Some(3_600_000), 60),
+            Some(1_000_000 + 3_600_000 - 60_000)
+        );
+        // Already expired when issued: due at once. No expiry: never due.
+        assert_eq!(at(Some(0), 60), Some(1_000_000));
+        assert_eq!(at(None, 60), None);
+    }
 }

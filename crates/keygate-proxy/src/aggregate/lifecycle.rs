@@ -1,6 +1,8 @@
 //! What the aggregated server says about itself: a 2025 client's `initialize`, which opens the
 //! sealed session, and a 2026 client's `server/discover`. Both ask every upstream the user can
-//! use, in parallel and each in its own era, and merge what they can do.
+//! use, in parallel and each in its own era, and merge what they can do. Each upstream's whole
+//! part (era probe, `initialize` or the gateway's own handshake) runs within the fan-out
+//! deadline; one that misses it is left out and named "unavailable" in the instructions.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use serde_json::{Map, Value, json};
 use super::era::{self, Era};
 use super::handshakes;
 use super::session::{AggregatedSession, UpstreamSession};
-use super::upstream::{self, Member, candidates};
+use super::upstream::{self, Member, candidates, within};
 use super::{SEPARATOR, result};
 use crate::ProxyState;
 use crate::error::ProxyError;
@@ -48,7 +50,10 @@ pub async fn initialize(
     let mut offer = message.clone();
     offer["params"]["protocolVersion"] = Value::from(version);
     let candidates = candidates(state, caller).await?;
-    let summary = summarize(&candidates, false, |m| join_initialize(state, m, &offer)).await;
+    let summary = summarize(state, "initialize", &candidates, false, |m| {
+        join_initialize(state, m, &offer)
+    })
+    .await;
     let session = AggregatedSession {
         app: caller.app.id,
         upstreams: summary.sessions,
@@ -79,7 +84,10 @@ pub async fn discover(
     id: Value,
 ) -> Result<Response, ProxyError> {
     let candidates = candidates(state, caller).await?;
-    let summary = summarize(&candidates, true, |m| join_discover(state, m, meta)).await;
+    let summary = summarize(state, "server/discover", &candidates, true, |m| {
+        join_discover(state, m, meta)
+    })
+    .await;
     let mut body = json!({
         "supportedVersions": era::SUPPORTED,
         "capabilities": Value::Object(summary.capabilities),
@@ -141,9 +149,12 @@ async fn join_discover(
     })
 }
 
-/// Joins every connected candidate with `join` (in parallel) and adds up the outcome; one that
-/// fails is left out and named in the notes, as is one the user has not connected.
+/// Joins every connected candidate with `join` (in parallel, each within the fan-out deadline)
+/// and adds up the outcome; one that fails or misses the deadline is left out and named in the
+/// notes, as is one the user has not connected.
 async fn summarize<'a, Fut>(
+    state: &ProxyState,
+    what: &str,
     candidates: &'a [(Member, Option<String>)],
     modern: bool,
     join: impl Fn(&'a Member) -> Fut,
@@ -153,7 +164,14 @@ where
 {
     let connected = candidates.iter().filter(|(_, missing)| missing.is_none());
     let join = &join;
-    let outcomes = join_all(connected.map(|(m, _)| async move { (m, join(m).await) })).await;
+    let outcomes = join_all(connected.map(|(m, _)| async move {
+        let joined = within(state, m, what, join(m)).await;
+        (
+            m,
+            joined.unwrap_or_else(|| Err("unavailable (no answer in time)".into())),
+        )
+    }))
+    .await;
     let mut summary = Summary::default();
     for (member, outcome) in outcomes {
         summary.add(member, outcome, modern);

@@ -15,8 +15,10 @@
 //!   Server-to-client requests inside it (sampling, elicitation, roots) get ids namespaced as
 //!   `{slug}~{original id}`, and the client's answers are routed back by that prefix.
 //! - Notifications fan out; `GET` merges the upstreams' streams; `DELETE` closes them all.
-//! - An upstream that fails is left out (and logged) without failing the others; one that
-//!   forgot its session fails a 2025 client's request with `404` so that it initializes again.
+//! - An upstream that fails, or misses the fan-out deadline (`proxy.fanout_timeout_secs`, for
+//!   its whole part: [`upstream::within`]), is left out (and logged) without failing or delaying
+//!   the others, and asked again next time; one that forgot its session fails a 2025 client's
+//!   request with `404` so that it initializes again. A routed call involves only its upstream.
 
 pub mod cursor;
 pub mod era;
@@ -41,7 +43,7 @@ use serde_json::{Value, json};
 use self::cursor::Cursor;
 use self::events::{MapEvents, map_event};
 use self::session::AggregatedSession;
-use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send};
+use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send, within};
 use crate::ProxyState;
 use crate::error::ProxyError;
 use crate::forwarded;
@@ -161,13 +163,9 @@ async fn post(
         Some(None) => return Err(unknown_session()),
         None => return Err(invalid("Mcp-Session-Id is required after initialize")),
     };
-    // Only the upstreams this session initialized take part; one whose initialize failed is
-    // not contacted again until the client initializes anew.
-    let members: Vec<Member> = members(state, caller)
-        .await?
-        .into_iter()
-        .filter(|m| session.upstream(m.integration.id).is_some())
-        .collect();
+    // Every upstream the user can use takes part; one that missed the client's `initialize`
+    // is reached through a session the gateway holds (`upstream::link`).
+    let members = members(state, caller).await?;
     serve(state, &members, &Downstream::Session(session), &message, ex).await
 }
 
@@ -234,10 +232,11 @@ async fn serve(
         "resources/read" => read_resource(state, members, downstream, message, id).await,
         "logging/setLevel" if !modern => {
             let sent = join_all(
-                handshake_era(members, downstream).map(|m| rpc(state, m, downstream, message)),
+                handshake_era(members, downstream)
+                    .map(|m| within(state, m, method, rpc(state, m, downstream, message))),
             )
             .await;
-            sent.into_iter().collect::<Result<Vec<_>, _>>()?;
+            sent.into_iter().flatten().collect::<Result<Vec<_>, _>>()?;
             Ok(result(id, json!({})))
         }
         // A 2026 server answers an unknown method with 404 (ping and setLevel are gone).
@@ -274,13 +273,15 @@ async fn notify(
     downstream: &Downstream,
     message: &Value,
 ) -> Result<Response, ProxyError> {
+    let method = message["method"].as_str().unwrap_or("notification");
     let sent = join_all(
-        handshake_era(members, downstream).map(|m| exchange(state, m, downstream, message)),
+        handshake_era(members, downstream)
+            .map(|m| within(state, m, method, exchange(state, m, downstream, message))),
     )
     .await;
     if sent
         .iter()
-        .any(|r| matches!(r, Err(ProxyError::SessionExpired)))
+        .any(|r| matches!(r, Some(Err(ProxyError::SessionExpired))))
     {
         return Err(ProxyError::SessionExpired);
     }
@@ -345,8 +346,19 @@ async fn read_resource(
     message: &Value,
     id: Value,
 ) -> Result<Response, ProxyError> {
-    let answers = join_all(members.iter().map(|m| rpc(state, m, downstream, message))).await;
-    let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let answers = join_all(members.iter().map(|m| {
+        within(
+            state,
+            m,
+            "resources/read",
+            rpc(state, m, downstream, message),
+        )
+    }))
+    .await;
+    let answers = answers
+        .into_iter()
+        .flatten()
+        .collect::<Result<Vec<_>, _>>()?;
     let found = answers
         .into_iter()
         .flatten()
@@ -378,7 +390,8 @@ fn list_key(method: &str) -> &'static str {
     }
 }
 
-/// Fetches a list from every upstream (following cursors) and namespaces its names.
+/// Fetches a list from every upstream (following cursors) and namespaces its names. Each
+/// upstream gets the fan-out deadline for all its pages; one that misses it is left out.
 async fn fan_out_list(
     state: &ProxyState,
     members: &[Member],
@@ -389,11 +402,11 @@ async fn fan_out_list(
     let per_member = join_all(
         members
             .iter()
-            .map(|m| list_one(state, m, downstream, method)),
+            .map(|m| within(state, m, method, list_one(state, m, downstream, method))),
     )
     .await;
     let mut out = Vec::new();
-    for outcome in per_member {
+    for outcome in per_member.into_iter().flatten() {
         let (slug, items) = outcome?;
         for mut item in items {
             if matches!(key, "tools" | "prompts")
@@ -530,7 +543,8 @@ async fn close(
     let members = members(state, caller).await?;
     join_all(members.iter().filter_map(|m| {
         let up = session.legacy(m.integration.id)?.clone();
-        Some(async move { send(state, m, Some(&up), Method::DELETE, None).await })
+        let delete = async move { send(state, m, Some(&up), Method::DELETE, None).await };
+        Some(within(state, m, "DELETE", delete))
     }))
     .await;
     Ok(StatusCode::OK.into_response())
@@ -538,7 +552,8 @@ async fn close(
 
 /// `GET`: the upstreams' server-to-client streams, merged, each resumed after the event the
 /// client's `cursor` names for it. Every event leaves with the cursor of everything the
-/// client has been sent so far as its id.
+/// client has been sent so far as its id. The streams are opened in parallel, each within the
+/// fan-out deadline (a stream that opened has no deadline).
 async fn merged_stream(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
@@ -547,13 +562,15 @@ async fn merged_stream(
 ) -> Result<Response, ProxyError> {
     let members = members(state, caller).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<(IntegrationId, Arc<str>, Bytes)>(64);
+    let opening = join_all(members.iter().filter_map(|m| {
+        let up = session.legacy(m.integration.id)?;
+        let open = upstream::open_stream(state, m, up, cursor.get(m.integration.id));
+        Some(async move { (m, up, within(state, m, "GET", open).await) })
+    }))
+    .await;
     let mut opened = 0;
-    for m in &members {
-        let Some(up) = session.legacy(m.integration.id) else {
-            continue;
-        };
-        let last = cursor.get(m.integration.id);
-        let Ok(resp) = upstream::open_stream(state, m, up, last).await else {
+    for (m, up, resp) in opening {
+        let Some(Ok(resp)) = resp else {
             continue;
         };
         if resp.status() == StatusCode::NOT_FOUND && up.session.is_some() {

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
+use keygate_core::IntegrationId;
 use keygate_core::model::{AuthMode, Category, Integration};
 use serde_json::{Map, Value};
 
@@ -62,6 +63,15 @@ pub enum Link {
 impl Downstream {
     pub fn is_modern(&self) -> bool {
         matches!(self, Downstream::Stateless(_))
+    }
+
+    /// Whether `integration` is reached through a session the client holds (a 2025 client's
+    /// sealed session names it), rather than one the gateway holds or none.
+    pub fn holds(&self, integration: IntegrationId) -> bool {
+        match self {
+            Downstream::Session(s) => s.upstream(integration).is_some(),
+            Downstream::Stateless(_) => false,
+        }
     }
 
     /// The `Mcp-Param-*` headers to pass on with a routed call.
@@ -128,7 +138,9 @@ pub async fn candidates(
 /// How `member` is reached for `downstream`: a 2025 client's session names the upstream's
 /// session (or, for a 2026 upstream, none: `_meta` from the client's `initialize`); a 2026
 /// client's `_meta` goes to a 2026 upstream as is, and a 2025 upstream is reached through the
-/// session the gateway holds for this user ([`handshakes`]).
+/// session the gateway holds for this user ([`handshakes`]). An upstream missing from a 2025
+/// client's session (it missed the `initialize`, or was attached since) is reached the 2026
+/// client's way, with `_meta` from that `initialize`: a hung upstream rejoins once it answers.
 pub async fn link(
     state: &ProxyState,
     member: &Member,
@@ -136,22 +148,29 @@ pub async fn link(
 ) -> Result<Link, ProxyError> {
     match downstream {
         Downstream::Session(s) => {
-            let up = s
-                .upstream(member.integration.id)
-                .ok_or_else(|| ProxyError::Internal("an upstream outside the session".into()))?;
-            Ok(if up.is_modern() {
-                let meta = era::meta(s.capabilities.as_ref(), s.client_info.as_ref());
-                Link::Modern(Arc::new(meta))
-            } else {
-                Link::Legacy(up.clone())
-            })
+            let meta = || Arc::new(era::meta(s.capabilities.as_ref(), s.client_info.as_ref()));
+            match s.upstream(member.integration.id) {
+                Some(up) if up.is_modern() => Ok(Link::Modern(meta())),
+                Some(up) => Ok(Link::Legacy(up.clone())),
+                None => held(state, member, meta()).await,
+            }
         }
-        Downstream::Stateless(s) => match era::era(state, member).await {
-            Era::Modern(_) => Ok(Link::Modern(s.meta.clone())),
-            Era::Legacy => Ok(Link::Legacy(
-                handshakes::session(state, member, &s.meta).await?.session,
-            )),
-        },
+        Downstream::Stateless(s) => held(state, member, s.meta.clone()).await,
+    }
+}
+
+/// How the gateway reaches `member` on its own: with `meta` (2026 upstream) or through the
+/// session it holds for this user (2025 upstream).
+async fn held(
+    state: &ProxyState,
+    member: &Member,
+    meta: Arc<Map<String, Value>>,
+) -> Result<Link, ProxyError> {
+    match era::era(state, member).await {
+        Era::Modern(_) => Ok(Link::Modern(meta)),
+        Era::Legacy => Ok(Link::Legacy(
+            handshakes::session(state, member, &meta).await?.session,
+        )),
     }
 }
 
@@ -163,8 +182,9 @@ pub struct Reply {
 }
 
 /// POSTs `message` to `member` on behalf of `downstream`. When the upstream answers `404` to
-/// its session, a 2025 client learns its session expired ([`ProxyError::SessionExpired`]);
-/// for a 2026 client the gateway's own session is replaced and the message sent once more.
+/// its session, a 2025 client whose session holds it learns its session expired
+/// ([`ProxyError::SessionExpired`]); a session the gateway holds is replaced and the message
+/// sent once more.
 pub async fn exchange(
     state: &ProxyState,
     member: &Member,
@@ -178,7 +198,7 @@ pub async fn exchange(
     let Some(stale) = forgotten(&resp, &via) else {
         return Ok(Reply { resp, modern });
     };
-    if !downstream.is_modern() {
+    if downstream.holds(member.integration.id) {
         return Err(ProxyError::SessionExpired);
     }
     handshakes::forget(state, member, stale);
@@ -229,6 +249,33 @@ pub async fn rpc(
         Err(e) => {
             failed(&e);
             Ok(None)
+        }
+    }
+}
+
+/// Runs `member`'s part of a fan-out (`what`: the method) under the fan-out deadline
+/// (`proxy.fanout_timeout_secs`), which covers all of it: connecting, the headers, and the body
+/// or SSE stream up to the answer. `None` when the upstream missed it: it is left out of this
+/// answer (logged with its slug), and nothing of the miss is remembered — the next fan-out asks
+/// it again.
+pub async fn within<T>(
+    state: &ProxyState,
+    member: &Member,
+    what: &str,
+    part: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let deadline = state.fanout_timeout;
+    match tokio::time::timeout(deadline, part).await {
+        Ok(out) => Some(out),
+        Err(_) => {
+            tracing::warn!(
+                integration = %member.integration.id,
+                slug = %member.integration.slug,
+                method = what,
+                timeout_ms = deadline.as_millis() as u64,
+                "upstream missed the fan-out deadline; left out of this answer"
+            );
+            None
         }
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct StoredCredential {
     pub credential: Vec<u8>,
     pub refresh_token: Option<Vec<u8>>,
     pub expires_at: Option<Timestamp>,
+    /// When the credential was issued (for OAuth, when the provider's answer arrived).
+    pub issued_at: Timestamp,
 }
 
 /// What a user's connection secret is sealed to.
@@ -69,13 +71,14 @@ impl Store {
             credential: sealed,
             refresh_token: None,
             expires_at: None,
+            issued_at: Timestamp::now(),
         };
         self.upsert_connection(org, integration, user, stored, display_name)
             .await
     }
 
     /// Inserts or replaces a user's connection with a sealed credential, connected, with no
-    /// refresh in progress.
+    /// refresh in progress; a replaced credential gets the next token version.
     pub(crate) async fn upsert_connection(
         &self,
         org: OrgId,
@@ -87,7 +90,8 @@ impl Store {
         let now = Timestamp::now().millis();
         let mut sql = Sql::new(
             "INSERT INTO connections (id, org_id, integration_id, user_id, kind, credential, \
-             refresh_token, expires_at, display_name, status, created_at, updated_at) VALUES (",
+             refresh_token, expires_at, token_issued_at, display_name, status, created_at, \
+             updated_at) VALUES (",
         );
         sql.bind(ConnectionId::new().to_string())
             .push(", ")
@@ -105,6 +109,8 @@ impl Store {
             .push(", ");
         sql.bind(stored.expires_at.map(|t| t.millis()))
             .push(", ")
+            .bind(stored.issued_at.millis())
+            .push(", ")
             .bind(display_name.map(str::to_owned));
         sql.push(", 'connected', ")
             .bind(now)
@@ -113,8 +119,10 @@ impl Store {
             .push(
                 ") ON CONFLICT (integration_id, user_id) DO UPDATE SET kind = excluded.kind, \
                  credential = excluded.credential, refresh_token = excluded.refresh_token, \
-                 expires_at = excluded.expires_at, display_name = excluded.display_name, \
-                 status = 'connected', refresh_lease_until = NULL, refresh_lease_owner = NULL, \
+                 expires_at = excluded.expires_at, token_issued_at = excluded.token_issued_at, \
+                 token_version = connections.token_version + 1, \
+                 display_name = excluded.display_name, status = 'connected', \
+                 refresh_lease_until = NULL, refresh_lease_owner = NULL, \
                  updated_at = excluded.updated_at",
             );
         sql.query().execute(self.db.pool()).await?;

@@ -1,6 +1,7 @@
 //! Users' OAuth connections to upstream providers: authorization requests in flight, clients
 //! registered at discovered authorization servers, and the sealed token pair of each connection
-//! with the lease that keeps refreshes single-flight across replicas.
+//! with the lease that keeps refreshes single-flight across replicas: a refresh leases the row
+//! only while the token version it judged stale is still the stored one.
 
 use keygate_core::model::{Connection, ConnectionKind};
 use keygate_core::{IntegrationId, OrgId, Secret, Timestamp, UserId};
@@ -17,6 +18,8 @@ pub struct OAuthTokens {
     pub access: Secret,
     pub refresh: Option<Secret>,
     pub expires_at: Option<Timestamp>,
+    /// When the provider issued the access token (its lifetime is `expires_at - issued_at`).
+    pub issued_at: Timestamp,
 }
 
 /// An OAuth connection and its tokens.
@@ -24,6 +27,8 @@ pub struct OAuthTokens {
 pub struct OAuthConnection {
     pub connection: Connection,
     pub tokens: OAuthTokens,
+    /// Bumped by every write of the tokens; what a refresh lease is conditional on.
+    pub version: i64,
 }
 
 /// What a consumed authorization-request state was bound to.
@@ -192,6 +197,7 @@ impl Store {
             credential: access,
             refresh_token: refresh,
             expires_at: tokens.expires_at,
+            issued_at: tokens.issued_at,
         };
         self.upsert_connection(org, integration, user, stored, display_name)
             .await
@@ -205,7 +211,11 @@ impl Store {
         user: UserId,
     ) -> Result<OAuthConnection> {
         let connection = self.get_connection(org, integration, user).await?;
-        let mut sql = Sql::new("SELECT credential, refresh_token, expires_at FROM connections");
+        // Rows written before `token_issued_at` existed: their last write issued the token.
+        let mut sql = Sql::new(
+            "SELECT credential, refresh_token, expires_at, token_version, \
+             COALESCE(token_issued_at, updated_at) AS issued_at FROM connections",
+        );
         scoped(&mut sql, org, integration, user);
         sql.push(" AND kind = 'oauth'");
         let row = sql
@@ -233,12 +243,15 @@ impl Store {
                 access,
                 refresh,
                 expires_at: row.opt_ts("expires_at")?,
+                issued_at: row.ts("issued_at")?,
             },
+            version: row.int("token_version")?,
         })
     }
 
     /// Takes the refresh lease of a connected connection until `until`, unless another holder's
-    /// lease is still running. `true` when `owner` now holds it.
+    /// lease is still running or its tokens are no longer at `version` (someone stored newer
+    /// ones since the caller read them). `true` when `owner` now holds it.
     pub async fn try_lease_refresh(
         &self,
         org: OrgId,
@@ -246,6 +259,7 @@ impl Store {
         user: UserId,
         owner: &str,
         until: Timestamp,
+        version: i64,
     ) -> Result<bool> {
         let now = Timestamp::now().millis();
         let mut sql = Sql::new("UPDATE connections SET refresh_lease_until = ");
@@ -253,6 +267,7 @@ impl Store {
             .push(", refresh_lease_owner = ")
             .bind(owner);
         scoped(&mut sql, org, integration, user);
+        sql.push(" AND token_version = ").bind(version);
         sql.push(
             " AND status = 'connected' AND (refresh_lease_until IS NULL OR refresh_lease_until < ",
         )
@@ -261,8 +276,9 @@ impl Store {
         Ok(sql.query().execute(self.db.pool()).await?.rows_affected() > 0)
     }
 
-    /// Stores refreshed tokens and releases the lease `owner` holds. A provider that did not
-    /// rotate the refresh token (`tokens.refresh` is `None`) keeps the old one.
+    /// Stores refreshed tokens (the next token version) and releases the lease `owner` holds. A
+    /// provider that did not rotate the refresh token (`tokens.refresh` is `None`) keeps the
+    /// old one.
     pub async fn store_refreshed(
         &self,
         org: OrgId,
@@ -279,7 +295,9 @@ impl Store {
         }
         sql.push(", expires_at = ")
             .bind(tokens.expires_at.map(|t| t.millis()))
-            .push(", updated_at = ")
+            .push(", token_issued_at = ")
+            .bind(tokens.issued_at.millis())
+            .push(", token_version = token_version + 1, updated_at = ")
             .bind(Timestamp::now().millis());
         sql.push(", refresh_lease_until = NULL, refresh_lease_owner = NULL");
         scoped(&mut sql, org, integration, user);
