@@ -54,7 +54,8 @@ pub enum Purpose {
     OAuthAccessToken,
     OAuthRefreshToken,
     SigningKey,
-    /// The gateway's MCP session ids (the upstream sessions behind an aggregated session).
+    /// The gateway's MCP session ids (the upstream sessions behind an aggregated session), and
+    /// the upstream message endpoint of a legacy SSE stream (`ep`, sealed with its integration).
     McpSession,
     /// An upstream authorization request in flight (PKCE verifier, where to return).
     OAuthFlowState,

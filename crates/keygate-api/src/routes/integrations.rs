@@ -127,7 +127,7 @@ fn check_forward_headers(names: &[String]) -> Result<Vec<String>, ApiError> {
     let mut out: Vec<String> = Vec::with_capacity(names.len());
     for name in names {
         let name = keygate_core::model::forwardable_header(name)
-            .map_err(|m| ApiError::validation(FIELD, &format!("`{name}` {m}")))?;
+            .map_err(|m| ApiError::validation(FIELD, format!("`{name}` {m}")))?;
         if !out.contains(&name) {
             out.push(name);
         }
