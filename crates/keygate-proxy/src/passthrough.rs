@@ -77,7 +77,9 @@ pub async fn handle(
     req: Request,
 ) -> Response {
     let mut ex = traced::start(&state, ROUTE_PASSTHROUGH, req.headers(), req.method());
-    let result = forward(&state, &integration, req, Route::Endpoint, &mut ex).await;
+    let injected = ex.injected();
+    let work = forward(&state, &integration, req, Route::Endpoint, &mut ex);
+    let result = traced::noting_credentials(injected, work).await;
     traced::finish(ex, result)
 }
 
@@ -88,7 +90,9 @@ pub async fn handle_message(
     req: Request,
 ) -> Response {
     let mut ex = traced::start(&state, ROUTE_MESSAGE, req.headers(), req.method());
-    let result = forward(&state, &integration, req, Route::Message, &mut ex).await;
+    let injected = ex.injected();
+    let work = forward(&state, &integration, req, Route::Message, &mut ex);
+    let result = traced::noting_credentials(injected, work).await;
     traced::finish(ex, result)
 }
 

@@ -452,7 +452,10 @@ async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -
         "ask" => reply.sse(ask(shared, id.clone())),
         "reveal" => {
             let seen = echo(&headers, req).to_string();
-            let told = format!("I was called with the credential {}; keep it safe", bearer(&headers));
+            let told = format!(
+                "I was called with the credential {}; keep it safe",
+                bearer(&headers)
+            );
             reply.result(json!({"content": [{"type": "text", "text": seen},
                 {"type": "text", "text": told}]}))
         }
