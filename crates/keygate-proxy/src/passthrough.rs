@@ -59,7 +59,9 @@ pub async fn handle(
     req: Request,
 ) -> Response {
     let mut ex = traced::start(&state, ROUTE_PASSTHROUGH, req.headers(), req.method());
-    let result = forward(&state, &integration, req, Route::Endpoint, &mut ex).await;
+    let injected = ex.injected();
+    let work = forward(&state, &integration, req, Route::Endpoint, &mut ex);
+    let result = traced::noting_credentials(injected, work).await;
     traced::finish(ex, result)
 }
 
@@ -70,7 +72,9 @@ pub async fn handle_message(
     req: Request,
 ) -> Response {
     let mut ex = traced::start(&state, ROUTE_MESSAGE, req.headers(), req.method());
-    let result = forward(&state, &integration, req, Route::Message, &mut ex).await;
+    let injected = ex.injected();
+    let work = forward(&state, &integration, req, Route::Message, &mut ex);
+    let result = traced::noting_credentials(injected, work).await;
     traced::finish(ex, result)
 }
 

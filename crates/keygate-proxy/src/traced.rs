@@ -1,7 +1,9 @@
 //! What the MCP handlers tell `keygate-trace` about each request: who, which integration,
-//! which JSON-RPC message, how it ended. [`start`] opens the exchange, [`finish`] hands it to
+//! which JSON-RPC message, which credentials went upstream, how it ended. [`start`] opens the
+//! exchange, [`noting_credentials`] runs the handler's work, [`finish`] hands the exchange to
 //! the relayed response, which completes it once the answer has gone by.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use keygate_core::model::Application;
 use keygate_core::{ApplicationId, OrgId};
 use keygate_store::GenCache;
-use keygate_trace::{Exchange, LocalAnswer, Observed, Status, Telemetry, Who};
+use keygate_trace::{Exchange, Injected, LocalAnswer, Observed, Status, Telemetry, Who};
 use serde_json::Value;
 
 use crate::ProxyState;
@@ -33,6 +35,8 @@ const UNAUTHENTICATED_PEEK_WAIT: std::time::Duration = std::time::Duration::from
 tokio::task_local! {
     /// The `traceparent` of the request being handled, for every upstream request it causes.
     pub static TRACEPARENT: HeaderValue;
+    /// Where [`send_upstream`] notes the credentials it sends for the request being handled.
+    static INJECTED: Injected;
 }
 
 /// The proxy's telemetry and what it needs to attribute refused requests.
@@ -203,12 +207,26 @@ async fn app_of(state: &ProxyState, uri: &Uri) -> Option<Application> {
     store.get_application(org, id).await.ok()
 }
 
-/// Sends a request upstream, timing it for the upstream latency histogram.
+/// Runs a handler's `work` so that every credential [`send_upstream`] sends on its behalf is
+/// noted in `injected` ([`Exchange::injected`]): the exchange masks them in all it stores.
+pub async fn noting_credentials<F: Future>(injected: Injected, work: F) -> F::Output {
+    INJECTED.scope(injected, work).await
+}
+
+/// Sends a request upstream, timing it for the upstream latency histogram. The credential on
+/// it (`Authorization`, or any header marked sensitive) is noted for the trace first.
 pub async fn send_upstream(
     state: &ProxyState,
     route: &'static str,
     req: http::Request<Body>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+    let _ = INJECTED.try_with(|injected| {
+        for (name, value) in req.headers() {
+            if name == http::header::AUTHORIZATION || value.is_sensitive() {
+                injected.note(value);
+            }
+        }
+    });
     let started = Instant::now();
     let result = state.upstream.send(req).await;
     let outcome = match &result {

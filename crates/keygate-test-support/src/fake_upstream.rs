@@ -9,6 +9,9 @@
 //! - `tools/call` of `crash`: HTTP 500;
 //! - `tools/call` of `invalid`: a JSON-RPC error `-32602` (Invalid params), sent by a 2026
 //!   fake with `400` as its SDKs do;
+//! - `tools/call` of `reveal`: a result that gives away everything it got, as a careless tool
+//!   would: its arguments and headers as JSON text, and the bearer credential it was sent in
+//!   free text; `tools/call` of `reveal_error`: a JSON-RPC error quoting that credential;
 //! - `tools/call` of `ask`: an SSE response that first sends the client a
 //!   `sampling/createMessage` request (id 5), waits for the client's answer (POSTed back), and
 //!   ends with a result quoting it;
@@ -515,6 +518,19 @@ async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -
             reply.sse(Body::from_stream(frames))
         }
         "ask" => reply.sse(ask(shared, id.clone())),
+        "reveal" => {
+            let seen = echo(&headers, req).to_string();
+            let told = format!(
+                "I was called with the credential {}; keep it safe",
+                bearer(&headers)
+            );
+            reply.result(json!({"content": [{"type": "text", "text": seen},
+                {"type": "text", "text": told}]}))
+        }
+        "reveal_error" => {
+            let message = format!("the credential {} was refused", bearer(&headers));
+            rpc_error(StatusCode::OK, id, -32000, &message, Value::Null)
+        }
         "fail" => rpc_error(StatusCode::OK, id, -32000, "the tool failed", Value::Null),
         "invalid" => {
             let status = if shared.modern {
@@ -531,6 +547,15 @@ async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -
         }
         _ => reply.result(echo(&headers, req)),
     }
+}
+
+/// The bearer token of a request's `Authorization`, without its scheme.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
 }
 
 /// Two progress notifications and the result, 300 ms apart.

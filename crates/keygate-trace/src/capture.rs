@@ -2,34 +2,37 @@
 //! it masks first.
 //!
 //! - `off` (default): nothing is kept.
-//! - `redacted`: the payload with every value under a sensitive key masked — keys containing
-//!   `token`, `secret`, `password`, `authorization`, `api_key`, `apikey`, `cookie`,
-//!   `credential`, `private_key`, plus the configured field names — and every string that
-//!   looks like a credential (`Bearer …`, `Basic …`, a JWT) masked wherever it is.
+//! - `redacted`: the payload with every secret masked as `[REDACTED]` (the JSON stays valid):
+//!   values under secret-named keys at any depth (`apiKey`, `access_token`, `X-Api-Key`,
+//!   `client_secret`, `password`, `authorization`, `cookie`, `private_key`, `credentials`, …,
+//!   compared after folding case, `-`/`_` and camelCase, plus `traces.redact_fields`), and
+//!   secret-shaped text anywhere in a string ([`redact`]: bearer and basic credentials, JWTs,
+//!   GitHub, Slack, OpenAI, Stripe, AWS and Google keys, PEM private keys, passwords in URLs,
+//!   `key=value` and `key: value` pairs with a secret name). A string holding JSON text (an
+//!   MCP tool result's `content[].text` often does) is redacted as JSON.
 //! - `full`: the payload as sent.
 //!
-//! Either way a payload larger than the configured bound is replaced by
-//! `{"truncated": true, "bytes": N}`: a cut JSON document would not parse, and a bounded row
-//! keeps the writer fast.
+//! In every mode, `full` included, the credentials the gateway itself sent upstream for the
+//! exchange ([`Injected`]) are masked wherever they appear — an upstream that echoes its
+//! `Authorization` back must not make the gateway store it — and so are they and every
+//! secret shape in the error message an event keeps.
+//!
+//! The policy runs once per payload when the exchange completes, over at most
+//! `traces.max_payload_bytes`: a payload larger than that is replaced by
+//! `{"truncated": true, "bytes": N}` (a cut JSON document would not parse, and a bounded row
+//! keeps the writer fast).
 
+mod redact;
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use http::HeaderValue;
 use serde_json::Value;
 
-pub const MASK: &str = "[REDACTED]";
+use self::redact::Redactor;
 
-const SENSITIVE_KEYS: &[&str] = &[
-    "token",
-    "secret",
-    "password",
-    "passwd",
-    "authorization",
-    "api_key",
-    "apikey",
-    "api-key",
-    "cookie",
-    "credential",
-    "private_key",
-    "privatekey",
-];
+pub const MASK: &str = "[REDACTED]";
 
 /// How much of the payload to keep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,17 +58,23 @@ impl CaptureMode {
 #[derive(Clone, Debug, Default)]
 pub struct Capture {
     pub mode: CaptureMode,
-    /// Extra field names to mask (compared case-insensitively, whole key).
-    pub fields: Vec<String>,
+    /// Extra field names to mask, folded like keys are (whole key).
+    fields: Vec<String>,
     /// Largest payload kept, in bytes.
     pub max_bytes: usize,
 }
+
+/// The credentials the gateway sent upstream while handling one exchange, noted by the code
+/// that sends ([`Injected::note`]) and masked in what the exchange stores. Cheap to clone:
+/// clones share one list.
+#[derive(Clone, Default)]
+pub struct Injected(Arc<Mutex<Vec<HeaderValue>>>);
 
 impl Capture {
     pub fn new(mode: CaptureMode, fields: &[String], max_bytes: usize) -> Self {
         Self {
             mode,
-            fields: fields.iter().map(|f| f.to_ascii_lowercase()).collect(),
+            fields: fields.iter().map(|f| redact::fold_key(f)).collect(),
             max_bytes,
         }
     }
@@ -74,7 +83,8 @@ impl Capture {
         self.mode != CaptureMode::Off
     }
 
-    /// What to store for a payload of `total` bytes whose (possibly partial) text is `bytes`.
+    /// What to keep of a payload of `total` bytes whose (possibly partial) text is `bytes`,
+    /// before [`Capture::scrub`].
     pub fn payload(&self, bytes: &[u8], total: u64) -> Option<Value> {
         if !self.is_on() || total == 0 {
             return None;
@@ -82,112 +92,95 @@ impl Capture {
         if total > self.max_bytes as u64 || (bytes.len() as u64) < total {
             return Some(serde_json::json!({"truncated": true, "bytes": total}));
         }
-        let value = serde_json::from_slice::<Value>(bytes).ok()?;
-        Some(self.value(value))
+        serde_json::from_slice::<Value>(bytes).ok()
     }
 
-    /// Applies the policy to an already parsed payload.
-    pub fn value(&self, mut value: Value) -> Value {
-        if self.mode == CaptureMode::Redacted {
-            self.redact(&mut value);
-        }
+    /// Applies the policy to a kept payload: `secrets` ([`Injected::secrets`]) masked in every
+    /// mode, and in `redacted` mode every secret-named field and secret-shaped string.
+    pub fn scrub(&self, mut value: Value, secrets: &[String]) -> Value {
+        let redactor = Redactor {
+            fields: &self.fields,
+            secrets,
+            redact: self.mode == CaptureMode::Redacted,
+        };
+        redactor.value(&mut value, redact::NESTING);
         value
     }
 
-    fn redact(&self, value: &mut Value) {
-        match value {
-            Value::Object(map) => {
-                for (key, v) in map.iter_mut() {
-                    if self.sensitive(key) {
-                        *v = Value::from(MASK);
-                    } else {
-                        self.redact(v);
-                    }
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|v| self.redact(v)),
-            Value::String(s) if looks_like_credential(s) => *s = MASK.to_owned(),
-            _ => {}
-        }
-    }
-
-    fn sensitive(&self, key: &str) -> bool {
-        let key = key.to_ascii_lowercase();
-        SENSITIVE_KEYS.iter().any(|s| key.contains(s)) || self.fields.contains(&key)
+    /// An error message as it may be stored, whatever the mode: `secrets` and every
+    /// secret-shaped string masked.
+    pub fn scrub_message(&self, message: &str, secrets: &[String]) -> String {
+        let redactor = Redactor {
+            fields: &self.fields,
+            secrets,
+            redact: true,
+        };
+        redactor
+            .text(message, redact::NESTING)
+            .unwrap_or_else(|| message.to_owned())
     }
 }
 
-/// `Bearer …`/`Basic …` values and JWTs (three base64url parts, the first a JSON header).
-fn looks_like_credential(s: &str) -> bool {
-    let lower = s.get(..7).map(str::to_ascii_lowercase);
-    if matches!(lower.as_deref(), Some("bearer "))
-        || s.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("basic "))
-    {
-        return true;
+impl Injected {
+    /// Notes a header value sent upstream as a credential (`Authorization`, or any header
+    /// marked sensitive).
+    pub fn note(&self, value: &HeaderValue) {
+        let mut values = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !values.contains(value) {
+            values.push(value.clone());
+        }
     }
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3
-        && s.starts_with("eyJ")
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+
+    /// The strings to mask: each credential without its scheme (`Bearer abc` → `abc`, which
+    /// also masks the whole value), and its percent-encoded form when that differs; longest
+    /// first.
+    pub fn secrets(&self) -> Vec<String> {
+        let values = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(values.len());
+        for value in values.iter() {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let text = text.trim();
+            let credential = match text.split_once(' ') {
+                Some((scheme, rest)) if scheme.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    rest.trim()
+                }
+                _ => text,
+            };
+            if credential.is_empty() {
+                continue;
+            }
+            let encoded = percent_encode(credential);
+            if encoded != credential {
+                out.push(encoded);
+            }
+            out.push(credential.to_owned());
+        }
+        out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        out.dedup();
+        out
+    }
+}
+
+impl std::fmt::Debug for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |v| v.len());
+        write!(f, "Injected({n} credentials)")
+    }
+}
+
+/// `s` with every byte outside RFC 3986's unreserved set percent-encoded (how a credential
+/// echoed in a URL looks).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn off_keeps_nothing() {
-        let c = Capture::new(CaptureMode::Off, &[], 1024);
-        assert_eq!(c.payload(br#"{"a":1}"#, 7), None);
-    }
-
-    #[test]
-    fn redacted_masks_keys_configured_fields_and_credential_values() {
-        let c = Capture::new(CaptureMode::Redacted, &["SSN".to_owned()], 4096);
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-            "name": "lookup",
-            "arguments": {"query": "weather", "apiKey": "k-123", "ssn": "123-45-6789",
-                "nested": [{"client_secret": "s"}, "Bearer abc.def", "eyJhbGciOi.eyJzdWIiOi.c2ln"],
-                "Authorization": "whatever", "ssn_note": "kept"}}});
-        let bytes = body.to_string();
-        let out = c.payload(bytes.as_bytes(), bytes.len() as u64).unwrap();
-        let args = &out["params"]["arguments"];
-        assert_eq!(args["query"], "weather");
-        assert_eq!(args["apiKey"], MASK);
-        assert_eq!(args["ssn"], MASK);
-        assert_eq!(args["ssn_note"], "kept");
-        assert_eq!(args["Authorization"], MASK);
-        assert_eq!(args["nested"][0]["client_secret"], MASK);
-        assert_eq!(args["nested"][1], MASK);
-        assert_eq!(args["nested"][2], MASK);
-        assert_eq!(out["params"]["name"], "lookup");
-        for secret in ["k-123", "123-45-6789", "abc.def", "eyJhbGciOi"] {
-            assert!(!out.to_string().contains(secret), "{secret} leaked: {out}");
-        }
-    }
-
-    #[test]
-    fn full_keeps_everything_and_large_payloads_are_replaced() {
-        let c = Capture::new(CaptureMode::Full, &[], 16);
-        let small = br#"{"token":"t"}"#;
-        assert_eq!(
-            c.payload(small, small.len() as u64).unwrap(),
-            json!({"token": "t"})
-        );
-        let big = br#"{"a":"0123456789abcdef"}"#;
-        assert_eq!(
-            c.payload(big, big.len() as u64).unwrap(),
-            json!({"truncated": true, "bytes": big.len()})
-        );
-        // Only a prefix was seen: never parse a partial document.
-        assert_eq!(
-            c.payload(b"{\"a\"", 40).unwrap(),
-            json!({"truncated": true, "bytes": 40})
-        );
-    }
-}
+mod tests;

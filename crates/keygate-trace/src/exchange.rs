@@ -11,7 +11,7 @@ use keygate_core::{AgentSessionId, ApplicationId, IntegrationId, OrgId, Timestam
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::capture::Capture;
+use crate::capture::{Capture, Injected};
 use crate::metrics::Metrics;
 use crate::observe::PeekBuf;
 use crate::otel::{Attr, Exporter, FinishedSpan, SpanContext};
@@ -19,6 +19,9 @@ use crate::sink::{TraceSink, blank_event};
 
 /// Longest error message kept in an event.
 const MAX_ERROR_CHARS: usize = 500;
+/// Longest error message redacted (then cut to [`MAX_ERROR_CHARS`]): bounds the work, and a
+/// secret cut at this length lies beyond what is kept.
+const MAX_ERROR_SCAN_CHARS: usize = 4 * MAX_ERROR_CHARS;
 /// Longest downstream session id stored as is; longer ones (the aggregated endpoint's sealed
 /// sessions) are stored as a digest.
 const MAX_SESSION_CHARS: usize = 64;
@@ -89,6 +92,7 @@ impl Telemetry {
             tool: None,
             rpc_id: None,
             request_json: None,
+            injected: Injected::default(),
             bytes_in: 0,
             peek: None,
             outcome: None,
@@ -128,7 +132,10 @@ pub struct Exchange {
     pub tool: Option<String>,
     /// The JSON-RPC id of the request, to find its response in a stream.
     pub rpc_id: Option<Value>,
+    /// The captured payloads, as seen: the capture policy applies when the exchange completes,
+    /// once every credential sent upstream is known.
     request_json: Option<Value>,
+    injected: Injected,
     pub bytes_in: u64,
     peek: Option<Arc<Mutex<PeekBuf>>>,
     outcome: Option<(Status, Option<String>)>,
@@ -159,6 +166,12 @@ impl Exchange {
         &self.telemetry.metrics
     }
 
+    /// Where the code sending upstream notes each credential it injects, to be masked in
+    /// everything this exchange stores (payloads in every capture mode, the error message).
+    pub fn injected(&self) -> Injected {
+        self.injected.clone()
+    }
+
     /// Whether trace events are being recorded at all.
     pub fn recording(&self) -> bool {
         self.telemetry.sink.is_enabled()
@@ -182,7 +195,7 @@ impl Exchange {
             self.record = false;
         }
         if self.telemetry.capture.is_on() {
-            self.request_json = Some(self.telemetry.capture.value(message.clone()));
+            self.request_json = Some(message.clone());
         }
     }
 
@@ -247,7 +260,7 @@ impl Exchange {
             self.fail(Status::Warn, text.to_owned());
         }
         if self.telemetry.capture.is_on() {
-            self.response_json = Some(self.telemetry.capture.value(response.clone()));
+            self.response_json = Some(response.clone());
         }
     }
 
@@ -290,9 +303,21 @@ impl Exchange {
         self.resolve_request();
         let elapsed = self.started.elapsed();
         let (status, error) = self.status();
-        let error = error.map(|m| truncate(&m, MAX_ERROR_CHARS));
-        let method = self.method.clone().unwrap_or_else(|| "unknown".to_owned());
         let t = self.telemetry.clone();
+        let stores_text =
+            error.is_some() || self.request_json.is_some() || self.response_json.is_some();
+        let secrets = if stores_text {
+            self.injected.secrets()
+        } else {
+            Vec::new()
+        };
+        let error = error.map(|m| {
+            let scrubbed = t
+                .capture
+                .scrub_message(&truncate(&m, MAX_ERROR_SCAN_CHARS), &secrets);
+            truncate(&scrubbed, MAX_ERROR_CHARS)
+        });
+        let method = self.method.clone().unwrap_or_else(|| "unknown".to_owned());
         t.metrics
             .exchange(self.route, &method, status.as_str(), elapsed.as_secs_f64());
         if let Some(exporter) = &t.exporter
@@ -326,8 +351,14 @@ impl Exchange {
         e.error_message = error;
         e.bytes_in = self.bytes_in.try_into().unwrap_or(i64::MAX);
         e.bytes_out = self.bytes_out.try_into().unwrap_or(i64::MAX);
-        e.request_json = self.request_json.take();
-        e.response_json = self.response_json.take();
+        e.request_json = self
+            .request_json
+            .take()
+            .map(|v| t.capture.scrub(v, &secrets));
+        e.response_json = self
+            .response_json
+            .take()
+            .map(|v| t.capture.scrub(v, &secrets));
         e.created_at = Timestamp::now();
         t.sink.emit(e);
     }

@@ -3,7 +3,8 @@
 //! - [`sink`]: the bounded, never-blocking event queue and its batching writer; a drop counter.
 //! - [`exchange`] + [`observe`]: one JSON-RPC exchange as the proxy sees it, completed when its
 //!   response has been relayed — event, span and metrics from one place.
-//! - [`capture`]: payload capture `off` / `redacted` / `full`.
+//! - [`capture`]: payload capture `off` / `redacted` / `full`, and the masking of the
+//!   credentials the gateway injected upstream, in every mode.
 //! - [`live`]: the live tail behind `GET /api/v1/events/stream`.
 //! - [`retention`]: deletes old events.
 //! - [`metrics`]: Prometheus metrics; [`otel`]: W3C trace context and OTLP span export.
@@ -21,7 +22,7 @@ pub mod otel;
 pub mod retention;
 pub mod sink;
 
-pub use capture::{Capture, CaptureMode};
+pub use capture::{Capture, CaptureMode, Injected};
 pub use exchange::{Exchange, LocalAnswer, Status, Telemetry, Who};
 pub use metrics::Metrics;
 pub use observe::{Observed, Peek};

@@ -63,10 +63,9 @@ pub async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
         ROUTE_AGGREGATED
     };
     let mut ex = traced::start(&state, route, req.headers(), req.method());
-    let traceparent = ex.traceparent();
-    let result = TRACEPARENT
-        .scope(traceparent, dispatch(&state, req, &mut ex))
-        .await;
+    let (traceparent, injected) = (ex.traceparent(), ex.injected());
+    let work = traced::noting_credentials(injected, dispatch(&state, req, &mut ex));
+    let result = TRACEPARENT.scope(traceparent, work).await;
     traced::finish(ex, result)
 }
 
