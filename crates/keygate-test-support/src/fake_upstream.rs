@@ -5,6 +5,7 @@
 //! - `tools/call` of `slow`: an SSE response of three events 300 ms apart;
 //! - `tools/call` of `reset`: one SSE event, then the connection drops mid-stream;
 //! - `tools/call` of `hang`: never answers;
+//! - `tools/call` of `stall`: SSE response headers, then nothing, ever;
 //! - `tools/call` of `fail`: a JSON-RPC error (`-32000`, "the tool failed");
 //! - `tools/call` of `crash`: HTTP 500;
 //! - `tools/call` of `invalid`: a JSON-RPC error `-32602` (Invalid params), sent by a 2026
@@ -446,6 +447,9 @@ async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -
             }));
             reply.sse(Body::from_stream(frames))
         }
+        "stall" => reply.sse(Body::from_stream(stream::pending::<
+            Result<Bytes, Infallible>,
+        >())),
         "ask" => reply.sse(ask(shared, id.clone())),
         "fail" => rpc_error(StatusCode::OK, id, -32000, "the tool failed", Value::Null),
         "invalid" => {
