@@ -110,6 +110,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0004_upstream_oauth.sql"),
                 include_str!("../migrations/postgres/0004_upstream_oauth.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0005_service_account_tokens.sql"),
+                include_str!("../migrations/postgres/0005_service_account_tokens.sql"),
+            ),
         ];
         let body = |s: &str| -> String {
             s.lines()
