@@ -222,8 +222,11 @@ impl Server {
         } else {
             self.reserved.fetch_sub(1, Ordering::SeqCst);
             self.note_cap(false);
-            // Best effort, never waits: the socket closes when dropped.
-            let _ = tcp.try_write(REFUSAL);
+            // Best effort, never waits (a fresh socket's send buffer is empty); the socket
+            // closes when dropped.
+            if let Ok(mut tcp) = tcp.into_std() {
+                let _ = io::Write::write(&mut tcp, REFUSAL);
+            }
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -143,6 +143,43 @@ async fn a_flood_past_the_connection_cap_is_refused_fast_and_health_answers() {
     gw.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_slot_busy_health_still_answers_and_the_rest_is_refused() {
+    let gw = gateway(|c| c.server.max_connections = Some(2)).await;
+    // Two requests in flight: their bodies never finish arriving.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut sock = TcpStream::connect(gw.local_addr).await.unwrap();
+        let head = "POST /oauth2/token HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ngrant_type=";
+        sock.write_all(head.as_bytes()).await.unwrap();
+        busy.push(sock);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("{}/healthz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "health checks get the reserve");
+    let other = client
+        .get(format!("{}/api/v1/applications", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 503, "nothing else does");
+    // Past the reserve, a socket is answered 503 and closed without waiting for a request.
+    let mut reserve = Vec::new();
+    for _ in 0..16 {
+        reserve.push(TcpStream::connect(gw.local_addr).await.unwrap());
+    }
+    let mut refused = TcpStream::connect(gw.local_addr).await.unwrap();
+    let seen = closed_within(&mut refused, Duration::from_millis(500)).await;
+    assert!(seen.expect("refused at once").starts_with("HTTP/1.1 503"));
+    drop((busy, reserve));
+    gw.stop().await;
+}
+
 /// TCP sockets in the kernel's table whose local or remote port is one of `ports`:
 /// `(inode, established)` for each. Tests run in parallel in this process, so descriptors are
 /// told apart by the ports of the gateway and upstream under test.
