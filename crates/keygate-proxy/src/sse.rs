@@ -363,10 +363,12 @@ mod tests {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
+    type Upstream = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+
     fn guarded(
         answering: Answering,
     ) -> (
-        tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+        Upstream,
         Pin<Box<Guarded<impl Body<Data = Bytes, Error = std::io::Error> + Unpin>>>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -334,7 +334,8 @@ async fn descriptors_stay_flat_after_a_burst_of_short_connections() {
     w.gw.stop().await;
 }
 
-/// The full run: 5,000 short connections. Slow; run with `--ignored`.
+/// The full run: 5,000 short connections, twice (the process's RSS also holds the
+/// test's own clients, so growth is measured between two equal runs). Run with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn descriptors_and_memory_stay_flat_after_five_thousand_connections() {
@@ -342,7 +343,9 @@ async fn descriptors_and_memory_stay_flat_after_five_thousand_connections() {
     let up = FakeUpstream::start().await;
     let port = url::Url::parse(&up.url).unwrap().port().unwrap();
     let (_, slug) = w.integration(json!({"name": "Up", "url": up.url})).await;
-    burst(&w, &slug, 500, 50).await;
+    // A first run brings the allocator's arenas and every pool to their working size; the
+    // second must leave descriptors and memory where the first did.
+    burst(&w, &slug, 5_000, 50).await;
     let ports = [w.gw.local_addr.port(), port];
     assert!(eventually(|| sockets_to(port) == 0).await);
     let (fds, all, rss) = (open_fds(&ports), all_fds(), rss_kib());
@@ -355,6 +358,6 @@ async fn descriptors_and_memory_stay_flat_after_five_thousand_connections() {
         all_fds(),
         open_fds(&ports)
     );
-    assert!(grown < 4 * 1024, "RSS grew {grown} KiB");
+    assert!(grown < 2 * 1024, "RSS grew {grown} KiB");
     w.gw.stop().await;
 }
