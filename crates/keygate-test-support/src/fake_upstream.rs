@@ -115,6 +115,12 @@ impl FakeUpstream {
         self.shared.log.lock().expect("log").clone()
     }
 
+    /// Forgets the requests logged so far (a long run's log is most of its memory).
+    pub fn clear_requests(&self) {
+        let mut log = self.shared.log.lock().expect("log");
+        *log = Vec::new();
+    }
+
     /// How many requests (or notifications) of `method` it received.
     pub fn count(&self, method: &str) -> usize {
         let log = self.shared.log.lock().expect("log");
