@@ -226,6 +226,13 @@ async fn client_credentials(
         }
     }
     let now = Timestamp::now().seconds();
+    let jti = Uuid::new_v4().to_string();
+    let exp = now + state.access_token_ttl as i64;
+    // Noted before it is handed out: rotating the secret revokes it.
+    state
+        .store
+        .record_service_account_token(sa_id, &jti, Timestamp::from_millis(exp * 1000))
+        .await?;
     let claims = Claims {
         iss: state.keys.issuer().to_owned(),
         sub: client_id,
@@ -235,8 +242,8 @@ async fn client_credentials(
         org: found.account.org_id,
         sid: None,
         iat: now,
-        exp: now + state.access_token_ttl as i64,
-        jti: Uuid::new_v4().to_string(),
+        exp,
+        jti,
     };
     Ok(TokenResponse {
         access_token: state.keys.sign(&claims),

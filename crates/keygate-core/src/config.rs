@@ -48,13 +48,15 @@ pub struct Config {
 #[serde(rename_all = "snake_case", deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Seconds a client has to send a request's complete headers, from when the connection
-    /// opens or the previous response ended; then the connection is closed.
+    /// opens or (kept alive) from the next request's first byte; then the connection is closed.
     pub header_read_timeout_secs: Option<u64>,
-    /// Seconds an idle keep-alive connection (no request in flight) stays open.
+    /// Seconds an idle keep-alive connection (no request in flight, no byte of the next one)
+    /// stays open.
     pub idle_timeout_secs: Option<u64>,
-    /// Open client connections at most; one more is refused at once (and logged). Default:
-    /// the open-files limit (raised to its hard limit at start) less a reserve for the database,
-    /// upstream connections and files.
+    /// Open client connections at most. At the cap the oldest idle connection is closed to
+    /// make room; with none idle, health checks get a few reserved slots and anything else is
+    /// refused at once (and logged). Default: the open-files limit (raised to its hard limit at
+    /// start) less a reserve for the database, upstream connections and files, halved.
     pub max_connections: Option<u32>,
 }
 
@@ -138,6 +140,8 @@ pub struct ProxyConfig {
     /// Seconds an upstream may take to send response headers before the client gets 504.
     /// Streams have no total timeout once they started.
     pub upstream_header_timeout_secs: Option<u64>,
+    /// Seconds a pooled upstream connection may sit idle before it is closed.
+    pub upstream_idle_timeout_secs: Option<u64>,
     /// Seconds a streamed upstream answer may stay silent (no byte, keep-alives included)
     /// before the gateway ends it; the client may resume with `Last-Event-ID`.
     pub stream_idle_timeout_secs: Option<u64>,
@@ -265,6 +269,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("api.max_body_bytes", FieldKind::Integer),
     ("outbound.allowed_private_hosts", FieldKind::StringList),
     ("proxy.upstream_header_timeout_secs", FieldKind::Integer),
+    ("proxy.upstream_idle_timeout_secs", FieldKind::Integer),
     ("proxy.stream_idle_timeout_secs", FieldKind::Integer),
     ("proxy.fanout_timeout_secs", FieldKind::Integer),
     ("upstream_oauth.refresh_skew_secs", FieldKind::Integer),
@@ -316,6 +321,7 @@ pub const DEFAULT_REFRESH_SKEW_SECS: u64 = 60;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_STREAM_IDLE_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 90;
 pub const DEFAULT_FANOUT_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_CONNECT_LINK_TTL_SECS: u64 = 600;
 pub const DEFAULT_LOGIN_FAILURES_PER_ACCOUNT: u32 = 5;
@@ -392,6 +398,12 @@ impl Config {
         self.server
             .idle_timeout_secs
             .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS)
+    }
+
+    pub fn upstream_idle_timeout_secs(&self) -> u64 {
+        self.proxy
+            .upstream_idle_timeout_secs
+            .unwrap_or(DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS)
     }
 
     pub fn stream_idle_timeout_secs(&self) -> u64 {
@@ -607,6 +619,11 @@ impl Config {
             (
                 "server.idle_timeout_secs",
                 self.idle_timeout_secs(),
+                1..=3600,
+            ),
+            (
+                "proxy.upstream_idle_timeout_secs",
+                self.upstream_idle_timeout_secs(),
                 1..=3600,
             ),
             (

@@ -58,6 +58,17 @@ fn rpc_error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value 
     json!({"jsonrpc": "2.0", "id": id, "error": error})
 }
 
+/// The JSON-RPC error that ends a streamed answer its upstream broke off (`silent`: it sent
+/// nothing for `proxy.stream_idle_timeout_secs`).
+pub(crate) fn stream_broken(id: Value, silent: bool) -> Value {
+    let message = if silent {
+        "The integration's server stopped answering"
+    } else {
+        "The integration's server broke off its answer"
+    };
+    rpc_error(id, -32002, message, None)
+}
+
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let (status, body) = match self {

@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
-use crate::sse::{KeepAlive, is_event_stream};
+use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
 use keygate_trace::{Exchange, Peek};
 
@@ -160,11 +160,22 @@ async fn forward(
         Route::Endpoint => ROUTE_PASSTHROUGH,
         Route::Message => ROUTE_MESSAGE,
     };
+    let is_post = parts.method == http::Method::POST;
+    let relay_for = |answering: Answering| Relay {
+        answering: if is_post {
+            answering
+        } else {
+            Answering::Nothing
+        },
+        idle_timeout: state.upstream.stream_idle_timeout(),
+    };
     if integration.auth_mode != AuthMode::Oauth {
-        let body = Body::new(Limited::new(Peek::new(body, ex), MAX_REQUEST_BYTES));
+        let peek = Peek::new(body, ex);
+        let answering = Answering::Peeked(peek.handle());
+        let body = Body::new(Limited::new(peek, MAX_REQUEST_BYTES));
         let req = build(body, authorization.as_ref())?;
         let resp = traced::send_upstream(state, route_label, req).await?;
-        return Ok(relay(resp, endpoint_map));
+        return Ok(relay(resp, endpoint_map, relay_for(answering)));
     }
     // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
     // kept, bounded, so the request can be retried once with a refreshed token.
@@ -178,17 +189,18 @@ async fn forward(
     };
     let req = build(Body::from(bytes.clone()), authorization.as_ref())?;
     let resp = traced::send_upstream(state, route_label, req).await?;
+    let answering = || Answering::Body(bytes.clone());
     if resp.status() != StatusCode::UNAUTHORIZED {
-        return Ok(relay(resp, endpoint_map));
+        return Ok(relay(resp, endpoint_map, relay_for(answering())));
     }
     match credentials::after_rejection(state, &caller, &integration, authorization.as_ref()).await {
         Ok(Some(fresh)) => {
             drop(resp);
-            let req = build(Body::from(bytes), Some(&fresh))?;
+            let req = build(Body::from(bytes.clone()), Some(&fresh))?;
             let retried = traced::send_upstream(state, route_label, req).await?;
-            Ok(relay(retried, endpoint_map))
+            Ok(relay(retried, endpoint_map, relay_for(answering())))
         }
-        Ok(None) => Ok(relay(resp, endpoint_map)),
+        Ok(None) => Ok(relay(resp, endpoint_map, relay_for(answering()))),
         Err(ProxyError::ConnectionRequired {
             integration_id,
             integration_name,
@@ -248,10 +260,12 @@ fn with_query(mut url: Url, extra: Option<&str>) -> Url {
     url
 }
 
-/// Streams an upstream response back; a GET stream's `endpoint` event is rewritten.
+/// Streams an upstream response back; a GET stream's `endpoint` event is rewritten. An answer
+/// its upstream breaks off or leaves silent ends as [`Guarded`] says.
 fn relay(
     resp: http::Response<hyper::body::Incoming>,
     endpoint_map: Option<EndpointMap>,
+    guard: Relay,
 ) -> Response {
     let (parts, body) = resp.into_parts();
     let is_sse = is_event_stream(&parts.headers);
@@ -263,11 +277,15 @@ fn relay(
             .entry(header::CACHE_CONTROL)
             .or_insert(HeaderValue::from_static("no-cache"));
         match endpoint_map {
-            Some(map) => Body::new(KeepAlive::new(RewriteEndpoint::new(body, map))),
-            None => Body::new(KeepAlive::new(body)),
+            Some(map) => Body::new(KeepAlive::new(Guarded::new(
+                RewriteEndpoint::new(body, map),
+                true,
+                guard,
+            ))),
+            None => Body::new(KeepAlive::new(Guarded::new(body, true, guard))),
         }
     } else {
-        Body::new(body)
+        Body::new(Guarded::new(body, false, guard))
     };
     let mut out = Response::new(body);
     *out.status_mut() = parts.status;

@@ -1,5 +1,7 @@
 //! Server-sent events relayed downstream: frames pass through as they arrive, and after 15 s
-//! without data a `: keep-alive` comment is sent — only between events, never inside one.
+//! without data a `: keep-alive` comment is sent — only between events, never inside one
+//! ([`KeepAlive`]). Under it, [`Guarded`] ends an answer whose upstream went silent or broke
+//! off, with a JSON-RPC error for the request when one is still owed.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,6 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use keygate_trace::observe::PeekHandle;
+use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -89,6 +93,236 @@ where
     }
 }
 
+/// Most bytes of one event kept to recognise the answer; a larger event is taken for the
+/// answer unless its first bytes name a `method` (notifications and requests are small).
+const MAX_WATCHED_EVENT: usize = 64 * 1024;
+
+/// The JSON-RPC request a relayed answer must answer, as far as it is known.
+pub enum Answering {
+    /// A GET stream, a batch, a notification: nothing to answer.
+    Nothing,
+    /// The request's id.
+    Id(Value),
+    /// Read from the request body as it streamed upstream (resolved when first needed).
+    Peeked(PeekHandle),
+    /// The (buffered) request body.
+    Body(Bytes),
+}
+
+/// How long a relayed answer may stay silent, and what it answers.
+pub struct Relay {
+    pub answering: Answering,
+    pub idle_timeout: Duration,
+}
+
+/// A relayed upstream answer that never hangs and never ends without a word:
+///
+/// - no byte from the upstream for `idle_timeout` (the gateway's own keep-alives don't count)
+///   ends it;
+/// - an event stream answering a request whose upstream fails or falls silent before the event
+///   answering that request's id went by ends with one more event, a JSON-RPC error for that
+///   id, and then ends cleanly. An event cut off mid-way is first closed under the event type
+///   `keygate-truncated`, which MCP clients (they read `message` events) ignore;
+/// - anything else the upstream breaks off ends in an error (a GET stream's client resumes with
+///   `Last-Event-ID`), or, for a silent event stream, ends cleanly.
+pub struct Guarded<B> {
+    inner: B,
+    sse: bool,
+    answering: Answering,
+    /// The resolved id, once known.
+    id: Option<Value>,
+    answered: bool,
+    /// The current event (`\r` dropped), its first [`MAX_WATCHED_EVENT`] bytes.
+    event: Vec<u8>,
+    overflow: bool,
+    /// Inside an event: bytes since the last blank line.
+    in_event: bool,
+    after_lf: bool,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    done: bool,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> Guarded<B> {
+    pub fn new(inner: B, sse: bool, relay: Relay) -> Self {
+        Self {
+            inner,
+            sse,
+            answering: relay.answering,
+            id: None,
+            answered: false,
+            event: Vec::new(),
+            overflow: false,
+            in_event: false,
+            after_lf: false,
+            idle_timeout: relay.idle_timeout,
+            idle: Box::pin(tokio::time::sleep(relay.idle_timeout)),
+            done: false,
+        }
+    }
+
+    fn watching(&self) -> bool {
+        self.sse && !self.answered && !matches!(self.answering, Answering::Nothing)
+    }
+
+    fn request_id(&mut self) -> Option<Value> {
+        if self.id.is_none() {
+            self.id = match &self.answering {
+                Answering::Nothing => None,
+                Answering::Id(id) => Some(id.clone()),
+                Answering::Peeked(peek) => peek.request_id(),
+                Answering::Body(body) => serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|m| m.get("id").cloned()),
+            };
+        }
+        self.id.clone()
+    }
+
+    /// Follows the event stream's bytes to notice the event that answers the request.
+    fn scan(&mut self, data: &[u8]) {
+        for &b in data {
+            match b {
+                b'\r' => continue,
+                b'\n' if self.after_lf => {
+                    self.event_ended();
+                    continue;
+                }
+                _ => {}
+            }
+            self.after_lf = b == b'\n';
+            self.in_event = true;
+            if self.event.len() < MAX_WATCHED_EVENT {
+                self.event.push(b);
+            } else {
+                self.overflow = true;
+            }
+        }
+    }
+
+    fn event_ended(&mut self) {
+        let event = std::mem::take(&mut self.event);
+        let overflow = std::mem::replace(&mut self.overflow, false);
+        (self.in_event, self.after_lf) = (false, false);
+        let text = String::from_utf8_lossy(&event);
+        if overflow {
+            self.answered |= !text.contains("\"method\"");
+            return;
+        }
+        let data = event_data(&text);
+        if !data.contains("\"id\"") {
+            return;
+        }
+        let Ok(message) = serde_json::from_str::<Value>(&data) else {
+            return;
+        };
+        if message.get("method").is_none()
+            && (message.get("result").is_some() || message.get("error").is_some())
+            && self
+                .request_id()
+                .is_none_or(|id| message.get("id") == Some(&id))
+        {
+            self.answered = true;
+        }
+    }
+
+    /// The last frame of a stream whose upstream broke off (`silent`: by falling silent):
+    /// the JSON-RPC error for the unanswered request, if there is one to answer.
+    fn closing_event(&mut self, silent: bool) -> Option<Bytes> {
+        if !self.watching() {
+            return None;
+        }
+        let id = self.request_id()?;
+        let mut out = String::new();
+        if self.in_event {
+            if !self.after_lf {
+                out.push('\n');
+            }
+            out.push_str("event: keygate-truncated\n\n");
+        }
+        let error = crate::error::stream_broken(id, silent);
+        out.push_str(&format!("event: message\ndata: {error}\n\n"));
+        Some(Bytes::from(out))
+    }
+
+    fn finish(
+        &mut self,
+        silent: bool,
+        cause: BoxError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        if let Some(last) = self.closing_event(silent) {
+            tracing::warn!(error = %cause, "upstream stream broke off; the request is answered with an error");
+            return Poll::Ready(Some(Ok(Frame::data(last))));
+        }
+        if silent && self.sse {
+            tracing::info!("upstream stream idle; ended");
+            return Poll::Ready(None);
+        }
+        if self.sse && self.answered {
+            return Poll::Ready(None); // the answer went by: nothing is lost
+        }
+        Poll::Ready(Some(Err(cause)))
+    }
+}
+
+impl<B> Body for Guarded<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = Instant::now() + this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                if this.watching()
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.scan(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => this.finish(false, e.into()),
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle.as_mut().poll(cx).is_ready() {
+                    let cause = format!("no byte for {} s", this.idle_timeout.as_secs());
+                    return this.finish(true, cause.into());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.sse {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +361,63 @@ mod tests {
         mut rx: tokio::sync::mpsc::Receiver<T>,
     ) -> impl futures_util::Stream<Item = T> + Unpin {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    type Upstream = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+
+    fn guarded(
+        answering: Answering,
+    ) -> (
+        Upstream,
+        Pin<Box<Guarded<impl Body<Data = Bytes, Error = std::io::Error> + Unpin>>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let relay = Relay {
+            answering,
+            idle_timeout: Duration::from_secs(300),
+        };
+        let body = Guarded::new(StreamBody::new(tokio_stream_from(rx)), true, relay);
+        (tx, Box::pin(body))
+    }
+
+    async fn data<B: Body<Data = Bytes> + Unpin>(b: &mut Pin<Box<B>>) -> String
+    where
+        B::Error: std::fmt::Debug,
+    {
+        let frame = b.frame().await.unwrap().unwrap();
+        String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_cut_off_is_closed_and_the_request_answered() {
+        let (tx, mut body) = guarded(Answering::Id(Value::from(3)));
+        let part = Bytes::from_static(b"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"res");
+        tx.send(Ok(Frame::data(part))).await.unwrap();
+        data(&mut body).await;
+        tx.send(Err(std::io::Error::other("reset"))).await.unwrap();
+        let last = data(&mut body).await;
+        let (truncated, error) = last.split_once("\n\n").unwrap();
+        assert_eq!(truncated, "\nevent: keygate-truncated");
+        assert!(error.starts_with("event: message\n"), "{last}");
+        let error: Value = serde_json::from_str(&event_data(error)).unwrap();
+        assert_eq!(error["id"], 3);
+        assert_eq!(error["error"]["code"], -32002);
+        assert!(body.frame().await.is_none(), "then a clean end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_after_the_answer_ends_cleanly() {
+        let (tx, mut body) = guarded(Answering::Id(Value::from(3)));
+        let answer = Bytes::from_static(b"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}\n\n");
+        tx.send(Ok(Frame::data(answer))).await.unwrap();
+        data(&mut body).await;
+        assert!(body.frame().await.is_none(), "no error once answered");
+        let (tx, mut body) = guarded(Answering::Id(Value::from(3)));
+        let note = Bytes::from_static(b"data: {\"jsonrpc\":\"2.0\",\"method\":\"n\"}\n\n");
+        tx.send(Ok(Frame::data(note))).await.unwrap();
+        data(&mut body).await;
+        let last = data(&mut body).await;
+        assert!(last.starts_with("event: message\ndata: "), "{last}");
+        assert!(last.contains("stopped answering"), "{last}");
     }
 }

@@ -1,6 +1,10 @@
 //! The upstream HTTP client: hyper-util over rustls (HTTP/1.1 and HTTP/2), one connection pool
 //! for all integrations, and a resolver that refuses internal addresses unless the host is on
 //! `outbound.allowed_private_hosts`.
+//!
+//! The pool has a timer: an upstream connection idle for `proxy.upstream_idle_timeout_secs`
+//! is closed (without one, hyper only notices expiry when the connection is next checked out,
+//! so a burst leaves its sockets open for good).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -16,7 +20,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keygate_auth::outbound::{Outbound, resolve_guarded};
 use url::Url;
 
@@ -44,17 +48,28 @@ impl tower_service::Service<Name> for GuardedDns {
     }
 }
 
+/// How long the gateway waits on upstreams.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// For response headers (`proxy.upstream_header_timeout_secs`).
+    pub header: Duration,
+    /// Before an idle pooled connection is closed (`proxy.upstream_idle_timeout_secs`).
+    pub pool_idle: Duration,
+    /// Between two bytes of a relayed answer (`proxy.stream_idle_timeout_secs`).
+    pub stream_idle: Duration,
+}
+
 /// The shared upstream client.
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector<GuardedDns>>, Body>,
     guard: Outbound,
-    header_timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl Upstream {
-    /// A client that refuses internal addresses outside `allowed_private_hosts` and gives
-    /// upstreams `header_timeout` to start answering.
-    pub fn new(allowed_private_hosts: &[String], header_timeout: Duration) -> Self {
+    /// A client that refuses internal addresses outside `allowed_private_hosts` and waits on
+    /// upstreams as `timeouts` say.
+    pub fn new(allowed_private_hosts: &[String], timeouts: Timeouts) -> Self {
         let allowed: Arc<HashSet<String>> = Arc::new(
             allowed_private_hosts
                 .iter()
@@ -72,13 +87,19 @@ impl Upstream {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(timeouts.pool_idle)
             .build(https);
         Self {
             client,
             guard: Outbound::new(allowed_private_hosts),
-            header_timeout,
+            timeouts,
         }
+    }
+
+    /// How long a relayed answer may stay silent.
+    pub fn stream_idle_timeout(&self) -> Duration {
+        self.timeouts.stream_idle
     }
 
     /// Refuses URLs the gateway must not call: non-https (outside the allow-list), embedded
@@ -94,7 +115,7 @@ impl Upstream {
         &self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeouts.header, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ProxyError::Upstream(keygate_auth::outbound::error_chain(
                 &e,

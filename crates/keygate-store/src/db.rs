@@ -118,6 +118,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0006_token_version.sql"),
                 include_str!("../migrations/postgres/0006_token_version.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0007_service_account_tokens.sql"),
+                include_str!("../migrations/postgres/0007_service_account_tokens.sql"),
+            ),
         ];
         let body = |s: &str| -> String {
             s.lines()

@@ -5,6 +5,7 @@
 //! - `tools/call` of `slow`: an SSE response of three events 300 ms apart;
 //! - `tools/call` of `reset`: one SSE event, then the connection drops mid-stream;
 //! - `tools/call` of `hang`: never answers;
+//! - `tools/call` of `stall`: SSE response headers, then nothing, ever;
 //! - `tools/call` of `fail`: a JSON-RPC error (`-32000`, "the tool failed");
 //! - `tools/call` of `crash`: HTTP 500;
 //! - `tools/call` of `invalid`: a JSON-RPC error `-32602` (Invalid params), sent by a 2026
@@ -156,6 +157,12 @@ impl FakeUpstream {
     /// (`query` is null when there was none).
     pub fn hits(&self) -> Vec<Value> {
         self.shared.hits.lock().expect("hits").clone()
+    }
+
+    /// Forgets the requests logged so far (a long run's log is most of its memory).
+    pub fn clear_requests(&self) {
+        *self.shared.log.lock().expect("log") = Vec::new();
+        *self.shared.hits.lock().expect("hits") = Vec::new();
     }
 
     /// How many requests (or notifications) of `method` it received.
@@ -517,6 +524,9 @@ async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -
             }));
             reply.sse(Body::from_stream(frames))
         }
+        "stall" => reply.sse(Body::from_stream(stream::pending::<
+            Result<Bytes, Infallible>,
+        >())),
         "ask" => reply.sse(ask(shared, id.clone())),
         "reveal" => {
             let seen = echo(&headers, req).to_string();

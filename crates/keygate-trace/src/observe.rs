@@ -39,6 +39,25 @@ impl PeekBuf {
     }
 }
 
+/// What a [`Peek`] has seen, readable while its body streams on.
+#[derive(Clone)]
+pub struct PeekHandle(Arc<Mutex<PeekBuf>>);
+
+impl PeekHandle {
+    /// The request's JSON-RPC id, once its whole body has gone by (and was small enough to
+    /// keep).
+    pub fn request_id(&self) -> Option<Value> {
+        let seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.complete() {
+            return None;
+        }
+        serde_json::from_slice::<Value>(&seen.bytes)
+            .ok()?
+            .get("id")
+            .cloned()
+    }
+}
+
 /// A request body that streams on unchanged while its first bytes are kept.
 pub struct Peek<B> {
     inner: B,
@@ -56,6 +75,13 @@ impl<B> Peek<B> {
             seen,
             limit: inspect_limit(exchange),
         }
+    }
+}
+
+impl<B> Peek<B> {
+    /// A handle on what this body has seen so far.
+    pub fn handle(&self) -> PeekHandle {
+        PeekHandle(self.seen.clone())
     }
 }
 

@@ -1,11 +1,11 @@
 //! Wiring: from a validated [`Config`] to a running gateway.
 //!
 //! [`Gateway::open`] connects and migrates the store, unlocks the vault and loads the signing
-//! keys; [`Gateway::serve`] runs the HTTP server until the shutdown future resolves, then lets
-//! in-flight requests finish up to a deadline.
+//! keys; [`Gateway::serve`] runs the HTTP server ([`crate::listener`]: header, idle and
+//! connection limits) until the shutdown future resolves, then lets in-flight requests finish
+//! up to a deadline.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,6 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use keygate_api::probe::{Probe, Prober};
 use keygate_api::{ApiOptions, ApiState, Limiter};
 use keygate_auth::broker::Broker;
@@ -24,6 +23,7 @@ use keygate_auth::{AuthState, KeyRing};
 use keygate_core::Secret;
 use keygate_core::config::Config;
 use keygate_proxy::probe::ProbeOutcome;
+use keygate_proxy::upstream::Timeouts;
 use keygate_proxy::{ProxyState, Upstream};
 use keygate_store::{Db, Kek, Store, Vault};
 use keygate_trace::otel::{Exporter, ExporterHandle};
@@ -45,6 +45,7 @@ pub struct Gateway {
     limiter: Limiter,
     auth_limits: Arc<Limits>,
     pipeline: Pipeline,
+    limits: crate::listener::Limits,
 }
 
 /// The background halves of telemetry, drained at shutdown.
@@ -104,7 +105,11 @@ impl Gateway {
         let limiter = Limiter::per_minute(config.rate_limit_per_minute());
         let upstream = Arc::new(Upstream::new(
             &config.outbound.allowed_private_hosts,
-            Duration::from_secs(config.upstream_header_timeout_secs()),
+            Timeouts {
+                header: Duration::from_secs(config.upstream_header_timeout_secs()),
+                pool_idle: Duration::from_secs(config.upstream_idle_timeout_secs()),
+                stream_idle: Duration::from_secs(config.stream_idle_timeout_secs()),
+            },
         ));
         let (telemetry, pipeline) = telemetry(config, &store);
         let api = keygate_api::router(
@@ -159,6 +164,7 @@ impl Gateway {
             limiter,
             auth_limits: auth.limits,
             pipeline,
+            limits: crate::listener::Limits::from_config(config),
         })
     }
 
@@ -199,21 +205,10 @@ impl Gateway {
             shutdown.await;
             let _ = started_tx.send(());
         };
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(
-            listener.tap_io(|tcp| {
-                // Streamed responses go out as several writes; Nagle would hold the later ones.
-                let _ = tcp.set_nodelay(true);
-            }),
-            service,
-        )
-        .with_graceful_shutdown(signal)
-        .into_future();
+        let server = crate::listener::serve(listener, self.router, self.limits, signal);
         tokio::pin!(server);
         let result = tokio::select! {
-            r = &mut server => r.map_err(Into::into),
+            _ = &mut server => Ok(()),
             _ = async {
                 let _ = started_rx.await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;

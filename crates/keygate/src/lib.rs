@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod listener;
 pub mod metrics;
 pub mod settings;
 pub mod tail;

@@ -116,7 +116,7 @@ async fn revoke_service_account(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Issue a new secret; the previous one stops working at once.
+/// Issue a new secret; the previous one and every token issued under it stop working at once.
 #[utoipa::path(post, path = "/service-accounts/{id}/rotate-secret", tag = "service-accounts",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
     responses((status = 200, body = ServiceAccountWithCredentials), (status = 404, body = ErrorBody)))]

@@ -621,6 +621,7 @@ impl Store {
             "authorization_codes",
             "browser_sessions",
             "revoked_tokens",
+            "service_account_tokens",
             "connect_sessions",
             "upstream_oauth_states",
         ] {

@@ -261,13 +261,31 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces the secret hash of an active service account.
+    /// Notes an access token issued to a service account, so a secret rotation can revoke it.
+    pub async fn record_service_account_token(
+        &self,
+        id: ServiceAccountId,
+        jti: &str,
+        expires_at: Timestamp,
+    ) -> Result<()> {
+        let mut sql = Sql::new(
+            "INSERT INTO service_account_tokens (jti, service_account_id, expires_at) VALUES (",
+        );
+        sql.bind(jti).push(", ").bind(id.to_string()).push(", ");
+        sql.bind(expires_at.millis()).push(")");
+        sql.query().execute(self.db.pool()).await?;
+        Ok(())
+    }
+
+    /// Replaces the secret hash of an active service account and revokes every access token
+    /// issued under the previous secret, in one transaction.
     pub async fn set_service_account_secret(
         &self,
         org: OrgId,
         id: ServiceAccountId,
         secret_hash: &str,
     ) -> Result<ServiceAccount> {
+        let mut tx = self.db.pool().begin().await?;
         let mut sql = Sql::new("UPDATE service_accounts SET secret_hash = ");
         sql.bind(secret_hash)
             .push(" WHERE org_id = ")
@@ -275,10 +293,21 @@ impl Store {
         sql.push(" AND id = ")
             .bind(id.to_string())
             .push(" AND archived_at IS NULL");
-        let done = sql.query().execute(self.db.pool()).await?;
+        let done = sql.query().execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        let mut sql = Sql::new(
+            "INSERT INTO revoked_tokens (jti, expires_at) \
+             SELECT jti, expires_at FROM service_account_tokens WHERE service_account_id = ",
+        );
+        sql.bind(id.to_string())
+            .push(" ON CONFLICT (jti) DO NOTHING");
+        sql.query().execute(&mut *tx).await?;
+        let mut sql = Sql::new("DELETE FROM service_account_tokens WHERE service_account_id = ");
+        sql.bind(id.to_string());
+        sql.query().execute(&mut *tx).await?;
+        tx.commit().await?;
         self.changed().await;
         self.get_service_account(org, id).await
     }

@@ -1,0 +1,609 @@
+//! The listener: accepts client connections and serves each with hyper, under the limits that
+//! keep slow, silent, idle and surplus sockets from holding the gateway's descriptors.
+//!
+//! - **Header timeout** (`server.header_read_timeout_secs`): a new connection must deliver a
+//!   request's complete headers within it; on a kept-alive connection the clock starts at the
+//!   next request's first byte. A slow or silent client is disconnected.
+//! - **Idle timeout** (`server.idle_timeout_secs`): a connection with no request in flight and
+//!   no byte of the next one is closed after it.
+//! - **Connection cap** (`server.max_connections`, by default derived from the open-files
+//!   limit, whose soft value is raised to the hard one at start): at the cap the oldest idle
+//!   connection is closed to make room, so a flood of idle sockets only displaces idle
+//!   sockets. When every connection is busy, a small reserve of [`HEALTH_RESERVE`] slots serves
+//!   `/healthz` and `/readyz` only (one request each, header timeout at most 2 s) and anything
+//!   else past it is answered `503` and closed at once. Either event is logged, at most every
+//!   [`LOG_EVERY`].
+//!
+//! Timeouts are watched per connection by the task that serves it: requests in flight (until
+//! their response body ends) hold no clock; the socket wrapper [`Watched`] notes the first
+//! byte of a kept-alive connection's next request.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response, StatusCode, header};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use keygate_core::config::Config;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// Connections past the cap that may still reach `/healthz` and `/readyz`.
+pub const HEALTH_RESERVE: usize = 16;
+/// Descriptors kept back from the derived cap: the listener, logs, files, DNS, the runtime.
+const FD_RESERVE: u64 = 64;
+/// Cap-reached log lines are at most this frequent.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// The longest a reserved (health) connection may take to send its headers.
+const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
+content-type: text/plain\r\ncontent-length: 25\r\nretry-after: 1\r\n\r\ntoo many open connections";
+
+/// The connection limits of one listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The configured limits, after raising the open-files soft limit to the hard one (logged).
+    pub fn from_config(config: &Config) -> Self {
+        let derived = derived_cap(raise_open_files_limit(), config.max_connections());
+        let max_connections = match config.server.max_connections {
+            Some(n) => {
+                if n as usize > derived {
+                    tracing::warn!(
+                        max_connections = n,
+                        open_files_allow = derived,
+                        "server.max_connections is above what the open-files limit allows"
+                    );
+                }
+                n as usize
+            }
+            None => derived,
+        };
+        Self {
+            header_read: Duration::from_secs(config.header_read_timeout_secs()),
+            idle: Duration::from_secs(config.idle_timeout_secs()),
+            max_connections,
+        }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one; returns the soft limit in force.
+pub fn raise_open_files_limit() -> u64 {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) => {
+            if before.as_ref().is_ok_and(|b| *b != now) {
+                tracing::info!(
+                    from = before.unwrap_or(0),
+                    to = now,
+                    "raised the open-files limit to its hard limit"
+                );
+            }
+            now
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+            before.unwrap_or(1024)
+        }
+    }
+}
+
+/// Client connections the gateway may hold within `nofile` descriptors: each may hold an
+/// upstream connection too, and the database pool, the health reserve and the process need
+/// theirs.
+fn derived_cap(nofile: u64, database: u32) -> usize {
+    let spare = nofile.saturating_sub(FD_RESERVE + u64::from(database) + HEALTH_RESERVE as u64);
+    (spare / 2).max(1) as usize
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets
+/// in-flight requests finish and returns once every connection has closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_read_timeout_secs = limits.header_read.as_secs(),
+        idle_timeout_secs = limits.idle.as_secs(),
+        "serving"
+    );
+    let server = Arc::new(Server::new(router, limits));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((tcp, peer)) => server.admit(tcp, peer, stop_rx.clone()),
+            Err(e) => {
+                // Out of descriptors (or a transient error): back off instead of spinning.
+                server.log_cap(|| tracing::error!(error = %e, "accepting a connection failed"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    loop {
+        let drained = server.drained.notified();
+        if server.open.load(Ordering::SeqCst) == 0 && server.reserved.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        drained.await;
+    }
+}
+
+/// What the accept loop and the connection tasks share.
+struct Server {
+    router: Router,
+    limits: Limits,
+    builder: auto::Builder<TokioExecutor>,
+    reserve_builder: auto::Builder<TokioExecutor>,
+    /// Normal connections, oldest first: the candidates to make room at the cap.
+    conns: Mutex<BTreeMap<u64, Arc<Activity>>>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+    reserved: AtomicUsize,
+    drained: Notify,
+    /// When the last cap-reached line was logged, and what happened since.
+    last_log: Mutex<Option<Instant>>,
+    evicted: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Which rules a connection is served by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Normal,
+    /// Past the cap: health checks only, one request.
+    Reserve,
+}
+
+impl Server {
+    fn new(router: Router, limits: Limits) -> Self {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut reserve_builder = auto::Builder::new(TokioExecutor::new());
+        reserve_builder.http1().keep_alive(false);
+        Self {
+            router,
+            limits,
+            builder,
+            reserve_builder,
+            conns: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
+            drained: Notify::new(),
+            last_log: Mutex::new(None),
+            evicted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a new connection: in a free slot, in room made by closing the oldest idle one, in
+    /// the health reserve, or not at all.
+    fn admit(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+        // Streamed responses go out as several writes; Nagle would hold the later ones.
+        let _ = tcp.set_nodelay(true);
+        let slot = if self.open.load(Ordering::SeqCst) < self.limits.max_connections
+            || self.evict_oldest_idle()
+        {
+            self.open.fetch_add(1, Ordering::SeqCst);
+            Slot::Normal
+        } else if self.reserved.fetch_add(1, Ordering::SeqCst) < HEALTH_RESERVE {
+            self.note_cap(false);
+            Slot::Reserve
+        } else {
+            self.reserved.fetch_sub(1, Ordering::SeqCst);
+            self.note_cap(false);
+            // Best effort, never waits (a fresh socket's send buffer is empty); the socket
+            // closes when dropped.
+            if let Ok(mut tcp) = tcp.into_std() {
+                let _ = io::Write::write(&mut tcp, REFUSAL);
+            }
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::new());
+        if slot == Slot::Normal {
+            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.insert(id, activity.clone());
+        }
+        let server = self.clone();
+        tokio::spawn(async move {
+            server.run(tcp, peer, slot, activity, stop).await;
+            match slot {
+                Slot::Normal => {
+                    let mut conns = server.conns.lock().unwrap_or_else(|p| p.into_inner());
+                    conns.remove(&id);
+                    server.open.fetch_sub(1, Ordering::SeqCst);
+                }
+                Slot::Reserve => {
+                    server.reserved.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            server.drained.notify_waiters();
+        });
+    }
+
+    /// Marks the oldest connection with nothing in flight for closing; whether there was one.
+    fn evict_oldest_idle(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = conns
+            .values()
+            .find(|a| !a.evict.load(Ordering::SeqCst) && a.evictable());
+        let Some(victim) = victim else {
+            return false;
+        };
+        victim.evict.store(true, Ordering::SeqCst);
+        victim.wake.notify_one();
+        drop(conns);
+        self.note_cap(true);
+        true
+    }
+
+    /// Counts an eviction or a refusal and logs the cap, at most every [`LOG_EVERY`].
+    fn note_cap(&self, evicted: bool) {
+        let counter = if evicted {
+            &self.evicted
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.log_cap(|| {
+            tracing::warn!(
+                max_connections = self.limits.max_connections,
+                idle_closed = self.evicted.swap(0, Ordering::Relaxed),
+                refused = self.refused.swap(0, Ordering::Relaxed),
+                "connection limit reached: closing idle connections and refusing new ones"
+            )
+        });
+    }
+
+    fn log_cap(&self, log: impl FnOnce()) {
+        let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            *last = Some(Instant::now());
+            log();
+        }
+    }
+
+    /// Serves one connection until it ends, times out, is evicted, or shutdown has drained it.
+    async fn run(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        slot: Slot,
+        activity: Arc<Activity>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let io = TokioIo::new(Watched {
+            inner: tcp,
+            activity: activity.clone(),
+        });
+        let service = RequestService {
+            router: self.router.clone(),
+            activity: activity.clone(),
+            peer,
+            health_only: slot == Slot::Reserve,
+        };
+        let service = hyper::service::service_fn(move |req| service.clone().call(req));
+        let builder = match slot {
+            Slot::Normal => &self.builder,
+            Slot::Reserve => &self.reserve_builder,
+        };
+        let mut limits = self.limits;
+        if slot == Slot::Reserve {
+            limits.header_read = limits.header_read.min(RESERVE_HEADER_TIMEOUT);
+        }
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let mut stopping = *stop.borrow();
+        if stopping {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            let deadline = activity.deadline(&limits);
+            let expired = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = expired => {
+                    if activity.expired(&limits) {
+                        return; // nothing in flight: dropping the connection closes it
+                    }
+                }
+                _ = activity.wake.notified() => {
+                    if activity.evict.load(Ordering::SeqCst) && activity.evictable() {
+                        return;
+                    }
+                }
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// The per-request half of a connection: counts requests in flight and hands them to the
+/// router (the health routes only, for a reserved connection).
+#[derive(Clone)]
+struct RequestService {
+    router: Router,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    health_only: bool,
+}
+
+impl RequestService {
+    async fn call(self, mut req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
+        let guard = InFlight::begin(self.activity);
+        if self.health_only && !matches!(req.uri().path(), "/healthz" | "/readyz") {
+            let mut resp = Response::new(Body::from("too many open connections"));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return Ok(resp);
+        }
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let resp = match self.router.oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        };
+        Ok(resp.map(|body| {
+            Body::new(Tracked {
+                body,
+                _guard: guard,
+            })
+        }))
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it ends or is dropped.
+struct Tracked {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// One request in flight on a connection.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: Arc<Activity>) -> Self {
+        {
+            let mut s = activity.lock();
+            s.inflight += 1;
+            s.served += 1;
+            s.head_started = None;
+        }
+        activity.armed.store(false, Ordering::SeqCst);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let idle = {
+            let mut s = self.0.lock();
+            s.inflight -= 1;
+            if s.inflight == 0 {
+                s.idle_since = Instant::now();
+                s.head_started = None;
+            }
+            s.inflight == 0
+        };
+        if idle {
+            if !self.0.h2.load(Ordering::SeqCst) {
+                self.0.armed.store(true, Ordering::SeqCst);
+            }
+            // The connection's clock starts again.
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+/// What a connection's watcher needs to know about it.
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Set while idle and no byte of a next request has come: the socket wrapper then notes
+    /// the first one.
+    armed: AtomicBool,
+    /// An HTTP/2 connection: frames (pings, settings) arrive while idle; only the idle
+    /// timeout applies between requests.
+    h2: AtomicBool,
+    /// Chosen to make room at the cap.
+    evict: AtomicBool,
+    /// Any byte has come.
+    read_any: AtomicBool,
+    /// The deadline moved or the connection was evicted.
+    wake: Notify,
+}
+
+struct ActivityState {
+    inflight: usize,
+    /// Requests received so far.
+    served: u64,
+    /// Since when nothing has been in flight (the accept, or the last response's end).
+    idle_since: Instant,
+    /// When the next request's first byte came, on a kept-alive connection.
+    head_started: Option<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(ActivityState {
+                inflight: 0,
+                served: 0,
+                idle_since: Instant::now(),
+                head_started: None,
+            }),
+            armed: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
+            evict: AtomicBool::new(false),
+            read_any: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the connection times out, unless a request starts first; `None` while one is in
+    /// flight.
+    fn deadline(&self, limits: &Limits) -> Option<Instant> {
+        let s = self.lock();
+        if s.inflight > 0 {
+            return None;
+        }
+        Some(match s.head_started {
+            _ if s.served == 0 => s.idle_since + limits.header_read,
+            Some(t) => t + limits.header_read,
+            None => s.idle_since + limits.idle,
+        })
+    }
+
+    fn expired(&self, limits: &Limits) -> bool {
+        self.deadline(limits).is_some_and(|d| d <= Instant::now())
+    }
+
+    fn evictable(&self) -> bool {
+        self.lock().inflight == 0
+    }
+
+    /// Bytes arrived on the socket.
+    fn on_read(&self, bytes: &[u8]) {
+        if !self.read_any.load(Ordering::Relaxed) {
+            self.read_any.store(true, Ordering::Relaxed);
+            // The HTTP/2 connection preface.
+            if bytes.starts_with(b"PRI ") {
+                self.h2.store(true, Ordering::SeqCst);
+            }
+        }
+        if !self.armed.load(Ordering::Relaxed) || !self.armed.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let mut s = self.lock();
+        if s.inflight == 0 && s.head_started.is_none() {
+            s.head_started = Some(Instant::now());
+            drop(s);
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A client socket that tells its [`Activity`] when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_cap_leaves_room_for_upstreams_and_the_process() {
+        assert_eq!(derived_cap(1024, 10), (1024 - 64 - 10 - 16) / 2);
+        assert_eq!(derived_cap(50, 10), 1);
+        assert_eq!(derived_cap(1_048_576, 10), (1_048_576 - 90) / 2);
+    }
+}
