@@ -328,14 +328,18 @@ impl Server {
         if stopping {
             conn.as_mut().graceful_shutdown();
         }
+        // The watcher is never woken by a request starting or ending (that would cost a wake
+        // and a timer per request): it looks again at least every `check_every`, which is
+        // enough to close each connection exactly on time. A deadline that appears while it
+        // sleeps (a request ends, a next one's first byte arrives) lies at least one full
+        // timeout after that moment, so no later than one `check_every` after the last look.
+        let check_every = limits.header_read.min(limits.idle);
         loop {
-            let deadline = activity.deadline(&limits);
-            let expired = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending::<()>().await,
-                }
-            };
+            let next_look = Instant::now() + check_every;
+            let wake_at = activity
+                .deadline(&limits)
+                .map_or(next_look, |at| at.min(next_look));
+            let expired = tokio::time::sleep_until(wake_at);
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = expired => {
@@ -448,8 +452,10 @@ impl Drop for InFlight {
             if !self.0.h2.load(Ordering::SeqCst) {
                 self.0.armed.store(true, Ordering::SeqCst);
             }
-            // The connection's clock starts again.
-            self.0.wake.notify_one();
+            // Chosen to make room while busy: it may go now.
+            if self.0.evict.load(Ordering::SeqCst) {
+                self.0.wake.notify_one();
+            }
         }
     }
 }
@@ -467,7 +473,7 @@ struct Activity {
     evict: AtomicBool,
     /// Any byte has come.
     read_any: AtomicBool,
-    /// The deadline moved or the connection was evicted.
+    /// The connection was chosen to make room at the cap.
     wake: Notify,
 }
 
@@ -539,8 +545,6 @@ impl Activity {
         let mut s = self.lock();
         if s.inflight == 0 && s.head_started.is_none() {
             s.head_started = Some(Instant::now());
-            drop(s);
-            self.wake.notify_one();
         }
     }
 }
