@@ -3,7 +3,8 @@
 //!
 //! The test suite runs a short round (`PROPTEST_CASES`, proptest's default 256 cases per
 //! property). A longer run repeats rounds with fresh seeds until `KEYGATE_FUZZ_SECS` have
-//! passed: `KEYGATE_FUZZ_SECS=600 cargo test --release -p keygate --test fuzz`.
+//! passed, for each property; all eight at once in ten minutes:
+//! `KEYGATE_FUZZ_SECS=600 cargo test --release -p keygate --test fuzz -- --test-threads=8`.
 
 use std::time::{Duration, Instant};
 
