@@ -212,6 +212,17 @@ impl TestGateway {
         app: keygate_core::ApplicationId,
         resource: &str,
     ) -> String {
+        self.user_token_for(user, app, resource, 600).await
+    }
+
+    /// [`TestGateway::user_token`] that lives `lifetime_secs` (a long fuzz run outlives 600).
+    pub async fn user_token_for(
+        &self,
+        user: keygate_core::UserId,
+        app: keygate_core::ApplicationId,
+        resource: &str,
+        lifetime_secs: i64,
+    ) -> String {
         let session = self
             .store
             .create_agent_session(
@@ -242,7 +253,7 @@ impl TestGateway {
             org: self.org,
             sid: Some(session.id),
             iat: now,
-            exp: now + 600,
+            exp: now + lifetime_secs,
             jti: uuid::Uuid::new_v4().to_string(),
         })
     }

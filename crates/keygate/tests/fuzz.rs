@@ -40,11 +40,16 @@ fn target() -> Target {
     let (w, up, integration, slug, token, session) = rt.block_on(async {
         let w = McpWorld::start(Backend::Sqlite, AppClient::Public, |c| {
             c.api.rate_limit_per_minute = Some(1_000_000);
+            // A long run (KEYGATE_FUZZ_SECS) outlives the default management token.
+            c.auth.access_token_ttl_secs = Some(86_400);
         })
         .await;
         let up = FakeUpstream::start().await;
         let (integration, slug) = w.integration(json!({"name": "Up", "url": up.url})).await;
-        let token = w.token(w.alice).await;
+        // Alice's token outlives a long run (KEYGATE_FUZZ_SECS), which the default would not.
+        let token =
+            w.gw.user_token_for(w.alice, w.app, &w.app_url, 86_400)
+                .await;
         let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {},
             "clientInfo": {"name": "fuzz", "version": "1"}}});
