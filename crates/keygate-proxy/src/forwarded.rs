@@ -40,13 +40,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// (`Integration::forward_headers`), minus those `Connection` names (they are hop-by-hop) and
 /// any that carries `agent_token`.
 pub fn request_headers(src: &HeaderMap, extra: &[String], agent_token: Option<&str>) -> HeaderMap {
-    let hop_by_hop: Vec<String> = src
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
+    let hop_by_hop = connection_named(src);
     let mut out = HeaderMap::with_capacity(src.len());
     for (name, value) in src {
         let n = name.as_str();
@@ -59,6 +53,17 @@ pub fn request_headers(src: &HeaderMap, extra: &[String], agent_token: Option<&s
         out.append(HeaderName::clone(name), value.clone());
     }
     out
+}
+
+/// The headers a `Connection` header names (lower-case): hop-by-hop, never relayed.
+pub fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect()
 }
 
 /// Whether a request header of this (lower-case) name may be forwarded.

@@ -311,13 +311,7 @@ async fn attached_integration(
 
 fn filtered(src: &HeaderMap, drop: &[&str]) -> HeaderMap {
     // Headers named by `Connection` are hop-by-hop too.
-    let named: Vec<String> = src
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
+    let named = forwarded::connection_named(src);
     let mut out = HeaderMap::with_capacity(src.len());
     for (name, value) in src {
         let n = name.as_str();
