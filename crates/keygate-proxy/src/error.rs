@@ -27,7 +27,15 @@ pub enum ProxyError {
         code: i64,
         message: String,
     },
-    /// The user has not connected this integration yet.
+    /// The user must connect this integration first, and the connect link is not minted yet:
+    /// where this is answered, [`crate::credentials::with_connect_link`] turns it into
+    /// [`ProxyError::ConnectionRequired`], so only an answer actually sent costs a link.
+    #[error("connection required for {integration_name} (no link minted)")]
+    NotConnected {
+        integration_id: String,
+        integration_name: String,
+    },
+    /// The user has not connected this integration yet: `-32042` with a connect link.
     #[error("connection required for {integration_name}")]
     ConnectionRequired {
         request_id: Value,
@@ -107,6 +115,14 @@ impl IntoResponse for ProxyError {
                 (
                     StatusCode::OK,
                     rpc_error(request_id, URL_ELICITATION_REQUIRED, &message, Some(data)),
+                )
+            }
+            ProxyError::NotConnected { integration_id, .. } => {
+                // A handler answered it without minting its link: a gateway bug.
+                tracing::error!(%integration_id, "a connection-required answer lost its link");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    rpc_error(Value::Null, -32603, "Internal gateway error", None),
                 )
             }
             ProxyError::Upstream(detail) => {

@@ -17,11 +17,12 @@ use serde_json::Value;
 use url::Url;
 
 use crate::ProxyState;
-use crate::credentials;
+use crate::credentials::{self, Authorization};
 use crate::error::ProxyError;
 use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
+use crate::retry;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
 use keygate_trace::{Exchange, Peek};
@@ -120,24 +121,15 @@ async fn forward(
         drain(body).await;
         return Err(too_large());
     }
-    let authorization = match credentials::authorization(state, &caller, &integration).await {
-        Ok(a) => a,
-        Err(ProxyError::ConnectionRequired {
-            integration_id,
-            integration_name,
-            connect_url,
-            ..
-        }) => {
+    let authorization = match credentials::authorization(state, &caller, &integration).await? {
+        Authorization::Header(h) => h,
+        Authorization::NeedsConnection => {
             let message = request_message(body).await;
             ex.set_message(&message);
-            return Err(ProxyError::ConnectionRequired {
-                request_id: message.get("id").cloned().unwrap_or(Value::Null),
-                integration_id,
-                integration_name,
-                connect_url,
-            });
+            let id = message.get("id").cloned().unwrap_or(Value::Null);
+            let e = credentials::not_connected(&integration);
+            return Err(credentials::with_connect_link(state, &caller, e, id).await);
         }
-        Err(e) => return Err(e),
     };
     let traceparent = ex.traceparent();
     let build = |body: Body, auth: Option<&HeaderValue>| {
@@ -187,34 +179,22 @@ async fn forward(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
     };
-    let req = build(Body::from(bytes.clone()), authorization.as_ref())?;
-    let resp = traced::send_upstream(state, route_label, req).await?;
-    let answering = || Answering::Body(bytes.clone());
-    if resp.status() != StatusCode::UNAUTHORIZED {
-        return Ok(relay(resp, endpoint_map, relay_for(answering())));
-    }
-    match credentials::after_rejection(state, &caller, &integration, authorization.as_ref()).await {
-        Ok(Some(fresh)) => {
-            drop(resp);
-            let req = build(Body::from(bytes.clone()), Some(&fresh))?;
-            let retried = traced::send_upstream(state, route_label, req).await?;
-            Ok(relay(retried, endpoint_map, relay_for(answering())))
-        }
-        Ok(None) => Ok(relay(resp, endpoint_map, relay_for(answering()))),
-        Err(ProxyError::ConnectionRequired {
-            integration_id,
-            integration_name,
-            connect_url,
-            ..
-        }) => {
+    let sent = retry::send(state, &caller, &integration, authorization, |auth| {
+        let req = build(Body::from(bytes.clone()), auth.as_ref());
+        async move { traced::send_upstream(state, route_label, req?).await }
+    })
+    .await;
+    match sent {
+        Ok(resp) => Ok(relay(
+            resp,
+            endpoint_map,
+            relay_for(Answering::Body(bytes.clone())),
+        )),
+        Err(e @ ProxyError::NotConnected { .. }) => {
             let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
             ex.set_message(&message);
-            Err(ProxyError::ConnectionRequired {
-                request_id: message.get("id").cloned().unwrap_or(Value::Null),
-                integration_id,
-                integration_name,
-                connect_url,
-            })
+            let id = message.get("id").cloned().unwrap_or(Value::Null);
+            Err(credentials::with_connect_link(state, &caller, e, id).await)
         }
         Err(e) => Err(e),
     }

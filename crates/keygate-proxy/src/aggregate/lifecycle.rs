@@ -17,6 +17,7 @@ use super::session::{AggregatedSession, UpstreamSession};
 use super::upstream::{self, Member, candidates, within};
 use super::{SEPARATOR, result};
 use crate::ProxyState;
+use crate::credentials;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 
@@ -151,18 +152,19 @@ async fn join_discover(
 
 /// Joins every connected candidate with `join` (in parallel, each within the fan-out deadline)
 /// and adds up the outcome; one that fails or misses the deadline is left out and named in the
-/// notes, as is one the user has not connected.
+/// notes, as is one the user has not connected — with a connect link, minted here because the
+/// notes are the one place an aggregated client learns of it (its tools are not listed).
 async fn summarize<'a, Fut>(
     state: &ProxyState,
     what: &str,
-    candidates: &'a [(Member, Option<String>)],
+    candidates: &'a [(Member, bool)],
     modern: bool,
     join: impl Fn(&'a Member) -> Fut,
 ) -> Summary
 where
     Fut: std::future::Future<Output = Result<Joined, String>>,
 {
-    let connected = candidates.iter().filter(|(_, missing)| missing.is_none());
+    let connected = candidates.iter().filter(|(_, connected)| *connected);
     let join = &join;
     let outcomes = join_all(connected.map(|(m, _)| async move {
         let joined = within(state, m, what, join(m)).await;
@@ -176,13 +178,16 @@ where
     for (member, outcome) in outcomes {
         summary.add(member, outcome, modern);
     }
-    for (member, missing) in candidates {
-        if let Some(url) = missing {
-            let slug = &member.integration.slug;
-            summary
-                .notes
-                .push(format!("{slug}: not connected; connect at {url}"));
-        }
+    for (member, _) in candidates.iter().filter(|(_, connected)| !*connected) {
+        let slug = &member.integration.slug;
+        let note = match credentials::connect_link(state, &member.caller).await {
+            Ok(url) => format!("{slug}: not connected; connect at {url}"),
+            Err(e) => {
+                tracing::warn!(integration = %member.integration.id, error = %e, "no connect link for the notes");
+                format!("{slug}: not connected")
+            }
+        };
+        summary.notes.push(note);
     }
     summary
 }
