@@ -89,6 +89,8 @@ async fn forward(
     let (caller, body) = traced::authenticate(state, &parts, body, ex).await?;
     let integration = attached_integration(state, &caller, integration_ref).await?;
     ex.integration = Some(integration.id);
+    // Upstream failures name the integration in the log line and the trace.
+    let named = |e: ProxyError| e.of_integration(&integration);
     let base = Url::parse(&integration.url).map_err(|_| {
         ProxyError::Upstream(format!("integration {} has an invalid URL", integration.id))
     })?;
@@ -106,7 +108,7 @@ async fn forward(
         }
         Route::Message => message_endpoint(state, &owner, &base, &parts)?,
     };
-    state.upstream.check(&url)?;
+    state.upstream.check(&url).map_err(named)?;
     let endpoint_map = (parts.method == http::Method::GET).then(|| EndpointMap {
         upstream: base,
         downstream: format!(
@@ -137,7 +139,7 @@ async fn forward(
                 connect_url,
             });
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(named(e)),
     };
     let traceparent = ex.traceparent();
     let build = |body: Body, auth: Option<&HeaderValue>| {
@@ -174,7 +176,9 @@ async fn forward(
         let answering = Answering::Peeked(peek.handle());
         let body = Body::new(Limited::new(peek, MAX_REQUEST_BYTES));
         let req = build(body, authorization.as_ref())?;
-        let resp = traced::send_upstream(state, route_label, req).await?;
+        let resp = traced::send_upstream(state, route_label, req)
+            .await
+            .map_err(named)?;
         return Ok(relay(resp, endpoint_map, relay_for(answering)));
     }
     // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
@@ -188,7 +192,9 @@ async fn forward(
         Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
     };
     let req = build(Body::from(bytes.clone()), authorization.as_ref())?;
-    let resp = traced::send_upstream(state, route_label, req).await?;
+    let resp = traced::send_upstream(state, route_label, req)
+        .await
+        .map_err(named)?;
     let answering = || Answering::Body(bytes.clone());
     if resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(relay(resp, endpoint_map, relay_for(answering())));
@@ -197,7 +203,9 @@ async fn forward(
         Ok(Some(fresh)) => {
             drop(resp);
             let req = build(Body::from(bytes.clone()), Some(&fresh))?;
-            let retried = traced::send_upstream(state, route_label, req).await?;
+            let retried = traced::send_upstream(state, route_label, req)
+                .await
+                .map_err(named)?;
             Ok(relay(retried, endpoint_map, relay_for(answering())))
         }
         Ok(None) => Ok(relay(resp, endpoint_map, relay_for(answering()))),
@@ -216,7 +224,7 @@ async fn forward(
                 connect_url,
             })
         }
-        Err(e) => Err(e),
+        Err(e) => Err(named(e)),
     }
 }
 
