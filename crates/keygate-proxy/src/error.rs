@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use keygate_core::model::Integration;
 use serde_json::{Value, json};
 
 /// JSON-RPC code for "URL elicitation required" (MCP 2025-11-25): the user must connect.
@@ -56,6 +57,20 @@ pub enum ProxyError {
     /// The gateway itself failed (store, vault).
     #[error("gateway error: {0}")]
     Internal(String),
+}
+
+impl ProxyError {
+    /// Names the integration (slug, name, id) an upstream failure came from, so the log line
+    /// and the trace say which server could not be reached as well as why.
+    pub fn of_integration(self, integration: &Integration) -> Self {
+        match self {
+            ProxyError::Upstream(cause) => ProxyError::Upstream(format!(
+                "integration {} ({:?}, id {}): {cause}",
+                integration.slug, integration.name, integration.id
+            )),
+            other => other,
+        }
+    }
 }
 
 fn rpc_error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value {
@@ -173,5 +188,51 @@ impl IntoResponse for ProxyError {
 impl From<keygate_store::StoreError> for ProxyError {
     fn from(e: keygate_store::StoreError) -> Self {
         ProxyError::Internal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keygate_core::model::{AuthMode, Category, ValidationStatus};
+    use keygate_core::{IntegrationId, OrgId, Timestamp};
+
+    use super::*;
+
+    fn integration() -> Integration {
+        Integration {
+            id: IntegrationId::new(),
+            org_id: OrgId::new(),
+            name: "GitHub".into(),
+            slug: "github".into(),
+            url: "http://127.0.0.1:9/mcp".into(),
+            category: Category::GatewayRemoteMcp,
+            auth_mode: AuthMode::None,
+            oauth: None,
+            oauth_client_secret_configured: false,
+            capabilities: None,
+            credential_schema: None,
+            forward_headers: Vec::new(),
+            server_token_configured: false,
+            validation_status: ValidationStatus::Pending,
+            validation_message: None,
+            last_validated_at: None,
+            created_at: Timestamp::now(),
+            updated_at: Timestamp::now(),
+            archived_at: None,
+        }
+    }
+
+    #[test]
+    fn an_unreachable_upstream_names_its_integration_and_cause() {
+        let i = integration();
+        let e =
+            ProxyError::Upstream("tcp connect error: Connection refused".into()).of_integration(&i);
+        let text = e.to_string();
+        assert!(text.contains("integration github (\"GitHub\""), "{text}");
+        assert!(text.contains(&i.id.to_string()), "{text}");
+        assert!(
+            text.ends_with(": tcp connect error: Connection refused"),
+            "{text}"
+        );
     }
 }

@@ -90,6 +90,8 @@ async fn forward(
     let (caller, body) = traced::authenticate(state, &parts, body, ex).await?;
     let integration = attached_integration(state, &caller, integration_ref).await?;
     ex.integration = Some(integration.id);
+    // Upstream failures name the integration in the log line and the trace.
+    let named = |e: ProxyError| e.of_integration(&integration);
     let base = Url::parse(&integration.url).map_err(|_| {
         ProxyError::Upstream(format!("integration {} has an invalid URL", integration.id))
     })?;
@@ -107,7 +109,7 @@ async fn forward(
         }
         Route::Message => message_endpoint(state, &owner, &base, &parts)?,
     };
-    state.upstream.check(&url)?;
+    state.upstream.check(&url).map_err(named)?;
     let endpoint_map = (parts.method == http::Method::GET).then(|| EndpointMap {
         upstream: base,
         downstream: format!(
@@ -121,7 +123,10 @@ async fn forward(
         drain(body).await;
         return Err(too_large());
     }
-    let authorization = match credentials::authorization(state, &caller, &integration).await? {
+    let authorization = match credentials::authorization(state, &caller, &integration)
+        .await
+        .map_err(named)?
+    {
         Authorization::Header(h) => h,
         Authorization::NeedsConnection => {
             let message = request_message(body).await;
@@ -166,7 +171,9 @@ async fn forward(
         let answering = Answering::Peeked(peek.handle());
         let body = Body::new(Limited::new(peek, MAX_REQUEST_BYTES));
         let req = build(body, authorization.as_ref())?;
-        let resp = traced::send_upstream(state, route_label, req).await?;
+        let resp = traced::send_upstream(state, route_label, req)
+            .await
+            .map_err(named)?;
         return Ok(relay(resp, endpoint_map, relay_for(answering)));
     }
     // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
@@ -196,7 +203,7 @@ async fn forward(
             let id = message.get("id").cloned().unwrap_or(Value::Null);
             Err(credentials::with_connect_link(state, &caller, e, id).await)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(named(e)),
     }
 }
 

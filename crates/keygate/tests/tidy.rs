@@ -188,7 +188,11 @@ fn repository_methods() -> Vec<(String, String, String)> {
                 })
                 .map(|(i, _)| open + i)
                 .unwrap();
-            methods.push((file.to_owned(), name.to_owned(), rest[open..close].to_owned()));
+            methods.push((
+                file.to_owned(),
+                name.to_owned(),
+                rest[open..close].to_owned(),
+            ));
             rest = &rest[close..];
         }
     }
@@ -256,7 +260,10 @@ fn every_rust_file_starts_with_a_module_doc_line() {
         .filter(|p| p.ends_with(".rs") && (p.starts_with("crates/") || p.starts_with("benches/")))
         .filter(|p| !read(p).starts_with("//!"))
         .collect();
-    assert!(missing.is_empty(), "files without a `//!` first line: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a `//!` first line: {missing:?}"
+    );
 }
 
 #[test]

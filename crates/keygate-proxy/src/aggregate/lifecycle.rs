@@ -119,7 +119,8 @@ async fn join_initialize(
             capabilities: r["capabilities"].clone(),
         }),
         None => {
-            tracing::warn!(integration = %member.integration.id, error = %answer["error"], "upstream refused initialize");
+            let i = &member.integration;
+            tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, error = %answer["error"], "upstream refused initialize");
             let why = answer["error"]["message"].as_str().unwrap_or("error");
             Err(format!("unavailable ({why})"))
         }
@@ -128,7 +129,8 @@ async fn join_initialize(
 
 /// The note for an upstream that could not be reached; the detail goes to the log only.
 fn unavailable(member: &Member, error: &dyn std::fmt::Display) -> String {
-    tracing::warn!(integration = %member.integration.id, %error, "upstream left out of the aggregated server");
+    let i = &member.integration;
+    tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, %error, "upstream left out of the aggregated server");
     "unavailable".to_owned()
 }
 

@@ -234,7 +234,8 @@ pub async fn rpc(
 ) -> Result<Option<Value>, ProxyError> {
     let failed = |error: &dyn std::fmt::Display| {
         let method = message["method"].as_str().unwrap_or("");
-        tracing::warn!(integration = %member.integration.id, method, %error, "upstream failed");
+        let i = &member.integration;
+        tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, method, %error, "upstream failed");
     };
     match exchange(state, member, downstream, message).await {
         Ok(reply) => match read_answer(reply.resp, message.get("id")).await {
@@ -270,6 +271,7 @@ pub async fn within<T>(
             tracing::warn!(
                 integration = %member.integration.id,
                 slug = %member.integration.slug,
+                name = %member.integration.name,
                 method = what,
                 timeout_ms = deadline.as_millis() as u64,
                 "upstream missed the fan-out deadline; left out of this answer"
