@@ -85,3 +85,19 @@ if ! cmp -s "$TS_SRC/package-lock.json" "$TS_NODE/.keygate-lock" 2>/dev/null; th
   npm ci --prefix "$TS_NODE" --omit=dev --no-audit --no-fund --loglevel=error >/dev/null
   cp "$TS_SRC/package-lock.json" "$TS_NODE/.keygate-lock"
 fi
+
+# --- openapi-spec-validator for the API test that validates /api/openapi.json
+# (tests/api.rs: the_openapi_document_passes_openapi_spec_validator), in a venv of its own so
+# its pins never meet the MCP SDK's. Skipped when the venv already holds exactly this set.
+OAS_VENV="${KEYGATE_E2E_OPENAPI_VENV:-$HOME/.cache/keygate-e2e/openapi-venv}"
+OAS_REQS="openapi-spec-validator==0.9.0 openapi-schema-validator==0.9.0 jsonschema==4.26.0
+jsonschema-path==0.5.0 jsonschema-specifications==2025.9.1 lazy-object-proxy==1.13.0
+pathable==0.6.0 PyYAML==6.0.4 referencing==0.37.0 rfc3339-validator==0.1.4 rpds-py==2026.9.1
+six==1.17.0 attrs==26.1.0 annotated-types==0.8.0 pydantic==2.14.4 pydantic-settings==2.16.3
+pydantic_core==2.50.5 python-dotenv==1.2.4 typing-inspection==0.4.5 typing_extensions==4.16.0"
+if [ "$(cat "$OAS_VENV/.keygate-reqs" 2>/dev/null)" != "$OAS_REQS" ]; then
+  [ -x "$OAS_VENV/bin/python" ] || python3 -m venv "$OAS_VENV"
+  # shellcheck disable=SC2086 # one requirement per word
+  "$OAS_VENV/bin/python" -m pip install -q --disable-pip-version-check $OAS_REQS
+  printf '%s' "$OAS_REQS" >"$OAS_VENV/.keygate-reqs"
+fi

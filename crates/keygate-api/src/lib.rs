@@ -93,7 +93,11 @@ fn api_routes() -> OpenApiRouter<ApiState> {
 
 /// `/api/v1/*` and `/api/openapi.json`.
 pub fn router(state: ApiState, options: ApiOptions) -> Router {
-    let (api, doc) = api_routes().split_for_parts();
+    let (api, mut doc) = api_routes().split_for_parts();
+    // The paths carry their `/api/v1` prefix, so the server is the gateway's own origin.
+    doc.servers = Some(vec![utoipa::openapi::Server::new(
+        state.auth.public_url.trim_end_matches('/'),
+    )]);
     let doc = Arc::new(doc);
     let api = api
         .route("/api/v1/{*rest}", any(unknown_route))

@@ -50,6 +50,51 @@ async fn unread_request_bodies_close_the_connection() {
     gw.stop().await;
 }
 
+/// `/api/openapi.json` passes `openapi-spec-validator` (installed by `scripts/setup.sh`):
+/// unique operation ids, a `servers` entry, valid schemas.
+#[tokio::test]
+async fn the_openapi_document_passes_openapi_spec_validator() {
+    let venv = std::env::var("KEYGATE_E2E_OPENAPI_VENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/keygate-e2e/openapi-venv",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    let python = format!("{venv}/bin/python");
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: run scripts/setup.sh"
+    );
+    let gw = TestGateway::start(Backend::Sqlite).await;
+    let doc = gw
+        .http
+        .get(format!("{}/api/openapi.json", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let url = gw.url.clone();
+    gw.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, &doc).unwrap();
+    let out = std::process::Command::new(&python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["servers"][0]["url"], url.as_str());
+}
+
 /// Validating an integration on a loopback address that is not allow-listed says why it is
 /// refused and which setting lifts it, instead of blaming its plain http.
 #[tokio::test]

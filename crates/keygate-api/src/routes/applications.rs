@@ -359,6 +359,7 @@ async fn archive_application(
 
 /// Rotate the client secret; the previous one stops working at once.
 #[utoipa::path(post, path = "/applications/{id}/rotate-secret", tag = "applications",
+    operation_id = "rotate_application_secret",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
     responses((status = 200, body = ApplicationWithSecret), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn rotate_secret(
@@ -386,6 +387,7 @@ async fn rotate_secret(
 
 /// Get the OAuth client settings.
 #[utoipa::path(get, path = "/applications/{id}/oauth", tag = "applications",
+    operation_id = "get_application_oauth",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
     responses((status = 200, body = ApplicationOAuthEnvelope), (status = 404, body = ErrorBody)))]
 async fn get_oauth(
@@ -426,6 +428,7 @@ async fn update_oauth(
 
 /// Ids of the attached integrations.
 #[utoipa::path(get, path = "/applications/{id}/integrations", tag = "applications",
+    operation_id = "list_application_integrations",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
     responses((status = 200, body = IntegrationIds), (status = 404, body = ErrorBody)))]
 async fn list_integrations(

@@ -444,6 +444,7 @@ async fn validate_integration(
 
 /// The integration's OAuth settings (only for `authMode: oauth`).
 #[utoipa::path(get, path = "/integrations/{id}/oauth", tag = "integrations",
+    operation_id = "get_integration_oauth",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
     responses((status = 200, body = IntegrationOAuthEnvelope), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn get_oauth(

@@ -118,6 +118,7 @@ async fn revoke_service_account(
 
 /// Issue a new secret; the previous one and every token issued under it stop working at once.
 #[utoipa::path(post, path = "/service-accounts/{id}/rotate-secret", tag = "service-accounts",
+    operation_id = "rotate_service_account_secret",
     params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
     responses((status = 200, body = ServiceAccountWithCredentials), (status = 404, body = ErrorBody)))]
 async fn rotate_secret(
