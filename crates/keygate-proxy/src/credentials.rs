@@ -5,7 +5,6 @@ use axum::http::HeaderValue;
 use keygate_auth::broker::BrokerError;
 use keygate_core::model::{AuthMode, Integration};
 use keygate_core::{IntegrationId, Secret, Timestamp, UserId};
-use serde_json::Value;
 
 use crate::ProxyState;
 use crate::error::ProxyError;
@@ -20,7 +19,7 @@ pub enum Cached {
 }
 
 /// The `Authorization` value to send upstream, if any. A user without a connection gets
-/// [`ProxyError::ConnectionRequired`] (with a null request id, for the caller to fill in).
+/// [`ProxyError::ConnectionRequired`] (answered with the request's id, as every error is).
 /// Lookups are cached for the store's change generation; an OAuth token only while it is
 /// fresh, after which the broker refreshes it.
 pub async fn authorization(
@@ -115,7 +114,6 @@ async fn connection_required(
     .await
     {
         Ok((_, _, connect_url)) => ProxyError::ConnectionRequired {
-            request_id: Value::Null,
             integration_id: integration.id.to_string(),
             integration_name: integration.name.clone(),
             connect_url,

@@ -29,6 +29,7 @@ pub mod probe;
 pub mod runtime;
 pub mod sse;
 pub mod traced;
+pub mod unsent;
 pub mod upstream;
 
 use std::sync::Arc;
