@@ -82,10 +82,10 @@ pub(crate) fn local_answer(status: StatusCode, body: serde_json::Value) -> Respo
 impl ProxyError {
     /// The HTTP status and the JSON-RPC error this error is answered with, or for a `401` the
     /// challenge it is answered with.
-    fn status_and_error(self) -> Result<(StatusCode, jsonrpc::Error), Response> {
+    fn status_and_error(self) -> Result<(StatusCode, jsonrpc::Error), Box<Response>> {
         use jsonrpc::Error;
         Ok(match self {
-            ProxyError::Unauthorized(resp) => return Err(*resp),
+            ProxyError::Unauthorized(resp) => return Err(resp),
             ProxyError::ForeignOrigin => (
                 StatusCode::FORBIDDEN,
                 Error::new(jsonrpc::INVALID_REQUEST, "Origin not allowed"),
@@ -154,7 +154,7 @@ impl ProxyError {
     pub fn answer(self, id: Option<&RequestId>) -> Response {
         let (status, error) = match self.status_and_error() {
             Ok(answer) => answer,
-            Err(challenge) => return challenge,
+            Err(challenge) => return *challenge,
         };
         let mut resp = (status, Json(error.response(id))).into_response();
         resp.headers_mut()

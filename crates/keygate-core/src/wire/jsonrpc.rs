@@ -117,6 +117,19 @@ mod tests {
         assert_ne!(RequestId::from(1), RequestId::from("1"));
     }
 
+    /// Found by fuzzing: without `float_roundtrip`, serde_json read this 16-digit float one
+    /// unit off, and the id written back was another number.
+    #[test]
+    fn a_fractional_id_comes_back_as_the_same_number() {
+        let sent: Value = serde_json::from_str(r#"{"id":4.314367889823496e-229}"#).unwrap();
+        let id = RequestId::of(&sent).unwrap();
+        let written = Error::new(-32002, "down").response(Some(&id)).to_string();
+        assert!(
+            written.contains(r#""id":4.314367889823496e-229"#),
+            "{written}"
+        );
+    }
+
     #[test]
     fn only_a_number_or_a_string_is_an_id() {
         for message in [json!({}), json!({"id": null}), json!({"id": {}}), json!([])] {

@@ -137,7 +137,7 @@ fn take_line<'a>(after_cr: &mut bool, input: &mut &'a [u8]) -> (&'a [u8], usize,
         *input = &input[1..];
         skipped = 1;
     }
-    match input.iter().position(|&b| b == b'\n' || b == b'\r') {
+    match memchr::memchr2(b'\n', b'\r', input) {
         Some(i) => {
             let line = &input[..i];
             *after_cr = input[i] == b'\r';
