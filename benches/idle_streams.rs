@@ -5,7 +5,7 @@
 //! server whose `GET` stream sends one event and then stays open — and the client, which opens
 //! `KEYGATE_BENCH_STREAMS` (default 9,000) pass-through GET streams, one connection each, waits
 //! for each stream's first event, and leaves them idle. The report is the gateway's resident
-//! memory per stream over a warm baseline of 100 streams (DESIGN §9: ≤ 32 KiB each), beside
+//! memory per stream over a warm baseline of 100 streams (budget: ≤ 32 KiB each), beside
 //! the same measure for this process's upstream side as the direct reference.
 //!
 //! Each stream costs the gateway two sockets; a process here may hold at most `ulimit -n`

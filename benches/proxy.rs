@@ -5,7 +5,7 @@
 //! `tools/call` directly against the upstream and through keygate (pass-through and the
 //! aggregated endpoint), and prints ratios against the direct connection:
 //!
-//! - latency percentiles at a fixed 2,000 requests/s (DESIGN §9: added p50 ≤ 0.15 ms, p99 ≤ 1 ms);
+//! - latency percentiles at a fixed 2,000 requests/s (budget: added p50 ≤ 0.15 ms, p99 ≤ 1 ms);
 //! - saturated throughput with 32 concurrent clients (≥ 0.7 × direct);
 //! - aggregated `tools/list` over 5 upstreams that each take 5 ms (≤ slowest + 2 ms);
 //! - the first SSE event of an answer, from the upstream sending it to the client holding it
@@ -474,7 +474,7 @@ async fn fan_out(client: &HttpClient, gw: &TestGateway, admin: &str, user: UserI
 }
 
 /// How long the first SSE event of an answer takes from the upstream to the client, directly
-/// and through the pass-through route (DESIGN §9: the gateway adds ≤ 1 ms).
+/// and through the pass-through route (budget: the gateway adds ≤ 1 ms).
 async fn sse_first_event(client: &HttpClient, gw: &TestGateway) {
     const N: usize = 500;
     let (url, sent) = sse_upstream().await;

@@ -1,7 +1,7 @@
 //! Throughput of the trace pipeline on SQLite, run with
 //! `cargo bench -p keygate-benches --bench trace_sink`.
 //!
-//! Emits events at a fixed rate (5,000/s for 10 s — DESIGN §9: written without a drop — then
+//! Emits events at a fixed rate (5,000/s for 10 s — budget: written without a drop — then
 //! a few higher rates to show the headroom) into the real `TraceSink` over a SQLite file in
 //! WAL mode, then closes the sink and reports drops, the deepest the queue got and how many
 //! rows the table holds.
@@ -125,7 +125,7 @@ async fn main() {
             drain.as_secs_f64() * 1000.0
         );
         if rate == 5_000 {
-            assert_eq!(dropped, 0, "DESIGN §9: 5,000 events/s without a drop");
+            assert_eq!(dropped, 0, "budget: 5,000 events/s without a drop");
         }
     }
 }

@@ -8,11 +8,11 @@
 //! is never exchanged: a server that needs it is configured with it directly. Public clients
 //! cannot authenticate, so they cannot exchange at all.
 
-use keygate_core::model::{Application, AuthMode, Integration};
+use keygate_core::model::{Application, Integration};
 use keygate_core::{Secret, Timestamp, UserId};
 
-use crate::broker::BrokerError;
 use crate::clients::{Client, ClientKind};
+use crate::credential::{self, CredentialError, Kind, Missing, Resolved};
 use crate::error::OAuthError;
 use crate::router::AuthState;
 use crate::token::{TokenRequest, TokenResponse};
@@ -63,57 +63,44 @@ pub async fn token_exchange(
             OAuthError::InvalidTarget("resource names the integration and is required".into())
         })?;
     let integration = target_integration(state, app, target).await?;
-    let required = |reason| async move {
-        let connect_url = crate::connect::create_connect_session(state, app.org_id, app.id, user)
-            .await
-            .ok()
-            .map(|(_, _, url)| url);
-        OAuthError::IntegrationRequired {
-            reason,
-            integration_id: integration.id.to_string(),
-            connect_url,
-        }
-    };
-    let (credential, expires_at) = match integration.auth_mode {
-        AuthMode::Oauth => match state.broker.access_token(&integration, user).await {
-            Ok(fresh) => (fresh.access, fresh.expires_at),
-            Err(BrokerError::NotConnected) => return Err(required("not_connected").await),
-            Err(BrokerError::Disconnected) => {
-                return Err(required("disconnected_or_reauth_required").await);
-            }
-            Err(BrokerError::Store(e)) => return Err(e.into()),
-            Err(e) => return Err(OAuthError::Server(e.to_string())),
-        },
-        AuthMode::UserToken => match state
-            .store
-            .upstream_credential(&integration, Some(user))
-            .await?
-        {
-            Some(secret) => (secret, None),
-            None => return Err(required("not_connected").await),
-        },
-        AuthMode::ServerToken => {
-            return Err(OAuthError::TargetRefused {
-                reason: "server_token_not_exchangeable",
-                message: "a server token is the organization's credential, not a user's; \
-                          configure the server with it directly"
-                    .into(),
-            });
-        }
-        AuthMode::None => {
-            return Err(OAuthError::TargetRefused {
-                reason: "no_credential_required",
-                message: "the integration uses no credential".into(),
+    // Only a user's own credential leaves here; the organization's is refused before it is
+    // even opened.
+    match Kind::of(integration.auth_mode) {
+        Some(Kind::UserToken | Kind::OAuth) => {}
+        Some(Kind::ServerToken) => return Err(server_token_refused()),
+        None => return Err(no_credential()),
+    }
+    let credential = match credential::resolve(state, &integration, user)
+        .await
+        .map_err(resolve_error)?
+    {
+        Resolved::Credential(c) if c.kind.is_users() => c,
+        Resolved::Credential(_) => return Err(server_token_refused()),
+        Resolved::None => return Err(no_credential()),
+        // The answer goes to the client, so this is where its connect link is minted.
+        Resolved::NeedsConnection(missing) => {
+            let connect_url =
+                crate::connect::create_connect_session(state, app.org_id, app.id, user)
+                    .await
+                    .ok()
+                    .map(|(_, _, url)| url);
+            return Err(OAuthError::IntegrationRequired {
+                reason: match missing {
+                    Missing::NotConnected => "not_connected",
+                    Missing::Disconnected => "disconnected_or_reauth_required",
+                },
+                integration_id: integration.id.to_string(),
+                connect_url,
             });
         }
     };
-    let expires_in = match expires_at {
+    let expires_in = match credential.expires_at {
         Some(t) => (t.seconds() - Timestamp::now().seconds()).max(0) as u64,
         None => state.access_token_ttl,
     };
     Ok(TokenResponse {
-        credentials: credential_map(&integration, &credential),
-        access_token: credential.expose().to_owned(),
+        credentials: credential_map(&integration, &credential.secret),
+        access_token: credential.secret.expose().to_owned(),
         token_type: "Bearer",
         issued_token_type: Some(ACCESS_TOKEN_TYPE),
         expires_in,
@@ -124,6 +111,29 @@ pub async fn token_exchange(
             .unwrap_or_default(),
         refresh_token: None,
     })
+}
+
+fn server_token_refused() -> OAuthError {
+    OAuthError::TargetRefused {
+        reason: "server_token_not_exchangeable",
+        message: "a server token is the organization's credential, not a user's; \
+                  configure the server with it directly"
+            .into(),
+    }
+}
+
+fn no_credential() -> OAuthError {
+    OAuthError::TargetRefused {
+        reason: "no_credential_required",
+        message: "the integration uses no credential".into(),
+    }
+}
+
+fn resolve_error(e: CredentialError) -> OAuthError {
+    match e {
+        CredentialError::Store(e) => e.into(),
+        other => OAuthError::Server(other.to_string()),
+    }
 }
 
 /// The user behind a gateway access token issued to this application.

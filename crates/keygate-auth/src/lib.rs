@@ -7,6 +7,8 @@
 //! - [`authorize`]: the browser half of the code flow (authorize → login → consent → code).
 //! - [`token`] and [`grants`]: `/oauth2/token` (client credentials, authorization code with
 //!   PKCE, rotating refresh tokens with reuse detection).
+//! - [`credential`]: which upstream credential an integration gets for a user — the one
+//!   decision behind the proxy and token exchange, writing nothing.
 //! - [`exchange`]: RFC 8693 token exchange — an application's user token in, that user's
 //!   upstream credential out (`internal_mcp_credentials`, server-side SDKs).
 //! - [`revoke`], [`register`]: RFC 7009 and RFC 7591.
@@ -23,6 +25,7 @@ pub mod broker;
 pub mod claims;
 pub mod clients;
 pub mod connect;
+pub mod credential;
 pub mod error;
 pub mod exchange;
 pub mod grants;

@@ -5,7 +5,7 @@
 //! size-capped and every request has a deadline.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,17 +22,64 @@ pub enum OutboundError {
     Failed(String),
 }
 
+/// The setting that exempts a host from the guard.
+pub const ALLOW_LIST: &str = "outbound.allowed_private_hosts";
+
+/// A refusal of an internal host (`what`: which host, and what it is) that says what lifts it.
+fn private_refusal(what: &str) -> String {
+    format!(
+        "{what}; private and loopback addresses are refused unless `{ALLOW_LIST}` \
+         (KEYGATE_OUTBOUND_ALLOWED_PRIVATE_HOSTS) lists the host, which also permits plain \
+         http (local development)"
+    )
+}
+
+/// What kind of internal address a host is, when that shows without resolving it: an IP
+/// literal, or `localhost` (RFC 6761: loopback whatever DNS says).
+fn internal_kind(host: &Host<&str>) -> Option<&'static str> {
+    let ip: IpAddr = match host {
+        Host::Ipv4(ip) => (*ip).into(),
+        Host::Ipv6(ip) => (*ip).into(),
+        Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            return (d == "localhost" || d.ends_with(".localhost")).then_some("loopback");
+        }
+    };
+    is_internal(ip).then(|| kind_of(ip))
+}
+
+/// `loopback`, or `private` for every other internal range (RFC 1918, link-local, CGNAT,
+/// reserved…).
+fn kind_of(ip: IpAddr) -> &'static str {
+    if ip.to_canonical().is_loopback() {
+        "loopback"
+    } else {
+        "private"
+    }
+}
+
 /// Resolves `host` and keeps only addresses the gateway may reach: public ones, or any when
 /// the host is allow-listed (`allowed`). None left is an error, so nothing is contacted.
 pub async fn resolve_guarded(host: &str, allowed: bool) -> std::io::Result<Vec<SocketAddr>> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
-        .await?
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    let addrs: Vec<SocketAddr> = found
+        .iter()
+        .copied()
         .filter(|a| allowed || !is_internal(a.ip()))
         .collect();
     if addrs.is_empty() {
+        let Some(first) = found.first() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host} resolves to no address"),
+            ));
+        };
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
-            format!("{host} resolves only to internal addresses"),
+            private_refusal(&format!(
+                "{host} resolves only to {} addresses",
+                kind_of(first.ip())
+            )),
         ));
     }
     Ok(addrs)
@@ -89,26 +136,29 @@ impl Outbound {
         })
     }
 
-    /// Checks what can be checked before connecting: scheme, credentials, IP literals.
+    /// Checks what can be checked before connecting: scheme, credentials, the host. A private
+    /// or loopback host is reported as such before the scheme: listing it in
+    /// `outbound.allowed_private_hosts` lifts both refusals.
     pub fn check(&self, url: &Url, require_https: bool) -> Result<(), OutboundError> {
-        let refuse = |why: &str| Err(OutboundError::Refused(format!("{url}: {why}")));
+        let refuse = |why: String| Err(OutboundError::Refused(format!("{url}: {why}")));
         let exempt = self.is_allowed_private(url);
-        match url.scheme() {
-            "https" => {}
-            "http" if !require_https || exempt => {}
-            _ => return refuse("must use https"),
+        if !matches!(url.scheme(), "http" | "https") {
+            return refuse(format!("must use https (not {}:)", url.scheme()));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return refuse("must not carry credentials");
+            return refuse("must not carry credentials".into());
         }
-        let internal_literal = match url.host() {
-            Some(Host::Ipv4(ip)) => is_internal(ip.into()),
-            Some(Host::Ipv6(ip)) => is_internal(ip.into()),
-            Some(Host::Domain(_)) => false,
-            None => return refuse("has no host"),
+        let Some(host) = url.host() else {
+            return refuse("has no host".into());
         };
-        if internal_literal && !exempt {
-            return refuse("points at an internal address");
+        if !exempt && let Some(kind) = internal_kind(&host) {
+            return refuse(private_refusal(&format!("{host} is a {kind} address")));
+        }
+        if url.scheme() == "http" && require_https && !exempt {
+            return refuse(format!(
+                "must use https; plain http is accepted only for hosts listed in \
+                 `{ALLOW_LIST}` (local development)"
+            ));
         }
         Ok(())
     }
@@ -228,6 +278,55 @@ mod tests {
         );
     }
 
+    fn refusal(url: &str) -> String {
+        Outbound::new(&[])
+            .check(&Url::parse(url).unwrap(), true)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_loopback_upstream_is_refused_naming_the_allow_list_not_https() {
+        let m = refusal("http://127.0.0.1:9000/mcp");
+        assert!(m.contains("127.0.0.1 is a loopback address"), "{m}");
+        assert!(m.contains("`outbound.allowed_private_hosts`"), "{m}");
+        assert!(!m.contains("must use https"), "{m}");
+    }
+
+    #[test]
+    fn a_private_literal_over_https_is_refused_as_private() {
+        let m = refusal("https://10.1.2.3/mcp");
+        assert!(m.contains("10.1.2.3 is a private address"), "{m}");
+        assert!(m.contains("`outbound.allowed_private_hosts`"), "{m}");
+    }
+
+    #[test]
+    fn localhost_is_refused_as_loopback_before_resolving() {
+        let m = refusal("http://localhost:3000/mcp");
+        assert!(m.contains("localhost is a loopback address"), "{m}");
+    }
+
+    #[test]
+    fn plain_http_to_a_public_host_is_refused_for_its_scheme() {
+        let m = refusal("http://example.com/mcp");
+        assert!(m.contains("must use https"), "{m}");
+        assert!(
+            !m.contains("loopback") && !m.contains("private address"),
+            "{m}"
+        );
+    }
+
+    #[tokio::test]
+    async fn resolver_refusal_names_the_allow_list() {
+        let err = resolve_guarded("localhost", false).await.unwrap_err();
+        let m = err.to_string();
+        assert!(
+            m.contains("localhost resolves only to loopback addresses"),
+            "{m}"
+        );
+        assert!(m.contains("`outbound.allowed_private_hosts`"), "{m}");
+    }
+
     #[tokio::test]
     async fn resolver_drops_internal_addresses() {
         let guard = Outbound::new(&[]);
@@ -235,6 +334,6 @@ mod tests {
             .get_json(&Url::parse("https://localhost:9/doc").unwrap(), 1024)
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("internal"), "{err}");
+        assert!(err.to_string().contains("loopback"), "{err}");
     }
 }

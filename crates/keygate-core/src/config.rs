@@ -19,7 +19,8 @@ pub struct Config {
     pub mcp: McpConfig,
     /// URL clients use to reach the gateway; defaults to `http://{listen}`.
     pub public_url: Option<Url>,
-    /// Directory for the embedded database and the generated vault key.
+    /// Directory for the embedded database and the generated vault key. The binary's loader
+    /// sets it to the per-user data directory when nothing names one.
     pub data_dir: Option<String>,
     /// Logging.
     pub log: LogConfig,
@@ -290,12 +291,14 @@ pub fn env_var_for(field: &str) -> String {
     format!("KEYGATE_{}", field.replace('.', "_").to_ascii_uppercase())
 }
 
-/// A configuration error, naming the field at fault.
+/// A configuration error, naming the field at fault (empty when the file cannot be parsed
+/// at all) and, when it is in the file, where.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: `{field}`: {message}")]
 pub struct ConfigError {
     pub field: String,
     pub message: String,
+    /// `FILE:LINE:COLUMN` (1-based) of the error in the configuration file.
+    pub at: Option<String>,
 }
 
 impl ConfigError {
@@ -303,7 +306,27 @@ impl ConfigError {
         Self {
             field: field.into(),
             message: message.into(),
+            at: None,
         }
+    }
+
+    /// The same error, located in the configuration file.
+    pub fn at(mut self, location: impl Into<String>) -> Self {
+        self.at = Some(location.into());
+        self
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid configuration: ")?;
+        if let Some(at) = &self.at {
+            write!(f, "{at}: ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "`{}`: ", self.field)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -311,6 +334,9 @@ impl ConfigError {
 pub const SEALED_PREFIX: &str = "vault:";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The data directory of a `Config` built in code without one. The binary's loader always
+/// sets `data_dir` (to the per-user data directory when nothing names one), so that the
+/// server and local commands find the same database from any working directory.
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_ACCESS_TOKEN_TTL_SECS: u64 = 900;
 pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 120;

@@ -1,8 +1,14 @@
-//! The upstream credential for a request, by the integration's `authMode`. The agent's own
-//! token is never among the candidates.
+//! The credential stage: the `Authorization` an integration gets upstream for the caller, as
+//! the shared resolver decides it ([`keygate_auth::credential`]), cached per store generation.
+//! The agent's own token is never among the candidates.
+//!
+//! Deciding writes nothing. A user who must connect first is reported
+//! ([`Authorization::NeedsConnection`], [`ProxyError::NotConnected`]); the connect link of the
+//! `-32042` answer is minted by [`with_connect_link`] only where that answer is sent, so an
+//! aggregated `tools/list` that merely leaves an unconnected integration out costs no link.
 
 use axum::http::HeaderValue;
-use keygate_auth::broker::BrokerError;
+use keygate_auth::credential::{self, CredentialError, Resolved};
 use keygate_core::model::{AuthMode, Integration};
 use keygate_core::{IntegrationId, Secret, Timestamp, UserId};
 
@@ -10,23 +16,29 @@ use crate::ProxyState;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 
-/// A cached credential lookup: the header to send (if any) and, for an OAuth token, when it
-/// is due for a refresh; or "this user must connect".
+/// A cached decision: the header to send (if any) and, for an OAuth token, when it is due for
+/// a refresh; or "this user must connect".
 #[derive(Clone)]
 pub enum Cached {
     Header(Option<HeaderValue>, Option<Timestamp>),
     Missing,
 }
 
-/// The `Authorization` value to send upstream, if any. A user without a connection gets
-/// [`ProxyError::ConnectionRequired`] (answered with the request's id, as every error is).
-/// Lookups are cached for the store's change generation; an OAuth token only while it is
-/// fresh, after which the broker refreshes it.
+/// What the credential stage decided for one integration.
+pub enum Authorization {
+    /// Send with this `Authorization` (none for an integration without a credential).
+    Header(Option<HeaderValue>),
+    /// The user must connect the integration first.
+    NeedsConnection,
+}
+
+/// The credential to send upstream for `caller`. Lookups are cached for the store's change
+/// generation; an OAuth token only while it is fresh, after which the broker refreshes it.
 pub async fn authorization(
     state: &ProxyState,
     caller: &McpCaller,
     integration: &Integration,
-) -> Result<Option<HeaderValue>, ProxyError> {
+) -> Result<Authorization, ProxyError> {
     let key = cache_key(caller, integration);
     let generation = state.auth.store.generation();
     let cached = match state.cache.credentials.get(&key, generation) {
@@ -35,28 +47,33 @@ pub async fn authorization(
         }
         Some(Cached::Missing) => Cached::Missing,
         _ => {
-            let c = lookup(state, caller, integration).await?;
+            let resolved = credential::resolve(&state.auth, integration, caller.user)
+                .await
+                .map_err(resolve_error)?;
+            let c = match resolved {
+                Resolved::Credential(c) => Cached::Header(Some(bearer(&c.secret)?), c.refresh_at),
+                Resolved::None => Cached::Header(None, None),
+                Resolved::NeedsConnection(_) => Cached::Missing,
+            };
             state.cache.credentials.put(key, generation, c.clone());
             c
         }
     };
-    match cached {
-        Cached::Header(h, _) => Ok(h),
-        Cached::Missing => Err(connection_required(state, caller, integration).await),
-    }
+    Ok(match cached {
+        Cached::Header(h, _) => Authorization::Header(h),
+        Cached::Missing => Authorization::NeedsConnection,
+    })
 }
 
 /// After the upstream answered 401 to `sent`: for an OAuth integration, a refreshed token to
-/// retry with once (`None` when there is nothing better to send).
+/// retry with once (`None` when there is nothing better to send), or
+/// [`ProxyError::NotConnected`] when the grant is gone.
 pub async fn after_rejection(
     state: &ProxyState,
     caller: &McpCaller,
     integration: &Integration,
     sent: Option<&HeaderValue>,
 ) -> Result<Option<HeaderValue>, ProxyError> {
-    if integration.auth_mode != AuthMode::Oauth {
-        return Ok(None);
-    }
     let Some(rejected) = sent
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -64,14 +81,12 @@ pub async fn after_rejection(
         return Ok(None);
     };
     let rejected = Secret::new(rejected);
-    match state
-        .auth
-        .broker
-        .refresh_rejected(integration, caller.user, &rejected)
+    let replaced = credential::replace_refused(&state.auth, integration, caller.user, &rejected)
         .await
-    {
-        Ok(fresh) if fresh.access != rejected => {
-            let header = bearer(&fresh.access)?;
+        .map_err(resolve_error)?;
+    match replaced {
+        Some(Resolved::Credential(fresh)) => {
+            let header = bearer(&fresh.secret)?;
             state.cache.credentials.put(
                 cache_key(caller, integration),
                 state.auth.store.generation(),
@@ -79,12 +94,54 @@ pub async fn after_rejection(
             );
             Ok(Some(header))
         }
-        Ok(_) => Ok(None),
-        Err(BrokerError::NotConnected | BrokerError::Disconnected) => {
-            Err(connection_required(state, caller, integration).await)
-        }
-        Err(e) => Err(broker_error(e)),
+        Some(Resolved::NeedsConnection(_)) => Err(not_connected(integration)),
+        Some(Resolved::None) | None => Ok(None),
     }
+}
+
+/// "`caller` must connect `integration` first", without a link yet.
+pub fn not_connected(integration: &Integration) -> ProxyError {
+    ProxyError::NotConnected {
+        integration_id: integration.id.to_string(),
+        integration_name: integration.name.clone(),
+    }
+}
+
+/// Readies an error for the client: a [`ProxyError::NotConnected`] becomes the `-32042` answer,
+/// with a connect link minted now; any other error is returned as is. Call it only where the
+/// answer is sent (which answers it with the request's id, as every error).
+pub async fn with_connect_link(
+    state: &ProxyState,
+    caller: &McpCaller,
+    error: ProxyError,
+) -> ProxyError {
+    let ProxyError::NotConnected {
+        integration_id,
+        integration_name,
+    } = error
+    else {
+        return error;
+    };
+    match connect_link(state, caller).await {
+        Ok(connect_url) => ProxyError::ConnectionRequired {
+            integration_id,
+            integration_name,
+            connect_url,
+        },
+        Err(e) => e,
+    }
+}
+
+/// A new connect link for `caller` (one connect-session row).
+pub async fn connect_link(state: &ProxyState, caller: &McpCaller) -> Result<String, ProxyError> {
+    let (_, _, url) = keygate_auth::connect::create_connect_session(
+        &state.auth,
+        caller.app.org_id,
+        caller.app.id,
+        caller.user,
+    )
+    .await?;
+    Ok(url)
 }
 
 fn cache_key(caller: &McpCaller, integration: &Integration) -> (IntegrationId, UserId) {
@@ -99,69 +156,11 @@ fn cache_key(caller: &McpCaller, integration: &Integration) -> (IntegrationId, U
     )
 }
 
-/// `-32042` with a fresh connect link.
-async fn connection_required(
-    state: &ProxyState,
-    caller: &McpCaller,
-    integration: &Integration,
-) -> ProxyError {
-    match keygate_auth::connect::create_connect_session(
-        &state.auth,
-        caller.app.org_id,
-        caller.app.id,
-        caller.user,
-    )
-    .await
-    {
-        Ok((_, _, connect_url)) => ProxyError::ConnectionRequired {
-            integration_id: integration.id.to_string(),
-            integration_name: integration.name.clone(),
-            connect_url,
-        },
-        Err(e) => e.into(),
-    }
-}
-
-fn broker_error(e: BrokerError) -> ProxyError {
+fn resolve_error(e: CredentialError) -> ProxyError {
     match e {
-        BrokerError::Store(e) => e.into(),
-        other => ProxyError::Upstream(other.to_string()),
-    }
-}
-
-async fn lookup(
-    state: &ProxyState,
-    caller: &McpCaller,
-    integration: &Integration,
-) -> Result<Cached, ProxyError> {
-    if integration.auth_mode == AuthMode::Oauth {
-        return match state
-            .auth
-            .broker
-            .access_token(integration, caller.user)
-            .await
-        {
-            Ok(fresh) => Ok(Cached::Header(
-                Some(bearer(&fresh.access)?),
-                fresh.refresh_at,
-            )),
-            Err(BrokerError::NotConnected | BrokerError::Disconnected) => Ok(Cached::Missing),
-            Err(e) => Err(broker_error(e)),
-        };
-    }
-    let secret = state
-        .auth
-        .store
-        .upstream_credential(integration, Some(caller.user))
-        .await?;
-    match (integration.auth_mode, secret) {
-        (_, Some(secret)) => Ok(Cached::Header(Some(bearer(&secret)?), None)),
-        (AuthMode::None, None) => Ok(Cached::Header(None, None)),
-        (AuthMode::ServerToken, None) => Err(ProxyError::Internal(format!(
-            "integration {} has no server token",
-            integration.id
-        ))),
-        (AuthMode::UserToken | AuthMode::Oauth, None) => Ok(Cached::Missing),
+        CredentialError::Store(e) => e.into(),
+        CredentialError::NoServerToken(_) => ProxyError::Internal(e.to_string()),
+        CredentialError::Broker(e) => ProxyError::Upstream(e.to_string()),
     }
 }
 

@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use keygate_core::model::Integration;
 use keygate_core::wire::jsonrpc::{self, RequestId};
 use serde_json::json;
 
@@ -30,7 +31,15 @@ pub enum ProxyError {
         code: i64,
         message: String,
     },
-    /// The user has not connected this integration yet.
+    /// The user must connect this integration first, and the connect link is not minted yet:
+    /// where this is answered, [`crate::credentials::with_connect_link`] turns it into
+    /// [`ProxyError::ConnectionRequired`], so only an answer actually sent costs a link.
+    #[error("connection required for {integration_name} (no link minted)")]
+    NotConnected {
+        integration_id: String,
+        integration_name: String,
+    },
+    /// The user has not connected this integration yet: `-32042` with a connect link.
     #[error("connection required for {integration_name}")]
     ConnectionRequired {
         integration_id: String,
@@ -50,6 +59,20 @@ pub enum ProxyError {
     /// The gateway itself failed (store, vault).
     #[error("gateway error: {0}")]
     Internal(String),
+}
+
+impl ProxyError {
+    /// Names the integration (slug, name, id) an upstream failure came from, so the log line
+    /// and the trace say which server could not be reached as well as why.
+    pub fn of_integration(self, integration: &Integration) -> Self {
+        match self {
+            ProxyError::Upstream(cause) => ProxyError::Upstream(format!(
+                "integration {} ({:?}, id {}): {cause}",
+                integration.slug, integration.name, integration.id
+            )),
+            other => other,
+        }
+    }
 }
 
 /// The JSON-RPC error that ends a streamed answer its upstream broke off (`silent`: it sent
@@ -116,6 +139,14 @@ impl ProxyError {
                 (
                     StatusCode::OK,
                     Error::new(URL_ELICITATION_REQUIRED, message).with_data(data),
+                )
+            }
+            ProxyError::NotConnected { integration_id, .. } => {
+                // A handler answered it without minting its link: a gateway bug.
+                tracing::error!(%integration_id, "a connection-required answer lost its link");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Error::new(jsonrpc::INTERNAL_ERROR, "Internal gateway error"),
                 )
             }
             ProxyError::Upstream(detail) => {
@@ -185,5 +216,65 @@ impl IntoResponse for ProxyError {
 impl From<keygate_store::StoreError> for ProxyError {
     fn from(e: keygate_store::StoreError) -> Self {
         ProxyError::Internal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keygate_core::model::{AuthMode, Category, ValidationStatus};
+    use keygate_core::{IntegrationId, OrgId, Timestamp};
+
+    use super::*;
+
+    fn integration() -> Integration {
+        Integration {
+            id: IntegrationId::new(),
+            org_id: OrgId::new(),
+            name: "GitHub".into(),
+            slug: "github".into(),
+            url: "http://127.0.0.1:9/mcp".into(),
+            category: Category::GatewayRemoteMcp,
+            auth_mode: AuthMode::None,
+            oauth: None,
+            oauth_client_secret_configured: false,
+            capabilities: None,
+            credential_schema: None,
+            forward_headers: Vec::new(),
+            server_token_configured: false,
+            validation_status: ValidationStatus::Pending,
+            validation_message: None,
+            last_validated_at: None,
+            created_at: Timestamp::now(),
+            updated_at: Timestamp::now(),
+            archived_at: None,
+        }
+    }
+
+    #[test]
+    fn an_unreachable_upstream_names_its_integration_and_cause() {
+        let i = integration();
+        let e =
+            ProxyError::Upstream("tcp connect error: Connection refused".into()).of_integration(&i);
+        let text = e.to_string();
+        assert!(text.contains("integration github (\"GitHub\""), "{text}");
+        assert!(text.contains(&i.id.to_string()), "{text}");
+        assert!(
+            text.ends_with(": tcp connect error: Connection refused"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unminted_connection_answer_still_names_the_request_id() {
+        let e = ProxyError::NotConnected {
+            integration_id: "i".into(),
+            integration_name: "GitHub".into(),
+        };
+        let resp = e.answer(Some(&RequestId::from(7)));
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["id"], 7);
+        assert_eq!(body["error"]["code"], jsonrpc::INTERNAL_ERROR);
     }
 }

@@ -26,6 +26,7 @@ pub mod legacy;
 pub mod origin;
 pub mod passthrough;
 pub mod probe;
+pub mod retry;
 pub mod runtime;
 pub mod sse;
 pub mod traced;

@@ -20,11 +20,12 @@ use serde_json::Value;
 use url::Url;
 
 use crate::ProxyState;
-use crate::credentials;
+use crate::credentials::{self, Authorization};
 use crate::error::ProxyError;
 use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
+use crate::retry;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
 use crate::unsent;
@@ -101,6 +102,8 @@ async fn forward(
     let (caller, body) = traced::authenticate(state, &parts, body, ex).await?;
     let integration = attached_integration(state, &caller, integration_ref).await?;
     ex.integration = Some(integration.id);
+    // Upstream failures name the integration in the log line and the trace.
+    let named = |e: ProxyError| e.of_integration(&integration);
     let base = Url::parse(&integration.url).map_err(|_| {
         ProxyError::Upstream(format!("integration {} has an invalid URL", integration.id))
     })?;
@@ -118,7 +121,7 @@ async fn forward(
         }
         Route::Message => message_endpoint(state, &owner, &base, &parts)?,
     };
-    state.upstream.check(&url)?;
+    state.upstream.check(&url).map_err(named)?;
     let endpoint_map = (parts.method == http::Method::GET).then(|| EndpointMap {
         upstream: base,
         downstream: format!(
@@ -132,14 +135,17 @@ async fn forward(
         drain(body).await;
         return Err(too_large());
     }
-    let authorization = match credentials::authorization(state, &caller, &integration).await {
-        Ok(a) => a,
-        Err(e @ ProxyError::ConnectionRequired { .. }) => {
+    let authorization = match credentials::authorization(state, &caller, &integration)
+        .await
+        .map_err(named)?
+    {
+        Authorization::Header(h) => h,
+        Authorization::NeedsConnection => {
             let message = request_message(body).await;
             ex.set_message(&message);
-            return Err(e);
+            let e = credentials::not_connected(&integration);
+            return Err(credentials::with_connect_link(state, &caller, e).await);
         }
-        Err(e) => return Err(e),
     };
     let traceparent = ex.traceparent();
     let build = |body: Body, auth: Option<&HeaderValue>| {
@@ -176,7 +182,9 @@ async fn forward(
         let answering = Answering::Peeked(peek.handle());
         let body = Body::new(Limited::new(peek, MAX_REQUEST_BYTES));
         let req = build(body, authorization.as_ref())?;
-        let resp = traced::send_upstream(state, route_label, req).await?;
+        let resp = traced::send_upstream(state, route_label, req)
+            .await
+            .map_err(named)?;
         return Ok(relay(resp, endpoint_map, relay_for(answering)));
     }
     // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
@@ -189,26 +197,23 @@ async fn forward(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
     };
-    let req = build(Body::from(bytes.clone()), authorization.as_ref())?;
-    let resp = traced::send_upstream(state, route_label, req).await?;
-    let answering = || Answering::Body(bytes.clone());
-    if resp.status() != StatusCode::UNAUTHORIZED {
-        return Ok(relay(resp, endpoint_map, relay_for(answering())));
-    }
-    match credentials::after_rejection(state, &caller, &integration, authorization.as_ref()).await {
-        Ok(Some(fresh)) => {
-            drop(resp);
-            let req = build(Body::from(bytes.clone()), Some(&fresh))?;
-            let retried = traced::send_upstream(state, route_label, req).await?;
-            Ok(relay(retried, endpoint_map, relay_for(answering())))
-        }
-        Ok(None) => Ok(relay(resp, endpoint_map, relay_for(answering()))),
-        Err(e @ ProxyError::ConnectionRequired { .. }) => {
+    let sent = retry::send(state, &caller, &integration, authorization, |auth| {
+        let req = build(Body::from(bytes.clone()), auth.as_ref());
+        async move { traced::send_upstream(state, route_label, req?).await }
+    })
+    .await;
+    match sent {
+        Ok(resp) => Ok(relay(
+            resp,
+            endpoint_map,
+            relay_for(Answering::Body(bytes.clone())),
+        )),
+        Err(e @ ProxyError::NotConnected { .. }) => {
             let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
             ex.set_message(&message);
-            Err(e)
+            Err(credentials::with_connect_link(state, &caller, e).await)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(named(e)),
     }
 }
 

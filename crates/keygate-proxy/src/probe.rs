@@ -13,6 +13,7 @@ use keygate_core::wire::sse::{Decoder, Event};
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::error::ProxyError;
 use crate::sse::is_event_stream;
 use crate::upstream::Upstream;
 
@@ -43,8 +44,12 @@ impl Upstream {
         let Ok(parsed) = Url::parse(url) else {
             return ProbeOutcome::Invalid("the URL is not valid".into());
         };
+        // The guard's refusal as it is (what to change), not as an unavailable upstream.
         if let Err(e) = self.check(&parsed) {
-            return ProbeOutcome::Invalid(e.to_string());
+            return ProbeOutcome::Invalid(match e {
+                ProxyError::Upstream(why) => why,
+                other => other.to_string(),
+            });
         }
         let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {},

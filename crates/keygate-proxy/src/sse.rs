@@ -126,7 +126,11 @@ pub struct Guarded<B> {
     /// The stream's events, up to [`MAX_WATCHED_EVENT`] bytes each, while it is watched.
     events: Decoder,
     idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    /// Armed the first time the upstream keeps the answer waiting: an answer that is ready at
+    /// once (most JSON answers) never touches the timer.
+    idle: Option<Pin<Box<Sleep>>>,
+    /// The last byte from the upstream, noted once the timer is armed.
+    last_byte: Instant,
     done: bool,
 }
 
@@ -142,7 +146,8 @@ impl<B> Guarded<B> {
             answered: false,
             events: Decoder::new(MAX_WATCHED_EVENT),
             idle_timeout: relay.idle_timeout,
-            idle: Box::pin(tokio::time::sleep(relay.idle_timeout)),
+            idle: None,
+            last_byte: Instant::now(),
             done: false,
         }
     }
@@ -261,8 +266,9 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
+                if this.idle.is_some() {
+                    this.last_byte = Instant::now();
+                }
                 if this.watching()
                     && let Some(data) = frame.data_ref()
                 {
@@ -276,9 +282,18 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.idle.as_mut().poll(cx).is_ready() {
-                    let cause = format!("no byte for {} s", this.idle_timeout.as_secs());
-                    return this.finish(true, cause.into());
+                let idle = this.idle.get_or_insert_with(|| {
+                    this.last_byte = Instant::now();
+                    Box::pin(tokio::time::sleep_until(this.last_byte + this.idle_timeout))
+                });
+                // The timer is moved on only when it fires, not at every frame.
+                while idle.as_mut().poll(cx).is_ready() {
+                    let due = this.last_byte + this.idle_timeout;
+                    if due <= Instant::now() {
+                        let cause = format!("no byte for {} s", this.idle_timeout.as_secs());
+                        return this.finish(true, cause.into());
+                    }
+                    idle.as_mut().reset(due);
                 }
                 Poll::Pending
             }

@@ -115,6 +115,7 @@ pub fn status_of(e: &ProxyError) -> Status {
     match e {
         ProxyError::Unauthorized(_)
         | ProxyError::ForeignOrigin
+        | ProxyError::NotConnected { .. }
         | ProxyError::ConnectionRequired { .. } => Status::ErrorAuth,
         ProxyError::Upstream(_) | ProxyError::UpstreamTimeout | ProxyError::SessionExpired => {
             Status::ErrorRemote

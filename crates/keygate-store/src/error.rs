@@ -9,6 +9,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database could not be reached when it was opened; `target` is where it was looked
+    /// for (`host:port/name` or the SQLite file, never credentials).
+    #[error("cannot connect to the database at {target}: {cause}")]
+    Connect { target: String, cause: String },
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]

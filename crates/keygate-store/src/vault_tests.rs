@@ -1,3 +1,5 @@
+//! Unit tests of the vault: sealing binds a row, rotation rewraps, key size is checked.
+
 use super::*;
 
 async fn temp_db() -> (tempfile::TempDir, Db) {

@@ -409,33 +409,63 @@ impl TestGateway {
                 out
             }
             Backend::Postgres => {
-                use sqlx::Row;
-                let mut conn = sqlx::PgConnection::connect(&self.database_url)
-                    .await
-                    .expect("connect");
-                let tables: Vec<String> = sqlx::query(
-                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
-                )
+                let tables = self.rows().await;
+                let rows: Vec<String> = tables.into_values().flatten().collect();
+                rows.join("\n")
+            }
+        }
+    }
+
+    /// Every row of every table, rendered as text and sorted, by table: what a test compares
+    /// before and after to see whether anything was written.
+    pub async fn rows(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        use sqlx::Row;
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("connect");
+        let list = match self.backend {
+            Backend::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            }
+            Backend::Postgres => {
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'"
+            }
+        };
+        let tables: Vec<String> = sqlx::query(list)
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut out = std::collections::BTreeMap::new();
+        for table in tables {
+            let select = match self.backend {
+                Backend::Sqlite => {
+                    let columns: Vec<String> =
+                        sqlx::query(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                            .fetch_all(&mut conn)
+                            .await
+                            .expect("columns")
+                            .iter()
+                            .map(|r| format!("quote(\"{}\")", r.get::<String, _>(0)))
+                            .collect();
+                    format!("SELECT {} FROM \"{table}\"", columns.join(" || ',' || "))
+                }
+                Backend::Postgres => format!("SELECT t::text FROM \"{table}\" t"),
+            };
+            let mut rows: Vec<String> = sqlx::query(&select)
                 .fetch_all(&mut conn)
                 .await
-                .expect("tables")
+                .expect("rows")
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-                let mut out = String::new();
-                for t in tables {
-                    let rows = sqlx::query(&format!("SELECT t::text FROM {t} t"))
-                        .fetch_all(&mut conn)
-                        .await
-                        .expect("rows");
-                    for r in rows {
-                        out.push_str(&r.get::<String, _>(0));
-                        out.push('\n');
-                    }
-                }
-                out
-            }
+            rows.sort_unstable();
+            out.insert(table, rows);
         }
+        conn.close().await.ok();
+        out
     }
 
     /// Stops the gateway and waits for it to drain.

@@ -26,7 +26,7 @@ const MAX_ERROR_SCAN_CHARS: usize = 4 * MAX_ERROR_CHARS;
 /// sessions) are stored as a digest.
 const MAX_SESSION_CHARS: usize = 64;
 
-/// The status of an exchange (DESIGN §8).
+/// The status of an exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     Ok,

@@ -1,4 +1,4 @@
-//! keygate's trace events and telemetry (DESIGN §8).
+//! keygate's trace events and telemetry.
 //!
 //! - [`sink`]: the bounded, never-blocking event queue and its batching writer; a drop counter.
 //! - [`exchange`] + [`observe`]: one JSON-RPC exchange as the proxy sees it, completed when its

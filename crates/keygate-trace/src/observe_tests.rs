@@ -1,3 +1,5 @@
+//! Unit tests of the observer: how a relayed exchange completes and which status it gets.
+
 use std::convert::Infallible;
 use std::sync::Arc;
 

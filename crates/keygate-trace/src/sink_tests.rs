@@ -1,3 +1,5 @@
+//! Unit tests of the trace sink: ordered writes on close, dropping when full, off when disabled.
+
 use keygate_core::ApplicationId;
 use keygate_store::EventFilter;
 

@@ -1,12 +1,12 @@
 //! The command line. Machine-readable results are one JSON document on stdout; everything meant
 //! for people goes to stderr.
 
-use std::io::{BufRead, Write};
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use keygate_auth::secret::{generate_client_secret, hash_password, hash_secret};
 use keygate_core::config::Config;
 use keygate_core::model::Role;
@@ -31,7 +31,9 @@ pub struct Global {
     /// Configuration file (TOML); see config/keygate.example.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Directory for the embedded database and generated vault key (default ./data).
+    /// Directory for the embedded database and generated vault key (also KEYGATE_DATA_DIR;
+    /// default: the per-user data directory, $XDG_DATA_HOME/keygate or
+    /// ~/.local/share/keygate), the same for `serve` and every local command.
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }
@@ -75,7 +77,8 @@ pub enum UserCommand {
         email: String,
         #[arg(long, default_value = "member", value_parser = ["owner", "admin", "member"])]
         role: String,
-        /// Read the password from the first line of standard input.
+        /// Read the password from the first line of standard input; at a terminal, prompt for
+        /// it (twice, without echo).
         #[arg(long)]
         password_stdin: bool,
     },
@@ -104,6 +107,10 @@ pub enum VaultCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let unknown = settings::unknown_env_vars(
+        std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
+        &known_env_vars(),
+    );
     let config = match settings::load(
         cli.global.config.as_deref(),
         cli.global.data_dir.as_deref(),
@@ -112,10 +119,19 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("keygate: {e}");
+            for (name, closest) in &unknown {
+                eprintln!(
+                    "keygate: note: {}",
+                    unknown_env_note(name, closest.as_deref())
+                );
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     init_logging(&config);
+    for (name, closest) in &unknown {
+        tracing::warn!(variable = %name, closest = closest.as_deref().unwrap_or(""), "{}", unknown_env_note(name, closest.as_deref()));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();
@@ -135,6 +151,43 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Every `KEYGATE_*` variable the binary reads: one per configuration field, the flags'
+/// `env` fallbacks, and `keygate tail`'s service-account credentials.
+pub fn known_env_vars() -> Vec<String> {
+    fn flags(command: &clap::Command, out: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if let Some(var) = arg.get_env() {
+                out.push(var.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            flags(sub, out);
+        }
+    }
+    let mut known: Vec<String> = settings::field_env_vars().collect();
+    flags(&Cli::command(), &mut known);
+    known.extend(crate::tail::CREDENTIAL_VARS.map(str::to_owned));
+    known
+}
+
+fn unknown_env_note(name: &str, closest: Option<&str>) -> String {
+    match closest {
+        Some(known) => {
+            format!("{name} is not a keygate variable and is ignored; did you mean {known}?")
+        }
+        None => format!("{name} is not a keygate variable and is ignored"),
+    }
+}
+
+fn json_logs(config: &Config) -> bool {
+    config.log.format.as_deref() == Some("json")
+}
+
+/// Colour (ANSI escapes) only on a terminal, and never when `NO_COLOR` is set to anything.
+fn use_color(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RUST_LOG")
@@ -142,10 +195,15 @@ fn init_logging(config: &Config) {
         .or_else(|| config.log.level.clone())
         .unwrap_or_else(|| "info".to_owned());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let color = use_color(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color)
         .with_writer(std::io::stderr);
-    if config.log.format.as_deref() == Some("json") {
+    if json_logs(config) {
         builder.json().init();
     } else {
         builder.init();
@@ -161,6 +219,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             serve(config).await
         }
         Command::Migrate => {
+            existing_database(&config, Fresh::Create)?;
             open_db(&config).await?;
             eprintln!(
                 "migrations applied to {}",
@@ -178,6 +237,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::Vault(VaultCommand::RotateKey) => rotate_key(&config).await,
         Command::Vault(VaultCommand::Seal) => {
+            existing_database(&config, Fresh::Refuse("seal a secret for"))?;
             let store = open_store(&config).await?;
             let mut secret = String::new();
             std::io::stdin().read_line(&mut secret)?;
@@ -192,6 +252,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::Tail(args) => crate::tail::run(&config, args).await,
         Command::SigningKey(SigningKeyCommand::Rotate) => {
+            existing_database(&config, Fresh::Refuse("rotate the signing key of"))?;
             let store = open_store(&config).await?;
             let keys = keygate_auth::KeyRing::load(store, config.public_url()).await?;
             let kid = keys.rotate().await?;
@@ -203,26 +264,105 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let (kek, _) = resolve_kek(&config)?;
-    let gateway = Gateway::open(&config, &kek).await?;
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    let (kek, key_source) = resolve_kek(&config)?;
+    // Bound before anything derives the public URL from it: with port 0 it names the port the
+    // system chose.
     let listener = tokio::net::TcpListener::bind(config.listen())
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen()))?;
-    let url = gateway.public_url.clone();
-    eprintln!(
-        "keygate is listening on {} (public URL {url})",
-        listener.local_addr()?
-    );
-    eprintln!("  database: {}", redact_url(&config.database_url()));
+    let bound = listener.local_addr()?;
+    config.listen = Some(bound);
+    if let Some(path) = sqlite_file(&config).filter(|p| !p.exists()) {
+        tracing::info!(path = %path.display(), "no database yet: creating one");
+    }
+    let gateway = Gateway::open(&config, &kek).await?;
+    banner(&config, bound, &gateway.public_url, &key_source);
+    gateway.serve(listener, shutdown_signal()).await
+}
+
+/// What the operator needs at start: where the gateway listens, where its data and key are,
+/// and which private hosts it may reach. One structured event when logs are JSON.
+fn banner(config: &Config, bound: SocketAddr, url: &str, key: &KeySource) {
+    let database = redact_url(&config.database_url());
+    let key = match key {
+        KeySource::File(path) => path.display().to_string(),
+        KeySource::Config => "vault.key (configuration)".to_owned(),
+    };
+    let private = &config.outbound.allowed_private_hosts;
+    if json_logs(config) {
+        tracing::info!(
+            listen = %bound,
+            public_url = url,
+            database = %database,
+            vault_key = %key,
+            allowed_private_hosts = %private.join(","),
+            management_api = %format!("{url}/api/v1"),
+            "keygate is listening"
+        );
+        return;
+    }
+    let private = if private.is_empty() {
+        "none (upstreams on loopback or private addresses are refused; allow hosts with \
+         outbound.allowed_private_hosts)"
+            .to_owned()
+    } else {
+        private.join(", ")
+    };
+    eprintln!("keygate is listening on {bound} (public URL {url})");
+    eprintln!("  database:                    {database}");
+    eprintln!("  vault key:                   {key}");
+    eprintln!("  private upstream hosts:      {private}");
     eprintln!(
         "  create the first owner:      keygate user add EMAIL --role owner --password-stdin"
     );
     eprintln!("  create a service account:    keygate service-account create --name NAME");
     eprintln!("  management API:              {url}/api/v1   (OpenAPI: {url}/api/openapi.json)");
-    gateway.serve(listener, shutdown_signal()).await
 }
 
+/// What a local command does when the embedded database it was pointed at does not exist.
+enum Fresh {
+    /// Creates it, saying so: the command may be setting up a new gateway, or may be looking
+    /// in the wrong place.
+    Create,
+    /// Fails: the command (the text says what it does) only makes sense on existing data.
+    Refuse(&'static str),
+}
+
+/// The embedded database's file, when the configuration uses one.
+fn sqlite_file(config: &Config) -> Option<PathBuf> {
+    let url = config.database_url();
+    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// Says so when a local command would start a fresh embedded database, where the user more
+/// likely meant the gateway's existing one.
+fn existing_database(config: &Config, fresh: Fresh) -> anyhow::Result<()> {
+    let Some(path) = sqlite_file(config).filter(|p| !p.exists()) else {
+        return Ok(());
+    };
+    let hint = "pass the --data-dir (or --config) the gateway runs with";
+    match fresh {
+        Fresh::Create => {
+            tracing::warn!(
+                path = %path.display(),
+                "no database at {}: creating a new one; a gateway using another data directory \
+                 will not see what this command writes: {hint}",
+                path.display()
+            );
+            Ok(())
+        }
+        Fresh::Refuse(what) => anyhow::bail!(
+            "no database at {}: nothing to {what} there; {hint}",
+            path.display()
+        ),
+    }
+}
+
+/// Opens the store of a local command (the caller has checked, with [`existing_database`],
+/// what a missing database means for it).
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let (kek, _) = resolve_kek(config)?;
     let db = open_db(config).await?;
@@ -242,16 +382,15 @@ async fn user_add(
     }
     let role = Role::parse(role).expect("clap restricts the values");
     let password_hash = if password_stdin {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        let password = line.trim_end_matches(['\r', '\n']);
+        let password = crate::password::read(email)?;
         if password.chars().count() < 8 {
             anyhow::bail!("the password must be at least 8 characters");
         }
-        Some(hash_password(password).map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?)
+        Some(hash_password(&password).map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?)
     } else {
         None
     };
+    existing_database(config, Fresh::Create)?;
     let store = open_store(config).await?;
     let org = store.default_organization().await?;
     let user = match store
@@ -277,6 +416,7 @@ async fn service_account_create(
     if name.is_empty() {
         anyhow::bail!("--name must not be empty");
     }
+    existing_database(config, Fresh::Create)?;
     let store = open_store(config).await?;
     let org = store.default_organization().await?;
     // A service account made from the CLI acts for the organization's first owner, if any, so
@@ -296,6 +436,7 @@ async fn service_account_create(
 }
 
 async fn rotate_key(config: &Config) -> anyhow::Result<()> {
+    existing_database(config, Fresh::Refuse("re-key"))?;
     let (old, source) = resolve_kek(config)?;
     let db = open_db(config).await?;
     let new_b64 = Kek::generate_base64();
@@ -341,5 +482,45 @@ fn redact_url(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_variables_come_from_the_fields_the_flags_and_tail() {
+        let known = known_env_vars();
+        for var in [
+            "KEYGATE_LISTEN",
+            "KEYGATE_DATA_DIR",
+            "KEYGATE_URL",
+            "KEYGATE_TOKEN",
+            "KEYGATE_CLIENT_SECRET",
+        ] {
+            assert!(known.iter().any(|k| k == var), "{var}");
+        }
+    }
+
+    #[test]
+    fn colour_needs_a_terminal_and_no_no_color() {
+        assert!(use_color(true, None));
+        assert!(use_color(true, Some("".into())));
+        assert!(!use_color(true, Some("1".into())));
+        assert!(!use_color(false, None));
+    }
+
+    #[test]
+    fn the_embedded_database_file_is_read_from_the_url() {
+        let mut c = Config {
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
+        assert_eq!(sqlite_file(&c), Some(PathBuf::from("/d/keygate.db")));
+        c.database.url = Some("sqlite:/x/k.db?mode=rwc".into());
+        assert_eq!(sqlite_file(&c), Some(PathBuf::from("/x/k.db")));
+        c.database.url = Some("postgres://db/kg".into());
+        assert_eq!(sqlite_file(&c), None);
     }
 }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod listener;
 pub mod metrics;
+pub mod password;
 pub mod settings;
 pub mod tail;
 pub mod unread_body;

@@ -14,9 +14,11 @@
 //!   else past it is answered `503` and closed at once. Either event is logged, at most every
 //!   [`LOG_EVERY`].
 //!
-//! Timeouts are watched per connection by the task that serves it: requests in flight (until
-//! their response body ends) hold no clock; the socket wrapper [`Watched`] notes the first
-//! byte of a kept-alive connection's next request.
+//! One reaper task per listener watches the clocks: every [`Limits::tick`] it wakes the
+//! connections whose deadline passed (or that were chosen to make room), and those close. A
+//! connection's own task waits only on hyper and that one wake-up, so a request costs no timer
+//! and no extra poll. Requests in flight (until their response body ends) hold no clock; the
+//! socket wrapper [`Watched`] notes the first byte of a kept-alive connection's next request.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -39,7 +41,7 @@ use hyper_util::server::conn::auto;
 use keygate_core::config::Config;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -64,6 +66,13 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// How often the reaper looks: often enough that a connection closes within a quarter of
+    /// its timeout (at most a second) after it.
+    fn tick(&self) -> Duration {
+        (self.header_read.min(self.idle) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
     /// The configured limits, after raising the open-files soft limit to the hard one (logged).
     pub fn from_config(config: &Config) -> Self {
         let derived = derived_cap(raise_open_files_limit(), config.max_connections());
@@ -132,7 +141,7 @@ pub async fn serve(
         "serving"
     );
     let server = Arc::new(Server::new(router, limits));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let reaper = tokio::spawn(server.clone().reap());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -140,7 +149,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         match accepted {
-            Ok((tcp, peer)) => server.admit(tcp, peer, stop_rx.clone()),
+            Ok((tcp, peer)) => server.admit(tcp, peer),
             Err(e) => {
                 // Out of descriptors (or a transient error): back off instead of spinning.
                 server.log_cap(|| tracing::error!(error = %e, "accepting a connection failed"));
@@ -149,7 +158,8 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let _ = stop_tx.send(true);
+    server.stopping.store(true, Ordering::SeqCst);
+    server.wake_all();
     loop {
         let drained = server.drained.notified();
         if server.open.load(Ordering::SeqCst) == 0 && server.reserved.load(Ordering::SeqCst) == 0 {
@@ -157,6 +167,7 @@ pub async fn serve(
         }
         drained.await;
     }
+    reaper.abort();
 }
 
 /// What the accept loop and the connection tasks share.
@@ -165,8 +176,11 @@ struct Server {
     limits: Limits,
     builder: auto::Builder<TokioExecutor>,
     reserve_builder: auto::Builder<TokioExecutor>,
-    /// Normal connections, oldest first: the candidates to make room at the cap.
+    /// Open connections, oldest first: what the reaper watches, and (the normal ones) the
+    /// candidates to make room at the cap.
     conns: Mutex<BTreeMap<u64, Arc<Activity>>>,
+    /// Shutdown has begun: connections finish what is in flight and close.
+    stopping: AtomicBool,
     next_id: AtomicU64,
     open: AtomicUsize,
     reserved: AtomicUsize,
@@ -196,6 +210,7 @@ impl Server {
             builder,
             reserve_builder,
             conns: Mutex::default(),
+            stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             reserved: AtomicUsize::new(0),
@@ -208,7 +223,7 @@ impl Server {
 
     /// Takes a new connection: in a free slot, in room made by closing the oldest idle one, in
     /// the health reserve, or not at all.
-    fn admit(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+    fn admit(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         // Streamed responses go out as several writes; Nagle would hold the later ones.
         let _ = tcp.set_nodelay(true);
         let slot = if self.open.load(Ordering::SeqCst) < self.limits.max_connections
@@ -230,34 +245,56 @@ impl Server {
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let activity = Arc::new(Activity::new());
-        if slot == Slot::Normal {
-            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            conns.insert(id, activity.clone());
+        let mut limits = self.limits;
+        if slot == Slot::Reserve {
+            limits.header_read = limits.header_read.min(RESERVE_HEADER_TIMEOUT);
         }
+        let activity = Arc::new(Activity::new(limits, slot));
+        self.lock_conns().insert(id, activity.clone());
         let server = self.clone();
         tokio::spawn(async move {
-            server.run(tcp, peer, slot, activity, stop).await;
+            server.run(tcp, peer, activity).await;
+            server.lock_conns().remove(&id);
             match slot {
-                Slot::Normal => {
-                    let mut conns = server.conns.lock().unwrap_or_else(|p| p.into_inner());
-                    conns.remove(&id);
-                    server.open.fetch_sub(1, Ordering::SeqCst);
-                }
-                Slot::Reserve => {
-                    server.reserved.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
+                Slot::Normal => server.open.fetch_sub(1, Ordering::SeqCst),
+                Slot::Reserve => server.reserved.fetch_sub(1, Ordering::SeqCst),
+            };
             server.drained.notify_waiters();
         });
     }
 
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Activity>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes every connection whose deadline passed, at each tick, until the process ends.
+    async fn reap(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.limits.tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            for activity in self.lock_conns().values() {
+                if activity.deadline().is_some_and(|at| at <= now) {
+                    activity.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Wakes every connection (shutdown has begun).
+    fn wake_all(&self) {
+        for activity in self.lock_conns().values() {
+            activity.wake.notify_one();
+        }
+    }
+
     /// Marks the oldest connection with nothing in flight for closing; whether there was one.
     fn evict_oldest_idle(&self) -> bool {
-        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = self.lock_conns();
         let victim = conns
             .values()
-            .find(|a| !a.evict.load(Ordering::SeqCst) && a.evictable());
+            .find(|a| a.slot == Slot::Normal && !a.evict.load(Ordering::SeqCst) && a.evictable());
         let Some(victim) = victim else {
             return false;
         };
@@ -295,14 +332,7 @@ impl Server {
     }
 
     /// Serves one connection until it ends, times out, is evicted, or shutdown has drained it.
-    async fn run(
-        &self,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        slot: Slot,
-        activity: Arc<Activity>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    async fn run(&self, tcp: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
         let io = TokioIo::new(Watched {
             inner: tcp,
             activity: activity.clone(),
@@ -311,50 +341,32 @@ impl Server {
             router: self.router.clone(),
             activity: activity.clone(),
             peer,
-            health_only: slot == Slot::Reserve,
+            health_only: activity.slot == Slot::Reserve,
         };
         let service = hyper::service::service_fn(move |req| service.clone().call(req));
-        let builder = match slot {
+        let builder = match activity.slot {
             Slot::Normal => &self.builder,
             Slot::Reserve => &self.reserve_builder,
         };
-        let mut limits = self.limits;
-        if slot == Slot::Reserve {
-            limits.header_read = limits.header_read.min(RESERVE_HEADER_TIMEOUT);
-        }
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        let mut stopping = *stop.borrow();
-        if stopping {
-            conn.as_mut().graceful_shutdown();
-        }
-        // The watcher is never woken by a request starting or ending (that would cost a wake
-        // and a timer per request): it looks again at least every `check_every`, which is
-        // enough to close each connection exactly on time. A deadline that appears while it
-        // sleeps (a request ends, a next one's first byte arrives) lies at least one full
-        // timeout after that moment, so no later than one `check_every` after the last look.
-        let check_every = limits.header_read.min(limits.idle);
+        let mut stopping = false;
         loop {
-            let next_look = Instant::now() + check_every;
-            let wake_at = activity
-                .deadline(&limits)
-                .map_or(next_look, |at| at.min(next_look));
-            let expired = tokio::time::sleep_until(wake_at);
+            if !stopping && self.stopping.load(Ordering::SeqCst) {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
             tokio::select! {
+                biased;
                 _ = conn.as_mut() => return,
-                _ = expired => {
-                    if activity.expired(&limits) {
-                        return; // nothing in flight: dropping the connection closes it
-                    }
-                }
                 _ = activity.wake.notified() => {
-                    if activity.evict.load(Ordering::SeqCst) && activity.evictable() {
+                    // Timed out, or chosen to make room: nothing is in flight, so dropping the
+                    // connection closes it without cutting an answer off.
+                    if activity.deadline().is_some_and(|at| at <= Instant::now())
+                        || (activity.evict.load(Ordering::SeqCst) && activity.evictable())
+                    {
                         return;
                     }
-                }
-                _ = stop.changed(), if !stopping => {
-                    stopping = true;
-                    conn.as_mut().graceful_shutdown();
                 }
             }
         }
@@ -460,8 +472,10 @@ impl Drop for InFlight {
     }
 }
 
-/// What a connection's watcher needs to know about it.
+/// What the reaper and the connection's task need to know about it.
 struct Activity {
+    limits: Limits,
+    slot: Slot,
     state: Mutex<ActivityState>,
     /// Set while idle and no byte of a next request has come: the socket wrapper then notes
     /// the first one.
@@ -473,7 +487,8 @@ struct Activity {
     evict: AtomicBool,
     /// Any byte has come.
     read_any: AtomicBool,
-    /// The connection was chosen to make room at the cap.
+    /// Wakes the connection's task: its deadline passed, it was chosen to make room at the
+    /// cap, or shutdown began.
     wake: Notify,
 }
 
@@ -488,8 +503,10 @@ struct ActivityState {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(limits: Limits, slot: Slot) -> Self {
         Self {
+            limits,
+            slot,
             state: Mutex::new(ActivityState {
                 inflight: 0,
                 served: 0,
@@ -510,7 +527,8 @@ impl Activity {
 
     /// When the connection times out, unless a request starts first; `None` while one is in
     /// flight.
-    fn deadline(&self, limits: &Limits) -> Option<Instant> {
+    fn deadline(&self) -> Option<Instant> {
+        let limits = &self.limits;
         let s = self.lock();
         if s.inflight > 0 {
             return None;
@@ -520,10 +538,6 @@ impl Activity {
             Some(t) => t + limits.header_read,
             None => s.idle_since + limits.idle,
         })
-    }
-
-    fn expired(&self, limits: &Limits) -> bool {
-        self.deadline(limits).is_some_and(|d| d <= Instant::now())
     }
 
     fn evictable(&self) -> bool {

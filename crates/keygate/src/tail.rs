@@ -40,6 +40,9 @@ pub struct TailArgs {
     pub token: Option<String>,
 }
 
+/// The service account's credentials, when no token is given: client id, then secret.
+pub const CREDENTIAL_VARS: [&str; 2] = ["KEYGATE_CLIENT_ID", "KEYGATE_CLIENT_SECRET"];
+
 /// Where the token comes from.
 enum Credentials {
     Token(String),
@@ -56,8 +59,8 @@ pub async fn run(config: &Config, args: TailArgs) -> anyhow::Result<()> {
     let credentials = match args.token.clone() {
         Some(t) => Credentials::Token(t),
         None => match (
-            std::env::var("KEYGATE_CLIENT_ID"),
-            std::env::var("KEYGATE_CLIENT_SECRET"),
+            std::env::var(CREDENTIAL_VARS[0]),
+            std::env::var(CREDENTIAL_VARS[1]),
         ) {
             (Ok(id), Ok(secret)) => Credentials::Client { id, secret },
             _ => anyhow::bail!(

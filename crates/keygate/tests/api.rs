@@ -50,6 +50,36 @@ async fn unread_request_bodies_close_the_connection() {
     gw.stop().await;
 }
 
+/// Validating an integration on a loopback address that is not allow-listed says why it is
+/// refused and which setting lifts it, instead of blaming its plain http.
+#[tokio::test]
+async fn validating_a_loopback_integration_names_the_allow_list() {
+    let gw = TestGateway::start(Backend::Sqlite).await;
+    let token = gw.admin_token().await;
+    let i = create_integration(
+        &gw,
+        &token,
+        json!({"name": "Local", "url": "http://127.0.0.1:9/mcp"}),
+    )
+    .await;
+    let id = i["id"].as_str().unwrap();
+    let (s, _, v) = gw
+        .api(POST, &format!("/integrations/{id}/validate"), &token, None)
+        .await;
+    assert_eq!((s, &v["status"]), (200, &json!("invalid")), "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("127.0.0.1 is a loopback address"),
+        "{message}"
+    );
+    assert!(
+        message.contains("`outbound.allowed_private_hosts`"),
+        "{message}"
+    );
+    assert!(!message.contains("must use https"), "{message}");
+    gw.stop().await;
+}
+
 const POST: Method = Method::POST;
 const GET: Method = Method::GET;
 const PATCH: Method = Method::PATCH;

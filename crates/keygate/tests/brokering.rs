@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 both_backends!(
     connect_refresh_once_retry_and_revoke,
+    aggregated_calls_refresh_once_after_an_upstream_401,
     discovery_registers_at_the_mcp_servers_authorization_server,
     token_exchange_hands_out_the_right_users_credential,
 );
@@ -270,6 +271,81 @@ async fn connect_refresh_once_retry_and_revoke(backend: Backend) {
     assert!(revoked.contains(&live));
     assert!(!w.provider.is_valid(&live));
     assert_eq!(w.call(&w.gw, &slug, &alice).await["error"]["code"], -32042);
+}
+
+/// A 2025 client's POST to the aggregated endpoint: the session it opened (if any) and the
+/// answer.
+async fn aggregated(
+    w: &World,
+    token: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (Option<String>, Value) {
+    let mut req =
+        w.gw.http
+            .post(&w.app_url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+    if let Some(s) = session {
+        req = req
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-06-18");
+    }
+    let resp = req.send().await.unwrap();
+    let opened = resp
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (opened, resp.json().await.unwrap())
+}
+
+/// Through the aggregated endpoint too, an upstream's 401 makes the gateway refresh the user's
+/// token once and retry invisibly; once the grant is gone, the routed call is answered `-32042`
+/// for its own id, with a link that reconnects.
+async fn aggregated_calls_refresh_once_after_an_upstream_401(backend: Backend) {
+    let provider = FakeOAuth::start(Duration::from_secs(3600)).await;
+    let w = world_with(backend, provider, |_| {}).await;
+    let (_, slug) = w.inline_integration().await;
+    let alice = w.token(w.alice).await;
+    let answer = w.call(&w.gw, &slug, &alice).await;
+    w.connect_via_page(&answer).await;
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (session, _) = aggregated(&w, &alice, None, init).await;
+    let session = session.expect("a session");
+    let call = |id: i64| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": format!("{slug}_echo"), "arguments": {}}});
+        aggregated(&w, &alice, Some(&session), body)
+    };
+    let first = World::upstream_token(&call(1).await.1);
+
+    w.provider.invalidate_access_tokens();
+    let refreshes = w.provider.refresh_count();
+    let retried = World::upstream_token(&call(2).await.1);
+    assert!(w.provider.is_valid(&retried) && retried != first);
+    assert_eq!(w.provider.refresh_count(), refreshes + 1);
+    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
+    let (_, tools) = aggregated(&w, &alice, Some(&session), list).await;
+    assert!(
+        tools["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == format!("{slug}_echo")),
+        "{tools}"
+    );
+    assert_eq!(w.provider.refresh_count(), refreshes + 1);
+
+    w.provider.revoke_all_grants();
+    let (_, answer) = call(4).await;
+    assert_eq!(answer["id"], 4, "{answer}");
+    w.connect_via_page(&answer).await;
+    assert!(
+        w.provider
+            .is_valid(&World::upstream_token(&call(5).await.1))
+    );
 }
 
 async fn discovery_registers_at_the_mcp_servers_authorization_server(backend: Backend) {

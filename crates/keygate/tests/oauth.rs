@@ -257,7 +257,7 @@ async fn mcp_status(gw: &TestGateway, url: &str, token: Option<&str>) -> (u16, O
 }
 
 /// Another replica learns of a revocation through PostgreSQL `NOTIFY`; it must refuse the
-/// token within a second (DESIGN §5).
+/// token within a second.
 async fn refused_within_a_second(gw: &TestGateway, url: &str, token: &str) {
     let started = std::time::Instant::now();
     loop {

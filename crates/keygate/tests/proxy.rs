@@ -34,6 +34,8 @@ both_backends!(
     passthrough_unknown_integration_answers_with_the_request_id,
     aggregated_upstream_down_answers_with_the_request_id,
     aggregated_unknown_tool_answers_with_the_request_id,
+    aggregated_calls_without_connection_mint_no_connect_sessions,
+    warm_aggregated_calls_write_nothing,
 );
 
 async fn world(backend: Backend) -> World {
@@ -1739,6 +1741,140 @@ async fn connect_link_completes_a_missing_connection(backend: Backend) {
             .status(),
         401
     );
+    w.gw.stop().await;
+}
+
+/// A 2025 client's `initialize` on the aggregated endpoint: its session id.
+async fn initialized(w: &World, token: &str) -> String {
+    let params = json!({"protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}});
+    let resp = w
+        .aggregated(token, None, &rpc(0, "initialize", params))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// How many connect links have been minted.
+async fn connect_sessions(w: &World) -> usize {
+    w.gw.rows().await["connect_sessions"].len()
+}
+
+/// An integration the user has not connected is left out of aggregated lists and calls without
+/// a connect link minted each time; the `-32042` answer that is sent mints one, which works.
+async fn aggregated_calls_without_connection_mint_no_connect_sessions(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::named("alpha").await;
+    w.integration(json!({"name": "Alpha", "url": up.url})).await;
+    let (_, mine) = w
+        .integration(json!({"name": "Mine", "url": up.url, "authMode": "user_token"}))
+        .await;
+    let bob = w.token(w.bob).await;
+    let session = initialized(&w, &bob).await;
+    let minted = connect_sessions(&w).await;
+    for id in 1..=10 {
+        let post = |body: Value| w.aggregated(&bob, Some(&session), &body);
+        let (_, tools) = status_json(post(rpc(id, "tools/list", json!({})))).await;
+        assert_eq!(
+            names(&tools["result"]["tools"]),
+            ["alpha_ask", "alpha_echo", "alpha_slow"]
+        );
+        let call = rpc(id, "tools/call", json!({"name": "alpha_echo"}));
+        let (_, answer) = status_json(post(call)).await;
+        assert!(answer["result"].is_object(), "{answer}");
+    }
+    assert_eq!(
+        connect_sessions(&w).await,
+        minted,
+        "20 calls minted no link"
+    );
+
+    let body: Value = w
+        .call(&mine, Some(&bob), rpc(1, "ping", json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["error"]["code"], -32042, "{body}");
+    assert_eq!(connect_sessions(&w).await, minted + 1);
+    let link = body["error"]["data"]["connectUrl"].as_str().unwrap();
+    let resp = w.open_connect_link(&browser(), link, w.bob).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("name=\"token\""));
+    w.gw.stop().await;
+}
+
+/// Once an aggregated client is warm (initialized, listed, called), its `tools/list` and
+/// `tools/call` — in both eras, over upstreams with no, a server's, a connected and an
+/// unconnected user's credential — write nothing to the store but trace events.
+async fn warm_aggregated_calls_write_nothing(backend: Backend) {
+    let w = world(backend).await;
+    let (a, b) = (
+        FakeUpstream::named("alpha").await,
+        FakeUpstream::modern("beta").await,
+    );
+    w.integration(json!({"name": "Alpha", "url": a.url})).await;
+    w.integration(
+        json!({"name": "Beta", "url": b.url, "authMode": "server_token", "serverToken": "tok-b"}),
+    )
+    .await;
+    let (personal, _) = w
+        .integration(json!({"name": "Personal", "url": a.url, "authMode": "user_token"}))
+        .await;
+    w.integration(json!({"name": "Mine", "url": b.url, "authMode": "user_token"}))
+        .await;
+    w.gw.store
+        .put_user_token(w.gw.org, personal, w.alice, &Secret::new("alice-key"), None)
+        .await
+        .unwrap();
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let calls = |id: i64| {
+        let list = rpc(id, "tools/list", json!({}));
+        let call = rpc(id, "tools/call", json!({"name": "personal_echo"}));
+        [
+            w.aggregated(&alice, Some(&session), &list),
+            w.aggregated(&alice, Some(&session), &call),
+            modern(&w, &alice, id, "tools/list", json!({})),
+            modern(&w, &alice, id, "tools/call", json!({"name": "beta_echo"})),
+        ]
+    };
+    for req in calls(1) {
+        let (status, answer) = status_json(req).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // The agent session's activity is recorded at most every 10 s; the first one is in.
+    let recorded = || async {
+        let sessions = w.gw.store.all_agent_sessions(w.gw.org, w.app).await;
+        sessions.unwrap().iter().all(|s| s.last_active_at.is_some())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !recorded().await {
+        assert!(
+            Instant::now() < deadline,
+            "the session's activity is never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let written = || async {
+        let mut rows = w.gw.rows().await;
+        rows.remove("trace_events");
+        rows
+    };
+    let before = written().await;
+    for id in 2..=6 {
+        for req in calls(id) {
+            let (status, answer) = status_json(req).await;
+            assert_eq!(status, 200, "{answer}");
+            assert!(answer["result"].is_object(), "{answer}");
+        }
+    }
+    assert_eq!(written().await, before);
     w.gw.stop().await;
 }
 

@@ -1,3 +1,5 @@
+//! Tests of the SSE decoder and encoder: events split anywhere, every line end, size limits.
+
 use super::*;
 
 /// Every event (or refusal) the pieces yield, fed one after the other.

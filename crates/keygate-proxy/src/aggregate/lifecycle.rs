@@ -18,6 +18,7 @@ use super::session::{AggregatedSession, UpstreamSession};
 use super::upstream::{self, Member, candidates, within};
 use super::{SEPARATOR, invalid, result};
 use crate::ProxyState;
+use crate::credentials;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 
@@ -124,7 +125,8 @@ async fn join_initialize(
             capabilities: r["capabilities"].clone(),
         }),
         None => {
-            tracing::warn!(integration = %member.integration.id, error = %answer["error"], "upstream refused initialize");
+            let i = &member.integration;
+            tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, error = %answer["error"], "upstream refused initialize");
             let why = answer["error"]["message"].as_str().unwrap_or("error");
             Err(format!("unavailable ({why})"))
         }
@@ -133,7 +135,8 @@ async fn join_initialize(
 
 /// The note for an upstream that could not be reached; the detail goes to the log only.
 fn unavailable(member: &Member, error: &dyn std::fmt::Display) -> String {
-    tracing::warn!(integration = %member.integration.id, %error, "upstream left out of the aggregated server");
+    let i = &member.integration;
+    tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, %error, "upstream left out of the aggregated server");
     "unavailable".to_owned()
 }
 
@@ -157,18 +160,19 @@ async fn join_discover(
 
 /// Joins every connected candidate with `join` (in parallel, each within the fan-out deadline)
 /// and adds up the outcome; one that fails or misses the deadline is left out and named in the
-/// notes, as is one the user has not connected.
+/// notes, as is one the user has not connected — with a connect link, minted here because the
+/// notes are the one place an aggregated client learns of it (its tools are not listed).
 async fn summarize<'a, Fut>(
     state: &ProxyState,
     what: &str,
-    candidates: &'a [(Member, Option<String>)],
+    candidates: &'a [(Member, bool)],
     modern: bool,
     join: impl Fn(&'a Member) -> Fut,
 ) -> Summary
 where
     Fut: std::future::Future<Output = Result<Joined, String>>,
 {
-    let connected = candidates.iter().filter(|(_, missing)| missing.is_none());
+    let connected = candidates.iter().filter(|(_, connected)| *connected);
     let join = &join;
     let outcomes = join_all(connected.map(|(m, _)| async move {
         let joined = within(state, m, what, join(m)).await;
@@ -182,13 +186,16 @@ where
     for (member, outcome) in outcomes {
         summary.add(member, outcome, modern);
     }
-    for (member, missing) in candidates {
-        if let Some(url) = missing {
-            let slug = &member.integration.slug;
-            summary
-                .notes
-                .push(format!("{slug}: not connected; connect at {url}"));
-        }
+    for (member, _) in candidates.iter().filter(|(_, connected)| !*connected) {
+        let slug = &member.integration.slug;
+        let note = match credentials::connect_link(state, &member.caller).await {
+            Ok(url) => format!("{slug}: not connected; connect at {url}"),
+            Err(e) => {
+                tracing::warn!(integration = %member.integration.id, error = %e, "no connect link for the notes");
+                format!("{slug}: not connected")
+            }
+        };
+        summary.notes.push(note);
     }
     summary
 }

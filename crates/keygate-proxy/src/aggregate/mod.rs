@@ -47,6 +47,7 @@ use self::events::{Events, MAX_EVENT_BYTES, map_event};
 use self::session::AggregatedSession;
 use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send, within};
 use crate::ProxyState;
+use crate::credentials;
 use crate::error::{ProxyError, local_answer};
 use crate::forwarded;
 use crate::gate::McpCaller;
@@ -93,7 +94,11 @@ async fn dispatch(
     match parts.method {
         Method::POST => {
             let message = read_message(&parts.headers, body, ex).await?;
-            post(state, &caller, &parts.headers, session, message, ex).await
+            match post(state, &caller, &parts.headers, session, message, ex).await {
+                // A routed upstream whose grant turned out to be gone: this answer is sent.
+                Err(e) => Err(credentials::with_connect_link(state, &caller, e).await),
+                answer => answer,
+            }
         }
         // No stream to open and no session to close without a session (a 2026 client).
         Method::GET | Method::DELETE

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::IntegrationId;
-use keygate_core::model::{AuthMode, Category, Integration};
+use keygate_core::model::{Category, Integration};
 use serde_json::{Map, Value};
 
 use super::era::{self, Era};
@@ -19,10 +19,11 @@ use super::events::{Events, MAX_EVENT_BYTES};
 use super::handshakes;
 use super::session::{AggregatedSession, UpstreamSession};
 use crate::ProxyState;
-use crate::credentials;
+use crate::credentials::{self, Authorization};
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 use crate::passthrough::MAX_REQUEST_BYTES;
+use crate::retry;
 use crate::sse::is_event_stream;
 use crate::traced::{self, ROUTE_AGGREGATED, TRACEPARENT};
 
@@ -104,35 +105,33 @@ pub async fn members(
     Ok(candidates(state, caller)
         .await?
         .into_iter()
-        .filter_map(|(m, missing)| missing.is_none().then_some(m))
+        .filter_map(|(m, connected)| connected.then_some(m))
         .collect())
 }
 
-/// Every attached proxied integration, with the connect URL for those the user has not
-/// connected yet.
+/// Every attached proxied integration, and whether the user can use it (has connected it, where
+/// it needs the user's own credential). Deciding mints no connect link.
 pub async fn candidates(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
-) -> Result<Vec<(Member, Option<String>)>, ProxyError> {
+) -> Result<Vec<(Member, bool)>, ProxyError> {
     let attached = crate::gate::attached(state, &caller.app).await?;
     let mut out = Vec::with_capacity(attached.len());
     for integration in attached
         .iter()
         .filter(|i| i.category == Category::GatewayRemoteMcp)
     {
-        let (authorization, missing) = match credentials::authorization(state, caller, integration)
-            .await
-        {
-            Ok(authorization) => (authorization, None),
-            Err(ProxyError::ConnectionRequired { connect_url, .. }) => (None, Some(connect_url)),
-            Err(e) => return Err(e),
-        };
+        let (authorization, connected) =
+            match credentials::authorization(state, caller, integration).await? {
+                Authorization::Header(h) => (h, true),
+                Authorization::NeedsConnection => (None, false),
+            };
         let member = Member {
             integration: integration.clone(),
             authorization,
             caller: caller.clone(),
         };
-        out.push((member, missing));
+        out.push((member, connected));
     }
     Ok(out)
 }
@@ -237,7 +236,8 @@ pub async fn rpc(
 ) -> Result<Option<Value>, ProxyError> {
     let failed = |error: &dyn std::fmt::Display| {
         let method = message["method"].as_str().unwrap_or("");
-        tracing::warn!(integration = %member.integration.id, method, %error, "upstream failed");
+        let i = &member.integration;
+        tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, method, %error, "upstream failed");
     };
     match exchange(state, member, downstream, message).await {
         Ok(reply) => match read_answer(reply.resp, message.get("id")).await {
@@ -273,6 +273,7 @@ pub async fn within<T>(
             tracing::warn!(
                 integration = %member.integration.id,
                 slug = %member.integration.slug,
+                name = %member.integration.name,
                 method = what,
                 timeout_ms = deadline.as_millis() as u64,
                 "upstream missed the fan-out deadline; left out of this answer"
@@ -441,8 +442,8 @@ pub async fn open_stream(
     send_with(state, member, Method::GET, headers, None).await
 }
 
-/// Sends one message to an upstream with its credential and `headers`; an OAuth token the
-/// upstream refuses is refreshed and the message sent once more.
+/// Sends one message to an upstream with its credential and `headers`, through the send
+/// stage's OAuth retry ([`retry::send`]).
 async fn send_with(
     state: &ProxyState,
     member: &Member,
@@ -450,33 +451,31 @@ async fn send_with(
     headers: HeaderMap,
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    let sent = member.authorization.as_ref();
-    if member.integration.auth_mode != AuthMode::Oauth {
-        return send_once(state, member, sent, method, headers, body).await;
-    }
-    let resp = send_once(
+    let authorization = member.authorization.clone();
+    retry::send(
         state,
-        member,
-        sent,
-        method.clone(),
-        headers.clone(),
-        body.clone(),
+        &member.caller,
+        &member.integration,
+        authorization,
+        |auth| {
+            send_once(
+                state,
+                member,
+                auth,
+                method.clone(),
+                headers.clone(),
+                body.clone(),
+            )
+        },
     )
-    .await?;
-    if resp.status() != StatusCode::UNAUTHORIZED {
-        return Ok(resp);
-    }
-    match credentials::after_rejection(state, &member.caller, &member.integration, sent).await? {
-        Some(fresh) => send_once(state, member, Some(&fresh), method, headers, body).await,
-        None => Ok(resp),
-    }
+    .await
 }
 
 /// Sends one message to an upstream, with `headers` and a credential.
 async fn send_once(
     state: &ProxyState,
     member: &Member,
-    authorization: Option<&HeaderValue>,
+    authorization: Option<HeaderValue>,
     method: Method,
     headers: HeaderMap,
     body: Option<Bytes>,
@@ -494,7 +493,7 @@ async fn send_once(
     let h = req.headers_mut();
     h.extend(headers);
     if let Some(auth) = authorization {
-        h.insert(header::AUTHORIZATION, auth.clone());
+        h.insert(header::AUTHORIZATION, auth);
     }
     if let Ok(traceparent) = TRACEPARENT.try_with(HeaderValue::clone) {
         h.insert("traceparent", traceparent);

@@ -1,3 +1,5 @@
+//! Unit tests of capture: what each mode keeps and what redaction masks.
+
 use http::HeaderValue;
 use serde_json::{Value, json};
 
