@@ -1,5 +1,6 @@
 //! Domain types shared by every keygate crate: typed ids, the enums that appear on the wire,
-//! timestamps, and the configuration file's types.
+//! timestamps, the configuration file's types, and what MCP messages look like on the wire
+//! (SSE framing, JSON-RPC ids and errors: [`wire`]).
 //!
 //! This crate knows nothing about HTTP or SQL; it is the vocabulary the other crates speak.
 #![forbid(unsafe_code)]
@@ -10,6 +11,7 @@ pub mod model;
 pub mod net;
 pub mod secret;
 pub mod time;
+pub mod wire;
 
 pub use ids::{
     AgentSessionId, ApplicationId, ConnectionId, IntegrationId, OrgId, ServiceAccountId, UserId,

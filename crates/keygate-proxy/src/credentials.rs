@@ -11,7 +11,6 @@ use axum::http::HeaderValue;
 use keygate_auth::credential::{self, CredentialError, Resolved};
 use keygate_core::model::{AuthMode, Integration};
 use keygate_core::{IntegrationId, Secret, Timestamp, UserId};
-use serde_json::Value;
 
 use crate::ProxyState;
 use crate::error::ProxyError;
@@ -108,14 +107,13 @@ pub fn not_connected(integration: &Integration) -> ProxyError {
     }
 }
 
-/// Readies an error for the client: a [`ProxyError::NotConnected`] becomes the `-32042` answer
-/// to request `request_id`, with a connect link minted now; any other error is returned as is.
-/// Call it only where the answer is sent.
+/// Readies an error for the client: a [`ProxyError::NotConnected`] becomes the `-32042` answer,
+/// with a connect link minted now; any other error is returned as is. Call it only where the
+/// answer is sent (which answers it with the request's id, as every error).
 pub async fn with_connect_link(
     state: &ProxyState,
     caller: &McpCaller,
     error: ProxyError,
-    request_id: Value,
 ) -> ProxyError {
     let ProxyError::NotConnected {
         integration_id,
@@ -126,7 +124,6 @@ pub async fn with_connect_link(
     };
     match connect_link(state, caller).await {
         Ok(connect_url) => ProxyError::ConnectionRequired {
-            request_id,
             integration_id,
             integration_name,
             connect_url,

@@ -1,11 +1,14 @@
 //! Errors of the MCP gateway, each answered as HTTP status + JSON-RPC error in one exhaustive
-//! match. Who caused it is part of the variant: the client, the upstream, or the gateway.
+//! match. Who caused it is part of the variant: the client, the upstream, or the gateway. The
+//! JSON-RPC error answers the request it is about, with that request's id
+//! ([`ProxyError::answer`]).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keygate_core::model::Integration;
-use serde_json::{Value, json};
+use keygate_core::wire::jsonrpc::{self, RequestId};
+use serde_json::json;
 
 /// JSON-RPC code for "URL elicitation required" (MCP 2025-11-25): the user must connect.
 pub const URL_ELICITATION_REQUIRED: i64 = -32042;
@@ -39,7 +42,6 @@ pub enum ProxyError {
     /// The user has not connected this integration yet: `-32042` with a connect link.
     #[error("connection required for {integration_name}")]
     ConnectionRequired {
-        request_id: Value,
         integration_id: String,
         integration_name: String,
         connect_url: String,
@@ -73,44 +75,51 @@ impl ProxyError {
     }
 }
 
-fn rpc_error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value {
-    let mut error = json!({"code": code, "message": message});
-    if let Some(d) = data {
-        error["data"] = d;
-    }
-    json!({"jsonrpc": "2.0", "id": id, "error": error})
-}
-
 /// The JSON-RPC error that ends a streamed answer its upstream broke off (`silent`: it sent
 /// nothing for `proxy.stream_idle_timeout_secs`).
-pub(crate) fn stream_broken(id: Value, silent: bool) -> Value {
+pub(crate) fn stream_broken(silent: bool) -> jsonrpc::Error {
     let message = if silent {
         "The integration's server stopped answering"
     } else {
         "The integration's server broke off its answer"
     };
-    rpc_error(id, -32002, message, None)
+    jsonrpc::Error::new(UPSTREAM_FAILED, message)
 }
 
-impl IntoResponse for ProxyError {
-    fn into_response(self) -> Response {
-        let (status, body) = match self {
-            ProxyError::Unauthorized(resp) => return *resp,
+/// JSON-RPC code for an integration's server that is down, slow or broke off (the gateway's
+/// own, in the implementation-defined server error range).
+pub const UPSTREAM_FAILED: i64 = -32002;
+
+/// JSON-RPC code for what the client named and the gateway does not know: an application, an
+/// integration, a session.
+pub const NOT_FOUND: i64 = -32001;
+
+/// A JSON-RPC response of the gateway's own (a result or an error built by `jsonrpc`), sent
+/// with `status` and marked as the gateway's answer for the trace.
+pub(crate) fn local_answer(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    resp.extensions_mut().insert(keygate_trace::LocalAnswer);
+    resp
+}
+
+impl ProxyError {
+    /// The HTTP status and the JSON-RPC error this error is answered with, or for a `401` the
+    /// challenge it is answered with.
+    fn status_and_error(self) -> Result<(StatusCode, jsonrpc::Error), Box<Response>> {
+        use jsonrpc::Error;
+        Ok(match self {
+            ProxyError::Unauthorized(resp) => return Err(resp),
             ProxyError::ForeignOrigin => (
                 StatusCode::FORBIDDEN,
-                rpc_error(Value::Null, -32600, "Origin not allowed", None),
+                Error::new(jsonrpc::INVALID_REQUEST, "Origin not allowed"),
             ),
-            ProxyError::NotFound(m) => (
-                StatusCode::NOT_FOUND,
-                rpc_error(Value::Null, -32001, m, None),
-            ),
+            ProxyError::NotFound(m) => (StatusCode::NOT_FOUND, Error::new(NOT_FOUND, m)),
             ProxyError::BadRequest {
                 status,
                 code,
                 message,
-            } => (status, rpc_error(Value::Null, code, &message, None)),
+            } => (status, Error::new(code, message)),
             ProxyError::ConnectionRequired {
-                request_id,
                 integration_id,
                 integration_name,
                 connect_url,
@@ -129,7 +138,7 @@ impl IntoResponse for ProxyError {
                 });
                 (
                     StatusCode::OK,
-                    rpc_error(request_id, URL_ELICITATION_REQUIRED, &message, Some(data)),
+                    Error::new(URL_ELICITATION_REQUIRED, message).with_data(data),
                 )
             }
             ProxyError::NotConnected { integration_id, .. } => {
@@ -137,51 +146,70 @@ impl IntoResponse for ProxyError {
                 tracing::error!(%integration_id, "a connection-required answer lost its link");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    rpc_error(Value::Null, -32603, "Internal gateway error", None),
+                    Error::new(jsonrpc::INTERNAL_ERROR, "Internal gateway error"),
                 )
             }
             ProxyError::Upstream(detail) => {
                 tracing::warn!(%detail, "upstream failed");
                 (
                     StatusCode::BAD_GATEWAY,
-                    rpc_error(
-                        Value::Null,
-                        -32002,
-                        "The integration's server is unavailable",
-                        None,
-                    ),
+                    Error::new(UPSTREAM_FAILED, "The integration's server is unavailable"),
                 )
             }
             ProxyError::SessionExpired => (
                 StatusCode::NOT_FOUND,
-                rpc_error(
-                    Value::Null,
-                    -32001,
+                Error::new(
+                    NOT_FOUND,
                     "An integration's session expired; initialize again",
-                    None,
                 ),
             ),
             ProxyError::UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
-                rpc_error(
-                    Value::Null,
-                    -32002,
+                Error::new(
+                    UPSTREAM_FAILED,
                     "The integration's server did not answer in time",
-                    None,
                 ),
             ),
             ProxyError::Internal(detail) => {
                 tracing::error!(%detail, "gateway failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    rpc_error(Value::Null, -32603, "Internal gateway error", None),
+                    Error::new(jsonrpc::INTERNAL_ERROR, "Internal gateway error"),
                 )
             }
+        })
+    }
+
+    /// The answer to the JSON-RPC request with `id` (`None`: it had no readable id, or the
+    /// request was no JSON-RPC message).
+    pub fn answer(self, id: Option<&RequestId>) -> Response {
+        let (status, error) = match self.status_and_error() {
+            Ok(answer) => answer,
+            Err(challenge) => return *challenge,
         };
-        let mut resp = (status, Json(body)).into_response();
+        let mut resp = (status, Json(error.response(id))).into_response();
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp
+    }
+
+    /// Whether the gateway reads the request's message to answer this error with its id: not
+    /// for a `401` (answered with a challenge), a request refused before authentication for
+    /// its `Origin`, or a body refused for its size (none of them is read).
+    pub fn wants_request_id(&self) -> bool {
+        match self {
+            ProxyError::Unauthorized(_) | ProxyError::ForeignOrigin => false,
+            ProxyError::BadRequest { status, .. } => *status != StatusCode::PAYLOAD_TOO_LARGE,
+            _ => true,
+        }
+    }
+}
+
+/// For requests that are not JSON-RPC messages (a `GET` stream, the runtime endpoints): the
+/// error with a `null` id.
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        self.answer(None)
     }
 }
 
@@ -234,5 +262,19 @@ mod tests {
             text.ends_with(": tcp connect error: Connection refused"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_unminted_connection_answer_still_names_the_request_id() {
+        let e = ProxyError::NotConnected {
+            integration_id: "i".into(),
+            integration_name: "GitHub".into(),
+        };
+        let resp = e.answer(Some(&RequestId::from(7)));
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["id"], 7);
+        assert_eq!(body["error"]["code"], jsonrpc::INTERNAL_ERROR);
     }
 }

@@ -16,12 +16,14 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use keygate_core::wire::sse::{Decoder, Event};
 use keygate_core::{ApplicationId, IntegrationId, OrgId, UserId};
 use keygate_store::{Purpose, SealContext, Store};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-/// The first event is buffered at most this far; past it the stream passes through untouched.
+/// The stream's head is buffered at most this far, up to and including its first event; past
+/// it the stream passes through untouched.
 const MAX_FIRST_EVENT: usize = 64 * 1024;
 
 /// The longest `ep` opened (a sealed endpoint is a few hundred bytes).
@@ -117,12 +119,29 @@ fn on_origin(upstream: &Url, endpoint: &str) -> Option<Url> {
     (target.origin() == upstream.origin()).then_some(target)
 }
 
-/// Rewrites the `endpoint` event at the head of an SSE stream.
+/// Rewrites the `endpoint` event at the head of an SSE stream: the stream's first event (the
+/// comments and ids before it pass as they are). Every other byte passes untouched.
 pub struct RewriteEndpoint<B> {
     inner: B,
     map: EndpointMap,
-    /// `Some` while the first event is still being collected.
-    head: Option<BytesMut>,
+    /// `Some` while the head is still being collected.
+    head: Option<Head>,
+}
+
+/// The head of the stream, up to its first event.
+struct Head {
+    buf: BytesMut,
+    events: Decoder,
+    /// Where in `buf` the block being read starts.
+    start: usize,
+}
+
+/// What the head held once its first event (or too much) went by.
+enum Found {
+    /// The first event, at `start..end` in the head.
+    Event(Event, usize, usize),
+    /// Nothing to rewrite: the head passes as it is.
+    Nothing,
 }
 
 impl<B> RewriteEndpoint<B> {
@@ -130,39 +149,47 @@ impl<B> RewriteEndpoint<B> {
         Self {
             inner,
             map,
-            head: Some(BytesMut::new()),
+            head: Some(Head {
+                buf: BytesMut::new(),
+                events: Decoder::new(MAX_FIRST_EVENT),
+                start: 0,
+            }),
         }
     }
 }
 
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+impl Head {
+    /// Adds the next frame; what was found, once something was.
+    fn push(&mut self, data: &[u8]) -> Option<Found> {
+        let from = self.buf.len();
+        self.buf.extend_from_slice(data);
+        let mut rest = data;
+        while let Some(decoded) = self.events.next_event(&mut rest) {
+            let end = from + data.len() - rest.len();
+            match decoded {
+                Ok(event) if event.is_dispatched() => {
+                    return Some(Found::Event(event, self.start, end));
+                }
+                Ok(_) => self.start = end, // a comment, an id: not an event
+                Err(_) => return Some(Found::Nothing),
+            }
+        }
+        (self.buf.len() > MAX_FIRST_EVENT).then_some(Found::Nothing)
     }
 }
 
 /// The event with its `data` replaced (by `rewrite`) if it is an `endpoint` event.
 fn rewrite_event(
-    event: &[u8],
+    mut event: Event,
     rewrite: impl FnOnce(&str) -> Option<String>,
-) -> Result<Bytes, BoxError> {
-    let Ok(text) = std::str::from_utf8(event) else {
-        return Ok(Bytes::copy_from_slice(event));
-    };
-    let is_endpoint = text
-        .lines()
-        .any(|l| l.trim_end() == "event: endpoint" || l.trim_end() == "event:endpoint");
-    if !is_endpoint {
-        return Ok(Bytes::copy_from_slice(event));
+) -> Result<Option<Event>, BoxError> {
+    if event.event_type() != "endpoint" {
+        return Ok(None);
     }
-    let data = crate::sse::event_data(text);
-    let rewritten = rewrite(&data).ok_or("the upstream's endpoint leaves its origin")?;
-    Ok(Bytes::from(format!(
-        "event: endpoint\ndata: {rewritten}\n\n"
-    )))
+    let data = event.data.as_deref().unwrap_or_default();
+    let rewritten = rewrite(data).ok_or("the upstream's endpoint leaves its origin")?;
+    event.data = Some(rewritten);
+    Ok(Some(event))
 }
 
 impl<B> Body for RewriteEndpoint<B>
@@ -182,34 +209,30 @@ where
             let Some(head) = this.head.as_mut() else {
                 return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
             };
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            let found = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    head.extend_from_slice(&data);
-                    if let Some(end) = event_end(head) {
-                        let mut buf = this.head.take().expect("collecting");
-                        let event = buf.split_to(end);
-                        let mut out =
-                            BytesMut::from(&rewrite_event(&event, |e| this.map.rewrite(e))?[..]);
-                        out.extend_from_slice(&buf);
-                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-                    }
-                    if head.len() > MAX_FIRST_EVENT {
-                        let buf = this.head.take().expect("collecting");
-                        return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
+                    match head.push(&data) {
+                        Some(found) => found,
+                        None => continue,
                     }
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => {
-                    let buf = this.head.take().expect("collecting");
-                    if buf.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
-                }
+                None if head.buf.is_empty() => return Poll::Ready(None),
+                None => Found::Nothing,
+            };
+            let mut buf = this.head.take().expect("collecting").buf;
+            if let Found::Event(event, start, end) = found
+                && let Some(rewritten) = rewrite_event(event, |e| this.map.rewrite(e))?
+            {
+                let rest = buf.split_off(end);
+                buf.truncate(start);
+                buf.extend_from_slice(rewritten.encode().as_bytes());
+                buf.extend_from_slice(&rest);
             }
+            return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
         }
     }
 
@@ -234,16 +257,24 @@ mod tests {
         assert!(on_origin(&up, "https://up.example:3001/message").is_none());
     }
 
+    fn first_event(bytes: &[u8]) -> Event {
+        let mut bytes = bytes;
+        Decoder::new(1024).next_event(&mut bytes).unwrap().unwrap()
+    }
+
     #[test]
     fn rewrites_only_endpoint_events() {
         let up = Url::parse("http://up.example:3001/sse").unwrap();
         let rewrite = |e: &str| on_origin(&up, e).map(|_| "https://kg.example/m".to_owned());
-        let ev =
-            rewrite_event(b"event: endpoint\ndata: /message?sessionId=1\n\n", rewrite).unwrap();
-        assert_eq!(&ev[..], b"event: endpoint\ndata: https://kg.example/m\n\n");
-        let msg = rewrite_event(b"event: message\ndata: {}\n\n", rewrite).unwrap();
-        assert_eq!(&msg[..], b"event: message\ndata: {}\n\n");
-        let evil = b"event: endpoint\ndata: https://evil.example/m\n\n";
+        let endpoint = first_event(b"event: endpoint\r\ndata: /message?sessionId=1\r\n\r\n");
+        let ev = rewrite_event(endpoint, rewrite).unwrap().unwrap();
+        assert_eq!(
+            ev.encode(),
+            "event: endpoint\ndata: https://kg.example/m\n\n"
+        );
+        let msg = first_event(b"event: message\ndata: {}\n\n");
+        assert!(rewrite_event(msg, rewrite).unwrap().is_none());
+        let evil = first_event(b"event: endpoint\ndata: https://evil.example/m\n\n");
         assert!(rewrite_event(evil, rewrite).is_err());
     }
 }

@@ -30,6 +30,7 @@ pub mod retry;
 pub mod runtime;
 pub mod sse;
 pub mod traced;
+pub mod unsent;
 pub mod upstream;
 
 use std::sync::Arc;

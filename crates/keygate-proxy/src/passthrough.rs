@@ -2,9 +2,11 @@
 //!
 //! The request body streams upstream untouched and the response streams back frame by frame;
 //! nothing is buffered except, when the user must first connect the integration, the (bounded)
-//! request body whose JSON-RPC id the `-32042` answer needs. Request headers pass by the
-//! allow-list of [`crate::forwarded`] (the agent's credentials stay behind, `access_token`
-//! leaves the query string); the integration's credential is set instead.
+//! request body whose JSON-RPC id the `-32042` answer needs. When the gateway answers a request
+//! itself (upstream down, unknown integration), the part of the body the upstream never took
+//! comes back ([`crate::unsent`]) and is read, bounded, for the id the answer names. Request
+//! headers pass by the allow-list of [`crate::forwarded`] (the agent's credentials stay behind,
+//! `access_token` leaves the query string); the integration's credential is set instead.
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -13,6 +15,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::model::{AuthMode, Category, Integration};
+use keygate_core::wire::jsonrpc;
 use serde_json::Value;
 use url::Url;
 
@@ -25,6 +28,7 @@ use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
 use crate::retry;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
+use crate::unsent;
 use keygate_trace::{Exchange, Peek};
 
 /// Largest request body relayed upstream.
@@ -61,8 +65,12 @@ pub async fn handle(
 ) -> Response {
     let mut ex = traced::start(&state, ROUTE_PASSTHROUGH, req.headers(), req.method());
     let injected = ex.injected();
+    let (req, unsent) = unsent::split(req);
     let work = forward(&state, &integration, req, Route::Endpoint, &mut ex);
     let result = traced::noting_credentials(injected, work).await;
+    if result.as_ref().is_err_and(ProxyError::wants_request_id) {
+        traced::read_unsent(&mut ex, unsent).await;
+    }
     traced::finish(ex, result)
 }
 
@@ -74,8 +82,12 @@ pub async fn handle_message(
 ) -> Response {
     let mut ex = traced::start(&state, ROUTE_MESSAGE, req.headers(), req.method());
     let injected = ex.injected();
+    let (req, unsent) = unsent::split(req);
     let work = forward(&state, &integration, req, Route::Message, &mut ex);
     let result = traced::noting_credentials(injected, work).await;
+    if result.as_ref().is_err_and(ProxyError::wants_request_id) {
+        traced::read_unsent(&mut ex, unsent).await;
+    }
     traced::finish(ex, result)
 }
 
@@ -131,9 +143,8 @@ async fn forward(
         Authorization::NeedsConnection => {
             let message = request_message(body).await;
             ex.set_message(&message);
-            let id = message.get("id").cloned().unwrap_or(Value::Null);
             let e = credentials::not_connected(&integration);
-            return Err(credentials::with_connect_link(state, &caller, e, id).await);
+            return Err(credentials::with_connect_link(state, &caller, e).await);
         }
     };
     let traceparent = ex.traceparent();
@@ -200,8 +211,7 @@ async fn forward(
         Err(e @ ProxyError::NotConnected { .. }) => {
             let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
             ex.set_message(&message);
-            let id = message.get("id").cloned().unwrap_or(Value::Null);
-            Err(credentials::with_connect_link(state, &caller, e, id).await)
+            Err(credentials::with_connect_link(state, &caller, e).await)
         }
         Err(e) => Err(named(e)),
     }
@@ -219,7 +229,7 @@ fn message_endpoint(
     if parts.method != http::Method::POST {
         return Err(ProxyError::BadRequest {
             status: StatusCode::METHOD_NOT_ALLOWED,
-            code: -32600,
+            code: jsonrpc::INVALID_REQUEST,
             message: "Legacy messages are POSTed".into(),
         });
     }
@@ -231,7 +241,7 @@ fn message_endpoint(
         .open(&state.auth.store, base, &ep)
         .ok_or(ProxyError::BadRequest {
             status: StatusCode::BAD_REQUEST,
-            code: -32600,
+            code: jsonrpc::INVALID_REQUEST,
             message: "The message endpoint is missing or invalid; reconnect the SSE stream".into(),
         })
 }
@@ -322,7 +332,7 @@ pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
 pub(crate) fn too_large() -> ProxyError {
     ProxyError::BadRequest {
         status: StatusCode::PAYLOAD_TOO_LARGE,
-        code: -32600,
+        code: jsonrpc::INVALID_REQUEST,
         message: format!("The request body is larger than {MAX_REQUEST_BYTES} bytes"),
     }
 }

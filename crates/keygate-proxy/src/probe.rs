@@ -9,11 +9,12 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use keygate_core::Secret;
+use keygate_core::wire::sse::{Decoder, Event};
 use serde_json::{Value, json};
 use url::Url;
 
 use crate::error::ProxyError;
-use crate::sse::{event_data, is_event_stream};
+use crate::sse::is_event_stream;
 use crate::upstream::Upstream;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,12 +66,13 @@ impl Upstream {
         let body = read(resp.into_body()).await;
         match status {
             s if s.is_success() => {
-                let message = if is_sse {
-                    first_sse_data(&body)
+                let parsed: Option<Value> = if is_sse {
+                    first_event(&body)
+                        .and_then(|e| e.data)
+                        .and_then(|d| serde_json::from_str(&d).ok())
                 } else {
-                    Some(body.clone())
+                    serde_json::from_slice(&body).ok()
                 };
-                let parsed: Option<Value> = message.and_then(|m| serde_json::from_str(&m).ok());
                 let outcome = match parsed.as_ref().and_then(|v| v.get("result")) {
                     Some(result) => ProbeOutcome::Valid(describe(result)),
                     None => ProbeOutcome::Invalid(
@@ -115,23 +117,25 @@ impl Upstream {
             ));
         }
         let mut body = resp.into_body();
-        let mut seen = Vec::new();
+        let mut events = Decoder::new(MAX_PROBE_BODY);
         while let Some(Ok(frame)) = body.frame().await {
-            if let Some(d) = frame.data_ref() {
-                seen.extend_from_slice(d);
-            }
-            let text = String::from_utf8_lossy(&seen);
-            if text.contains("\n\n") {
-                return if text.lines().any(|l| l.trim() == "event: endpoint") {
-                    ProbeOutcome::Valid("MCP server (legacy HTTP+SSE transport)".into())
-                } else {
-                    ProbeOutcome::Invalid(
-                        "the SSE stream did not open with an endpoint event".into(),
-                    )
-                };
-            }
-            if seen.len() > MAX_PROBE_BODY {
-                break;
+            let Some(mut data) = frame.data_ref().map(|d| &d[..]) else {
+                continue;
+            };
+            while let Some(decoded) = events.next_event(&mut data) {
+                match decoded {
+                    Ok(event) if !event.is_dispatched() => continue,
+                    Ok(event) if event.event_type() == "endpoint" => {
+                        return ProbeOutcome::Valid(
+                            "MCP server (legacy HTTP+SSE transport)".into(),
+                        );
+                    }
+                    _ => {
+                        return ProbeOutcome::Invalid(
+                            "the SSE stream did not open with an endpoint event".into(),
+                        );
+                    }
+                }
             }
         }
         ProbeOutcome::Invalid("the SSE stream ended before an endpoint event".into())
@@ -162,18 +166,24 @@ impl Upstream {
     }
 }
 
-async fn read(body: hyper::body::Incoming) -> String {
+async fn read(body: hyper::body::Incoming) -> bytes::Bytes {
     match Limited::new(body, MAX_PROBE_BODY).collect().await {
-        Ok(c) => String::from_utf8_lossy(&c.to_bytes()).into_owned(),
-        Err(_) => String::new(),
+        Ok(c) => c.to_bytes(),
+        Err(_) => bytes::Bytes::new(),
     }
 }
 
-fn first_sse_data(body: &str) -> Option<String> {
-    let event = body
-        .split("\n\n")
-        .find(|e| e.lines().any(|l| l.starts_with("data:")))?;
-    Some(event_data(event))
+/// The first event (with data) of an SSE body.
+fn first_event(mut body: &[u8]) -> Option<Event> {
+    let mut events = Decoder::new(MAX_PROBE_BODY);
+    while let Some(decoded) = events.next_event(&mut body) {
+        match decoded {
+            Ok(event) if event.is_dispatched() => return Some(event),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 fn describe(result: &Value) -> String {

@@ -100,7 +100,7 @@ pub async fn oauth_init(
             if i.auth_mode != AuthMode::Oauth {
                 return Err(ProxyError::BadRequest {
                     status: http::StatusCode::BAD_REQUEST,
-                    code: -32602,
+                    code: keygate_core::wire::jsonrpc::INVALID_PARAMS,
                     message: "This integration does not connect with OAuth".into(),
                 });
             }

@@ -1,7 +1,8 @@
-//! Server-sent events relayed downstream: frames pass through as they arrive, and after 15 s
-//! without data a `: keep-alive` comment is sent — only between events, never inside one
-//! ([`KeepAlive`]). Under it, [`Guarded`] ends an answer whose upstream went silent or broke
-//! off, with a JSON-RPC error for the request when one is still owed.
+//! Server-sent events relayed downstream: frames pass through as they arrive, byte for byte,
+//! and after 15 s without data a `: keep-alive` comment is sent — only between events, never
+//! inside one ([`KeepAlive`]). Under it, [`Guarded`] ends an answer whose upstream went silent
+//! or broke off, with a JSON-RPC error for the request when one is still owed. Both follow the
+//! stream with `keygate_core::wire::sse`, which frames it as clients do.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use keygate_core::wire::jsonrpc::RequestId;
+use keygate_core::wire::sse::{Boundary, Decoder, Event};
 use keygate_trace::observe::PeekHandle;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
@@ -23,22 +26,11 @@ pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
-/// The `data` of one event: its `data:` lines, each without the one space that may follow the
-/// colon, concatenated.
-pub fn event_data(event: &str) -> String {
-    event
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect()
-}
-const COMMENT: &[u8] = b": keep-alive\n\n";
-
 /// A body that interleaves keep-alive comments at event boundaries while idle.
 pub struct KeepAlive<B> {
     inner: B,
     idle: Pin<Box<Sleep>>,
-    at_boundary: bool,
+    boundary: Boundary,
 }
 
 impl<B> KeepAlive<B> {
@@ -46,7 +38,7 @@ impl<B> KeepAlive<B> {
         Self {
             inner,
             idle: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
-            at_boundary: true,
+            boundary: Boundary::default(),
         }
     }
 }
@@ -65,18 +57,17 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && !data.is_empty()
-                {
-                    this.at_boundary = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
+                if let Some(data) = frame.data_ref() {
+                    this.boundary.feed(data);
                 }
                 this.idle.as_mut().reset(Instant::now() + KEEP_ALIVE);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => {
-                if this.at_boundary && this.idle.as_mut().poll(cx).is_ready() {
+                if this.boundary.at_boundary() && this.idle.as_mut().poll(cx).is_ready() {
                     this.idle.as_mut().reset(Instant::now() + KEEP_ALIVE);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(COMMENT)))));
+                    let comment = Event::comment("keep-alive").encode();
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(comment)))));
                 }
                 Poll::Pending
             }
@@ -130,14 +121,10 @@ pub struct Guarded<B> {
     sse: bool,
     answering: Answering,
     /// The resolved id, once known.
-    id: Option<Value>,
+    id: Option<RequestId>,
     answered: bool,
-    /// The current event (`\r` dropped), its first [`MAX_WATCHED_EVENT`] bytes.
-    event: Vec<u8>,
-    overflow: bool,
-    /// Inside an event: bytes since the last blank line.
-    in_event: bool,
-    after_lf: bool,
+    /// The stream's events, up to [`MAX_WATCHED_EVENT`] bytes each, while it is watched.
+    events: Decoder,
     idle_timeout: Duration,
     /// Armed the first time the upstream keeps the answer waiting: an answer that is ready at
     /// once (most JSON answers) never touches the timer.
@@ -157,10 +144,7 @@ impl<B> Guarded<B> {
             answering: relay.answering,
             id: None,
             answered: false,
-            event: Vec::new(),
-            overflow: false,
-            in_event: false,
-            after_lf: false,
+            events: Decoder::new(MAX_WATCHED_EVENT),
             idle_timeout: relay.idle_timeout,
             idle: None,
             last_byte: Instant::now(),
@@ -172,51 +156,38 @@ impl<B> Guarded<B> {
         self.sse && !self.answered && !matches!(self.answering, Answering::Nothing)
     }
 
-    fn request_id(&mut self) -> Option<Value> {
+    fn request_id(&mut self) -> Option<RequestId> {
         if self.id.is_none() {
             self.id = match &self.answering {
                 Answering::Nothing => None,
-                Answering::Id(id) => Some(id.clone()),
-                Answering::Peeked(peek) => peek.request_id(),
+                Answering::Id(id) => RequestId::from_value(id),
+                Answering::Peeked(peek) => {
+                    peek.request_id().as_ref().and_then(RequestId::from_value)
+                }
                 Answering::Body(body) => serde_json::from_slice::<Value>(body)
                     .ok()
-                    .and_then(|m| m.get("id").cloned()),
+                    .and_then(|m| RequestId::of(&m)),
             };
         }
         self.id.clone()
     }
 
     /// Follows the event stream's bytes to notice the event that answers the request.
-    fn scan(&mut self, data: &[u8]) {
-        for &b in data {
-            match b {
-                b'\r' => continue,
-                b'\n' if self.after_lf => {
-                    self.event_ended();
-                    continue;
-                }
-                _ => {}
-            }
-            self.after_lf = b == b'\n';
-            self.in_event = true;
-            if self.event.len() < MAX_WATCHED_EVENT {
-                self.event.push(b);
-            } else {
-                self.overflow = true;
+    fn scan(&mut self, mut data: &[u8]) {
+        while !self.answered
+            && let Some(decoded) = self.events.next_event(&mut data)
+        {
+            match decoded {
+                Ok(event) => self.event_ended(event),
+                Err(too_large) => self.answered = !too_large.head.contains("\"method\""),
             }
         }
     }
 
-    fn event_ended(&mut self) {
-        let event = std::mem::take(&mut self.event);
-        let overflow = std::mem::replace(&mut self.overflow, false);
-        (self.in_event, self.after_lf) = (false, false);
-        let text = String::from_utf8_lossy(&event);
-        if overflow {
-            self.answered |= !text.contains("\"method\"");
+    fn event_ended(&mut self, event: Event) {
+        let Some(data) = event.data else {
             return;
-        }
-        let data = event_data(&text);
+        };
         if !data.contains("\"id\"") {
             return;
         }
@@ -227,7 +198,7 @@ impl<B> Guarded<B> {
             && (message.get("result").is_some() || message.get("error").is_some())
             && self
                 .request_id()
-                .is_none_or(|id| message.get("id") == Some(&id))
+                .is_none_or(|id| message.get("id") == Some(&id.to_value()))
         {
             self.answered = true;
         }
@@ -241,14 +212,18 @@ impl<B> Guarded<B> {
         }
         let id = self.request_id()?;
         let mut out = String::new();
-        if self.in_event {
-            if !self.after_lf {
+        if !self.events.at_boundary() {
+            if self.events.mid_line() {
                 out.push('\n');
             }
-            out.push_str("event: keygate-truncated\n\n");
+            let truncated = Event {
+                event: Some("keygate-truncated".into()),
+                ..Event::default()
+            };
+            out.push_str(&truncated.encode());
         }
-        let error = crate::error::stream_broken(id, silent);
-        out.push_str(&format!("event: message\ndata: {error}\n\n"));
+        let error = crate::error::stream_broken(silent).response(Some(&id));
+        out.push_str(&Event::message(error.to_string()).encode());
         Some(Bytes::from(out))
     }
 
@@ -407,17 +382,74 @@ mod tests {
     async fn an_event_cut_off_is_closed_and_the_request_answered() {
         let (tx, mut body) = guarded(Answering::Id(Value::from(3)));
         let part = Bytes::from_static(b"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"res");
-        tx.send(Ok(Frame::data(part))).await.unwrap();
+        tx.send(Ok(Frame::data(part.clone()))).await.unwrap();
         data(&mut body).await;
         tx.send(Err(std::io::Error::other("reset"))).await.unwrap();
         let last = data(&mut body).await;
-        let (truncated, error) = last.split_once("\n\n").unwrap();
-        assert_eq!(truncated, "\nevent: keygate-truncated");
-        assert!(error.starts_with("event: message\n"), "{last}");
-        let error: Value = serde_json::from_str(&event_data(error)).unwrap();
+        let seen = events(&[part.as_ref(), last.as_bytes()]);
+        assert_eq!(seen.len(), 2, "{last}");
+        assert_eq!(seen[0].event_type(), "keygate-truncated");
+        assert_eq!(seen[1].event_type(), "message");
+        let error: Value = serde_json::from_str(seen[1].data.as_deref().unwrap()).unwrap();
         assert_eq!(error["id"], 3);
         assert_eq!(error["error"]["code"], -32002);
         assert!(body.frame().await.is_none(), "then a clean end");
+    }
+
+    /// The events a client reads from `pieces`.
+    fn events(pieces: &[&[u8]]) -> Vec<Event> {
+        let mut decoder = Decoder::new(1 << 20);
+        let mut out = Vec::new();
+        for mut piece in pieces.iter().copied() {
+            while let Some(event) = decoder.next_event(&mut piece) {
+                out.push(event.unwrap());
+            }
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_ended_by_cr_line_ends_is_recognised() {
+        let (tx, mut body) = guarded(Answering::Id(Value::from("a")));
+        for piece in [
+            &b"data: {\"jsonrpc\":\"2.0\",\"id\":\"a\",\"result\":{}}\r"[..],
+            b"\r",
+        ] {
+            tx.send(Ok(Frame::data(Bytes::from_static(piece))))
+                .await
+                .unwrap();
+            data(&mut body).await;
+        }
+        tx.send(Err(std::io::Error::other("reset"))).await.unwrap();
+        assert!(body.frame().await.is_none(), "answered: nothing to add");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_answers_a_string_id_as_a_string() {
+        let (tx, mut body) = guarded(Answering::Id(Value::from("7")));
+        tx.send(Err(std::io::Error::other("reset"))).await.unwrap();
+        let last = data(&mut body).await;
+        let seen = events(&[last.as_bytes()]);
+        let error: Value = serde_json::from_str(seen[0].data.as_deref().unwrap()).unwrap();
+        assert_eq!(error["id"], "7");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_follows_cr_line_ends() {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+        let mut body = Box::pin(KeepAlive::new(StreamBody::new(tokio_stream_from(rx))));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\r"))))
+            .await
+            .unwrap();
+        next(&mut body).await;
+        let waited = tokio::time::timeout(Duration::from_secs(60), next(&mut body)).await;
+        assert!(waited.is_err(), "no keep-alive before the blank line");
+        tx.send(Ok(Frame::data(Bytes::from_static(b"\r"))))
+            .await
+            .unwrap();
+        next(&mut body).await;
+        assert_eq!(next(&mut body).await, ": keep-alive\n\n");
     }
 
     #[tokio::test(start_paused = true)]
@@ -432,7 +464,7 @@ mod tests {
         tx.send(Ok(Frame::data(note))).await.unwrap();
         data(&mut body).await;
         let last = data(&mut body).await;
-        assert!(last.starts_with("event: message\ndata: "), "{last}");
+        assert!(last.starts_with("data: "), "{last}");
         assert!(last.contains("stopped answering"), "{last}");
     }
 }

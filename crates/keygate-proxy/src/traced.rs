@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::model::Application;
+use keygate_core::wire::jsonrpc::RequestId;
 use keygate_core::{ApplicationId, OrgId};
 use keygate_store::GenCache;
 use keygate_trace::{Exchange, Injected, LocalAnswer, Observed, Status, Telemetry, Who};
@@ -125,7 +126,8 @@ pub fn status_of(e: &ProxyError) -> Status {
     }
 }
 
-/// Hands the exchange to the response (relayed or the gateway's own error).
+/// Hands the exchange to the response: relayed, or the gateway's own error, which answers the
+/// request's id as far as the exchange knows it.
 pub fn finish(mut ex: Exchange, result: Result<Response, ProxyError>) -> Response {
     let resp = match result {
         Ok(resp) => resp,
@@ -135,7 +137,8 @@ pub fn finish(mut ex: Exchange, result: Result<Response, ProxyError>) -> Respons
                 other => other.to_string(),
             };
             ex.fail(status_of(&e), message);
-            let mut resp = e.into_response();
+            let id = ex.request_id().as_ref().and_then(RequestId::from_value);
+            let mut resp = e.answer(id.as_ref());
             resp.extensions_mut().insert(LocalAnswer);
             resp
         }
@@ -143,6 +146,14 @@ pub fn finish(mut ex: Exchange, result: Result<Response, ProxyError>) -> Respons
     let (parts, body) = resp.into_parts();
     let observed = Observed::new(body, ex, parts.status, &parts.headers, &parts.extensions);
     Response::from_parts(parts, Body::new(observed))
+}
+
+/// Before a pass-through request's error is answered: the part of its body that never went
+/// upstream is read (bounded), so that the answer names the request's id.
+pub async fn read_unsent(ex: &mut Exchange, unsent: crate::unsent::Returned) {
+    if let Some(body) = unsent.take() {
+        keygate_trace::observe::read_unsent(ex, body).await;
+    }
 }
 
 /// A request that failed authentication: attributed to the application its URL names (when

@@ -31,7 +31,9 @@
 //! [`FakeUpstream::hits`] every HTTP request it received on any path (known or not), with its
 //! method, path, query and headers — what a test asserts on to show that nothing reached it.
 //! [`FakeUpstream::stall`] makes it stop answering `/mcp` (never, or after the headers) until
-//! it is told to answer again.
+//! it is told to answer again. [`FakeUpstream::split_writes`] makes it send every result as an
+//! SSE event in two writes cut inside a UTF-8 character (and list a tool described as
+//! `café crème`).
 //!
 //! [`FakeUpstream::modern`] speaks only 2026-07-28: stateless (no `Mcp-Session-Id`, `GET` and
 //! `DELETE` → `405`), `server/discover`, results with `resultType`; every request must carry
@@ -99,6 +101,8 @@ struct Shared {
     answers: tokio::sync::broadcast::Sender<Value>,
     /// A [`Stall`], as its discriminant.
     stall: AtomicU8,
+    /// The line end of results sent in two writes ([`FakeUpstream::split_writes`]).
+    split: Mutex<Option<&'static str>>,
 }
 
 impl Shared {
@@ -176,6 +180,13 @@ impl FakeUpstream {
         self.shared.stall.store(stall as u8, Ordering::SeqCst);
     }
 
+    /// From now on sends every result as one SSE event whose lines end with `line_end`, in two
+    /// writes 50 ms apart, cut inside its first multi-byte character; `tools/list` then also
+    /// lists a tool `menu` described as `café crème`.
+    pub fn split_writes(&self, line_end: &'static str) {
+        *self.shared.split.lock().expect("split") = Some(line_end);
+    }
+
     /// Forgets every session it issued: requests carrying one get `404`.
     pub fn forget_sessions(&self) {
         self.shared.epoch.fetch_add(1, Ordering::SeqCst);
@@ -204,6 +215,7 @@ impl FakeUpstream {
             hits: Arc::default(),
             answers,
             stall: AtomicU8::new(Stall::No as u8),
+            split: Mutex::new(None),
         });
         let hits = shared.hits.clone();
         let (on_post, on_get, on_delete) = (shared.clone(), shared.clone(), shared.clone());
@@ -330,6 +342,26 @@ fn event(id: u32, body: &Value) -> Bytes {
     Bytes::from(format!("id: {id}\nevent: message\ndata: {body}\n\n"))
 }
 
+/// `message` as one SSE event with `line_end` line ends, in two writes 50 ms apart, cut inside
+/// its first multi-byte character (in the middle, if it has none).
+fn split_event(message: &Value, line_end: &str) -> Body {
+    let text = format!("event: message{line_end}data: {message}{line_end}{line_end}");
+    let bytes = text.as_bytes();
+    let cut = bytes
+        .iter()
+        .position(|b| !b.is_ascii())
+        .map_or(bytes.len() / 2, |at| at + 1);
+    let (first, second) = (
+        Bytes::copy_from_slice(&bytes[..cut]),
+        Bytes::copy_from_slice(&bytes[cut..]),
+    );
+    let later = stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok::<_, Infallible>(second)
+    });
+    Body::from_stream(stream::iter([Ok(first)]).chain(later))
+}
+
 fn rpc_error(status: StatusCode, id: &Value, code: i64, message: &str, data: Value) -> Response {
     let mut error = json!({"code": code, "message": message});
     if !data.is_null() {
@@ -435,6 +467,8 @@ struct Reply {
     id: Value,
     session: Option<String>,
     modern: bool,
+    /// Results as SSE in two writes, with these line ends.
+    split: Option<&'static str>,
 }
 
 impl Reply {
@@ -442,7 +476,11 @@ impl Reply {
         if self.modern {
             result["resultType"] = json!("complete");
         }
-        let body = Json(json!({"jsonrpc": "2.0", "id": self.id, "result": result}));
+        let message = json!({"jsonrpc": "2.0", "id": self.id, "result": result});
+        if let Some(line_end) = self.split {
+            return self.sse(split_event(&message, line_end));
+        }
+        let body = Json(message);
         match &self.session {
             Some(s) => ([("mcp-session-id", s.clone())], body).into_response(),
             None => body.into_response(),
@@ -468,6 +506,7 @@ async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
         id: req["id"].clone(),
         session: (!shared.modern).then(|| shared.session()),
         modern: shared.modern,
+        split: *shared.split.lock().expect("split"),
     };
     let uri = &req["params"]["uri"];
     match req["method"].as_str().unwrap_or("") {
@@ -479,8 +518,17 @@ async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
             "capabilities": {"tools": {}, "prompts": {}, "resources": {}}})),
         "tools/list" => {
             let schema = json!({"type": "object"});
-            reply.result(json!({"tools": [{"name": "echo", "inputSchema": schema},
-                {"name": "slow", "inputSchema": schema}, {"name": "ask", "inputSchema": schema}]}))
+            let mut tools = vec![
+                json!({"name": "echo", "inputSchema": schema}),
+                json!({"name": "slow", "inputSchema": schema}),
+                json!({"name": "ask", "inputSchema": schema}),
+            ];
+            if reply.split.is_some() {
+                tools.push(
+                    json!({"name": "menu", "description": "café crème", "inputSchema": schema}),
+                );
+            }
+            reply.result(json!({"tools": tools}))
         }
         "prompts/list" => reply.result(json!({"prompts": [{"name": "hello"}]})),
         "resources/list" => {

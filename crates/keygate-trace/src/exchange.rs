@@ -210,6 +210,18 @@ impl Exchange {
         self.peek = Some(peek);
     }
 
+    /// What a [`crate::Peek`] of the request body saw (a fresh record when there was none).
+    pub(crate) fn peek_or_new(&mut self) -> Arc<Mutex<PeekBuf>> {
+        self.peek.get_or_insert_with(Arc::default).clone()
+    }
+
+    /// The request's JSON-RPC id, as far as it is known: from the message the handler read,
+    /// or from the request body a [`crate::Peek`] saw go by (whole, and small enough).
+    pub fn request_id(&mut self) -> Option<Value> {
+        self.resolve_request();
+        self.rpc_id.clone()
+    }
+
     /// For a pass-through request: fills method, id and tool from the request body seen so far
     /// (the body streams upstream untouched; only a bounded prefix was kept).
     pub(crate) fn resolve_request(&mut self) {

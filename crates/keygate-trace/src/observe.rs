@@ -3,9 +3,12 @@
 //! - [`Peek`] wraps a request body that streams upstream: it counts the bytes and keeps a
 //!   bounded prefix (enough for a JSON-RPC request's method, id and tool name).
 //! - [`Observed`] wraps the response relayed to the client: it counts the bytes and reads the
-//!   JSON-RPC answer — a JSON body's end, or in an SSE stream the event that answers the
-//!   request's id — then completes the exchange. Frames pass on the moment they arrive; the
-//!   only copy is of (bounded) bytes it inspects.
+//!   JSON-RPC answer — a JSON body's end, or in an SSE stream (decoded by
+//!   `keygate_core::wire::sse`) the event that answers the request's id — then completes the
+//!   exchange. Frames pass on the moment they arrive; the only copy is of (bounded) bytes it
+//!   inspects.
+//! - [`read_unsent`] reads the rest of a request body that never went upstream, as a [`Peek`]
+//!   would have, so that the gateway's own answer can name the request's id.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -13,6 +16,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use keygate_core::wire::sse::{Decoder, Event};
 use serde_json::Value;
 
 use crate::exchange::{Exchange, LocalAnswer, Status};
@@ -85,6 +89,40 @@ impl<B> Peek<B> {
     }
 }
 
+/// How long [`read_unsent`] waits for the rest of a body.
+const UNSENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads what is left of a request body that never went upstream (the gateway answers the
+/// request itself) into what the exchange saw of it, as a [`Peek`] would have: at most the
+/// inspection limit, for at most 2 s. The request's id is then known, if the body is a whole
+/// JSON-RPC message within that limit. Nothing is read when the handler already read the
+/// message.
+pub async fn read_unsent<B>(exchange: &mut Exchange, body: B)
+where
+    B: Body<Data = Bytes>,
+{
+    if exchange.method.is_some() || exchange.rpc_id.is_some() {
+        return;
+    }
+    let limit = inspect_limit(exchange);
+    let seen = exchange.peek_or_new();
+    let mut body = std::pin::pin!(body);
+    let read = async {
+        while let Some(Ok(frame)) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.total += data.len() as u64;
+            if seen.bytes.len() + data.len() > limit {
+                return; // too large to name its id
+            }
+            seen.bytes.extend_from_slice(data);
+        }
+    };
+    let _ = tokio::time::timeout(UNSENT_WAIT, read).await;
+}
+
 fn inspect_limit(exchange: &Exchange) -> usize {
     let capture = exchange.capture();
     if capture.is_on() {
@@ -141,8 +179,8 @@ pub struct Observed<B> {
 enum Kind {
     /// A JSON body: its first bytes, parsed at the end.
     Json(Vec<u8>),
-    /// An event stream: the current (partial) event.
-    Sse(Vec<u8>),
+    /// An event stream, decoded up to the inspection limit per event.
+    Sse(Decoder),
     /// Anything else (an empty 202, an error page): only counted.
     Other,
 }
@@ -165,9 +203,10 @@ impl<B: Body> Observed<B> {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        let limit = inspect_limit(&exchange);
         let (kind, stream) = if content_type.starts_with("text/event-stream") {
             (
-                Kind::Sse(Vec::new()),
+                Kind::Sse(Decoder::new(limit)),
                 Some(exchange.metrics().stream_opened()),
             )
         } else if content_type.starts_with("application/json") {
@@ -176,7 +215,7 @@ impl<B: Body> Observed<B> {
             (Kind::Other, None)
         };
         let mut observed = Self {
-            limit: inspect_limit(&exchange),
+            limit,
             exchange: Some(exchange),
             kind,
             local: extensions.get::<LocalAnswer>().is_some(),
@@ -208,14 +247,11 @@ impl<B> Observed<B> {
                     too_large = true;
                 }
             }
-            Kind::Sse(buf) => {
-                buf.extend(data.iter().filter(|b| **b != b'\r'));
-                while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                    events.push(buf.drain(..end + 2).collect::<Vec<u8>>());
-                }
-                if buf.len() > limit {
-                    // An event too large to inspect: skip to the next boundary.
-                    buf.clear();
+            Kind::Sse(decoder) => {
+                let mut rest = &data[..];
+                while let Some(decoded) = decoder.next_event(&mut rest) {
+                    // An event too large to inspect is skipped.
+                    events.extend(decoded.ok());
                 }
             }
             Kind::Other => {}
@@ -232,22 +268,17 @@ impl<B> Observed<B> {
     }
 
     /// Whether this SSE event is the response to the exchange's request.
-    fn answers(&mut self, event: &[u8]) -> bool {
+    fn answers(&mut self, event: &Event) -> bool {
         let Some(exchange) = self.exchange.as_mut() else {
             return false;
         };
-        let Ok(text) = std::str::from_utf8(event) else {
+        let Some(data) = &event.data else {
             return false;
         };
-        let data: String = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
         if !data.contains("\"id\"") {
             return false; // a notification: no need to parse it
         }
-        let Ok(message) = serde_json::from_str::<Value>(&data) else {
+        let Ok(message) = serde_json::from_str::<Value>(data) else {
             return false;
         };
         if message.get("method").is_some()

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
 use keygate_core::config::Config;
+use keygate_core::wire::sse::Decoder;
 use serde_json::Value;
 
 #[derive(Args, Debug)]
@@ -153,6 +154,9 @@ async fn token(
         .with_context(|| format!("the token endpoint answered {status}: {}", body["error"]))
 }
 
+/// The largest trace event read (one holds at most two captured payloads of 1 MiB).
+const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
 /// Reads one SSE response to its end, printing events and remembering the last id.
 async fn follow(
     resp: reqwest::Response,
@@ -160,23 +164,21 @@ async fn follow(
     json: bool,
 ) -> anyhow::Result<()> {
     let mut body = resp.bytes_stream();
-    let mut buf = String::new();
+    let mut events = Decoder::new(MAX_EVENT_BYTES);
     while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk?).replace("\r\n", "\n"));
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            let mut id = None;
-            let mut data = String::new();
-            for line in event.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = Some(v.trim().to_owned());
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        let chunk = chunk?;
+        let mut rest = &chunk[..];
+        while let Some(decoded) = events.next_event(&mut rest) {
+            let event = match decoded {
+                Ok(event) => event,
+                Err(e) => {
+                    eprintln!("keygate tail: skipped {e}");
+                    continue;
                 }
-            }
-            if data.is_empty() {
+            };
+            let Some(data) = event.data.filter(|d| !d.is_empty()) else {
                 continue; // a keep-alive comment
-            }
+            };
             let line = if json {
                 data
             } else {
@@ -188,8 +190,8 @@ async fn follow(
             let mut out = std::io::stdout().lock();
             writeln!(out, "{line}")?;
             out.flush()?;
-            if id.is_some() {
-                *last = id;
+            if event.id.is_some() {
+                *last = event.id;
             }
         }
     }

@@ -27,6 +27,13 @@ both_backends!(
     aggregated_stream_resumes_every_upstream,
     hanging_upstream_gets_a_timeout,
     connect_link_completes_a_missing_connection,
+    passthrough_keeps_utf8_split_across_writes,
+    aggregated_tools_list_keeps_utf8_split_across_writes,
+    aggregated_tools_call_keeps_utf8_split_across_writes,
+    passthrough_upstream_down_answers_with_the_request_id,
+    passthrough_unknown_integration_answers_with_the_request_id,
+    aggregated_upstream_down_answers_with_the_request_id,
+    aggregated_unknown_tool_answers_with_the_request_id,
     aggregated_calls_without_connection_mint_no_connect_sessions,
     warm_aggregated_calls_write_nothing,
 );
@@ -1873,4 +1880,167 @@ async fn warm_aggregated_calls_write_nothing(backend: Backend) {
 
 async fn bob_for(w: &World, resource: &str) -> String {
     w.gw.user_token(w.bob, w.app, resource).await
+}
+
+/// The line ends an upstream may end its SSE lines with.
+const LINE_ENDS: [&str; 3] = ["\n", "\r\n", "\r"];
+
+/// An upstream named `split`, attached, that can send its results in two writes cut inside
+/// `é` ([`FakeUpstream::split_writes`]).
+async fn split_upstream(w: &World) -> (FakeUpstream, String) {
+    let up = FakeUpstream::named("split").await;
+    let (_, slug) = w.integration(json!({"name": "Split", "url": up.url})).await;
+    (up, slug)
+}
+
+/// A 2025 client's aggregated session.
+async fn aggregated_session(w: &World, token: &str) -> String {
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let resp = w.aggregated(token, None, &init).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A body as text; it must be UTF-8 (a character broken on the way shows as U+FFFD).
+async fn utf8(resp: reqwest::Response) -> String {
+    String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap()
+}
+
+/// `tools/call` of the fake's echo tool (as `name`) with a multi-byte argument.
+fn order(name: &str) -> Value {
+    json!({"name": name, "arguments": {"order": "café crème"}})
+}
+
+/// A URL where nothing listens.
+async fn dead_url() -> String {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}/mcp", dead.local_addr().unwrap())
+}
+
+async fn passthrough_keeps_utf8_split_across_writes(backend: Backend) {
+    let w = world(backend).await;
+    let (up, slug) = split_upstream(&w).await;
+    let alice = w.token(w.alice).await;
+    for line_end in LINE_ENDS {
+        up.split_writes(line_end);
+        let list = w.call(&slug, Some(&alice), rpc(1, "tools/list", json!({})));
+        let list = utf8(list.await).await;
+        assert!(list.contains("\"café crème\""), "{line_end:?}: {list}");
+        let call = w.call(&slug, Some(&alice), rpc(2, "tools/call", order("echo")));
+        let call = utf8(call.await).await;
+        assert!(call.contains("\"café crème\""), "{line_end:?}: {call}");
+    }
+    w.gw.stop().await;
+}
+
+async fn aggregated_tools_list_keeps_utf8_split_across_writes(backend: Backend) {
+    let w = world(backend).await;
+    let (up, _) = split_upstream(&w).await;
+    let alice = w.token(w.alice).await;
+    let session = aggregated_session(&w, &alice).await;
+    for line_end in LINE_ENDS {
+        up.split_writes(line_end);
+        let list = rpc(1, "tools/list", json!({}));
+        let resp = w.aggregated(&alice, Some(&session), &list).send().await;
+        let tools: Value = resp.unwrap().json().await.unwrap();
+        let menu = tools["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "split_menu");
+        assert_eq!(
+            menu.map(|t| &t["description"]),
+            Some(&json!("café crème")),
+            "{line_end:?}: {tools}"
+        );
+    }
+    w.gw.stop().await;
+}
+
+async fn aggregated_tools_call_keeps_utf8_split_across_writes(backend: Backend) {
+    let w = world(backend).await;
+    let (up, _) = split_upstream(&w).await;
+    let alice = w.token(w.alice).await;
+    let session = aggregated_session(&w, &alice).await;
+    for line_end in LINE_ENDS {
+        up.split_writes(line_end);
+        let call = rpc(2, "tools/call", order("split_echo"));
+        let resp = w.aggregated(&alice, Some(&session), &call).send().await;
+        let resp = resp.unwrap();
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let text = utf8(resp).await;
+        assert!(text.contains("\"café crème\""), "{line_end:?}: {text}");
+    }
+    w.gw.stop().await;
+}
+
+/// The ids a client may give its requests: numbers and strings, each answered as it was sent.
+fn ids() -> [Value; 2] {
+    [json!(7), json!("7")]
+}
+
+async fn passthrough_upstream_down_answers_with_the_request_id(backend: Backend) {
+    let w = world(backend).await;
+    let (_, down) = w
+        .integration(json!({"name": "Down", "url": dead_url().await}))
+        .await;
+    let alice = w.token(w.alice).await;
+    for id in ids() {
+        let ping = json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
+        let resp = w.call(&down, Some(&alice), ping).await;
+        assert_eq!(resp.status(), 502);
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], -32002);
+        assert_eq!(answer["id"], id, "{answer}");
+    }
+    w.gw.stop().await;
+}
+
+async fn passthrough_unknown_integration_answers_with_the_request_id(backend: Backend) {
+    let w = world(backend).await;
+    let alice = w.token(w.alice).await;
+    for id in ids() {
+        let ping = json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
+        let resp = w.call("nope", Some(&alice), ping).await;
+        assert_eq!(resp.status(), 404);
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["id"], id, "{answer}");
+    }
+    w.gw.stop().await;
+}
+
+async fn aggregated_upstream_down_answers_with_the_request_id(backend: Backend) {
+    let w = world(backend).await;
+    w.integration(json!({"name": "Down", "url": dead_url().await}))
+        .await;
+    let alice = w.token(w.alice).await;
+    let session = aggregated_session(&w, &alice).await;
+    for id in ids() {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": order("down_echo")});
+        let resp = w.aggregated(&alice, Some(&session), &call).send().await;
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 502);
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], -32002);
+        assert_eq!(answer["id"], id, "{answer}");
+    }
+    w.gw.stop().await;
+}
+
+async fn aggregated_unknown_tool_answers_with_the_request_id(backend: Backend) {
+    let w = world(backend).await;
+    let alice = w.token(w.alice).await;
+    let session = aggregated_session(&w, &alice).await;
+    for id in ids() {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": order("nope_echo")});
+        let resp = w.aggregated(&alice, Some(&session), &call).send().await;
+        let answer: Value = resp.unwrap().json().await.unwrap();
+        assert_eq!(answer["error"]["code"], -32602);
+        assert_eq!(answer["id"], id, "{answer}");
+    }
+    w.gw.stop().await;
 }

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
+use keygate_core::wire::jsonrpc::{self, RequestId};
 use serde_json::{Map, Value, json};
 
 use super::era::{self, Era};
 use super::handshakes;
 use super::session::{AggregatedSession, UpstreamSession};
 use super::upstream::{self, Member, candidates, within};
-use super::{SEPARATOR, result};
+use super::{SEPARATOR, invalid, result};
 use crate::ProxyState;
 use crate::credentials;
 use crate::error::ProxyError;
@@ -44,7 +45,9 @@ pub async fn initialize(
     caller: &Arc<McpCaller>,
     message: &Value,
 ) -> Result<Response, ProxyError> {
-    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let Some(id) = RequestId::of(message) else {
+        return Err(invalid("initialize is a request: it has an id"));
+    };
     let params = &message["params"];
     let version = era::handshake_version(params["protocolVersion"].as_str());
     // Upstreams are offered the version the client gets (never a stateless one).
@@ -62,12 +65,15 @@ pub async fn initialize(
         client_info: params.get("clientInfo").cloned(),
     };
     let sealed = session.seal(&state.auth.store, caller.app.org_id, caller.user);
-    let body = json!({"jsonrpc": "2.0", "id": id, "result": {
-        "protocolVersion": version,
-        "capabilities": Value::Object(summary.capabilities),
-        "serverInfo": server_info(caller),
-        "instructions": instructions(&summary.notes),
-    }});
+    let body = jsonrpc::result(
+        &id,
+        json!({
+            "protocolVersion": version,
+            "capabilities": Value::Object(summary.capabilities),
+            "serverInfo": server_info(caller),
+            "instructions": instructions(&summary.notes),
+        }),
+    );
     let mut resp = axum::Json(body).into_response();
     resp.headers_mut().insert(
         "mcp-session-id",
@@ -82,7 +88,7 @@ pub async fn discover(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
     meta: &Map<String, Value>,
-    id: Value,
+    id: RequestId,
 ) -> Result<Response, ProxyError> {
     let candidates = candidates(state, caller).await?;
     let summary = summarize(state, "server/discover", &candidates, true, |m| {
@@ -96,7 +102,7 @@ pub async fn discover(
         "_meta": {era::META_SERVER_INFO: server_info(caller)},
     });
     era::cacheable(&mut body);
-    Ok(result(id, body))
+    Ok(result(&id, body))
 }
 
 async fn join_initialize(

@@ -34,28 +34,33 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::IntegrationId;
+use keygate_core::wire::jsonrpc::{self, RequestId};
+use keygate_core::wire::sse::Event;
 use serde_json::{Value, json};
 
 use self::cursor::Cursor;
-use self::events::{MapEvents, map_event};
+use self::events::{Events, MAX_EVENT_BYTES, map_event};
 use self::session::AggregatedSession;
 use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send, within};
 use crate::ProxyState;
 use crate::credentials;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, local_answer};
 use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
 use crate::sse::{KeepAlive, is_event_stream};
 use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP, TRACEPARENT};
-use keygate_trace::{Exchange, LocalAnswer};
+use keygate_trace::Exchange;
 
 const SEPARATOR: char = '_';
 const ID_SEPARATOR: char = '~';
+
+/// MCP 2025's JSON-RPC code for a resource no upstream has.
+const RESOURCE_NOT_FOUND: i64 = -32002;
 
 pub async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     let route = if req.uri().path().starts_with("/mcp") {
@@ -89,10 +94,9 @@ async fn dispatch(
     match parts.method {
         Method::POST => {
             let message = read_message(&parts.headers, body, ex).await?;
-            let id = message.get("id").cloned().unwrap_or(Value::Null);
             match post(state, &caller, &parts.headers, session, message, ex).await {
                 // A routed upstream whose grant turned out to be gone: this answer is sent.
-                Err(e) => Err(credentials::with_connect_link(state, &caller, e, id).await),
+                Err(e) => Err(credentials::with_connect_link(state, &caller, e).await),
                 answer => answer,
             }
         }
@@ -146,6 +150,12 @@ async fn read_message(
     if message.get("params").is_some_and(|p| !p.is_object()) {
         return Err(invalid("MCP params are an object"));
     }
+    if message
+        .get("id")
+        .is_some_and(|id| RequestId::from_value(id).is_none())
+    {
+        return Err(invalid("A JSON-RPC id is a string or a number"));
+    }
     Ok(message)
 }
 
@@ -183,16 +193,17 @@ async fn stateless(
     message: Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
-    let id = match (message.get("method"), message.get("id")) {
-        (Some(_), Some(id)) => id.clone(),
+    let id = match (message.get("method"), RequestId::of(&message)) {
+        (Some(_), Some(id)) => id,
         (Some(_), None) => return Ok(StatusCode::ACCEPTED.into_response()),
         (None, _) => return Err(invalid("A 2026-07-28 client sends requests only")),
     };
     let meta = match era::accept(headers, &message) {
         Ok(meta) => Arc::new(meta),
         Err(r) => {
-            let status = StatusCode::BAD_REQUEST;
-            return Ok(rpc_error_with(status, id, r.code, &r.message, r.data));
+            let mut error = jsonrpc::Error::new(r.code, r.message);
+            error.data = r.data;
+            return Ok(rpc_error_with(StatusCode::BAD_REQUEST, &id, error));
         }
     };
     if message["method"] == "server/discover" {
@@ -215,26 +226,26 @@ async fn serve(
     message: &Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
-    let (method, id) = match (message["method"].as_str(), message.get("id")) {
-        (Some(method), Some(id)) => (method, id.clone()),
+    let (method, id) = match (message["method"].as_str(), RequestId::of(message)) {
+        (Some(method), Some(id)) => (method, id),
         (Some(_), None) => return notify(state, members, downstream, message).await,
-        (None, Some(Value::String(namespaced))) => {
-            return answer_upstream(state, members, downstream, message, namespaced, ex).await;
+        (None, Some(RequestId::String(namespaced))) => {
+            return answer_upstream(state, members, downstream, message, &namespaced, ex).await;
         }
         _ => return Err(invalid("Not a JSON-RPC request, notification or response")),
     };
     let modern = downstream.is_modern();
     match method {
-        "ping" if !modern => Ok(result(id, json!({}))),
+        "ping" if !modern => Ok(result(&id, json!({}))),
         "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
             let mut body = json!({ list_key(method): fan_out_list(state, members, downstream, method).await? });
             if modern {
                 era::cacheable(&mut body);
             }
-            Ok(result(id, body))
+            Ok(result(&id, body))
         }
-        "tools/call" | "prompts/get" => route(state, members, downstream, message, id, ex).await,
-        "resources/read" => read_resource(state, members, downstream, message, id).await,
+        "tools/call" | "prompts/get" => route(state, members, downstream, message, &id, ex).await,
+        "resources/read" => read_resource(state, members, downstream, message, &id).await,
         "logging/setLevel" if !modern => {
             let sent = join_all(
                 handshake_era(members, downstream)
@@ -242,7 +253,7 @@ async fn serve(
             )
             .await;
             sent.into_iter().flatten().collect::<Result<Vec<_>, _>>()?;
-            Ok(result(id, json!({})))
+            Ok(result(&id, json!({})))
         }
         // A 2026 server answers an unknown method with 404 (ping and setLevel are gone).
         other => Ok(rpc_error_with(
@@ -251,10 +262,11 @@ async fn serve(
             } else {
                 StatusCode::OK
             },
-            id,
-            -32601,
-            &format!("Method not found: {other}"),
-            None,
+            &id,
+            jsonrpc::Error::new(
+                jsonrpc::METHOD_NOT_FOUND,
+                format!("Method not found: {other}"),
+            ),
         )),
     }
 }
@@ -321,7 +333,7 @@ async fn route(
     members: &[Member],
     downstream: &Downstream,
     message: &Value,
-    id: Value,
+    id: &RequestId,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let name = message["params"]["name"].as_str().unwrap_or("");
@@ -335,7 +347,8 @@ async fn route(
         } else {
             "prompt"
         };
-        return Ok(rpc_error(id, -32602, &format!("Unknown {noun}: {name}")));
+        let message = format!("Unknown {noun}: {name}");
+        return Ok(rpc_error(id, jsonrpc::INVALID_PARAMS, &message));
     };
     ex.integration = Some(member.integration.id);
     let mut upstream_msg = message.clone();
@@ -349,7 +362,7 @@ async fn read_resource(
     members: &[Member],
     downstream: &Downstream,
     message: &Value,
-    id: Value,
+    id: &RequestId,
 ) -> Result<Response, ProxyError> {
     let answers = join_all(members.iter().map(|m| {
         within(
@@ -379,7 +392,11 @@ async fn read_resource(
         // 2026-07-28 replaced the code for "resource not found" with Invalid Params.
         None => rpc_error(
             id,
-            if modern { -32602 } else { -32002 },
+            if modern {
+                jsonrpc::INVALID_PARAMS
+            } else {
+                RESOURCE_NOT_FOUND
+            },
             "Resource not found",
         ),
     })
@@ -497,7 +514,7 @@ async fn relay_call(
     let slug: Arc<str> = member.integration.slug.as_str().into();
     let mut out = if is_event_stream(&parts.headers) {
         let (data, integration) = (for_client(slug, stamp), member.integration.id);
-        let events = MapEvents::new(body, move |event: &[u8]| {
+        let events = events::relay(body, move |event| {
             map_event(event, &data, |id| Cursor::one(integration, id))
         });
         let mut r = Response::new(Body::new(KeepAlive::new(events)));
@@ -566,7 +583,7 @@ async fn merged_stream(
     cursor: Cursor,
 ) -> Result<Response, ProxyError> {
     let members = members(state, caller).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<(IntegrationId, Arc<str>, Bytes)>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<(IntegrationId, Arc<str>, Event)>(64);
     let opening = join_all(members.iter().filter_map(|m| {
         let up = session.legacy(m.integration.id)?;
         let open = upstream::open_stream(state, m, up, cursor.get(m.integration.id));
@@ -587,13 +604,11 @@ async fn merged_stream(
         opened += 1;
         let (tx, integration) = (tx.clone(), m.integration.id);
         let slug: Arc<str> = m.integration.slug.as_str().into();
-        // Split into whole events here; the consumer rewrites them.
-        let mut body = MapEvents::new(resp.into_body(), Bytes::copy_from_slice);
+        // Decoded into whole events here; the consumer rewrites them.
+        let mut events = Events::new(resp.into_body(), MAX_EVENT_BYTES);
         tokio::spawn(async move {
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(event) = frame.into_data()
-                    && tx.send((integration, slug.clone(), event)).await.is_err()
-                {
+            while let Some(Ok(event)) = events.next().await {
+                if tx.send((integration, slug.clone(), event)).await.is_err() {
                     break; // the client went away
                 }
             }
@@ -606,11 +621,11 @@ async fn merged_stream(
     // One consumer stamps the ids, so they advance in the order the client receives events.
     let stream = futures_util::stream::unfold((rx, cursor), |(mut rx, mut cursor)| async move {
         let (integration, slug, event) = rx.recv().await?;
-        let event = map_event(&event, namespace_request(slug), |id| {
+        let event = map_event(event, namespace_request(slug), |id| {
             cursor.advance(integration, id);
             cursor.encode()
         });
-        Some((Ok::<_, std::io::Error>(event), (rx, cursor)))
+        Some((Ok::<_, std::io::Error>(event.encode()), (rx, cursor)))
     });
     let mut resp = Response::new(Body::new(KeepAlive::new(Body::from_stream(stream))));
     resp.headers_mut().insert(
@@ -622,38 +637,24 @@ async fn merged_stream(
     Ok(resp)
 }
 
-fn result(id: Value, result: Value) -> Response {
-    let mut resp =
-        axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response();
-    resp.extensions_mut().insert(LocalAnswer);
-    resp
+/// The gateway's own result for the request with `id`.
+fn result(id: &RequestId, result: Value) -> Response {
+    local_answer(StatusCode::OK, jsonrpc::result(id, result))
 }
 
-fn rpc_error(id: Value, code: i64, message: &str) -> Response {
-    rpc_error_with(StatusCode::OK, id, code, message, None)
+/// The gateway's own JSON-RPC error for the request with `id`.
+fn rpc_error(id: &RequestId, code: i64, message: &str) -> Response {
+    rpc_error_with(StatusCode::OK, id, jsonrpc::Error::new(code, message))
 }
 
-fn rpc_error_with(
-    status: StatusCode,
-    id: Value,
-    code: i64,
-    message: &str,
-    data: Option<Value>,
-) -> Response {
-    let mut error = json!({"code": code, "message": message});
-    if let Some(data) = data {
-        error["data"] = data;
-    }
-    let body = json!({"jsonrpc": "2.0", "id": id, "error": error});
-    let mut resp = (status, axum::Json(body)).into_response();
-    resp.extensions_mut().insert(LocalAnswer);
-    resp
+fn rpc_error_with(status: StatusCode, id: &RequestId, error: jsonrpc::Error) -> Response {
+    local_answer(status, error.response(Some(id)))
 }
 
 fn invalid(message: &str) -> ProxyError {
     ProxyError::BadRequest {
         status: StatusCode::BAD_REQUEST,
-        code: -32600,
+        code: jsonrpc::INVALID_REQUEST,
         message: message.to_owned(),
     }
 }
@@ -661,7 +662,7 @@ fn invalid(message: &str) -> ProxyError {
 fn parse_error() -> ProxyError {
     ProxyError::BadRequest {
         status: StatusCode::BAD_REQUEST,
-        code: -32700,
+        code: jsonrpc::PARSE_ERROR,
         message: "Parse error".into(),
     }
 }
@@ -669,7 +670,7 @@ fn parse_error() -> ProxyError {
 fn unknown_session() -> ProxyError {
     ProxyError::BadRequest {
         status: StatusCode::NOT_FOUND,
-        code: -32001,
+        code: crate::error::NOT_FOUND,
         message: "Session not found; initialize again".into(),
     }
 }

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::IntegrationId;
 use keygate_core::model::{Category, Integration};
 use serde_json::{Map, Value};
 
 use super::era::{self, Era};
+use super::events::{Events, MAX_EVENT_BYTES};
 use super::handshakes;
 use super::session::{AggregatedSession, UpstreamSession};
 use crate::ProxyState;
@@ -22,7 +24,7 @@ use crate::error::ProxyError;
 use crate::gate::McpCaller;
 use crate::passthrough::MAX_REQUEST_BYTES;
 use crate::retry;
-use crate::sse::{event_data, is_event_stream};
+use crate::sse::is_event_stream;
 use crate::traced::{self, ROUTE_AGGREGATED, TRACEPARENT};
 
 const SESSION_ID: &str = "mcp-session-id";
@@ -510,7 +512,7 @@ pub async fn read_answer(
     if !status.is_success() && !status.is_client_error() {
         return Err(format!("answered {status}"));
     }
-    let mut body = resp.into_body();
+    let body = resp.into_body();
     if !is_sse {
         let bytes = Limited::new(body, MAX_REQUEST_BYTES)
             .collect()
@@ -523,24 +525,16 @@ pub async fn read_answer(
             _ => Err(format!("answered {status} without a JSON-RPC answer")),
         };
     }
-    let mut buf = String::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
-        if let Some(d) = frame.data_ref() {
-            buf.push_str(&String::from_utf8_lossy(d).replace("\r\n", "\n"));
-        }
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            let data = event_data(&event);
-            if let Ok(v) = serde_json::from_str::<Value>(&data)
-                && v.get("method").is_none()
-                && v.get("id") == id
-            {
-                return Ok(v);
-            }
-        }
-        if buf.len() > MAX_REQUEST_BYTES {
-            return Err("answer too large".into());
+    let mut events = Events::new(body, MAX_EVENT_BYTES);
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| e.to_string())?;
+        if let Some(v) = event
+            .data
+            .and_then(|data| serde_json::from_str::<Value>(&data).ok())
+            && v.get("method").is_none()
+            && v.get("id") == id
+        {
+            return Ok(v);
         }
     }
     Err("the stream ended without an answer".into())
