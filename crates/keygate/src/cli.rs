@@ -276,7 +276,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     if let Some(path) = sqlite_file(&config).filter(|p| !p.exists()) {
         tracing::info!(path = %path.display(), "no database yet: creating one");
     }
-    let gateway = Gateway::open(&config, &kek).await?;
+    let gateway = Gateway::open(&config, &kek)
+        .await
+        .map_err(|e| settings::explain_unlock_failure(&key_source, e))?;
     banner(&config, bound, &gateway.public_url, &key_source);
     gateway.serve(listener, shutdown_signal()).await
 }
@@ -286,7 +288,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
 fn banner(config: &Config, bound: SocketAddr, url: &str, key: &KeySource) {
     let database = redact_url(&config.database_url());
     let key = match key {
-        KeySource::File(path) => path.display().to_string(),
+        KeySource::File(path) | KeySource::Generated(path) => path.display().to_string(),
         KeySource::Config => "vault.key (configuration)".to_owned(),
     };
     let private = &config.outbound.allowed_private_hosts;
@@ -364,9 +366,11 @@ fn existing_database(config: &Config, fresh: Fresh) -> anyhow::Result<()> {
 /// Opens the store of a local command (the caller has checked, with [`existing_database`],
 /// what a missing database means for it).
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let (kek, _) = resolve_kek(config)?;
+    let (kek, source) = resolve_kek(config)?;
     let db = open_db(config).await?;
-    let vault = Vault::unlock(&db, &kek).await?;
+    let vault = Vault::unlock(&db, &kek)
+        .await
+        .map_err(|e| settings::explain_unlock_failure(&source, e.into()))?;
     Ok(Store::new(db, vault))
 }
 
@@ -439,10 +443,13 @@ async fn rotate_key(config: &Config) -> anyhow::Result<()> {
     existing_database(config, Fresh::Refuse("re-key"))?;
     let (old, source) = resolve_kek(config)?;
     let db = open_db(config).await?;
+    if let Err(e) = Vault::unlock(&db, &old).await {
+        return Err(settings::explain_unlock_failure(&source, e.into()));
+    }
     let new_b64 = Kek::generate_base64();
     let new = Kek::from_base64(&new_b64)?;
     match source {
-        KeySource::File(path) => {
+        KeySource::File(path) | KeySource::Generated(path) => {
             // Write the new key beside the old one first: if anything fails after the database
             // commits, the key that opens the data is still on disk.
             let staged = path.with_extension("key.new");

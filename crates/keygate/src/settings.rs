@@ -10,7 +10,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use keygate_core::config::{Config, ConfigError, FIELDS, FieldKind, env_var_for};
-use keygate_store::Kek;
+use keygate_store::{Kek, StoreError, VaultError};
 
 /// Exit code for bad configuration (sysexits `EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
@@ -302,7 +302,29 @@ pub fn resolve_kek(config: &Config) -> anyhow::Result<(Kek, KeySource)> {
         path = %path.display(),
         "generated a new vault key; back it up: without it no stored credential can be decrypted"
     );
-    Ok((Kek::from_base64(&key)?, KeySource::File(path)))
+    Ok((Kek::from_base64(&key)?, KeySource::Generated(path)))
+}
+
+/// Explains a vault that will not open with the key this run just generated: the database's
+/// credentials are sealed with the key file that went missing. The generated file is removed,
+/// so that the next start does not take it for the missing one.
+pub fn explain_unlock_failure(source: &KeySource, e: anyhow::Error) -> anyhow::Error {
+    let wrong_key = matches!(
+        e.downcast_ref::<StoreError>(),
+        Some(StoreError::Vault(VaultError::WrongKek { .. }))
+    );
+    match source {
+        KeySource::Generated(path) if wrong_key => {
+            let _ = fs::remove_file(path);
+            anyhow::anyhow!(
+                "{} is missing, and the database's credentials are sealed with the key that was \
+                 there: restore that file (or set vault.key / KEYGATE_VAULT_KEY); to start \
+                 afresh instead, move the database away ({e})",
+                path.display()
+            )
+        }
+        _ => e,
+    }
 }
 
 /// Where the key-encryption key came from.
@@ -310,6 +332,8 @@ pub fn resolve_kek(config: &Config) -> anyhow::Result<(Kek, KeySource)> {
 pub enum KeySource {
     Config,
     File(PathBuf),
+    /// No key file existed: this run generated it.
+    Generated(PathBuf),
 }
 
 /// Writes `contents` to a new file readable only by its owner, creating parent directories

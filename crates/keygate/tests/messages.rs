@@ -381,3 +381,31 @@ fn a_command_on_existing_data_refuses_a_missing_database() {
     );
     assert!(!data.exists(), "a refused command left files behind");
 }
+
+/// A data directory whose database survived but whose vault key did not: a fresh key could
+/// open none of the stored credentials, so the command refuses, says what to restore, and
+/// leaves no generated key behind to be mistaken for the lost one.
+#[test]
+fn a_lost_vault_key_is_not_silently_replaced() {
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join(".local/share/keygate/vault.key");
+    let mut command = keygate(home.path());
+    command.args(["user", "add", "owner@example.com", "--role", "owner"]);
+    let out = run(command);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::remove_file(&key).unwrap();
+
+    let mut command = keygate(home.path());
+    command.args(["user", "add", "second@example.com"]);
+    let out = run(command);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "{} is missing, and the database's credentials are sealed with the key that was there",
+            key.display()
+        )),
+        "{err}"
+    );
+    assert!(!key.exists(), "a generated key was left behind");
+}
