@@ -133,10 +133,7 @@ pub async fn connect_page(
         Err(e) => return failed(e),
     };
     let mut body = String::from("<ul>");
-    for i in integrations
-        .iter()
-        .filter(|i| matches!(i.auth_mode, AuthMode::UserToken | AuthMode::Oauth))
-    {
+    for i in integrations.iter().filter(|i| i.auth_mode.is_per_user()) {
         let connected = match state.store.get_connection(org, i.id, user).await {
             Ok(c) => c.connected,
             Err(StoreError::NotFound) => false,

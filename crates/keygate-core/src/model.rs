@@ -78,6 +78,14 @@ wire_enum!(
     }
 );
 
+impl AuthMode {
+    /// The credential is each user's own (a pasted token or an OAuth grant), so a user must
+    /// connect before calls carry it; a server token is the organization's.
+    pub fn is_per_user(&self) -> bool {
+        matches!(self, AuthMode::UserToken | AuthMode::Oauth)
+    }
+}
+
 wire_enum!(
     /// Outcome of the last connectivity check of an integration.
     ValidationStatus {

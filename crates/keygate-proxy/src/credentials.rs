@@ -9,7 +9,7 @@
 
 use axum::http::HeaderValue;
 use keygate_auth::credential::{self, CredentialError, Resolved};
-use keygate_core::model::{AuthMode, Integration};
+use keygate_core::model::Integration;
 use keygate_core::{IntegrationId, Secret, Timestamp, UserId};
 
 use crate::ProxyState;
@@ -145,7 +145,7 @@ pub async fn connect_link(state: &ProxyState, caller: &McpCaller) -> Result<Stri
 }
 
 fn cache_key(caller: &McpCaller, integration: &Integration) -> (IntegrationId, UserId) {
-    let per_user = matches!(integration.auth_mode, AuthMode::UserToken | AuthMode::Oauth);
+    let per_user = integration.auth_mode.is_per_user();
     (
         integration.id,
         if per_user {

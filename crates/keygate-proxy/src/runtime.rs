@@ -28,7 +28,7 @@ async fn connection(
     caller: &McpCaller,
     i: &keygate_core::model::Integration,
 ) -> Result<Value, ProxyError> {
-    if !matches!(i.auth_mode, AuthMode::UserToken | AuthMode::Oauth) {
+    if !i.auth_mode.is_per_user() {
         return Ok(json!({"connected": true}));
     }
     match state

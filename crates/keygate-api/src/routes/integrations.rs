@@ -69,7 +69,7 @@ async fn view(
     caller: &Caller,
     i: &Integration,
 ) -> Result<IntegrationView, ApiError> {
-    let personal = matches!(i.auth_mode, AuthMode::Oauth | AuthMode::UserToken);
+    let personal = i.auth_mode.is_per_user();
     let connection = match caller.user_id() {
         Some(user) if personal => {
             match state.store().get_connection(caller.org, i.id, user).await {

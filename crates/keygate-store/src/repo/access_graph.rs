@@ -44,7 +44,6 @@ impl Store {
     /// each integration's `authMode`, and on `attached` edges whether using it needs a
     /// per-user connection.
     pub async fn access_graph(&self, org: OrgId, include_policy: bool) -> Result<AccessGraph> {
-        use keygate_core::model::AuthMode;
         let apps = self.all_applications(org).await?;
         let integrations = self.list_all_integrations(org).await?;
         let users = self.list_users(org).await?;
@@ -62,7 +61,7 @@ impl Store {
                 let needs_user = integrations
                     .iter()
                     .find(|i| i.id == integration_id)
-                    .is_some_and(|i| matches!(i.auth_mode, AuthMode::Oauth | AuthMode::UserToken));
+                    .is_some_and(|i| i.auth_mode.is_per_user());
                 edges.push(GraphEdge {
                     from: app.id.to_string(),
                     to: integration_id.to_string(),
