@@ -15,6 +15,10 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Limits on the sockets clients open (slow and idle clients, descriptor exhaustion).
     pub server: ServerConfig,
+    /// HTTPS on the listen address.
+    pub tls: TlsConfig,
+    /// The operations listener: health, readiness and metrics off the public port.
+    pub admin: AdminConfig,
     /// Rules shared by every MCP endpoint.
     pub mcp: McpConfig,
     /// URL clients use to reach the gateway; defaults to `http://{listen}`.
@@ -59,6 +63,29 @@ pub struct ServerConfig {
     /// refused at once (and logged). Default: the open-files limit (raised to its hard limit at
     /// start) less a reserve for the database, upstream connections and files, halved.
     pub max_connections: Option<u32>,
+}
+
+/// HTTPS on the listen address. Both files set: the gateway speaks TLS 1.2 and 1.3 only
+/// (HTTP/2 and HTTP/1.1 by ALPN), and presents a certificate replaced on disk to new
+/// handshakes within seconds, without a restart.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, the server's own certificate first.
+    pub cert_file: Option<String>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<String>,
+    /// Seconds a new connection has to complete its TLS handshake.
+    pub handshake_timeout_secs: Option<u64>,
+}
+
+/// The operations listener.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address serving `/healthz`, `/readyz` and `/metrics` (plain HTTP). When set, those
+    /// routes are served there only, not on the public listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Settings every MCP endpoint shares.
@@ -248,6 +275,10 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("server.header_read_timeout_secs", FieldKind::Integer),
     ("server.idle_timeout_secs", FieldKind::Integer),
     ("server.max_connections", FieldKind::Integer),
+    ("tls.cert_file", FieldKind::String),
+    ("tls.key_file", FieldKind::String),
+    ("tls.handshake_timeout_secs", FieldKind::Integer),
+    ("admin.listen", FieldKind::String),
     ("mcp.allowed_origins", FieldKind::StringList),
     ("public_url", FieldKind::String),
     ("data_dir", FieldKind::String),
@@ -346,6 +377,7 @@ pub const DEFAULT_UPSTREAM_HEADER_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_REFRESH_SKEW_SECS: u64 = 60;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_STREAM_IDLE_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 90;
 pub const DEFAULT_FANOUT_TIMEOUT_SECS: u64 = 5;
@@ -367,12 +399,71 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
     }
 
-    /// The public URL without a trailing slash.
+    /// The public URL without a trailing slash; by default the listen address, over https
+    /// when TLS is on.
     pub fn public_url(&self) -> String {
         match &self.public_url {
             Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None if self.tls_enabled() => format!("https://{}", self.listen()),
             None => format!("http://{}", self.listen()),
         }
+    }
+
+    /// Whether the listener speaks TLS (both files are set; validation refuses one alone).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.cert_file.is_some() && self.tls.key_file.is_some()
+    }
+
+    pub fn tls_handshake_timeout_secs(&self) -> u64 {
+        self.tls
+            .handshake_timeout_secs
+            .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS)
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "tls.key_file",
+                    "is required when tls.cert_file is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "tls.cert_file",
+                    "is required when tls.key_file is set",
+                ));
+            }
+            (Some(c), Some(k)) if c.trim().is_empty() || k.trim().is_empty() => {
+                return Err(ConfigError::new("tls.cert_file", "must name a file"));
+            }
+            _ => {}
+        }
+        if !(1..=60).contains(&self.tls_handshake_timeout_secs()) {
+            return Err(ConfigError::new(
+                "tls.handshake_timeout_secs",
+                "must be between 1 and 60",
+            ));
+        }
+        if self.tls_enabled()
+            && let Some(url) = &self.public_url
+            && url.scheme() != "https"
+        {
+            return Err(ConfigError::new(
+                "public_url",
+                "must be https when the listener speaks TLS (tls.cert_file is set)",
+            ));
+        }
+        if let Some(admin) = self.admin.listen
+            && admin.port() != 0
+            && admin == self.listen()
+        {
+            return Err(ConfigError::new(
+                "admin.listen",
+                "must differ from listen (the admin listener is a port of its own)",
+            ));
+        }
+        Ok(())
     }
 
     pub fn data_dir(&self) -> &str {
@@ -581,6 +672,7 @@ impl Config {
     /// Checks everything that can be checked without touching the network or the disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_telemetry()?;
+        self.validate_listeners()?;
         if let Some(url) = &self.public_url {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(ConfigError::new(
@@ -818,6 +910,27 @@ mod tests {
     fn env_names_follow_the_rule() {
         assert_eq!(env_var_for("database.url"), "KEYGATE_DATABASE_URL");
         assert_eq!(env_var_for("public_url"), "KEYGATE_PUBLIC_URL");
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_an_https_public_url() {
+        let mut c = Config::default();
+        c.tls.cert_file = Some("cert.pem".into());
+        assert_eq!(c.validate().unwrap_err().field, "tls.key_file");
+        c.tls.key_file = Some("key.pem".into());
+        c.validate().expect("both files");
+        assert!(c.public_url().starts_with("https://"));
+        c.public_url = Some("http://gw.example".parse().unwrap());
+        assert_eq!(c.validate().unwrap_err().field, "public_url");
+    }
+
+    #[test]
+    fn the_admin_listener_is_a_port_of_its_own() {
+        let mut c = Config::default();
+        c.admin.listen = Some(c.listen());
+        assert_eq!(c.validate().unwrap_err().field, "admin.listen");
+        c.admin.listen = Some("127.0.0.1:9090".parse().unwrap());
+        c.validate().expect("another port");
     }
 
     #[test]

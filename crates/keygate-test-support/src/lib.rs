@@ -10,6 +10,7 @@ pub mod browser;
 pub mod fake_oauth;
 pub mod fake_upstream;
 pub mod fuzz;
+pub mod tls;
 pub mod world;
 
 use std::time::Duration;
@@ -113,6 +114,8 @@ pub struct TestGateway {
     pub telemetry: std::sync::Arc<keygate_trace::Telemetry>,
     /// The configuration it was started with.
     pub config: Config,
+    /// `http://{admin listener}` when `admin.listen` was configured.
+    pub admin_url: Option<String>,
     vault_key: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -126,6 +129,17 @@ impl TestGateway {
 
     /// Starts a gateway after `tweak` has adjusted its configuration.
     pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_client(backend, tweak, reqwest::Client::builder()).await
+    }
+
+    /// Starts a gateway after `tweak` has adjusted its configuration, with `http` built from
+    /// `client` (a test CA to trust, an HTTP version to force). An `admin.listen` in the
+    /// configuration is bound (port 0: any free port) and served as the admin listener.
+    pub async fn start_with_client(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Config),
+        client: reqwest::ClientBuilder,
+    ) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let postgres = match backend {
             Backend::Postgres => Some(TempPostgres::create().await.expect("create test database")),
@@ -145,6 +159,17 @@ impl TestGateway {
         config.vault.key = Some(Kek::generate_base64());
         tweak(&mut config);
         config.validate().expect("test config is valid");
+        let admin = match config.admin.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .expect("bind admin"),
+            ),
+            None => None,
+        };
+        let admin_url = admin
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().expect("admin addr")));
         let vault_key = config.vault.key.clone().unwrap();
         let kek = Kek::from_base64(&vault_key).unwrap();
         let gateway = Gateway::open(&config, &kek).await.expect("open gateway");
@@ -153,7 +178,11 @@ impl TestGateway {
         let telemetry = gateway.telemetry.clone();
         let org = store.default_organization().await.expect("org").id;
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(gateway.serve(listener, async {
+        let listeners = keygate::app::Listeners {
+            public: listener,
+            admin,
+        };
+        let task = tokio::spawn(gateway.serve(listeners, async {
             let _ = rx.await;
         }));
         Self {
@@ -161,16 +190,14 @@ impl TestGateway {
             local_addr: addr,
             store,
             org,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            http: client.timeout(Duration::from_secs(30)).build().unwrap(),
             data_dir,
             database_url: config.database_url(),
             backend,
             keys,
             telemetry,
             config: config.clone(),
+            admin_url,
             vault_key,
             shutdown: Some(tx),
             task: Some(task),

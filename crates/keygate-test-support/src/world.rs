@@ -49,10 +49,25 @@ impl McpWorld {
         client: AppClient,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
-        let gw = TestGateway::start_with(backend, |c| {
-            c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
-            tweak(c);
-        })
+        Self::start_with_client(backend, client, tweak, reqwest::Client::builder()).await
+    }
+
+    /// [`McpWorld::start`], with the gateway's `http` client built from `http` (a test CA to
+    /// trust, an HTTP version to force).
+    pub async fn start_with_client(
+        backend: Backend,
+        client: AppClient,
+        tweak: impl FnOnce(&mut Config),
+        http: reqwest::ClientBuilder,
+    ) -> Self {
+        let gw = TestGateway::start_with_client(
+            backend,
+            |c| {
+                c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
+                tweak(c);
+            },
+            http,
+        )
         .await;
         let admin = gw.admin_token().await;
         let app = gw.create_application(&admin, "Agents", client).await;

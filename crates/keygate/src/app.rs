@@ -1,15 +1,19 @@
 //! Wiring: from a validated [`Config`] to a running gateway.
 //!
-//! [`Gateway::open`] connects and migrates the store, unlocks the vault and loads the signing
-//! keys; [`Gateway::serve`] runs the HTTP server ([`crate::listener`]: header, idle and
-//! connection limits) until the shutdown future resolves, then lets in-flight requests finish
-//! up to a deadline.
+//! [`Gateway::open`] connects and migrates the store, unlocks the vault, loads the signing
+//! keys and the TLS certificate; [`Gateway::serve`] runs the HTTP server ([`crate::listener`]:
+//! TLS, header, idle and connection limits) on the public listener and, when one is given, the
+//! operations routes (`/healthz`, `/readyz`, `/metrics`) on the admin listener, until the
+//! shutdown future resolves; then it lets in-flight requests finish up to a deadline and
+//! flushes the trace queue before the database closes.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -28,8 +32,12 @@ use keygate_proxy::{ProxyState, Upstream};
 use keygate_store::{Db, Kek, Store, Vault};
 use keygate_trace::otel::{Exporter, ExporterHandle};
 use keygate_trace::{Capture, CaptureMode, Metrics, SinkHandle, Telemetry, TraceSink, retention};
+use serde_json::json;
 use std::pin::Pin;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::tls::Tls;
 
 /// How long in-flight requests may run after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -41,11 +49,33 @@ pub struct Gateway {
     pub public_url: String,
     /// Trace events, spans and metrics.
     pub telemetry: Arc<Telemetry>,
+    /// Everything but the operations routes.
     router: Router,
+    /// `/healthz`, `/readyz` and (when enabled) `/metrics`.
+    ops: Router,
     limiter: Limiter,
     auth_limits: Arc<Limits>,
     pipeline: Pipeline,
     limits: crate::listener::Limits,
+    tls: Option<Arc<Tls>>,
+    /// Cancelled when shutdown begins (`/readyz` then says so).
+    stopping: CancellationToken,
+}
+
+/// Where a gateway serves: the public listener and, optionally, the admin listener that takes
+/// the operations routes off it.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(public: TcpListener) -> Self {
+        Self {
+            public,
+            admin: None,
+        }
+    }
 }
 
 /// The background halves of telemetry, drained at shutdown.
@@ -123,8 +153,8 @@ impl Gateway {
                 limiter: limiter.clone(),
             },
         );
-        let health_store = store.clone();
-        let mut router = Router::new()
+        let stopping = CancellationToken::new();
+        let router = Router::new()
             .merge(keygate_proxy::router(
                 ProxyState::new(auth.clone(), upstream)
                     .with_telemetry(telemetry.clone())
@@ -133,52 +163,60 @@ impl Gateway {
             ))
             .merge(keygate_auth::router(auth.clone()))
             .merge(api)
-            .route("/healthz", get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                get(move || {
-                    let store = health_store.clone();
-                    async move {
-                        if store.ping().await {
-                            (StatusCode::OK, "ready").into_response()
-                        } else {
-                            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
-                                .into_response()
-                        }
-                    }
-                }),
-            )
             .layer(axum::middleware::from_fn(crate::unread_body::layer));
+        let mut ops = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(Readiness {
+                store: store.clone(),
+                stopping: stopping.clone(),
+            });
         if config.metrics_enabled() {
-            router = router.merge(crate::metrics::router(
+            ops = ops.merge(crate::metrics::router(
                 telemetry.clone(),
                 config.telemetry.metrics_token.clone(),
             ));
         }
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                Tls::load(
+                    cert,
+                    key,
+                    Duration::from_secs(config.tls_handshake_timeout_secs()),
+                )
+                .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+            )),
+            _ => None,
+        };
         Ok(Self {
             store,
             keys,
             public_url,
             telemetry,
             router,
+            ops,
             limiter,
             auth_limits: auth.limits,
             pipeline,
             limits: crate::listener::Limits::from_config(config),
+            tls,
+            stopping,
         })
     }
 
-    /// The HTTP router (for tests that drive it without a socket).
+    /// The HTTP router with the operations routes (for tests that drive it without a socket).
     pub fn router(&self) -> Router {
-        self.router.clone()
+        self.router.clone().merge(self.ops.clone())
     }
 
-    /// Serves until `shutdown` resolves, then drains for at most [`SHUTDOWN_GRACE`].
+    /// Serves until `shutdown` resolves, then drains for at most [`SHUTDOWN_GRACE`]. With an
+    /// admin listener, the operations routes are served there and not on the public one.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let listeners = listeners.into();
         let limiter = self.limiter.clone();
         let auth_limits = self.auth_limits.clone();
         let store = self.store.clone();
@@ -200,23 +238,55 @@ impl Gateway {
         });
         let retention = (self.pipeline.retention_days > 0)
             .then(|| retention::spawn(self.store.clone(), self.pipeline.retention_days));
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
+        let stopping = self.stopping.clone();
+        let signal = tokio::spawn(async move {
             shutdown.await;
-            let _ = started_tx.send(());
+            stopping.cancel();
+        });
+        let reload = self.tls.as_ref().map(|tls| tls.watch());
+        let (public_router, admin) = match listeners.admin {
+            Some(admin) => (self.router, Some((admin, self.ops))),
+            None => (self.router.merge(self.ops), None),
         };
-        let server = crate::listener::serve(listener, self.router, self.limits, signal);
+        let admin = admin.map(|(listener, ops)| {
+            // Probes and scrapers: a small fixed cap, and no TLS (the port stays inside).
+            let limits = crate::listener::Limits {
+                max_connections: 64,
+                ..self.limits
+            };
+            tokio::spawn(crate::listener::serve(
+                listener,
+                ops,
+                limits,
+                None,
+                self.stopping.clone(),
+            ))
+        });
+        let server = crate::listener::serve(
+            listeners.public,
+            public_router,
+            self.limits,
+            self.tls.clone(),
+            self.stopping.clone(),
+        );
         tokio::pin!(server);
         let result = tokio::select! {
             _ = &mut server => Ok(()),
             _ = async {
-                let _ = started_rx.await;
+                self.stopping.cancelled().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => {
                 tracing::warn!("shutdown deadline reached; dropping remaining connections");
                 Ok(())
             }
         };
+        signal.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+        if let Some(reload) = reload {
+            reload.abort();
+        }
         pruner.abort();
         if let Some(r) = retention {
             r.abort();
@@ -237,6 +307,41 @@ impl Gateway {
         self.store.db().close().await;
         result
     }
+}
+
+/// What `/readyz` checks.
+#[derive(Clone)]
+struct Readiness {
+    store: Store,
+    stopping: CancellationToken,
+}
+
+/// `GET /readyz`: 200 when every check passes, else 503; both with a JSON body naming each
+/// check and, for a failing one, why (`{"ready": false, "failing": ["database"], "checks":
+/// {"database": "…", "shutdown": "ok"}}`).
+async fn readyz(State(r): State<Readiness>) -> axum::response::Response {
+    let database = (!r.store.ping().await).then_some("the database does not answer");
+    let shutdown = r
+        .stopping
+        .is_cancelled()
+        .then_some("shutting down: finishing the requests in flight");
+    let results = [("database", database), ("shutdown", shutdown)];
+    let failing: Vec<&str> = results
+        .iter()
+        .filter(|(_, problem)| problem.is_some())
+        .map(|(name, _)| *name)
+        .collect();
+    let checks: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|(name, problem)| ((*name).to_owned(), json!(problem.unwrap_or("ok"))))
+        .collect();
+    let status = if failing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"ready": failing.is_empty(), "failing": failing, "checks": checks});
+    (status, Json(body)).into_response()
 }
 
 /// Starts the trace pipeline, the span exporter and the metrics registry per `config`.

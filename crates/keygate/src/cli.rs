@@ -273,6 +273,17 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen()))?;
     let bound = listener.local_addr()?;
     config.listen = Some(bound);
+    let admin = match config.admin.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (admin.listen): {e}"))?,
+        ),
+        None => None,
+    };
+    if let Some(admin) = &admin {
+        config.admin.listen = Some(admin.local_addr()?);
+    }
     if let Some(path) = sqlite_file(&config).filter(|p| !p.exists()) {
         tracing::info!(path = %path.display(), "no database yet: creating one");
     }
@@ -280,12 +291,17 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| settings::explain_unlock_failure(&key_source, e))?;
     banner(&config, bound, &gateway.public_url, &key_source);
-    gateway.serve(listener, shutdown_signal()).await
+    let listeners = crate::app::Listeners {
+        public: listener,
+        admin,
+    };
+    gateway.serve(listeners, shutdown_signal()).await
 }
 
 /// What the operator needs at start: where the gateway listens, where its data and key are,
 /// and which private hosts it may reach. One structured event when logs are JSON.
 fn banner(config: &Config, bound: SocketAddr, url: &str, key: &KeySource) {
+    let admin = config.admin.listen;
     let database = redact_url(&config.database_url());
     let key = match key {
         KeySource::File(path) | KeySource::Generated(path) => path.display().to_string(),
@@ -300,6 +316,8 @@ fn banner(config: &Config, bound: SocketAddr, url: &str, key: &KeySource) {
             vault_key = %key,
             allowed_private_hosts = %private.join(","),
             management_api = %format!("{url}/api/v1"),
+            tls = config.tls_enabled(),
+            admin = %admin.map(|a| a.to_string()).unwrap_or_default(),
             "keygate is listening"
         );
         return;
@@ -312,6 +330,15 @@ fn banner(config: &Config, bound: SocketAddr, url: &str, key: &KeySource) {
         private.join(", ")
     };
     eprintln!("keygate is listening on {bound} (public URL {url})");
+    if config.tls_enabled() {
+        eprintln!(
+            "  TLS certificate:             {} (reloaded when it changes)",
+            config.tls.cert_file.as_deref().unwrap_or_default()
+        );
+    }
+    if let Some(admin) = admin {
+        eprintln!("  health, readiness, metrics:  http://{admin} (/healthz /readyz /metrics)");
+    }
     eprintln!("  database:                    {database}");
     eprintln!("  vault key:                   {key}");
     eprintln!("  private upstream hosts:      {private}");

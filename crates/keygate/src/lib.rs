@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod password;
 pub mod settings;
 pub mod tail;
+pub mod tls;
 pub mod unread_body;

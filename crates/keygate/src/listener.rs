@@ -13,6 +13,13 @@
 //!   `/healthz` and `/readyz` only (one request each, header timeout at most 2 s) and anything
 //!   else past it is answered `503` and closed at once. Either event is logged, at most every
 //!   [`LOG_EVERY`].
+//! - **TLS** (when [`Tls`] is given): the handshake must finish within its timeout (and the
+//!   header timeout, which runs from the accept); the decrypted stream is what hyper and the
+//!   clocks see, and ALPN `h2` marks the connection as HTTP/2 at once.
+//! - **Shutdown**: accepting stops; idle connections close at once, requests in flight are
+//!   answered (a POST's streamed answer included), and an SSE stream opened by a `GET` ends at
+//!   its next event boundary (cleanly: the chunked body or HTTP/2 stream is terminated), so a
+//!   client's open stream does not hold the process.
 //!
 //! One reaper task per listener watches the clocks: every [`Limits::tick`] it wakes the
 //! connections whose deadline passed (or that were chosen to make room), and those close. A
@@ -39,11 +46,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use keygate_core::config::Config;
+use keygate_core::wire::sse::Boundary;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::ServiceExt;
+
+use crate::tls::Tls;
 
 /// Connections past the cap that may still reach `/healthz` and `/readyz`.
 pub const HEALTH_RESERVE: usize = 16;
@@ -53,6 +64,9 @@ const FD_RESERVE: u64 = 64;
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 /// The longest a reserved (health) connection may take to send its headers.
 const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// After shutdown began, how long an SSE answer caught in the middle of an event may take to
+/// finish that event before it is ended anyway.
+const FINISH_EVENT: Duration = Duration::from_secs(1);
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
 content-type: text/plain\r\ncontent-length: 25\r\nretry-after: 1\r\n\r\ntoo many open connections";
@@ -126,27 +140,30 @@ fn derived_cap(nofile: u64, database: u32) -> usize {
     (spare / 2).max(1) as usize
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets
-/// in-flight requests finish and returns once every connection has closed.
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown` is
+/// cancelled; then stops accepting, lets in-flight requests finish, ends GET event streams at
+/// an event boundary, and returns once every connection has closed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    tls: Option<Arc<Tls>>,
+    shutdown: CancellationToken,
 ) {
     tracing::info!(
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = tls.is_some(),
         max_connections = limits.max_connections,
         header_read_timeout_secs = limits.header_read.as_secs(),
         idle_timeout_secs = limits.idle.as_secs(),
         "serving"
     );
-    let server = Arc::new(Server::new(router, limits));
+    let server = Arc::new(Server::new(router, limits, tls, shutdown.clone()));
     let reaper = tokio::spawn(server.clone().reap());
-    tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = &mut shutdown => break,
+            _ = shutdown.cancelled() => break,
         };
         match accepted {
             Ok((tcp, peer)) => server.admit(tcp, peer),
@@ -174,6 +191,9 @@ pub async fn serve(
 struct Server {
     router: Router,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
+    /// Cancelled when shutdown begins: GET event streams end at their next event boundary.
+    shutdown: CancellationToken,
     builder: auto::Builder<TokioExecutor>,
     reserve_builder: auto::Builder<TokioExecutor>,
     /// Open connections, oldest first: what the reaper watches, and (the normal ones) the
@@ -200,13 +220,20 @@ enum Slot {
 }
 
 impl Server {
-    fn new(router: Router, limits: Limits) -> Self {
+    fn new(
+        router: Router,
+        limits: Limits,
+        tls: Option<Arc<Tls>>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let builder = auto::Builder::new(TokioExecutor::new());
         let mut reserve_builder = auto::Builder::new(TokioExecutor::new());
         reserve_builder.http1().keep_alive(false);
         Self {
             router,
             limits,
+            tls,
+            shutdown,
             builder,
             reserve_builder,
             conns: Mutex::default(),
@@ -238,8 +265,10 @@ impl Server {
             self.reserved.fetch_sub(1, Ordering::SeqCst);
             self.note_cap(false);
             // Best effort, never waits (a fresh socket's send buffer is empty); the socket
-            // closes when dropped.
-            if let Ok(mut tcp) = tcp.into_std() {
+            // closes when dropped. A TLS client could not read a plain answer: it is closed.
+            if self.tls.is_none()
+                && let Ok(mut tcp) = tcp.into_std()
+            {
                 let _ = io::Write::write(&mut tcp, REFUSAL);
             }
             return;
@@ -331,10 +360,65 @@ impl Server {
         }
     }
 
-    /// Serves one connection until it ends, times out, is evicted, or shutdown has drained it.
+    /// Serves one connection (after its TLS handshake, if any) until it ends, times out, is
+    /// evicted, or shutdown has drained it.
     async fn run(&self, tcp: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
+        let Some(tls) = &self.tls else {
+            return self.serve_conn(tcp, peer, activity).await;
+        };
+        let Some(stream) = self.handshake(tls, tcp, &activity).await else {
+            return;
+        };
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            activity.h2.store(true, Ordering::SeqCst);
+        }
+        self.serve_conn(stream, peer, activity).await
+    }
+
+    /// The TLS handshake, within its timeout, the connection's header timeout and shutdown.
+    async fn handshake(
+        &self,
+        tls: &Tls,
+        tcp: TcpStream,
+        activity: &Activity,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let accept = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(tcp));
+        tokio::pin!(accept);
+        loop {
+            tokio::select! {
+                biased;
+                done = accept.as_mut() => {
+                    return match done {
+                        Ok(Ok(stream)) => Some(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            None
+                        }
+                    };
+                }
+                _ = activity.wake.notified() => {
+                    if self.stopping.load(Ordering::SeqCst)
+                        || activity.deadline().is_some_and(|at| at <= Instant::now())
+                        || activity.evict.load(Ordering::SeqCst)
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves hyper on a connection's (decrypted) stream.
+    async fn serve_conn<S>(&self, stream: S, peer: SocketAddr, activity: Arc<Activity>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let io = TokioIo::new(Watched {
-            inner: tcp,
+            inner: stream,
             activity: activity.clone(),
         });
         let service = RequestService {
@@ -342,6 +426,7 @@ impl Server {
             activity: activity.clone(),
             peer,
             health_only: activity.slot == Slot::Reserve,
+            shutdown: self.shutdown.clone(),
         };
         let service = hyper::service::service_fn(move |req| service.clone().call(req));
         let builder = match activity.slot {
@@ -381,6 +466,7 @@ struct RequestService {
     activity: Arc<Activity>,
     peer: SocketAddr,
     health_only: bool,
+    shutdown: CancellationToken,
 }
 
 impl RequestService {
@@ -394,23 +480,71 @@ impl RequestService {
             return Ok(resp);
         }
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        // A GET event stream (MCP's standalone stream, the live tail) carries no answer a
+        // request waits for: shutdown may end it. A POST's streamed answer is finished.
+        let event_stream_request = req.method() == axum::http::Method::GET;
         let resp = match self.router.oneshot(req).await {
             Ok(resp) => resp,
             Err(never) => match never {},
         };
+        let stream =
+            (event_stream_request && is_event_stream(&resp)).then(|| SseEnd::new(&self.shutdown));
         Ok(resp.map(|body| {
             Body::new(Tracked {
                 body,
+                stream,
                 _guard: guard,
             })
         }))
     }
 }
 
-/// A response body that keeps its request counted as in flight until it ends or is dropped.
+fn is_event_stream(resp: &Response<Body>) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// A response body that keeps its request counted as in flight until it ends or is dropped,
+/// and, for a GET's SSE stream, ends it at an event boundary once shutdown begins.
 struct Tracked {
     body: Body,
+    stream: Option<SseEnd>,
     _guard: InFlight,
+}
+
+/// How an SSE answer ends at shutdown: where its events stand, and the signal.
+struct SseEnd {
+    boundary: Boundary,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Shutdown began while an event was half sent: it may finish until then.
+    cutoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SseEnd {
+    fn new(shutdown: &CancellationToken) -> Self {
+        Self {
+            boundary: Boundary::default(),
+            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+            cutoff: None,
+        }
+    }
+
+    /// Whether the answer should end now, rather than wait for the next frame.
+    fn should_end(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.cutoff.is_none() {
+            if self.shutdown.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.cutoff = Some(Box::pin(tokio::time::sleep(FINISH_EVENT)));
+        }
+        self.boundary.at_boundary()
+            || self
+                .cutoff
+                .as_mut()
+                .is_some_and(|c| c.as_mut().poll(cx).is_ready())
+    }
 }
 
 impl http_body::Body for Tracked {
@@ -421,7 +555,21 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        // Polling the signal (and the cutoff) here also registers for their wake-up while the
+        // body waits for its next event.
+        if let Some(stream) = &mut this.stream
+            && stream.should_end(cx)
+        {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(stream), Poll::Ready(Some(Ok(frame)))) = (&mut this.stream, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            stream.boundary.feed(data);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -563,13 +711,13 @@ impl Activity {
     }
 }
 
-/// A client socket that tells its [`Activity`] when bytes arrive.
-struct Watched {
-    inner: TcpStream,
+/// A client connection's (decrypted) stream that tells its [`Activity`] when bytes arrive.
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -584,7 +732,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
