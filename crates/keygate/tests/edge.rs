@@ -53,7 +53,7 @@ async fn read_until(resp: reqwest::Response, done: impl Fn(&str) -> bool) -> Str
 
 /// An MCP session over HTTPS, negotiated as `version` by ALPN: pass-through (initialize, a
 /// streamed tool call, the GET stream) and the aggregated endpoint (initialize, tools/list, a
-/// routed streamed call).
+/// routed streamed call, the merged GET stream).
 async fn mcp_session_over_https(version: Version) {
     let ca = TestCa::new();
     let files = ca.issue("gateway", "keygate");
@@ -153,7 +153,7 @@ async fn mcp_session_over_https(version: Version) {
     assert!(names.contains(&"alpha_slow"), "{tools}");
     let resp = post(
         w.app_url.clone(),
-        Some(session),
+        Some(session.clone()),
         rpc(3, "tools/call", json!({"name": "alpha_slow"})),
     )
     .await
@@ -166,6 +166,19 @@ async fn mcp_session_over_https(version: Version) {
         .find(|m| m["id"] == 3)
         .unwrap_or_else(|| panic!("no answer to id 3: {text}"));
     assert!(answer["result"].is_object(), "{answer}");
+    let resp =
+        w.gw.http
+            .get(&w.app_url)
+            .bearer_auth(&alice)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &session)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.version(), version);
+    assert_eq!(resp.status(), 200);
+    let text = read_until(resp, |b| !sse_data(b).is_empty()).await;
+    assert!(sse_data(&text)[0]["params"]["seq"].is_number(), "{text}");
     w.gw.stop().await;
 }
 
@@ -177,6 +190,61 @@ async fn an_mcp_session_works_over_https_with_http1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_session_works_over_https_with_h2() {
     mcp_session_over_https(Version::HTTP_2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_an_open_h2_event_stream_cleanly() {
+    let ca = TestCa::new();
+    let files = ca.issue("gateway", "keygate");
+    let w = McpWorld::start_with_client(
+        Backend::Sqlite,
+        AppClient::Public,
+        |c| with_tls(c, &files),
+        ca.client(),
+    )
+    .await;
+    let up = FakeUpstream::start().await;
+    let (_, slug) = w
+        .integration(json!({"name": "Stream", "url": up.url}))
+        .await;
+    let alice = w.token(w.alice).await;
+    let resp =
+        w.gw.http
+            .get(format!("{}/{slug}", w.app_url))
+            .bearer_auth(&alice)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let mut stream = resp.bytes_stream();
+    let mut seen = String::new();
+    while sse_data(&seen).len() < 3 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the first events")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let start = Instant::now();
+    let (stopped, rest) = tokio::join!(w.gw.stop(), async move {
+        let mut rest = String::new();
+        while let Some(chunk) = stream.next().await {
+            rest.push_str(&String::from_utf8_lossy(&chunk.expect("a clean end")));
+        }
+        rest
+    });
+    let () = stopped;
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the stream held shutdown for {:?}",
+        start.elapsed()
+    );
+    assert!(
+        rest.is_empty() || rest.ends_with("\n\n"),
+        "the stream ended between events: {rest:?}"
+    );
 }
 
 /// The certificate a fresh connection is shown, and whether the request on it succeeded.
