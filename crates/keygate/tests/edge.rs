@@ -1,5 +1,6 @@
 //! The production edge: HTTPS (MCP over HTTP/1.1 and HTTP/2, certificate reload, the
-//! handshake timeout), the admin listener, and shutdown of the real binary on SIGTERM.
+//! handshake timeout, `__Host-` cookies), the admin listener, and shutdown (open event streams
+//! end cleanly; the real binary on SIGTERM).
 //!
 //! The listener is the same on either database, so these run on SQLite only (the binary's
 //! shutdown test included: its trace queue flushes into whichever store it has).
@@ -245,6 +246,57 @@ async fn shutdown_ends_an_open_h2_event_stream_cleanly() {
         rest.is_empty() || rest.ends_with("\n\n"),
         "the stream ended between events: {rest:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_browser_cookies_are_host_prefixed_and_secure() {
+    let ca = TestCa::new();
+    let files = ca.issue("gateway", "keygate");
+    let w = McpWorld::start_with_client(
+        Backend::Sqlite,
+        AppClient::Public,
+        |c| with_tls(c, &files),
+        ca.client(),
+    )
+    .await;
+    let browser = ca
+        .client()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut authorize = url::Url::parse(&format!("{}/oauth2/authorize", w.gw.url)).unwrap();
+    authorize.query_pairs_mut().extend_pairs([
+        ("response_type", "code"),
+        ("client_id", &format!("app_{}", w.app)),
+        ("redirect_uri", "http://127.0.0.1/cb"),
+        // RFC 7636's example challenge: any well-formed S256 challenge will do here.
+        (
+            "code_challenge",
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        ),
+        ("code_challenge_method", "S256"),
+        ("state", "s"),
+        ("resource", &w.app_url),
+    ]);
+    let resp = browser.get(authorize.as_str()).send().await.unwrap();
+    assert_eq!(resp.status(), 303, "{}", resp.text().await.unwrap());
+    let login = w.absolute(&keygate_test_support::browser::location(&resp));
+    let resp = browser.get(&login).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookies: Vec<&str> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(!cookies.is_empty(), "the sign-in page sets its CSRF cookie");
+    for cookie in cookies {
+        assert!(
+            cookie.starts_with("__Host-") && cookie.contains("; Secure"),
+            "{cookie}"
+        );
+    }
+    w.gw.stop().await;
 }
 
 /// The certificate a fresh connection is shown, and whether the request on it succeeded.
