@@ -423,6 +423,45 @@ async fn readyz_names_the_failing_check() {
     );
 }
 
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `keygate serve` on `port` over a temporary SQLite database in `dir`, configured through
+/// the environment as a deployment would.
+fn serve_command(dir: &std::path::Path, key: &str, port: u16) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+    command
+        .arg("serve")
+        .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KEYGATE_DATA_DIR", dir)
+        .env("KEYGATE_VAULT_KEY", key)
+        .env("KEYGATE_OUTBOUND_ALLOWED_PRIVATE_HOSTS", "127.0.0.1")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Until `readyz` answers 200 (30 s at most).
+async fn wait_ready(http: &reqwest::Client, readyz: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = http.get(readyz).send().await
+            && resp.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not get ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The real binary on a free port over a temporary SQLite database, set up through that
 /// database as the CLI would: an application with one integration (a fake upstream), a
 /// management token, and an MCP token for one of its users.
@@ -444,29 +483,16 @@ impl Binary {
         use keygate_store::{Kek, Store, Vault};
         let dir = tempfile::tempdir().unwrap();
         let key = Kek::generate_base64();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .arg("serve")
-            .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KEYGATE_DATA_DIR", dir.path())
-            .env("KEYGATE_VAULT_KEY", &key)
-            .env("KEYGATE_OUTBOUND_ALLOWED_PRIVATE_HOSTS", "127.0.0.1")
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
+        // Probes on the admin port, as a deployment has them.
+        let admin = format!("127.0.0.1:{}", free_port());
+        let child = serve_command(dir.path(), &key, port)
+            .env("KEYGATE_ADMIN_LISTEN", &admin)
             .spawn()
             .expect("spawn keygate serve");
+        wait_ready(&reqwest::Client::new(), &format!("http://{admin}/readyz")).await;
         let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http.get(format!("{url}/readyz")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "the gateway did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let mut config = Config {
             data_dir: Some(dir.path().display().to_string()),
             ..Default::default()
@@ -704,4 +730,34 @@ async fn sigterm_answers_a_request_in_flight_on_a_kept_alive_connection() {
     assert_eq!(events[2]["id"], 2, "{text}");
     gw.exit(Duration::from_secs(5)).await;
     assert_eq!(gw.stored_calls().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_https_and_an_admin_port_from_the_environment() {
+    let ca = TestCa::new();
+    let files = ca.issue("gateway", "keygate");
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let _child = serve_command(dir.path(), &keygate_store::Kek::generate_base64(), port)
+        .env("KEYGATE_TLS_CERT_FILE", &files.cert)
+        .env("KEYGATE_TLS_KEY_FILE", &files.key)
+        .env("KEYGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .spawn()
+        .expect("spawn keygate serve");
+    let http = ca.client().build().unwrap();
+    wait_ready(&http, &format!("http://127.0.0.1:{admin}/readyz")).await;
+    let url = format!("https://127.0.0.1:{port}");
+    let resp = http
+        .get(format!("{url}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let metadata: Value = resp.json().await.unwrap();
+    assert_eq!(metadata["issuer"], url, "the public URL defaults to https");
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP gets no answer on the TLS port");
 }
