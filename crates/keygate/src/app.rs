@@ -245,23 +245,12 @@ impl Gateway {
         });
         let reload = self.tls.as_ref().map(|tls| tls.watch());
         let (public_router, admin) = match listeners.admin {
-            Some(admin) => (self.router, Some((admin, self.ops))),
+            Some(admin) => (
+                self.router,
+                Some(serve_admin(admin, self.ops, self.limits, &self.stopping)),
+            ),
             None => (self.router.merge(self.ops), None),
         };
-        let admin = admin.map(|(listener, ops)| {
-            // Probes and scrapers: a small fixed cap, and no TLS (the port stays inside).
-            let limits = crate::listener::Limits {
-                max_connections: 64,
-                ..self.limits
-            };
-            tokio::spawn(crate::listener::serve(
-                listener,
-                ops,
-                limits,
-                None,
-                self.stopping.clone(),
-            ))
-        });
         let server = crate::listener::serve(
             listeners.public,
             public_router,
@@ -307,6 +296,30 @@ impl Gateway {
         self.store.db().close().await;
         result
     }
+}
+
+/// Connections the admin listener holds at most: probes and scrapers, not clients.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Serves the operations routes on the admin listener (plain HTTP: the port stays inside the
+/// host or cluster) until `stopping` is cancelled.
+fn serve_admin(
+    listener: TcpListener,
+    ops: Router,
+    limits: crate::listener::Limits,
+    stopping: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let limits = crate::listener::Limits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        ..limits
+    };
+    tokio::spawn(crate::listener::serve(
+        listener,
+        ops,
+        limits,
+        None,
+        stopping.clone(),
+    ))
 }
 
 /// What `/readyz` checks.
