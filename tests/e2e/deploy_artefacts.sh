@@ -2,7 +2,7 @@
 # The deployment artefacts under deploy/ pass the linters and validators scripts/setup.sh
 # installs: hadolint for the Dockerfile, kubernetes-validate (strict, offline schemas) for every
 # resource the kustomization lists (each must exist and parse), `systemd-analyze verify` for the
-# unit (with no finding at all), and `docker compose config` (or docker-compose) for the
+# unit (with no finding at all) and `systemd-analyze security` for its sandbox, and `docker compose config` (or docker-compose) for the
 # compose file. Where a tool is missing on this machine, a parse check stands in and says so.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -62,6 +62,9 @@ sed "s|/usr/local/bin/keygate|$BIN|" deploy/systemd/keygate.service >"$WORK/keyg
 if command -v systemd-analyze >/dev/null; then
   out=$(systemd-analyze verify "$WORK/keygate.service" 2>&1) || fail "systemd-analyze verify: $out"
   [ -z "$out" ] || fail "systemd-analyze verify has findings: $out"
+  # The sandbox stays tight: systemd's own exposure score (0 best, 10 worst) at most 2.0.
+  systemd-analyze security --offline=yes --threshold=20 "$WORK/keygate.service" >"$WORK/security.txt" 2>&1 ||
+    fail "the unit's exposure grew: $(tail -n 1 "$WORK/security.txt")"
 else
   echo "(no systemd-analyze here: a parse check only)"
   "$PY" - "$WORK/keygate.service" <<'PY' || fail "keygate.service does not parse"
