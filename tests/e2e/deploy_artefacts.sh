@@ -42,7 +42,7 @@ PY
 echo "--- kubernetes-validate --strict"
 # shellcheck disable=SC2086 # one path per word
 "$DEPLOY_VENV/bin/kubernetes-validate" --strict $resources || fail "a Kubernetes manifest does not validate"
-"$PY" - deploy/kubernetes/deployment.yaml <<'PY' || fail "deployment.yaml: replicas, probes, secrets"
+"$PY" - deploy/kubernetes/deployment.yaml <<'PY' || fail "deployment.yaml: replicas, probes, secrets, sandbox"
 import sys, yaml
 d = yaml.safe_load(open(sys.argv[1]))
 spec = d["spec"]
@@ -54,6 +54,9 @@ assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
 secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
 assert {"KEYGATE_DATABASE_URL", "KEYGATE_VAULT_KEY"} <= secret.keys(), "database URL and vault key from Secrets"
 assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True, "non-root"
+assert c["securityContext"]["readOnlyRootFilesystem"] is True
+assert c["securityContext"]["allowPrivilegeEscalation"] is False
 PY
 
 echo "--- systemd unit"
