@@ -95,7 +95,9 @@ class HeadlessBrowser:
             self.steps.append(f"GET {loc} -> 200")
             action, hidden, _ = post_form(r.text, loc)
             check("csrf" in hidden and "request" in hidden, f"login form lacks csrf/request: {hidden}")
-            check(b.cookies.get("kg_csrf") == hidden["csrf"], f"kg_csrf cookie {b.cookies.get('kg_csrf')!r} != form csrf")
+            # Over https the gateway's cookies are `__Host-` prefixed (and Secure).
+            name = "__Host-kg_csrf" if loc.startswith("https://") else "kg_csrf"
+            check(b.cookies.get(name) == hidden["csrf"], f"{name} cookie {b.cookies.get(name)!r} != form csrf")
             r = await b.post(action, data={**hidden, "email": self.email, "password": self.password})
             loc = await self._expect_redirect(r, f"POST {action}")
             check("/oauth2/consent" in loc, f"login redirected to {loc}, not the consent page")

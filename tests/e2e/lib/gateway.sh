@@ -44,10 +44,12 @@ start_everything() {
 }
 
 # start_gateway: an owner (EMAIL/PASSWORD), a service account, the gateway on a free port (URL,
-# GW) allowing loopback upstreams, and a management token (TOKEN, used by `api`).
+# GW) allowing loopback upstreams, and a management token (TOKEN, used by `api`). With
+# KEYGATE_TLS_CERT_FILE exported it serves HTTPS (clients must trust its CA: CURL_CA_BUNDLE).
 start_gateway() {
   PORT=$(free_port)
   URL="http://127.0.0.1:$PORT"
+  [ -z "${KEYGATE_TLS_CERT_FILE:-}" ] || URL="https://127.0.0.1:$PORT"
   export KEYGATE_LISTEN="127.0.0.1:$PORT"
   # The upstreams are on loopback, which the SSRF guard refuses unless allow-listed.
   export KEYGATE_OUTBOUND_ALLOWED_PRIVATE_HOSTS=127.0.0.1
