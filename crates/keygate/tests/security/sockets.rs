@@ -1,6 +1,7 @@
 //! Slow and idle sockets: a client that sends its headers a byte at a time, one that sends
-//! nothing, an idle keep-alive connection, a flood of idle sockets past the connection cap,
-//! and a burst of short (some aborted) connections that must leave no descriptor behind.
+//! nothing (in plain HTTP or in a TLS handshake), an idle keep-alive connection, a flood of
+//! idle sockets past the connection cap, and a burst of short (some aborted) connections that
+//! must leave no descriptor behind.
 
 use std::time::{Duration, Instant};
 
@@ -375,4 +376,32 @@ async fn descriptors_and_memory_stay_flat_after_five_thousand_connections() {
         "RSS grew {later} KiB over the second and third runs"
     );
     w.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_in_the_tls_handshake_is_cut_at_its_timeout() {
+    let ca = keygate_test_support::tls::TestCa::new();
+    let files = ca.issue("gateway", "keygate");
+    let gw = TestGateway::start_with_client(
+        Backend::Sqlite,
+        |c| {
+            c.tls.cert_file = Some(files.cert.display().to_string());
+            c.tls.key_file = Some(files.key.display().to_string());
+            c.tls.handshake_timeout_secs = Some(1);
+            let port = c.listen.expect("bound").port();
+            c.public_url = Some(format!("https://127.0.0.1:{port}").parse().unwrap());
+        },
+        ca.client(),
+    )
+    .await;
+    let mut sock = TcpStream::connect(gw.local_addr).await.unwrap();
+    let started = Instant::now();
+    let sent = closed_within(&mut sock, Duration::from_secs(5)).await;
+    assert_eq!(sent.as_deref(), Some(""), "closed, with nothing sent");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    gw.stop().await;
 }
