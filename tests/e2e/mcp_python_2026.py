@@ -8,7 +8,8 @@ must speak 2026-07-28 to: it validates every request's `_meta` and mirrored head
 only, for which keygate runs the `initialize` handshake itself). The client gets its token the
 way a real one would (OAuthClientProvider + a headless login, see headless_oauth.py), then:
 the negotiated version is 2026-07-28 and the server is keygate; tools and prompts of both
-upstreams are listed as `{slug}_{name}` and calls route to each; a resource is read; no request
+upstreams are listed as `{slug}_{name}` and calls route to each; a resource is read; a call the
+client abandons (dropping its request) is cancelled on the upstream within a second; no request
 the SDK sent carried `Mcp-Session-Id` or was an `initialize`, and each carried
 `MCP-Protocol-Version: 2026-07-28` and `Mcp-Method`.
 
@@ -19,6 +20,8 @@ import asyncio
 import json
 import os
 import sys
+import time
+import uuid
 from typing import Any
 
 import anyio
@@ -81,6 +84,24 @@ async def exercise(client: Client) -> None:
     check(any("Hello, Ada!" in getattr(m.content, "text", "") for m in p.messages), f"modern_greet: {p!r}")
     res = await step("resources/read modern://note", lambda: client.read_resource("modern://note"))
     check(any("2026-07-28 server" in getattr(c, "text", "") for c in res.contents), f"modern://note: {res!r}")
+    await check_cancellation(client)
+
+
+async def check_cancellation(client: Client) -> None:
+    """A call the client abandons (it drops the HTTP request: the 2026 way to cancel) is
+    cancelled on the upstream within a second: the gateway drops the upstream request too."""
+    tag = uuid.uuid4().hex[:12]
+    with anyio.move_on_after(1):
+        await client.call_tool("modern_wait", {"tag": tag, "seconds": 10})
+        raise Failure("modern_wait returned before it was abandoned")
+    deadline = time.monotonic() + 1
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = text(await step("tools/call modern_cancelled", lambda: client.call_tool("modern_cancelled", {})))
+        if tag in seen.split(","):
+            break
+        await anyio.sleep(0.1)
+    check(tag in seen.split(","), f"the abandoned modern_wait {tag} was not cancelled upstream; cancelled: {seen!r}")
 
 
 async def run(mcp_url: str, email: str, password: str) -> None:

@@ -31,6 +31,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +46,8 @@ from mcp.shared.exceptions import MCPError
 from headless_oauth import Failure, check, find_failure, oauth_provider
 
 VERBOSE = os.environ.get("KEYGATE_E2E_VERBOSE") == "1"
+# This client speaks 2025-11-25, where resources/subscribe is current; the SDK warns of 2026.
+warnings.filterwarnings("ignore", message="resources/(un)?subscribe is removed")
 STEP_TIMEOUT = 15  # seconds, per protocol step
 TRACE: list[str] = []  # every request the SDK's HTTP client made, and its answer
 PASSED: list[str] = []  # the checks that passed, printed at the end (and on failure)
