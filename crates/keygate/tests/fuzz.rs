@@ -338,7 +338,11 @@ fn aggregated_event_rewriting_survives_any_split() {
     fuzz::run(chunked(512), |(bytes, cuts)| {
         let map = |event| map_event(event, |v| json!({"wrapped": v}), |id| format!("c{id}"));
         let never = std::future::pending;
-        let whole = collect(relay(body_of(vec![Bytes::from(bytes.clone())]), never(), map));
+        let whole = collect(relay(
+            body_of(vec![Bytes::from(bytes.clone())]),
+            never(),
+            map,
+        ));
         let parts = collect(relay(body_of(split(&bytes, &cuts)), never(), map));
         // How an event is cut on the wire never changes what the client gets: not a cut
         // inside a multi-byte character, nor between the CR and LF of a line end (found by

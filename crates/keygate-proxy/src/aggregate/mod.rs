@@ -252,6 +252,11 @@ async fn serve(
         _ => return Err(invalid("Not a JSON-RPC request, notification or response")),
     };
     let modern = downstream.is_modern();
+    let to = Routed {
+        downstream,
+        client,
+        id: &id,
+    };
     match method {
         "ping" if !modern => Ok(result(&id, json!({}))),
         "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
@@ -261,32 +266,13 @@ async fn serve(
             }
             Ok(result(&id, body))
         }
-        "tools/call" | "prompts/get" => {
-            let to = Routed {
-                downstream,
-                client,
-                id: &id,
-            };
-            call_by_name(state, members, &to, message, ex).await
-        }
+        "tools/call" | "prompts/get" => call_by_name(state, members, &to, message, ex).await,
         "resources/read" => read_resource(state, members, downstream, message, &id).await,
         // 2026-07-28 replaced them with `subscriptions/listen`.
         "resources/subscribe" | "resources/unsubscribe" if !modern => {
-            let to = Routed {
-                downstream,
-                client,
-                id: &id,
-            };
             subscription(state, members, &to, message, ex).await
         }
-        "completion/complete" => {
-            let to = Routed {
-                downstream,
-                client,
-                id: &id,
-            };
-            complete(state, members, &to, message, ex).await
-        }
+        "completion/complete" => complete(state, members, &to, message, ex).await,
         "logging/setLevel" if !modern => {
             let sent = join_all(
                 handshake_era(members, downstream)
@@ -562,6 +548,7 @@ async fn relay_call(
 ) -> Result<Response, ProxyError> {
     let downstream = to.downstream;
     let mut call = Call::begin(state, to.client, to.id, member.integration.id);
+    // Armed before the upstream answers: a tool may send nothing until it is done.
     cancel_on_drop(state, member, downstream, &mut call).await?;
     let reply = tokio::select! {
         reply = exchange(state, member, downstream, &message) => reply?,
