@@ -467,6 +467,19 @@ mod tests {
     }
 
     #[test]
+    fn each_era_keeps_its_own_meta_keys() {
+        let related = "io.modelcontextprotocol/related-task";
+        let mut meta: Map<String, Value> = [related, META_VERSION, "io.example/x"]
+            .into_iter()
+            .map(|k| (k.to_owned(), json!({})))
+            .collect();
+        strip_meta(&mut meta, false);
+        assert_eq!(meta.keys().collect::<Vec<_>>(), ["io.example/x", related]);
+        strip_meta(&mut meta, true);
+        assert_eq!(meta.keys().collect::<Vec<_>>(), ["io.example/x"]);
+    }
+
+    #[test]
     fn bridged_capabilities_leave_out_server_to_client_requests() {
         let caps = json!({"sampling": {}, "roots": {}, "experimental": {"x": {}}});
         assert_eq!(bridged(Some(&caps)), json!({"experimental": {"x": {}}}));
