@@ -20,6 +20,8 @@
 //!   the result after 10 s; it ends early, without a result, when `notifications/cancelled`
 //!   names its request id, and an answer the client drops before its end is listed by
 //!   [`FakeUpstream::dropped`] (a 2026 server's cancellation);
+//! - `tools/call` of `wait`: a JSON result after 10 s; a request dropped before is listed by
+//!   [`FakeUpstream::dropped`] too;
 //! - `initialize`, `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`
 //!   and `resources/read` answer like a real server with tools `echo`, `slow`, `ask`, prompt
 //!   `hello`, resource `{name}://doc` and template `{name}://items/{id}` (`name` given to
@@ -115,7 +117,7 @@ struct Shared {
     split: Mutex<Option<&'static str>>,
     /// Messages for the open `GET` streams ([`FakeUpstream::push`]).
     pushes: tokio::sync::broadcast::Sender<Value>,
-    /// The ids of `long` calls whose answer was dropped before its end.
+    /// The ids of `long` and `wait` calls dropped before their end.
     dropped: Arc<Mutex<Vec<Value>>>,
 }
 
@@ -206,8 +208,8 @@ impl FakeUpstream {
         let _ = self.shared.pushes.send(message);
     }
 
-    /// The request ids of `long` calls whose answer the client (the gateway) dropped before
-    /// its end.
+    /// The request ids of `long` and `wait` calls the client (the gateway) dropped before
+    /// their end.
     pub fn dropped(&self) -> Vec<Value> {
         self.shared.dropped.lock().expect("dropped").clone()
     }
@@ -621,6 +623,12 @@ async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -
         >())),
         "ask" => reply.sse(ask(shared, id.clone())),
         "long" => reply.sse(long(shared, id.clone())),
+        "wait" => {
+            let mut watch = Watch::new(shared, id.clone());
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            watch.end();
+            reply.result(json!({"content": []}))
+        }
         "reveal" => {
             let seen = echo(&headers, req).to_string();
             let told = format!(
@@ -682,32 +690,37 @@ fn slow(id: Value) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>
     })
 }
 
+/// A call of `long` or `wait`: noted in `dropped` unless it ended (or was cancelled) first.
+struct Watch {
+    id: Value,
+    dropped: Arc<Mutex<Vec<Value>>>,
+    done: bool,
+}
+impl Watch {
+    fn new(shared: &Shared, id: Value) -> Self {
+        Self {
+            id,
+            dropped: shared.dropped.clone(),
+            done: false,
+        }
+    }
+
+    /// The answer is complete, or was cancelled: nothing was dropped.
+    fn end(&mut self) {
+        self.done = true;
+    }
+}
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if !self.done {
+            self.dropped.lock().expect("dropped").push(self.id.clone());
+        }
+    }
+}
 /// Progress every 100 ms and a result after 10 s; nothing more once `notifications/cancelled`
 /// names `id`; `id` noted in `dropped` if the client drops the answer before its end.
 fn long(shared: &Shared, id: Value) -> Body {
-    struct Watch {
-        id: Value,
-        dropped: Arc<Mutex<Vec<Value>>>,
-        done: bool,
-    }
-    impl Watch {
-        /// The answer is complete, or was cancelled: nothing was dropped.
-        fn end(&mut self) {
-            self.done = true;
-        }
-    }
-    impl Drop for Watch {
-        fn drop(&mut self) {
-            if !self.done {
-                self.dropped.lock().expect("dropped").push(self.id.clone());
-            }
-        }
-    }
-    let watch = Watch {
-        id: id.clone(),
-        dropped: shared.dropped.clone(),
-        done: false,
-    };
+    let watch = Watch::new(shared, id.clone());
     let rx = shared.answers.subscribe();
     Body::from_stream(stream::unfold(
         (0u32, rx, watch),

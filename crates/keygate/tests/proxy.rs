@@ -2186,12 +2186,14 @@ async fn aggregated_cancel_reaches_upstream(backend: Backend) {
 }
 
 /// A 2025 client cancels a call a 2026 upstream handles: the gateway drops the upstream
-/// request (that era's cancellation) within a second, and sends it no notification.
+/// request (that era's cancellation) within a second — whether it has started answering (SSE)
+/// or not (a JSON answer still to come) — and sends it no notification.
 async fn aggregated_cancel_drops_a_2026_upstream_request(backend: Backend) {
     let w = world(backend).await;
     let (alpha, _beta) = alpha_beta(&w, [true, false]).await;
     let alice = w.token(w.alice).await;
     let session = initialized(&w, &alice).await;
+    let cancel = |id: i64| w.aggregated(&alice, Some(&session), &cancelled(json!(id)));
     let call = rpc(42, "tools/call", json!({"name": "alpha_long"}));
     let resp = w.aggregated(&alice, Some(&session), &call).send().await;
     let mut answer = Messages::new(resp.unwrap());
@@ -2201,8 +2203,7 @@ async fn aggregated_cancel_drops_a_2026_upstream_request(backend: Backend) {
             .await
             .is_some()
     );
-    let cancel = w.aggregated(&alice, Some(&session), &cancelled(json!(42)));
-    assert_eq!(cancel.send().await.unwrap().status(), 202);
+    assert_eq!(cancel(42).send().await.unwrap().status(), 202);
     assert!(
         eventually(Duration::from_secs(1), || alpha.dropped() == [json!(42)]).await,
         "alpha's dropped calls: {:?}",
@@ -2213,12 +2214,34 @@ async fn aggregated_cancel_drops_a_2026_upstream_request(backend: Backend) {
         None,
         "the answer ends"
     );
+
+    let call = rpc(43, "tools/call", json!({"name": "alpha_wait"}));
+    let waiting = tokio::spawn(w.aggregated(&alice, Some(&session), &call).send());
+    assert!(eventually(Duration::from_secs(2), || alpha.count("tools/call") == 2).await);
+    assert_eq!(cancel(43).send().await.unwrap().status(), 202);
+    let dropped = || alpha.dropped() == [json!(42), json!(43)];
+    assert!(
+        eventually(Duration::from_secs(1), dropped).await,
+        "alpha's dropped calls: {:?}",
+        alpha.dropped()
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+    let answer = answer
+        .expect("the call is answered at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        answer.text().await.unwrap(),
+        "",
+        "a cancelled request gets no answer"
+    );
     assert_eq!(alpha.count("notifications/cancelled"), 0);
     w.gw.stop().await;
 }
 
 /// A 2026 client cancels by dropping its request: a 2026 upstream's request is dropped, a 2025
-/// upstream is sent `notifications/cancelled`, each within a second.
+/// upstream is sent `notifications/cancelled`, each within a second — whether the upstream has
+/// started answering (SSE) or not (a JSON answer still to come).
 async fn dropped_2026_request_cancels_the_upstream_call(backend: Backend) {
     let w = world(backend).await;
     let (alpha, beta) = alpha_beta(&w, [true, false]).await;
@@ -2234,14 +2257,24 @@ async fn dropped_2026_request_cancels_the_upstream_call(backend: Backend) {
         );
         drop(answer);
     }
-    let alpha_stopped = eventually(Duration::from_secs(1), || alpha.dropped() == [json!(43)]);
+    for (id, tool) in [(45, "alpha_wait"), (46, "beta_wait")] {
+        let call = modern(&w, &alice, id, "tools/call", json!({"name": tool})).send();
+        let gave_up = tokio::time::timeout(Duration::from_millis(500), call).await;
+        assert!(gave_up.is_err(), "no answer before the client gives up");
+    }
+    let alpha_stopped = || alpha.dropped() == [json!(43), json!(45)];
+    let alpha_stopped = eventually(Duration::from_secs(1), alpha_stopped).await;
     assert!(
-        alpha_stopped.await,
+        alpha_stopped,
         "alpha's dropped calls: {:?}",
         alpha.dropped()
     );
-    let beta_told = eventually(Duration::from_secs(1), || cancels(&beta) == [json!(44)]);
-    assert!(beta_told.await, "beta got {:?}", cancels(&beta));
+    let beta_told = || cancels(&beta) == [json!(44), json!(46)];
+    assert!(
+        eventually(Duration::from_secs(1), beta_told).await,
+        "beta got {:?}",
+        cancels(&beta)
+    );
     w.gw.stop().await;
 }
 

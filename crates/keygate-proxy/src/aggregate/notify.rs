@@ -70,8 +70,10 @@ pub async fn cancel(
     let id = &message["params"]["requestId"];
     let owner = client.and_then(|c| state.cache.calls.owner(c, id));
     let Some(owner) = owner else {
+        tracing::debug!(request = %id, "cancelling a call this replica does not relay: to every upstream of the session");
         return broadcast(state, members, downstream, message).await;
     };
+    tracing::debug!(request = %id, integration = %owner.integration, "cancelling a call on its upstream");
     let Some(member) = members
         .iter()
         .find(|m| m.integration.id == owner.integration)
