@@ -2,8 +2,9 @@
 # The official MCP Python SDK as a 2026-07-28 (stateless) client of the aggregated route
 # /apps/{id}/mcp, over one upstream of each era: a 2026-capable server on the Python SDK
 # (modern_server.py) and the 2025-only reference server (@modelcontextprotocol/server-everything).
+# Then the same SDK as a 2025-era client of the same route (era-specific fields, cancellation).
 # See mcp_python_2026.py for what is checked; here, that the 2025 upstream saw one `initialize`
-# (the gateway's, on the client's behalf) for all its requests.
+# (the gateway's, on the 2026 client's behalf) for all its requests, and the 2025 client's own.
 # Needs the venv and the Node prefix that scripts/setup.sh installs (KEYGATE_E2E_VENV,
 # KEYGATE_E2E_NODE).
 set -euo pipefail
@@ -33,9 +34,10 @@ EVERYTHING_SLUG=$(integrate everything "http://127.0.0.1:$EVERYTHING_PORT/mcp")
 
 timeout 70 "$PY" "$HERE/mcp_python_2026.py" "$URL/apps/$AID/mcp" "$EMAIL" "$PASSWORD" ||
   fail "the MCP Python SDK as a 2026-07-28 client of the aggregated route"
-# The 2025 upstream saw one initialize (the gateway's) for all the client's requests.
+# The 2025 upstream saw one initialize for all the 2026 client's requests (the gateway's, on its
+# behalf), and one for the 2025 client's session that follows it (that client's own).
 inits=$(grep -c "Session initialized" "$WORK/everything.log" || true)
-[ "$inits" = 1 ] || fail "server-everything saw $inits initialize handshakes, expected 1"
+[ "$inits" = 2 ] || fail "server-everything saw $inits initialize handshakes, expected 2"
 
 kill -TERM "$GW"; wait "$GW" || fail "serve exited non-zero after SIGTERM"
 echo "mcp_python_2026: ok"

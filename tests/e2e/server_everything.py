@@ -17,7 +17,8 @@ SLUGS (comma-separated, at least two) name Streamable-HTTP integrations of serve
 attached to the application: serverInfo is keygate's; tools and prompts are `{slug}_{name}` and
 route by that prefix (echo from each, get-sum, progress); the sampling and elicitation requests of
 each upstream reach the client with ids `{slug}~{id}` and its answers get back to that upstream;
-resources are listed and read unchanged.
+resources are listed and read unchanged; completions route by their ref, and a subscription
+reaches the upstream that owns the URI, whose resource updates reach the client.
 
 Usage: python server_everything.py http|sse MCP_URL EMAIL PASSWORD
        python server_everything.py aggregated MCP_URL EMAIL PASSWORD SLUGS
@@ -30,6 +31,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,6 +46,8 @@ from mcp.shared.exceptions import MCPError
 from headless_oauth import Failure, check, find_failure, oauth_provider
 
 VERBOSE = os.environ.get("KEYGATE_E2E_VERBOSE") == "1"
+# This client speaks 2025-11-25, where resources/subscribe is current; the SDK warns of 2026.
+warnings.filterwarnings("ignore", message="resources/(un)?subscribe is removed")
 STEP_TIMEOUT = 15  # seconds, per protocol step
 TRACE: list[str] = []  # every request the SDK's HTTP client made, and its answer
 PASSED: list[str] = []  # the checks that passed, printed at the end (and on failure)
@@ -57,10 +61,12 @@ TOOL_LONG = "trigger-long-running-operation"
 TOOL_SAMPLING = "trigger-sampling-request"
 TOOL_ELICITATION = "trigger-elicitation-request"
 TOOL_ENV = "get-env"  # the upstream process's environment, as JSON
+TOOL_UPDATES = "toggle-subscriber-updates"  # resources/updated for the session's subscriptions
 STATIC_DOC = "demo://resource/static/document/features.md"
 TEXT_TEMPLATE = "demo://resource/dynamic/text/{resourceId}"
 PROMPT_SIMPLE = "simple-prompt"
 PROMPT_ARGS = "args-prompt"
+PROMPT_COMPLETABLE = "completable-prompt"
 
 
 def log(line: str) -> None:
@@ -92,6 +98,7 @@ class Client:
         self.elicitation_requests: list[types.ElicitRequestParams] = []
         self.elicitation_ids: list[Any] = []
         self.notifications: list[str] = []
+        self.updated: list[str] = []  # the URIs of notifications/resources/updated
         self.transport_errors: list[Exception] = []
 
     async def sampling(
@@ -118,7 +125,10 @@ class Client:
         if isinstance(message, Exception):
             self.transport_errors.append(message)
         else:
-            self.notifications.append(getattr(message, "method", type(message).__name__))
+            method = getattr(message, "method", type(message).__name__)
+            self.notifications.append(method)
+            if method == "notifications/resources/updated":
+                self.updated.append(str(getattr(getattr(message, "params", None), "uri", None)))
 
 
 async def list_tools_until(session: ClientSession, wanted: set[str]) -> set[str]:
@@ -331,8 +341,41 @@ async def exercise_aggregated(session: ClientSession, client: Client, slugs: lis
     log(f"prompts/list: {sorted(pnames)}; prompts/get {a}_{PROMPT_SIMPLE}, {b}_{PROMPT_ARGS}: ok")
 
     await check_resources(session)
+    await check_completions(session, b)
+    await check_subscription(session, client, slugs)
 
     check(not client.transport_errors, f"the transport reported errors: {client.transport_errors!r}")
+
+
+async def check_completions(session: ClientSession, slug: str) -> None:
+    """completion/complete routes by its ref: a prompt by its aggregated name, a template by URI."""
+    prompt = types.PromptReference(name=f"{slug}_{PROMPT_COMPLETABLE}")
+    r = await step("completion/complete (ref/prompt)",
+                   lambda: session.complete(prompt, {"name": "department", "value": "Eng"}))
+    check(r.completion.values == ["Engineering"], f"completion of {slug}_{PROMPT_COMPLETABLE}: {r!r}")
+    template = types.ResourceTemplateReference(uri=TEXT_TEMPLATE)
+    r = await step("completion/complete (ref/resource)",
+                   lambda: session.complete(template, {"name": "resourceId", "value": "7"}))
+    check(r.completion.values == ["7"], f"completion of {TEXT_TEMPLATE}: {r!r}")
+    log(f"completion/complete: {slug}_{PROMPT_COMPLETABLE} department -> Engineering; {TEXT_TEMPLATE} -> 7")
+
+
+async def check_subscription(session: ClientSession, client: Client, slugs: list[str]) -> None:
+    """resources/subscribe reaches the upstream that owns the URI, whose
+    notifications/resources/updated (started by its toggle tool) reach the client."""
+    await step("resources/subscribe", lambda: session.subscribe_resource(STATIC_DOC))
+    toggles = [f"{slug}_{TOOL_UPDATES}" for slug in slugs]  # the owner is one of them
+    for tool in toggles:
+        await step(f"tools/call {tool}", lambda: session.call_tool(tool, {}))
+    deadline = time.monotonic() + 8  # the server sends them every 5 s
+    while STATIC_DOC not in client.updated and time.monotonic() < deadline:
+        await anyio.sleep(0.1)
+    check(STATIC_DOC in client.updated,
+          f"no notifications/resources/updated for {STATIC_DOC}; notifications: {client.notifications[-20:]}")
+    for tool in toggles:
+        await step(f"tools/call {tool}", lambda: session.call_tool(tool, {}))
+    await step("resources/unsubscribe", lambda: session.unsubscribe_resource(STATIC_DOC))
+    log(f"resources/subscribe {STATIC_DOC}: notifications/resources/updated reached the client; unsubscribed")
 
 
 async def trace_request(request: httpx2.Request) -> None:

@@ -4,7 +4,8 @@
 # (echo, get-sum, progress, sampling and elicitation round trips), resources and prompts, over
 # Streamable HTTP and over the legacy HTTP+SSE transport; then through the aggregated route
 # /apps/{id}/mcp over two Streamable-HTTP integrations (two server-everything processes):
-# prefixed tools and prompts, routed calls, namespaced sampling/elicitation ids, resources (see
+# prefixed tools and prompts, routed calls, namespaced sampling/elicitation ids, resources,
+# completions and resource subscriptions (see
 # server_everything.py).
 # Needs the venv and the Node prefix that scripts/setup.sh installs (KEYGATE_E2E_VENV,
 # KEYGATE_E2E_NODE).

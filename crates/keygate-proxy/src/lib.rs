@@ -74,6 +74,8 @@ pub struct RouteCache {
     pub(crate) eras: GenCache<IntegrationId, aggregate::era::Era>,
     /// The upstream sessions the gateway holds for 2026 clients.
     pub(crate) handshakes: aggregate::handshakes::Handshakes,
+    /// The aggregated endpoint's routed calls in flight, for cancellation.
+    pub(crate) calls: aggregate::inflight::InFlight,
 }
 
 impl ProxyState {

@@ -16,10 +16,21 @@
 //! - `tools/call` of `ask`: an SSE response that first sends the client a
 //!   `sampling/createMessage` request (id 5), waits for the client's answer (POSTed back), and
 //!   ends with a result quoting it;
-//! - `initialize`, `tools/list`, `prompts/list`, `resources/list` and `resources/read` answer
-//!   like a real server with tools `echo`, `slow`, `ask`, prompt `hello`, resource `{name}://doc`
-//!   (`name` given to [`FakeUpstream::named`]);
-//! - `GET /mcp`: events 1–3 (resuming after `Last-Event-ID`), then an open stream;
+//! - `tools/call` of `long`: an SSE response with a progress notification every 100 ms and
+//!   the result after 10 s; it ends early, without a result, when `notifications/cancelled`
+//!   names its request id, and an answer the client drops before its end is listed by
+//!   [`FakeUpstream::dropped`] (a 2026 server's cancellation);
+//! - `tools/call` of `wait`: a JSON result after 10 s; a request dropped before is listed by
+//!   [`FakeUpstream::dropped`] too;
+//! - `initialize`, `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`
+//!   and `resources/read` answer like a real server with tools `echo`, `slow`, `ask`, prompt
+//!   `hello`, resource `{name}://doc` and template `{name}://items/{id}` (`name` given to
+//!   [`FakeUpstream::named`]); it declares `listChanged` for its lists, resource
+//!   subscriptions and completions (`completion/complete` is echoed);
+//! - `resources/subscribe` and `resources/unsubscribe` answer `{}`; a subscribe also sends
+//!   `notifications/resources/updated` for its URI on every open `GET` stream;
+//! - `GET /mcp`: events 1–3 (resuming after `Last-Event-ID`), then an open stream, which also
+//!   carries what [`FakeUpstream::push`] sends (ids from 4 on);
 //! - legacy HTTP+SSE: `GET /sse` opens with `event: endpoint` (`/messages?sessionId=legacy-1`),
 //!   and each `POST /messages?sessionId=legacy-1` is answered `202` with its echo sent on the
 //!   stream.
@@ -39,6 +50,7 @@
 //! `DELETE` → `405`), `server/discover`, results with `resultType`; every request must carry
 //! `params._meta` with the version and client capabilities and the `MCP-Protocol-Version`,
 //! `Mcp-Method` and `Mcp-Name` headers that mirror it (else `400`, `-32602` or `-32020`);
+//! every result carries its `_meta["io.modelcontextprotocol/serverInfo"]`;
 //! `initialize` is refused with `400` and `-32022` naming the one version it speaks; `ping`
 //! and `logging/setLevel` are unknown (`404`, `-32601`).
 
@@ -97,12 +109,16 @@ struct Shared {
     log: Mutex<Vec<Value>>,
     /// Every HTTP request, any path: `{method, path, query, headers}`.
     hits: Arc<Mutex<Vec<Value>>>,
-    /// The client's answers to the fake's own requests.
+    /// The client's answers to the fake's own requests, and its notifications.
     answers: tokio::sync::broadcast::Sender<Value>,
     /// A [`Stall`], as its discriminant.
     stall: AtomicU8,
     /// The line end of results sent in two writes ([`FakeUpstream::split_writes`]).
     split: Mutex<Option<&'static str>>,
+    /// Messages for the open `GET` streams ([`FakeUpstream::push`]).
+    pushes: tokio::sync::broadcast::Sender<Value>,
+    /// The ids of `long` and `wait` calls dropped before their end.
+    dropped: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Shared {
@@ -187,6 +203,17 @@ impl FakeUpstream {
         *self.shared.split.lock().expect("split") = Some(line_end);
     }
 
+    /// Sends `message` on every open `GET` stream.
+    pub fn push(&self, message: Value) {
+        let _ = self.shared.pushes.send(message);
+    }
+
+    /// The request ids of `long` and `wait` calls the client (the gateway) dropped before
+    /// their end.
+    pub fn dropped(&self) -> Vec<Value> {
+        self.shared.dropped.lock().expect("dropped").clone()
+    }
+
     /// Forgets every session it issued: requests carrying one get `404`.
     pub fn forget_sessions(&self) {
         self.shared.epoch.fetch_add(1, Ordering::SeqCst);
@@ -216,6 +243,8 @@ impl FakeUpstream {
             answers,
             stall: AtomicU8::new(Stall::No as u8),
             split: Mutex::new(None),
+            pushes: tokio::sync::broadcast::channel(16).0,
+            dropped: Arc::default(),
         });
         let hits = shared.hits.clone();
         let (on_post, on_get, on_delete) = (shared.clone(), shared.clone(), shared.clone());
@@ -388,7 +417,8 @@ async fn rpc(shared: Arc<Shared>, headers: HeaderMap, req: Value) -> Response {
         return StatusCode::ACCEPTED.into_response();
     }
     if req["id"].is_null() {
-        return StatusCode::ACCEPTED.into_response(); // a notification
+        let _ = shared.answers.send(req); // a notification (`long` listens for cancels)
+        return StatusCode::ACCEPTED.into_response();
     }
     if shared.modern
         && let Some(refused) = refuse_modern(&headers, &req)
@@ -466,15 +496,18 @@ fn decode_header(value: &str) -> String {
 struct Reply {
     id: Value,
     session: Option<String>,
-    modern: bool,
+    /// The server's name, if it speaks only 2026-07-28.
+    modern: Option<&'static str>,
     /// Results as SSE in two writes, with these line ends.
     split: Option<&'static str>,
 }
 
 impl Reply {
     fn result(&self, mut result: Value) -> Response {
-        if self.modern {
+        if let Some(name) = self.modern {
             result["resultType"] = json!("complete");
+            result["_meta"]["io.modelcontextprotocol/serverInfo"] =
+                json!({"name": name, "version": "1"});
         }
         let message = json!({"jsonrpc": "2.0", "id": self.id, "result": result});
         if let Some(line_end) = self.split {
@@ -505,17 +538,15 @@ async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
     let reply = Reply {
         id: req["id"].clone(),
         session: (!shared.modern).then(|| shared.session()),
-        modern: shared.modern,
+        modern: shared.modern.then_some(name),
         split: *shared.split.lock().expect("split"),
     };
     let uri = &req["params"]["uri"];
     match req["method"].as_str().unwrap_or("") {
         "server/discover" if shared.modern => reply.result(json!({"supportedVersions": [MODERN],
-            "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
-            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": name, "version": "1"}}})),
+            "capabilities": capabilities()})),
         "initialize" => reply.result(json!({"protocolVersion": req["params"]["protocolVersion"],
-            "serverInfo": {"name": name, "version": "1"},
-            "capabilities": {"tools": {}, "prompts": {}, "resources": {}}})),
+            "serverInfo": {"name": name, "version": "1"}, "capabilities": capabilities()})),
         "tools/list" => {
             let schema = json!({"type": "object"});
             let mut tools = vec![
@@ -534,6 +565,15 @@ async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
         "resources/list" => {
             reply.result(json!({"resources": [{"uri": format!("{name}://doc"), "name": "doc"}]}))
         }
+        "resources/templates/list" => reply.result(json!({"resourceTemplates": [
+            {"uriTemplate": format!("{name}://items/{{id}}"), "name": "items"}]})),
+        "resources/subscribe" => {
+            let updated = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                "params": {"uri": uri}});
+            let _ = shared.pushes.send(updated);
+            reply.result(json!({}))
+        }
+        "resources/unsubscribe" => reply.result(json!({})),
         "resources/read" if *uri == format!("{name}://doc") => {
             let text = format!("the {name} document");
             reply.result(json!({"contents": [{"uri": uri, "text": text}]}))
@@ -548,6 +588,12 @@ async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
         "tools/call" => tool(shared, &reply, headers, &req).await,
         _ => reply.result(echo(&headers, &req)),
     }
+}
+
+/// What every fake declares it can do.
+fn capabilities() -> Value {
+    json!({"tools": {"listChanged": true}, "prompts": {"listChanged": true},
+        "resources": {"subscribe": true, "listChanged": true}, "completions": {}})
 }
 
 /// What the fake saw of a request: method, params and every header.
@@ -576,6 +622,13 @@ async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -
             Result<Bytes, Infallible>,
         >())),
         "ask" => reply.sse(ask(shared, id.clone())),
+        "long" => reply.sse(long(shared, id.clone())),
+        "wait" => {
+            let mut watch = Watch::new(shared, id.clone());
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            watch.end();
+            reply.result(json!({"content": []}))
+        }
         "reveal" => {
             let seen = echo(&headers, req).to_string();
             let told = format!(
@@ -637,6 +690,80 @@ fn slow(id: Value) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>
     })
 }
 
+/// A call of `long` or `wait`: noted in `dropped` unless it ended (or was cancelled) first.
+struct Watch {
+    id: Value,
+    dropped: Arc<Mutex<Vec<Value>>>,
+    done: bool,
+}
+impl Watch {
+    fn new(shared: &Shared, id: Value) -> Self {
+        Self {
+            id,
+            dropped: shared.dropped.clone(),
+            done: false,
+        }
+    }
+
+    /// The answer is complete, or was cancelled: nothing was dropped.
+    fn end(&mut self) {
+        self.done = true;
+    }
+}
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if !self.done {
+            self.dropped.lock().expect("dropped").push(self.id.clone());
+        }
+    }
+}
+/// Progress every 100 ms and a result after 10 s; nothing more once `notifications/cancelled`
+/// names `id`; `id` noted in `dropped` if the client drops the answer before its end.
+fn long(shared: &Shared, id: Value) -> Body {
+    let watch = Watch::new(shared, id.clone());
+    let rx = shared.answers.subscribe();
+    Body::from_stream(stream::unfold(
+        (0u32, rx, watch),
+        |(n, mut rx, mut watch)| async move {
+            let wanted = watch.id.clone();
+            let cancelled = {
+                let cancel = async {
+                    loop {
+                        match rx.recv().await {
+                            Ok(m)
+                                if m["method"] == "notifications/cancelled"
+                                    && m["params"]["requestId"] == wanted =>
+                            {
+                                break;
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await
+                            }
+                            _ => continue,
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = cancel => true,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => false,
+                }
+            };
+            if cancelled || n == u32::MAX {
+                watch.end();
+                return None;
+            }
+            let body = if n == 100 {
+                watch.end();
+                json!({"jsonrpc": "2.0", "id": wanted, "result": {"content": []}})
+            } else {
+                json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": n}})
+            };
+            let next = if n == 100 { u32::MAX } else { n + 1 };
+            Some((Ok::<_, Infallible>(event(n, &body)), (next, rx, watch)))
+        },
+    ))
+}
+
 /// A `sampling/createMessage` request (id 5) to the client, then a result quoting its answer.
 fn ask(shared: &Shared, id: Value) -> Body {
     let mut rx = shared.answers.subscribe();
@@ -689,7 +816,24 @@ async fn close(shared: Arc<Shared>, headers: HeaderMap) -> StatusCode {
     }
 }
 
-/// `GET /mcp`: events 1, 2 and 3, 100 ms apart, then an open stream. With `Last-Event-ID: n`
+/// What [`FakeUpstream::push`] sends, as events 4, 5, …; never ends.
+fn pushed(
+    rx: tokio::sync::broadcast::Receiver<Value>,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    stream::unfold((rx, 4u32), |(mut rx, n)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(message) => return Some((Ok(event(n, &message)), (rx, n + 1))),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+    })
+}
+
+/// `GET /mcp`: events 1, 2 and 3, 100 ms apart, then an open stream of what is pushed. With `Last-Event-ID: n`
 /// it resumes after event n (the upstream's side of resumption). A 2026 fake has no such
 /// stream (405); a forgotten session gets 404.
 async fn open_stream(shared: Arc<Shared>, headers: HeaderMap) -> Response {
@@ -722,7 +866,7 @@ async fn open_stream(shared: Arc<Shared>, headers: HeaderMap) -> Response {
             Some((Ok::<_, Infallible>(event(n, &body)), n + 1))
         }
     })
-    .chain(stream::pending());
+    .chain(pushed(shared.pushes.subscribe()));
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(frames))

@@ -337,8 +337,13 @@ fn body_of(
 fn aggregated_event_rewriting_survives_any_split() {
     fuzz::run(chunked(512), |(bytes, cuts)| {
         let map = |event| map_event(event, |v| json!({"wrapped": v}), |id| format!("c{id}"));
-        let whole = collect(relay(body_of(vec![Bytes::from(bytes.clone())]), map));
-        let parts = collect(relay(body_of(split(&bytes, &cuts)), map));
+        let never = std::future::pending;
+        let whole = collect(relay(
+            body_of(vec![Bytes::from(bytes.clone())]),
+            never(),
+            map,
+        ));
+        let parts = collect(relay(body_of(split(&bytes, &cuts)), never(), map));
         // How an event is cut on the wire never changes what the client gets: not a cut
         // inside a multi-byte character, nor between the CR and LF of a line end (found by
         // this property when events were split by hand: `data: x\r` | `\n`).

@@ -36,6 +36,16 @@ both_backends!(
     aggregated_unknown_tool_answers_with_the_request_id,
     aggregated_calls_without_connection_mint_no_connect_sessions,
     warm_aggregated_calls_write_nothing,
+    aggregated_cancel_reaches_upstream,
+    aggregated_cancel_drops_a_2026_upstream_request,
+    dropped_2026_request_cancels_the_upstream_call,
+    aggregated_cancel_of_an_unknown_request_reaches_every_upstream,
+    aggregated_subscribe_reaches_the_resource_owner,
+    aggregated_completion_routes_by_reference,
+    aggregated_list_changes_are_coalesced,
+    aggregated_capabilities_follow_the_upstreams,
+    aggregated_answers_carry_no_other_era_fields,
+    aggregated_gateway_errors_carry_the_request_id,
 );
 
 async fn world(backend: Backend) -> World {
@@ -2041,6 +2051,504 @@ async fn aggregated_unknown_tool_answers_with_the_request_id(backend: Backend) {
         let answer: Value = resp.unwrap().json().await.unwrap();
         assert_eq!(answer["error"]["code"], -32602);
         assert_eq!(answer["id"], id, "{answer}");
+    }
+    w.gw.stop().await;
+}
+
+/// The JSON messages of an SSE answer, one at a time.
+struct Messages {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Messages {
+    fn new(resp: reqwest::Response) -> Self {
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        Self {
+            stream: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next message that comes within `wait`: `None` if the stream ends or none comes.
+    async fn next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                if let Ok(message) = serde_json::from_str(&data.join("\n")) {
+                    return Some(message);
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.stream.next()).await;
+            match chunk {
+                Ok(Some(Ok(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next message whose `method` is `method`, skipping others, within `wait`.
+    async fn until(&mut self, method: &str, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = self.next(left).await?;
+            if message["method"] == method {
+                return Some(message);
+            }
+        }
+    }
+}
+
+/// Two fake upstreams named alpha and beta (`modern`: of the 2026 era), attached.
+async fn alpha_beta(w: &World, modern: [bool; 2]) -> (FakeUpstream, FakeUpstream) {
+    let mut ups = Vec::new();
+    for (name, modern) in [("alpha", modern[0]), ("beta", modern[1])] {
+        let up = if modern {
+            FakeUpstream::modern(name).await
+        } else {
+            FakeUpstream::named(name).await
+        };
+        let title = if name == "alpha" { "Alpha" } else { "Beta" };
+        w.integration(json!({"name": title, "url": up.url})).await;
+        ups.push(up);
+    }
+    let beta = ups.pop().unwrap();
+    (ups.pop().unwrap(), beta)
+}
+
+/// `notifications/cancelled` for request `id`.
+fn cancelled(id: Value) -> Value {
+    json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": id, "reason": "no longer needed"}})
+}
+
+/// The `notifications/cancelled` an upstream received: their request ids.
+fn cancels(up: &FakeUpstream) -> Vec<Value> {
+    up.requests()
+        .into_iter()
+        .filter(|r| r["method"] == "notifications/cancelled")
+        .map(|r| r["params"]["requestId"].clone())
+        .collect()
+}
+
+/// Waits up to `wait` for `check` to hold.
+async fn eventually(wait: Duration, check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + wait;
+    while !check() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// A 2025 client cancels a call: the upstream handling it (and no other) gets the
+/// notification within a second and ends its answer.
+async fn aggregated_cancel_reaches_upstream(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = alpha_beta(&w, [false, false]).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let call = rpc(41, "tools/call", json!({"name": "beta_long"}));
+    let resp = w.aggregated(&alice, Some(&session), &call).send().await;
+    let mut answer = Messages::new(resp.unwrap());
+    assert!(
+        answer
+            .until("notifications/progress", Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    let cancel = w.aggregated(&alice, Some(&session), &cancelled(json!(41)));
+    assert_eq!(cancel.send().await.unwrap().status(), 202);
+    assert!(
+        eventually(Duration::from_secs(1), || cancels(&beta) == [json!(41)]).await,
+        "beta got {:?}",
+        cancels(&beta)
+    );
+    // The upstream stopped: the answer ends without a result.
+    while let Some(message) = answer.next(Duration::from_secs(1)).await {
+        assert!(message.get("result").is_none(), "{message}");
+    }
+    assert_eq!(
+        cancels(&alpha),
+        Vec::<Value>::new(),
+        "only to the upstream handling it"
+    );
+    w.gw.stop().await;
+}
+
+/// A 2025 client cancels a call a 2026 upstream handles: the gateway drops the upstream
+/// request (that era's cancellation) within a second — whether it has started answering (SSE)
+/// or not (a JSON answer still to come) — and sends it no notification.
+async fn aggregated_cancel_drops_a_2026_upstream_request(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, _beta) = alpha_beta(&w, [true, false]).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let cancel = |id: i64| w.aggregated(&alice, Some(&session), &cancelled(json!(id)));
+    let call = rpc(42, "tools/call", json!({"name": "alpha_long"}));
+    let resp = w.aggregated(&alice, Some(&session), &call).send().await;
+    let mut answer = Messages::new(resp.unwrap());
+    assert!(
+        answer
+            .until("notifications/progress", Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    assert_eq!(cancel(42).send().await.unwrap().status(), 202);
+    assert!(
+        eventually(Duration::from_secs(1), || alpha.dropped() == [json!(42)]).await,
+        "alpha's dropped calls: {:?}",
+        alpha.dropped()
+    );
+    assert_eq!(
+        answer.next(Duration::from_secs(1)).await,
+        None,
+        "the answer ends"
+    );
+
+    let call = rpc(43, "tools/call", json!({"name": "alpha_wait"}));
+    let waiting = tokio::spawn(w.aggregated(&alice, Some(&session), &call).send());
+    assert!(eventually(Duration::from_secs(2), || alpha.count("tools/call") == 2).await);
+    assert_eq!(cancel(43).send().await.unwrap().status(), 202);
+    let dropped = || alpha.dropped() == [json!(42), json!(43)];
+    assert!(
+        eventually(Duration::from_secs(1), dropped).await,
+        "alpha's dropped calls: {:?}",
+        alpha.dropped()
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+    let answer = answer
+        .expect("the call is answered at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        answer.text().await.unwrap(),
+        "",
+        "a cancelled request gets no answer"
+    );
+    assert_eq!(alpha.count("notifications/cancelled"), 0);
+    w.gw.stop().await;
+}
+
+/// A 2026 client cancels by dropping its request: a 2026 upstream's request is dropped, a 2025
+/// upstream is sent `notifications/cancelled`, each within a second — whether the upstream has
+/// started answering (SSE) or not (a JSON answer still to come).
+async fn dropped_2026_request_cancels_the_upstream_call(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = alpha_beta(&w, [true, false]).await;
+    let alice = w.token(w.alice).await;
+    for (id, tool) in [(43, "alpha_long"), (44, "beta_long")] {
+        let resp = modern(&w, &alice, id, "tools/call", json!({"name": tool}));
+        let mut answer = Messages::new(resp.send().await.unwrap());
+        assert!(
+            answer
+                .until("notifications/progress", Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+        drop(answer);
+    }
+    for (id, tool) in [(45, "alpha_wait"), (46, "beta_wait")] {
+        let call = modern(&w, &alice, id, "tools/call", json!({"name": tool})).send();
+        let gave_up = tokio::time::timeout(Duration::from_millis(500), call).await;
+        assert!(gave_up.is_err(), "no answer before the client gives up");
+    }
+    let alpha_stopped = || alpha.dropped() == [json!(43), json!(45)];
+    let alpha_stopped = eventually(Duration::from_secs(1), alpha_stopped).await;
+    assert!(
+        alpha_stopped,
+        "alpha's dropped calls: {:?}",
+        alpha.dropped()
+    );
+    let beta_told = || cancels(&beta) == [json!(44), json!(46)];
+    assert!(
+        eventually(Duration::from_secs(1), beta_told).await,
+        "beta got {:?}",
+        cancels(&beta)
+    );
+    w.gw.stop().await;
+}
+
+/// A cancellation of a request this replica does not relay (another replica does, or it is
+/// over) goes to every 2025 upstream of the session, which ignore ids they do not know.
+async fn aggregated_cancel_of_an_unknown_request_reaches_every_upstream(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = alpha_beta(&w, [false, false]).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let cancel = w.aggregated(&alice, Some(&session), &cancelled(json!("elsewhere")));
+    assert_eq!(cancel.send().await.unwrap().status(), 202);
+    assert_eq!(cancels(&alpha), [json!("elsewhere")]);
+    assert_eq!(cancels(&beta), [json!("elsewhere")]);
+    w.gw.stop().await;
+}
+
+/// The merged `GET` stream of a 2025 session, its first six events (three of each fake) read.
+async fn merged_stream_after_replay(w: &World, token: &str, session: &str) -> Messages {
+    let resp =
+        w.gw.http
+            .get(&w.app_url)
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", session)
+            .send()
+            .await
+            .unwrap();
+    let mut stream = Messages::new(resp);
+    for _ in 0..6 {
+        let m = stream
+            .until("notifications/message", Duration::from_secs(5))
+            .await;
+        assert!(m.is_some(), "the upstreams' first events");
+    }
+    stream
+}
+
+/// `resources/subscribe` and `unsubscribe` go to the upstream that owns the URI alone, and
+/// its `notifications/resources/updated` reach the client on the merged stream, URI unchanged.
+async fn aggregated_subscribe_reaches_the_resource_owner(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = alpha_beta(&w, [false, false]).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let mut stream = merged_stream_after_replay(&w, &alice, &session).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body);
+    let (_, r) = status_json(post(rpc(
+        5,
+        "resources/subscribe",
+        json!({"uri": "beta://doc"}),
+    )))
+    .await;
+    assert_eq!(
+        (r["id"].clone(), r["result"].clone()),
+        (json!(5), json!({})),
+        "{r}"
+    );
+    let updated = stream
+        .until("notifications/resources/updated", Duration::from_secs(5))
+        .await;
+    assert_eq!(updated.unwrap()["params"]["uri"], "beta://doc");
+    let (_, r) = status_json(post(rpc(
+        6,
+        "resources/unsubscribe",
+        json!({"uri": "beta://doc"}),
+    )))
+    .await;
+    assert_eq!(r["result"], json!({}), "{r}");
+    let seen = |up: &FakeUpstream, method: &str| {
+        let requests = up.requests().into_iter();
+        requests
+            .filter(|q| q["method"] == method)
+            .map(|q| q["params"]["uri"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seen(&beta, "resources/subscribe"), [json!("beta://doc")]);
+    assert_eq!(seen(&beta, "resources/unsubscribe"), [json!("beta://doc")]);
+    assert_eq!(
+        alpha.count("resources/subscribe") + alpha.count("resources/unsubscribe"),
+        0
+    );
+    let (_, r) = status_json(post(rpc(7, "resources/subscribe", json!({"uri": "x://y"})))).await;
+    assert_eq!(
+        (r["id"].clone(), r["error"]["code"].clone()),
+        (json!(7), json!(-32002)),
+        "{r}"
+    );
+    w.gw.stop().await;
+}
+
+/// `completion/complete` goes to the upstream its `ref` names: a prompt by its aggregated
+/// name (sent under the upstream's own), a resource template by its URI.
+async fn aggregated_completion_routes_by_reference(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = alpha_beta(&w, [false, false]).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body);
+    let argument = json!({"name": "q", "value": "a"});
+    let prompt = json!({"ref": {"type": "ref/prompt", "name": "beta_hello"}, "argument": argument});
+    let (_, r) = status_json(post(rpc(1, "completion/complete", prompt))).await;
+    assert_eq!(r["result"]["params"]["ref"]["name"], "hello", "{r}");
+    let template = json!({"ref": {"type": "ref/resource", "uri": "alpha://items/{id}"},
+        "argument": {"name": "id", "value": "1"}});
+    let (_, r) = status_json(post(rpc(2, "completion/complete", template))).await;
+    assert_eq!(
+        r["result"]["params"]["ref"]["uri"], "alpha://items/{id}",
+        "{r}"
+    );
+    assert_eq!(
+        (
+            alpha.count("completion/complete"),
+            beta.count("completion/complete")
+        ),
+        (1, 1)
+    );
+    let nowhere =
+        json!({"ref": {"type": "ref/prompt", "name": "gamma_hello"}, "argument": argument});
+    let (_, r) = status_json(post(rpc(3, "completion/complete", nowhere))).await;
+    assert_eq!(
+        (r["id"].clone(), r["error"]["code"].clone()),
+        (json!(3), json!(-32602)),
+        "{r}"
+    );
+    w.gw.stop().await;
+}
+
+/// List changes of several upstreams at once reach a 2025 client as one notification, which
+/// its `initialize` said it would get (`listChanged`).
+async fn aggregated_list_changes_are_coalesced(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = alpha_beta(&w, [false, false]).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let mut stream = merged_stream_after_replay(&w, &alice, &session).await;
+    let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+    alpha.push(changed.clone());
+    beta.push(changed);
+    let first = stream.next(Duration::from_secs(1)).await;
+    assert_eq!(first.unwrap()["method"], "notifications/tools/list_changed");
+    assert_eq!(
+        stream.next(Duration::from_millis(600)).await,
+        None,
+        "one notification"
+    );
+    w.gw.stop().await;
+}
+
+/// `initialize` declares list changes, resource subscriptions and completions when an upstream
+/// does; `server/discover` declares no notifications (the gateway offers no
+/// `subscriptions/listen`).
+async fn aggregated_capabilities_follow_the_upstreams(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = alpha_beta(&w, [true, false]).await;
+    let alice = w.token(w.alice).await;
+    let init = rpc(
+        1,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {}}),
+    );
+    let (_, r) = status_json(w.aggregated(&alice, None, &init)).await;
+    let caps = &r["result"]["capabilities"];
+    assert_eq!(caps["tools"], json!({"listChanged": true}), "{r}");
+    assert_eq!(
+        caps["resources"],
+        json!({"listChanged": true, "subscribe": true})
+    );
+    assert!(caps["completions"].is_object(), "{caps}");
+    let (_, r) = status_json(modern(&w, &alice, 2, "server/discover", json!({}))).await;
+    let caps = &r["result"]["capabilities"];
+    assert_eq!(
+        (caps["tools"].clone(), caps["resources"].clone()),
+        (json!({}), json!({})),
+        "{caps}"
+    );
+    w.gw.stop().await;
+}
+
+/// A 2025 client's answers from a 2026 upstream carry nothing of 2026: no
+/// `io.modelcontextprotocol/*` `_meta` keys (the upstream's `serverInfo`), no `resultType`.
+async fn aggregated_answers_carry_no_other_era_fields(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = alpha_beta(&w, [true, false]).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body);
+    for request in [
+        rpc(1, "prompts/get", json!({"name": "alpha_hello"})),
+        rpc(2, "tools/call", json!({"name": "alpha_echo"})),
+        rpc(3, "resources/read", json!({"uri": "alpha://doc"})),
+        rpc(
+            4,
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "alpha_hello"},
+            "argument": {"name": "q", "value": ""}}),
+        ),
+    ] {
+        let (status, r) = status_json(post(request)).await;
+        assert_eq!(status, 200, "{r}");
+        let result = r["result"].as_object().unwrap();
+        assert!(!result.contains_key("resultType"), "{r}");
+        let meta = result.get("_meta").and_then(Value::as_object);
+        let reserved = meta
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with("io.modelcontextprotocol/"));
+        assert_eq!(reserved.count(), 0, "{r}");
+    }
+    w.gw.stop().await;
+}
+
+/// Errors the aggregated endpoint makes itself name the request's id, whichever kind it is.
+async fn aggregated_gateway_errors_carry_the_request_id(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = alpha_beta(&w, [false, false]).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    for id in ids() {
+        let request = |method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let refused = [
+            w.aggregated(
+                &alice,
+                Some(&session),
+                &request("prompts/get", json!({"name": "nope_x"})),
+            ),
+            w.aggregated(
+                &alice,
+                Some(&session),
+                &request("resources/read", json!({"uri": "x://y"})),
+            ),
+            w.aggregated(
+                &alice,
+                Some(&session),
+                &request("resources/subscribe", json!({"uri": "x://y"})),
+            ),
+            w.aggregated(
+                &alice,
+                Some(&session),
+                &request(
+                    "completion/complete",
+                    json!({"ref": {"type": "ref/unknown"}}),
+                ),
+            ),
+            w.aggregated(
+                &alice,
+                Some(&session),
+                &request("no/such/method", json!({})),
+            ),
+            w.aggregated(
+                &alice,
+                Some("not-a-session"),
+                &request("tools/list", json!({})),
+            ),
+            w.aggregated(&alice, None, &request("tools/list", json!({}))),
+            modern(
+                &w,
+                &alice,
+                0,
+                "resources/subscribe",
+                json!({"uri": "x://y"}),
+            )
+            .json(&request(
+                "resources/subscribe",
+                json!({"uri": "x://y", "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": MODERN,
+                    "io.modelcontextprotocol/clientCapabilities": {}}}),
+            )),
+        ];
+        for req in refused {
+            let (status, answer) = status_json(req).await;
+            assert!(answer["error"]["code"].is_i64(), "{status}: {answer}");
+            assert_eq!(answer["id"], id, "{status}: {answer}");
+        }
     }
     w.gw.stop().await;
 }

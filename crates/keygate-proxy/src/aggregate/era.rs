@@ -34,8 +34,21 @@ pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
-/// Keys under this prefix are the protocol's own; a 2025 upstream gets none of them.
+/// Keys under this prefix are the protocol's own (in `_meta`); some belong to one era only.
 pub const RESERVED_PREFIX: &str = "io.modelcontextprotocol/";
+/// Reserved `_meta` keys only 2026-07-28 defines: none of them reaches a 2025 peer.
+const MODERN_META: [&str; 6] = [
+    META_VERSION,
+    META_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_SERVER_INFO,
+    "io.modelcontextprotocol/logLevel",
+    "io.modelcontextprotocol/subscriptionId",
+];
+/// Reserved `_meta` keys only the 2025 era defines (2025-11-25 tasks): none reaches a 2026 peer.
+const LEGACY_META: [&str; 1] = ["io.modelcontextprotocol/related-task"];
+/// Result fields only 2026-07-28 defines.
+const MODERN_RESULT: [&str; 3] = ["resultType", "ttlMs", "cacheScope"];
 
 pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
@@ -199,6 +212,58 @@ pub fn complete(result: &mut Value) {
     let meta = r.entry("_meta").or_insert_with(|| json!({}));
     if let Some(meta) = meta.as_object_mut() {
         meta.entry(META_SERVER_INFO).or_insert_with(gateway_info);
+    }
+}
+
+/// Whether the `_meta` key `key` belongs to the era a peer does not speak (`to_modern`: the
+/// peer speaks 2026-07-28). Keys of neither era alone (extensions, `progressToken`) pass.
+pub fn foreign_meta(key: &str, to_modern: bool) -> bool {
+    if to_modern {
+        LEGACY_META.contains(&key)
+    } else {
+        MODERN_META.contains(&key)
+    }
+}
+
+/// Removes from a `_meta` object the keys of the era the peer does not speak.
+pub fn strip_meta(meta: &mut Map<String, Value>, to_modern: bool) {
+    meta.retain(|k, _| !foreign_meta(k, to_modern));
+}
+
+/// A message from an upstream on its way to a client of the other era (`to_modern`: the
+/// client speaks 2026-07-28), in place: the other era's `_meta` keys leave its `result` and
+/// `params`, a 2026 result loses the fields 2025 does not know (`resultType`, `ttlMs`,
+/// `cacheScope`), and a 2025 result gets what 2026 requires ([`complete`]). Messages between
+/// peers of one era never come here.
+pub fn translate(message: &mut Value, to_modern: bool) {
+    for part in ["result", "params"] {
+        let Some(p) = message.get_mut(part).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let Some(meta) = p.get_mut("_meta").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let before = meta.len();
+        strip_meta(meta, to_modern);
+        if meta.is_empty() && before > 0 {
+            p.remove("_meta");
+        }
+    }
+    let Some(result) = message.get_mut("result") else {
+        return;
+    };
+    if to_modern {
+        complete(result);
+    } else if let Some(r) = result.as_object_mut() {
+        r.retain(|k, _| !MODERN_RESULT.contains(&k.as_str()));
+    }
+}
+
+/// A message from an upstream (of the 2026 era if `from_modern`) on its way to a client (of
+/// the 2026 era if `to_modern`): translated when the eras differ ([`translate`]).
+pub fn cross(message: &mut Value, from_modern: bool, to_modern: bool) {
+    if from_modern != to_modern {
+        translate(message, to_modern);
     }
 }
 
@@ -370,6 +435,48 @@ mod tests {
         }
         assert_eq!(encode_header_value("echo"), "echo");
         assert_eq!(encode_header_value("héllo"), "=?base64?aMOpbGxv?=");
+    }
+
+    #[test]
+    fn a_2026_answer_reaches_a_2025_client_without_2026_fields() {
+        let mut answer = json!({"jsonrpc": "2.0", "id": 1, "result": {
+            "messages": [], "resultType": "complete", "ttlMs": 0, "cacheScope": "private",
+            "_meta": {META_SERVER_INFO: {"name": "up"}, "io.modelcontextprotocol/ui": {}}}});
+        translate(&mut answer, false);
+        assert_eq!(
+            answer["result"],
+            json!({"messages": [], "_meta": {"io.modelcontextprotocol/ui": {}}})
+        );
+        let mut note = json!({"method": "notifications/message", "params": {
+            "_meta": {"io.modelcontextprotocol/subscriptionId": 3}}});
+        translate(&mut note, false);
+        assert_eq!(note["params"], json!({}));
+    }
+
+    #[test]
+    fn a_2025_answer_reaches_a_2026_client_without_2025_fields() {
+        let related = "io.modelcontextprotocol/related-task";
+        let mut answer = json!({"jsonrpc": "2.0", "id": 1, "result": {
+            "content": [], "_meta": {related: {"taskId": "t"}, "progressToken": 1}}});
+        translate(&mut answer, true);
+        let r = &answer["result"];
+        assert_eq!(r["resultType"], "complete");
+        assert!(r["_meta"].get(related).is_none(), "{r}");
+        assert_eq!(r["_meta"]["progressToken"], 1);
+        assert_eq!(r["_meta"][META_SERVER_INFO]["name"], "keygate");
+    }
+
+    #[test]
+    fn each_era_keeps_its_own_meta_keys() {
+        let related = "io.modelcontextprotocol/related-task";
+        let mut meta: Map<String, Value> = [related, META_VERSION, "io.example/x"]
+            .into_iter()
+            .map(|k| (k.to_owned(), json!({})))
+            .collect();
+        strip_meta(&mut meta, false);
+        assert_eq!(meta.keys().collect::<Vec<_>>(), ["io.example/x", related]);
+        strip_meta(&mut meta, true);
+        assert_eq!(meta.keys().collect::<Vec<_>>(), ["io.example/x"]);
     }
 
     #[test]

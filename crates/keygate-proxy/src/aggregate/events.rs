@@ -2,7 +2,8 @@
 //! arrive (`keygate_core::wire::sse`: any line ends, pieces cut anywhere, UTF-8 decoded once per
 //! event, each event at most [`MAX_EVENT_BYTES`]); [`map_event`] rewrites one (to namespace the
 //! ids of server-to-client requests and turn event ids into [`Cursor`]s); [`relay`] does both
-//! for a whole answer on its way to the client, which gets every event re-encoded.
+//! for a whole answer on its way to the client, which gets every event re-encoded (until the
+//! client cancels it).
 //!
 //! [`Cursor`]: super::cursor::Cursor
 
@@ -91,14 +92,16 @@ where
     }
 }
 
-/// An SSE answer on its way to the client: each event through `map`, then encoded.
-pub fn relay<B, F>(body: B, mut map: F) -> Body
+/// An SSE answer on its way to the client: each event through `map`, then encoded; it ends
+/// early (dropping `body`) when `stop` resolves.
+pub fn relay<B, F>(body: B, stop: impl Future<Output = ()> + Send + 'static, mut map: F) -> Body
 where
     B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
     F: FnMut(Event) -> Event + Send + 'static,
 {
     let events = Events::new(body, MAX_EVENT_BYTES)
+        .take_until(stop)
         .map(move |event| event.map(|e| Bytes::from(map(e).encode())));
     Body::from_stream(events)
 }
@@ -169,7 +172,7 @@ mod tests {
     #[tokio::test]
     async fn relayed_events_keep_a_character_split_across_frames() {
         let (a, b) = "data: café crème\r\n\r\n".as_bytes().split_at(10);
-        let body = relay(body_of(vec![a, b]), |e| e);
+        let body = relay(body_of(vec![a, b]), std::future::pending(), |e| e);
         let out = body.collect().await.unwrap().to_bytes();
         assert_eq!(&out[..], "data: café crème\n\n".as_bytes());
     }

@@ -210,22 +210,34 @@ impl Summary {
                 return;
             }
         };
-        // 2025 clients hear of list changes on the GET stream; 2026 ones would need
-        // `subscriptions/listen`, which the gateway does not offer (nor logging, removed).
-        for cap in ["tools", "prompts", "resources", "logging"] {
-            if joined.capabilities.get(cap).is_none() || (modern && cap == "logging") {
-                continue;
-            }
-            let value = if modern || cap == "logging" {
-                json!({})
-            } else {
-                json!({"listChanged": true})
-            };
-            self.capabilities.insert(cap.to_owned(), value);
-        }
+        merge_capabilities(&mut self.capabilities, &joined.capabilities, modern);
         self.sessions.extend(joined.session);
         self.notes
             .push(format!("{slug}: {}", member.integration.name));
+    }
+}
+
+/// Adds an upstream's capabilities to the gateway's. 2025 clients hear of list changes
+/// (coalesced) and resource updates on the merged GET stream, so `listChanged` and `subscribe`
+/// are declared when an upstream declares them; 2026 clients would need
+/// `subscriptions/listen`, which the gateway does not offer (nor logging, removed).
+fn merge_capabilities(ours: &mut Map<String, Value>, theirs: &Value, modern: bool) {
+    for cap in ["tools", "prompts", "resources", "logging", "completions"] {
+        let Some(their) = theirs.get(cap).filter(|_| !(modern && cap == "logging")) else {
+            continue;
+        };
+        let our = ours.entry(cap).or_insert_with(|| json!({}));
+        let flags: &[&str] = match cap {
+            _ if modern => &[],
+            "resources" => &["listChanged", "subscribe"],
+            "tools" | "prompts" => &["listChanged"],
+            _ => &[],
+        };
+        for flag in flags {
+            if their[*flag] == true {
+                our[*flag] = Value::Bool(true);
+            }
+        }
     }
 }
 

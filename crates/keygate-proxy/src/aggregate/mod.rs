@@ -10,11 +10,17 @@
 //! - Each upstream is spoken to in its own era ([`era::era`], [`upstream::Link`]); for a 2026
 //!   client the gateway holds the sessions of 2025 upstreams itself ([`handshakes`]).
 //! - Lists fan out and namespace names as `{slug}_{name}`: slugs contain no `_`, so the first
-//!   `_` splits them unambiguously. Resource URIs are kept; `resources/read` asks every upstream.
-//! - `tools/call` and `prompts/get` route by prefix and stream the upstream's answer back.
-//!   Server-to-client requests inside it (sampling, elicitation, roots) get ids namespaced as
-//!   `{slug}~{original id}`, and the client's answers are routed back by that prefix.
-//! - Notifications fan out; `GET` merges the upstreams' streams; `DELETE` closes them all.
+//!   `_` splits them unambiguously. Resource URIs are kept; the upstream whose read of a URI
+//!   answers owns it ([`route`]).
+//! - `tools/call` and `prompts/get` route by prefix, `resources/subscribe`/`unsubscribe` by
+//!   URI owner, `completion/complete` by its `ref`; each streams the upstream's answer back
+//!   ([`relay_call`]), translated for the client's era ([`era::cross`]) and cancellable
+//!   ([`inflight`]). Server-to-client requests inside it (sampling, elicitation, roots) get ids
+//!   namespaced as `{slug}~{original id}`, and the client's answers are routed back by that
+//!   prefix.
+//! - `notifications/cancelled` goes to the upstream answering that request, other
+//!   notifications to every 2025 upstream of the session ([`notify`]); `GET` merges the
+//!   upstreams' streams, coalescing their list changes; `DELETE` closes them all.
 //! - An upstream that fails, or misses the fan-out deadline (`proxy.fanout_timeout_secs`, for
 //!   its whole part: [`upstream::within`]), is left out (and logged) without failing or delaying
 //!   the others, and asked again next time; one that forgot its session fails a 2025 client's
@@ -24,7 +30,10 @@ pub mod cursor;
 pub mod era;
 pub mod events;
 pub mod handshakes;
+pub mod inflight;
 pub mod lifecycle;
+pub mod notify;
+pub mod route;
 pub mod session;
 pub mod upstream;
 
@@ -37,15 +46,14 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Limited};
-use keygate_core::IntegrationId;
 use keygate_core::wire::jsonrpc::{self, RequestId};
-use keygate_core::wire::sse::Event;
 use serde_json::{Value, json};
 
 use self::cursor::Cursor;
 use self::events::{Events, MAX_EVENT_BYTES, map_event};
+use self::inflight::{Call, Client};
 use self::session::AggregatedSession;
-use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send, within};
+use self::upstream::{Downstream, Link, Member, Stateless, exchange, members, rpc, send, within};
 use crate::ProxyState;
 use crate::credentials;
 use crate::error::{ProxyError, local_answer};
@@ -181,7 +189,12 @@ async fn post(
     // Every upstream the user can use takes part; one that missed the client's `initialize`
     // is reached through a session the gateway holds (`upstream::link`).
     let members = members(state, caller).await?;
-    serve(state, &members, &Downstream::Session(session), &message, ex).await
+    let client = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|h| Client::new(caller.user, h));
+    let downstream = Downstream::Session(session);
+    serve(state, &members, &downstream, client.as_ref(), &message, ex).await
 }
 
 /// A 2026-07-28 request: its envelope checked, then served without a session. The era defines
@@ -215,26 +228,35 @@ async fn stateless(
         // `Mcp-Param-*` pass on; one that carries the agent's own token does not.
         params: forwarded::without_token(Stateless::params_of(headers), forwarded::bearer(headers)),
     });
-    serve(state, &members, &downstream, &message, ex).await
+    serve(state, &members, &downstream, None, &message, ex).await
 }
 
-/// One message of a client, in its era, over the upstreams it may use.
+/// One message of a client, in its era, over the upstreams it may use (`client`: a 2025
+/// client's session, under which its routed calls can be cancelled).
 async fn serve(
     state: &ProxyState,
     members: &[Member],
     downstream: &Downstream,
+    client: Option<&Client>,
     message: &Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (method, id) = match (message["method"].as_str(), RequestId::of(message)) {
         (Some(method), Some(id)) => (method, id),
-        (Some(_), None) => return notify(state, members, downstream, message).await,
+        (Some(_), None) => {
+            return notify::from_client(state, members, downstream, client, message).await;
+        }
         (None, Some(RequestId::String(namespaced))) => {
             return answer_upstream(state, members, downstream, message, &namespaced, ex).await;
         }
         _ => return Err(invalid("Not a JSON-RPC request, notification or response")),
     };
     let modern = downstream.is_modern();
+    let to = Routed {
+        downstream,
+        client,
+        id: &id,
+    };
     match method {
         "ping" if !modern => Ok(result(&id, json!({}))),
         "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
@@ -244,8 +266,13 @@ async fn serve(
             }
             Ok(result(&id, body))
         }
-        "tools/call" | "prompts/get" => route(state, members, downstream, message, &id, ex).await,
+        "tools/call" | "prompts/get" => call_by_name(state, members, &to, message, ex).await,
         "resources/read" => read_resource(state, members, downstream, message, &id).await,
+        // 2026-07-28 replaced them with `subscriptions/listen`.
+        "resources/subscribe" | "resources/unsubscribe" if !modern => {
+            subscription(state, members, &to, message, ex).await
+        }
+        "completion/complete" => complete(state, members, &to, message, ex).await,
         "logging/setLevel" if !modern => {
             let sent = join_all(
                 handshake_era(members, downstream)
@@ -283,28 +310,6 @@ fn handshake_era<'a>(
     })
 }
 
-/// Notifications go to every 2025 upstream of the session.
-async fn notify(
-    state: &ProxyState,
-    members: &[Member],
-    downstream: &Downstream,
-    message: &Value,
-) -> Result<Response, ProxyError> {
-    let method = message["method"].as_str().unwrap_or("notification");
-    let sent = join_all(
-        handshake_era(members, downstream)
-            .map(|m| within(state, m, method, exchange(state, m, downstream, message))),
-    )
-    .await;
-    if sent
-        .iter()
-        .any(|r| matches!(r, Some(Err(ProxyError::SessionExpired))))
-    {
-        return Err(ProxyError::SessionExpired);
-    }
-    Ok(StatusCode::ACCEPTED.into_response())
-}
-
 /// A response to a server-to-client request: back to the upstream that asked.
 async fn answer_upstream(
     state: &ProxyState,
@@ -327,36 +332,40 @@ async fn answer_upstream(
     Ok(reply.resp.status().into_response())
 }
 
+/// A request routed to one upstream, and whose it is.
+struct Routed<'a> {
+    downstream: &'a Downstream,
+    /// A 2025 client's session, under which the call can be cancelled.
+    client: Option<&'a Client>,
+    id: &'a RequestId,
+}
+
 /// `tools/call` and `prompts/get`: to the upstream the name's prefix names.
-async fn route(
+async fn call_by_name(
     state: &ProxyState,
     members: &[Member],
-    downstream: &Downstream,
+    to: &Routed<'_>,
     message: &Value,
-    id: &RequestId,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let name = message["params"]["name"].as_str().unwrap_or("");
-    let target = name.split_once(SEPARATOR).and_then(|(slug, inner)| {
-        let member = members.iter().find(|m| m.integration.slug == slug)?;
-        Some((member, inner))
-    });
-    let Some((member, inner)) = target else {
+    let Some((member, inner)) = route::by_name(members, name) else {
         let noun = if message["method"] == "tools/call" {
             "tool"
         } else {
             "prompt"
         };
         let message = format!("Unknown {noun}: {name}");
-        return Ok(rpc_error(id, jsonrpc::INVALID_PARAMS, &message));
+        return Ok(rpc_error(to.id, jsonrpc::INVALID_PARAMS, &message));
     };
     ex.integration = Some(member.integration.id);
     let mut upstream_msg = message.clone();
     upstream_msg["params"]["name"] = Value::from(inner);
-    relay_call(state, member, downstream, upstream_msg).await
+    relay_call(state, member, to, upstream_msg).await
 }
 
-/// `resources/read`: every upstream is asked; the first that has it answers.
+/// `resources/read`: every upstream is asked; the first that has it answers
+/// ([`route::resource_owner`]), in the client's era.
 async fn read_resource(
     state: &ProxyState,
     members: &[Member],
@@ -364,42 +373,70 @@ async fn read_resource(
     message: &Value,
     id: &RequestId,
 ) -> Result<Response, ProxyError> {
-    let answers = join_all(members.iter().map(|m| {
-        within(
-            state,
-            m,
-            "resources/read",
-            rpc(state, m, downstream, message),
-        )
-    }))
-    .await;
-    let answers = answers
-        .into_iter()
-        .flatten()
-        .collect::<Result<Vec<_>, _>>()?;
-    let found = answers
-        .into_iter()
-        .flatten()
-        .find_map(|v| v.get("result").cloned());
     let modern = downstream.is_modern();
-    Ok(match found {
-        Some(mut r) => {
-            if modern {
-                era::cacheable(&mut r);
-            }
-            result(id, r)
-        }
-        // 2026-07-28 replaced the code for "resource not found" with Invalid Params.
-        None => rpc_error(
-            id,
-            if modern {
-                jsonrpc::INVALID_PARAMS
-            } else {
-                RESOURCE_NOT_FOUND
-            },
-            "Resource not found",
-        ),
-    })
+    let Some((member, mut answer)) =
+        route::resource_owner(state, members, downstream, message).await?
+    else {
+        return Ok(resource_not_found(id, modern));
+    };
+    let from_modern = route::speaks_modern(state, member, downstream).await;
+    era::cross(&mut answer, from_modern, modern);
+    let mut r = answer["result"].take();
+    if modern {
+        era::cacheable(&mut r);
+    }
+    Ok(result(id, r))
+}
+
+/// "Resource not found": 2026-07-28 replaced its code with Invalid Params.
+fn resource_not_found(id: &RequestId, modern: bool) -> Response {
+    let code = if modern {
+        jsonrpc::INVALID_PARAMS
+    } else {
+        RESOURCE_NOT_FOUND
+    };
+    rpc_error(id, code, "Resource not found")
+}
+
+/// `resources/subscribe` and `resources/unsubscribe` (2025): to the upstream that owns the
+/// URI, the one whose read of it answers ([`route::resource_owner`]). Its
+/// `notifications/resources/updated` reach the client on the merged `GET` stream, or on the
+/// answer it sends them on, with the URI unchanged.
+async fn subscription(
+    state: &ProxyState,
+    members: &[Member],
+    to: &Routed<'_>,
+    message: &Value,
+    ex: &mut Exchange,
+) -> Result<Response, ProxyError> {
+    let uri = &message["params"]["uri"];
+    let read = json!({"jsonrpc": "2.0", "id": "kg-owner", "method": "resources/read",
+        "params": {"uri": uri}});
+    let Some((member, _)) = route::resource_owner(state, members, to.downstream, &read).await?
+    else {
+        return Ok(resource_not_found(to.id, false));
+    };
+    ex.integration = Some(member.integration.id);
+    relay_call(state, member, to, message.clone()).await
+}
+
+/// `completion/complete`: to the upstream its `ref` names ([`route::completion`]).
+async fn complete(
+    state: &ProxyState,
+    members: &[Member],
+    to: &Routed<'_>,
+    message: &Value,
+    ex: &mut Exchange,
+) -> Result<Response, ProxyError> {
+    let Some((member, own)) = route::completion(state, members, to.downstream, message).await?
+    else {
+        let reference = &message["params"]["ref"];
+        let named = reference["name"].as_str().or(reference["uri"].as_str());
+        let message = format!("Unknown reference: {}", named.unwrap_or("none"));
+        return Ok(rpc_error(to.id, jsonrpc::INVALID_PARAMS, &message));
+    };
+    ex.integration = Some(member.integration.id);
+    relay_call(state, member, to, own).await
 }
 
 /// The result field of a list method's answer.
@@ -483,66 +520,121 @@ fn namespace_request(slug: Arc<str>) -> impl Fn(Value) -> Value + Unpin + Send +
     }
 }
 
-/// What a routed answer's events go through on their way to the client: server-to-client
-/// requests get namespaced ids and, with `stamp`, results get `resultType` (a 2025 upstream's,
-/// for a 2026 client).
-fn for_client(slug: Arc<str>, stamp: bool) -> impl Fn(Value) -> Value + Unpin + Send + 'static {
+/// What a routed answer's messages go through on their way to the client: server-to-client
+/// requests get namespaced ids, and a message of an upstream of the other era is translated
+/// ([`era::cross`]).
+fn for_client(
+    slug: Arc<str>,
+    from_modern: bool,
+    to_modern: bool,
+) -> impl Fn(Value) -> Value + Unpin + Send + 'static {
     let namespace = namespace_request(slug);
     move |v: Value| {
         let mut v = namespace(v);
-        if stamp && let Some(r) = v.get_mut("result") {
-            era::complete(r);
-        }
+        era::cross(&mut v, from_modern, to_modern);
         v
     }
 }
 
-/// Streams a routed call's answer back, translated between the eras where they differ.
+/// Streams a routed call's answer back, translated between the eras where they differ. The
+/// call is tracked while it is relayed ([`Call`]): a 2025 client's `notifications/cancelled`
+/// for it drops a 2026 upstream's request (the answer then ends without a message), and a 2026
+/// client that goes away before the answer has a 2025 upstream sent `notifications/cancelled`.
 async fn relay_call(
     state: &ProxyState,
     member: &Member,
-    downstream: &Downstream,
+    to: &Routed<'_>,
     message: Value,
 ) -> Result<Response, ProxyError> {
-    let reply = exchange(state, member, downstream, &message).await?;
+    let downstream = to.downstream;
+    let mut call = Call::begin(state, to.client, to.id, member.integration.id);
+    // Armed before the upstream answers: a tool may send nothing until it is done.
+    cancel_on_drop(state, member, downstream, &mut call).await?;
+    let reply = tokio::select! {
+        reply = exchange(state, member, downstream, &message) => reply?,
+        () = call.stopped() => return Ok(event_stream(Body::empty())),
+    };
+    // A session replaced on the way (the upstream forgot it) is the one to cancel on.
+    cancel_on_drop(state, member, downstream, &mut call).await?;
     let (mut parts, body) = reply.resp.into_parts();
-    let stamp = downstream.is_modern() && !reply.modern;
-    if !downstream.is_modern() && reply.modern && parts.status.is_client_error() {
+    let (from_modern, to_modern) = (reply.modern, downstream.is_modern());
+    if !to_modern && from_modern && parts.status.is_client_error() {
         // A 2026 upstream sends JSON-RPC errors with a 4xx; a 2025 client reads them in a 200.
         parts.status = StatusCode::OK;
     }
     let slug: Arc<str> = member.integration.slug.as_str().into();
     let mut out = if is_event_stream(&parts.headers) {
-        let (data, integration) = (for_client(slug, stamp), member.integration.id);
-        let events = events::relay(body, move |event| {
-            map_event(event, &data, |id| Cursor::one(integration, id))
-        });
-        let mut r = Response::new(Body::new(KeepAlive::new(events)));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
+        let (data, integration) = (
+            for_client(slug, from_modern, to_modern),
+            member.integration.id,
         );
-        r.headers_mut()
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        r
-    } else if stamp {
-        stamped(body).await?
+        let stopped = call.stopped();
+        let events = events::relay(body, stopped, move |event| {
+            map_event(
+                event,
+                |v| {
+                    if call.is_answer(&v) {
+                        call.answered();
+                    }
+                    data(v)
+                },
+                |id| Cursor::one(integration, id),
+            )
+        });
+        event_stream(events)
     } else {
-        let mut r = Response::new(Body::new(body));
-        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-            r.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        call.answered(); // the JSON body is the answer
+        if from_modern != to_modern {
+            translated(body, from_modern, to_modern).await?
+        } else {
+            let mut r = Response::new(Body::new(body));
+            if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+            }
+            r
         }
-        r
     };
     *out.status_mut() = parts.status;
     Ok(out)
 }
 
-/// A 2025 upstream's JSON answer for a 2026 client, its result marked (bounded, like every
-/// message the gateway must rewrite).
-async fn stamped(body: hyper::body::Incoming) -> Result<Response, ProxyError> {
+/// For a 2026 client over a 2025 upstream: the session `call` cancels on if the client goes
+/// away (the only way such a client cancels).
+async fn cancel_on_drop(
+    state: &ProxyState,
+    member: &Member,
+    downstream: &Downstream,
+    call: &mut Call,
+) -> Result<(), ProxyError> {
+    if downstream.is_modern()
+        && let Link::Legacy(session) = upstream::link(state, member, downstream).await?
+    {
+        call.cancel_on_drop(member, session);
+    }
+    Ok(())
+}
+
+/// An SSE answer to the client.
+fn event_stream(body: Body) -> Response {
+    let mut r = Response::new(Body::new(KeepAlive::new(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// An upstream's JSON answer for a client of the other era, translated ([`era::cross`];
+/// bounded, like every message the gateway must rewrite).
+async fn translated(
+    body: hyper::body::Incoming,
+    from_modern: bool,
+    to_modern: bool,
+) -> Result<Response, ProxyError> {
     let bytes = Limited::new(body, MAX_REQUEST_BYTES)
         .collect()
         .await
@@ -550,9 +642,7 @@ async fn stamped(body: hyper::body::Incoming) -> Result<Response, ProxyError> {
         .to_bytes();
     let mut answer: Value = serde_json::from_slice(&bytes)
         .map_err(|_| ProxyError::Upstream("the answer is not JSON".into()))?;
-    if let Some(r) = answer.get_mut("result") {
-        era::complete(r);
-    }
+    era::cross(&mut answer, from_modern, to_modern);
     Ok(axum::Json(answer).into_response())
 }
 
@@ -583,7 +673,7 @@ async fn merged_stream(
     cursor: Cursor,
 ) -> Result<Response, ProxyError> {
     let members = members(state, caller).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<(IntegrationId, Arc<str>, Event)>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<notify::Upstream>(64);
     let opening = join_all(members.iter().filter_map(|m| {
         let up = session.legacy(m.integration.id)?;
         let open = upstream::open_stream(state, m, up, cursor.get(m.integration.id));
@@ -619,14 +709,7 @@ async fn merged_stream(
     }
     drop(tx);
     // One consumer stamps the ids, so they advance in the order the client receives events.
-    let stream = futures_util::stream::unfold((rx, cursor), |(mut rx, mut cursor)| async move {
-        let (integration, slug, event) = rx.recv().await?;
-        let event = map_event(event, namespace_request(slug), |id| {
-            cursor.advance(integration, id);
-            cursor.encode()
-        });
-        Some((Ok::<_, std::io::Error>(event.encode()), (rx, cursor)))
-    });
+    let stream = notify::merged(rx, cursor);
     let mut resp = Response::new(Body::new(KeepAlive::new(Body::from_stream(stream))));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -346,11 +346,11 @@ pub async fn send_message(
 fn has_reserved_meta(message: &Value) -> bool {
     message["params"]["_meta"]
         .as_object()
-        .is_some_and(|m| m.keys().any(|k| k.starts_with(era::RESERVED_PREFIX)))
+        .is_some_and(|m| m.keys().any(|k| era::foreign_meta(k, false)))
 }
 
-/// Replaces the reserved entries of `params._meta` with `meta` (or drops them), keeping the
-/// others (`progressToken`, trace context).
+/// Replaces the reserved entries of `params._meta` with `meta` (or, for a 2025 upstream, drops
+/// those of 2026: `era::strip_meta`), keeping the others (`progressToken`, trace context).
 fn set_meta(message: &mut Value, meta: Option<&Map<String, Value>>) {
     let Some(params) = message.as_object_mut().map(|m| {
         m.entry("params")
@@ -365,7 +365,10 @@ fn set_meta(message: &mut Value, meta: Option<&Map<String, Value>>) {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
-    merged.retain(|k, _| !k.starts_with(era::RESERVED_PREFIX));
+    match meta {
+        Some(_) => merged.retain(|k, _| !k.starts_with(era::RESERVED_PREFIX)),
+        None => era::strip_meta(&mut merged, false),
+    }
     merged.extend(
         meta.into_iter()
             .flatten()
