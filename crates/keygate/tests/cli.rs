@@ -519,3 +519,75 @@ async fn a_browser_login_that_never_completes_times_out() {
     assert!(!cli.credentials_file().exists());
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_token_is_refused_to_a_service_account_login() {
+    let gw = gateway().await;
+    let cli = Cli::new(&gw);
+    cli.login_service_account(&gw).await;
+    cli.ok(&["apps", "create", "--name", "Desk"]).await;
+    let out = cli.run(&["token", "--app", "Desk", "--no-browser"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MCP tokens are a user's"), "{err}");
+    gw.stop().await;
+}
+
+/// A TCP relay to `target` on `at` (port 0: a port of its own); aborting the task takes it
+/// down, its listener and every connection through it, as a gateway that crashed.
+async fn relay(
+    at: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            connections.spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_says_once_that_it_reconnects_while_the_gateway_is_down_and_when_it_is_back() {
+    let gw = gateway().await;
+    let (url, down) = relay(([127, 0, 0, 1], 0).into(), gw.local_addr).await;
+    let mut cli = Cli::new(&gw);
+    cli.url = url.clone();
+    cli.token = Some(gw.admin_token().await);
+    let mut child = cli
+        .command(&["tail"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), stderr.next_line())
+            .await
+            .map(|line| line.unwrap().unwrap_or_default())
+    };
+    let first = next().await.expect("tail starts");
+    assert!(first.contains("following trace events"), "{first}");
+    down.abort();
+    let line = next().await.expect("tail says the gateway went away");
+    assert!(line.contains("reconnecting"), "{line}");
+    // Its retries in the next seconds (after 0.5, 1 and 2 s) add no line.
+    let more = next().await;
+    assert!(more.is_err(), "{more:?}");
+    let at = url.trim_start_matches("http://").parse().unwrap();
+    let (_, up) = relay(at, gw.local_addr).await;
+    let line = next()
+        .await
+        .expect("tail reconnects within its next delay (4 s)");
+    assert!(line.contains("reconnected"), "{line}");
+    child.kill().await.unwrap();
+    up.abort();
+    gw.stop().await;
+}
