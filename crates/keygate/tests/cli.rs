@@ -591,3 +591,17 @@ async fn tail_says_once_that_it_reconnects_while_the_gateway_is_down_and_when_it
     up.abort();
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_login_to_a_gateway_that_is_not_there_prints_no_sign_in_url() {
+    let gw = gateway().await;
+    let mut cli = Cli::new(&gw);
+    let port = gw.local_addr.port();
+    gw.stop().await;
+    cli.url = format!("http://127.0.0.1:{port}");
+    let out = cli.run(&["login", "--no-browser"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the gateway"), "{err}");
+    assert!(!err.contains("oauth2/authorize"), "no sign-in URL: {err}");
+}

@@ -213,6 +213,7 @@ pub async fn browser_signin(
     resource: &str,
     browser: &BrowserArgs,
 ) -> anyhow::Result<UserToken> {
+    reachable(http, base).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("opening a port on 127.0.0.1 for the browser's redirect")?;
@@ -251,6 +252,24 @@ pub async fn browser_signin(
     token_answer(resp)
         .await
         .context("the gateway refused the authorization code")
+}
+
+/// Waits up to 10 seconds for the gateway to answer `/healthz` (it may have been started just
+/// before), so that nobody is sent to a sign-in page that is not there.
+async fn reachable(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match http.get(format!("{base}/healthz")).send().await {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("{base}/healthz answered {}", resp.status())
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(remote::unreachable(base, e));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// Opens `url` with the command in `BROWSER` (the usual convention), else asks the desktop

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::output::{Columns, print, record, table, terminal_width};
-use super::remote::Api;
+use super::remote::{Api, encode};
 use super::resources::Common;
 
 #[derive(Subcommand, Debug)]
@@ -62,7 +62,9 @@ pub async fn run(
             })
         }
         ServiceAccountsCommand::Get { id } => {
-            let answer = api.get(&format!("/service-accounts/{id}")).await?;
+            let answer = api
+                .get(&format!("/service-accounts/{}", encode(&id)))
+                .await?;
             print(json, &answer, |a| record(DETAIL, a))
         }
         ServiceAccountsCommand::Create { name, description } => {
@@ -73,13 +75,17 @@ pub async fn run(
             print(json, &answer, with_credentials)
         }
         ServiceAccountsCommand::Delete { id } => {
-            api.call(Method::DELETE, &format!("/service-accounts/{id}"), None)
-                .await?;
+            api.call(
+                Method::DELETE,
+                &format!("/service-accounts/{}", encode(&id)),
+                None,
+            )
+            .await?;
             eprintln!("revoked service account {id}");
             Ok(())
         }
         ServiceAccountsCommand::RotateSecret { id } => {
-            let path = format!("/service-accounts/{id}/rotate-secret");
+            let path = format!("/service-accounts/{}/rotate-secret", encode(&id));
             let answer = api.call(Method::POST, &path, None).await?;
             print(json, &answer, with_credentials)
         }

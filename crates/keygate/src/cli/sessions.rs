@@ -6,7 +6,7 @@ use keygate_core::config::Config;
 use reqwest::Method;
 
 use super::output::{Columns, print, record, table, terminal_width};
-use super::remote::Api;
+use super::remote::{Api, encode};
 use super::resources::{Common, app_id};
 
 #[derive(Subcommand, Debug)]
@@ -62,7 +62,7 @@ pub async fn run(config: &Config, common: Common, command: SessionsCommand) -> a
         SessionsCommand::Get { app, session } => {
             let id = app_id(&mut api, &app).await?;
             let answer = api
-                .get(&format!("/applications/{id}/sessions/{session}"))
+                .get(&format!("/applications/{id}/sessions/{}", encode(&session)))
                 .await?;
             print(json, &answer, |a| record(DETAIL, a))
         }
