@@ -54,7 +54,6 @@ const LIST: &Columns = &[
     ("name", "/name"),
     ("integrations", "/integrationSlugs"),
     ("live sessions", "/liveSessionCount"),
-    ("mcp url", "/oauth/gatewayUrl"),
 ];
 
 const DETAIL: &Columns = &[

@@ -12,6 +12,7 @@ pub fn text(value: &Value, pointer: &str) -> String {
         None | Some(Value::Null) => "-".to_owned(),
         Some(Value::String(s)) if s.is_empty() => "-".to_owned(),
         Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.is_empty() => "-".to_owned(),
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
@@ -25,7 +26,8 @@ pub fn text(value: &Value, pointer: &str) -> String {
 pub type Columns = [(&'static str, &'static str)];
 
 /// A table of `rows`, fitted to `width` characters when there is a limit: the widest columns
-/// give way first, their cells cut with `…`.
+/// give way first, their cells cut with `…`, except the first (the id people copy), which is
+/// never cut.
 pub fn table(columns: &Columns, rows: &[Value], width: Option<usize>) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -67,10 +69,14 @@ pub fn table(columns: &Columns, rows: &[Value], width: Option<usize>) -> String 
 
 const GAP: &str = "  ";
 
-/// Narrows the widest column, one character at a time, until the row fits `limit` or every
-/// column is down to its header (at least 8 characters).
+/// Narrows the widest column but the first, one character at a time, until the row fits
+/// `limit` or every such column is down to its header (at least 8 characters).
 fn fit(widths: &mut [usize], columns: &Columns, limit: usize) {
-    let floor = |i: usize| columns[i].0.len().max(8);
+    let first = widths.first().copied().unwrap_or(0);
+    let floor = |i: usize| match i {
+        0 => first,
+        _ => columns[i].0.len().max(8),
+    };
     loop {
         let total: usize =
             widths.iter().sum::<usize>() + GAP.len() * widths.len().saturating_sub(1);
@@ -159,12 +165,16 @@ mod tests {
     #[test]
     fn a_table_wider_than_the_terminal_cuts_its_widest_column() {
         let long = "x".repeat(100);
-        let rows = [json!({"id": "0190aaaa-bbbb", "name": long})];
-        let out = table(COLUMNS, &rows, Some(40));
+        let id = "0190aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee";
+        let rows = [json!({"id": id, "name": long})];
+        let out = table(COLUMNS, &rows, Some(60));
         for line in out.lines() {
-            assert!(line.chars().count() <= 40, "{line:?}");
+            assert!(line.chars().count() <= 60, "{line:?}");
         }
-        assert!(out.contains("0190aaaa-bbbb  xxx"), "{out}");
+        assert!(
+            out.contains(&format!("{id}  xxx")),
+            "the id is whole: {out}"
+        );
         assert!(out.trim_end().ends_with('…'), "{out}");
     }
 
