@@ -440,9 +440,13 @@ async fn tail_prints_each_call_as_it_happens(backend: Backend) {
         line.contains("error_auth") && line.contains("denied") && line.contains("Agents"),
         "{line}"
     );
+    // The integration by its slug and the user by her email.
     let line = only_app.line().await;
     assert!(
-        line.contains("error_remote") && line.contains("fail"),
+        line.contains("error_remote")
+            && line.contains("fail")
+            && line.contains(&w.slug)
+            && line.contains("alice@example.com"),
         "{line}"
     );
     for mut t in [json, refused, only_app] {
