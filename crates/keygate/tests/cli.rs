@@ -605,3 +605,55 @@ async fn a_browser_login_to_a_gateway_that_is_not_there_prints_no_sign_in_url() 
     assert!(err.contains("cannot reach the gateway"), "{err}");
     assert!(!err.contains("oauth2/authorize"), "no sign-in URL: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_forgets_the_sign_in_and_revokes_its_refresh_tokens() {
+    let w = McpWorld::start(Backend::Sqlite, AppClient::Public, |_| {}).await;
+    let cli = Cli::new(&w.gw);
+    let b = browser();
+    through_browser(&cli, &w, &b, &["login", "--no-browser"], w.alice).await;
+    let args = ["token", "--app", "Agents", "--no-browser"];
+    through_browser(&cli, &w, &b, &args, w.alice).await;
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(cli.credentials_file()).unwrap()).unwrap();
+    let refresh = stored["gateways"][&w.gw.url]["mcpTokens"][&w.app_url]["refreshToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an MCP token with a refresh token: {stored:#}"))
+        .to_owned();
+    cli.ok(&["logout"]).await;
+    let out = cli.run(&["apps", "list"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("keygate login"),
+        "{err}"
+    );
+    let resp =
+        w.gw.http
+            .post(format!("{}/oauth2/token", w.gw.url))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", "keygate"),
+                ("refresh_token", &refresh),
+            ])
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 400, "{}", resp.text().await.unwrap());
+    w.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_browser_sign_in_says_to_sign_in_again() {
+    let w = McpWorld::start(Backend::Sqlite, AppClient::Public, |_| {}).await;
+    let cli = Cli::new(&w.gw);
+    through_browser(&cli, &w, &browser(), &["login", "--no-browser"], w.alice).await;
+    let path = cli.credentials_file();
+    let mut stored: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    stored["gateways"][&w.gw.url]["login"]["expiresAt"] = json!(0);
+    std::fs::write(&path, stored.to_string()).unwrap();
+    let out = cli.run(&["apps", "list"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("has expired: run `keygate login`"), "{err}");
+    w.gw.stop().await;
+}

@@ -98,13 +98,13 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
             Login::User(token)
         }
     };
-    stored.gateways.insert(
-        base.clone(),
-        Signin {
-            login,
-            mcp_tokens: Default::default(),
-        },
-    );
+    let fresh = Signin {
+        login,
+        mcp_tokens: Default::default(),
+    };
+    if let Some(replaced) = stored.gateways.insert(base.clone(), fresh) {
+        revoke_refresh_tokens(&http, &base, &replaced).await;
+    }
     stored.current = Some(base);
     stored.save(&path)?;
     eprintln!("credentials stored in {}", path.display());
@@ -119,14 +119,24 @@ pub async fn logout(config: &Config, remote: Remote) -> anyhow::Result<()> {
     let Some(signin) = stored.gateways.remove(&base) else {
         anyhow::bail!("not signed in to {base}");
     };
-    let http = http_client()?;
-    let user_tokens = match &signin.login {
+    revoke_refresh_tokens(&http_client()?, &base, &signin).await;
+    if stored.current.as_deref() == Some(base.as_str()) {
+        stored.current = None;
+    }
+    stored.save(&path)?;
+    eprintln!("signed out of {base}");
+    Ok(())
+}
+
+/// Revokes the refresh tokens of a sign-in that is being forgotten or replaced (RFC 7009);
+/// best effort, since the stored copy is gone either way.
+async fn revoke_refresh_tokens(http: &reqwest::Client, base: &str, signin: &Signin) {
+    let user_token = match &signin.login {
         Login::User(t) => Some(t),
         Login::ServiceAccount { .. } => None,
     };
-    for token in user_tokens.into_iter().chain(signin.mcp_tokens.values()) {
+    for token in user_token.into_iter().chain(signin.mcp_tokens.values()) {
         if let Some(refresh_token) = &token.refresh_token {
-            // Best effort: the stored copy is gone either way.
             let _ = http
                 .post(format!("{base}/oauth2/revoke"))
                 .form(&[("token", refresh_token.as_str()), ("client_id", CLIENT_ID)])
@@ -134,12 +144,6 @@ pub async fn logout(config: &Config, remote: Remote) -> anyhow::Result<()> {
                 .await;
         }
     }
-    if stored.current.as_deref() == Some(base.as_str()) {
-        stored.current = None;
-    }
-    stored.save(&path)?;
-    eprintln!("signed out of {base}");
-    Ok(())
 }
 
 /// `keygate token --app APP`: a token of the signed-in user for the application's MCP URL.

@@ -301,10 +301,10 @@ pub async fn refresh(
     base: &str,
     token: &UserToken,
 ) -> anyhow::Result<UserToken> {
-    let refresh_token = token
-        .refresh_token
-        .as_deref()
-        .context("the token has no refresh token")?;
+    let refresh_token = token.refresh_token.as_deref().context(
+        "a browser sign-in to the management API lasts as long as its access token (the \
+         gateway's auth.access_token_ttl_secs)",
+    )?;
     let resp = http
         .post(format!("{base}/oauth2/token"))
         .form(&[
