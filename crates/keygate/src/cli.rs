@@ -7,6 +7,7 @@
 pub mod apps;
 pub mod connections;
 pub mod credentials;
+pub mod integration_oauth;
 pub mod integrations;
 pub mod login;
 pub mod output;

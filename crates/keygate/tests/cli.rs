@@ -657,3 +657,44 @@ async fn an_expired_browser_sign_in_says_to_sign_in_again() {
     assert!(err.contains("has expired: run `keygate login`"), "{err}");
     w.gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integrations_oauth_client_secret_is_read_from_stdin_and_never_shown() {
+    let gw = gateway().await;
+    let cli = Cli::new(&gw);
+    cli.login_service_account(&gw).await;
+    let server = "https://mcp.linear.example/mcp";
+    let create = [
+        "integrations",
+        "create",
+        "--name",
+        "Linear",
+        "--server-url",
+        server,
+    ];
+    cli.ok(&[&create[..], &["--auth-mode", "oauth"]].concat())
+        .await;
+    let args = [
+        "integrations",
+        "oauth",
+        "set",
+        "linear",
+        "--client-id",
+        "kg-client",
+        "--client-secret-stdin",
+        "--authorization-url",
+        "https://linear.example/oauth/authorize",
+        "--token-url",
+        "https://linear.example/oauth/token",
+        "--scope",
+        "read",
+    ];
+    let out = cli.run_with_stdin(&args, "provider-secret\n").await;
+    let shown = succeeded(&args, out);
+    assert!(!shown.contains("provider-secret"), "{shown}");
+    let got = cli.json(&["integrations", "oauth", "get", "linear"]).await;
+    assert_eq!(got["oauth"]["clientId"], "kg-client");
+    assert_eq!(got["oauth"]["clientSecretConfigured"], true);
+    assert_eq!(got["oauth"]["scopes"], json!(["read"]));
+    gw.stop().await;
+}

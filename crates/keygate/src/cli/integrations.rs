@@ -1,6 +1,7 @@
 //! `keygate integrations`: the organization's MCP servers over the management API — list, get,
-//! create, update, delete (archive) and validate (a real MCP handshake). A server token is
-//! read from standard input, never from an argument.
+//! create, update, delete (archive), validate (a real MCP handshake) and their OAuth settings
+//! (`integration_oauth.rs`). A server token is read from standard input, never from an
+//! argument.
 
 use clap::Subcommand;
 use keygate_core::config::Config;
@@ -51,6 +52,9 @@ pub enum IntegrationsCommand {
     Delete { integration: String },
     /// Check the integration with a real MCP handshake and record the result.
     Validate { integration: String },
+    /// The provider settings of an `oauth` integration.
+    #[command(subcommand)]
+    Oauth(super::integration_oauth::OAuthCommand),
 }
 
 const LIST: &Columns = &[
@@ -153,6 +157,9 @@ pub async fn run(
                 "the integration did not pass validation"
             );
             Ok(())
+        }
+        IntegrationsCommand::Oauth(command) => {
+            super::integration_oauth::run(&mut api, json, command).await
         }
     }
 }
