@@ -53,9 +53,9 @@ pub enum ProxyError {
     /// client must initialize again (the sealed session id cannot change under it).
     #[error("upstream session expired")]
     SessionExpired,
-    /// The upstream did not answer in time.
-    #[error("upstream timed out")]
-    UpstreamTimeout,
+    /// The upstream did not answer in time; [`ProxyError::of_integration`] names which one.
+    #[error("upstream timed out{}", .0.as_deref().map(|i| format!(": {i}")).unwrap_or_default())]
+    UpstreamTimeout(Option<String>),
     /// The gateway itself failed (store, vault).
     #[error("gateway error: {0}")]
     Internal(String),
@@ -65,11 +65,13 @@ impl ProxyError {
     /// Names the integration (slug, name, id) an upstream failure came from, so the log line
     /// and the trace say which server could not be reached as well as why.
     pub fn of_integration(self, integration: &Integration) -> Self {
+        let named = format!(
+            "integration {} ({:?}, id {})",
+            integration.slug, integration.name, integration.id
+        );
         match self {
-            ProxyError::Upstream(cause) => ProxyError::Upstream(format!(
-                "integration {} ({:?}, id {}): {cause}",
-                integration.slug, integration.name, integration.id
-            )),
+            ProxyError::Upstream(cause) => ProxyError::Upstream(format!("{named}: {cause}")),
+            ProxyError::UpstreamTimeout(None) => ProxyError::UpstreamTimeout(Some(named)),
             other => other,
         }
     }
@@ -163,13 +165,19 @@ impl ProxyError {
                     "An integration's session expired; initialize again",
                 ),
             ),
-            ProxyError::UpstreamTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                Error::new(
-                    UPSTREAM_FAILED,
-                    "The integration's server did not answer in time",
-                ),
-            ),
+            ProxyError::UpstreamTimeout(integration) => {
+                tracing::warn!(
+                    integration = integration.as_deref().unwrap_or("unknown"),
+                    "upstream timed out"
+                );
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Error::new(
+                        UPSTREAM_FAILED,
+                        "The integration's server did not answer in time",
+                    ),
+                )
+            }
             ProxyError::Internal(detail) => {
                 tracing::error!(%detail, "gateway failed");
                 (
@@ -262,6 +270,19 @@ mod tests {
             text.ends_with(": tcp connect error: Connection refused"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_timed_out_upstream_names_its_integration() {
+        let i = integration();
+        let text = ProxyError::UpstreamTimeout(None)
+            .of_integration(&i)
+            .to_string();
+        assert!(
+            text.starts_with("upstream timed out: integration github (\"GitHub\""),
+            "{text}"
+        );
+        assert!(text.contains(&i.id.to_string()), "{text}");
     }
 
     #[tokio::test]

@@ -117,7 +117,7 @@ pub fn status_of(e: &ProxyError) -> Status {
         | ProxyError::ForeignOrigin
         | ProxyError::NotConnected { .. }
         | ProxyError::ConnectionRequired { .. } => Status::ErrorAuth,
-        ProxyError::Upstream(_) | ProxyError::UpstreamTimeout | ProxyError::SessionExpired => {
+        ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_) | ProxyError::SessionExpired => {
             Status::ErrorRemote
         }
         ProxyError::NotFound(_) | ProxyError::BadRequest { .. } | ProxyError::Internal(_) => {
@@ -243,7 +243,7 @@ pub async fn send_upstream(
     let result = state.upstream.send(req).await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(ProxyError::UpstreamTimeout) => "timeout",
+        Err(ProxyError::UpstreamTimeout(_)) => "timeout",
         Err(_) => "error",
     };
     state

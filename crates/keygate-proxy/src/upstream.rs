@@ -120,7 +120,7 @@ impl Upstream {
             Ok(Err(e)) => Err(ProxyError::Upstream(keygate_auth::outbound::error_chain(
                 &e,
             ))),
-            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Err(_) => Err(ProxyError::UpstreamTimeout(None)),
         }
     }
 }

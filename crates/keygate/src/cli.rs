@@ -1,5 +1,21 @@
 //! The command line. Machine-readable results are one JSON document on stdout; everything meant
-//! for people goes to stderr.
+//! for people goes to stderr. The local commands (`serve`, `user add`, `service-account
+//! create`, `vault`, …) open the data directory themselves; the resource commands (`apps`,
+//! `integrations`, …, in the submodules) go through a running gateway's management API as the
+//! user `keygate login` signed in.
+
+pub mod apps;
+pub mod connections;
+pub mod credentials;
+pub mod integration_oauth;
+pub mod integrations;
+pub mod login;
+pub mod output;
+pub mod remote;
+pub mod resources;
+pub mod service_accounts;
+pub mod sessions;
+pub mod traces;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -62,6 +78,59 @@ pub enum Command {
     SigningKey(SigningKeyCommand),
     /// Follow trace events live from a running gateway.
     Tail(crate::tail::TailArgs),
+    /// Sign in to a gateway: in the browser, or as a service account (--client-id).
+    Login(login::LoginArgs),
+    /// Forget the stored sign-in to a gateway.
+    Logout {
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Print your access token for an application's MCP URL (for clients that take a bearer
+    /// header).
+    Token(login::TokenArgs),
+    /// Applications (through the gateway's management API).
+    Apps {
+        #[command(flatten)]
+        common: resources::Common,
+        #[command(subcommand)]
+        command: apps::AppsCommand,
+    },
+    /// Integrations: the MCP servers behind the gateway.
+    Integrations {
+        #[command(flatten)]
+        common: resources::Common,
+        #[command(subcommand)]
+        command: integrations::IntegrationsCommand,
+    },
+    /// Your own connections to per-user integrations.
+    Connections {
+        #[command(flatten)]
+        common: resources::Common,
+        #[command(subcommand)]
+        command: connections::ConnectionsCommand,
+    },
+    /// Agent sessions of an application.
+    Sessions {
+        #[command(flatten)]
+        common: resources::Common,
+        #[command(subcommand)]
+        command: sessions::SessionsCommand,
+    },
+    /// Service accounts (through the management API; `service-account create` works offline).
+    #[command(name = "service-accounts")]
+    ServiceAccounts {
+        #[command(flatten)]
+        common: resources::Common,
+        #[command(subcommand)]
+        command: service_accounts::ServiceAccountsCommand,
+    },
+    /// Traces of what went through the gateway.
+    Traces {
+        #[command(flatten)]
+        common: resources::Common,
+        #[command(subcommand)]
+        command: traces::TracesCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,7 +235,7 @@ pub fn known_env_vars() -> Vec<String> {
     }
     let mut known: Vec<String> = settings::field_env_vars().collect();
     flags(&Cli::command(), &mut known);
-    known.extend(crate::tail::CREDENTIAL_VARS.map(str::to_owned));
+    known.extend(remote::CREDENTIAL_VARS.map(str::to_owned));
     known
 }
 
@@ -184,7 +253,7 @@ fn json_logs(config: &Config) -> bool {
 }
 
 /// Colour (ANSI escapes) only on a terminal, and never when `NO_COLOR` is set to anything.
-fn use_color(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+pub(crate) fn use_color(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
@@ -251,6 +320,21 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tail(args) => crate::tail::run(&config, args).await,
+        Command::Login(args) => login::login(&config, args).await,
+        Command::Logout { remote } => login::logout(&config, remote).await,
+        Command::Token(args) => login::token(&config, args).await,
+        Command::Apps { common, command } => apps::run(&config, common, command).await,
+        Command::Integrations { common, command } => {
+            integrations::run(&config, common, command).await
+        }
+        Command::Connections { common, command } => {
+            connections::run(&config, common, command).await
+        }
+        Command::Sessions { common, command } => sessions::run(&config, common, command).await,
+        Command::ServiceAccounts { common, command } => {
+            service_accounts::run(&config, common, command).await
+        }
+        Command::Traces { common, command } => traces::run(&config, common, command).await,
         Command::SigningKey(SigningKeyCommand::Rotate) => {
             existing_database(&config, Fresh::Refuse("rotate the signing key of"))?;
             let store = open_store(&config).await?;
@@ -344,6 +428,9 @@ fn banner(config: &Config, bound: SocketAddr, url: &str, key: &KeySource) {
     eprintln!("  private upstream hosts:      {private}");
     eprintln!(
         "  create the first owner:      keygate user add EMAIL --role owner --password-stdin"
+    );
+    eprintln!(
+        "  sign in from the CLI:        keygate login   (then keygate apps, integrations, …)"
     );
     eprintln!("  create a service account:    keygate service-account create --name NAME");
     eprintln!("  management API:              {url}/api/v1   (OpenAPI: {url}/api/openapi.json)");

@@ -217,15 +217,17 @@ fn every_repository_method_takes_the_organization() {
 }
 
 /// Where outbound HTTP clients may be built: the SSRF-guarded ones, and the two that talk only
-/// to addresses an operator configured.
+/// to addresses an operator or user configured.
 const CLIENT_BUILDERS: &[&str] = &[
     // Guarded: resolves and refuses private addresses unless allowed.
     "crates/keygate-auth/src/outbound.rs",
     "crates/keygate-proxy/src/upstream.rs",
     // The OpenTelemetry collector the operator configured.
     "crates/keygate-trace/src/otel.rs",
-    // `keygate tail`: the CLI reading its own gateway.
-    "crates/keygate/src/tail.rs",
+    // The CLI's commands (`keygate apps`, `login`, `tail`, …): they talk only to the gateway
+    // the user named with --url, KEYGATE_URL or `keygate login`, never to an address taken
+    // from data, so this is not a server-side request forgery surface.
+    "crates/keygate/src/cli/remote.rs",
 ];
 
 #[test]

@@ -434,14 +434,19 @@ async fn tail_prints_each_call_as_it_happens(backend: Backend) {
         assert_eq!(e["status"], status);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
+    // The application by its name, not its id.
     let line = refused.line().await;
     assert!(
-        line.contains("error_auth") && line.contains("denied") && line.contains(&app),
+        line.contains("error_auth") && line.contains("denied") && line.contains("Agents"),
         "{line}"
     );
+    // The integration by its slug and the user by her email.
     let line = only_app.line().await;
     assert!(
-        line.contains("error_remote") && line.contains("fail"),
+        line.contains("error_remote")
+            && line.contains("fail")
+            && line.contains(&w.slug)
+            && line.contains("alice@example.com"),
         "{line}"
     );
     for mut t in [json, refused, only_app] {

@@ -446,7 +446,7 @@ pub async fn open_stream(
 }
 
 /// Sends one message to an upstream with its credential and `headers`, through the send
-/// stage's OAuth retry ([`retry::send`]).
+/// stage's OAuth retry ([`retry::send`]); a failure names the integration.
 async fn send_with(
     state: &ProxyState,
     member: &Member,
@@ -472,6 +472,7 @@ async fn send_with(
         },
     )
     .await
+    .map_err(|e| e.of_integration(&member.integration))
 }
 
 /// Sends one message to an upstream, with `headers` and a credential.
