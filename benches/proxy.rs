@@ -14,7 +14,11 @@
 //!   many short alternating rounds): tracing may add at most 5 %.
 //!
 //! `cargo bench -p keygate-benches --bench proxy -- SECTION…` runs only the named sections:
-//! `latency`, `throughput`, `fan-out`, `sse`, `tracing`.
+//! `latency`, `throughput`, `fan-out`, `sse`, `tracing`. `sequential` (only when named) sends
+//! `KEYGATE_BENCH_CALLS` calls (2,000) one at a time to each target: a closed loop with no
+//! timing of its own, so it can run under `valgrind --tool=callgrind` to count the
+//! instructions a call costs (run it with two counts; the difference divided by the
+//! difference in calls is the cost of one call, setup excluded).
 //!
 //! Client, gateway and upstream share the machine's cores, so absolute numbers understate what
 //! a dedicated gateway does; the ratios are the point.
@@ -258,11 +262,19 @@ async fn initialize(client: &HttpClient, url: &str, token: &str) -> String {
 
 /// Whether the command line asks for `section` (no names: every section).
 fn wants(section: &str) -> bool {
-    let named: Vec<String> = std::env::args()
+    sections().is_empty() || named(section)
+}
+
+/// Whether `section` is named on the command line.
+fn named(section: &str) -> bool {
+    sections().iter().any(|n| n == section)
+}
+
+fn sections() -> Vec<String> {
+    std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
-        .collect();
-    named.is_empty() || named.iter().any(|n| n == section)
+        .collect()
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -337,7 +349,31 @@ async fn main() {
     if wants("tracing") {
         tracing_on_vs_off(&client, &gw, &direct_url).await;
     }
+    if named("sequential") {
+        let calls = std::env::var("KEYGATE_BENCH_CALLS").map_or(2_000, |n| n.parse().unwrap());
+        sequential(&client, &direct, &targets, calls).await;
+    }
     gw.stop().await;
+}
+
+/// `calls` calls one at a time to each target: the mean time per call, and its difference to
+/// the direct one.
+async fn sequential(client: &HttpClient, direct: &Target, targets: &[(&str, &Target)], calls: u32) {
+    println!();
+    println!("{:<13} {:>12} {:>13}", "", "mean ms", "added ms");
+    let mean = |t: &Target| async move {
+        let started = Instant::now();
+        for _ in 0..calls {
+            once(client, t).await;
+        }
+        started.elapsed() / calls
+    };
+    let base = mean(direct).await;
+    println!("{:<13} {:>12.3} {:>13}", "direct", ms(base), "-");
+    for &(name, t) in targets {
+        let m = mean(t).await;
+        println!("{:<13} {:>12.3} {:>13.3}", name, ms(m), ms(m) - ms(base));
+    }
 }
 
 /// Latency percentiles at a fixed rate, direct and through the gateway.
