@@ -74,6 +74,10 @@ pub struct RouteCache {
     pub(crate) eras: GenCache<IntegrationId, aggregate::era::Era>,
     /// The upstream sessions the gateway holds for 2026 clients.
     pub(crate) handshakes: aggregate::handshakes::Handshakes,
+    /// Whether each aggregated session was ended by its client (per ended-sessions generation).
+    pub(crate) ended: aggregate::ended::Ended,
+    /// The HTTP+SSE upstream streams the gateway holds.
+    pub(crate) sse_sessions: aggregate::sse_upstream::SseSessions,
 }
 
 impl ProxyState {

@@ -14,18 +14,23 @@
 //! - `tools/call` and `prompts/get` route by prefix and stream the upstream's answer back.
 //!   Server-to-client requests inside it (sampling, elicitation, roots) get ids namespaced as
 //!   `{slug}~{original id}`, and the client's answers are routed back by that prefix.
-//! - Notifications fan out; `GET` merges the upstreams' streams; `DELETE` closes them all.
+//! - Notifications fan out; `GET` merges the upstreams' streams; `DELETE` ends the session on
+//!   every replica ([`ended`]) and closes the upstream sessions. Upstreams of the HTTP+SSE
+//!   transport (2024-11-05) are reached through streams the gateway holds ([`sse_upstream`]).
 //! - An upstream that fails, or misses the fan-out deadline (`proxy.fanout_timeout_secs`, for
 //!   its whole part: [`upstream::within`]), is left out (and logged) without failing or delaying
-//!   the others, and asked again next time; one that forgot its session fails a 2025 client's
-//!   request with `404` so that it initializes again. A routed call involves only its upstream.
+//!   the others, and asked again next time; one that forgot its session (`404`, or a `400` it
+//!   confirms: [`upstream::forgot`]) fails a 2025 client's request with `404` so that it
+//!   initializes again. A routed call involves only its upstream.
 
 pub mod cursor;
+pub mod ended;
 pub mod era;
 pub mod events;
 pub mod handshakes;
 pub mod lifecycle;
 pub mod session;
+pub mod sse_upstream;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -45,7 +50,7 @@ use serde_json::{Value, json};
 use self::cursor::Cursor;
 use self::events::{Events, MAX_EVENT_BYTES, map_event};
 use self::session::AggregatedSession;
-use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, send, within};
+use self::upstream::{Downstream, Member, Stateless, exchange, members, rpc, within};
 use crate::ProxyState;
 use crate::credentials;
 use crate::error::{ProxyError, local_answer};
@@ -87,10 +92,10 @@ async fn dispatch(
         .headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok());
-    let session = session_header.map(|h| {
-        AggregatedSession::open(&state.auth.store, caller.app.org_id, caller.user, h)
-            .filter(|s| s.app == caller.app.id)
-    });
+    let session = match session_header {
+        Some(h) => Some(ended::live(state, &caller, h).await?),
+        None => None,
+    };
     match parts.method {
         Method::POST => {
             let message = read_message(&parts.headers, body, ex).await?;
@@ -115,7 +120,7 @@ async fn dispatch(
             _ => Err(unknown_session()),
         },
         Method::DELETE => match session {
-            Some(Some(s)) => close(state, &caller, &s).await,
+            Some(Some(s)) => lifecycle::close(state, &caller, &s).await,
             _ => Err(unknown_session()),
         },
         _ => Ok(StatusCode::METHOD_NOT_ALLOWED.into_response()),
@@ -542,7 +547,7 @@ async fn relay_call(
 
 /// A 2025 upstream's JSON answer for a 2026 client, its result marked (bounded, like every
 /// message the gateway must rewrite).
-async fn stamped(body: hyper::body::Incoming) -> Result<Response, ProxyError> {
+async fn stamped(body: Body) -> Result<Response, ProxyError> {
     let bytes = Limited::new(body, MAX_REQUEST_BYTES)
         .collect()
         .await
@@ -554,22 +559,6 @@ async fn stamped(body: hyper::body::Incoming) -> Result<Response, ProxyError> {
         era::complete(r);
     }
     Ok(axum::Json(answer).into_response())
-}
-
-/// `DELETE`: closes the session's 2025 upstream sessions.
-async fn close(
-    state: &ProxyState,
-    caller: &Arc<McpCaller>,
-    session: &AggregatedSession,
-) -> Result<Response, ProxyError> {
-    let members = members(state, caller).await?;
-    join_all(members.iter().filter_map(|m| {
-        let up = session.legacy(m.integration.id)?.clone();
-        let delete = async move { send(state, m, Some(&up), Method::DELETE, None).await };
-        Some(within(state, m, "DELETE", delete))
-    }))
-    .await;
-    Ok(StatusCode::OK.into_response())
 }
 
 /// `GET`: the upstreams' server-to-client streams, merged, each resumed after the event the
@@ -595,7 +584,7 @@ async fn merged_stream(
         let Some(Ok(resp)) = resp else {
             continue;
         };
-        if resp.status() == StatusCode::NOT_FOUND && up.session.is_some() {
+        if upstream::forgot(state, m, resp.status(), up).await {
             return Err(ProxyError::SessionExpired);
         }
         if !resp.status().is_success() {
