@@ -715,8 +715,8 @@ async fn legacy_answer(shared: &Shared, headers: HeaderMap, req: Value) -> Value
     let text = String::from_utf8_lossy(&body);
     let last_event = text
         .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("data: "))
         .unwrap_or(&text);
     let mut message: Value = serde_json::from_str(last_event).unwrap_or(Value::Null);
     if let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) {
