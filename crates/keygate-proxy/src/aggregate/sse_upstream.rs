@@ -9,13 +9,15 @@
 //!
 //! The announced endpoint must stay on the integration's origin (`legacy::on_origin`), and
 //! every request goes through the SSRF-guarded client with the integration's credential
-//! (`upstream::send_to`). On the stream, the upstream's `ping` is answered; its other requests
-//! are refused (`-32601`: the capabilities that would prompt them are not declared, see
-//! `era::bridged`), and its notifications are dropped.
+//! (`upstream::send_to`). A stream nothing was sent on for ten minutes is closed. On the
+//! stream, the upstream's `ping` is answered; its other requests are refused (`-32601`: the
+//! capabilities that would prompt them are not declared, see `era::bridged`), and its
+//! notifications are dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -40,6 +42,13 @@ use crate::sse::is_event_stream;
 /// Streams held open at once on a replica; a full map starts over (see `GenCache`), which
 /// closes them all.
 const CAPACITY: usize = 1_000;
+
+/// A stream no message was sent on for this long is closed (a session the store generation
+/// retired included); the next request opens a new one.
+const IDLE: Duration = Duration::from_secs(600);
+
+/// How often the reader looks whether its stream has become idle.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 type Cell = Arc<OnceCell<Arc<SseSession>>>;
 
@@ -73,12 +82,33 @@ struct Stream {
 }
 
 /// What the reader shares with the requests.
-#[derive(Default)]
 struct Shared {
     /// The requests waiting for an answer, by their id's JSON text.
     waiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
     /// The stream has ended: the session is gone.
     ended: AtomicBool,
+    /// When a message was last sent on this session.
+    last_used: Mutex<Instant>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            waiting: Mutex::default(),
+            ended: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().expect("last used") = Instant::now();
+    }
+
+    /// Nothing was sent for [`IDLE`] and nothing is awaited.
+    fn is_idle(&self) -> bool {
+        let unused = self.last_used.lock().expect("last used").elapsed();
+        unused >= IDLE && self.waiting.lock().expect("waiting").is_empty()
+    }
 }
 
 impl Drop for Stream {
@@ -130,7 +160,7 @@ async fn open(
     meta: &Map<String, Value>,
 ) -> Result<Arc<SseSession>, ProxyError> {
     let (endpoint, events) = connect(state, member).await?;
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new());
     let reader = tokio::spawn(read(
         events,
         shared.clone(),
@@ -209,11 +239,19 @@ async fn read(
     member: Member,
     endpoint: Url,
 ) {
-    while let Some(Ok(event)) = events.next().await {
+    loop {
+        let next = tokio::time::timeout(IDLE_CHECK, events.next()).await;
+        let event = match next {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(_) => break, // the upstream ended the stream or broke it
+            Err(_) => None,
+        };
+        if shared.is_idle() {
+            break;
+        }
         let Some(message) = event
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<Value>(d).ok())
+            .and_then(|event| event.data)
+            .and_then(|d| serde_json::from_str::<Value>(&d).ok())
         else {
             continue;
         };
@@ -326,6 +364,7 @@ impl Stream {
         member: &Member,
         message: &Value,
     ) -> Result<(), ProxyError> {
+        self.shared.touch();
         let body = Some(Bytes::from(message.to_string()));
         let resp = upstream::send_to(
             state,
