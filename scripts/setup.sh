@@ -87,6 +87,22 @@ if ! cmp -s "$TS_SRC/package-lock.json" "$TS_NODE/.keygate-lock" 2>/dev/null; th
   cp "$TS_SRC/package-lock.json" "$TS_NODE/.keygate-lock"
 fi
 
+# --- the official MCP conformance suite for tests/e2e/conformance.sh. The version of
+# @modelcontextprotocol/conformance and of everything it pulls in is pinned by
+# tests/e2e/conformance/package-lock.json, installed with `npm ci` into KEYGATE_E2E_CONFORMANCE.
+# The pinned 0.1.16 (the newest release) needs Node >= 22 (it imports fs.globSync) while the
+# machine has Node 20, so the lock file also pins the `node` package 22.23.3, whose binary the
+# script runs the suite with. Skipped when the prefix already holds exactly this lock file.
+CONF_SRC="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e/conformance"
+CONF_NODE="${KEYGATE_E2E_CONFORMANCE:-$HOME/.cache/keygate-e2e/conformance}"
+if ! cmp -s "$CONF_SRC/package-lock.json" "$CONF_NODE/.keygate-lock" 2>/dev/null; then
+  command -v npm >/dev/null || { echo "setup: please install: nodejs npm" >&2; exit 1; }
+  mkdir -p "$CONF_NODE"
+  cp "$CONF_SRC/package.json" "$CONF_SRC/package-lock.json" "$CONF_NODE/"
+  npm ci --prefix "$CONF_NODE" --omit=dev --no-audit --no-fund --loglevel=error >/dev/null
+  cp "$CONF_SRC/package-lock.json" "$CONF_NODE/.keygate-lock"
+fi
+
 # --- openapi-spec-validator for the API test that validates /api/openapi.json
 # (tests/api.rs: the_openapi_document_passes_openapi_spec_validator), in a venv of its own so
 # its pins never meet the MCP SDK's. Skipped when the venv already holds exactly this set.

@@ -13,8 +13,9 @@ MODE `http` speaks Streamable HTTP; MODE `sse` speaks the legacy HTTP+SSE transp
 gateway rewrites the upstream's `endpoint` event to a URL of its own.
 
 MODE `aggregated` speaks Streamable HTTP to the aggregated route `{URL}/apps/{appId}/mcp`, where
-SLUGS (comma-separated, at least two) name Streamable-HTTP integrations of server-everything
-attached to the application: serverInfo is keygate's; tools and prompts are `{slug}_{name}` and
+SLUGS (comma-separated, at least two) name integrations of server-everything attached to the
+application, the first two of them Streamable HTTP (any further one may speak HTTP+SSE; the
+gateway holds its stream and does not pass the sampling and elicitation capabilities to it): serverInfo is keygate's; tools and prompts are `{slug}_{name}` and
 route by that prefix (echo from each, get-sum, progress); the sampling and elicitation requests of
 each upstream reach the client with ids `{slug}~{id}` and its answers get back to that upstream;
 resources are listed and read unchanged; completions route by their ref, and a subscription

@@ -3,10 +3,9 @@
 # the real MCP reference server (@modelcontextprotocol/server-everything): initialize, tools
 # (echo, get-sum, progress, sampling and elicitation round trips), resources and prompts, over
 # Streamable HTTP and over the legacy HTTP+SSE transport; then through the aggregated route
-# /apps/{id}/mcp over two Streamable-HTTP integrations (two server-everything processes):
-# prefixed tools and prompts, routed calls, namespaced sampling/elicitation ids, resources,
-# completions and resource subscriptions (see
-# server_everything.py).
+# /apps/{id}/mcp over two Streamable-HTTP integrations (two server-everything processes) and the
+# HTTP+SSE one: prefixed tools and prompts, routed calls, namespaced sampling/elicitation ids,
+# resources, completions and resource subscriptions (see server_everything.py).
 # Needs the venv and the Node prefix that scripts/setup.sh installs (KEYGATE_E2E_VENV,
 # KEYGATE_E2E_NODE).
 set -euo pipefail
@@ -26,7 +25,7 @@ KEYGATE_E2E_UPSTREAM=everything start_everything "$HTTP_UPORT" streamableHttp ev
 HTTP2_UPORT=$(free_port)
 KEYGATE_E2E_UPSTREAM=everything2 start_everything "$HTTP2_UPORT" streamableHttp everything-http2
 SSE_UPORT=$(free_port)
-start_everything "$SSE_UPORT" sse everything-sse
+KEYGATE_E2E_UPSTREAM=everything-sse start_everything "$SSE_UPORT" sse everything-sse
 
 # --- the gateway, an owner, a service account and its management token ---
 start_gateway
@@ -41,14 +40,14 @@ HTTP2_SLUG=$(integrate everything2 "http://127.0.0.1:$HTTP2_UPORT/mcp")
 [ "$HTTP2_SLUG" = everything2 ] || fail "slug of integration 'everything2' is '$HTTP2_SLUG'"
 
 # --- the SDK, once per transport, each with its own OAuth flow against its pass-through URL;
-# then once against the aggregated URL, over the two Streamable-HTTP integrations (the legacy-SSE
-# one stays attached: the aggregated route leaves it out, as it does any upstream it cannot use) ---
+# then once against the aggregated URL, over all three (the two Streamable-HTTP integrations
+# first: the sampling and elicitation round trips go through them) ---
 failed=()
 for mode in http sse aggregated; do
   case $mode in
     http) args=("$URL/apps/$AID/mcp/$HTTP_SLUG" "$EMAIL" "$PASSWORD") ;;
     sse) args=("$URL/apps/$AID/mcp/$SSE_SLUG" "$EMAIL" "$PASSWORD") ;;
-    aggregated) args=("$URL/apps/$AID/mcp" "$EMAIL" "$PASSWORD" "$HTTP_SLUG,$HTTP2_SLUG") ;;
+    aggregated) args=("$URL/apps/$AID/mcp" "$EMAIL" "$PASSWORD" "$HTTP_SLUG,$HTTP2_SLUG,$SSE_SLUG") ;;
   esac
   if ! timeout 50 "$PY" "$HERE/server_everything.py" "$mode" "${args[@]}"; then
     failed+=("$mode")

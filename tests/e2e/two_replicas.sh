@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Two gateway processes on one PostgreSQL database, replicas behind one public URL: an MCP
 # session initialized on one continues on the other, on the aggregated route (whose sealed
-# Mcp-Session-Id any replica opens) and on the pass-through route, against the real
-# @modelcontextprotocol/server-everything. The user's token comes from the official Python SDK's
-# OAuth flow (oauth_token.py). The database is created for this run and dropped afterwards.
+# Mcp-Session-Id any replica opens; once DELETEd on one, the other refuses it) and on the
+# pass-through route, against the real @modelcontextprotocol/server-everything. The user's
+# token comes from the official Python SDK's OAuth flow (oauth_token.py). The database is
+# created for this run and dropped afterwards.
 # Needs psql, and the venv and the Node prefix that scripts/setup.sh installs.
 set -euo pipefail
 
@@ -73,6 +74,20 @@ for route in aggregated passthrough; do
   list=$(rpc "$B_URL" "$path" "$token" "$session" '{"jsonrpc":"2.0","id":3,"method":"tools/list"}')
   check "[$route] tools/list on replica B" ".result.tools | map(.name) | index(\"$tool\")" "$list"
   echo "[$route] initialized on replica A, tools/call + tools/list on replica B: ok"
+  if [ "$route" = aggregated ]; then
+    # Ended on A (DELETE), the session is refused on B too, which had just served it.
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE -H "Authorization: Bearer $token" \
+      -H "Mcp-Session-Id: $session" "$URL$path")
+    [ "$code" = 200 ] || fail "[$route] DELETE on replica A answered $code"
+    ended=""
+    for _ in $(seq 50); do
+      answer=$(rpc "$B_URL" "$path" "$token" "$session" '{"jsonrpc":"2.0","id":4,"method":"tools/list"}')
+      if echo "$answer" | jq -e '.id == 4 and .error.code == -32001' >/dev/null 2>&1; then ended=1; break; fi
+      sleep 0.1
+    done
+    [ -n "$ended" ] || fail "[$route] replica B still serves the session replica A ended: $answer"
+    echo "[$route] DELETE on replica A, then 404 on replica B: ok"
+  fi
 done
 
 echo "two_replicas: ok"

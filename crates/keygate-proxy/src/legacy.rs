@@ -114,7 +114,7 @@ impl EndpointMap {
 }
 
 /// The absolute URL of an announced endpoint, if it stays on the upstream's origin.
-fn on_origin(upstream: &Url, endpoint: &str) -> Option<Url> {
+pub(crate) fn on_origin(upstream: &Url, endpoint: &str) -> Option<Url> {
     let target = upstream.join(endpoint.trim()).ok()?;
     (target.origin() == upstream.origin()).then_some(target)
 }

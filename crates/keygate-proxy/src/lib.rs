@@ -76,6 +76,10 @@ pub struct RouteCache {
     pub(crate) handshakes: aggregate::handshakes::Handshakes,
     /// The aggregated endpoint's routed calls in flight, for cancellation.
     pub(crate) calls: aggregate::inflight::InFlight,
+    /// Whether each aggregated session was ended by its client (per ended-sessions generation).
+    pub(crate) ended: aggregate::ended::Ended,
+    /// The HTTP+SSE upstream streams the gateway holds.
+    pub(crate) sse_sessions: aggregate::sse_upstream::SseSessions,
 }
 
 impl ProxyState {

@@ -242,6 +242,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0007_service_account_tokens.sql"),
                 include_str!("../migrations/postgres/0007_service_account_tokens.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0008_mcp_session_revocations.sql"),
+                include_str!("../migrations/postgres/0008_mcp_session_revocations.sql"),
+            ),
         ];
         let body = |s: &str| -> String {
             s.lines()

@@ -40,6 +40,8 @@ pub struct Store {
     db: Db,
     vault: Arc<Vault>,
     generation: changes::Generation,
+    /// Moves when an MCP session ends (`changes`).
+    ended_sessions: changes::Generation,
 }
 
 impl Store {
@@ -48,6 +50,7 @@ impl Store {
             db,
             vault: Arc::new(vault),
             generation: changes::Generation::default(),
+            ended_sessions: changes::Generation::default(),
         }
     }
 

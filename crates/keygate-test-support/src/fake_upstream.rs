@@ -31,13 +31,17 @@
 //!   `notifications/resources/updated` for its URI on every open `GET` stream;
 //! - `GET /mcp`: events 1–3 (resuming after `Last-Event-ID`), then an open stream, which also
 //!   carries what [`FakeUpstream::push`] sends (ids from 4 on);
+//! - `tools/call` of `refuse`: `400` with a JSON-RPC error `-32600`, in a live session;
 //! - legacy HTTP+SSE: `GET /sse` opens with `event: endpoint` (`/messages?sessionId=legacy-1`),
-//!   and each `POST /messages?sessionId=legacy-1` is answered `202` with its echo sent on the
-//!   stream.
+//!   and each request POSTed to `/messages?sessionId=legacy-1` is answered `202`, its answer
+//!   sent on the stream: the Streamable HTTP one, its result also carrying the request's
+//!   `method` and `headers` (the echo); notifications get nothing.
 //!
 //! Sessions are `upstream-session-{n}`, `n` starting at 1 ([`SESSION_ID`]); other ids are
 //! accepted as they are. [`FakeUpstream::forget_sessions`] makes it forget the ones it issued:
-//! a request carrying one gets `404`, and the next `initialize` issues `n + 1`.
+//! a request carrying one gets `404` — or, after [`FakeUpstream::refuse_unknown_sessions_with_400`],
+//! `400` "No valid session ID" as server-everything answers — and the next `initialize` issues
+//! `n + 1`.
 //! [`FakeUpstream::requests`] lists every message POSTed to `/mcp`, with its headers;
 //! [`FakeUpstream::hits`] every HTTP request it received on any path (known or not), with its
 //! method, path, query and headers — what a test asserts on to show that nothing reached it.
@@ -119,6 +123,10 @@ struct Shared {
     pushes: tokio::sync::broadcast::Sender<Value>,
     /// The ids of `long` and `wait` calls dropped before their end.
     dropped: Arc<Mutex<Vec<Value>>>,
+    /// Forgotten sessions get `400` rather than `404`.
+    forgotten_is_400: std::sync::atomic::AtomicBool,
+    /// Moves when the legacy streams are to end ([`FakeUpstream::end_legacy_streams`]).
+    legacy_epoch: tokio::sync::watch::Sender<u32>,
 }
 
 impl Shared {
@@ -140,6 +148,16 @@ impl Shared {
 
     fn session(&self) -> String {
         format!("{SESSION_PREFIX}{}", self.epoch.load(Ordering::SeqCst))
+    }
+
+    /// The answer to a request naming a forgotten session (`id`: the request's).
+    fn unknown_session(&self, id: &Value) -> Response {
+        if self.forgotten_is_400.load(Ordering::SeqCst) {
+            let message = "Bad Request: No valid session ID provided";
+            rpc_error(StatusCode::BAD_REQUEST, id, -32000, message, Value::Null)
+        } else {
+            StatusCode::NOT_FOUND.into_response()
+        }
     }
 
     /// Whether a request names a session this fake issued and forgot.
@@ -219,6 +237,17 @@ impl FakeUpstream {
         self.shared.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Ends every open legacy HTTP+SSE stream, as a restart would (new ones open as before).
+    pub fn end_legacy_streams(&self) {
+        self.shared.legacy_epoch.send_modify(|n| *n += 1);
+    }
+
+    /// From now on answers a forgotten session `400` with a JSON-RPC error `-32000` ("No valid
+    /// session ID"), as servers built on the TypeScript SDK's examples do, instead of `404`.
+    pub fn refuse_unknown_sessions_with_400(&self) {
+        self.shared.forgotten_is_400.store(true, Ordering::SeqCst);
+    }
+
     /// A fake that accepts only live access tokens of `provider` (else `401` with an RFC 9728
     /// challenge) and publishes `/.well-known/oauth-protected-resource/mcp` naming it.
     pub async fn protected(name: &'static str, provider: &FakeOAuth) -> Self {
@@ -245,9 +274,12 @@ impl FakeUpstream {
             split: Mutex::new(None),
             pushes: tokio::sync::broadcast::channel(16).0,
             dropped: Arc::default(),
+            forgotten_is_400: Default::default(),
+            legacy_epoch: tokio::sync::watch::Sender::new(0),
         });
         let hits = shared.hits.clone();
         let (on_post, on_get, on_delete) = (shared.clone(), shared.clone(), shared.clone());
+        let (on_message, on_sse) = (shared.clone(), shared.clone());
         let app = Router::new()
             .route(
                 "/mcp",
@@ -257,21 +289,29 @@ impl FakeUpstream {
                 .get(move |headers: HeaderMap| open_stream(on_get.clone(), headers))
                 .delete(move |headers: HeaderMap| close(on_delete.clone(), headers)),
             )
-            .route("/sse", get(move || legacy_stream(legacy_tx.subscribe())))
+            .route(
+                "/sse",
+                get(move || {
+                    let ended = on_sse.legacy_epoch.subscribe();
+                    legacy_stream(legacy_tx.subscribe(), ended)
+                }),
+            )
             .route(
                 "/messages",
                 post(
                     move |q: Query<HashMap<String, String>>,
                           headers: HeaderMap,
                           Json(req): Json<Value>| {
-                        let tx = tx.clone();
+                        let (tx, shared) = (tx.clone(), on_message.clone());
                         async move {
                             if q.get("sessionId").map(String::as_str) != Some("legacy-1") {
                                 return StatusCode::NOT_FOUND;
                             }
-                            let _ = tx.send(json!({"jsonrpc": "2.0", "id": req["id"], "result": {
-                                "method": req["method"], "headers": header_map(&headers),
-                            }}));
+                            if !req["id"].is_null() && req.get("method").is_some() {
+                                tokio::spawn(async move {
+                                    let _ = tx.send(legacy_answer(&shared, headers, req).await);
+                                });
+                            }
                             StatusCode::ACCEPTED
                         }
                     },
@@ -409,7 +449,7 @@ async fn rpc(shared: Arc<Shared>, headers: HeaderMap, req: Value) -> Response {
         return stalled;
     }
     if shared.forgotten(&headers) {
-        return StatusCode::NOT_FOUND.into_response();
+        return shared.unknown_session(&req["id"]);
     }
     if req.get("method").is_none() {
         // A client's answer to one of our requests.
@@ -651,6 +691,7 @@ async fn tool(shared: &Shared, reply: &Reply, headers: HeaderMap, req: &Value) -
             };
             rpc_error(status, id, -32602, "invalid arguments", Value::Null)
         }
+        "refuse" => rpc_error(StatusCode::BAD_REQUEST, id, -32600, "refused", Value::Null),
         "crash" => (StatusCode::INTERNAL_SERVER_ERROR, "upstream crashed").into_response(),
         "hang" => {
             std::future::pending::<()>().await;
@@ -790,12 +831,41 @@ fn ask(shared: &Shared, id: Value) -> Body {
     Body::from_stream(stream::iter([Ok(question)]).chain(finish))
 }
 
-async fn legacy_stream(rx: tokio::sync::broadcast::Receiver<Value>) -> Response {
+/// A request's answer on the legacy stream: the Streamable HTTP answer (its last SSE event's,
+/// for a streamed one), its result also carrying the request's method and headers.
+async fn legacy_answer(shared: &Shared, headers: HeaderMap, req: Value) -> Value {
+    let seen = header_map(&headers);
+    let resp = answer(shared, headers, req.clone()).await;
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let last_event = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or(&text);
+    let mut message: Value = serde_json::from_str(last_event).unwrap_or(Value::Null);
+    if let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) {
+        result.insert("method".into(), req["method"].clone());
+        result.insert("headers".into(), seen);
+    }
+    message
+}
+
+/// The legacy stream: the endpoint, then every answer, until [`FakeUpstream::end_legacy_streams`].
+async fn legacy_stream(
+    rx: tokio::sync::broadcast::Receiver<Value>,
+    mut ended: tokio::sync::watch::Receiver<u32>,
+) -> Response {
     let endpoint = Bytes::from_static(b"event: endpoint\ndata: /messages?sessionId=legacy-1\n\n");
     let messages = stream::unfold(rx, |mut rx| async move {
         let msg = rx.recv().await.ok()?;
         let frame = Bytes::from(format!("event: message\ndata: {msg}\n\n"));
         Some((Ok::<_, Infallible>(frame), rx))
+    })
+    .take_until(async move {
+        let _ = ended.changed().await;
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -844,7 +914,7 @@ async fn open_stream(shared: Arc<Shared>, headers: HeaderMap) -> Response {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
     if shared.forgotten(&headers) {
-        return StatusCode::NOT_FOUND.into_response();
+        return shared.unknown_session(&Value::Null);
     }
     let after: u32 = headers
         .get("last-event-id")

@@ -9,7 +9,8 @@
 //!
 //! Downstream, [`declares_modern`] and [`accept`] decide and check a client's era per request.
 //! Upstream, [`era`] learns each integration's era once per store generation with a
-//! `server/discover` probe, and [`meta`] builds the `_meta` a 2026 upstream gets.
+//! `server/discover` probe (and tells an HTTP+SSE upstream of 2024-11-05 by its `GET` stream),
+//! and [`meta`] builds the `_meta` a 2026 upstream gets.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
 
+use super::sse_upstream;
 use super::upstream::{self, Link, Member};
 use crate::ProxyState;
 
@@ -72,6 +74,9 @@ pub enum Era {
     Modern(Arc<Value>),
     /// Anything else: it is spoken to through an `initialize` handshake.
     Legacy,
+    /// It refused the probe as a path it does not serve (`404`, `405`), and a `GET` opens an
+    /// HTTP+SSE stream (2024-11-05) that announces a message endpoint.
+    Sse,
 }
 
 /// Why a 2026 request was refused before any upstream saw it (answered `400`).
@@ -337,6 +342,13 @@ async fn discover(state: &ProxyState, member: &Member) -> Option<Era> {
         || status == StatusCode::TOO_MANY_REQUESTS
     {
         return None;
+    }
+    if matches!(
+        status,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+    ) && sse_upstream::announces_endpoint(state, member).await
+    {
+        return Some(Era::Sse);
     }
     let Ok(answer) = upstream::read_answer(resp, message.get("id")).await else {
         return Some(Era::Legacy);

@@ -6,15 +6,17 @@
 
 use std::sync::Arc;
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
 use keygate_core::wire::jsonrpc::{self, RequestId};
 use serde_json::{Map, Value, json};
 
+use super::ended;
 use super::era::{self, Era};
 use super::handshakes;
 use super::session::{AggregatedSession, UpstreamSession};
+use super::sse_upstream;
 use super::upstream::{self, Member, candidates, within};
 use super::{SEPARATOR, invalid, result};
 use crate::ProxyState;
@@ -58,12 +60,12 @@ pub async fn initialize(
         join_initialize(state, m, &offer)
     })
     .await;
-    let session = AggregatedSession {
-        app: caller.app.id,
-        upstreams: summary.sessions,
-        capabilities: params.get("capabilities").cloned(),
-        client_info: params.get("clientInfo").cloned(),
-    };
+    let session = AggregatedSession::new(
+        caller.app.id,
+        summary.sessions,
+        params.get("capabilities").cloned(),
+        params.get("clientInfo").cloned(),
+    );
     let sealed = session.seal(&state.auth.store, caller.app.org_id, caller.user);
     let body = jsonrpc::result(
         &id,
@@ -80,6 +82,24 @@ pub async fn initialize(
         HeaderValue::from_str(&sealed).expect("base64url is a valid header"),
     );
     Ok(resp)
+}
+
+/// `DELETE` (2025): ends the session — recorded first, so that no replica opens it again
+/// whatever the upstreams do — then closes its 2025 upstream sessions.
+pub async fn close(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+    session: &AggregatedSession,
+) -> Result<Response, ProxyError> {
+    ended::end(state, caller.app.org_id, session).await?;
+    let members = upstream::members(state, caller).await?;
+    join_all(members.iter().filter_map(|m| {
+        let up = session.legacy(m.integration.id)?.clone();
+        let delete = async move { upstream::send(state, m, Some(&up), Method::DELETE, None).await };
+        Some(within(state, m, "DELETE", delete))
+    }))
+    .await;
+    Ok(StatusCode::OK.into_response())
 }
 
 /// `server/discover` (2026): the versions the endpoint speaks and what the user's upstreams can
@@ -110,11 +130,27 @@ async fn join_initialize(
     member: &Member,
     message: &Value,
 ) -> Result<Joined, String> {
-    if let Era::Modern(capabilities) = era::era(state, member).await {
-        return Ok(Joined {
-            session: Some(UpstreamSession::modern(member.integration.id)),
-            capabilities: (*capabilities).clone(),
-        });
+    match era::era(state, member).await {
+        Era::Modern(capabilities) => {
+            return Ok(Joined {
+                session: Some(UpstreamSession::modern(member.integration.id)),
+                capabilities: (*capabilities).clone(),
+            });
+        }
+        // The gateway holds that session; the client's session does not name the upstream.
+        Era::Sse => {
+            let params = &message["params"];
+            let meta = era::meta(params.get("capabilities"), params.get("clientInfo"));
+            let held = sse_upstream::session(state, member, &meta).await;
+            return Ok(Joined {
+                session: None,
+                capabilities: held
+                    .map_err(|e| unavailable(member, &e))?
+                    .capabilities
+                    .clone(),
+            });
+        }
+        Era::Legacy => {}
     }
     let (session, answer) = upstream::initialize(state, member, message)
         .await
@@ -150,6 +186,10 @@ async fn join_discover(
         Era::Legacy => {
             let h = handshakes::session(state, member, meta).await;
             h.map_err(|e| unavailable(member, &e))?.capabilities
+        }
+        Era::Sse => {
+            let s = sse_upstream::session(state, member, meta).await;
+            s.map_err(|e| unavailable(member, &e))?.capabilities.clone()
         }
     };
     Ok(Joined {

@@ -20,13 +20,17 @@
 //!   prefix.
 //! - `notifications/cancelled` goes to the upstream answering that request, other
 //!   notifications to every 2025 upstream of the session ([`notify`]); `GET` merges the
-//!   upstreams' streams, coalescing their list changes; `DELETE` closes them all.
+//!   upstreams' streams, coalescing their list changes; `DELETE` ends the session on every
+//!   replica ([`ended`]) and closes the upstream sessions. Upstreams of the HTTP+SSE transport
+//!   (2024-11-05) are reached through streams the gateway holds ([`sse_upstream`]).
 //! - An upstream that fails, or misses the fan-out deadline (`proxy.fanout_timeout_secs`, for
 //!   its whole part: [`upstream::within`]), is left out (and logged) without failing or delaying
-//!   the others, and asked again next time; one that forgot its session fails a 2025 client's
-//!   request with `404` so that it initializes again. A routed call involves only its upstream.
+//!   the others, and asked again next time; one that forgot its session (`404`, or a `400` it
+//!   confirms: [`upstream::forgot`]) fails a 2025 client's request with `404` so that it
+//!   initializes again. A routed call involves only its upstream.
 
 pub mod cursor;
+pub mod ended;
 pub mod era;
 pub mod events;
 pub mod handshakes;
@@ -35,6 +39,7 @@ pub mod lifecycle;
 pub mod notify;
 pub mod route;
 pub mod session;
+pub mod sse_upstream;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -53,7 +58,7 @@ use self::cursor::Cursor;
 use self::events::{Events, MAX_EVENT_BYTES, map_event};
 use self::inflight::{Call, Client};
 use self::session::AggregatedSession;
-use self::upstream::{Downstream, Link, Member, Stateless, exchange, members, rpc, send, within};
+use self::upstream::{Downstream, Link, Member, Stateless, exchange, members, rpc, within};
 use crate::ProxyState;
 use crate::credentials;
 use crate::error::{ProxyError, local_answer};
@@ -95,10 +100,10 @@ async fn dispatch(
         .headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok());
-    let session = session_header.map(|h| {
-        AggregatedSession::open(&state.auth.store, caller.app.org_id, caller.user, h)
-            .filter(|s| s.app == caller.app.id)
-    });
+    let session = match session_header {
+        Some(h) => Some(ended::live(state, &caller, h).await?),
+        None => None,
+    };
     match parts.method {
         Method::POST => {
             let message = read_message(&parts.headers, body, ex).await?;
@@ -123,7 +128,7 @@ async fn dispatch(
             _ => Err(unknown_session()),
         },
         Method::DELETE => match session {
-            Some(Some(s)) => close(state, &caller, &s).await,
+            Some(Some(s)) => lifecycle::close(state, &caller, &s).await,
             _ => Err(unknown_session()),
         },
         _ => Ok(StatusCode::METHOD_NOT_ALLOWED.into_response()),
@@ -631,7 +636,7 @@ fn event_stream(body: Body) -> Response {
 /// An upstream's JSON answer for a client of the other era, translated ([`era::cross`];
 /// bounded, like every message the gateway must rewrite).
 async fn translated(
-    body: hyper::body::Incoming,
+    body: Body,
     from_modern: bool,
     to_modern: bool,
 ) -> Result<Response, ProxyError> {
@@ -644,22 +649,6 @@ async fn translated(
         .map_err(|_| ProxyError::Upstream("the answer is not JSON".into()))?;
     era::cross(&mut answer, from_modern, to_modern);
     Ok(axum::Json(answer).into_response())
-}
-
-/// `DELETE`: closes the session's 2025 upstream sessions.
-async fn close(
-    state: &ProxyState,
-    caller: &Arc<McpCaller>,
-    session: &AggregatedSession,
-) -> Result<Response, ProxyError> {
-    let members = members(state, caller).await?;
-    join_all(members.iter().filter_map(|m| {
-        let up = session.legacy(m.integration.id)?.clone();
-        let delete = async move { send(state, m, Some(&up), Method::DELETE, None).await };
-        Some(within(state, m, "DELETE", delete))
-    }))
-    .await;
-    Ok(StatusCode::OK.into_response())
 }
 
 /// `GET`: the upstreams' server-to-client streams, merged, each resumed after the event the
@@ -685,7 +674,7 @@ async fn merged_stream(
         let Some(Ok(resp)) = resp else {
             continue;
         };
-        if resp.status() == StatusCode::NOT_FOUND && up.session.is_some() {
+        if upstream::forgot(state, m, resp.status(), up).await {
             return Err(ProxyError::SessionExpired);
         }
         if !resp.status().is_success() {

@@ -3,15 +3,23 @@
 //! session and no client can read or forge it. Upstreams of the 2026-07-28 era have no
 //! session: they are listed with that protocol version, and the client's capabilities and
 //! `clientInfo` from its `initialize` are kept for the `_meta` of every request they get.
+//!
+//! Each session also carries its own random id and when it was issued: it opens for
+//! [`LIFETIME`], and a session its client ended (`DELETE`) is refused before that by its id
+//! ([`super::ended`]).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keygate_core::{ApplicationId, IntegrationId, OrgId, UserId};
+use keygate_core::{ApplicationId, IntegrationId, OrgId, Timestamp, UserId};
 use keygate_store::{Purpose, SealContext, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::era::MODERN;
+
+/// How long a session can be used after its `initialize`; then the client initializes again.
+/// It bounds how long an ended session's id must be remembered.
+pub const LIFETIME_SECS: i64 = 24 * 3600;
 
 /// One upstream session of an aggregated session.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -44,6 +52,12 @@ impl UpstreamSession {
 /// An aggregated session.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AggregatedSession {
+    /// Random, unique per `initialize`: what ending the session records.
+    #[serde(rename = "n")]
+    pub id: String,
+    /// When the session was issued (milliseconds since the epoch).
+    #[serde(rename = "t")]
+    pub issued_at: i64,
     #[serde(rename = "a")]
     pub app: ApplicationId,
     #[serde(rename = "u")]
@@ -66,16 +80,44 @@ fn ctx(org: OrgId, user: UserId) -> SealContext {
 }
 
 impl AggregatedSession {
+    /// A new session of `app`, issued now.
+    pub fn new(
+        app: ApplicationId,
+        upstreams: Vec<UpstreamSession>,
+        capabilities: Option<Value>,
+        client_info: Option<Value>,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            issued_at: Timestamp::now().millis(),
+            app,
+            upstreams,
+            capabilities,
+            client_info,
+        }
+    }
+
+    /// When the session stops opening.
+    pub fn expires_at(&self) -> Timestamp {
+        Timestamp::from_millis(self.issued_at).plus_seconds(LIFETIME_SECS)
+    }
+
     pub fn seal(&self, store: &Store, org: OrgId, user: UserId) -> String {
         let plain = serde_json::to_vec(self).expect("plain data serializes");
         URL_SAFE_NO_PAD.encode(store.vault().seal(&ctx(org, user), &plain))
     }
 
-    /// The session a header names, if it was sealed for this organization and user.
+    /// The session a header names, if it was sealed for this organization and user and has not
+    /// expired (whether its client ended it is [`super::ended`]'s to say).
     pub fn open(store: &Store, org: OrgId, user: UserId, header: &str) -> Option<Self> {
         let sealed = URL_SAFE_NO_PAD.decode(header.trim()).ok()?;
         let plain = store.vault().open(&ctx(org, user), &sealed).ok()?;
-        serde_json::from_slice(&plain).ok()
+        let session: Self = serde_json::from_slice(&plain).ok()?;
+        session.is_live_at(Timestamp::now()).then_some(session)
+    }
+
+    fn is_live_at(&self, now: Timestamp) -> bool {
+        now.millis() < self.expires_at().millis()
     }
 
     pub fn upstream(&self, integration: IntegrationId) -> Option<&UpstreamSession> {
@@ -86,5 +128,24 @@ impl AggregatedSession {
     /// DELETE, notifications and `logging/setLevel`).
     pub fn legacy(&self, integration: IntegrationId) -> Option<&UpstreamSession> {
         self.upstream(integration).filter(|u| !u.is_modern())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_opens_for_its_lifetime_only() {
+        let s = AggregatedSession::new(ApplicationId::new(), Vec::new(), None, None);
+        let issued = Timestamp::from_millis(s.issued_at);
+        assert!(s.is_live_at(issued.plus_seconds(LIFETIME_SECS - 1)));
+        assert!(!s.is_live_at(issued.plus_seconds(LIFETIME_SECS)));
+    }
+
+    #[test]
+    fn every_session_has_its_own_id() {
+        let new = || AggregatedSession::new(ApplicationId::new(), Vec::new(), None, None);
+        assert_ne!(new().id, new().id);
     }
 }

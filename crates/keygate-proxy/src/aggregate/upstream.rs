@@ -12,12 +12,13 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::IntegrationId;
 use keygate_core::model::{Category, Integration};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::era::{self, Era};
 use super::events::{Events, MAX_EVENT_BYTES};
 use super::handshakes;
 use super::session::{AggregatedSession, UpstreamSession};
+use super::sse_upstream::{self, SseSession};
 use crate::ProxyState;
 use crate::credentials::{self, Authorization};
 use crate::error::ProxyError;
@@ -61,6 +62,8 @@ pub enum Link {
     Modern(Arc<Map<String, Value>>),
     /// 2025: the upstream's session and the version it negotiated.
     Legacy(UpstreamSession),
+    /// 2024-11-05 HTTP+SSE: the stream the gateway holds open with the upstream.
+    Sse(Arc<SseSession>),
 }
 
 impl Downstream {
@@ -172,18 +175,21 @@ async fn held(
         Era::Legacy => Ok(Link::Legacy(
             handshakes::session(state, member, &meta).await?.session,
         )),
+        Era::Sse => Ok(Link::Sse(
+            sse_upstream::session(state, member, &meta).await?,
+        )),
     }
 }
 
 /// An upstream's answer to a message.
 pub struct Reply {
-    pub resp: http::Response<hyper::body::Incoming>,
+    pub resp: http::Response<Body>,
     /// Whether the upstream speaks 2026-07-28.
     pub modern: bool,
 }
 
-/// POSTs `message` to `member` on behalf of `downstream`. When the upstream answers `404` to
-/// its session, a 2025 client whose session holds it learns its session expired
+/// POSTs `message` to `member` on behalf of `downstream`. When the upstream has forgotten its
+/// session ([`forgot`]), a 2025 client whose session holds it learns its session expired
 /// ([`ProxyError::SessionExpired`]); a session the gateway holds is replaced and the message
 /// sent once more.
 pub async fn exchange(
@@ -196,7 +202,7 @@ pub async fn exchange(
     let via = link(state, member, downstream).await?;
     let modern = matches!(via, Link::Modern(_));
     let resp = send_message(state, member, &via, message, params).await?;
-    let Some(stale) = forgotten(&resp, &via) else {
+    let Some(stale) = forgotten(state, member, resp.status(), &via).await else {
         return Ok(Reply { resp, modern });
     };
     if downstream.holds(member.integration.id) {
@@ -205,7 +211,7 @@ pub async fn exchange(
     handshakes::forget(state, member, stale);
     let via = link(state, member, downstream).await?;
     let resp = send_message(state, member, &via, message, params).await?;
-    match forgotten(&resp, &via) {
+    match forgotten(state, member, resp.status(), &via).await {
         None => Ok(Reply { resp, modern }),
         Some(_) => Err(ProxyError::Upstream(
             "the upstream refused a session it had just opened".into(),
@@ -213,16 +219,52 @@ pub async fn exchange(
     }
 }
 
-/// The upstream session an upstream's `404` declares gone.
-fn forgotten<'a>(
-    resp: &http::Response<hyper::body::Incoming>,
+/// The upstream session that an answer with `status`, to a message sent over `link`, shows
+/// the upstream has forgotten.
+async fn forgotten<'a>(
+    state: &ProxyState,
+    member: &Member,
+    status: StatusCode,
     link: &'a Link,
 ) -> Option<&'a UpstreamSession> {
     match link {
-        Link::Legacy(up) if resp.status() == StatusCode::NOT_FOUND && up.session.is_some() => {
-            Some(up)
-        }
+        Link::Legacy(up) if forgot(state, member, status, up).await => Some(up),
         _ => None,
+    }
+}
+
+/// Whether an upstream that answered `status` to a request in its session `up` no longer knows
+/// that session (it restarted, or ended it). The spec has it answer `404`; servers built like
+/// the SDKs' examples answer an unknown session `400` ("No valid session ID") instead — a `400`
+/// counts when a `ping` in the same session is refused too (`400` or `404`), so that a request
+/// the upstream merely found wrong does not end a live session.
+pub async fn forgot(
+    state: &ProxyState,
+    member: &Member,
+    status: StatusCode,
+    up: &UpstreamSession,
+) -> bool {
+    if up.session.is_none() {
+        return false;
+    }
+    match status {
+        StatusCode::NOT_FOUND => true,
+        StatusCode::BAD_REQUEST => !answers_ping(state, member, up).await,
+        _ => false,
+    }
+}
+
+/// Whether the upstream still takes requests in its session `up`.
+async fn answers_ping(state: &ProxyState, member: &Member, up: &UpstreamSession) -> bool {
+    let ping = json!({"jsonrpc": "2.0", "id": "kg-session-check", "method": "ping"});
+    let via = Link::Legacy(up.clone());
+    match send_message(state, member, &via, &ping, None).await {
+        Ok(resp) => !matches!(
+            resp.status(),
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST
+        ),
+        // Unreachable now: no sign that it forgot anything.
+        Err(_) => true,
     }
 }
 
@@ -312,15 +354,17 @@ pub async fn initialize(
 }
 
 /// POSTs `message` over `link`: with `_meta` and the mirrored headers to a 2026 upstream
-/// (plus the client's `Mcp-Param-*`), with the session headers to a 2025 one.
+/// (plus the client's `Mcp-Param-*`), with the session headers to a 2025 one; to an HTTP+SSE
+/// upstream's message endpoint, its answer taken from the stream and given as a JSON body.
 pub async fn send_message(
     state: &ProxyState,
     member: &Member,
     link: &Link,
     message: &Value,
     params: Option<&HeaderMap>,
-) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+) -> Result<http::Response<Body>, ProxyError> {
     let (body, headers) = match link {
+        Link::Sse(session) => return session.send(state, member, message).await,
         Link::Modern(meta) => {
             let mut message = message.clone();
             set_meta(&mut message, Some(meta));
@@ -333,14 +377,24 @@ pub async fn send_message(
         }
         Link::Legacy(up) => (message.to_string(), session_headers(Some(up))),
     };
-    send_with(
+    let resp = send_with(
         state,
         member,
         Method::POST,
         headers,
         Some(Bytes::from(body)),
     )
-    .await
+    .await?;
+    Ok(resp.map(Body::new))
+}
+
+/// `message` without the reserved `_meta` entries (for an upstream of a handshake era).
+pub(super) fn without_reserved_meta(message: &Value) -> Value {
+    let mut message = message.clone();
+    if has_reserved_meta(&message) {
+        set_meta(&mut message, None);
+    }
+    message
 }
 
 fn has_reserved_meta(message: &Value) -> bool {
@@ -454,6 +508,33 @@ async fn send_with(
     headers: HeaderMap,
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+    send_to(
+        state,
+        member,
+        &integration_url(member)?,
+        method,
+        headers,
+        body,
+    )
+    .await
+}
+
+/// The integration's URL.
+pub(super) fn integration_url(member: &Member) -> Result<url::Url, ProxyError> {
+    url::Url::parse(&member.integration.url)
+        .map_err(|_| ProxyError::Upstream("invalid integration URL".into()))
+}
+
+/// [`send_with`] to `url` (on the integration's origin: an HTTP+SSE upstream's message
+/// endpoint).
+pub(super) async fn send_to(
+    state: &ProxyState,
+    member: &Member,
+    url: &url::Url,
+    method: Method,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
     let authorization = member.authorization.clone();
     retry::send(
         state,
@@ -463,7 +544,7 @@ async fn send_with(
         |auth| {
             send_once(
                 state,
-                member,
+                url,
                 auth,
                 method.clone(),
                 headers.clone(),
@@ -478,15 +559,13 @@ async fn send_with(
 /// Sends one message to an upstream, with `headers` and a credential.
 async fn send_once(
     state: &ProxyState,
-    member: &Member,
+    url: &url::Url,
     authorization: Option<HeaderValue>,
     method: Method,
     headers: HeaderMap,
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    let url = url::Url::parse(&member.integration.url)
-        .map_err(|_| ProxyError::Upstream("invalid integration URL".into()))?;
-    state.upstream.check(&url)?;
+    state.upstream.check(url)?;
     let mut req = http::Request::builder()
         .method(method)
         .uri(url.as_str())
@@ -507,10 +586,11 @@ async fn send_once(
 
 /// The JSON-RPC answer with `id` in a JSON body or an SSE stream. A `4xx` carrying a JSON-RPC
 /// error is an answer too (2026-07-28 sends its errors that way).
-pub async fn read_answer(
-    resp: http::Response<hyper::body::Incoming>,
-    id: Option<&Value>,
-) -> Result<Value, String> {
+pub async fn read_answer<B>(resp: http::Response<B>, id: Option<&Value>) -> Result<Value, String>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let status = resp.status();
     let is_sse = is_event_stream(resp.headers());
     if !status.is_success() && !status.is_client_error() {
@@ -547,7 +627,6 @@ pub async fn read_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn meta_is_replaced_or_dropped_and_the_rest_kept() {

@@ -6,6 +6,7 @@ pub mod applications;
 pub mod connections;
 pub mod integrations;
 pub mod keys;
+pub mod mcp_sessions;
 pub mod oauth;
 pub mod sessions;
 pub mod traces;

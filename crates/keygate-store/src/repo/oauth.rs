@@ -613,7 +613,8 @@ impl Store {
         Ok(r.int("revoked")? == 0 && r.int("active")? > 0)
     }
 
-    /// Deletes expired codes, requests, browser sessions and revocation entries.
+    /// Deletes expired codes, requests, browser sessions and revocation entries (of tokens and
+    /// of ended MCP sessions).
     pub async fn purge_expired_oauth_state(&self) -> Result<()> {
         let now = Timestamp::now().millis();
         for table in [
@@ -621,6 +622,7 @@ impl Store {
             "authorization_codes",
             "browser_sessions",
             "revoked_tokens",
+            "mcp_session_revocations",
             "service_account_tokens",
             "connect_sessions",
             "upstream_oauth_states",
