@@ -361,19 +361,21 @@ async fn main() {
 async fn sequential(client: &HttpClient, direct: &Target, targets: &[(&str, &Target)], calls: u32) {
     println!();
     println!("{:<13} {:>12} {:>13}", "", "mean ms", "added ms");
-    let mean = |t: &Target| async move {
-        let started = Instant::now();
-        for _ in 0..calls {
-            once(client, t).await;
-        }
-        started.elapsed() / calls
-    };
-    let base = mean(direct).await;
+    let base = mean_of(client, direct, calls).await;
     println!("{:<13} {:>12.3} {:>13}", "direct", ms(base), "-");
     for &(name, t) in targets {
-        let m = mean(t).await;
+        let m = mean_of(client, t, calls).await;
         println!("{:<13} {:>12.3} {:>13.3}", name, ms(m), ms(m) - ms(base));
     }
+}
+
+/// The mean time of `calls` calls to `t`, one at a time.
+async fn mean_of(client: &HttpClient, t: &Target, calls: u32) -> Duration {
+    let started = Instant::now();
+    for _ in 0..calls {
+        once(client, t).await;
+    }
+    started.elapsed() / calls
 }
 
 /// Latency percentiles at a fixed rate, direct and through the gateway.
