@@ -223,7 +223,7 @@ const CLIENT_BUILDERS: &[&str] = &[
     "crates/keygate-auth/src/outbound.rs",
     "crates/keygate-proxy/src/upstream.rs",
     // The OpenTelemetry collector the operator configured.
-    "crates/keygate-trace/src/otel.rs",
+    "crates/keygate-trace/src/otel/export.rs",
     // `keygate tail`: the CLI reading its own gateway.
     "crates/keygate/src/tail.rs",
 ];
