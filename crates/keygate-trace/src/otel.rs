@@ -97,8 +97,9 @@ fn local_span(parent: Option<&SpanContext>) -> SpanContext {
 
 /// The span of one MCP request as the gateway serves it.
 pub enum ServerSpan {
-    /// Export is on: the SDK's span (recording only when sampled).
-    Exported(opentelemetry_sdk::trace::Span),
+    /// Export is on: the SDK's span (recording only when sampled), boxed so that an exchange
+    /// without export stays small.
+    Exported(Box<opentelemetry_sdk::trace::Span>),
     /// Export is off: ids only.
     Local(SpanContext),
 }
@@ -118,7 +119,7 @@ impl ServerSpan {
                     .span_builder("mcp")
                     .with_kind(SpanKind::Server)
                     .start_with_context(spans.tracer(), &cx);
-                Self::Exported(span)
+                Self::Exported(Box::new(span))
             }
             None => Self::Local(local_span(parent.as_ref())),
         }
@@ -199,13 +200,13 @@ impl SpanParent {
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(spans.tracer(), &cx);
-        UpstreamSpan::Exported(span)
+        UpstreamSpan::Exported(Box::new(span))
     }
 }
 
 /// The client span of one request sent upstream.
 pub enum UpstreamSpan {
-    Exported(opentelemetry_sdk::trace::Span),
+    Exported(Box<opentelemetry_sdk::trace::Span>),
     Local(SpanContext),
 }
 
