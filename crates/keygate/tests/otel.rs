@@ -2,8 +2,8 @@
 //! variables exports to an OTLP/HTTP collector inside the test, which decodes what it gets
 //! (protobuf with `opentelemetry-proto`, or JSON). Pins the server span of each MCP request
 //! and the client span of its upstream call (parentage, the MCP semantic-convention
-//! attributes, status), the collector's required header, the trace event's W3C ids joining
-//! the spans, and the sampler. Every `both_backends!` body runs on SQLite and PostgreSQL.
+//! attributes, status), the client spans of an aggregated fan-out, the collector's required
+//! header, the trace event's W3C ids joining the spans, and the sampler. Every `both_backends!` body runs on SQLite and PostgreSQL.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +28,7 @@ both_backends!(
     spans_reach_a_collector_as_json,
     a_failed_tool_call_is_an_error_span_with_its_json_rpc_code,
     the_always_off_sampler_exports_nothing,
+    an_aggregated_request_has_a_client_span_per_upstream,
 );
 
 const AGENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -434,4 +435,81 @@ async fn the_always_off_sampler_exports_nothing(backend: Backend) {
     w.base.gw.stop().await;
     assert!(collector.spans.lock().unwrap().is_empty());
     assert!(collector.content_types.lock().unwrap().is_empty());
+}
+
+async fn an_aggregated_request_has_a_client_span_per_upstream(backend: Backend) {
+    let collector = Collector::start(None).await;
+    let telemetry = from_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str())]);
+    let w = McpWorld::start(backend, AppClient::Public, |c| c.telemetry = telemetry).await;
+    let (alpha, beta) = (
+        FakeUpstream::named("alpha").await,
+        FakeUpstream::named("beta").await,
+    );
+    for (name, up) in [("Alpha", &alpha), ("Beta", &beta)] {
+        w.integration(json!({"name": name, "url": up.url})).await;
+    }
+    let token = w.token(w.alice).await;
+    let post = |session: Option<&str>, body: Value| {
+        let mut req =
+            w.gw.http
+                .post(&w.app_url)
+                .bearer_auth(&token)
+                .header("accept", "application/json, text/event-stream")
+                .header("traceparent", agent_traceparent())
+                .json(&body);
+        if let Some(s) = session {
+            req = req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        req.send()
+    };
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    let resp = post(None, initialize).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let resp = post(Some(&session), list).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (server, clients) = loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let server = spans
+            .iter()
+            .find(|s| s.attr("mcp.method.name") == Some("tools/list"))
+            .cloned();
+        let clients: Vec<SpanSeen> = server
+            .iter()
+            .flat_map(|server| spans.iter().filter(|s| s.parent_span_id == server.span_id))
+            .cloned()
+            .collect();
+        if clients.len() >= 2 || Instant::now() > deadline {
+            break (server.expect("the tools/list span"), clients);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(server.kind, SPAN_KIND_SERVER);
+    assert_eq!(server.trace_id, AGENT_TRACE);
+    // The sealed aggregated session is long: the span names it as the event does, digested.
+    assert!(
+        server
+            .attr("mcp.session.id")
+            .is_some_and(|s| s.starts_with("sha256:")),
+        "{server:?}"
+    );
+    assert_eq!(clients.len(), 2, "{clients:#?}");
+    let ports: std::collections::HashSet<_> = clients
+        .iter()
+        .inspect(|c| assert_eq!(c.kind, SPAN_KIND_CLIENT))
+        .map(|c| c.attr("server.port").unwrap().to_owned())
+        .collect();
+    assert_eq!(ports.len(), 2, "one client span per upstream: {clients:#?}");
+    w.gw.stop().await;
 }
