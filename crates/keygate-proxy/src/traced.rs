@@ -71,6 +71,9 @@ pub fn start(
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    if ex.exporting() {
+        ex.protocol_version = headers.get("mcp-protocol-version").cloned();
+    }
     if *method != Method::POST {
         // A GET stream or a DELETE is not a JSON-RPC exchange: metrics and a span only.
         ex.record = false;

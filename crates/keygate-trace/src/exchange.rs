@@ -92,6 +92,7 @@ impl Telemetry {
             span: ServerSpan::start(self.spans.as_ref(), traceparent),
             who: None,
             session: None,
+            protocol_version: None,
             response_session: None,
             integration: None,
             method: None,
@@ -132,6 +133,8 @@ pub struct Exchange {
     pub who: Option<Who>,
     /// The downstream MCP session id, as the client sent it.
     pub session: Option<String>,
+    /// The client's `MCP-Protocol-Version` header, for the span (set only when exporting).
+    pub protocol_version: Option<http::HeaderValue>,
     /// The session id a response assigned (only an `initialize` answer starts a session).
     pub(crate) response_session: Option<String>,
     pub integration: Option<IntegrationId>,
@@ -180,6 +183,11 @@ impl Exchange {
     /// everything this exchange stores (payloads in every capture mode, the error message).
     pub fn injected(&self) -> Injected {
         self.injected.clone()
+    }
+
+    /// Whether spans are being exported (sampled or not).
+    pub fn exporting(&self) -> bool {
+        self.telemetry.spans.is_some()
     }
 
     /// Whether trace events are being recorded at all.
@@ -426,6 +434,9 @@ impl Exchange {
         }
         if let Some(id) = self.rpc_id.as_ref().and_then(request_id_text) {
             attributes.push(KeyValue::new("jsonrpc.request.id", id));
+        }
+        if let Some(version) = self.protocol_version.as_ref().and_then(|v| v.to_str().ok()) {
+            attributes.push(KeyValue::new("mcp.protocol.version", version.to_owned()));
         }
         let session = self.session.as_deref().or(self.response_session.as_deref());
         if let Some(session) = session {

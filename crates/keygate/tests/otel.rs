@@ -497,6 +497,7 @@ async fn an_aggregated_request_has_a_client_span_per_upstream(backend: Backend) 
     };
     assert_eq!(server.kind, SPAN_KIND_SERVER);
     assert_eq!(server.trace_id, AGENT_TRACE);
+    assert_eq!(server.attr("mcp.protocol.version"), Some("2025-06-18"));
     // The sealed aggregated session is long: the span names it as the event does, digested.
     assert!(
         server
