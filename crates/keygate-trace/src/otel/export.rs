@@ -257,3 +257,55 @@ impl HttpClient for ExportClient {
         Ok(response)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otel::{Finished, ServerSpan};
+
+    /// Export to a port nothing listens on, so that every export fails at once.
+    fn settings(queue_capacity: usize, sampler: SamplerSetting) -> OtlpSettings {
+        OtlpSettings {
+            traces_url: "http://127.0.0.1:9/v1/traces".parse().unwrap(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            headers: Vec::new(),
+            timeout: Duration::from_millis(500),
+            queue_capacity,
+            sampler,
+            service_name: "test".to_owned(),
+        }
+    }
+
+    fn finish(span: &mut ServerSpan) {
+        span.end(Finished {
+            name: "tools/call".to_owned(),
+            attributes: Vec::new(),
+            error: None,
+        });
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_drops_spans_and_counts_them() {
+        let (spans, handle) = Spans::start(&settings(2, SamplerSetting::AlwaysOn)).unwrap();
+        // The export task cannot run before this test yields: the queue holds two.
+        for _ in 0..10 {
+            finish(&mut ServerSpan::start(Some(&spans), None));
+        }
+        assert_eq!(spans.dropped(), 8);
+        handle.close().await;
+        assert_eq!(spans.failed(), 2, "the queued two were sent, and refused");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_default_sampler_follows_the_agents_sampled_flag() {
+        let parent = ParentlessSampler::AlwaysOn;
+        let (spans, handle) =
+            Spans::start(&settings(8, SamplerSetting::ParentBased(parent))).unwrap();
+        let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(ServerSpan::start(Some(&spans), Some(sampled)).is_recording());
+        assert!(!ServerSpan::start(Some(&spans), Some(unsampled)).is_recording());
+        assert!(ServerSpan::start(Some(&spans), None).is_recording());
+        handle.close().await;
+    }
+}
