@@ -166,11 +166,6 @@ impl Exchange {
         SpanParent::new(self.telemetry.spans.as_ref(), self.span.context())
     }
 
-    /// This request's span (its trace and span ids).
-    pub fn span(&self) -> &opentelemetry::trace::SpanContext {
-        self.span.context()
-    }
-
     pub fn capture(&self) -> &Capture {
         &self.telemetry.capture
     }
@@ -462,10 +457,7 @@ impl Exchange {
                 _ => status.as_str().to_owned(),
             }),
         };
-        if let (Some(t), Some(code)) = (&error_type, &self.error_type)
-            && t == code
-            && code != "tool_error"
-        {
+        if let Some(code) = self.error_type.as_ref().filter(|t| *t != "tool_error") {
             attributes.push(KeyValue::new("rpc.response.status_code", code.clone()));
         }
         let failed = error_type.is_some();
