@@ -85,7 +85,7 @@ pub fn load(
 
 /// The OpenTelemetry SDKs' standard variables, each the fallback of one field (the trace
 /// signal's own variable before the general one), where neither the `KEYGATE_*` variable nor
-/// the file sets that field.
+/// the file sets that field. `OTEL_SDK_DISABLED=true` turns them all off.
 const STANDARD_OTEL_VARS: &[(&str, &[&str])] = &[
     ("telemetry.otlp_endpoint", &["OTEL_EXPORTER_OTLP_ENDPOINT"]),
     (
@@ -126,6 +126,9 @@ fn standard_otel_vars(
     table: &mut toml::Table,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return Ok(());
+    }
     for (field, vars) in STANDARD_OTEL_VARS {
         if env(&env_var_for(field)).is_some() || file_value(table, field).is_some() {
             continue;
@@ -549,6 +552,21 @@ mod tests {
         let otlp = c.telemetry.otlp().unwrap().unwrap();
         assert_eq!(otlp.traces_url.host_str(), Some("from-file"));
         assert_eq!(otlp.sampler, keygate_core::otlp::SamplerSetting::AlwaysOff);
+    }
+
+    #[test]
+    fn otel_sdk_disabled_ignores_the_standard_variables() {
+        let c = load(
+            None,
+            None,
+            env(&[
+                ("HOME", "/h"),
+                ("OTEL_SDK_DISABLED", "true"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.telemetry.otlp().unwrap().is_none());
     }
 
     #[test]
