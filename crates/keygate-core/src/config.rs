@@ -121,8 +121,24 @@ pub struct TracesConfig {
 #[serde(rename_all = "snake_case", deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// OTLP/HTTP base URL (e.g. `http://127.0.0.1:4318`); spans go to `{url}/v1/traces`.
-    /// Unset (and no `OTEL_EXPORTER_OTLP_ENDPOINT`): no spans are exported.
+    /// Unset (and no `otlp_traces_endpoint`): no spans are exported.
     pub otlp_endpoint: Option<String>,
+    /// The full URL spans are sent to, used as is; wins over `otlp_endpoint`.
+    pub otlp_traces_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `http/json`.
+    pub otlp_protocol: Option<String>,
+    /// Headers on every export request (a hosted collector's API key): `key=value` pairs
+    /// separated by commas, values percent-encoded.
+    pub otlp_headers: Option<String>,
+    /// Milliseconds one export request may take (default 10000).
+    pub otlp_timeout_ms: Option<u64>,
+    /// Finished spans that may wait for export; more are dropped and counted (default 2048).
+    pub otlp_queue_capacity: Option<usize>,
+    /// `parentbased_always_on` (default), `parentbased_always_off`,
+    /// `parentbased_traceidratio`, `always_on`, `always_off` or `traceidratio`.
+    pub traces_sampler: Option<String>,
+    /// The ratio of the `traceidratio` samplers, 0 to 1 (default 1).
+    pub traces_sampler_arg: Option<String>,
     /// `service.name` of exported spans.
     pub service_name: Option<String>,
     /// Serve Prometheus metrics at `/metrics` (default true).
@@ -312,6 +328,13 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("traces.retention_days", FieldKind::Integer),
     ("traces.queue_capacity", FieldKind::Integer),
     ("telemetry.otlp_endpoint", FieldKind::String),
+    ("telemetry.otlp_traces_endpoint", FieldKind::String),
+    ("telemetry.otlp_protocol", FieldKind::String),
+    ("telemetry.otlp_headers", FieldKind::String),
+    ("telemetry.otlp_timeout_ms", FieldKind::Integer),
+    ("telemetry.otlp_queue_capacity", FieldKind::Integer),
+    ("telemetry.traces_sampler", FieldKind::String),
+    ("telemetry.traces_sampler_arg", FieldKind::String),
     ("telemetry.service_name", FieldKind::String),
     ("telemetry.metrics_enabled", FieldKind::Bool),
     ("telemetry.metrics_token", FieldKind::String),
@@ -645,16 +668,7 @@ impl Config {
                 "must be between 100 and 10000000",
             ));
         }
-        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
-            let ok = Url::parse(endpoint)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-            if !ok {
-                return Err(ConfigError::new(
-                    "telemetry.otlp_endpoint",
-                    "must be an http or https URL",
-                ));
-            }
-        }
+        self.telemetry.otlp()?;
         if self
             .telemetry
             .metrics_token

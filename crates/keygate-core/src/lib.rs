@@ -9,6 +9,7 @@ pub mod config;
 pub mod ids;
 pub mod model;
 pub mod net;
+pub mod otlp;
 pub mod secret;
 pub mod time;
 pub mod wire;

@@ -64,10 +64,10 @@ pub async fn handle(
     req: Request,
 ) -> Response {
     let mut ex = traced::start(&state, ROUTE_PASSTHROUGH, req.headers(), req.method());
-    let injected = ex.injected();
+    let scope = traced::scope(&ex);
     let (req, unsent) = unsent::split(req);
     let work = forward(&state, &integration, req, Route::Endpoint, &mut ex);
-    let result = traced::noting_credentials(injected, work).await;
+    let result = traced::within(scope, work).await;
     if result.as_ref().is_err_and(ProxyError::wants_request_id) {
         traced::read_unsent(&mut ex, unsent).await;
     }
@@ -81,10 +81,10 @@ pub async fn handle_message(
     req: Request,
 ) -> Response {
     let mut ex = traced::start(&state, ROUTE_MESSAGE, req.headers(), req.method());
-    let injected = ex.injected();
+    let scope = traced::scope(&ex);
     let (req, unsent) = unsent::split(req);
     let work = forward(&state, &integration, req, Route::Message, &mut ex);
-    let result = traced::noting_credentials(injected, work).await;
+    let result = traced::within(scope, work).await;
     if result.as_ref().is_err_and(ProxyError::wants_request_id) {
         traced::read_unsent(&mut ex, unsent).await;
     }
@@ -147,7 +147,6 @@ async fn forward(
             return Err(credentials::with_connect_link(state, &caller, e).await);
         }
     };
-    let traceparent = ex.traceparent();
     let build = |body: Body, auth: Option<&HeaderValue>| {
         let mut req = http::Request::builder()
             .method(parts.method.clone())
@@ -160,8 +159,6 @@ async fn forward(
             req.headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
         }
-        // The upstream's spans join this request's trace.
-        req.headers_mut().insert("traceparent", traceparent.clone());
         Ok::<_, ProxyError>(req)
     };
     let route_label = match route {

@@ -1,20 +1,22 @@
 //! What the MCP handlers tell `keygate-trace` about each request: who, which integration,
 //! which JSON-RPC message, which credentials went upstream, how it ended. [`start`] opens the
-//! exchange, [`noting_credentials`] runs the handler's work, [`finish`] hands the exchange to
-//! the relayed response, which completes it once the answer has gone by.
+//! exchange, [`within`] runs the handler's work in its [`scope`] (every upstream request gets a
+//! client span under the request's span, and its credential noted), [`finish`] hands the
+//! exchange to the relayed response, which completes it once the answer has gone by.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::model::Application;
 use keygate_core::wire::jsonrpc::RequestId;
 use keygate_core::{ApplicationId, OrgId};
 use keygate_store::GenCache;
+use keygate_trace::otel::SpanParent;
 use keygate_trace::{Exchange, Injected, LocalAnswer, Observed, Status, Telemetry, Who};
 use serde_json::Value;
 
@@ -34,8 +36,8 @@ const UNAUTHENTICATED_PEEK_BYTES: usize = 64 * 1024;
 const UNAUTHENTICATED_PEEK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 tokio::task_local! {
-    /// The `traceparent` of the request being handled, for every upstream request it causes.
-    pub static TRACEPARENT: HeaderValue;
+    /// The span of the request being handled: the parent of every upstream request it causes.
+    static PARENT: SpanParent;
     /// Where [`send_upstream`] notes the credentials it sends for the request being handled.
     static INJECTED: Injected;
 }
@@ -64,14 +66,16 @@ pub fn start(
     method: &Method,
 ) -> Exchange {
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let mut ex = state.tracing.telemetry.start(route, traceparent);
+    let mut ex = state.tracing.telemetry.start(route, method, traceparent);
     ex.session = headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    if ex.exporting() {
+        ex.protocol_version = headers.get("mcp-protocol-version").cloned();
+    }
     if *method != Method::POST {
         // A GET stream or a DELETE is not a JSON-RPC exchange: metrics and a span only.
-        ex.method = Some(method.as_str().to_owned());
         ex.record = false;
     }
     ex
@@ -219,18 +223,37 @@ async fn app_of(state: &ProxyState, uri: &Uri) -> Option<Application> {
     store.get_application(org, id).await.ok()
 }
 
-/// Runs a handler's `work` so that every credential [`send_upstream`] sends on its behalf is
-/// noted in `injected` ([`Exchange::injected`]): the exchange masks them in all it stores.
-pub async fn noting_credentials<F: Future>(injected: Injected, work: F) -> F::Output {
-    INJECTED.scope(injected, work).await
+/// What the upstream requests sent on behalf of one exchange need from it.
+pub struct Scope {
+    injected: Injected,
+    parent: SpanParent,
+}
+
+/// The scope of `ex`, for [`within`].
+pub fn scope(ex: &Exchange) -> Scope {
+    Scope {
+        injected: ex.injected(),
+        parent: ex.span_parent(),
+    }
+}
+
+/// Runs a handler's `work` in `scope`: every request [`send_upstream`] sends on its behalf
+/// gets a client span under the exchange's span, and its credential is noted in the
+/// exchange's [`Exchange::injected`], which masks it in all the exchange stores.
+pub async fn within<F: Future>(scope: Scope, work: F) -> F::Output {
+    INJECTED
+        .scope(scope.injected, PARENT.scope(scope.parent, work))
+        .await
 }
 
 /// Sends a request upstream, timing it for the upstream latency histogram. The credential on
-/// it (`Authorization`, or any header marked sensitive) is noted for the trace first.
+/// it (`Authorization`, or any header marked sensitive) is noted for the trace first; in a
+/// request's [`scope`] it gets a client span (until the response headers), whose
+/// `traceparent` it carries.
 pub async fn send_upstream(
     state: &ProxyState,
     route: &'static str,
-    req: http::Request<Body>,
+    mut req: http::Request<Body>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
     let _ = INJECTED.try_with(|injected| {
         for (name, value) in req.headers() {
@@ -239,6 +262,12 @@ pub async fn send_upstream(
             }
         }
     });
+    let span = PARENT
+        .try_with(|parent| parent.upstream(req.method(), req.uri()))
+        .ok();
+    if let Some(span) = &span {
+        req.headers_mut().insert("traceparent", span.traceparent());
+    }
     let started = Instant::now();
     let result = state.upstream.send(req).await;
     let outcome = match &result {
@@ -246,6 +275,12 @@ pub async fn send_upstream(
         Err(ProxyError::UpstreamTimeout(_)) => "timeout",
         Err(_) => "error",
     };
+    if let Some(span) = span {
+        match &result {
+            Ok(resp) => span.answered(resp.status().as_u16()),
+            Err(e) => span.failed(outcome, e.to_string()),
+        }
+    }
     state
         .tracing
         .telemetry

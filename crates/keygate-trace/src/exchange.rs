@@ -4,17 +4,16 @@
 //! ([`crate::observe::Observed`]), or when the proxy answered with an error itself.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use http::HeaderValue;
 use keygate_core::{AgentSessionId, ApplicationId, IntegrationId, OrgId, Timestamp, UserId};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::capture::{Capture, Injected};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Sample};
 use crate::observe::PeekBuf;
-use crate::otel::{Attr, Exporter, FinishedSpan, SpanContext};
+use crate::otel::{Finished, ServerSpan, SpanParent, Spans};
 use crate::sink::{TraceSink, blank_event};
 
 /// Longest error message kept in an event.
@@ -62,7 +61,8 @@ pub struct Telemetry {
     pub sink: TraceSink,
     pub capture: Capture,
     pub metrics: Metrics,
-    pub exporter: Option<Exporter>,
+    /// Span export; `None` when off.
+    pub spans: Option<Spans>,
 }
 
 impl Telemetry {
@@ -72,20 +72,27 @@ impl Telemetry {
             sink: TraceSink::disabled(),
             capture: Capture::default(),
             metrics: Metrics::new(),
-            exporter: None,
+            spans: None,
         }
     }
 
-    /// Opens the record of a request on `route` (the route template, a metrics label).
-    pub fn start(self: &Arc<Self>, route: &'static str, traceparent: Option<&str>) -> Exchange {
+    /// Opens the record of a `http_method` request on `route` (the route template, a metrics
+    /// label), in the trace its `traceparent` names.
+    pub fn start(
+        self: &Arc<Self>,
+        route: &'static str,
+        http_method: &http::Method,
+        traceparent: Option<&str>,
+    ) -> Exchange {
         Exchange {
             telemetry: self.clone(),
             route,
+            http_method: http_method.clone(),
             started: Instant::now(),
-            started_at: SystemTime::now(),
-            span: SpanContext::start(traceparent),
+            span: ServerSpan::start(self.spans.as_ref(), traceparent),
             who: None,
             session: None,
+            protocol_version: None,
             response_session: None,
             integration: None,
             method: None,
@@ -97,6 +104,7 @@ impl Telemetry {
             peek: None,
             outcome: None,
             http_status: None,
+            error_type: None,
             response_json: None,
             bytes_out: 0,
             record: true,
@@ -119,12 +127,14 @@ pub struct Who {
 pub struct Exchange {
     telemetry: Arc<Telemetry>,
     route: &'static str,
+    http_method: http::Method,
     started: Instant,
-    started_at: SystemTime,
-    span: SpanContext,
+    span: ServerSpan,
     pub who: Option<Who>,
     /// The downstream MCP session id, as the client sent it.
     pub session: Option<String>,
+    /// The client's `MCP-Protocol-Version` header, for the span (set only when exporting).
+    pub protocol_version: Option<http::HeaderValue>,
     /// The session id a response assigned (only an `initialize` answer starts a session).
     pub(crate) response_session: Option<String>,
     pub integration: Option<IntegrationId>,
@@ -140,6 +150,8 @@ pub struct Exchange {
     peek: Option<Arc<Mutex<PeekBuf>>>,
     outcome: Option<(Status, Option<String>)>,
     http_status: Option<u16>,
+    /// The `error.type` of the span: a JSON-RPC error code, or `tool_error`.
+    error_type: Option<String>,
     response_json: Option<Value>,
     pub bytes_out: u64,
     /// False for requests that are not JSON-RPC exchanges (a GET stream, a DELETE): they count
@@ -149,13 +161,9 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The `traceparent` to send upstream: this request's span as the parent.
-    pub fn traceparent(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.span.traceparent()).expect("hex and dashes")
-    }
-
-    pub fn span(&self) -> &SpanContext {
-        &self.span
+    /// The parent of the client spans of the upstream requests this request causes.
+    pub fn span_parent(&self) -> SpanParent {
+        SpanParent::new(self.telemetry.spans.as_ref(), self.span.context())
     }
 
     pub fn capture(&self) -> &Capture {
@@ -170,6 +178,11 @@ impl Exchange {
     /// everything this exchange stores (payloads in every capture mode, the error message).
     pub fn injected(&self) -> Injected {
         self.injected.clone()
+    }
+
+    /// Whether spans are being exported (sampled or not).
+    pub fn exporting(&self) -> bool {
+        self.telemetry.spans.is_some()
     }
 
     /// Whether trace events are being recorded at all.
@@ -255,6 +268,9 @@ impl Exchange {
         if let Some(error) = response.get("error") {
             let message = error["message"].as_str().unwrap_or("JSON-RPC error");
             let code = error["code"].as_i64().unwrap_or(0);
+            if self.error_type.is_none() {
+                self.error_type = Some(code.to_string());
+            }
             let status = if local {
                 if code == -32042 {
                     Status::ErrorAuth
@@ -269,6 +285,9 @@ impl Exchange {
             let text = response["result"]["content"][0]["text"]
                 .as_str()
                 .unwrap_or("the tool reported an error");
+            if self.error_type.is_none() {
+                self.error_type = Some("tool_error".to_owned());
+            }
             self.fail(Status::Warn, text.to_owned());
         }
         if self.telemetry.capture.is_on() {
@@ -329,18 +348,24 @@ impl Exchange {
                 .scrub_message(&truncate(&m, MAX_ERROR_SCAN_CHARS), &secrets);
             truncate(&scrubbed, MAX_ERROR_CHARS)
         });
-        let method = self.method.clone().unwrap_or_else(|| "unknown".to_owned());
-        t.metrics
-            .exchange(self.route, &method, status.as_str(), elapsed.as_secs_f64());
-        if let Some(exporter) = &t.exporter
-            && self.span.sampled
-        {
-            exporter.export(self.span_record(&method, status, error.clone()));
+        t.metrics.exchange(&Sample {
+            route: self.route,
+            http_method: self.http_method.as_str(),
+            mcp_method: self.method.as_deref(),
+            status: status.as_str(),
+            integration: self.integration,
+            tool: self.tool.as_deref(),
+            seconds: elapsed.as_secs_f64(),
+        });
+        if self.span.is_recording() {
+            let finished = self.finished_span(status, error.as_deref());
+            self.span.end(finished);
         }
         if !self.record || !t.sink.is_enabled() {
             return;
         }
         let Some(who) = self.who else { return };
+        let method = self.method.clone().unwrap_or_else(|| "unknown".to_owned());
         let mut e = blank_event(who.org, who.app);
         let raw_session = self.session.as_deref().or(if method == "initialize" {
             self.response_session.as_deref()
@@ -351,7 +376,7 @@ impl Exchange {
         e.session_id = session_key
             .clone()
             .or(who.agent_session.map(|s| s.to_string()))
-            .unwrap_or_else(|| format!("request-{}", self.span.trace_id_hex()));
+            .unwrap_or_else(|| format!("request-{}", self.span.context().trace_id()));
         e.trace_id = trace_id(&e.session_id, who.agent_session);
         e.agent_session_id = who.agent_session;
         e.user_id = who.user;
@@ -371,44 +396,94 @@ impl Exchange {
             .response_json
             .take()
             .map(|v| t.capture.scrub(v, &secrets));
+        e.otel_trace_id = Some(self.span.context().trace_id().to_string());
+        e.otel_span_id = Some(self.span.context().span_id().to_string());
         e.created_at = Timestamp::now();
         t.sink.emit(e);
     }
 
-    fn span_record(&self, method: &str, status: Status, error: Option<String>) -> FinishedSpan {
+    /// The server span's name, attributes (the MCP semantic conventions, plus keygate's ids)
+    /// and error. It fails when the exchange did (`error.type`: the JSON-RPC error code,
+    /// `tool_error`, the upstream's HTTP status, or the trace status), as the trace event's
+    /// status says; the event's status is `keygate.status`.
+    fn finished_span(&self, status: Status, error: Option<&str>) -> Finished {
+        use opentelemetry::KeyValue;
         let mut attributes = vec![
-            ("mcp.method", Attr::Str(method.to_owned())),
-            ("http.route", Attr::Str(self.route.to_owned())),
-            ("keygate.status", Attr::Str(status.as_str().to_owned())),
+            KeyValue::new("keygate.status", status.as_str()),
+            KeyValue::new("http.route", self.route),
+            KeyValue::new("http.request.method", self.http_method.as_str().to_owned()),
+            KeyValue::new("network.transport", "tcp"),
+            KeyValue::new("network.protocol.name", "http"),
         ];
+        if let Some(method) = &self.method {
+            attributes.push(KeyValue::new("mcp.method.name", method.clone()));
+        }
         if let Some(tool) = &self.tool {
-            attributes.push(("mcp.tool", Attr::Str(tool.clone())));
+            match self.method.as_deref() {
+                Some("tools/call") => {
+                    attributes.push(KeyValue::new("gen_ai.tool.name", tool.clone()));
+                    attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+                }
+                _ => attributes.push(KeyValue::new("gen_ai.prompt.name", tool.clone())),
+            }
+        }
+        if let Some(id) = self.rpc_id.as_ref().and_then(request_id_text) {
+            attributes.push(KeyValue::new("jsonrpc.request.id", id));
+        }
+        if let Some(version) = self.protocol_version.as_ref().and_then(|v| v.to_str().ok()) {
+            attributes.push(KeyValue::new("mcp.protocol.version", version.to_owned()));
+        }
+        let session = self.session.as_deref().or(self.response_session.as_deref());
+        if let Some(session) = session {
+            attributes.push(KeyValue::new("mcp.session.id", session_id(session)));
         }
         if let Some(i) = self.integration {
-            attributes.push(("keygate.integration_id", Attr::Str(i.to_string())));
+            attributes.push(KeyValue::new("keygate.integration_id", i.to_string()));
         }
         if let Some(who) = self.who {
-            attributes.push(("keygate.application_id", Attr::Str(who.app.to_string())));
+            attributes.push(KeyValue::new("keygate.application_id", who.app.to_string()));
             if let Some(u) = who.user {
-                attributes.push(("enduser.id", Attr::Str(u.to_string())));
+                attributes.push(KeyValue::new("enduser.id", u.to_string()));
             }
         }
         if let Some(s) = self.http_status {
-            attributes.push(("http.response.status_code", Attr::Int(i64::from(s))));
+            attributes.push(KeyValue::new("http.response.status_code", i64::from(s)));
         }
-        let name = match &self.tool {
-            Some(tool) => format!("{method} {tool}"),
-            None => method.to_owned(),
+        let error_type = match (&self.error_type, status) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Status::Ok | Status::Warn) => None,
+            (None, _) => Some(match self.http_status {
+                Some(s) if s >= 400 => s.to_string(),
+                _ => status.as_str().to_owned(),
+            }),
         };
-        FinishedSpan {
-            context: self.span,
-            name,
-            start: self.started_at,
-            end: SystemTime::now(),
-            attributes,
-            error: (status != Status::Ok && status != Status::Warn)
-                .then(|| error.unwrap_or_else(|| status.as_str().to_owned())),
+        if let Some(code) = self.error_type.as_ref().filter(|t| *t != "tool_error") {
+            attributes.push(KeyValue::new("rpc.response.status_code", code.clone()));
         }
+        let failed = error_type.is_some();
+        if let Some(t) = error_type {
+            attributes.push(KeyValue::new("error.type", t));
+        }
+        let name = match (&self.method, &self.tool) {
+            (Some(method), Some(tool)) => format!("{method} {tool}"),
+            (Some(method), None) => method.clone(),
+            (None, _) => self.http_method.as_str().to_owned(),
+        };
+        Finished {
+            name,
+            attributes,
+            error: failed.then(|| error.unwrap_or(status.as_str()).to_owned()),
+        }
+    }
+}
+
+/// A JSON-RPC id as the `jsonrpc.request.id` attribute: strings as they are, numbers in
+/// decimal; `null` is no id.
+fn request_id_text(id: &Value) -> Option<String> {
+    match id {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 

@@ -1,14 +1,25 @@
 //! Prometheus metrics, rendered as text at `/metrics`.
 //!
-//! Labels carry only bounded, non-identifying values: the route template, an MCP method from
-//! a fixed list (anything else is `other`) and the trace status. No tenant, user, tool or
-//! integration ids, so the label set cannot grow with the data and reveals no tenant's traffic.
+//! Every label has a bounded set of values, whatever clients send: the route template, the
+//! HTTP method and the MCP method from fixed lists (anything else is `other`), the trace
+//! status, and two labels that name what the gateway serves — the integration (its id) and
+//! the tool (its name). Those two are capped: the first [`MAX_INTEGRATION_LABELS`]
+//! integrations and [`MAX_TOOL_LABELS`] integration/tool pairs seen get a series of their own,
+//! later ones share `other`. A tool name gets its own label only once an upstream answered a
+//! call of it without error (so made-up names cannot use up the slots) and only when it is
+//! short and printable. No user, session or application ids.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+
+use keygate_core::IntegrationId;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
+use crate::otel::Spans;
 use crate::sink::TraceSink;
 
 /// Latency buckets in seconds: 0.5 ms … 60 s.
@@ -16,6 +27,15 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
+
+/// Integrations with a label value of their own.
+pub const MAX_INTEGRATION_LABELS: usize = 256;
+/// Integration/tool pairs with a label value of their own.
+pub const MAX_TOOL_LABELS: usize = 256;
+/// Longest tool name used as a label value.
+const MAX_TOOL_LABEL_CHARS: usize = 64;
+/// The label value shared by everything past a cap or off a list.
+const OTHER: &str = "other";
 
 /// MCP methods that get their own label value.
 const KNOWN_METHODS: &[&str] = &[
@@ -37,10 +57,25 @@ const KNOWN_METHODS: &[&str] = &[
     "notifications/cancelled",
     "notifications/progress",
     "notifications/roots/list_changed",
-    "response",
-    "GET",
-    "DELETE",
+    "batch",
 ];
+
+/// HTTP methods that get their own label value.
+const KNOWN_HTTP_METHODS: &[&str] = &["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"];
+
+/// One finished exchange, as the metrics see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample<'a> {
+    pub route: &'a str,
+    pub http_method: &'a str,
+    /// The JSON-RPC method; `None` for a request that carries none (a GET stream, a DELETE).
+    pub mcp_method: Option<&'a str>,
+    pub status: &'a str,
+    pub integration: Option<IntegrationId>,
+    /// The tool of a `tools/call` (or the prompt of a `prompts/get`).
+    pub tool: Option<&'a str>,
+    pub seconds: f64,
+}
 
 /// The gateway's metrics.
 #[derive(Clone)]
@@ -48,11 +83,18 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    integration_requests: IntCounterVec,
+    integration_latency: HistogramVec,
+    tool_calls: IntCounterVec,
+    tool_latency: HistogramVec,
     upstream: HistogramVec,
     open_streams: IntGauge,
     queue_depth: IntGauge,
     trace_drops: IntCounter,
     trace_written: IntCounter,
+    span_drops: IntCounter,
+    span_failures: IntCounter,
+    labels: std::sync::Arc<Labels>,
 }
 
 impl Default for Metrics {
@@ -61,85 +103,160 @@ impl Default for Metrics {
     }
 }
 
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric")
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let labels = &["route", "method", "status"];
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let exchange = &["route", "http_method", "mcp_method", "status"];
+        let m = Self {
+            registry: Registry::new(),
+            requests: counter_vec(
                 "keygate_mcp_requests_total",
-                "Proxied MCP exchanges by route, method and trace status.",
+                "Proxied MCP requests by route, HTTP method, MCP method and trace status.",
+                exchange,
             ),
-            labels,
-        )
-        .expect("valid metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
+            latency: histogram_vec(
                 "keygate_mcp_request_duration_seconds",
-                "Duration of proxied MCP exchanges, until the response was relayed.",
-            )
-            .buckets(BUCKETS.to_vec()),
-            labels,
-        )
-        .expect("valid metric");
-        let upstream = HistogramVec::new(
-            HistogramOpts::new(
+                "Duration of proxied MCP requests, until the response was relayed.",
+                exchange,
+            ),
+            integration_requests: counter_vec(
+                "keygate_integration_requests_total",
+                "Proxied MCP requests by integration (id) and trace status.",
+                &["integration", "status"],
+            ),
+            integration_latency: histogram_vec(
+                "keygate_integration_request_duration_seconds",
+                "Duration of proxied MCP requests by integration (id).",
+                &["integration"],
+            ),
+            tool_calls: counter_vec(
+                "keygate_tool_calls_total",
+                "Tool calls (and prompt gets) by integration, tool and trace status.",
+                &["integration", "tool", "status"],
+            ),
+            tool_latency: histogram_vec(
+                "keygate_tool_call_duration_seconds",
+                "Duration of tool calls (and prompt gets) by integration and tool.",
+                &["integration", "tool"],
+            ),
+            upstream: histogram_vec(
                 "keygate_upstream_response_seconds",
                 "Time until an upstream MCP server sent its response headers.",
-            )
-            .buckets(BUCKETS.to_vec()),
-            &["route", "outcome"],
-        )
-        .expect("valid metric");
-        let open_streams = IntGauge::new(
-            "keygate_open_streams",
-            "Server-sent event streams being relayed to clients now.",
-        )
-        .expect("valid metric");
-        let queue_depth = IntGauge::new(
-            "keygate_trace_queue_depth",
-            "Trace events waiting to be written.",
-        )
-        .expect("valid metric");
-        let trace_drops = IntCounter::new(
-            "keygate_trace_events_dropped_total",
-            "Trace events lost because the queue was full or the database refused them.",
-        )
-        .expect("valid metric");
-        let trace_written = IntCounter::new(
-            "keygate_trace_events_written_total",
-            "Trace events written to the store.",
-        )
-        .expect("valid metric");
+                &["route", "outcome"],
+            ),
+            open_streams: gauge(
+                "keygate_open_streams",
+                "Server-sent event streams being relayed to clients now.",
+            ),
+            queue_depth: gauge(
+                "keygate_trace_queue_depth",
+                "Trace events waiting to be written.",
+            ),
+            trace_drops: counter(
+                "keygate_trace_events_dropped_total",
+                "Trace events lost because the queue was full or the database refused them.",
+            ),
+            trace_written: counter(
+                "keygate_trace_events_written_total",
+                "Trace events written to the store.",
+            ),
+            span_drops: counter(
+                "keygate_spans_dropped_total",
+                "Finished spans dropped because the export queue was full.",
+            ),
+            span_failures: counter(
+                "keygate_span_export_failures_total",
+                "Spans in export requests the OTLP collector refused or did not answer.",
+            ),
+            labels: Default::default(),
+        };
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(latency.clone()),
-            Box::new(upstream.clone()),
-            Box::new(open_streams.clone()),
-            Box::new(queue_depth.clone()),
-            Box::new(trace_drops.clone()),
-            Box::new(trace_written.clone()),
+            Box::new(m.requests.clone()) as Box<dyn Collector>,
+            Box::new(m.latency.clone()),
+            Box::new(m.integration_requests.clone()),
+            Box::new(m.integration_latency.clone()),
+            Box::new(m.tool_calls.clone()),
+            Box::new(m.tool_latency.clone()),
+            Box::new(m.upstream.clone()),
+            Box::new(m.open_streams.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.trace_drops.clone()),
+            Box::new(m.trace_written.clone()),
+            Box::new(m.span_drops.clone()),
+            Box::new(m.span_failures.clone()),
         ] {
-            registry.register(c).expect("unique metric names");
+            m.register(c).expect("unique metric names");
         }
-        Self {
-            registry,
-            requests,
-            latency,
-            upstream,
-            open_streams,
-            queue_depth,
-            trace_drops,
-            trace_written,
-        }
+        m
+    }
+
+    /// Adds a collector of the embedding program's own (build, process).
+    pub fn register(&self, collector: Box<dyn Collector>) -> prometheus::Result<()> {
+        self.registry.register(collector)
     }
 
     /// Counts one finished exchange.
-    pub fn exchange(&self, route: &str, method: &str, status: &str, seconds: f64) {
-        let method = method_label(method);
-        let labels = [route, method, status];
+    pub fn exchange(&self, s: &Sample<'_>) {
+        let labels = [
+            s.route,
+            listed(KNOWN_HTTP_METHODS, s.http_method),
+            s.mcp_method.map_or("none", |m| listed(KNOWN_METHODS, m)),
+            s.status,
+        ];
         self.requests.with_label_values(&labels).inc();
-        self.latency.with_label_values(&labels).observe(seconds);
+        self.latency.with_label_values(&labels).observe(s.seconds);
+        let Some(integration) = s.integration else {
+            return;
+        };
+        let mut buf = uuid::Uuid::encode_buffer();
+        let integration_label = if self.labels.integrations.admit(integration) {
+            &*integration.0.hyphenated().encode_lower(&mut buf)
+        } else {
+            OTHER
+        };
+        self.integration_requests
+            .with_label_values(&[integration_label, s.status])
+            .inc();
+        self.integration_latency
+            .with_label_values(&[integration_label])
+            .observe(s.seconds);
+        if let Some(tool) = s.tool
+            && matches!(s.mcp_method, Some("tools/call" | "prompts/get"))
+        {
+            let answered = s.status == "ok";
+            let tool_label = if tool_label_allowed(tool)
+                && self.labels.tools.admit(integration, tool, answered)
+            {
+                tool
+            } else {
+                OTHER
+            };
+            self.tool_calls
+                .with_label_values(&[integration_label, tool_label, s.status])
+                .inc();
+            self.tool_latency
+                .with_label_values(&[integration_label, tool_label])
+                .observe(s.seconds);
+        }
     }
 
     /// Records how long an upstream took to answer (`outcome`: `ok`, `error` or `timeout`).
@@ -155,22 +272,28 @@ impl Metrics {
         StreamGuard(self.open_streams.clone())
     }
 
-    /// The text exposition, with the trace pipeline's gauges read now.
-    pub fn render(&self, sink: &TraceSink) -> String {
+    /// The text exposition, with the trace and span pipelines' counts read now.
+    pub fn render(&self, sink: &TraceSink, spans: Option<&Spans>) -> String {
         self.queue_depth.set(sink.depth() as i64);
-        let sync = |counter: &IntCounter, now: u64| {
-            let seen = counter.get();
-            if now > seen {
-                counter.inc_by(now - seen);
-            }
-        };
-        sync(&self.trace_drops, sink.stats().dropped());
-        sync(&self.trace_written, sink.stats().written());
+        catch_up(&self.trace_drops, sink.stats().dropped());
+        catch_up(&self.trace_written, sink.stats().written());
+        if let Some(spans) = spans {
+            catch_up(&self.span_drops, spans.dropped());
+            catch_up(&self.span_failures, spans.failed());
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding of gathered metrics");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Raises `counter` to `now`, a count kept elsewhere.
+fn catch_up(counter: &IntCounter, now: u64) {
+    let seen = counter.get();
+    if now > seen {
+        counter.inc_by(now - seen);
     }
 }
 
@@ -183,33 +306,233 @@ impl Drop for StreamGuard {
     }
 }
 
-fn method_label(method: &str) -> &str {
-    KNOWN_METHODS
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("other")
+fn listed<'a>(known: &[&'static str], value: &'a str) -> &'a str {
+    if known.contains(&value) { value } else { OTHER }
+}
+
+fn tool_label_allowed(tool: &str) -> bool {
+    tool.len() <= MAX_TOOL_LABEL_CHARS && tool != OTHER && !tool.chars().any(char::is_control)
+}
+
+/// The label values admitted so far, per capped label.
+#[derive(Default)]
+struct Labels {
+    integrations: Integrations,
+    tools: Tools,
+}
+
+/// The integrations with a label value of their own (at most [`MAX_INTEGRATION_LABELS`]).
+#[derive(Default)]
+struct Integrations(RwLock<HashSet<IntegrationId>>);
+
+impl Integrations {
+    /// Whether `id` has a label value of its own: it had one already, or there is room.
+    fn admit(&self, id: IntegrationId) -> bool {
+        if read(&self.0).contains(&id) {
+            return true;
+        }
+        let mut seen = write(&self.0);
+        if seen.len() < MAX_INTEGRATION_LABELS {
+            seen.insert(id);
+        }
+        seen.contains(&id)
+    }
+}
+
+/// The integration/tool pairs with a label value of their own (at most [`MAX_TOOL_LABELS`]),
+/// looked up without copying the tool name.
+#[derive(Default)]
+struct Tools(RwLock<ToolSet>);
+
+#[derive(Default)]
+struct ToolSet {
+    pairs: usize,
+    by_integration: HashMap<IntegrationId, HashSet<String>>,
+}
+
+impl ToolSet {
+    fn contains(&self, id: IntegrationId, tool: &str) -> bool {
+        self.by_integration
+            .get(&id)
+            .is_some_and(|tools| tools.contains(tool))
+    }
+}
+
+impl Tools {
+    /// Whether the pair has a label value of its own: it had one already, or `may_add` and
+    /// there is room.
+    fn admit(&self, id: IntegrationId, tool: &str, may_add: bool) -> bool {
+        {
+            let seen = read(&self.0);
+            if seen.contains(id, tool) {
+                return true;
+            }
+            if !may_add || seen.pairs >= MAX_TOOL_LABELS {
+                return false;
+            }
+        }
+        let mut seen = write(&self.0);
+        if seen.pairs < MAX_TOOL_LABELS && !seen.contains(id, tool) {
+            seen.by_integration
+                .entry(id)
+                .or_default()
+                .insert(tool.to_owned());
+            seen.pairs += 1;
+        }
+        seen.contains(id, tool)
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ROUTE: &str = "/apps/{id}/mcp/{integration}";
+
+    fn call<'a>(integration: IntegrationId, tool: &'a str, status: &'a str) -> Sample<'a> {
+        Sample {
+            route: ROUTE,
+            http_method: "POST",
+            mcp_method: Some("tools/call"),
+            status,
+            integration: Some(integration),
+            tool: Some(tool),
+            seconds: 0.002,
+        }
+    }
+
+    fn render(m: &Metrics) -> String {
+        m.render(&TraceSink::disabled(), None)
+    }
+
     #[test]
     fn unknown_methods_share_one_label() {
         let m = Metrics::new();
-        m.exchange("/apps/{id}/mcp", "tools/call", "ok", 0.002);
-        m.exchange("/apps/{id}/mcp", "x-attacker-chosen-1", "ok", 0.002);
-        m.exchange("/apps/{id}/mcp", "x-attacker-chosen-2", "ok", 0.002);
-        let text = m.render(&TraceSink::disabled());
+        for method in ["tools/call", "x-attacker-chosen-1", "x-attacker-chosen-2"] {
+            m.exchange(&Sample {
+                mcp_method: Some(method),
+                integration: None,
+                ..call(IntegrationId::new(), "t", "ok")
+            });
+        }
+        let text = render(&m);
         assert!(text.contains(
-            r#"keygate_mcp_requests_total{method="other",route="/apps/{id}/mcp",status="ok"} 2"#
-        ));
+            r#"keygate_mcp_requests_total{http_method="POST",mcp_method="other",route="/apps/{id}/mcp/{integration}",status="ok"} 2"#
+        ), "{text}");
         assert!(!text.contains("attacker"));
-        let _guard = m.stream_opened();
+    }
+
+    #[test]
+    fn http_and_mcp_methods_are_separate_labels() {
+        let m = Metrics::new();
+        m.exchange(&Sample {
+            http_method: "GET",
+            mcp_method: None,
+            tool: None,
+            ..call(IntegrationId::new(), "t", "ok")
+        });
+        m.exchange(&Sample {
+            http_method: "BREW",
+            mcp_method: None,
+            tool: None,
+            ..call(IntegrationId::new(), "t", "ok")
+        });
+        let text = render(&m);
         assert!(
-            m.render(&TraceSink::disabled())
-                .contains("keygate_open_streams 1")
+            text.contains(r#"http_method="GET",mcp_method="none""#),
+            "{text}"
         );
+        assert!(
+            text.contains(r#"http_method="other",mcp_method="none""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn integrations_and_tools_get_their_own_series() {
+        let m = Metrics::new();
+        let github = IntegrationId::new();
+        m.exchange(&call(github, "create_issue", "ok"));
+        m.exchange(&call(github, "create_issue", "error_remote"));
+        let text = render(&m);
+        assert!(text.contains(&format!(
+            r#"keygate_integration_requests_total{{integration="{github}",status="ok"}} 1"#
+        )));
+        assert!(text.contains(&format!(
+            r#"keygate_tool_calls_total{{integration="{github}",status="error_remote",tool="create_issue"}} 1"#
+        )), "{text}");
+        assert!(text.contains(&format!(
+            r#"keygate_tool_call_duration_seconds_count{{integration="{github}",tool="create_issue"}} 2"#
+        )));
+    }
+
+    #[test]
+    fn a_tool_never_answered_without_error_shares_other() {
+        let m = Metrics::new();
+        let i = IntegrationId::new();
+        m.exchange(&call(i, "made-up-name", "error_remote"));
+        m.exchange(&call(i, "bad\nname", "ok"));
+        let text = render(&m);
+        assert!(!text.contains("made-up-name"));
+        assert!(!text.contains("bad\\nname"));
+        assert!(text.contains(&format!(
+            r#"keygate_tool_calls_total{{integration="{i}",status="error_remote",tool="other"}} 1"#
+        )));
+    }
+
+    #[test]
+    fn tool_labels_stop_growing_at_the_cap() {
+        let m = Metrics::new();
+        let i = IntegrationId::new();
+        for n in 0..MAX_TOOL_LABELS + 10 {
+            m.exchange(&call(i, &format!("tool-{n}"), "ok"));
+        }
+        let text = render(&m);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("keygate_tool_calls_total{"))
+            .count();
+        assert_eq!(
+            series,
+            MAX_TOOL_LABELS + 1,
+            "the admitted tools and `other`"
+        );
+        assert!(text.contains(&format!(
+            r#"keygate_tool_calls_total{{integration="{i}",status="ok",tool="other"}} 10"#
+        )));
+    }
+
+    #[test]
+    fn integration_labels_stop_growing_at_the_cap() {
+        let m = Metrics::new();
+        for _ in 0..MAX_INTEGRATION_LABELS + 3 {
+            m.exchange(&Sample {
+                tool: None,
+                ..call(IntegrationId::new(), "t", "ok")
+            });
+        }
+        let text = render(&m);
+        assert!(
+            text.contains(
+                r#"keygate_integration_requests_total{integration="other",status="ok"} 3"#
+            )
+        );
+    }
+
+    #[test]
+    fn open_streams_are_counted_while_open() {
+        let m = Metrics::new();
+        let guard = m.stream_opened();
+        assert!(render(&m).contains("keygate_open_streams 1"));
+        drop(guard);
+        assert!(render(&m).contains("keygate_open_streams 0"));
     }
 }

@@ -31,7 +31,7 @@ async fn fixture(mode: CaptureMode) -> Fixture {
         sink,
         capture: Capture::new(mode, &[], 4096),
         metrics: Metrics::new(),
-        exporter: None,
+        spans: None,
     });
     Fixture {
         store,
@@ -44,7 +44,7 @@ async fn fixture(mode: CaptureMode) -> Fixture {
 
 impl Fixture {
     fn exchange(&self) -> Exchange {
-        let mut ex = self.telemetry.start("/test", None);
+        let mut ex = self.telemetry.start("/test", &http::Method::POST, None);
         ex.who = Some(Who {
             org: self.org,
             app: ApplicationId::new(),

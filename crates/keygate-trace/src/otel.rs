@@ -1,75 +1,31 @@
-//! OpenTelemetry: W3C trace context and an OTLP/HTTP span exporter.
+//! OpenTelemetry: W3C trace context and the spans of proxied requests.
 //!
-//! Each proxied request gets a span ([`SpanContext`]): a child of the agent's `traceparent`
-//! when it sent one, else the root of a new trace. Its `traceparent` goes to the upstream, so
-//! the upstream's spans join the same trace.
+//! Each MCP request gets a server span ([`ServerSpan`]): a child of the agent's `traceparent`
+//! when it sent a valid one, else the root of a new trace. Each request the gateway sends
+//! upstream gets a client span ([`UpstreamSpan`]), a child of the server span, whose
+//! `traceparent` goes with it, so the upstream's own spans join the trace.
 //!
-//! Finished spans go through a bounded queue (full → dropped and counted, never waited on) to
-//! an exporter task that POSTs batches to `{endpoint}/v1/traces` in the OTLP/HTTP **JSON**
-//! encoding (OTLP 1.0, accepted by the OpenTelemetry Collector and the backends built on it).
-//! JSON rather than protobuf keeps the exporter to reqwest and serde_json, which keygate
-//! already builds; the OpenTelemetry SDK, prost and the generated protocol types would add
-//! several dozen crates to the build for one message type.
+//! With export on ([`Spans`], see [`export`]), spans are the OpenTelemetry SDK's: its sampler
+//! decides at the start (parent-based by default, so the agent's sampled flag is honoured),
+//! and finished sampled spans are exported. With export off no SDK span exists: the ids are
+//! made here (two random numbers, no allocation), only so that the upstream and the trace
+//! event still carry the trace.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub mod export;
 
-use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use std::borrow::Cow;
 
-/// Spans per export request.
-const MAX_EXPORT_BATCH: usize = 512;
-/// How long the exporter gathers spans before sending a partial batch.
-const EXPORT_DELAY: Duration = Duration::from_millis(500);
+use http::HeaderValue;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
 
-/// The identity of one span and its place in a trace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpanContext {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent_span_id: Option<[u8; 8]>,
-    pub sampled: bool,
-}
+pub use export::{ExportError, Spans, SpansHandle};
 
-impl SpanContext {
-    /// A new span: the child of `traceparent` if it is a valid W3C header, else a new root.
-    pub fn start(traceparent: Option<&str>) -> Self {
-        let span_id = nonzero_random::<8>();
-        match traceparent.and_then(parse_traceparent) {
-            Some((trace_id, parent, flags)) => Self {
-                trace_id,
-                span_id,
-                parent_span_id: Some(parent),
-                sampled: flags & 1 == 1,
-            },
-            None => Self {
-                trace_id: nonzero_random::<16>(),
-                span_id,
-                parent_span_id: None,
-                sampled: true,
-            },
-        }
-    }
-
-    /// The `traceparent` header naming this span as the parent.
-    pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            u8::from(self.sampled)
-        )
-    }
-
-    pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
-    }
-}
-
-/// `00-<32 hex>-<16 hex>-<2 hex>` → (trace id, parent id, flags); all-zero ids are invalid.
-pub fn parse_traceparent(h: &str) -> Option<([u8; 16], [u8; 8], u8)> {
+/// `00-<32 hex>-<16 hex>-<2 hex>` → the remote parent it names; all-zero ids are invalid.
+pub fn parse_traceparent(h: &str) -> Option<SpanContext> {
     let mut parts = h.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -82,7 +38,13 @@ pub fn parse_traceparent(h: &str) -> Option<([u8; 16], [u8; 8], u8)> {
     if trace == [0; 16] || parent == [0; 8] {
         return None;
     }
-    Some((trace, parent, flags))
+    Some(SpanContext::new(
+        TraceId::from_bytes(trace),
+        SpanId::from_bytes(parent),
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        TraceState::NONE,
+    ))
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -96,14 +58,15 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+/// The `traceparent` header naming `span` as the parent.
+pub fn traceparent(span: &SpanContext) -> HeaderValue {
+    let value = format!(
+        "00-{}-{}-{:02x}",
+        span.trace_id(),
+        span.span_id(),
+        span.trace_flags().to_u8()
+    );
+    HeaderValue::from_str(&value).expect("hex digits and dashes")
 }
 
 fn nonzero_random<const N: usize>() -> [u8; N] {
@@ -116,169 +79,173 @@ fn nonzero_random<const N: usize>() -> [u8; N] {
     }
 }
 
-/// A span attribute value.
-#[derive(Clone, Debug)]
-pub enum Attr {
-    Str(String),
-    Int(i64),
+/// A span of this gateway's that nothing exports: fresh ids, in the agent's trace if it named
+/// one (its sampled flag kept), else in a new sampled trace.
+fn local_span(parent: Option<&SpanContext>) -> SpanContext {
+    let (trace_id, flags) = match parent {
+        Some(p) => (p.trace_id(), p.trace_flags()),
+        None => (TraceId::from_bytes(nonzero_random()), TraceFlags::SAMPLED),
+    };
+    SpanContext::new(
+        trace_id,
+        SpanId::from_bytes(nonzero_random()),
+        flags,
+        false,
+        TraceState::NONE,
+    )
 }
 
-/// A finished span, ready to export.
-#[derive(Clone, Debug)]
-pub struct FinishedSpan {
-    pub context: SpanContext,
+/// The span of one MCP request as the gateway serves it.
+pub enum ServerSpan {
+    /// Export is on: the SDK's span (recording only when sampled), boxed so that an exchange
+    /// without export stays small.
+    Exported(Box<opentelemetry_sdk::trace::Span>),
+    /// Export is off: ids only.
+    Local(SpanContext),
+}
+
+impl ServerSpan {
+    /// Starts the span of a request that carried `traceparent` (if any).
+    pub fn start(spans: Option<&Spans>, traceparent: Option<&str>) -> Self {
+        let parent = traceparent.and_then(parse_traceparent);
+        match spans {
+            Some(spans) => {
+                let cx = match parent {
+                    Some(p) => Context::new().with_remote_span_context(p),
+                    None => Context::new(),
+                };
+                let span = spans
+                    .tracer()
+                    .span_builder("mcp")
+                    .with_kind(SpanKind::Server)
+                    .start_with_context(spans.tracer(), &cx);
+                Self::Exported(Box::new(span))
+            }
+            None => Self::Local(local_span(parent.as_ref())),
+        }
+    }
+
+    pub fn context(&self) -> &SpanContext {
+        match self {
+            Self::Exported(span) => span.span_context(),
+            Self::Local(context) => context,
+        }
+    }
+
+    /// Whether what [`ServerSpan::end`] is given will be exported.
+    pub fn is_recording(&self) -> bool {
+        matches!(self, Self::Exported(span) if span.is_recording())
+    }
+
+    /// Ends the span with its name, attributes and outcome (exported if sampled).
+    pub fn end(&mut self, finished: Finished) {
+        let Self::Exported(span) = self else { return };
+        span.update_name(finished.name);
+        span.set_attributes(finished.attributes);
+        if let Some(message) = finished.error {
+            span.set_status(Status::error(message));
+        }
+        span.end();
+    }
+}
+
+/// What a server span learned by the time its request completed.
+pub struct Finished {
     pub name: String,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub attributes: Vec<(&'static str, Attr)>,
-    /// `Some(message)` marks the span as failed.
+    pub attributes: Vec<KeyValue>,
+    /// `Some(description)` marks the span as failed.
     pub error: Option<String>,
 }
 
-/// The exporting end; cheap to clone.
+/// The parent of the upstream requests one MCP request causes; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Exporter {
-    tx: mpsc::Sender<FinishedSpan>,
-    dropped: Arc<AtomicU64>,
+pub struct SpanParent {
+    spans: Option<Spans>,
+    context: SpanContext,
 }
 
-/// Owns the export task; [`ExporterHandle::close`] sends what is queued and stops.
-#[derive(Debug)]
-pub struct ExporterHandle {
-    close: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Exporter {
-    /// Starts exporting to `endpoint` (the OTLP/HTTP base URL, e.g. `http://collector:4318`).
-    pub fn spawn(endpoint: &str, service_name: &str, capacity: usize) -> (Self, ExporterHandle) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let (close, close_rx) = oneshot::channel();
-        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-        let resource = json!({"attributes": [
-            {"key": "service.name", "value": {"stringValue": service_name}},
-            {"key": "service.version", "value": {"stringValue": env!("CARGO_PKG_VERSION")}},
-        ]});
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("an HTTP client with default TLS settings");
-        let task = tokio::spawn(export_loop(client, url, resource, rx, close_rx));
-        (
-            Self {
-                tx,
-                dropped: Arc::default(),
-            },
-            ExporterHandle { close, task },
-        )
-    }
-
-    /// Queues a span; drops (and counts) it when the queue is full. Never waits.
-    pub fn export(&self, span: FinishedSpan) {
-        if self.tx.try_send(span).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+impl SpanParent {
+    pub fn new(spans: Option<&Spans>, context: &SpanContext) -> Self {
+        Self {
+            spans: spans.cloned(),
+            context: context.clone(),
         }
     }
 
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-}
-
-impl ExporterHandle {
-    pub async fn close(self) {
-        let _ = self.close.send(());
-        let _ = self.task.await;
-    }
-}
-
-async fn export_loop(
-    client: reqwest::Client,
-    url: String,
-    resource: Value,
-    mut rx: mpsc::Receiver<FinishedSpan>,
-    mut close: oneshot::Receiver<()>,
-) {
-    let mut batch = Vec::with_capacity(MAX_EXPORT_BATCH);
-    let mut closing = false;
-    loop {
-        if closing {
-            if rx.recv_many(&mut batch, MAX_EXPORT_BATCH).await == 0 {
-                break;
-            }
-        } else {
-            tokio::select! {
-                n = rx.recv_many(&mut batch, MAX_EXPORT_BATCH) => if n == 0 { break },
-                _ = &mut close => { rx.close(); closing = true; continue; }
-            }
-            // Gather a fuller batch for a moment, unless shutting down.
-            let deadline = tokio::time::Instant::now() + EXPORT_DELAY;
-            while batch.len() < MAX_EXPORT_BATCH && !closing {
-                let room = MAX_EXPORT_BATCH - batch.len();
-                tokio::select! {
-                    n = rx.recv_many(&mut batch, room) => if n == 0 { break },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = &mut close => { rx.close(); closing = true; }
-                }
-            }
+    /// Starts the client span of one upstream request.
+    pub fn upstream(&self, method: &http::Method, uri: &http::Uri) -> UpstreamSpan {
+        let Some(spans) = &self.spans else {
+            // Nothing is exported: the upstream's spans hang off the server span, whose id the
+            // trace event keeps.
+            return UpstreamSpan::Local(self.context.clone());
+        };
+        let mut attributes = vec![KeyValue::new(
+            "http.request.method",
+            method.as_str().to_owned(),
+        )];
+        if let Some(host) = uri.host() {
+            attributes.push(KeyValue::new("server.address", host.to_owned()));
+            let default_port = if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            let port = uri.port_u16().unwrap_or(default_port);
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
-        let body = encode(&resource, &batch);
-        batch.clear();
-        match client.post(&url).json(&body).send().await {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => tracing::warn!(status = %r.status(), "the OTLP collector refused spans"),
-            Err(e) => tracing::warn!(error = %e, "exporting spans failed"),
+        let cx = Context::new().with_remote_span_context(self.context.clone());
+        let span = spans
+            .tracer()
+            .span_builder(Cow::Owned(method.as_str().to_owned()))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(spans.tracer(), &cx);
+        UpstreamSpan::Exported(Box::new(span))
+    }
+}
+
+/// The client span of one request sent upstream.
+pub enum UpstreamSpan {
+    Exported(Box<opentelemetry_sdk::trace::Span>),
+    Local(SpanContext),
+}
+
+impl UpstreamSpan {
+    /// The `traceparent` the upstream request carries: this span as its parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        match self {
+            Self::Exported(span) => traceparent(span.span_context()),
+            Self::Local(context) => traceparent(context),
         }
     }
-}
 
-fn nanos(t: SystemTime) -> String {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos()
-        .to_string()
-}
+    /// Ends the span when the upstream answered with `status`.
+    pub fn answered(self, status: u16) {
+        let Self::Exported(mut span) = self else {
+            return;
+        };
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 400 {
+            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+            span.set_status(Status::error(format!(
+                "the upstream answered HTTP {status}"
+            )));
+        }
+        span.end();
+    }
 
-/// An OTLP `ExportTraceServiceRequest` in the JSON encoding (ids as hex, 64-bit ints as
-/// strings, enums as numbers).
-pub fn encode(resource: &Value, spans: &[FinishedSpan]) -> Value {
-    let spans: Vec<Value> = spans
-        .iter()
-        .map(|s| {
-            let attributes: Vec<Value> = s
-                .attributes
-                .iter()
-                .map(|(k, v)| {
-                    let value = match v {
-                        Attr::Str(s) => json!({"stringValue": s}),
-                        Attr::Int(i) => json!({"intValue": i.to_string()}),
-                    };
-                    json!({"key": k, "value": value})
-                })
-                .collect();
-            let mut span = json!({
-                "traceId": hex(&s.context.trace_id),
-                "spanId": hex(&s.context.span_id),
-                "name": s.name,
-                "kind": 2, // SPAN_KIND_SERVER
-                "startTimeUnixNano": nanos(s.start),
-                "endTimeUnixNano": nanos(s.end),
-                "attributes": attributes,
-                "status": match &s.error {
-                    Some(m) => json!({"code": 2, "message": m}),
-                    None => json!({"code": 1}),
-                },
-            });
-            if let Some(p) = s.context.parent_span_id {
-                span["parentSpanId"] = Value::from(hex(&p));
-            }
-            span
-        })
-        .collect();
-    json!({"resourceSpans": [{
-        "resource": resource,
-        "scopeSpans": [{"scope": {"name": "keygate", "version": env!("CARGO_PKG_VERSION")}, "spans": spans}],
-    }]})
+    /// Ends the span when no answer came: `error_type` is a short class (`timeout`, …).
+    pub fn failed(self, error_type: &'static str, message: String) {
+        let Self::Exported(mut span) = self else {
+            return;
+        };
+        span.set_attribute(KeyValue::new("error.type", error_type));
+        span.set_status(Status::error(message));
+        span.end();
+    }
 }
 
 #[cfg(test)]
@@ -286,19 +253,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn child_spans_keep_the_incoming_trace() {
-        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let span = SpanContext::start(Some(incoming));
-        assert_eq!(span.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    fn a_local_span_keeps_the_incoming_trace_and_sampled_flag() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let span = ServerSpan::start(None, Some(incoming));
+        let cx = span.context();
         assert_eq!(
-            span.parent_span_id,
-            Some(unhex("00f067aa0ba902b7").unwrap())
+            cx.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        let out = span.traceparent();
+        assert_ne!(cx.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(!cx.is_sampled());
+        let out = traceparent(cx);
+        let out = out.to_str().unwrap();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert!(out.ends_with("-01"));
-        assert_ne!(&out[36..52], "00f067aa0ba902b7");
-        assert_eq!(parse_traceparent(&out).unwrap().0, span.trace_id);
+        assert!(out.ends_with("-00"));
+        assert_eq!(parse_traceparent(out).unwrap().trace_id(), cx.trace_id());
+    }
+
+    #[test]
+    fn without_a_parent_a_local_span_starts_a_sampled_trace() {
+        let cx = ServerSpan::start(None, None).context().clone();
+        assert!(cx.is_valid() && cx.is_sampled());
+        assert!(!ServerSpan::start(None, None).is_recording());
     }
 
     #[test]
@@ -312,31 +288,19 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
-            let span = SpanContext::start(Some(bad));
-            assert!(span.parent_span_id.is_none());
+            let span = ServerSpan::start(None, Some(bad));
+            assert_ne!(
+                span.context().trace_id().to_string(),
+                "4bf92f3577b34da6a3ce929d0e0e4736"
+            );
         }
     }
 
     #[test]
-    fn encodes_otlp_json() {
-        let ctx = SpanContext::start(None);
-        let span = FinishedSpan {
-            context: ctx,
-            name: "tools/call echo".into(),
-            start: UNIX_EPOCH + Duration::from_millis(1),
-            end: UNIX_EPOCH + Duration::from_millis(3),
-            attributes: vec![
-                ("mcp.method", Attr::Str("tools/call".into())),
-                ("http.response.status_code", Attr::Int(200)),
-            ],
-            error: None,
-        };
-        let v = encode(&json!({}), &[span]);
-        let s = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
-        assert_eq!(s["traceId"], ctx.trace_id_hex());
-        assert_eq!(s["startTimeUnixNano"], "1000000");
-        assert_eq!(s["attributes"][1]["value"]["intValue"], "200");
-        assert_eq!(s["status"]["code"], 1);
-        assert!(s.get("parentSpanId").is_none());
+    fn without_export_the_upstream_gets_the_server_span_as_parent() {
+        let server = ServerSpan::start(None, None);
+        let parent = SpanParent::new(None, server.context());
+        let upstream = parent.upstream(&http::Method::POST, &"http://u/mcp".parse().unwrap());
+        assert_eq!(upstream.traceparent(), traceparent(server.context()));
     }
 }

@@ -241,6 +241,8 @@ pub fn blank_event(org: keygate_core::OrgId, app: keygate_core::ApplicationId) -
         bytes_out: 0,
         request_json: None,
         response_json: None,
+        otel_trace_id: None,
+        otel_span_id: None,
     }
 }
 

@@ -30,7 +30,7 @@ use keygate_proxy::probe::ProbeOutcome;
 use keygate_proxy::upstream::Timeouts;
 use keygate_proxy::{ProxyState, Upstream};
 use keygate_store::{Db, Kek, Store, Vault};
-use keygate_trace::otel::{Exporter, ExporterHandle};
+use keygate_trace::otel::{Spans, SpansHandle};
 use keygate_trace::{Capture, CaptureMode, Metrics, SinkHandle, Telemetry, TraceSink, retention};
 use serde_json::json;
 use std::pin::Pin;
@@ -81,7 +81,7 @@ impl From<TcpListener> for Listeners {
 /// The background halves of telemetry, drained at shutdown.
 struct Pipeline {
     sink: Option<SinkHandle>,
-    exporter: Option<ExporterHandle>,
+    spans: Option<SpansHandle>,
     retention_days: u32,
 }
 
@@ -141,7 +141,7 @@ impl Gateway {
                 stream_idle: Duration::from_secs(config.stream_idle_timeout_secs()),
             },
         ));
-        let (telemetry, pipeline) = telemetry(config, &store);
+        let (telemetry, pipeline) = telemetry(config, &store)?;
         let api = keygate_api::router(
             ApiState {
                 auth: auth.clone(),
@@ -290,8 +290,8 @@ impl Gateway {
                 "trace events flushed"
             );
         }
-        if let Some(exporter) = self.pipeline.exporter {
-            exporter.close().await;
+        if let Some(spans) = self.pipeline.spans {
+            spans.close().await;
         }
         self.store.db().close().await;
         result
@@ -358,26 +358,23 @@ async fn readyz(State(r): State<Readiness>) -> axum::response::Response {
 }
 
 /// Starts the trace pipeline, the span exporter and the metrics registry per `config`.
-fn telemetry(config: &Config, store: &Store) -> (Arc<Telemetry>, Pipeline) {
+fn telemetry(config: &Config, store: &Store) -> anyhow::Result<(Arc<Telemetry>, Pipeline)> {
+    let (spans, spans_handle) = match config.telemetry.otlp()? {
+        Some(settings) => {
+            let (spans, handle) = Spans::start(&settings)?;
+            (Some(spans), Some(handle))
+        }
+        None => (None, None),
+    };
     let (sink, sink_handle) = if config.traces_enabled() {
         let (sink, handle) = TraceSink::spawn(store.clone(), config.trace_queue_capacity());
         (sink, Some(handle))
     } else {
         (TraceSink::disabled(), None)
     };
-    let (exporter, exporter_handle) = match &config.telemetry.otlp_endpoint {
-        Some(endpoint) => {
-            let service = config
-                .telemetry
-                .service_name
-                .as_deref()
-                .unwrap_or("keygate");
-            let (e, h) = Exporter::spawn(endpoint, service, 8_192);
-            (Some(e), Some(h))
-        }
-        None => (None, None),
-    };
     let mode = CaptureMode::parse(config.trace_capture()).unwrap_or_default();
+    let metrics = Metrics::new();
+    crate::metrics::register_process_metrics(&metrics)?;
     let telemetry = Arc::new(Telemetry {
         sink,
         capture: Capture::new(
@@ -385,19 +382,19 @@ fn telemetry(config: &Config, store: &Store) -> (Arc<Telemetry>, Pipeline) {
             &config.traces.redact_fields,
             config.trace_max_payload_bytes(),
         ),
-        metrics: Metrics::new(),
-        exporter,
+        metrics,
+        spans,
     });
     let pipeline = Pipeline {
         sink: sink_handle,
-        exporter: exporter_handle,
+        spans: spans_handle,
         retention_days: if config.traces_enabled() {
             config.trace_retention_days()
         } else {
             0
         },
     };
-    (telemetry, pipeline)
+    Ok((telemetry, pipeline))
 }
 
 /// The API's connectivity checks, done by the proxy's upstream client.

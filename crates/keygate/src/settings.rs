@@ -45,43 +45,9 @@ pub fn load(
     for (field, kind) in FIELDS {
         let var = env_var_for(field);
         let Some(raw) = env(&var) else { continue };
-        let value = match kind {
-            FieldKind::String => toml::Value::String(raw),
-            FieldKind::Integer => toml::Value::Integer(raw.trim().parse().map_err(|_| {
-                ConfigError::new(*field, format!("{var} must be an integer, got {raw:?}"))
-            })?),
-            FieldKind::Bool => toml::Value::Boolean(match raw.trim() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => {
-                    return Err(ConfigError::new(
-                        *field,
-                        format!("{var} must be true or false, got {raw:?}"),
-                    ));
-                }
-            }),
-            FieldKind::StringList => toml::Value::Array(
-                raw.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.to_owned()))
-                    .collect(),
-            ),
-        };
-        set(&mut table, field, value);
+        set(&mut table, field, typed(field, *kind, &var, raw)?);
     }
-    // The OpenTelemetry SDKs' standard variables, when keygate's own are not set.
-    for (standard, field) in [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
-        ("OTEL_SERVICE_NAME", "telemetry.service_name"),
-    ] {
-        if env(&env_var_for(field)).is_none()
-            && let Some(value) = env(standard).filter(|v| !v.trim().is_empty())
-            && file_value(&table, field).is_none()
-        {
-            set(&mut table, field, toml::Value::String(value));
-        }
-    }
+    standard_otel_vars(&mut table, &env)?;
     if let Some(dir) = data_dir {
         set(&mut table, "data_dir", toml::Value::String(absolute(dir)));
     } else if let Some(toml::Value::String(dir)) = table.get("data_dir") {
@@ -115,6 +81,98 @@ pub fn load(
         ));
     }
     Ok(config)
+}
+
+/// The OpenTelemetry SDKs' standard variables, each the fallback of one field (the trace
+/// signal's own variable before the general one), where neither the `KEYGATE_*` variable nor
+/// the file sets that field. `OTEL_SDK_DISABLED=true` turns them all off.
+const STANDARD_OTEL_VARS: &[(&str, &[&str])] = &[
+    ("telemetry.otlp_endpoint", &["OTEL_EXPORTER_OTLP_ENDPOINT"]),
+    (
+        "telemetry.otlp_traces_endpoint",
+        &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
+    ),
+    (
+        "telemetry.otlp_protocol",
+        &[
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ],
+    ),
+    (
+        "telemetry.otlp_headers",
+        &[
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ],
+    ),
+    (
+        "telemetry.otlp_timeout_ms",
+        &[
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ],
+    ),
+    (
+        "telemetry.otlp_queue_capacity",
+        &["OTEL_BSP_MAX_QUEUE_SIZE"],
+    ),
+    ("telemetry.traces_sampler", &["OTEL_TRACES_SAMPLER"]),
+    ("telemetry.traces_sampler_arg", &["OTEL_TRACES_SAMPLER_ARG"]),
+    ("telemetry.service_name", &["OTEL_SERVICE_NAME"]),
+];
+
+fn standard_otel_vars(
+    table: &mut toml::Table,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return Ok(());
+    }
+    for (field, vars) in STANDARD_OTEL_VARS {
+        if env(&env_var_for(field)).is_some() || file_value(table, field).is_some() {
+            continue;
+        }
+        let found = vars
+            .iter()
+            .find_map(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
+        if let Some((var, raw)) = found {
+            let kind = FIELDS
+                .iter()
+                .find(|(f, _)| f == field)
+                .map(|(_, kind)| *kind)
+                .expect("every standard variable maps onto a listed field");
+            set(table, field, typed(field, kind, var, raw)?);
+        }
+    }
+    Ok(())
+}
+
+/// The value of variable `var`, as the type field `field` takes.
+fn typed(field: &str, kind: FieldKind, var: &str, raw: String) -> Result<toml::Value, ConfigError> {
+    Ok(match kind {
+        FieldKind::String => toml::Value::String(raw),
+        FieldKind::Integer => toml::Value::Integer(raw.trim().parse().map_err(|_| {
+            ConfigError::new(field, format!("{var} must be an integer, got {raw:?}"))
+        })?),
+        FieldKind::Bool => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{var} must be true or false, got {raw:?}"),
+                ));
+            }
+        }),
+        FieldKind::StringList => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+    })
 }
 
 /// The per-user data directory: `$XDG_DATA_HOME/keygate`, else `~/.local/share/keygate`
@@ -442,6 +500,89 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen().port(), 7);
+    }
+
+    #[test]
+    fn standard_otel_variables_configure_span_export() {
+        let c = load(
+            None,
+            None,
+            env(&[
+                ("HOME", "/h"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=general"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                    "x-api-key=traces%20only",
+                ),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+                ("OTEL_SERVICE_NAME", "edge"),
+            ]),
+        )
+        .unwrap();
+        let otlp = c.telemetry.otlp().unwrap().expect("export configured");
+        assert_eq!(otlp.traces_url.as_str(), "http://collector:4318/v1/traces");
+        assert_eq!(otlp.protocol, keygate_core::otlp::OtlpProtocol::HttpJson);
+        assert_eq!(otlp.headers[0].1.expose(), "traces only");
+        assert_eq!(otlp.timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(otlp.queue_capacity, 64);
+        assert_eq!(
+            otlp.sampler,
+            keygate_core::otlp::SamplerSetting::TraceIdRatio(0.5)
+        );
+        assert_eq!(otlp.service_name, "edge");
+    }
+
+    #[test]
+    fn the_file_and_keygate_variables_win_over_standard_otel_variables() {
+        let c = load_file(
+            "[telemetry]\notlp_endpoint = \"http://from-file:4318\"\n",
+            &[
+                ("HOME", "/h"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://from-otel:4318"),
+                ("OTEL_TRACES_SAMPLER", "always_on"),
+                ("KEYGATE_TELEMETRY_TRACES_SAMPLER", "always_off"),
+            ],
+        )
+        .unwrap();
+        let otlp = c.telemetry.otlp().unwrap().unwrap();
+        assert_eq!(otlp.traces_url.host_str(), Some("from-file"));
+        assert_eq!(otlp.sampler, keygate_core::otlp::SamplerSetting::AlwaysOff);
+    }
+
+    #[test]
+    fn otel_sdk_disabled_ignores_the_standard_variables() {
+        let c = load(
+            None,
+            None,
+            env(&[
+                ("HOME", "/h"),
+                ("OTEL_SDK_DISABLED", "true"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.telemetry.otlp().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_bad_standard_otel_value_fails_before_start() {
+        let e = load(
+            None,
+            None,
+            env(&[
+                ("HOME", "/h"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "telemetry.otlp_timeout_ms");
+        assert!(e.message.contains("OTEL_EXPORTER_OTLP_TIMEOUT"), "{e}");
     }
 
     #[test]

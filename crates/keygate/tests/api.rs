@@ -1192,6 +1192,8 @@ async fn traces_and_stats(backend: Backend) {
         bytes_out: 200,
         request_json: None,
         response_json: None,
+        otel_trace_id: None,
+        otel_span_id: None,
     })
     .collect();
     gw.store.insert_trace_events(&events).await.unwrap();

@@ -223,7 +223,7 @@ const CLIENT_BUILDERS: &[&str] = &[
     "crates/keygate-auth/src/outbound.rs",
     "crates/keygate-proxy/src/upstream.rs",
     // The OpenTelemetry collector the operator configured.
-    "crates/keygate-trace/src/otel.rs",
+    "crates/keygate-trace/src/otel/export.rs",
     // The CLI's commands (`keygate apps`, `login`, `tail`, …): they talk only to the gateway
     // the user named with --url, KEYGATE_URL or `keygate login`, never to an address taken
     // from data, so this is not a server-side request forgery surface.

@@ -1,10 +1,9 @@
 //! Traces for operators, end to end: tool calls through the real gateway (success, upstream
 //! errors, refused tokens) found in `/traces`, `/traces/:id`, `/events` and `/traces/stats`;
-//! the live stream and its resumption; `keygate tail`; spans at a stand-in OTLP collector;
-//! `/metrics`; and no event lost to SIGTERM. Every `both_backends!` body runs on SQLite and
+//! the live stream and its resumption; `keygate tail`; `/metrics` (spans are `otel.rs`'s); and
+//! no event lost to SIGTERM. Every `both_backends!` body runs on SQLite and
 //! PostgreSQL.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -20,7 +19,7 @@ both_backends!(
     calls_are_traced_with_status_duration_tool_and_integration,
     event_stream_resumes_without_losing_or_repeating,
     tail_prints_each_call_as_it_happens,
-    spans_reach_an_otlp_collector_and_metrics_parse,
+    metrics_parse_and_count_by_method_integration_and_tool,
 );
 
 /// The common world and one fake upstream attached as a pass-through integration.
@@ -455,119 +454,45 @@ async fn tail_prints_each_call_as_it_happens(backend: Backend) {
     w.base.gw.stop().await;
 }
 
-/// A stand-in OTLP/HTTP collector: keeps every `POST /v1/traces` body.
-async fn collector() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let store = received.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let store = store.clone();
-            async move {
-                assert_eq!(headers["content-type"], "application/json");
-                store
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_str(&body).unwrap());
-                "{}"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, received)
-}
-
-fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
-    span["attributes"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == key)
-        .map(|a| &a["value"])
-}
-
-async fn spans_reach_an_otlp_collector_and_metrics_parse(backend: Backend) {
-    let (collector_url, received) = collector().await;
-    let w = world(backend, |c| {
-        c.telemetry.otlp_endpoint = Some(collector_url.clone());
-    })
-    .await;
+async fn metrics_parse_and_count_by_method_integration_and_tool(backend: Backend) {
+    let w = world(backend, |_| {}).await;
     let token = w.alice_token().await;
-    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let (status, body) = w.call(&token, "echo", &[("traceparent", incoming)]).await;
+    let (status, _) = w.call(&token, "echo", &[]).await;
     assert_eq!(status, 200);
-    // The upstream got a traceparent of the same trace, whose parent is the gateway's span.
-    let echoed: Value = serde_json::from_str(&body).unwrap();
-    let sent = echoed["result"]["headers"]["traceparent"].as_str().unwrap();
-    assert!(
-        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-        "{sent}"
-    );
-    let gateway_span = sent.split('-').nth(2).unwrap().to_owned();
-    assert_ne!(gateway_span, "00f067aa0ba902b7");
     w.call("bad-token", "denied", &[]).await;
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let spans = loop {
-        let spans: Vec<Value> = received
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| {
-                r["resourceSpans"][0]["scopeSpans"][0]["spans"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .collect();
-        if spans.len() >= 2 || Instant::now() > deadline {
-            break spans;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let resource = received.lock().unwrap()[0]["resourceSpans"][0]["resource"].clone();
-    assert_eq!(resource["attributes"][0]["value"]["stringValue"], "keygate");
-    let call = spans
-        .iter()
-        .find(|s| s["spanId"] == gateway_span.as_str())
-        .unwrap_or_else(|| panic!("the call's span: {spans:#?}"));
-    assert_eq!(call["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(call["parentSpanId"], "00f067aa0ba902b7");
-    assert_eq!(call["name"], "tools/call echo");
-    let s = |k| {
-        attr(call, k)
-            .and_then(|v| v["stringValue"].as_str())
-            .unwrap_or_default()
-    };
-    assert_eq!(s("mcp.method"), "tools/call");
-    assert_eq!(s("mcp.tool"), "echo");
-    assert_eq!(s("keygate.integration_id"), w.integration.to_string());
-    assert_eq!(s("keygate.application_id"), w.app.to_string());
-    assert_eq!(s("enduser.id"), w.alice.to_string());
-    assert_eq!(s("keygate.status"), "ok");
-    assert_eq!(call["status"]["code"], 1);
-    let denied = spans
-        .iter()
-        .find(|s| attr(s, "mcp.tool").is_some_and(|v| v["stringValue"] == "denied"))
-        .expect("the refused call's span");
-    assert_eq!(denied["status"]["code"], 2);
-    assert!(!serde_json::to_string(&spans).unwrap().contains(&token));
-
-    let resp =
+    // A session's DELETE: an HTTP method with no MCP method.
+    let deleted =
         w.gw.http
-            .get(format!("{}/metrics", w.gw.url))
+            .delete(format!("{}/{}", w.app_url, w.slug))
+            .header("mcp-session-id", "session-1")
+            .bearer_auth(&token)
             .send()
             .await
             .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    let text = resp.text().await.unwrap();
+    deleted.bytes().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let resp =
+            w.gw.http
+                .get(format!("{}/metrics", w.gw.url))
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        let text = resp.text().await.unwrap();
+        // The exchange completes as the answer's end goes by, on the server's side.
+        if text.contains(r#"http_method="DELETE""#) || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let samples = parse_prometheus(&text);
     let value = |name: &str, labels: &[(&str, &str)]| {
         samples
@@ -582,24 +507,53 @@ async fn spans_reach_an_otlp_collector_and_metrics_parse(backend: Backend) {
             .unwrap_or_else(|| panic!("{name} {labels:?} in\n{text}"))
     };
     let route = "/apps/{id}/mcp/{integration}";
+    let ok_call = [
+        ("route", route),
+        ("http_method", "POST"),
+        ("mcp_method", "tools/call"),
+        ("status", "ok"),
+    ];
+    assert_eq!(value("keygate_mcp_requests_total", &ok_call), 1.0);
     assert_eq!(
         value(
             "keygate_mcp_requests_total",
-            &[("route", route), ("method", "tools/call"), ("status", "ok")]
+            &[("mcp_method", "tools/call"), ("status", "error_auth")]
         ),
         1.0
     );
     assert_eq!(
         value(
             "keygate_mcp_requests_total",
-            &[("method", "tools/call"), ("status", "error_auth")]
+            &[("http_method", "DELETE"), ("mcp_method", "none")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("keygate_mcp_request_duration_seconds_count", &ok_call),
+        1.0
+    );
+    let integration = w.integration.to_string();
+    assert!(
+        value(
+            "keygate_integration_requests_total",
+            &[("integration", &integration), ("status", "ok")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            "keygate_tool_calls_total",
+            &[
+                ("integration", &integration),
+                ("tool", "echo"),
+                ("status", "ok")
+            ]
         ),
         1.0
     );
     assert_eq!(
         value(
-            "keygate_mcp_request_duration_seconds_count",
-            &[("route", route), ("status", "ok")]
+            "keygate_tool_call_duration_seconds_count",
+            &[("integration", &integration), ("tool", "echo")]
         ),
         1.0
     );
@@ -612,6 +566,26 @@ async fn spans_reach_an_otlp_collector_and_metrics_parse(backend: Backend) {
     assert_eq!(value("keygate_trace_events_dropped_total", &[]), 0.0);
     value("keygate_trace_queue_depth", &[]);
     value("keygate_open_streams", &[]);
+    assert_eq!(
+        value(
+            "keygate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert!(value("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(value("process_open_fds", &[]) > 0.0);
+    assert!(value("process_max_fds", &[]) >= value("process_open_fds", &[]));
+    value("process_cpu_seconds_total", &[]);
+    let started = value("process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 86_400.0 * 365.0 && started <= now + 1.0,
+        "{started}"
+    );
     assert!(
         !text.contains(&w.alice.to_string()),
         "no user ids in labels"

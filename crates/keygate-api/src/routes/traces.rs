@@ -54,6 +54,8 @@ struct TraceQuery {
     status: Option<String>,
     /// Events of this tool only (`toolName` as recorded).
     tool_name: Option<String>,
+    /// Events of this OpenTelemetry trace only (`otelTraceId`, 32 hex digits).
+    otel_trace_id: Option<String>,
     /// `1d`, `7d` or `30d` (stats only).
     period: Option<String>,
 }
@@ -63,6 +65,19 @@ fn time_param(field: &str, v: Option<&str>) -> Result<Option<Timestamp>, ApiErro
         .map(|s| {
             Timestamp::parse_iso(s)
                 .ok_or_else(|| ApiError::validation(field, "must be an ISO 8601 timestamp"))
+        })
+        .transpose()
+}
+
+/// A W3C trace id: 32 hex digits, compared in lowercase as stored.
+fn otel_trace_id(v: Option<&str>) -> Result<Option<String>, ApiError> {
+    v.filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(s.to_ascii_lowercase())
+            } else {
+                Err(ApiError::validation("otelTraceId", "must be 32 hex digits"))
+            }
         })
         .transpose()
 }
@@ -103,6 +118,7 @@ fn filter(caller: &Caller, q: &TraceQuery) -> Result<EventFilter, ApiError> {
             .or(application)
             .map(|s| s.parse::<ApplicationId>().expect("checked UUID")),
         trace_id: None,
+        otel_trace_id: otel_trace_id(q.otel_trace_id.as_deref())?,
         event_type: q.event_type.clone().filter(|s| !s.is_empty()),
         status: q.status.clone().filter(|s| !s.is_empty()),
         tool_name: q.tool_name.clone().filter(|s| !s.is_empty()),
@@ -154,6 +170,10 @@ struct EventView {
     request_json: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_json: Option<serde_json::Value>,
+    /// The W3C trace id of the request's OpenTelemetry spans (what a collector received).
+    otel_trace_id: Option<String>,
+    /// The id of the gateway's server span for the request.
+    otel_span_id: Option<String>,
 }
 
 impl From<&TraceEvent> for EventView {
@@ -176,6 +196,8 @@ impl From<&TraceEvent> for EventView {
             bytes_out: e.bytes_out,
             request_json: e.request_json.clone(),
             response_json: e.response_json.clone(),
+            otel_trace_id: e.otel_trace_id.clone(),
+            otel_span_id: e.otel_span_id.clone(),
         }
     }
 }

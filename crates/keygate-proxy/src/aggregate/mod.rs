@@ -66,7 +66,7 @@ use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
 use crate::sse::{KeepAlive, is_event_stream};
-use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP, TRACEPARENT};
+use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP};
 use keygate_trace::Exchange;
 
 const SEPARATOR: char = '_';
@@ -82,9 +82,8 @@ pub async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
         ROUTE_AGGREGATED
     };
     let mut ex = traced::start(&state, route, req.headers(), req.method());
-    let (traceparent, injected) = (ex.traceparent(), ex.injected());
-    let work = traced::noting_credentials(injected, dispatch(&state, req, &mut ex));
-    let result = TRACEPARENT.scope(traceparent, work).await;
+    let scope = traced::scope(&ex);
+    let result = traced::within(scope, dispatch(&state, req, &mut ex)).await;
     traced::finish(ex, result)
 }
 

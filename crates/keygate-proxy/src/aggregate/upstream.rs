@@ -26,7 +26,7 @@ use crate::gate::McpCaller;
 use crate::passthrough::MAX_REQUEST_BYTES;
 use crate::retry;
 use crate::sse::is_event_stream;
-use crate::traced::{self, ROUTE_AGGREGATED, TRACEPARENT};
+use crate::traced::{self, ROUTE_AGGREGATED};
 
 const SESSION_ID: &str = "mcp-session-id";
 const LAST_EVENT_ID: &str = "last-event-id";
@@ -577,9 +577,6 @@ async fn send_once(
     h.extend(headers);
     if let Some(auth) = authorization {
         h.insert(header::AUTHORIZATION, auth);
-    }
-    if let Ok(traceparent) = TRACEPARENT.try_with(HeaderValue::clone) {
-        h.insert("traceparent", traceparent);
     }
     traced::send_upstream(state, ROUTE_AGGREGATED, req).await
 }

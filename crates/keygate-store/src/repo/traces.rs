@@ -23,6 +23,8 @@ pub struct EventFilter {
     pub agent_session_id: Option<AgentSessionId>,
     pub application_id: Option<ApplicationId>,
     pub trace_id: Option<String>,
+    /// The W3C trace id of the events' spans (32 lowercase hex digits).
+    pub otel_trace_id: Option<String>,
     pub event_type: Option<String>,
     pub status: Option<String>,
     pub tool_name: Option<String>,
@@ -73,7 +75,7 @@ pub struct TraceStats {
 
 const COLUMNS: &str = "id, org_id, created_at, trace_id, session_id, agent_session_id, \
     application_id, user_id, event_type, status, duration_ms, integration_id, tool_name, \
-    error_message, bytes_in, bytes_out, request_json, response_json";
+    error_message, bytes_in, bytes_out, request_json, response_json, otel_trace_id, otel_span_id";
 
 /// Rows per multi-row `INSERT` on PostgreSQL. sqlx binds each placeholder after looking its
 /// name up, which costs more the more placeholders a statement has, so statements stay small.
@@ -114,6 +116,8 @@ fn json_row(e: &TraceEvent) -> Value {
         e.bytes_out,
         e.request_json.as_ref().map(to_json),
         e.response_json.as_ref().map(to_json),
+        &e.otel_trace_id,
+        &e.otel_span_id,
     ])
 }
 
@@ -135,7 +139,9 @@ fn push_values(sql: &mut Sql, e: &TraceEvent) {
     sql.bind(e.error_message.clone()).push(", ");
     sql.bind(e.bytes_in).push(", ").bind(e.bytes_out).push(", ");
     sql.bind(e.request_json.as_ref().map(to_json)).push(", ");
-    sql.bind(e.response_json.as_ref().map(to_json));
+    sql.bind(e.response_json.as_ref().map(to_json)).push(", ");
+    sql.bind(e.otel_trace_id.clone()).push(", ");
+    sql.bind(e.otel_span_id.clone());
 }
 
 fn event(row: &sqlx::any::AnyRow) -> Result<TraceEvent> {
@@ -158,6 +164,8 @@ fn event(row: &sqlx::any::AnyRow) -> Result<TraceEvent> {
         bytes_out: row.int("bytes_out")?,
         request_json: row.opt_json("request_json")?,
         response_json: row.opt_json("response_json")?,
+        otel_trace_id: row.opt_text("otel_trace_id")?,
+        otel_span_id: row.opt_text("otel_span_id")?,
     })
 }
 
@@ -178,6 +186,9 @@ fn push_filters(sql: &mut Sql, org: OrgId, f: &EventFilter) {
     }
     if let Some(v) = &f.trace_id {
         sql.push(" AND trace_id = ").bind(v.clone());
+    }
+    if let Some(v) = &f.otel_trace_id {
+        sql.push(" AND otel_trace_id = ").bind(v.clone());
     }
     if let Some(v) = &f.event_type {
         sql.push(" AND event_type = ").bind(v.clone());

@@ -1,0 +1,311 @@
+//! Span export through the OpenTelemetry SDK to an OTLP/HTTP collector.
+//!
+//! The SDK makes the spans (ids, sampler, span data) and the OTLP exporter encodes them
+//! (`http/protobuf` or `http/json`) and sends them with the configured headers and timeout.
+//! What sits between is keygate's: a bounded queue that a finished span enters with
+//! `try_send` — full, the span is dropped and counted, the request never waits — and one
+//! tokio task that sends batches (≤ 512 spans, gathered for ≤ 500 ms). The SDK's own batch
+//! processor would count its drops only in a log line at shutdown, and runs its exports on a
+//! thread of its own.
+//!
+//! The exporter's HTTP client is keygate's reqwest (no second major of it in the build), with
+//! redirects off: the headers often carry a collector's API key, which must not follow a
+//! redirect elsewhere.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use keygate_core::otlp::{OtlpProtocol, OtlpSettings, ParentlessSampler, SamplerSetting};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor, Tracer,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Spans per export request.
+const MAX_EXPORT_BATCH: usize = 512;
+/// How long the exporter gathers spans before sending a partial batch.
+const EXPORT_DELAY: Duration = Duration::from_millis(500);
+/// Most of a collector's answer that is read (it is only looked at for errors).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The exporting end, shared by every request; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Spans {
+    tracer: Tracer,
+    counts: Arc<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Spans dropped because the queue was full.
+    dropped: AtomicU64,
+    /// Spans in batches the collector did not take.
+    failed: AtomicU64,
+}
+
+/// Owns the export task; [`SpansHandle::close`] sends what is queued and stops.
+#[derive(Debug)]
+pub struct SpansHandle {
+    provider: SdkTracerProvider,
+    close: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// The exporter could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("building the span exporter's HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("building the OTLP span exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+impl Spans {
+    /// Starts exporting per `settings` (in the current tokio runtime).
+    pub fn start(settings: &OtlpSettings) -> Result<(Self, SpansHandle), ExportError> {
+        let resource = Resource::builder_empty()
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let mut exporter = otlp_exporter(settings)?;
+        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let counts = Arc::new(Counts::default());
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler(settings.sampler))
+            .with_span_processor(Queue {
+                tx,
+                counts: counts.clone(),
+            })
+            .with_resource(resource)
+            .build();
+        let scope = InstrumentationScope::builder("keygate")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let tracer = provider.tracer_with_scope(scope);
+        let (close, close_rx) = oneshot::channel();
+        let task = tokio::spawn(export_loop(exporter, rx, close_rx, counts.clone()));
+        Ok((
+            Self { tracer, counts },
+            SpansHandle {
+                provider,
+                close,
+                task,
+            },
+        ))
+    }
+
+    pub(crate) fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
+    /// Spans lost because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.counts.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Spans lost because the collector refused or did not answer their batch.
+    pub fn failed(&self) -> u64 {
+        self.counts.failed.load(Ordering::Relaxed)
+    }
+}
+
+impl SpansHandle {
+    /// Stops making spans, exports what is queued, and stops.
+    pub async fn close(self) {
+        // Our processor's shutdown does nothing; this only turns new spans into no-ops.
+        let _ = self.provider.shutdown();
+        let _ = self.close.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn otlp_exporter(settings: &OtlpSettings) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
+    let client = reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let headers: HashMap<String, String> = settings
+        .headers
+        .iter()
+        .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+        .collect();
+    let protocol = match settings.protocol {
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::Protocol::HttpBinary,
+        OtlpProtocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+    };
+    Ok(opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(ExportClient(client))
+        .with_endpoint(settings.traces_url.as_str())
+        .with_protocol(protocol)
+        .with_timeout(settings.timeout)
+        .with_headers(headers)
+        .build()?)
+}
+
+fn sampler(setting: SamplerSetting) -> Sampler {
+    let parentless = |p: ParentlessSampler| match p {
+        ParentlessSampler::AlwaysOn => Sampler::AlwaysOn,
+        ParentlessSampler::AlwaysOff => Sampler::AlwaysOff,
+        ParentlessSampler::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+    };
+    match setting {
+        SamplerSetting::AlwaysOn => Sampler::AlwaysOn,
+        SamplerSetting::AlwaysOff => Sampler::AlwaysOff,
+        SamplerSetting::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        SamplerSetting::ParentBased(p) => Sampler::ParentBased(Box::new(parentless(p))),
+    }
+}
+
+/// The span processor: finished spans into the bounded queue, never waiting.
+#[derive(Debug)]
+struct Queue {
+    tx: mpsc::Sender<SpanData>,
+    counts: Arc<Counts>,
+}
+
+impl SpanProcessor for Queue {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.tx.try_send(span).is_err() {
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+async fn export_loop(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut rx: mpsc::Receiver<SpanData>,
+    mut close: oneshot::Receiver<()>,
+    counts: Arc<Counts>,
+) {
+    let mut batch = Vec::with_capacity(MAX_EXPORT_BATCH);
+    let mut closing = false;
+    loop {
+        if closing {
+            if rx.recv_many(&mut batch, MAX_EXPORT_BATCH).await == 0 {
+                break;
+            }
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, MAX_EXPORT_BATCH) => if n == 0 { break },
+                _ = &mut close => { rx.close(); closing = true; continue; }
+            }
+            // Gather a fuller batch for a moment, unless shutting down.
+            let deadline = tokio::time::Instant::now() + EXPORT_DELAY;
+            while batch.len() < MAX_EXPORT_BATCH && !closing {
+                let room = MAX_EXPORT_BATCH - batch.len();
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = &mut close => { rx.close(); closing = true; }
+                }
+            }
+        }
+        let spans = std::mem::replace(&mut batch, Vec::with_capacity(MAX_EXPORT_BATCH));
+        let n = spans.len() as u64;
+        if let Err(e) = exporter.export(spans).await {
+            counts.failed.fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(error = %e, spans = n, "exporting spans failed");
+        }
+    }
+    let _ = exporter.shutdown();
+}
+
+/// The exporter's HTTP client: keygate's reqwest, the answer read up to a bound.
+#[derive(Debug)]
+struct ExportClient(reqwest::Client);
+
+#[async_trait::async_trait]
+impl HttpClient for ExportClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, HttpError> {
+        let mut answer = self.0.execute(request.try_into()?).await?;
+        let mut body = BytesMut::new();
+        while let Some(chunk) = answer.chunk().await? {
+            let room = MAX_RESPONSE_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() == MAX_RESPONSE_BYTES {
+                break;
+            }
+        }
+        let mut response = http::Response::new(body.freeze());
+        *response.status_mut() = answer.status();
+        *response.headers_mut() = std::mem::take(answer.headers_mut());
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otel::{Finished, ServerSpan};
+
+    /// Export to a port nothing listens on, so that every export fails at once.
+    fn settings(queue_capacity: usize, sampler: SamplerSetting) -> OtlpSettings {
+        OtlpSettings {
+            traces_url: "http://127.0.0.1:9/v1/traces".parse().unwrap(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            headers: Vec::new(),
+            timeout: Duration::from_millis(500),
+            queue_capacity,
+            sampler,
+            service_name: "test".to_owned(),
+        }
+    }
+
+    fn finish(span: &mut ServerSpan) {
+        span.end(Finished {
+            name: "tools/call".to_owned(),
+            attributes: Vec::new(),
+            error: None,
+        });
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_drops_spans_and_counts_them() {
+        let (spans, handle) = Spans::start(&settings(2, SamplerSetting::AlwaysOn)).unwrap();
+        // The export task cannot run before this test yields: the queue holds two.
+        for _ in 0..10 {
+            finish(&mut ServerSpan::start(Some(&spans), None));
+        }
+        assert_eq!(spans.dropped(), 8);
+        handle.close().await;
+        assert_eq!(spans.failed(), 2, "the queued two were sent, and refused");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_default_sampler_follows_the_agents_sampled_flag() {
+        let parent = ParentlessSampler::AlwaysOn;
+        let (spans, handle) =
+            Spans::start(&settings(8, SamplerSetting::ParentBased(parent))).unwrap();
+        let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(ServerSpan::start(Some(&spans), Some(sampled)).is_recording());
+        assert!(!ServerSpan::start(Some(&spans), Some(unsampled)).is_recording());
+        assert!(ServerSpan::start(Some(&spans), None).is_recording());
+        handle.close().await;
+    }
+}
