@@ -6,8 +6,9 @@
 // (pipeline_upstream.mjs on PIPE_PORT) itself, and restarts it.
 //
 // 1. the HTTP+SSE upstream's tools are listed and `everything-sse_echo` answers;
-// 2. a call the client aborts (the SDK sends `notifications/cancelled`) is seen cancelled by the
-//    2025 upstream within a second;
+// 2. a call the client aborts (the SDK sends `notifications/cancelled`) is seen cancelled within
+//    a second by the 2025 upstream (sent the notification) and the 2026-07-28 one (its request
+//    dropped);
 // 3. `notifications/tools/list_changed` (after `pipeline_add-tool`) and
 //    `notifications/resources/updated` (after subscribing and `pipeline_touch`) reach the
 //    client's handlers, and the new tool is then listed;
@@ -160,22 +161,22 @@ async function legacySseUpstream(client, names) {
   log("1. HTTP+SSE upstream: everything-sse_* listed, everything-sse_echo answered");
 }
 
-async function cancellation(client) {
+async function cancellation(client, slug, era) {
   const tag = randomUUID().slice(0, 12);
   const abort = new AbortController();
-  const call = client.callTool({ name: "pipeline_wait", arguments: { tag, seconds: 10 } }, undefined,
+  const call = client.callTool({ name: `${slug}_wait`, arguments: { tag, seconds: 10 } }, undefined,
     { ...opts, signal: abort.signal });
   await sleep(500);
   abort.abort("the test cancels it");
   const cancelledAt = Date.now();
-  await call.then(() => { throw new Failure("pipeline_wait answered although aborted"); }, () => {});
+  await call.then(() => { throw new Failure(`${slug}_wait answered although aborted`); }, () => {});
   let seen = "";
   while (Date.now() - cancelledAt < 1000) {
-    seen = texts(await step("pipeline_cancelled", () => client.callTool({ name: "pipeline_cancelled", arguments: {} }, undefined, opts)));
+    seen = texts(await step(`${slug}_cancelled`, () => client.callTool({ name: `${slug}_cancelled`, arguments: {} }, undefined, opts)));
     if (seen.split(",").includes(tag)) break;
   }
-  check(seen.split(",").includes(tag), `the aborted pipeline_wait ${tag} was not seen cancelled upstream within 1 s: ${show(seen)}`);
-  log(`2. cancellation: notifications/cancelled reached the 2025 upstream within ${((Date.now() - cancelledAt) / 1000).toFixed(2)}s`);
+  check(seen.split(",").includes(tag), `the aborted ${slug}_wait ${tag} was not seen cancelled upstream within 1 s: ${show(seen)}`);
+  log(`2. cancellation: the ${era} upstream ${slug} saw the call cancelled within ${((Date.now() - cancelledAt) / 1000).toFixed(2)}s`);
 }
 
 async function notifications(client, heard) {
@@ -309,7 +310,8 @@ async function run(url, script, env) {
     check(client.getServerVersion()?.name === "keygate", `serverInfo ${show(client.getServerVersion())}`);
     const names = new Set((await step("tools/list", () => client.listTools({}, opts))).tools.map((t) => t.name));
     await legacySseUpstream(client, names);
-    await cancellation(client);
+    await cancellation(client, "pipeline", "2025");
+    await cancellation(client, "modern", "2026-07-28");
     await notifications(client, heard);
     await completion(client);
     await splitAnswers(client, "aggregated", ["split-lf", "split-crlf"], (slug) => `${slug}_`);

@@ -4,8 +4,9 @@ MCP_URL, TOKEN_LF / TOKEN_CRLF for the pass-through URLs MCP_URL/split-lf and MC
 This script starts the pipeline upstream (pipeline_upstream.mjs on PIPE_PORT) itself.
 
 1. the HTTP+SSE upstream's tools are listed and `everything-sse_echo` answers;
-2. a call the client cancels (the SDK sends `notifications/cancelled`) is seen cancelled by the
-   2025 upstream within a second;
+2. a call the client cancels (the SDK sends `notifications/cancelled`) is seen cancelled within a
+   second by the 2025 upstream (sent the notification) and the 2026-07-28 one (its request
+   dropped);
 3. `notifications/tools/list_changed` (after `pipeline_add-tool`) and
    `notifications/resources/updated` (after subscribing and `pipeline_touch`) reach the client,
    and the new tool is then listed;
@@ -113,19 +114,19 @@ async def legacy_sse_upstream(s: ClientSession, names: set[str]) -> None:
     log("1. HTTP+SSE upstream: everything-sse_* listed, everything-sse_echo answered")
 
 
-async def cancellation(s: ClientSession) -> None:
+async def cancellation(s: ClientSession, slug: str, era: str) -> None:
     tag = uuid.uuid4().hex[:12]
     with anyio.move_on_after(1):
-        await s.call_tool("pipeline_wait", {"tag": tag, "seconds": 10})
-        raise Failure("pipeline_wait returned before it was cancelled")
+        await s.call_tool(f"{slug}_wait", {"tag": tag, "seconds": 10})
+        raise Failure(f"{slug}_wait returned before it was cancelled")
     cancelled_at = time.monotonic()
     seen = ""
     while time.monotonic() - cancelled_at < 1:
-        seen = texts(await step("pipeline_cancelled", lambda: s.call_tool("pipeline_cancelled", {})))
+        seen = texts(await step(f"{slug}_cancelled", lambda: s.call_tool(f"{slug}_cancelled", {})))
         if tag in seen.split(","):
             break
-    check(tag in seen.split(","), f"the cancelled pipeline_wait {tag} was not seen cancelled upstream within 1 s: {seen!r}")
-    log(f"2. cancellation: notifications/cancelled reached the 2025 upstream within {time.monotonic() - cancelled_at:.2f}s")
+    check(tag in seen.split(","), f"the cancelled {slug}_wait {tag} was not seen cancelled upstream within 1 s: {seen!r}")
+    log(f"2. cancellation: the {era} upstream {slug} saw the call cancelled within {time.monotonic() - cancelled_at:.2f}s")
 
 
 async def notifications(s: ClientSession, heard: Heard) -> None:
@@ -216,7 +217,8 @@ async def run(mcp_url: str) -> None:
         tools = (await step("tools/list", s.list_tools)).tools
         names = {t.name: t.description or "" for t in tools}
         await legacy_sse_upstream(s, set(names))
-        await cancellation(s)
+        await cancellation(s, "pipeline", "2025")
+        await cancellation(s, "modern", "2026-07-28")
         await notifications(s, heard)
         await completion(s)
         await split_answers(s, names, "aggregated", ["split-lf", "split-crlf"], lambda slug: f"{slug}_")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The aggregated endpoint /apps/{id}/mcp carries the MCP features that cross it, for both official
 # SDK clients (the Python `mcp` SDK: aggregated_pipeline.py; the TypeScript SDK:
-# aggregated_pipeline.mjs), over four upstreams:
+# aggregated_pipeline.mjs), over these upstreams:
 #   pipeline        pipeline_upstream.mjs, the TypeScript SDK's server (2025 era): cancellation
 #                   it observes, tools/list_changed and resources/updated on demand, completions;
+#   modern          modern_server.py, the Python SDK's server, spoken to in 2026-07-28: cancellation
+#                   it observes (its request dropped);
 #   everything-sse  @modelcontextprotocol/server-everything on the legacy HTTP+SSE transport;
 #   split-lf/-crlf  split_upstream.py, raw upstreams whose SSE answers arrive in TCP writes cut
 #                   inside a UTF-8 character (LF and CRLF lines), also used on the pass-through
@@ -38,12 +40,16 @@ CRLF_PORT=$(free_port)
 "$PY" "$HERE/split_upstream.py" "$CRLF_PORT" crlf >"$WORK/split-crlf.log" 2>&1 &
 PIDS+=("$!")
 wait_port "$CRLF_PORT" "$!" "split_upstream.py crlf"
+MODERN_PORT=$(free_port)
+"$PY" "$HERE/modern_server.py" "$MODERN_PORT" >"$WORK/modern.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$MODERN_PORT" "$!" "modern_server.py"
 DOWN_PORT=$(free_port) # nothing listens there
 
-# --- the gateway and an application with all five attached ---
+# --- the gateway and an application with all six attached ---
 start_gateway
 create_app pipeline-e2e
-for spec in "pipeline http://127.0.0.1:$PIPE_PORT/mcp" "everything-sse http://127.0.0.1:$SSE_PORT/sse" \
+for spec in "pipeline http://127.0.0.1:$PIPE_PORT/mcp" "modern http://127.0.0.1:$MODERN_PORT/mcp" "everything-sse http://127.0.0.1:$SSE_PORT/sse" \
   "split-lf http://127.0.0.1:$LF_PORT/mcp" "split-crlf http://127.0.0.1:$CRLF_PORT/mcp" \
   "down http://127.0.0.1:$DOWN_PORT/mcp"; do
   read -r name url <<<"$spec"
