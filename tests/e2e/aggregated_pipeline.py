@@ -138,7 +138,7 @@ async def notifications(s: ClientSession, heard: Heard) -> None:
         added = f"t{attempt}{uuid.uuid4().hex[:6]}"
         await step("pipeline_add-tool", lambda: s.call_tool("pipeline_add-tool", {"name": added}))
         try:
-            await wait_for("x", lambda: heard.methods.count("notifications/tools/list_changed") > before, 1)
+            await wait_for("no list change", lambda: heard.methods.count("notifications/tools/list_changed") > before, 1)
             break
         except Failure:
             continue
