@@ -18,9 +18,10 @@ fi
 
 command -v cargo >/dev/null || { echo "setup: a Rust toolchain (cargo) is required" >&2; exit 1; }
 
-# --- Python venv for tests/e2e/mcp_python_oauth.sh, server_everything.sh and mcp_python_2026.sh
-# (client, and the 2026-07-28 upstream on uvicorn): the official MCP Python SDK, pinned along
-# with everything it pulls in. Skipped when the venv already holds exactly this set.
+# --- Python venv for tests/e2e/mcp_python_oauth.sh, server_everything.sh, mcp_python_2026.sh and
+# aggregated_pipeline.sh (client, and the 2026-07-28 upstream on uvicorn): the official MCP
+# Python SDK, pinned along with everything it pulls in. Skipped when the venv already holds
+# exactly this set.
 MCP_VENV="${KEYGATE_E2E_VENV:-$HOME/.cache/keygate-e2e/venv}"
 MCP_PY_REQS="mcp==2.3.0 mcp-types==2.3.0 annotated-types==0.8.0 anyio==4.16.0 attrs==26.1.0
 cffi==2.1.1 click==8.5.1 cryptography==50.0.2 h11==0.16.0 httpcore2==2.16.2 httpx2==2.16.2
@@ -69,7 +70,8 @@ if ! cmp -s "$SE_SRC/package-lock.json" "$SE_NODE/.keygate-lock" 2>/dev/null; th
   cp "$SE_SRC/package-lock.json" "$SE_NODE/.keygate-lock"
 fi
 
-# --- the official MCP TypeScript SDK client for tests/e2e/typescript_client.sh. The version of
+# --- the official MCP TypeScript SDK for tests/e2e/typescript_client.sh and aggregated_pipeline.sh
+# (its client, and its server in pipeline_upstream.mjs). The version of
 # @modelcontextprotocol/sdk (and of zod, its peer) and of everything they pull in is pinned by
 # tests/e2e/typescript-client/package-lock.json, installed with `npm ci` into KEYGATE_E2E_TS.
 # The pinned SDK 1.32.2 is the newest and runs on the machine's Node 20 (it needs >= 18; the

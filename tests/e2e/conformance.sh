@@ -33,10 +33,12 @@ declare -A ALLOWED_LOSSES=(
   # name without a known prefix with a JSON-RPC error (-32602) of its own.
   [tools-call-simple-text/tools-call-simple-text]="tools are named {slug}_{name}; unknown names get -32602"
   [tools-call-error/tools-call-error]="tools are named {slug}_{name}; unknown names get -32602"
-  # resources/subscribe and resources/unsubscribe are not offered by the aggregated server
-  # (answered -32601).
-  [resources-subscribe/resources-subscribe]="resources/subscribe is not aggregated"
-  [resources-unsubscribe/resources-unsubscribe]="resources/unsubscribe is not aggregated"
+  # The suite subscribes to test://watched-resource, a URI of its own reference server.
+  # server-everything accepts a subscription to any URI; the aggregated server routes a
+  # subscription to the upstream that owns the URI (the one that can read it), and no upstream
+  # can read this one, so it answers -32002 (resource not found).
+  [resources-subscribe/resources-subscribe]="subscriptions route to the URI's owner; the suite's URI has none (-32002)"
+  [resources-unsubscribe/resources-unsubscribe]="subscriptions route to the URI's owner; the suite's URI has none (-32002)"
   # The aggregated server answers a POST with one JSON body, not an SSE stream per request.
   [server-sse-multiple-streams/server-sse-streams-functional]="answers are JSON, not SSE streams"
 )
@@ -79,6 +81,14 @@ run() {
   [ "$(jq 'length' "$WORK/$1.json")" -gt 10 ] || fail "[$1] the suite ran almost nothing: $(tail -5 "$WORK/$1.log")"
 }
 
+# why NAME SCENARIO/CHECK: the suite's error message for that check in run NAME.
+why() {
+  local scenario=${2%%/*} id=${2#*/}
+  cat "$WORK/$1"/server-"$scenario"-*/checks.json 2>/dev/null \
+    | jq -r --arg id "$id" 'map(select(.id == $id) | .errorMessage // "(no message)") | first // "(not run)"' \
+    | head -c 200
+}
+
 run direct "http://127.0.0.1:$UPORT/mcp"
 run passthrough "http://127.0.0.1:$PPORT/apps/$AID/mcp/$SLUG"
 run aggregated "http://127.0.0.1:$PPORT/apps/$AID/mcp"
@@ -108,9 +118,9 @@ unexpected=()
 while read -r check; do
   [ -z "$check" ] && continue
   if [ -n "${ALLOWED_LOSSES[$check]:-}" ]; then
-    echo "[aggregated] lost $check (allowed: ${ALLOWED_LOSSES[$check]})"
+    echo "[aggregated] lost $check (allowed: ${ALLOWED_LOSSES[$check]}): $(why aggregated "$check")"
   else
-    unexpected+=("$check ($(jq -r --arg k "$check" '.[$k] // "MISSING"' "$WORK/aggregated.json"))")
+    unexpected+=("$check ($(jq -r --arg k "$check" '.[$k] // "MISSING"' "$WORK/aggregated.json"): $(why aggregated "$check"))")
   fi
 done <<<"$lost"
 for check in "${!ALLOWED_LOSSES[@]}"; do
