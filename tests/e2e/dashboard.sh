@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The dashboard (/ui) in a real headless Chromium (Debian's chromium + chromium-driver, which
+# scripts/setup.sh installs): dashboard.py signs in as an owner and as a member and operates
+# the gateway through the pages against a real MCP server (server-everything), with the official
+# MCP Python SDK as the agent. With KEYGATE_E2E_SCREENSHOTS=DIR it saves the main pages there.
+set -euo pipefail
+
+BIN="${KEYGATE_BIN:?set KEYGATE_BIN to the keygate binary}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=lib/gateway.sh
+source "$HERE/lib/gateway.sh"
+
+command -v chromedriver >/dev/null && [ -x /usr/bin/chromium ] ||
+  fail "no chromium/chromedriver: run scripts/setup.sh"
+
+UPORT=$(free_port)
+start_everything "$UPORT" streamableHttp everything
+
+start_gateway
+MEMBER=member@example.com
+echo "$PASSWORD" | "$BIN" --data-dir "$WORK/data" user add "$MEMBER" --role member --password-stdin >/dev/null ||
+  fail "user add $MEMBER"
+
+DPORT=$(free_port)
+chromedriver --port="$DPORT" >"$WORK/chromedriver.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$DPORT" "$!" chromedriver
+
+timeout 180 "$PY" "$HERE/dashboard.py" "$URL" "http://127.0.0.1:$UPORT/mcp" \
+  "http://127.0.0.1:$DPORT" "$EMAIL" "$MEMBER" "$PASSWORD" || fail "the dashboard in Chromium"
+
+kill -TERM "$GW"; wait "$GW" || fail "serve exited non-zero after SIGTERM"
+echo "dashboard: ok"
