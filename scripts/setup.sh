@@ -90,6 +90,18 @@ if ! cmp -s "$TS_SRC/package-lock.json" "$TS_NODE/.keygate-lock" 2>/dev/null; th
   cp "$TS_SRC/package-lock.json" "$TS_NODE/.keygate-lock"
 fi
 
+# --- axe-core for tests/e2e/dashboard.sh: the accessibility engine that test injects into the
+# dashboard's pages from a local file. Pinned by tests/e2e/axe/package-lock.json, installed with
+# `npm ci` into KEYGATE_E2E_AXE; skipped when the prefix already holds exactly this lock file.
+AXE_SRC="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e/axe"
+AXE_NODE="${KEYGATE_E2E_AXE:-$HOME/.cache/keygate-e2e/axe}"
+if ! cmp -s "$AXE_SRC/package-lock.json" "$AXE_NODE/.keygate-lock" 2>/dev/null; then
+  mkdir -p "$AXE_NODE"
+  cp "$AXE_SRC/package.json" "$AXE_SRC/package-lock.json" "$AXE_NODE/"
+  npm ci --prefix "$AXE_NODE" --omit=dev --no-audit --no-fund --loglevel=error >/dev/null
+  cp "$AXE_SRC/package-lock.json" "$AXE_NODE/.keygate-lock"
+fi
+
 # --- openapi-spec-validator for the API test that validates /api/openapi.json
 # (tests/api.rs: the_openapi_document_passes_openapi_spec_validator), in a venv of its own so
 # its pins never meet the MCP SDK's. Skipped when the venv already holds exactly this set.

@@ -30,6 +30,7 @@ from headless_oauth import Failure, check, find_failure, oauth_provider
 
 URL, UPSTREAM, DRIVER, OWNER, MEMBER, PASSWORD = sys.argv[1:7]
 SHOTS = os.environ.get("KEYGATE_E2E_SCREENSHOTS")  # a directory: save the main pages there
+AXE = os.environ["KEYGATE_E2E_AXE_JS"]  # axe.min.js (pinned by tests/e2e/axe)
 
 
 def log(line: str) -> None:
@@ -122,6 +123,26 @@ class Browser:
             self.cmd("DELETE", "")
         except Failure:
             pass
+
+
+def accessible(b: Browser, page: str) -> None:
+    """axe-core over the page: no serious or critical violation (WCAG 2 A/AA rules)."""
+    with open(AXE) as f:
+        engine = f.read()
+    # WebDriver's script execution is not page script, so the CSP does not stand in its way;
+    # the page itself still loads nothing but its own assets.
+    b.js(engine)
+    result = b.cmd("POST", "/execute/async", {"script": """
+        const done = arguments[arguments.length - 1];
+        axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}})
+          .then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact,
+                 nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 3)}))),
+                e => done([{id: 'axe failed: ' + e, impact: 'critical', nodes: []}]));
+    """, "args": []})
+    bad = [v for v in result if v["impact"] in ("serious", "critical")]
+    check(not bad, f"accessibility violations on {page}: {bad}")
+    if result:
+        log(f"{page}: minor accessibility findings {[v['id'] for v in result]}")
 
 
 def sign_in(b: Browser, email: str) -> None:
@@ -229,7 +250,8 @@ def security_checks(b: Browser) -> None:
         b.go(f"{URL}{page}")
         foreign = b.foreign_requests()
         check(not foreign, f"{page} loaded from other origins: {foreign}")
-    log("no page loaded anything from another origin")
+        accessible(b, page)
+    log("no page loaded anything from another origin; axe-core finds no serious violation")
     b.go(f"{URL}/ui/")
     b.screenshot("overview")
 

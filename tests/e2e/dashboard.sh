@@ -2,7 +2,7 @@
 # The dashboard (/ui) in a real headless Chromium (Debian's chromium + chromium-driver, which
 # scripts/setup.sh installs): dashboard.py signs in as an owner and as a member and operates
 # the gateway through the pages against a real MCP server (server-everything), with the official
-# MCP Python SDK as the agent. With KEYGATE_E2E_SCREENSHOTS=DIR it saves the main pages there.
+# MCP Python SDK as the agent, and axe-core (pinned by tests/e2e/axe) checks the main pages. With KEYGATE_E2E_SCREENSHOTS=DIR it saves the main pages there.
 set -euo pipefail
 
 BIN="${KEYGATE_BIN:?set KEYGATE_BIN to the keygate binary}"
@@ -12,6 +12,9 @@ source "$HERE/lib/gateway.sh"
 
 command -v chromedriver >/dev/null && [ -x /usr/bin/chromium ] ||
   fail "no chromium/chromedriver: run scripts/setup.sh"
+
+export KEYGATE_E2E_AXE_JS="${KEYGATE_E2E_AXE:-$HOME/.cache/keygate-e2e/axe}/node_modules/axe-core/axe.min.js"
+[ -f "$KEYGATE_E2E_AXE_JS" ] || fail "no axe-core at $KEYGATE_E2E_AXE_JS: run scripts/setup.sh"
 
 UPORT=$(free_port)
 start_everything "$UPORT" streamableHttp everything

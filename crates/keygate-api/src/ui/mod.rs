@@ -68,6 +68,7 @@ pub fn router(api_state: ApiState, api_router: Router) -> Router {
         sessions: Sessions::default(),
     };
     Router::new()
+        .route("/", get(|| async { signin::see_other("/ui/", vec![]) }))
         .route("/ui", get(|| async { signin::see_other("/ui/", vec![]) }))
         .route("/ui/", get(overview))
         .route("/ui/login", get(signin::login))
@@ -143,11 +144,18 @@ async fn signed_out_page() -> Response {
 
 /// The signed-in session, or the answer for a browser without one: a `GET` goes to sign in,
 /// anything else is refused.
-fn require_session(ui: &Ui, method: &Method, headers: &HeaderMap) -> Result<Session, Response> {
+fn require_session(
+    ui: &Ui,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Session, Box<Response>> {
     match ui.sessions.current(ui.cookies(), headers) {
         Some(s) => Ok(s),
-        None if method == Method::GET => Err(signin::see_other("/ui/login", vec![])),
-        None => Err(signed_out(StatusCode::UNAUTHORIZED, "You are signed out.")),
+        None if method == Method::GET => Err(Box::new(signin::see_other("/ui/login", vec![]))),
+        None => Err(Box::new(signed_out(
+            StatusCode::UNAUTHORIZED,
+            "You are signed out.",
+        ))),
     }
 }
 
@@ -156,15 +164,15 @@ fn require_form(
     ui: &Ui,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<Session, Response> {
+) -> Result<Session, Box<Response>> {
     let session = require_session(ui, &Method::POST, headers)?;
     if session.csrf_ok(form.get("csrf").map(String::as_str)) {
         Ok(session)
     } else {
-        Err(signed_out(
+        Err(Box::new(signed_out(
             StatusCode::FORBIDDEN,
             "This form was stale or forged (its CSRF token did not match). Reload the page and try again.",
-        ))
+        )))
     }
 }
 
@@ -207,7 +215,7 @@ async fn overview(
 ) -> Response {
     let session = match require_session(&ui, &Method::GET, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match ui
         .api(&session)
@@ -254,7 +262,7 @@ async fn applications(
 ) -> Response {
     let session = match require_session(&ui, &Method::GET, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match applications_page(&ui, &session, done_notice(&q)).await {
         Ok(page) => render(StatusCode::OK, &page),
@@ -269,7 +277,7 @@ async fn create_application(
 ) -> Response {
     let session = match require_form(&ui, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let name = form_field(&form, "name");
     let redirect_uris: Vec<&str> = form_field(&form, "redirect_uri")
@@ -328,7 +336,7 @@ async fn attach_integration(
 ) -> Response {
     let session = match require_form(&ui, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(integration) = form_field(&form, "integration").parse::<uuid::Uuid>() else {
         return back_to("/ui/applications", "Choose an integration to attach.");
@@ -362,7 +370,7 @@ async fn revoke_sessions(
 ) -> Response {
     let session = match require_form(&ui, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let revoked = ui
         .api(&session)
@@ -402,7 +410,7 @@ async fn integrations(
 ) -> Response {
     let session = match require_session(&ui, &Method::GET, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match integrations_page(&ui, &session, done_notice(&q)).await {
         Ok(page) => render(StatusCode::OK, &page),
@@ -417,7 +425,7 @@ async fn create_integration(
 ) -> Response {
     let session = match require_form(&ui, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let name = form_field(&form, "name");
     let mut body = json!({
@@ -458,7 +466,7 @@ async fn validate_integration(
 ) -> Response {
     let session = match require_form(&ui, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let result = ui
         .api(&session)
@@ -473,9 +481,7 @@ async fn validate_integration(
             let message = v.get("message").and_then(|s| s.as_str()).unwrap_or("");
             back_to(
                 "/ui/integrations",
-                &format!("Validation: {status}. {message}")
-                    .trim_end()
-                    .to_owned(),
+                format!("Validation: {status}. {message}").trim_end(),
             )
         }
         Err(e) => match shown_refusal(e) {
@@ -493,7 +499,7 @@ async fn validate_integration(
 async fn traces(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     let session = match require_session(&ui, &Method::GET, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match ui
         .api(&session)
@@ -526,7 +532,7 @@ async fn event_stream(
 ) -> Response {
     let session = match require_session(&ui, &Method::POST, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let resume = headers
         .get("last-event-id")
@@ -569,7 +575,7 @@ async fn sessions(
 ) -> Response {
     let session = match require_session(&ui, &Method::GET, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match sessions_page(&ui, &session, done_notice(&q)).await {
         Ok(page) => render(StatusCode::OK, &page),
@@ -580,7 +586,7 @@ async fn sessions(
 async fn connections(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     let session = match require_session(&ui, &Method::GET, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match ui
         .api(&session)
@@ -621,7 +627,7 @@ async fn service_accounts_page(
 async fn service_accounts(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     let session = match require_session(&ui, &Method::GET, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !session.privileged {
         return forbidden_page(&session);
@@ -653,7 +659,7 @@ async fn create_service_account(
 ) -> Response {
     let session = match require_form(&ui, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let name = form_field(&form, "name");
     let created = ui
@@ -701,6 +707,6 @@ async fn logout(
 ) -> Response {
     match require_form(&ui, &headers, &form) {
         Ok(_) => signin::logout(&ui, &headers),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
