@@ -1,6 +1,9 @@
 //! The dashboard's sessions: server-side, keyed by a random id in an HttpOnly cookie
 //! (`__Host-` on https), each holding the user's management access token and the CSRF token
-//! its forms must carry. Nothing a script can read ever holds the access token.
+//! its forms must carry. Nothing a script can read ever holds the access token. A sign-in
+//! under way keeps nothing on the server (so unauthenticated requests cannot fill memory or
+//! push out another browser's sign-in): its `state` and PKCE verifier ride in an HttpOnly
+//! cookie of their own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +15,11 @@ use subtle::ConstantTimeEq;
 
 /// The dashboard session cookie's name (before the `__Host-` prefix on https).
 pub const SESSION_COOKIE: &str = "kg_ui";
-/// The cookie naming a sign-in under way (its `state` and PKCE verifier stay on the server).
+/// The cookie of a sign-in under way: `{state}.{verifier}`.
 pub const SIGNIN_COOKIE: &str = "kg_ui_signin";
 /// How long a sign-in may take between `/ui/login` and `/ui/callback`.
 pub const SIGNIN_TTL: Duration = Duration::from_secs(600);
-/// At most this many sessions (and as many sign-ins under way) are kept; the oldest go first.
+/// At most this many sessions are kept; the one expiring first goes first.
 const CAPACITY: usize = 10_000;
 
 /// A signed-in dashboard user.
@@ -40,18 +43,45 @@ impl Session {
 }
 
 /// A sign-in under way: what `/ui/callback` must see again.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PendingSignin {
     pub state: String,
     pub verifier: String,
-    pub started: Instant,
 }
 
-/// The sessions and sign-ins of this process (a replica's users sign in to it again).
+impl PendingSignin {
+    /// A fresh `state` and PKCE verifier (256 random bits each).
+    pub fn fresh() -> Self {
+        Self {
+            state: random_token(),
+            verifier: random_token(),
+        }
+    }
+
+    /// The sign-in cookie, valid for [`SIGNIN_TTL`].
+    pub fn cookie(&self, policy: CookiePolicy) -> HeaderValue {
+        policy.set(
+            SIGNIN_COOKIE,
+            &format!("{}.{}", self.state, self.verifier),
+            SIGNIN_TTL.as_secs() as i64,
+        )
+    }
+
+    /// The sign-in the request's cookie carries.
+    pub fn from_cookie(policy: CookiePolicy, headers: &HeaderMap) -> Option<Self> {
+        let value = policy.get(headers, SIGNIN_COOKIE)?;
+        let (state, verifier) = value.split_once('.')?;
+        (!state.is_empty() && !verifier.is_empty()).then(|| Self {
+            state: state.to_owned(),
+            verifier: verifier.to_owned(),
+        })
+    }
+}
+
+/// The sessions of this process (a replica's users sign in to it again).
 #[derive(Clone, Default)]
 pub struct Sessions {
     live: Arc<Mutex<HashMap<String, Session>>>,
-    signins: Arc<Mutex<HashMap<String, PendingSignin>>>,
 }
 
 impl Sessions {
@@ -61,7 +91,7 @@ impl Sessions {
         let mut live = self.live.lock().expect("sessions lock");
         let now = Instant::now();
         live.retain(|_, s| s.expires > now);
-        evict_oldest(&mut live, |s| s.expires);
+        evict_oldest(&mut live);
         live.insert(id.clone(), session);
         id
     }
@@ -86,32 +116,15 @@ impl Sessions {
             self.live.lock().expect("sessions lock").remove(&id);
         }
     }
-
-    /// Remembers a sign-in under a new id (for the sign-in cookie).
-    pub fn start_signin(&self, pending: PendingSignin) -> String {
-        let id = random_token();
-        let mut signins = self.signins.lock().expect("sign-ins lock");
-        signins.retain(|_, p| p.started.elapsed() < SIGNIN_TTL);
-        evict_oldest(&mut signins, |p| p.started);
-        signins.insert(id.clone(), pending);
-        id
-    }
-
-    /// Takes the sign-in the request's cookie names (once: a replayed callback finds nothing).
-    pub fn take_signin(&self, policy: CookiePolicy, headers: &HeaderMap) -> Option<PendingSignin> {
-        let id = policy.get(headers, SIGNIN_COOKIE)?;
-        let pending = self.signins.lock().expect("sign-ins lock").remove(&id)?;
-        (pending.started.elapsed() < SIGNIN_TTL).then_some(pending)
-    }
 }
 
-fn evict_oldest<V, K: Ord + Copy>(map: &mut HashMap<String, V>, key: impl Fn(&V) -> K) {
+fn evict_oldest(map: &mut HashMap<String, Session>) {
     if map.len() < CAPACITY {
         return;
     }
     if let Some(oldest) = map
         .iter()
-        .min_by_key(|(_, v)| key(v))
+        .min_by_key(|(_, s)| s.expires)
         .map(|(id, _)| id.clone())
     {
         map.remove(&oldest);
@@ -147,20 +160,37 @@ mod tests {
     }
 
     #[test]
-    fn a_sign_in_is_taken_once() {
-        let sessions = Sessions::default();
-        let policy = CookiePolicy { secure: false };
-        let id = sessions.start_signin(PendingSignin {
-            state: "s".into(),
-            verifier: "v".into(),
-            started: Instant::now(),
-        });
+    fn a_sign_in_cookie_gives_back_its_state_and_verifier() {
+        let policy = CookiePolicy { secure: true };
+        let pending = PendingSignin::fresh();
+        let set = pending.cookie(policy).to_str().unwrap().to_owned();
+        assert!(
+            set.starts_with("__Host-kg_ui_signin=") && set.contains("HttpOnly"),
+            "{set}"
+        );
+        let pair = set.split(';').next().unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(
             axum::http::header::COOKIE,
-            HeaderValue::from_str(&format!("{SIGNIN_COOKIE}={id}")).unwrap(),
+            HeaderValue::from_str(pair).unwrap(),
         );
-        assert!(sessions.take_signin(policy, &headers).is_some());
-        assert!(sessions.take_signin(policy, &headers).is_none());
+        assert_eq!(PendingSignin::from_cookie(policy, &headers), Some(pending));
+    }
+
+    #[test]
+    fn a_malformed_sign_in_cookie_is_no_sign_in() {
+        let policy = CookiePolicy { secure: false };
+        for value in ["", "nodot", ".verifier", "state."] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                axum::http::header::COOKIE,
+                HeaderValue::from_str(&format!("{SIGNIN_COOKIE}={value}")).unwrap(),
+            );
+            assert_eq!(
+                PendingSignin::from_cookie(policy, &headers),
+                None,
+                "{value:?}"
+            );
+        }
     }
 }

@@ -18,20 +18,14 @@ use keygate_auth::web::random_token;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::session::{self, PendingSignin, SESSION_COOKIE, SIGNIN_COOKIE, SIGNIN_TTL, Session};
+use super::session::{self, PendingSignin, SESSION_COOKIE, SIGNIN_COOKIE, Session};
 use super::{Ui, pages};
 use crate::caller::{Caller, CallerKind};
 
 /// `GET /ui/login`: starts a sign-in and sends the browser to `/oauth2/authorize`.
 pub async fn login(State(ui): State<Ui>) -> Response {
-    let verifier = random_token();
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let state = random_token();
-    let id = ui.sessions.start_signin(PendingSignin {
-        state: state.clone(),
-        verifier,
-        started: Instant::now(),
-    });
+    let pending = PendingSignin::fresh();
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(pending.verifier.as_bytes()));
     let public = ui.public_url();
     let query = serde_urlencoded::to_string([
         ("response_type", "code"),
@@ -42,14 +36,14 @@ pub async fn login(State(ui): State<Ui>) -> Response {
         ),
         ("code_challenge", &challenge),
         ("code_challenge_method", "S256"),
-        ("state", &state),
+        ("state", &pending.state),
         ("resource", &ui.api_state.auth.management_audience()),
     ])
     .expect("strings encode as a query");
-    let cookie = ui
-        .cookies()
-        .set(SIGNIN_COOKIE, &id, SIGNIN_TTL.as_secs() as i64);
-    see_other(&format!("/oauth2/authorize?{query}"), vec![cookie])
+    see_other(
+        &format!("/oauth2/authorize?{query}"),
+        vec![pending.cookie(ui.cookies())],
+    )
 }
 
 /// `GET /ui/callback?code=…&state=…`: redeems the code and opens a session.
@@ -60,11 +54,13 @@ pub async fn callback(
 ) -> Response {
     let policy = ui.cookies();
     let clear_signin = session::clear(policy, SIGNIN_COOKIE);
-    let Some(pending) = ui.sessions.take_signin(policy, &headers) else {
-        return pages::signed_out(
-            StatusCode::BAD_REQUEST,
-            "This sign-in has expired or was already used. Sign in again.",
-        );
+    let refuse = |message: &str| {
+        let mut resp = pages::signed_out(StatusCode::BAD_REQUEST, message);
+        resp.headers_mut().append(SET_COOKIE, clear_signin.clone());
+        resp
+    };
+    let Some(pending) = PendingSignin::from_cookie(policy, &headers) else {
+        return refuse("This sign-in has expired or was already used. Sign in again.");
     };
     let state_matches = params
         .get("state")
@@ -80,7 +76,7 @@ pub async fn callback(
             .get("error_description")
             .or_else(|| params.get("error"))
             .map_or("no code", String::as_str);
-        return pages::signed_out(StatusCode::BAD_REQUEST, &format!("Sign-in refused: {why}"));
+        return refuse(&format!("Sign-in refused: {why}"));
     };
     match open_session(&ui, code, &pending.verifier, &headers).await {
         Ok(session) => {
@@ -94,7 +90,7 @@ pub async fn callback(
         }
         Err(why) => {
             tracing::info!(%why, "dashboard sign-in failed");
-            pages::signed_out(StatusCode::BAD_REQUEST, &format!("Sign-in failed: {why}"))
+            refuse(&format!("Sign-in failed: {why}"))
         }
     }
 }

@@ -40,8 +40,20 @@ fn absolute(gw: &TestGateway, loc: &str) -> String {
 /// `/ui/login` → authorize → sign-in form → consent; answers the callback URL the gateway
 /// sends the browser to (not yet followed).
 async fn callback_url(gw: &TestGateway, b: &reqwest::Client) -> String {
+    signin_callback(gw, b).await.0
+}
+
+/// The callback URL and the sign-in cookie (`name=value`) the browser holds for it.
+async fn signin_callback(gw: &TestGateway, b: &reqwest::Client) -> (String, String) {
     let resp = b.get(format!("{}/ui/login", gw.url)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let signin_cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let authorize = absolute(gw, &location(&resp));
     assert!(
         authorize.contains("code_challenge_method=S256"),
@@ -101,7 +113,7 @@ async fn callback_url(gw: &TestGateway, b: &reqwest::Client) -> String {
         next.starts_with(&format!("{}/ui/callback?", gw.url)),
         "{next}"
     );
-    next
+    (next, signin_cookie)
 }
 
 /// A browser signed in to the dashboard, and the CSRF token of its forms.
@@ -165,17 +177,33 @@ async fn a_dashboard_form_without_its_csrf_token_is_refused(backend: Backend) {
     assert_eq!(create_app(&gw, &b, &genuine).await, StatusCode::SEE_OTHER);
 }
 
+fn sets_a_session(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|c| c.to_str().unwrap().starts_with("kg_ui="))
+}
+
+/// Someone holding both the callback URL and the sign-in cookie after the browser used them
+/// gets no session: the code is spent.
 async fn a_dashboard_callback_is_used_once(backend: Backend) {
     let gw = gateway(backend).await;
     let b = browser();
-    let callback = callback_url(&gw, &b).await;
-    assert_eq!(
-        b.get(&callback).send().await.unwrap().status(),
-        StatusCode::SEE_OTHER
-    );
-    let replay = browser().get(&callback).send().await.unwrap();
+    let (callback, signin_cookie) = signin_callback(&gw, &b).await;
+    let first = b.get(&callback).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
+    assert!(sets_a_session(&first));
+    let replay = browser()
+        .get(&callback)
+        .header("cookie", &signin_cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
-    assert!(replay.headers().get("set-cookie").is_none());
+    assert!(
+        !sets_a_session(&replay),
+        "a replayed callback opened a session"
+    );
 }
 
 async fn a_dashboard_callback_with_another_state_is_refused(backend: Backend) {
