@@ -5,7 +5,8 @@ directly), so no browser-automation package is needed. Owner: sign in through ke
 sign-in and consent pages, create an integration (server-everything) and validate it, create an
 application, attach the integration, read the MCP URL from the page, connect the official MCP
 Python SDK to it and call `echo`, see the call appear live on the traces page, revoke the agent
-session on the sessions page and see the agent's token refused. Then: the CSP header, a form
+session on the sessions page and see the agent's token refused, create a service account and
+see its secret once. Then: the CSP header, a form
 POST without its CSRF token refused, no request to another origin; and a member sees her own
 sessions only and no form to change the organization.
 
@@ -231,6 +232,20 @@ async def agent_round_trip(b: Browser, mcp_url: str) -> None:
     log("revoked on the sessions page: the agent's token is refused (401)")
 
 
+def service_account_reveal(b: Browser) -> None:
+    b.go(f"{URL}/ui/service-accounts")
+    b.type("#sa-name", "ci-bot")
+    submit_form(b, "form[action='/ui/service-accounts']")
+    b.wait("the one-time secret", lambda: b.finds("#sa-secret"))
+    secret = b.js("return document.getElementById('sa-secret').value")
+    check(len(secret) >= 32, f"the revealed secret is {secret!r}")
+    b.go(f"{URL}/ui/service-accounts")
+    check("ci-bot" in b.text("table"), "the new service account is not listed")
+    check(not b.finds("#sa-secret") and secret not in b.js("return document.documentElement.outerHTML"),
+          "the secret is shown again")
+    log("service account created; its secret shown once, not again")
+
+
 def security_checks(b: Browser) -> None:
     with urllib.request.urlopen(f"{URL}/ui/signed-out") as r:
         csp = r.headers["Content-Security-Policy"] or ""
@@ -246,7 +261,8 @@ def security_checks(b: Browser) -> None:
     b.go(f"{URL}/ui/applications")
     check("forged" not in b.text("main"), "the forged application was created")
     log("a form POST without its CSRF token is refused (403)")
-    for page in ["/ui/", "/ui/applications", "/ui/integrations", "/ui/traces", "/ui/sessions"]:
+    for page in ["/ui/", "/ui/applications", "/ui/integrations", "/ui/traces", "/ui/sessions",
+                 "/ui/connections", "/ui/service-accounts"]:
         b.go(f"{URL}{page}")
         foreign = b.foreign_requests()
         check(not foreign, f"{page} loaded from other origins: {foreign}")
@@ -271,6 +287,9 @@ async def member_view(b: Browser, owner: Browser, mcp_url: str) -> None:
     b.go(f"{URL}/ui/integrations")
     check(not b.finds("form[action$='/validate']"), "the member is offered to validate")
     check(not b.finds("a[href='/ui/service-accounts']"), "the member is offered service accounts")
+    b.go(f"{URL}/ui/connections")
+    check("No integration asks for your own credentials" in b.text("main"),
+          f"my connections: {b.text('main')[:300]!r}")
     log("the member sees only her own sessions and no form to change the organization")
 
 
@@ -281,6 +300,7 @@ async def main() -> None:
         create_integration(owner)
         mcp_url = create_application(owner)
         await agent_round_trip(owner, mcp_url)
+        service_account_reveal(owner)
         security_checks(owner)
         member = Browser()
         try:
