@@ -706,7 +706,7 @@ async fn logout(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     match require_form(&ui, &headers, &form) {
-        Ok(_) => signin::logout(&ui, &headers),
+        Ok(_) => signin::logout(&ui, &headers).await,
         Err(r) => *r,
     }
 }

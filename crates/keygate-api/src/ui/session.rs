@@ -26,6 +26,8 @@ const CAPACITY: usize = 10_000;
 #[derive(Clone, Debug)]
 pub struct Session {
     pub access_token: String,
+    /// Kept only to revoke the grant at sign-out.
+    pub refresh_token: Option<String>,
     pub csrf: String,
     pub email: String,
     /// Owners and admins: the organization is theirs to change.
@@ -110,11 +112,10 @@ impl Sessions {
         }
     }
 
-    /// Forgets the session the request's cookie names.
-    pub fn close(&self, policy: CookiePolicy, headers: &HeaderMap) {
-        if let Some(id) = policy.get(headers, SESSION_COOKIE) {
-            self.live.lock().expect("sessions lock").remove(&id);
-        }
+    /// Forgets the session the request's cookie names; answers it, if there was one.
+    pub fn close(&self, policy: CookiePolicy, headers: &HeaderMap) -> Option<Session> {
+        let id = policy.get(headers, SESSION_COOKIE)?;
+        self.live.lock().expect("sessions lock").remove(&id)
     }
 }
 
@@ -143,6 +144,7 @@ mod tests {
     fn session(csrf: &str) -> Session {
         Session {
             access_token: "t".into(),
+            refresh_token: None,
             csrf: csrf.into(),
             email: "a@example.com".into(),
             privileged: false,

@@ -13,6 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keygate_auth::clients::{DASHBOARD_CALLBACK_PATH, FIRST_PARTY_CLIENT_ID};
 use keygate_auth::grants::AgentInfo;
+use keygate_auth::limits::ClientIp;
 use keygate_auth::token::{TokenRequest, exchange};
 use keygate_auth::web::random_token;
 use sha2::{Digest, Sha256};
@@ -95,14 +96,49 @@ pub async fn callback(
     }
 }
 
-/// `POST /ui/logout` (CSRF-checked by the caller): forgets the session.
-pub fn logout(ui: &Ui, headers: &HeaderMap) -> Response {
+/// `POST /ui/logout` (CSRF-checked by the caller): forgets the session and revokes its grant
+/// and access token, through the revocation endpoint's own logic.
+pub async fn logout(ui: &Ui, headers: &HeaderMap) -> Response {
     let policy = ui.cookies();
-    ui.sessions.close(policy, headers);
+    if let Some(session) = ui.sessions.close(policy, headers) {
+        if let Some(refresh) = &session.refresh_token {
+            revoke(ui, refresh, "refresh_token").await;
+        }
+        revoke(ui, &session.access_token, "access_token").await;
+    }
     see_other(
         "/ui/signed-out",
         vec![session::clear(policy, SESSION_COOKIE)],
     )
+}
+
+/// RFC 7009 revocation of `token` as the first-party client, in-process.
+async fn revoke(ui: &Ui, token: &str, hint: &str) {
+    let form = serde_urlencoded::to_string([
+        ("client_id", FIRST_PARTY_CLIENT_ID),
+        ("token", token),
+        ("token_type_hint", hint),
+    ])
+    .expect("strings encode as a form");
+    let resp = keygate_auth::revoke::revoke(
+        State(ui.api_state.auth.clone()),
+        ClientIp(std::net::Ipv6Addr::LOCALHOST.into()),
+        form_headers(),
+        form.into(),
+    )
+    .await;
+    if !resp.status().is_success() {
+        tracing::warn!(status = %resp.status(), hint, "dashboard sign-out could not revoke a token");
+    }
+}
+
+fn form_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    headers
 }
 
 /// Redeems `code` at the token endpoint's own logic and resolves who signed in.
@@ -125,12 +161,8 @@ async fn open_session(
         ("resource", &ui.api_state.auth.management_audience()),
     ])
     .expect("strings encode as a form");
-    let mut form_headers = HeaderMap::new();
-    form_headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/x-www-form-urlencoded"),
-    );
-    let request = TokenRequest::parse(&form_headers, form.as_bytes()).map_err(|e| e.to_string())?;
+    let request =
+        TokenRequest::parse(&form_headers(), form.as_bytes()).map_err(|e| e.to_string())?;
     let agent = AgentInfo {
         user_agent: headers
             .get(USER_AGENT)
@@ -160,6 +192,7 @@ async fn open_session(
         .map_err(|e| e.to_string())?;
     Ok(Session {
         access_token: token.access_token,
+        refresh_token: token.refresh_token,
         csrf: random_token(),
         email: user.email,
         privileged: caller.is_privileged(),

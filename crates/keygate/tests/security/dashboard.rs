@@ -14,6 +14,7 @@ both_backends!(
     a_dashboard_callback_with_another_state_is_refused,
     dashboard_pages_allow_no_inline_script_and_no_other_origin,
     the_dashboard_session_cookie_is_http_only,
+    signing_out_needs_the_csrf_token_and_ends_the_session,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -283,4 +284,29 @@ async fn the_dashboard_session_cookie_is_http_only(backend: Backend) {
         !session.contains("eyJ"),
         "the access token is in the cookie: {session}"
     );
+}
+
+async fn signing_out_needs_the_csrf_token_and_ends_the_session(backend: Backend) {
+    let gw = gateway(backend).await;
+    let (b, csrf) = signed_in(&gw).await;
+    let logout = format!("{}/ui/logout", gw.url);
+    let forged = b.post(&logout).form(&[("csrf", "x")]).send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let page = b.get(format!("{}/ui/", gw.url)).send().await.unwrap();
+    assert_eq!(
+        page.status(),
+        StatusCode::OK,
+        "a forged sign-out ended the session"
+    );
+    let resp = b
+        .post(&logout)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&resp), "/ui/signed-out");
+    let page = b.get(format!("{}/ui/", gw.url)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&page), "/ui/login");
 }
