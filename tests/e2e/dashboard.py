@@ -291,6 +291,14 @@ async def member_view(b: Browser, owner: Browser, mcp_url: str) -> None:
     check("No integration asks for your own credentials" in b.text("main"),
           f"my connections: {b.text('main')[:300]!r}")
     log("the member sees only her own sessions and no form to change the organization")
+    b.click("form.signout button[type=submit]")
+    b.wait("the signed-out page", lambda: urlsplit(b.url()).path == "/ui/signed-out")
+    answer = b.cmd("POST", "/execute/async", {"script": """
+        const done = arguments[arguments.length - 1];
+        fetch('/ui/sessions', {redirect: 'manual'}).then(r => done(r.type), e => done(String(e)));
+    """, "args": []})
+    check(answer == "opaqueredirect", f"after sign-out /ui/sessions answered {answer!r}, not a redirect to sign in")
+    log("signed out: the dashboard sends the browser to sign in again")
 
 
 async def main() -> None:
