@@ -32,5 +32,8 @@ wait_port "$DPORT" "$!" chromedriver
 timeout 180 "$PY" "$HERE/dashboard.py" "$URL" "http://127.0.0.1:$UPORT/mcp" \
   "http://127.0.0.1:$DPORT" "$EMAIL" "$MEMBER" "$PASSWORD" || fail "the dashboard in Chromium"
 
+# The member's sign-out revoked her dashboard token through the revocation endpoint's logic.
+! grep -q "could not revoke" "$WORK/serve.log" || fail "sign-out could not revoke the dashboard's token"
+
 kill -TERM "$GW"; wait "$GW" || fail "serve exited non-zero after SIGTERM"
 echo "dashboard: ok"

@@ -530,6 +530,8 @@ async fn event_stream(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    // An `EventSource` cannot follow a sign-in, so a stream without a session is refused
+    // (as a `POST` would be) instead of redirected.
     let session = match require_session(&ui, &Method::POST, &headers) {
         Ok(s) => s,
         Err(r) => return *r,
