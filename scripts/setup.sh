@@ -7,6 +7,9 @@ need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v jq >/dev/null || need_apt+=(jq)
 command -v openssl >/dev/null || need_apt+=(openssl) # tests/e2e/mcp_python_https.sh: its CA
+# tests/e2e/dashboard.sh: a real headless browser and its WebDriver, Debian's own builds.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -103,6 +106,18 @@ if ! cmp -s "$CONF_SRC/package-lock.json" "$CONF_NODE/.keygate-lock" 2>/dev/null
   cp "$CONF_SRC/package.json" "$CONF_SRC/package-lock.json" "$CONF_NODE/"
   npm ci --prefix "$CONF_NODE" --omit=dev --no-audit --no-fund --loglevel=error >/dev/null
   cp "$CONF_SRC/package-lock.json" "$CONF_NODE/.keygate-lock"
+fi
+
+# --- axe-core for tests/e2e/dashboard.sh: the accessibility engine that test injects into the
+# dashboard's pages from a local file. Pinned by tests/e2e/axe/package-lock.json, installed with
+# `npm ci` into KEYGATE_E2E_AXE; skipped when the prefix already holds exactly this lock file.
+AXE_SRC="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e/axe"
+AXE_NODE="${KEYGATE_E2E_AXE:-$HOME/.cache/keygate-e2e/axe}"
+if ! cmp -s "$AXE_SRC/package-lock.json" "$AXE_NODE/.keygate-lock" 2>/dev/null; then
+  mkdir -p "$AXE_NODE"
+  cp "$AXE_SRC/package.json" "$AXE_SRC/package-lock.json" "$AXE_NODE/"
+  npm ci --prefix "$AXE_NODE" --omit=dev --no-audit --no-fund --loglevel=error >/dev/null
+  cp "$AXE_SRC/package-lock.json" "$AXE_NODE/.keygate-lock"
 fi
 
 # --- openapi-spec-validator for the API test that validates /api/openapi.json

@@ -16,6 +16,7 @@ pub mod probe;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -93,6 +94,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
 
 /// `/api/v1/*` and `/api/openapi.json`.
 pub fn router(state: ApiState, options: ApiOptions) -> Router {
+    let ui_state = state.clone();
     let (api, mut doc) = api_routes().split_for_parts();
     // The paths carry their `/api/v1` prefix, so the server is the gateway's own origin.
     doc.servers = Some(vec![utoipa::openapi::Server::new(
@@ -108,13 +110,14 @@ pub fn router(state: ApiState, options: ApiOptions) -> Router {
             rate_limit::layer,
         ))
         .with_state(state);
-    Router::new()
+    let api = Router::new()
         .route(
             "/api/openapi.json",
             get(move || async move { Json(doc.as_ref().clone()) }),
         )
         .merge(api)
-        .layer(middleware::from_fn(request_id::layer))
+        .layer(middleware::from_fn(request_id::layer));
+    api.clone().merge(ui::router(ui_state, api))
 }
 
 async fn unknown_route() -> ApiError {

@@ -103,7 +103,8 @@ pub async fn authorize(State(state): State<AuthState>, RawQuery(query): RawQuery
         Ok(None) => return error_page(StatusCode::BAD_REQUEST, "Unknown or archived client"),
         Err(e) => return server_error(e),
     };
-    let Some(redirect_uri) = client.redirect_uri(get(&params, "redirect_uri")) else {
+    let Some(redirect_uri) = client.redirect_uri(get(&params, "redirect_uri"), &state.public_url)
+    else {
         return error_page(
             StatusCode::BAD_REQUEST,
             "redirect_uri is not registered for this client",

@@ -18,6 +18,10 @@ use crate::secret::verify_secret;
 
 /// The id of the built-in first-party client.
 pub const FIRST_PARTY_CLIENT_ID: &str = "keygate";
+
+/// Where the dashboard (`/ui`) receives its authorization code: the one redirect URI of the
+/// first-party client that is not a loopback one, always under the gateway's own public URL.
+pub const DASHBOARD_CALLBACK_PATH: &str = "/ui/callback";
 /// Prefix of dynamically registered client ids.
 pub const REGISTERED_CLIENT_PREFIX: &str = "mcp_";
 
@@ -102,14 +106,18 @@ impl Client {
 
     /// The redirect URI to use: the one given if it is registered (exactly, or a loopback URI
     /// differing only in port, RFC 8252 §7.3), or the only registered one when none is given.
-    pub fn redirect_uri(&self, given: Option<&str>) -> Option<String> {
+    /// The first-party client takes any loopback URI (the CLI) and the dashboard's callback on
+    /// `public_url`.
+    pub fn redirect_uri(&self, given: Option<&str>, public_url: &str) -> Option<String> {
         let registered = self.registered_redirects();
         match given {
             None if registered.len() == 1 => Some(registered[0].clone()),
             None => None,
             Some(uri) => {
                 let allowed = match self.kind {
-                    ClientKind::FirstParty => is_loopback_http(uri),
+                    ClientKind::FirstParty => {
+                        is_loopback_http(uri) || is_dashboard_callback(uri, public_url)
+                    }
                     _ => registered.iter().any(|r| redirect_matches(r, uri)),
                 };
                 allowed.then(|| uri.to_owned())
@@ -147,6 +155,10 @@ impl Client {
             _ => Err(invalid()),
         }
     }
+}
+
+fn is_dashboard_callback(uri: &str, public_url: &str) -> bool {
+    uri.strip_prefix(public_url) == Some(DASHBOARD_CALLBACK_PATH)
 }
 
 /// Exact match, except that an `http` loopback IP literal may differ in port.
@@ -273,5 +285,20 @@ mod tests {
         assert!(!redirect_matches(https, "https://app.example/cb/"));
         assert!(!redirect_matches(https, "https://app.example:444/cb"));
         assert!(!redirect_matches(https, "https://APP.example.evil/cb"));
+    }
+
+    #[test]
+    fn the_first_party_client_redirects_to_loopback_or_the_dashboard_callback_only() {
+        let client = Client {
+            id: FIRST_PARTY_CLIENT_ID.into(),
+            kind: ClientKind::FirstParty,
+        };
+        let public = "https://gw.example";
+        let ok = |uri: &str| client.redirect_uri(Some(uri), public).is_some();
+        assert!(ok("https://gw.example/ui/callback"));
+        assert!(ok("http://127.0.0.1:49152/callback"));
+        assert!(!ok("https://gw.example/ui/callback/x"));
+        assert!(!ok("https://gw.example.evil/ui/callback"));
+        assert!(!ok("https://evil.example/ui/callback"));
     }
 }

@@ -434,6 +434,7 @@ fn banner(config: &Config, bound: SocketAddr, url: &str, key: &KeySource) {
     );
     eprintln!("  create a service account:    keygate service-account create --name NAME");
     eprintln!("  management API:              {url}/api/v1   (OpenAPI: {url}/api/openapi.json)");
+    eprintln!("  dashboard:                   {url}/ui/");
 }
 
 /// What a local command does when the embedded database it was pointed at does not exist.

@@ -4,6 +4,7 @@
 
 mod capture;
 mod connect_links;
+mod dashboard;
 mod fanout;
 mod faults;
 mod forwarded_headers;
