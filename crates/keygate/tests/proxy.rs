@@ -41,6 +41,7 @@ both_backends!(
     dropped_2026_request_cancels_the_upstream_call,
     aggregated_cancel_of_an_unknown_request_reaches_every_upstream,
     aggregated_subscribe_reaches_the_resource_owner,
+    aggregated_subscribe_to_an_unknown_uri_goes_to_the_only_upstream,
     aggregated_completion_routes_by_reference,
     aggregated_list_changes_are_coalesced,
     aggregated_capabilities_follow_the_upstreams,
@@ -2363,6 +2364,21 @@ async fn aggregated_subscribe_reaches_the_resource_owner(backend: Backend) {
         (json!(7), json!(-32002)),
         "{r}"
     );
+    w.gw.stop().await;
+}
+
+/// A URI no upstream can read yet (a client watching for it to appear) belongs to the only
+/// upstream there is, as it would directly.
+async fn aggregated_subscribe_to_an_unknown_uri_goes_to_the_only_upstream(backend: Backend) {
+    let w = world(backend).await;
+    let only = FakeUpstream::named("only").await;
+    w.integration(json!({"name": "Only", "url": only.url})).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let body = rpc(5, "resources/subscribe", json!({"uri": "watch://later"}));
+    let (_, r) = status_json(w.aggregated(&alice, Some(&session), &body)).await;
+    assert_eq!((r["id"].clone(), r["result"].clone()), (json!(5), json!({})), "{r}");
+    assert_eq!(only.count("resources/subscribe"), 1);
     w.gw.stop().await;
 }
 

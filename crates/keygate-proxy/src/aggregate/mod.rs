@@ -403,7 +403,9 @@ fn resource_not_found(id: &RequestId, modern: bool) -> Response {
 }
 
 /// `resources/subscribe` and `resources/unsubscribe` (2025): to the upstream that owns the
-/// URI, the one whose read of it answers ([`route::resource_owner`]). Its
+/// URI, the one whose read of it answers ([`route::resource_owner`]). A URI nobody can read
+/// yet (a client may watch for a resource to appear) belongs to the only upstream when there
+/// is one, as it would directly; among several it has no owner. Its
 /// `notifications/resources/updated` reach the client on the merged `GET` stream, or on the
 /// answer it sends them on, with the URI unchanged.
 async fn subscription(
@@ -416,8 +418,14 @@ async fn subscription(
     let uri = &message["params"]["uri"];
     let read = json!({"jsonrpc": "2.0", "id": "kg-owner", "method": "resources/read",
         "params": {"uri": uri}});
-    let Some((member, _)) = route::resource_owner(state, members, to.downstream, &read).await?
-    else {
+    let owner = match route::resource_owner(state, members, to.downstream, &read).await? {
+        Some((member, _)) => Some(member),
+        None => match members {
+            [only] => Some(only),
+            _ => None,
+        },
+    };
+    let Some(member) = owner else {
         return Ok(resource_not_found(to.id, false));
     };
     ex.integration = Some(member.integration.id);
