@@ -240,10 +240,12 @@ pub fn scope(ex: &Exchange) -> Scope {
 /// Runs a handler's `work` in `scope`: every request [`send_upstream`] sends on its behalf
 /// gets a client span under the exchange's span, and its credential is noted in the
 /// exchange's [`Exchange::injected`], which masks it in all the exchange stores.
-pub async fn within<F: Future>(scope: Scope, work: F) -> F::Output {
-    INJECTED
-        .scope(scope.injected, PARENT.scope(scope.parent, work))
-        .await
+///
+/// A plain function, not an `async fn`: an `async fn` would hold `work` twice (as its argument
+/// and inside the future it awaits), doubling the size of every handler future, and a request
+/// moves its handler's future several times.
+pub fn within<F: Future>(scope: Scope, work: F) -> impl Future<Output = F::Output> {
+    INJECTED.scope(scope.injected, PARENT.scope(scope.parent, work))
 }
 
 /// Sends a request upstream, timing it for the upstream latency histogram. The credential on

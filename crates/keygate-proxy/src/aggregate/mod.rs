@@ -83,7 +83,8 @@ pub async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     };
     let mut ex = traced::start(&state, route, req.headers(), req.method());
     let scope = traced::scope(&ex);
-    let result = traced::within(scope, dispatch(&state, req, &mut ex)).await;
+    // Boxed, like pass-through's `forward`: the handler's future stays small when moved.
+    let result = traced::within(scope, Box::pin(dispatch(&state, req, &mut ex))).await;
     traced::finish(ex, result)
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, Limited};
 use keygate_core::IntegrationId;
 use keygate_core::model::{Category, Integration};
@@ -302,16 +302,16 @@ pub async fn rpc(
 /// or SSE stream up to the answer. `None` when the upstream missed it: it is left out of this
 /// answer (logged with its slug), and nothing of the miss is remembered — the next fan-out asks
 /// it again.
-pub async fn within<T>(
+pub fn within<'a, T>(
     state: &ProxyState,
-    member: &Member,
-    what: &str,
-    part: impl std::future::Future<Output = T>,
-) -> Option<T> {
+    member: &'a Member,
+    what: &'a str,
+    part: impl std::future::Future<Output = T> + 'a,
+) -> impl std::future::Future<Output = Option<T>> + 'a {
+    // Not an `async fn`, which would hold `part` twice (its argument and the timeout around it).
     let deadline = state.fanout_timeout;
-    match tokio::time::timeout(deadline, part).await {
-        Ok(out) => Some(out),
-        Err(_) => {
+    tokio::time::timeout(deadline, part).map(move |answered| {
+        if answered.is_err() {
             tracing::warn!(
                 integration = %member.integration.id,
                 slug = %member.integration.slug,
@@ -320,9 +320,9 @@ pub async fn within<T>(
                 timeout_ms = deadline.as_millis() as u64,
                 "upstream missed the fan-out deadline; left out of this answer"
             );
-            None
         }
-    }
+        answered.ok()
+    })
 }
 
 /// Runs an upstream's `initialize` with `message`: the session it opened (if it opened one,
