@@ -25,6 +25,7 @@ pub mod gate;
 pub mod legacy;
 pub mod origin;
 pub mod passthrough;
+pub mod policy;
 pub mod probe;
 pub mod retry;
 pub mod runtime;
@@ -76,6 +77,8 @@ pub struct RouteCache {
     pub(crate) handshakes: aggregate::handshakes::Handshakes,
     /// The aggregated endpoint's routed calls in flight, for cancellation.
     pub(crate) calls: aggregate::inflight::InFlight,
+    /// Compiled tool policies, the users they judge, listed tools' annotations.
+    pub(crate) policies: policy::PolicyCache,
 }
 
 impl ProxyState {

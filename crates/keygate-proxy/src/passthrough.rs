@@ -8,6 +8,8 @@
 //! headers pass by the allow-list of [`crate::forwarded`] (the agent's credentials stay behind,
 //! `access_token` leaves the query string); the integration's credential is set instead.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -24,6 +26,7 @@ use crate::credentials::{self, Authorization};
 use crate::error::ProxyError;
 use crate::forwarded;
 use crate::gate::McpCaller;
+use crate::policy::Stage;
 use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
 use crate::retry;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
@@ -135,6 +138,22 @@ async fn forward(
         drain(body).await;
         return Err(too_large());
     }
+    // The policy stage: only an organization with policies has its request bodies read.
+    let stage = if parts.method == http::Method::POST {
+        Stage::of(state, &caller).await?
+    } else {
+        None
+    };
+    let (body, governed) = match stage {
+        Some(stage) => {
+            let (bytes, message) = read_governed(body).await?;
+            ex.set_message(&message);
+            stage.check(state, &integration, &message, None)?;
+            let list = message["method"].as_str().map(str::to_owned);
+            (Body::from(bytes), Some((Arc::new(stage), list)))
+        }
+        None => (body, None),
+    };
     let authorization = match credentials::authorization(state, &caller, &integration)
         .await
         .map_err(named)?
@@ -185,7 +204,8 @@ async fn forward(
         let resp = traced::send_upstream(state, route_label, req)
             .await
             .map_err(named)?;
-        return Ok(relay(resp, endpoint_map, relay_for(answering)));
+        let relayed = relay(resp, endpoint_map, relay_for(answering));
+        return Ok(as_policy_lets(state, governed.as_ref(), &integration, relayed).await);
     }
     // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
     // kept, bounded, so the request can be retried once with a refreshed token.
@@ -203,11 +223,14 @@ async fn forward(
     })
     .await;
     match sent {
-        Ok(resp) => Ok(relay(
-            resp,
-            endpoint_map,
-            relay_for(Answering::Body(bytes.clone())),
-        )),
+        Ok(resp) => {
+            let relayed = relay(
+                resp,
+                endpoint_map,
+                relay_for(Answering::Body(bytes.clone())),
+            );
+            Ok(as_policy_lets(state, governed.as_ref(), &integration, relayed).await)
+        }
         Err(e @ ProxyError::NotConnected { .. }) => {
             let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
             ex.set_message(&message);
@@ -361,4 +384,71 @@ async fn request_message(body: Body) -> Value {
         return Value::Null;
     };
     serde_json::from_slice::<Value>(&collected.to_bytes()).unwrap_or(Value::Null)
+}
+
+/// A request body the policy stage judges: read whole (bounded), and its JSON-RPC message
+/// (`null` when it is none, which no policy governs).
+async fn read_governed(body: Body) -> Result<(bytes::Bytes, Value), ProxyError> {
+    let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
+    };
+    let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+    Ok((bytes, message))
+}
+
+/// The answer as the policy stage lets it through: a list answer filtered
+/// ([`filter_list_answer`]), anything else unchanged.
+async fn as_policy_lets(
+    state: &ProxyState,
+    governed: Option<&(Arc<Stage>, Option<String>)>,
+    integration: &Integration,
+    resp: Response,
+) -> Response {
+    match governed {
+        Some((stage, Some(method))) => {
+            filter_list_answer(state, stage.clone(), integration, method, resp).await
+        }
+        _ => resp,
+    }
+}
+
+/// A list answer without the items the caller may never use: a JSON answer read whole
+/// (bounded) and written anew, an SSE answer event by event. Other answers pass unchanged.
+async fn filter_list_answer(
+    state: &ProxyState,
+    stage: Arc<Stage>,
+    integration: &Integration,
+    method: &str,
+    resp: Response,
+) -> Response {
+    if keygate_policy::Action::of_list(method).is_none() || !resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    if is_event_stream(&parts.headers) {
+        let (state, integration, method) = (state.clone(), integration.clone(), method.to_owned());
+        let body = crate::aggregate::events::relay(body, std::future::pending(), move |event| {
+            let filter = |mut answer: Value| {
+                stage.filter_answer(&state, &integration, &method, &mut answer);
+                answer
+            };
+            crate::aggregate::events::map_event(event, filter, str::to_owned)
+        });
+        return Response::from_parts(parts, body);
+    }
+    let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let e = ProxyError::Upstream(format!("reading the list answer: {e}"));
+            return e.of_integration(integration).answer(None);
+        }
+    };
+    let Ok(mut answer) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    stage.filter_answer(state, integration, method, &mut answer);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(answer.to_string()))
 }

@@ -7,6 +7,7 @@ pub mod connections;
 pub mod integrations;
 pub mod keys;
 pub mod oauth;
+pub mod policies;
 pub mod sessions;
 pub mod traces;
 pub mod upstream_oauth;
