@@ -365,7 +365,10 @@ fn user_uid(principal: &Principal) -> EntityUid {
 }
 
 fn tool_uid(target: &Target) -> EntityUid {
-    uid("Tool", &format!("{}/{}", target.integration.slug, target.name))
+    uid(
+        "Tool",
+        &format!("{}/{}", target.integration.slug, target.name),
+    )
 }
 
 fn action_uid(action: Action) -> EntityUid {
@@ -400,10 +403,22 @@ fn entities(principal: &Principal, action: Action, target: &Target) -> Result<En
             ("kind".to_owned(), string(action.kind())),
             ("integration".to_owned(), integration),
             ("application".to_owned(), string(&target.application)),
-            ("readOnlyHint".to_owned(), RestrictedExpression::new_bool(a.read_only_hint)),
-            ("destructiveHint".to_owned(), RestrictedExpression::new_bool(a.destructive_hint)),
-            ("idempotentHint".to_owned(), RestrictedExpression::new_bool(a.idempotent_hint)),
-            ("openWorldHint".to_owned(), RestrictedExpression::new_bool(a.open_world_hint)),
+            (
+                "readOnlyHint".to_owned(),
+                RestrictedExpression::new_bool(a.read_only_hint),
+            ),
+            (
+                "destructiveHint".to_owned(),
+                RestrictedExpression::new_bool(a.destructive_hint),
+            ),
+            (
+                "idempotentHint".to_owned(),
+                RestrictedExpression::new_bool(a.idempotent_hint),
+            ),
+            (
+                "openWorldHint".to_owned(),
+                RestrictedExpression::new_bool(a.open_world_hint),
+            ),
         ]),
         HashSet::new(),
     )
@@ -419,8 +434,8 @@ fn request(
 ) -> Result<(Request, Entities), String> {
     let entities = entities(principal, action, target)?;
     let arguments = convert::record(arguments.unwrap_or(&Value::Null))?;
-    let context = Context::from_pairs([("arguments".to_owned(), arguments)])
-        .map_err(|e| e.to_string())?;
+    let context =
+        Context::from_pairs([("arguments".to_owned(), arguments)]).map_err(|e| e.to_string())?;
     let req = Request::new(
         user_uid(principal),
         action_uid(action),
@@ -482,24 +497,46 @@ mod tests {
         let forbid = stored("forbid (principal, action, resource);", false);
         let compiled = Compiled::new(&[forbid]);
         assert!(!compiled.governs());
-        assert!(compiled.decide(&member(), Action::CallTool, &tool("x", false), None).allowed);
+        assert!(
+            compiled
+                .decide(&member(), Action::CallTool, &tool("x", false), None)
+                .allowed
+        );
     }
 
     #[test]
     fn a_forbid_names_itself_in_the_denial() {
-        let forbid = stored(r#"forbid (principal, action, resource) when { resource.name == "wire" };"#, true);
+        let forbid = stored(
+            r#"forbid (principal, action, resource) when { resource.name == "wire" };"#,
+            true,
+        );
         let id = forbid.id.to_string();
         let compiled = Compiled::new(&[stored(PERMIT_ALL, true), forbid]);
         let d = compiled.decide(&member(), Action::CallTool, &tool("wire", false), None);
         assert_eq!((d.allowed, d.policy_ids), (false, vec![id]));
-        assert!(compiled.decide(&member(), Action::CallTool, &tool("read", false), None).allowed);
+        assert!(
+            compiled
+                .decide(&member(), Action::CallTool, &tool("read", false), None)
+                .allowed
+        );
     }
 
     #[test]
     fn with_policies_only_what_a_permit_matches_is_allowed() {
-        let compiled = Compiled::new(&[stored(r#"permit (principal, action, resource) when { resource.readOnlyHint };"#, true)]);
-        assert!(compiled.decide(&member(), Action::CallTool, &tool("r", true), None).allowed);
-        assert!(!compiled.decide(&member(), Action::CallTool, &tool("w", false), None).allowed);
+        let compiled = Compiled::new(&[stored(
+            r#"permit (principal, action, resource) when { resource.readOnlyHint };"#,
+            true,
+        )]);
+        assert!(
+            compiled
+                .decide(&member(), Action::CallTool, &tool("r", true), None)
+                .allowed
+        );
+        assert!(
+            !compiled
+                .decide(&member(), Action::CallTool, &tool("w", false), None)
+                .allowed
+        );
     }
 
     #[test]
@@ -511,16 +548,32 @@ mod tests {
         let t = tool("transfer", false);
         let small = json!({"amount": 99});
         let large = json!({"amount": 100});
-        assert!(compiled.decide(&member(), Action::CallTool, &t, Some(&small)).allowed);
-        assert!(!compiled.decide(&member(), Action::CallTool, &t, Some(&large)).allowed);
+        assert!(
+            compiled
+                .decide(&member(), Action::CallTool, &t, Some(&small))
+                .allowed
+        );
+        assert!(
+            !compiled
+                .decide(&member(), Action::CallTool, &t, Some(&large))
+                .allowed
+        );
     }
 
     #[test]
     fn a_missing_argument_fails_closed_even_in_a_forbid() {
-        let forbid = stored(r#"forbid (principal, action, resource) when { context.arguments.amount >= 100 };"#, true);
+        let forbid = stored(
+            r#"forbid (principal, action, resource) when { context.arguments.amount >= 100 };"#,
+            true,
+        );
         let id = forbid.id.to_string();
         let compiled = Compiled::new(&[stored(PERMIT_ALL, true), forbid]);
-        let d = compiled.decide(&member(), Action::CallTool, &tool("transfer", false), Some(&json!({})));
+        let d = compiled.decide(
+            &member(),
+            Action::CallTool,
+            &tool("transfer", false),
+            Some(&json!({})),
+        );
         assert!(!d.allowed);
         assert_eq!(d.policy_ids, vec![id]);
         assert!(!d.errors.is_empty());
@@ -529,8 +582,14 @@ mod tests {
     #[test]
     fn lists_hide_only_what_can_never_be_permitted() {
         let compiled = Compiled::new(&[
-            stored(r#"permit (principal, action, resource) when { context.arguments.amount < 100 };"#, true),
-            stored(r#"forbid (principal, action, resource) when { resource.name == "wire" };"#, true),
+            stored(
+                r#"permit (principal, action, resource) when { context.arguments.amount < 100 };"#,
+                true,
+            ),
+            stored(
+                r#"forbid (principal, action, resource) when { resource.name == "wire" };"#,
+                true,
+            ),
         ]);
         assert!(compiled.may_ever(&member(), Action::CallTool, &tool("transfer", false)));
         assert!(!compiled.may_ever(&member(), Action::CallTool, &tool("wire", false)));
@@ -538,8 +597,19 @@ mod tests {
 
     #[test]
     fn the_kind_follows_the_action() {
-        let compiled = Compiled::new(&[stored(r#"permit (principal, action, resource) when { resource.kind == "prompt" };"#, true)]);
-        assert!(compiled.decide(&member(), Action::GetPrompt, &tool("p", false), None).allowed);
-        assert!(!compiled.decide(&member(), Action::CallTool, &tool("p", false), None).allowed);
+        let compiled = Compiled::new(&[stored(
+            r#"permit (principal, action, resource) when { resource.kind == "prompt" };"#,
+            true,
+        )]);
+        assert!(
+            compiled
+                .decide(&member(), Action::GetPrompt, &tool("p", false), None)
+                .allowed
+        );
+        assert!(
+            !compiled
+                .decide(&member(), Action::CallTool, &tool("p", false), None)
+                .allowed
+        );
     }
 }

@@ -43,11 +43,7 @@ pub fn validate(text: &str) -> Result<(), Vec<Problem>> {
         .filter(|e| !about_arguments(text, *e))
         .flat_map(|e| problems(text, e))
         .collect();
-    if found.is_empty() {
-        Ok(())
-    } else {
-        Err(found)
-    }
+    if found.is_empty() { Ok(()) } else { Err(found) }
 }
 
 /// Whether a validation error is about `context.arguments`, which the schema leaves untyped:
@@ -122,7 +118,8 @@ when { principal.role == "member" && !resource.readOnlyHint };"#;
 
     #[test]
     fn a_syntax_error_names_its_line_and_column() {
-        let problems = validate("permit (principal, action, resource);\nforbid (principal,").unwrap_err();
+        let problems =
+            validate("permit (principal, action, resource);\nforbid (principal,").unwrap_err();
         assert_eq!(problems[0].line, Some(2), "{problems:?}");
         assert!(problems[0].column.is_some(), "{problems:?}");
     }
@@ -131,7 +128,11 @@ when { principal.role == "member" && !resource.readOnlyHint };"#;
     fn an_attribute_the_schema_lacks_is_refused_with_its_place() {
         let text = "permit (principal, action, resource)\nwhen { principal.department == \"x\" };";
         let problems = validate(text).unwrap_err();
-        assert_eq!((problems[0].line, problems[0].column), (Some(2), Some(8)), "{problems:?}");
+        assert_eq!(
+            (problems[0].line, problems[0].column),
+            (Some(2), Some(8)),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -143,7 +144,10 @@ when { context.arguments has amount && context.arguments.amount < 100 };"#;
 
     #[test]
     fn text_over_the_limit_is_refused() {
-        let text = format!("permit (principal, action, resource);{}", " ".repeat(MAX_TEXT_BYTES));
+        let text = format!(
+            "permit (principal, action, resource);{}",
+            " ".repeat(MAX_TEXT_BYTES)
+        );
         assert!(validate(&text).is_err());
     }
 }

@@ -159,10 +159,7 @@ impl Stage {
         let Some((_, key)) = Action::of_list(method) else {
             return;
         };
-        if let Some(Value::Array(items)) = answer
-            .get_mut("result")
-            .and_then(|r| r.get_mut(key))
-        {
+        if let Some(Value::Array(items)) = answer.get_mut("result").and_then(|r| r.get_mut(key)) {
             self.filter_list(state, integration, method, items);
         }
     }

@@ -33,9 +33,7 @@ struct World {
 async fn world(backend: Backend) -> World {
     let w = McpWorld::start(backend, AppClient::Public, |_| {}).await;
     let up = FakeUpstream::named("alpha").await;
-    let (_, slug) = w
-        .integration(json!({"name": "Alpha", "url": up.url}))
-        .await;
+    let (_, slug) = w.integration(json!({"name": "Alpha", "url": up.url})).await;
     World { w, up, slug }
 }
 
@@ -89,7 +87,10 @@ impl World {
             .send()
             .await
             .unwrap();
-        let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let session = resp.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let resp = http
             .post(&self.w.app_url)
             .bearer_auth(token)
@@ -135,7 +136,11 @@ fn tools(answer: &Value) -> Vec<String> {
 }
 
 fn call(id: i64, tool: &str, arguments: Value) -> Value {
-    rpc(id, "tools/call", json!({"name": tool, "arguments": arguments}))
+    rpc(
+        id,
+        "tools/call",
+        json!({"name": tool, "arguments": arguments}),
+    )
 }
 
 const PERMIT_ALL: &str = "permit (principal, action, resource);";
@@ -176,7 +181,11 @@ when {{ resource.name == "echo" }};"#,
     assert_eq!(refused["id"], 4, "{refused}");
     assert_eq!(refused["error"]["code"], -32043, "{refused}");
     assert_eq!(refused["error"]["data"]["policyIds"], json!([id]));
-    assert_eq!(t.upstream_calls(), 0, "a denied call never reaches the upstream");
+    assert_eq!(
+        t.upstream_calls(),
+        0,
+        "a denied call never reaches the upstream"
+    );
 
     let listed = t.passthrough(&alice, rpc(5, "tools/list", json!({}))).await;
     assert_eq!(tools(&listed), ["ask", "echo", "slow"]);
@@ -195,14 +204,26 @@ when { context.arguments has amount && context.arguments.amount < 100 };"#,
     .await;
     let alice = t.w.token(t.w.alice).await;
     let listed = t.passthrough(&alice, rpc(1, "tools/list", json!({}))).await;
-    assert_eq!(tools(&listed), ["ask", "echo", "slow"], "some call may be permitted");
-    let small = t.passthrough(&alice, call(2, "echo", json!({"amount": 99}))).await;
+    assert_eq!(
+        tools(&listed),
+        ["ask", "echo", "slow"],
+        "some call may be permitted"
+    );
+    let small = t
+        .passthrough(&alice, call(2, "echo", json!({"amount": 99})))
+        .await;
     assert!(small["result"].is_object(), "{small}");
-    let large = t.passthrough(&alice, call(3, "echo", json!({"amount": 100}))).await;
+    let large = t
+        .passthrough(&alice, call(3, "echo", json!({"amount": 100})))
+        .await;
     assert_eq!(large["error"]["code"], -32043, "{large}");
-    let large = t.aggregated(&alice, call(4, "alpha_echo", json!({"amount": 500}))).await;
+    let large = t
+        .aggregated(&alice, call(4, "alpha_echo", json!({"amount": 500})))
+        .await;
     assert_eq!(large["error"]["code"], -32043, "{large}");
-    let small = t.aggregated(&alice, call(5, "alpha_echo", json!({"amount": 5}))).await;
+    let small = t
+        .aggregated(&alice, call(5, "alpha_echo", json!({"amount": 5})))
+        .await;
     assert!(small["result"].is_object(), "{small}");
     assert_eq!(t.upstream_calls(), 2);
 }
@@ -226,13 +247,12 @@ when { principal.role != "member" || resource.readOnlyHint };"#,
     assert_eq!(write["error"]["code"], -32043, "{write}");
     assert_eq!(t.upstream_calls(), 1);
 
-    let admin = t
-        .w
-        .gw
-        .store
-        .create_user(t.w.gw.org, "carol@example.com", Role::Admin, None)
-        .await
-        .unwrap();
+    let admin =
+        t.w.gw
+            .store
+            .create_user(t.w.gw.org, "carol@example.com", Role::Admin, None)
+            .await
+            .unwrap();
     let carol = t.w.token(admin.id).await;
     let listed = t.passthrough(&carol, rpc(5, "tools/list", json!({}))).await;
     assert_eq!(tools(&listed), ["ask", "echo", "slow"]);
@@ -268,7 +288,10 @@ async fn a_failing_condition_denies_and_is_traced(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(event["toolName"], "echo", "{event}");
-    assert!(event["errorMessage"].as_str().unwrap().contains(&id), "{event}");
+    assert!(
+        event["errorMessage"].as_str().unwrap().contains(&id),
+        "{event}"
+    );
 }
 
 async fn a_disabled_or_deleted_policy_stops_applying(backend: Backend) {
@@ -285,21 +308,22 @@ async fn a_disabled_or_deleted_policy_stops_applying(backend: Backend) {
         Backend::Sqlite => None,
     };
     // On PostgreSQL the second gateway answers; it learns of each change through the store.
-    let gateway_url = replica.as_ref().map_or(t.w.gw.url.clone(), |r| r.url.clone());
+    let gateway_url = replica
+        .as_ref()
+        .map_or(t.w.gw.url.clone(), |r| r.url.clone());
     let app_url = format!("{gateway_url}/apps/{}/mcp/{}", t.w.app, t.slug);
     let alice = t.w.token(t.w.alice).await;
     let echo_allowed = || async {
-        let resp = t
-            .w
-            .gw
-            .http
-            .post(&app_url)
-            .header("accept", "application/json, text/event-stream")
-            .bearer_auth(&alice)
-            .json(&call(1, "echo", json!({})))
-            .send()
-            .await
-            .unwrap();
+        let resp =
+            t.w.gw
+                .http
+                .post(&app_url)
+                .header("accept", "application/json, text/event-stream")
+                .bearer_auth(&alice)
+                .json(&call(1, "echo", json!({})))
+                .send()
+                .await
+                .unwrap();
         answer(resp).await["result"].is_object()
     };
     let within_a_second = |want: bool| {
@@ -341,7 +365,11 @@ when { context.arguments has amount && context.arguments.amount < 100 };"#,
     )
     .await;
     let alice = t.w.token(t.w.alice).await;
-    let host = reqwest::Url::parse(&t.up.url).unwrap().host_str().unwrap().to_owned();
+    let host = reqwest::Url::parse(&t.up.url)
+        .unwrap()
+        .host_str()
+        .unwrap()
+        .to_owned();
     for amount in [5, 500] {
         let dry_run = json!({
             "principal": {"id": t.w.alice.to_string(), "email": t.w.email(t.w.alice), "role": "member"},
@@ -352,12 +380,23 @@ when { context.arguments has amount && context.arguments.amount < 100 };"#,
         });
         let (status, _, decided) =
             t.w.gw
-                .api(Method::POST, "/policies/evaluate", &t.w.admin, Some(dry_run))
+                .api(
+                    Method::POST,
+                    "/policies/evaluate",
+                    &t.w.admin,
+                    Some(dry_run),
+                )
                 .await;
         assert_eq!(status, 200, "{decided}");
-        let gateway = t.passthrough(&alice, call(1, "echo", json!({"amount": amount}))).await;
+        let gateway = t
+            .passthrough(&alice, call(1, "echo", json!({"amount": amount})))
+            .await;
         let allowed = gateway["result"].is_object();
-        assert_eq!(decided["decision"] == "allow", allowed, "{decided} vs {gateway}");
+        assert_eq!(
+            decided["decision"] == "allow",
+            allowed,
+            "{decided} vs {gateway}"
+        );
     }
 }
 
@@ -373,7 +412,10 @@ async fn members_cannot_change_policies(backend: Backend) {
     let id = t.policy("p", PERMIT_ALL).await;
     let path = format!("/policies/{id}");
     let disable = json!({"enabled": false});
-    let (status, _, _) = t.w.gw.api(Method::PATCH, &path, &member, Some(disable)).await;
+    let (status, _, _) =
+        t.w.gw
+            .api(Method::PATCH, &path, &member, Some(disable))
+            .await;
     assert_eq!(status, 403);
     let (status, _, _) = t.w.gw.api(Method::DELETE, &path, &member, None).await;
     assert_eq!(status, 403);
@@ -390,7 +432,12 @@ async fn bad_policy_text_is_refused_with_its_place(backend: Backend) {
     let broken = "permit (principal, action, resource);\nforbid (principal,".to_owned();
     let (status, _, refused) =
         t.w.gw
-            .api(Method::POST, "/policies", admin, Some(create(broken.clone())))
+            .api(
+                Method::POST,
+                "/policies",
+                admin,
+                Some(create(broken.clone())),
+            )
             .await;
     assert_eq!(status, 400, "{refused}");
     let first = &refused["validationErrors"][0];
@@ -400,20 +447,35 @@ async fn bad_policy_text_is_refused_with_its_place(backend: Backend) {
     let unknown = "permit (principal, action, resource)\nwhen { principal.team == \"x\" };";
     let (status, _, refused) =
         t.w.gw
-            .api(Method::POST, "/policies", admin, Some(create(unknown.into())))
+            .api(
+                Method::POST,
+                "/policies",
+                admin,
+                Some(create(unknown.into())),
+            )
             .await;
     assert_eq!(status, 400, "{refused}");
     let first = &refused["validationErrors"][0];
-    assert_eq!((first["line"].clone(), first["column"].clone()), (json!(2), json!(8)));
+    assert_eq!(
+        (first["line"].clone(), first["column"].clone()),
+        (json!(2), json!(8))
+    );
 
     let huge = format!("{PERMIT_ALL}\n// {}", "x".repeat(70 * 1024));
     let (status, _, refused) =
-        t.w.gw.api(Method::POST, "/policies", admin, Some(create(huge))).await;
+        t.w.gw
+            .api(Method::POST, "/policies", admin, Some(create(huge)))
+            .await;
     assert_eq!(status, 400, "{refused}");
 
     let (status, _, checked) =
         t.w.gw
-            .api(Method::POST, "/policies/validate", admin, Some(json!({"text": broken})))
+            .api(
+                Method::POST,
+                "/policies/validate",
+                admin,
+                Some(json!({"text": broken})),
+            )
             .await;
     assert_eq!(status, 200);
     assert_eq!(checked["valid"], false, "{checked}");

@@ -135,7 +135,11 @@ async fn update_policy(
     ApiJson(body): ApiJson<UpdatePolicy>,
 ) -> Result<Json<PolicyEnvelope>, ApiError> {
     caller.require_privileged()?;
-    let name = body.name.as_deref().map(|n| check_name("name", n)).transpose()?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| check_name("name", n))
+        .transpose()?;
     let description = match body.description {
         Some(d) => Some(check_description(Some(d))?),
         None => None,
