@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 both_backends!(
     without_policies_everything_is_listed_and_callable,
     a_forbid_hides_and_refuses_a_tool_on_both_routes,
+    an_sse_list_answer_is_filtered_event_by_event,
     an_argument_condition_decides_each_call,
     members_only_use_read_only_tools,
     a_failing_condition_denies_and_is_traced,
@@ -192,6 +193,32 @@ when {{ resource.name == "echo" }};"#,
     let called = t.aggregated(&alice, call(6, "alpha_echo", json!({}))).await;
     assert!(called["result"].is_object(), "{called}");
     assert_eq!(t.upstream_calls(), 1);
+}
+
+async fn an_sse_list_answer_is_filtered_event_by_event(backend: Backend) {
+    let t = world(backend).await;
+    t.up.split_writes("\n");
+    t.policy("everyone", PERMIT_ALL).await;
+    t.policy(
+        "no slow",
+        r#"forbid (principal, action, resource) when { resource.name == "slow" };"#,
+    )
+    .await;
+    let alice = t.w.token(t.w.alice).await;
+    let resp = t
+        .w
+        .gw
+        .http
+        .post(format!("{}/{}", t.w.app_url, t.slug))
+        .header("accept", "application/json, text/event-stream")
+        .bearer_auth(&alice)
+        .json(&rpc(1, "tools/list", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let listed = answer(resp).await;
+    assert_eq!(tools(&listed), ["ask", "echo", "menu"]);
 }
 
 async fn an_argument_condition_decides_each_call(backend: Backend) {
