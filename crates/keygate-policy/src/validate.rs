@@ -40,7 +40,7 @@ pub fn validate(text: &str) -> Result<(), Vec<Problem>> {
     let result = Validator::new(crate::schema().clone()).validate(&set, ValidationMode::Strict);
     let found: Vec<Problem> = result
         .validation_errors()
-        .filter(|e| !about_arguments(text, *e))
+        .filter(|e| !about_arguments(text, e))
         .flat_map(|e| problems(text, e))
         .collect();
     if found.is_empty() { Ok(()) } else { Err(found) }

@@ -205,17 +205,16 @@ async fn an_sse_list_answer_is_filtered_event_by_event(backend: Backend) {
     )
     .await;
     let alice = t.w.token(t.w.alice).await;
-    let resp = t
-        .w
-        .gw
-        .http
-        .post(format!("{}/{}", t.w.app_url, t.slug))
-        .header("accept", "application/json, text/event-stream")
-        .bearer_auth(&alice)
-        .json(&rpc(1, "tools/list", json!({})))
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        t.w.gw
+            .http
+            .post(format!("{}/{}", t.w.app_url, t.slug))
+            .header("accept", "application/json, text/event-stream")
+            .bearer_auth(&alice)
+            .json(&rpc(1, "tools/list", json!({})))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let listed = answer(resp).await;
     assert_eq!(tools(&listed), ["ask", "echo", "menu"]);
