@@ -146,11 +146,22 @@ async fn forward(
     };
     let (body, governed) = match stage {
         Some(stage) => {
-            let (bytes, message) = read_governed(body).await?;
+            let message = read_governed(body).await?;
             ex.set_message(&message);
-            stage.check(state, &integration, &message, None)?;
+            // Each message of a batch is judged like a single one.
+            let messages = match &message {
+                Value::Array(batch) => batch.as_slice(),
+                single => std::slice::from_ref(single),
+            };
+            for m in messages {
+                stage.check(state, &integration, m, None)?;
+            }
             let list = message["method"].as_str().map(str::to_owned);
-            (Body::from(bytes), Some((Arc::new(stage), list)))
+            // The upstream gets the message as judged, not bytes another parser might read
+            // differently (duplicate keys).
+            let judged =
+                serde_json::to_vec(&message).map_err(|e| ProxyError::Internal(e.to_string()))?;
+            (Body::from(judged), Some((Arc::new(stage), list)))
         }
         None => (body, None),
     };
@@ -386,16 +397,19 @@ async fn request_message(body: Body) -> Value {
     serde_json::from_slice::<Value>(&collected.to_bytes()).unwrap_or(Value::Null)
 }
 
-/// A request body the policy stage judges: read whole (bounded), and its JSON-RPC message
-/// (`null` when it is none, which no policy governs).
-async fn read_governed(body: Body) -> Result<(bytes::Bytes, Value), ProxyError> {
+/// A request body the policy stage judges: read whole (bounded) and parsed. A body that is
+/// no JSON is refused (`-32700`) rather than passed to an upstream that might read it anyway.
+async fn read_governed(body: Body) -> Result<Value, ProxyError> {
     let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
     };
-    let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-    Ok((bytes, message))
+    serde_json::from_slice::<Value>(&bytes).map_err(|_| ProxyError::BadRequest {
+        status: StatusCode::BAD_REQUEST,
+        code: jsonrpc::PARSE_ERROR,
+        message: "Parse error".into(),
+    })
 }
 
 /// The answer as the policy stage lets it through: a list answer filtered

@@ -15,6 +15,7 @@ both_backends!(
     without_policies_everything_is_listed_and_callable,
     a_forbid_hides_and_refuses_a_tool_on_both_routes,
     an_sse_list_answer_is_filtered_event_by_event,
+    a_batch_cannot_carry_a_denied_call_upstream,
     an_argument_condition_decides_each_call,
     members_only_use_read_only_tools,
     a_failing_condition_denies_and_is_traced,
@@ -218,6 +219,21 @@ async fn an_sse_list_answer_is_filtered_event_by_event(backend: Backend) {
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let listed = answer(resp).await;
     assert_eq!(tools(&listed), ["ask", "echo", "menu"]);
+}
+
+async fn a_batch_cannot_carry_a_denied_call_upstream(backend: Backend) {
+    let t = world(backend).await;
+    t.policy("everyone", PERMIT_ALL).await;
+    t.policy(
+        "no slow",
+        r#"forbid (principal, action, resource) when { resource.name == "slow" };"#,
+    )
+    .await;
+    let alice = t.w.token(t.w.alice).await;
+    let batch = json!([call(1, "echo", json!({})), call(2, "slow", json!({}))]);
+    let refused = t.passthrough(&alice, batch).await;
+    assert_eq!(refused["error"]["code"], -32043, "{refused}");
+    assert_eq!(t.upstream_calls(), 0);
 }
 
 async fn an_argument_condition_decides_each_call(backend: Backend) {
