@@ -156,12 +156,12 @@ async fn forward(
             for m in messages {
                 stage.check(state, &integration, m, None)?;
             }
-            let list = message["method"].as_str().map(str::to_owned);
+            let lists = Arc::new(list_requests(messages));
             // The upstream gets the message as judged, not bytes another parser might read
             // differently (duplicate keys).
             let judged =
                 serde_json::to_vec(&message).map_err(|e| ProxyError::Internal(e.to_string()))?;
-            (Body::from(judged), Some((Arc::new(stage), list)))
+            (Body::from(judged), Some((Arc::new(stage), lists)))
         }
         None => (body, None),
     };
@@ -412,17 +412,50 @@ async fn read_governed(body: Body) -> Result<Value, ProxyError> {
     })
 }
 
-/// The answer as the policy stage lets it through: a list answer filtered
+/// The list requests among a body's messages: (id, method), to filter the answers to them.
+type ListRequests = Arc<Vec<(Value, String)>>;
+
+fn list_requests(messages: &[Value]) -> Vec<(Value, String)> {
+    messages
+        .iter()
+        .filter_map(|m| {
+            let method = m["method"].as_str()?;
+            keygate_policy::Action::of_list(method)?;
+            Some((m.get("id")?.clone(), method.to_owned()))
+        })
+        .collect()
+}
+
+/// Filters the answers (one, or a batch's) to the list requests among them, in place.
+fn filter_answers(
+    state: &ProxyState,
+    stage: &Stage,
+    integration: &Integration,
+    lists: &[(Value, String)],
+    answer: &mut Value,
+) {
+    let answers = match answer {
+        Value::Array(batch) => batch.as_mut_slice(),
+        single => std::slice::from_mut(single),
+    };
+    for a in answers {
+        if let Some((_, method)) = lists.iter().find(|(id, _)| a.get("id") == Some(id)) {
+            stage.filter_answer(state, integration, method, a);
+        }
+    }
+}
+
+/// The answer as the policy stage lets it through: the answers to list requests filtered
 /// ([`filter_list_answer`]), anything else unchanged.
 async fn as_policy_lets(
     state: &ProxyState,
-    governed: Option<&(Arc<Stage>, Option<String>)>,
+    governed: Option<&(Arc<Stage>, ListRequests)>,
     integration: &Integration,
     resp: Response,
 ) -> Response {
     match governed {
-        Some((stage, Some(method))) => {
-            filter_list_answer(state, stage.clone(), integration, method, resp).await
+        Some((stage, lists)) if !lists.is_empty() => {
+            filter_list_answer(state, stage.clone(), integration, lists.clone(), resp).await
         }
         _ => resp,
     }
@@ -434,18 +467,18 @@ async fn filter_list_answer(
     state: &ProxyState,
     stage: Arc<Stage>,
     integration: &Integration,
-    method: &str,
+    lists: ListRequests,
     resp: Response,
 ) -> Response {
-    if keygate_policy::Action::of_list(method).is_none() || !resp.status().is_success() {
+    if !resp.status().is_success() {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
     if is_event_stream(&parts.headers) {
-        let (state, integration, method) = (state.clone(), integration.clone(), method.to_owned());
+        let (state, integration) = (state.clone(), integration.clone());
         let body = crate::aggregate::events::relay(body, std::future::pending(), move |event| {
             let filter = |mut answer: Value| {
-                stage.filter_answer(&state, &integration, &method, &mut answer);
+                filter_answers(&state, &stage, &integration, &lists, &mut answer);
                 answer
             };
             crate::aggregate::events::map_event(event, filter, str::to_owned)
@@ -462,7 +495,7 @@ async fn filter_list_answer(
     let Ok(mut answer) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
     };
-    stage.filter_answer(state, integration, method, &mut answer);
+    filter_answers(state, &stage, integration, &lists, &mut answer);
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(answer.to_string()))
 }
