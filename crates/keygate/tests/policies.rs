@@ -22,6 +22,8 @@ both_backends!(
     a_disabled_or_deleted_policy_stops_applying,
     evaluate_agrees_with_the_gateway,
     members_cannot_change_policies,
+    an_admin_user_changes_policies,
+    the_schema_and_the_openapi_document_publish_the_policy_routes,
     bad_policy_text_is_refused_with_its_place,
 );
 
@@ -464,6 +466,68 @@ async fn members_cannot_change_policies(backend: Backend) {
     let (status, _, listed) = t.w.gw.api(Method::GET, "/policies", &member, None).await;
     assert_eq!(status, 200);
     assert_eq!(listed["items"][0]["id"], id.as_str());
+}
+
+async fn an_admin_user_changes_policies(backend: Backend) {
+    let t = world(backend).await;
+    let carol =
+        t.w.gw
+            .store
+            .create_user(t.w.gw.org, "carol@example.com", Role::Admin, None)
+            .await
+            .unwrap();
+    let admin = t.w.gw.management_token(carol.id).await;
+    let body = json!({"name": "p", "text": PERMIT_ALL, "enabled": false});
+    let (status, _, created) =
+        t.w.gw
+            .api(Method::POST, "/policies", &admin, Some(body))
+            .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["policy"]["enabled"], false);
+    let path = format!("/policies/{}", created["policy"]["id"].as_str().unwrap());
+    let (status, _, _) = t.w.gw.api(Method::DELETE, &path, &admin, None).await;
+    assert_eq!(status, 204);
+}
+
+async fn the_schema_and_the_openapi_document_publish_the_policy_routes(backend: Backend) {
+    let t = world(backend).await;
+    let member = t.w.gw.management_token(t.w.alice).await;
+    let (status, _, schema) =
+        t.w.gw
+            .api(Method::GET, "/policies/schema", &member, None)
+            .await;
+    assert_eq!(status, 200, "{schema}");
+    let text = schema["schema"].as_str().unwrap();
+    assert!(
+        text.contains("entity Tool") && text.contains("readOnlyHint"),
+        "{text}"
+    );
+    assert_eq!(
+        schema["actions"],
+        json!(["call_tool", "get_prompt", "read_resource"])
+    );
+    let doc: Value =
+        t.w.gw
+            .http
+            .get(format!("{}/api/openapi.json", t.w.gw.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    for path in [
+        "/policies",
+        "/policies/{id}",
+        "/policies/validate",
+        "/policies/evaluate",
+        "/policies/schema",
+    ] {
+        assert!(
+            doc["paths"][format!("/api/v1{path}")].is_object(),
+            "{path} missing"
+        );
+    }
 }
 
 async fn bad_policy_text_is_refused_with_its_place(backend: Backend) {
