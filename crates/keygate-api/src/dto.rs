@@ -532,3 +532,152 @@ pub struct RevokeSessionsResult {
     pub success: bool,
     pub disconnected_count: u64,
 }
+
+/// A Cedar tool policy.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+    /// The Cedar text (one or more statements).
+    pub text: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl From<&keygate_core::model::Policy> for PolicyView {
+    fn from(p: &keygate_core::model::Policy) -> Self {
+        Self {
+            id: p.id.to_string(),
+            name: p.name.clone(),
+            description: p.description.clone(),
+            enabled: p.enabled,
+            text: p.text.clone(),
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PolicyEnvelope {
+    pub policy: PolicyView,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyList {
+    pub items: Vec<PolicyView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreatePolicy {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Defaults to true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    pub text: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePolicy {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+    pub text: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValidatePolicy {
+    pub text: String,
+}
+
+/// The outcome of validating a policy text; `errors` name line and column where Cedar can.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyValidation {
+    pub valid: bool,
+    pub errors: Vec<crate::error::FieldError>,
+}
+
+/// The Cedar schema policies are validated against.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySchema {
+    /// Cedar's human-readable schema format.
+    pub schema: String,
+    pub actions: Vec<String>,
+}
+
+/// The user of a dry run.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvaluatePrincipal {
+    pub id: String,
+    pub email: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+}
+
+/// The integration of a dry run's resource.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvaluateIntegration {
+    pub slug: String,
+    pub host: String,
+}
+
+/// The tool, prompt or resource of a dry run, named as its integration names it.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvaluateResource {
+    pub name: String,
+    pub integration: EvaluateIntegration,
+    /// The application's id.
+    pub application: String,
+    /// MCP tool annotations (`readOnlyHint`, …); absent hints take the specification's defaults.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub annotations: serde_json::Value,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvaluateContext {
+    /// The call's arguments.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub arguments: serde_json::Value,
+}
+
+/// A dry run of the gateway's decision with the organization's enabled policies.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvaluatePolicy {
+    pub principal: EvaluatePrincipal,
+    /// `call_tool`, `get_prompt` or `read_resource`.
+    pub action: String,
+    pub resource: EvaluateResource,
+    #[serde(default)]
+    pub context: EvaluateContext,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyDecision {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The policies behind it (permits that allowed; forbids, or failing policies, that denied).
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors, each of which denies.
+    pub errors: Vec<String>,
+}

@@ -12,9 +12,16 @@ use crate::request_id;
 
 /// One invalid field of a request.
 #[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// Where in the field's text the problem is (1-based), for fields holding source text
+    /// (policy text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 impl FieldError {
@@ -22,6 +29,22 @@ impl FieldError {
         Self {
             field: field.into(),
             message: message.into(),
+            line: None,
+            column: None,
+        }
+    }
+
+    /// A problem at a line and column of the field's text.
+    pub fn at(
+        field: impl Into<String>,
+        message: impl Into<String>,
+        line: Option<usize>,
+        column: Option<usize>,
+    ) -> Self {
+        Self {
+            line,
+            column,
+            ..Self::new(field, message)
         }
     }
 }

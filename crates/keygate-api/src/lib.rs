@@ -65,7 +65,7 @@ pub struct ApiOptions {
     modifiers(&BearerAuth),
     tags(
         (name = "applications"), (name = "integrations"), (name = "service-accounts"),
-        (name = "sessions"), (name = "traces"),
+        (name = "policies"), (name = "sessions"), (name = "traces"),
     )
 )]
 struct ApiDoc;

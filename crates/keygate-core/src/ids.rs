@@ -71,6 +71,10 @@ id_type!(
     /// One authorization grant held by an agent.
     AgentSessionId
 );
+id_type!(
+    /// A Cedar tool policy of an organization.
+    PolicyId
+);
 
 /// OAuth client id prefix of applications.
 pub const APP_CLIENT_PREFIX: &str = "app_";

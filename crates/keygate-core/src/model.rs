@@ -174,6 +174,20 @@ pub struct Application {
     pub archived_at: Option<Timestamp>,
 }
 
+/// A Cedar tool policy of an organization, as stored. Only enabled policies take part in the
+/// gateway's decision.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub id: PolicyId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+    pub text: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
 /// Non-secret OAuth settings of an integration. The client secret is sealed separately.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

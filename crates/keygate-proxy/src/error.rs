@@ -13,6 +13,9 @@ use serde_json::json;
 /// JSON-RPC code for "URL elicitation required" (MCP 2025-11-25): the user must connect.
 pub const URL_ELICITATION_REQUIRED: i64 = -32042;
 
+/// JSON-RPC code of a request a tool policy denied (the gateway's own).
+pub const POLICY_DENIED: i64 = -32043;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The client: no or a bad token. Carries the 401 to send.
@@ -46,6 +49,12 @@ pub enum ProxyError {
         integration_name: String,
         connect_url: String,
     },
+    /// A tool policy denied the request (`policy_ids`: the stored policies behind the denial).
+    #[error("denied by policy: {what}{}", policies_named(.policy_ids))]
+    PolicyDenied {
+        what: String,
+        policy_ids: Vec<String>,
+    },
     /// The upstream could not be reached or failed mid-way.
     #[error("upstream unavailable: {0}")]
     Upstream(String),
@@ -74,6 +83,15 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(None) => ProxyError::UpstreamTimeout(Some(named)),
             other => other,
         }
+    }
+}
+
+/// ` (policies a, b)` after a denial's message; nothing when no policy matched (no permit).
+fn policies_named(ids: &[String]) -> String {
+    if ids.is_empty() {
+        " (no policy permits it)".to_owned()
+    } else {
+        format!(" (policies {})", ids.join(", "))
     }
 }
 
@@ -143,6 +161,11 @@ impl ProxyError {
                     Error::new(URL_ELICITATION_REQUIRED, message).with_data(data),
                 )
             }
+            ProxyError::PolicyDenied { what, policy_ids } => (
+                StatusCode::OK,
+                Error::new(POLICY_DENIED, format!("Denied by policy: {what}"))
+                    .with_data(json!({ "policyIds": policy_ids })),
+            ),
             ProxyError::NotConnected { integration_id, .. } => {
                 // A handler answered it without minting its link: a gateway bug.
                 tracing::error!(%integration_id, "a connection-required answer lost its link");

@@ -25,6 +25,7 @@ pub mod gate;
 pub mod legacy;
 pub mod origin;
 pub mod passthrough;
+pub mod policy;
 pub mod probe;
 pub mod retry;
 pub mod runtime;
@@ -80,6 +81,8 @@ pub struct RouteCache {
     pub(crate) ended: aggregate::ended::Ended,
     /// The HTTP+SSE upstream streams the gateway holds.
     pub(crate) sse_sessions: aggregate::sse_upstream::SseSessions,
+    /// Compiled tool policies, the users they judge, listed tools' annotations.
+    pub(crate) policies: policy::PolicyCache,
 }
 
 impl ProxyState {

@@ -8,6 +8,8 @@
 //! headers pass by the allow-list of [`crate::forwarded`] (the agent's credentials stay behind,
 //! `access_token` leaves the query string); the integration's credential is set instead.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -25,6 +27,7 @@ use crate::error::ProxyError;
 use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
+use crate::policy::Stage;
 use crate::retry;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
@@ -137,6 +140,33 @@ async fn forward(
         drain(body).await;
         return Err(too_large());
     }
+    // The policy stage: only an organization with policies has its request bodies read.
+    let stage = if parts.method == http::Method::POST {
+        Stage::of(state, &caller).await?
+    } else {
+        None
+    };
+    let (body, governed) = match stage {
+        Some(stage) => {
+            let message = read_governed(body).await?;
+            ex.set_message(&message);
+            // Each message of a batch is judged like a single one.
+            let messages = match &message {
+                Value::Array(batch) => batch.as_slice(),
+                single => std::slice::from_ref(single),
+            };
+            for m in messages {
+                stage.check(state, &integration, m, None)?;
+            }
+            let lists = Arc::new(list_requests(messages));
+            // The upstream gets the message as judged, not bytes another parser might read
+            // differently (duplicate keys).
+            let judged =
+                serde_json::to_vec(&message).map_err(|e| ProxyError::Internal(e.to_string()))?;
+            (Body::from(judged), Some((Arc::new(stage), lists)))
+        }
+        None => (body, None),
+    };
     let authorization = match credentials::authorization(state, &caller, &integration)
         .await
         .map_err(named)?
@@ -184,7 +214,8 @@ async fn forward(
         let resp = traced::send_upstream(state, route_label, req)
             .await
             .map_err(named)?;
-        return Ok(relay(resp, endpoint_map, relay_for(answering)));
+        let relayed = relay(resp, endpoint_map, relay_for(answering));
+        return Ok(as_policy_lets(state, governed.as_ref(), &integration, relayed).await);
     }
     // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
     // kept, bounded, so the request can be retried once with a refreshed token.
@@ -202,11 +233,14 @@ async fn forward(
     })
     .await;
     match sent {
-        Ok(resp) => Ok(relay(
-            resp,
-            endpoint_map,
-            relay_for(Answering::Body(bytes.clone())),
-        )),
+        Ok(resp) => {
+            let relayed = relay(
+                resp,
+                endpoint_map,
+                relay_for(Answering::Body(bytes.clone())),
+            );
+            Ok(as_policy_lets(state, governed.as_ref(), &integration, relayed).await)
+        }
         Err(e @ ProxyError::NotConnected { .. }) => {
             let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
             ex.set_message(&message);
@@ -360,4 +394,107 @@ async fn request_message(body: Body) -> Value {
         return Value::Null;
     };
     serde_json::from_slice::<Value>(&collected.to_bytes()).unwrap_or(Value::Null)
+}
+
+/// A request body the policy stage judges: read whole (bounded) and parsed. A body that is
+/// no JSON is refused (`-32700`) rather than passed to an upstream that might read it anyway.
+async fn read_governed(body: Body) -> Result<Value, ProxyError> {
+    let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
+    };
+    serde_json::from_slice::<Value>(&bytes).map_err(|_| ProxyError::BadRequest {
+        status: StatusCode::BAD_REQUEST,
+        code: jsonrpc::PARSE_ERROR,
+        message: "Parse error".into(),
+    })
+}
+
+/// The list requests among a body's messages: (id, method), to filter the answers to them.
+type ListRequests = Arc<Vec<(Value, String)>>;
+
+fn list_requests(messages: &[Value]) -> Vec<(Value, String)> {
+    messages
+        .iter()
+        .filter_map(|m| {
+            let method = m["method"].as_str()?;
+            keygate_policy::Action::of_list(method)?;
+            Some((m.get("id")?.clone(), method.to_owned()))
+        })
+        .collect()
+}
+
+/// Filters the answers (one, or a batch's) to the list requests among them, in place.
+fn filter_answers(
+    state: &ProxyState,
+    stage: &Stage,
+    integration: &Integration,
+    lists: &[(Value, String)],
+    answer: &mut Value,
+) {
+    let answers = match answer {
+        Value::Array(batch) => batch.as_mut_slice(),
+        single => std::slice::from_mut(single),
+    };
+    for a in answers {
+        if let Some((_, method)) = lists.iter().find(|(id, _)| a.get("id") == Some(id)) {
+            stage.filter_answer(state, integration, method, a);
+        }
+    }
+}
+
+/// The answer as the policy stage lets it through: the answers to list requests filtered
+/// ([`filter_list_answer`]), anything else unchanged.
+async fn as_policy_lets(
+    state: &ProxyState,
+    governed: Option<&(Arc<Stage>, ListRequests)>,
+    integration: &Integration,
+    resp: Response,
+) -> Response {
+    match governed {
+        Some((stage, lists)) if !lists.is_empty() => {
+            filter_list_answer(state, stage.clone(), integration, lists.clone(), resp).await
+        }
+        _ => resp,
+    }
+}
+
+/// A list answer without the items the caller may never use: a JSON answer read whole
+/// (bounded) and written anew, an SSE answer event by event. Other answers pass unchanged.
+async fn filter_list_answer(
+    state: &ProxyState,
+    stage: Arc<Stage>,
+    integration: &Integration,
+    lists: ListRequests,
+    resp: Response,
+) -> Response {
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    if is_event_stream(&parts.headers) {
+        let (state, integration) = (state.clone(), integration.clone());
+        let body = crate::aggregate::events::relay(body, std::future::pending(), move |event| {
+            let filter = |mut answer: Value| {
+                filter_answers(&state, &stage, &integration, &lists, &mut answer);
+                answer
+            };
+            crate::aggregate::events::map_event(event, filter, str::to_owned)
+        });
+        return Response::from_parts(parts, body);
+    }
+    let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let e = ProxyError::Upstream(format!("reading the list answer: {e}"));
+            return e.of_integration(integration).answer(None);
+        }
+    };
+    let Ok(mut answer) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    filter_answers(state, &stage, integration, &lists, &mut answer);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(answer.to_string()))
 }

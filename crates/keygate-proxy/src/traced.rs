@@ -121,6 +121,7 @@ pub fn status_of(e: &ProxyError) -> Status {
         | ProxyError::ForeignOrigin
         | ProxyError::NotConnected { .. }
         | ProxyError::ConnectionRequired { .. } => Status::ErrorAuth,
+        ProxyError::PolicyDenied { .. } => Status::Denied,
         ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_) | ProxyError::SessionExpired => {
             Status::ErrorRemote
         }

@@ -26,6 +26,7 @@ pub use repo::applications::{
 pub use repo::integrations::{IntegrationPatch, NewIntegration};
 pub use repo::keys::StoredSigningKey;
 pub use repo::oauth::{AuthorizationCode, AuthorizationRequest, RefreshToken, RegisteredClient};
+pub use repo::policies::{NewPolicy, PolicyPatch};
 pub use repo::sessions::{NewAgentSession, SessionFilter};
 pub use repo::traces::{EventFilter, ToolStat, TraceStats, TraceSummary};
 pub use repo::upstream_oauth::{FlowState, OAuthConnection, OAuthTokens};

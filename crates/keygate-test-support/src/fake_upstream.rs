@@ -23,7 +23,8 @@
 //! - `tools/call` of `wait`: a JSON result after 10 s; a request dropped before is listed by
 //!   [`FakeUpstream::dropped`] too;
 //! - `initialize`, `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`
-//!   and `resources/read` answer like a real server with tools `echo`, `slow`, `ask`, prompt
+//!   and `resources/read` answer like a real server with tools `echo` (annotated
+//!   `readOnlyHint`), `slow`, `ask`, prompt
 //!   `hello`, resource `{name}://doc` and template `{name}://items/{id}` (`name` given to
 //!   [`FakeUpstream::named`]); it declares `listChanged` for its lists, resource
 //!   subscriptions and completions (`completion/complete` is echoed);
@@ -590,7 +591,8 @@ async fn answer(shared: &Shared, headers: HeaderMap, req: Value) -> Response {
         "tools/list" => {
             let schema = json!({"type": "object"});
             let mut tools = vec![
-                json!({"name": "echo", "inputSchema": schema}),
+                json!({"name": "echo", "inputSchema": schema,
+                    "annotations": {"readOnlyHint": true}}),
                 json!({"name": "slow", "inputSchema": schema}),
                 json!({"name": "ask", "inputSchema": schema}),
             ];

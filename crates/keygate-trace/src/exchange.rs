@@ -37,6 +37,8 @@ pub enum Status {
     ErrorProxy,
     /// Authentication or authorization failed (including a missing upstream connection).
     ErrorAuth,
+    /// A tool policy refused the request before it went upstream.
+    Denied,
 }
 
 impl Status {
@@ -47,6 +49,7 @@ impl Status {
             Status::ErrorRemote => "error_remote",
             Status::ErrorProxy => "error_proxy",
             Status::ErrorAuth => "error_auth",
+            Status::Denied => "denied",
         }
     }
 }
@@ -274,6 +277,8 @@ impl Exchange {
             let status = if local {
                 if code == -32042 {
                     Status::ErrorAuth
+                } else if code == -32043 {
+                    Status::Denied
                 } else {
                     Status::ErrorProxy
                 }

@@ -34,7 +34,7 @@ pub struct TailArgs {
     #[arg(long, value_name = "NAME")]
     pub tool: Option<String>,
     /// Only events with this status.
-    #[arg(long, value_parser = ["ok", "warn", "error_remote", "error_proxy", "error_auth"])]
+    #[arg(long, value_parser = ["ok", "warn", "error_remote", "error_proxy", "error_auth", "denied"])]
     pub status: Option<String>,
     /// Print each event as one line of JSON.
     #[arg(long)]

@@ -62,6 +62,7 @@ fn manifest(dir: &str) -> (Vec<String>, bool) {
 const LAYERS: &[(&str, u8)] = &[
     ("keygate-core", 0),
     ("keygate-store", 1),
+    ("keygate-policy", 1),
     ("keygate-auth", 2),
     ("keygate-trace", 2),
     ("keygate-proxy", 3),

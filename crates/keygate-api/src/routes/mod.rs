@@ -2,6 +2,7 @@
 
 mod applications;
 mod integrations;
+mod policies;
 mod service_accounts;
 mod sessions;
 mod traces;
@@ -18,6 +19,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .merge(applications::routes())
         .merge(integrations::routes())
+        .merge(policies::routes())
         .merge(service_accounts::routes())
         .merge(sessions::routes())
         .merge(traces::routes())

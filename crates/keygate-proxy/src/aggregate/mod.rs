@@ -65,6 +65,7 @@ use crate::error::{ProxyError, local_answer};
 use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
+use crate::policy;
 use crate::sse::{KeepAlive, is_event_stream};
 use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP};
 use keygate_trace::Exchange;
@@ -364,6 +365,9 @@ async fn call_by_name(
         return Ok(rpc_error(to.id, jsonrpc::INVALID_PARAMS, &message));
     };
     ex.integration = Some(member.integration.id);
+    if let Some(stage) = policy_stage(state, members).await? {
+        stage.check(state, &member.integration, message, Some(inner))?;
+    }
     let mut upstream_msg = message.clone();
     upstream_msg["params"]["name"] = Value::from(inner);
     relay_call(state, member, to, upstream_msg).await
@@ -379,8 +383,9 @@ async fn read_resource(
     id: &RequestId,
 ) -> Result<Response, ProxyError> {
     let modern = downstream.is_modern();
+    let readable = readable_by(state, members, message).await?;
     let Some((member, mut answer)) =
-        route::resource_owner(state, members, downstream, message).await?
+        route::resource_owner(state, &readable, downstream, message).await?
     else {
         return Ok(resource_not_found(id, modern));
     };
@@ -391,6 +396,42 @@ async fn read_resource(
         era::cacheable(&mut r);
     }
     Ok(result(id, r))
+}
+
+/// The policy stage of the aggregated endpoint's caller (every member has the same one), when
+/// its organization has policies.
+async fn policy_stage(
+    state: &ProxyState,
+    members: &[Member],
+) -> Result<Option<policy::Stage>, ProxyError> {
+    match members.first() {
+        Some(m) => policy::Stage::of(state, &m.caller).await,
+        None => Ok(None),
+    }
+}
+
+/// The members that may be asked to read the resource `message` names: those whose read the
+/// policies permit. When policies leave none, the first denial is the answer.
+async fn readable_by(
+    state: &ProxyState,
+    members: &[Member],
+    message: &Value,
+) -> Result<Vec<Member>, ProxyError> {
+    let Some(stage) = policy_stage(state, members).await? else {
+        return Ok(members.to_vec());
+    };
+    let mut readable = Vec::new();
+    let mut denial = None;
+    for m in members {
+        match stage.check(state, &m.integration, message, None) {
+            Ok(()) => readable.push(m.clone()),
+            Err(e) => denial = denial.or(Some(e)),
+        }
+    }
+    match denial {
+        Some(e) if readable.is_empty() => Err(e),
+        _ => Ok(readable),
+    }
 }
 
 /// "Resource not found": 2026-07-28 replaced its code with Invalid Params.
@@ -471,6 +512,7 @@ async fn fan_out_list(
     method: &str,
 ) -> Result<Vec<Value>, ProxyError> {
     let key = list_key(method);
+    let stage = policy_stage(state, members).await?;
     let per_member = join_all(
         members
             .iter()
@@ -478,8 +520,12 @@ async fn fan_out_list(
     )
     .await;
     let mut out = Vec::new();
-    for outcome in per_member.into_iter().flatten() {
-        let (slug, items) = outcome?;
+    for (member, outcome) in members.iter().zip(per_member) {
+        let Some(outcome) = outcome else { continue };
+        let (slug, mut items) = outcome?;
+        if let Some(stage) = &stage {
+            stage.filter_list(state, &member.integration, method, &mut items);
+        }
         for mut item in items {
             if matches!(key, "tools" | "prompts")
                 && let Some(name) = item["name"].as_str()

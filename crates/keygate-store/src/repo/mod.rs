@@ -8,6 +8,7 @@ pub mod integrations;
 pub mod keys;
 pub mod mcp_sessions;
 pub mod oauth;
+pub mod policies;
 pub mod sessions;
 pub mod traces;
 pub mod upstream_oauth;

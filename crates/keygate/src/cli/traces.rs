@@ -41,7 +41,7 @@ pub struct Filter {
     #[arg(long)]
     user: Option<String>,
     /// Only this status.
-    #[arg(long, value_parser = ["ok", "warn", "error_remote", "error_proxy", "error_auth"])]
+    #[arg(long, value_parser = ["ok", "warn", "error_remote", "error_proxy", "error_auth", "denied"])]
     status: Option<String>,
     /// Only calls of this tool.
     #[arg(long)]
