@@ -33,12 +33,6 @@ declare -A ALLOWED_LOSSES=(
   # name without a known prefix with a JSON-RPC error (-32602) of its own.
   [tools-call-simple-text/tools-call-simple-text]="tools are named {slug}_{name}; unknown names get -32602"
   [tools-call-error/tools-call-error]="tools are named {slug}_{name}; unknown names get -32602"
-  # The suite subscribes to test://watched-resource, a URI of its own reference server.
-  # server-everything accepts a subscription to any URI; the aggregated server routes a
-  # subscription to the upstream that owns the URI (the one that can read it), and no upstream
-  # can read this one, so it answers -32002 (resource not found).
-  [resources-subscribe/resources-subscribe]="subscriptions route to the URI's owner; the suite's URI has none (-32002)"
-  [resources-unsubscribe/resources-unsubscribe]="subscriptions route to the URI's owner; the suite's URI has none (-32002)"
   # The aggregated server answers a POST with one JSON body, not an SSE stream per request.
   [server-sse-multiple-streams/server-sse-streams-functional]="answers are JSON, not SSE streams"
 )
