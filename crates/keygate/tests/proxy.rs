@@ -2372,12 +2372,17 @@ async fn aggregated_subscribe_reaches_the_resource_owner(backend: Backend) {
 async fn aggregated_subscribe_to_an_unknown_uri_goes_to_the_only_upstream(backend: Backend) {
     let w = world(backend).await;
     let only = FakeUpstream::named("only").await;
-    w.integration(json!({"name": "Only", "url": only.url})).await;
+    w.integration(json!({"name": "Only", "url": only.url}))
+        .await;
     let alice = w.token(w.alice).await;
     let session = initialized(&w, &alice).await;
     let body = rpc(5, "resources/subscribe", json!({"uri": "watch://later"}));
     let (_, r) = status_json(w.aggregated(&alice, Some(&session), &body)).await;
-    assert_eq!((r["id"].clone(), r["result"].clone()), (json!(5), json!({})), "{r}");
+    assert_eq!(
+        (r["id"].clone(), r["result"].clone()),
+        (json!(5), json!({})),
+        "{r}"
+    );
     assert_eq!(only.count("resources/subscribe"), 1);
     w.gw.stop().await;
 }
