@@ -11,10 +11,11 @@
 //! - the first SSE event of an answer, from the upstream sending it to the client holding it
 //!   (the gateway adds ≤ 1 ms);
 //! - pass-through latency at 2,000 requests/s with trace events on and off (two gateways,
-//!   many short alternating rounds): tracing may add at most 5 %.
+//!   many short alternating rounds): tracing may add at most 5 %;
+//! - the same with OpenTelemetry span export on and off: export may add at most 5 %.
 //!
 //! `cargo bench -p keygate-benches --bench proxy -- SECTION…` runs only the named sections:
-//! `latency`, `throughput`, `fan-out`, `sse`, `tracing`. `sequential` (only when named) sends
+//! `latency`, `throughput`, `fan-out`, `sse`, `tracing`, `otel`. `sequential` (only when named) sends
 //! `KEYGATE_BENCH_CALLS` calls (2,000) one at a time to each target: a closed loop with no
 //! timing of its own, so it can run under `valgrind --tool=callgrind` to count the
 //! instructions a call costs (run it with two counts; the difference divided by the
@@ -349,6 +350,9 @@ async fn main() {
     if wants("tracing") {
         tracing_on_vs_off(&client, &gw, &direct_url).await;
     }
+    if wants("otel") {
+        otel_on_vs_off(&client, &direct_url).await;
+    }
     if named("sequential") {
         let calls = std::env::var("KEYGATE_BENCH_CALLS").map_or(2_000, |n| n.parse().unwrap());
         sequential(&client, &direct, &targets, calls).await;
@@ -579,8 +583,6 @@ async fn pass_target(gw: &TestGateway, upstream_url: &str, name: &str) -> Target
 /// to back (in alternating order) at the same fixed rate; the verdict is the median of the
 /// rounds' ratios, which one noisy round cannot move.
 async fn tracing_on_vs_off(client: &HttpClient, gw: &TestGateway, upstream_url: &str) {
-    const ROUNDS: usize = 24;
-    const ROUND: Duration = Duration::from_secs(1);
     let gw_off = TestGateway::start_with(Backend::Sqlite, |c| {
         c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
         c.traces.enabled = Some(false);
@@ -593,50 +595,20 @@ async fn tracing_on_vs_off(client: &HttpClient, gw: &TestGateway, upstream_url: 
     }
     let stats = gw.telemetry.sink.stats();
     let (written_before, dropped_before) = (stats.written(), stats.dropped());
-    let (mut lat_on, mut lat_off) = (Vec::new(), Vec::new());
-    let (mut p50_ratios, mut mean_ratios) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let (r_on, r_off) = if round % 2 == 0 {
-            let r_off = fixed_rate_for(client, &off, ROUND).await;
-            (fixed_rate_for(client, &on, ROUND).await, r_off)
-        } else {
-            let r_on = fixed_rate_for(client, &on, ROUND).await;
-            (r_on, fixed_rate_for(client, &off, ROUND).await)
-        };
-        p50_ratios.push(ms(percentile(&r_on, 0.5)) / ms(percentile(&r_off, 0.5)));
-        mean_ratios.push(ms(mean(&r_on)) / ms(mean(&r_off)));
-        lat_on.extend(r_on);
-        lat_off.extend(r_off);
-    }
-    lat_on.sort_unstable();
-    lat_off.sort_unstable();
     println!();
     println!(
         "pass-through at {RATE} req/s, trace events off vs on: {ROUNDS} rounds of {} s each, \
-         alternating ({} requests each)",
+         alternating",
         ROUND.as_secs(),
-        lat_on.len()
     );
-    println!(
-        "{:<13} {:>9} {:>9} {:>9}",
-        "", "mean ms", "p50 ms", "p99 ms"
-    );
-    for (name, v) in [("tracing off", &lat_off), ("tracing on", &lat_on)] {
-        println!(
-            "{:<13} {:>9.3} {:>9.3} {:>9.3}",
-            name,
-            ms(mean(v)),
-            ms(percentile(v, 0.5)),
-            ms(percentile(v, 0.99))
-        );
-    }
-    let (p50, p50_spread) = median_and_quartiles(&mut p50_ratios);
-    let (avg, avg_spread) = median_and_quartiles(&mut mean_ratios);
-    println!(
-        "on / off, median of the rounds: p50 {p50:.3} (quartiles {:.3}–{:.3}), mean {avg:.3} \
-         (quartiles {:.3}–{:.3}); budget ≤ 1.05",
-        p50_spread.0, p50_spread.1, avg_spread.0, avg_spread.1
-    );
+    alternating(
+        client,
+        ("tracing on", &on),
+        ("tracing off", &off),
+        ROUNDS,
+        ROUND,
+    )
+    .await;
     println!(
         "events written {}, dropped {}",
         stats.written() - written_before,
@@ -654,6 +626,114 @@ async fn tracing_on_vs_off(client: &HttpClient, gw: &TestGateway, upstream_url: 
         stats.written() - written_before,
         stats.dropped() - dropped_before,
     );
+    gw_off.stop().await;
+}
+
+/// Rounds of alternating comparison: how many, and how long each target runs in each.
+const ROUNDS: usize = 24;
+const ROUND: Duration = Duration::from_secs(1);
+
+/// `on` against `off` at the fixed rate in `rounds` rounds of `round` each, both back to back
+/// in alternating order; prints their latencies and the median of the rounds' ratios on / off
+/// (a shared machine drifts by more than the few per cent being measured; one noisy round
+/// cannot move a median).
+async fn alternating(
+    client: &HttpClient,
+    (on_name, on): (&str, &Target),
+    (off_name, off): (&str, &Target),
+    rounds: usize,
+    round: Duration,
+) {
+    let (mut lat_on, mut lat_off) = (Vec::new(), Vec::new());
+    let (mut p50_ratios, mut mean_ratios) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let (r_on, r_off) = if i % 2 == 0 {
+            let r_off = fixed_rate_for(client, off, round).await;
+            (fixed_rate_for(client, on, round).await, r_off)
+        } else {
+            let r_on = fixed_rate_for(client, on, round).await;
+            (r_on, fixed_rate_for(client, off, round).await)
+        };
+        p50_ratios.push(ms(percentile(&r_on, 0.5)) / ms(percentile(&r_off, 0.5)));
+        mean_ratios.push(ms(mean(&r_on)) / ms(mean(&r_off)));
+        lat_on.extend(r_on);
+        lat_off.extend(r_off);
+    }
+    lat_on.sort_unstable();
+    lat_off.sort_unstable();
+    println!(
+        "{:<13} {:>9} {:>9} {:>9}   ({} requests each)",
+        "",
+        "mean ms",
+        "p50 ms",
+        "p99 ms",
+        lat_on.len()
+    );
+    for (name, v) in [(off_name, &lat_off), (on_name, &lat_on)] {
+        println!(
+            "{:<13} {:>9.3} {:>9.3} {:>9.3}",
+            name,
+            ms(mean(v)),
+            ms(percentile(v, 0.5)),
+            ms(percentile(v, 0.99))
+        );
+    }
+    let (p50, p50_spread) = median_and_quartiles(&mut p50_ratios);
+    let (avg, avg_spread) = median_and_quartiles(&mut mean_ratios);
+    println!(
+        "on / off, median of the rounds: p50 {p50:.3} (quartiles {:.3}–{:.3}), mean {avg:.3} \
+         (quartiles {:.3}–{:.3}); budget ≤ 1.05",
+        p50_spread.0, p50_spread.1, avg_spread.0, avg_spread.1
+    );
+}
+
+/// Pass-through latency with OpenTelemetry export on (spans batched to a collector in this
+/// process that answers every export at once) against the same gateway setup without an
+/// exporter, in alternating rounds like [`tracing_on_vs_off`].
+async fn otel_on_vs_off(client: &HttpClient, upstream_url: &str) {
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            count.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            async { "" }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(collector, app).await.unwrap() });
+    let start = |otlp: Option<String>| {
+        TestGateway::start_with(Backend::Sqlite, move |c| {
+            c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
+            c.telemetry.otlp_endpoint = otlp;
+        })
+    };
+    let (gw_on, gw_off) = (start(Some(endpoint)).await, start(None).await);
+    let on = pass_target(&gw_on, upstream_url, "exported").await;
+    let off = pass_target(&gw_off, upstream_url, "unexported").await;
+    for t in [&on, &off] {
+        fixed_rate_for(client, t, ROUND).await;
+    }
+    println!();
+    println!(
+        "pass-through at {RATE} req/s, OpenTelemetry export off vs on (http/protobuf to a local \
+         collector): {ROUNDS} rounds of {} s each, alternating",
+        ROUND.as_secs(),
+    );
+    alternating(
+        client,
+        ("export on", &on),
+        ("export off", &off),
+        ROUNDS,
+        ROUND,
+    )
+    .await;
+    println!(
+        "collector received {} bytes of spans",
+        received.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    gw_on.stop().await;
     gw_off.stop().await;
 }
 
