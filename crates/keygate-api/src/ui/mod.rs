@@ -264,10 +264,8 @@ async fn applications(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    match applications_page(&ui, &session, done_notice(&q)).await {
-        Ok(page) => render(StatusCode::OK, &page),
-        Err(e) => failure(&ui, &headers, e),
-    }
+    let page = applications_page(&ui, &session, done_notice(&q)).await;
+    respond(&ui, &headers, StatusCode::OK, page)
 }
 
 async fn create_application(
@@ -412,10 +410,8 @@ async fn integrations(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    match integrations_page(&ui, &session, done_notice(&q)).await {
-        Ok(page) => render(StatusCode::OK, &page),
-        Err(e) => failure(&ui, &headers, e),
-    }
+    let page = integrations_page(&ui, &session, done_notice(&q)).await;
+    respond(&ui, &headers, StatusCode::OK, page)
 }
 
 async fn create_integration(
@@ -579,10 +575,8 @@ async fn sessions(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    match sessions_page(&ui, &session, done_notice(&q)).await {
-        Ok(page) => render(StatusCode::OK, &page),
-        Err(e) => failure(&ui, &headers, e),
-    }
+    let page = sessions_page(&ui, &session, done_notice(&q)).await;
+    respond(&ui, &headers, StatusCode::OK, page)
 }
 
 async fn connections(State(ui): State<Ui>, headers: HeaderMap) -> Response {
@@ -590,25 +584,20 @@ async fn connections(State(ui): State<Ui>, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    match ui
+    let list = ui
         .api(&session)
         .get::<Items<IntegrationRow>>("/integrations?limit=100")
-        .await
-    {
-        Ok(list) => render(
-            StatusCode::OK,
-            &ConnectionsPage {
-                chrome: Chrome::of(&session, "/ui/connections"),
-                notice: None,
-                integrations: list
-                    .items
-                    .into_iter()
-                    .filter(|i| i.user_connection.is_some())
-                    .collect(),
-            },
-        ),
-        Err(e) => failure(&ui, &headers, e),
-    }
+        .await;
+    let page = list.map(|list| ConnectionsPage {
+        chrome: Chrome::of(&session, "/ui/connections"),
+        notice: None,
+        integrations: list
+            .items
+            .into_iter()
+            .filter(|i| i.user_connection.is_some())
+            .collect(),
+    });
+    respond(&ui, &headers, StatusCode::OK, page)
 }
 
 async fn service_accounts_page(
@@ -634,10 +623,8 @@ async fn service_accounts(State(ui): State<Ui>, headers: HeaderMap) -> Response 
     if !session.privileged {
         return forbidden_page(&session);
     }
-    match service_accounts_page(&ui, &session, None, None).await {
-        Ok(page) => render(StatusCode::OK, &page),
-        Err(e) => failure(&ui, &headers, e),
-    }
+    let page = service_accounts_page(&ui, &session, None, None).await;
+    respond(&ui, &headers, StatusCode::OK, page)
 }
 
 fn forbidden_page(session: &Session) -> Response {
