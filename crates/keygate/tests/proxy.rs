@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use keygate_core::{ApplicationId, IntegrationId, Secret};
+use keygate_core::{ApplicationId, IntegrationId, Secret, UserId};
 use keygate_test_support::browser::{browser, field};
 use keygate_test_support::fake_upstream::{FakeUpstream, SESSION_ID};
 use keygate_test_support::world::{AppClient, McpWorld as World};
@@ -14,19 +14,43 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 both_backends!(
-    credentials_are_injected_and_isolated,
+    server_token_is_injected_and_agent_headers_stay_behind,
+    routing_headers_of_2026_pass_untouched,
+    user_token_is_each_users_own,
+    user_without_a_token_is_asked_to_connect,
+    integration_without_auth_gets_no_authorization,
+    integration_answers_by_id_as_by_slug,
+    unauthenticated_call_gets_a_challenge_naming_the_resource,
+    token_for_another_application_is_refused,
+    detached_or_archived_integration_is_unreachable,
+    proxied_call_marks_the_agent_session_live,
     responses_stream_event_by_event,
     bad_traffic_gets_clean_errors,
     legacy_sse_endpoint_is_rewritten,
     validation_performs_a_real_handshake,
-    aggregated_endpoint_fans_out_and_routes,
-    aggregated_endpoint_serves_2026_clients,
+    aggregated_session_opens_sealed_and_closes,
+    aggregated_lists_namespace_every_reachable_upstream,
+    aggregated_calls_route_by_prefix_with_each_upstreams_credential,
+    aggregated_server_to_client_request_round_trips,
+    aggregated_get_stream_merges_upstreams_with_their_own_credentials,
+    aggregated_session_of_another_user_is_not_found,
+    server_discover_describes_the_aggregate,
+    tools_list_for_a_2026_client_is_complete_and_private,
+    call_to_a_2026_upstream_carries_meta_and_mirrored_headers,
+    calls_to_a_2025_upstream_share_one_gateway_session,
+    resources_read_for_a_2026_client_routes_by_uri,
+    aggregated_requests_breaking_the_protocol_get_its_errors,
     aggregated_session_bridges_2026_upstreams,
     upstream_session_expiry_reaches_the_client,
     last_event_id_resumes_without_loss,
     aggregated_stream_resumes_every_upstream,
     hanging_upstream_gets_a_timeout,
-    connect_link_completes_a_missing_connection,
+    connect_link_opens_a_token_form_for_its_user,
+    connect_form_without_csrf_is_forbidden,
+    connected_token_is_carried_by_the_next_call,
+    used_or_forged_connect_link_is_refused,
+    runtime_endpoints_say_whether_the_user_is_connected,
+    runtime_connect_session_opens_for_its_user_alone,
     passthrough_keeps_utf8_split_across_writes,
     aggregated_tools_list_keeps_utf8_split_across_writes,
     aggregated_tools_call_keeps_utf8_split_across_writes,
@@ -140,29 +164,41 @@ fn names(items: &Value) -> Vec<&str> {
     names
 }
 
-async fn credentials_are_injected_and_isolated(backend: Backend) {
-    let w = world(backend).await;
-    let up = FakeUpstream::start().await;
-    let (_, server) = w.integration(json!({"name": "Server", "url": up.url, "authMode": "server_token", "serverToken": "srv-secret"})).await;
-    let (personal_id, personal) = w
+/// An integration named Server whose calls carry the server token `srv-secret`: its slug.
+async fn server_token_integration(w: &World, up: &FakeUpstream) -> String {
+    let server = json!({"name": "Server", "url": up.url, "authMode": "server_token",
+        "serverToken": "srv-secret"});
+    w.integration(server).await.1
+}
+
+/// An integration named Personal of per-user tokens, with Alice's `alice-personal-token`
+/// stored (Bob has none): (id, slug).
+async fn personal_integration(w: &World, up: &FakeUpstream) -> (IntegrationId, String) {
+    let (id, slug) = w
         .integration(json!({"name": "Personal", "url": up.url, "authMode": "user_token"}))
         .await;
-    let (_, open) = w.integration(json!({"name": "Open", "url": up.url})).await;
-    w.gw.store
-        .put_user_token(
-            w.gw.org,
-            personal_id,
-            w.alice,
-            &Secret::new("alice-personal-token"),
-            None,
-        )
-        .await
-        .unwrap();
-    let alice = w.token(w.alice).await;
-    let bob = w.token(w.bob).await;
+    let token = Secret::new("alice-personal-token");
+    let stored =
+        w.gw.store
+            .put_user_token(w.gw.org, id, w.alice, &token, None);
+    stored.await.unwrap();
+    (id, slug)
+}
 
-    // server_token: injected; the agent's token, cookies, hop-by-hop and unlisted headers stay
-    // behind.
+/// The JSON answer to a pass-through `method` call of `slug` with `token`.
+async fn answer(w: &World, slug: &str, token: &str, id: i64, method: &str) -> Value {
+    let resp = w.call(slug, Some(token), rpc(id, method, json!({}))).await;
+    resp.json().await.unwrap()
+}
+
+/// A pass-through call to a server-token integration reaches the upstream with that token,
+/// the client's session id and nothing else of the agent's: not its token, its cookies, its
+/// hop-by-hop headers nor any header off the allow-list; the answer comes back whole.
+async fn server_token_is_injected_and_agent_headers_stay_behind(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let server = server_token_integration(&w, &up).await;
+    let alice = w.token(w.alice).await;
     let resp = w
         .call(&server, Some(&alice), rpc(1, "ping", json!({})))
         .await;
@@ -178,7 +214,6 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
     let seen = &body["result"]["headers"];
     assert_eq!(seen["authorization"], "Bearer srv-secret");
     assert_eq!(seen["mcp-session-id"], "client-held-session");
-    // Headers pass by an allow-list: an unlisted one stays behind too.
     for gone in ["cookie", "x-hop", "x-custom"] {
         assert!(seen.get(gone).is_none(), "{gone} was forwarded: {seen}");
     }
@@ -187,8 +222,16 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
         "the agent's token reached the upstream"
     );
     assert_eq!(body["id"], 1);
+    w.gw.stop().await;
+}
 
-    // 2026-07-28 routing headers pass untouched, base64 sentinel included.
+/// The 2026-07-28 routing headers reach the upstream as the client sent them, the base64
+/// sentinel of a non-ASCII `Mcp-Name` included.
+async fn routing_headers_of_2026_pass_untouched(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let server = server_token_integration(&w, &up).await;
+    let alice = w.token(w.alice).await;
     let routed = [
         ("mcp-protocol-version", "2026-07-28"),
         ("mcp-method", "tools/call"),
@@ -207,24 +250,31 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
     for (k, v) in routed {
         assert_eq!(body["result"]["headers"][k], v, "{k}: {body}");
     }
+    w.gw.stop().await;
+}
 
-    // user_token: each user's own token; a user without one is asked to connect.
-    let body: Value = w
-        .call(&personal, Some(&alice), rpc(2, "ping", json!({})))
-        .await
-        .json()
-        .await
-        .unwrap();
+/// A user-token integration carries the calling user's own token.
+async fn user_token_is_each_users_own(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, personal) = personal_integration(&w, &up).await;
+    let alice = w.token(w.alice).await;
+    let body = answer(&w, &personal, &alice, 2, "ping").await;
     assert_eq!(
         body["result"]["headers"]["authorization"],
         "Bearer alice-personal-token"
     );
-    let body: Value = w
-        .call(&personal, Some(&bob), rpc(3, "tools/list", json!({})))
-        .await
-        .json()
-        .await
-        .unwrap();
+    w.gw.stop().await;
+}
+
+/// A user without a token for a user-token integration gets `-32042` with a connect link
+/// for that integration, and never another user's token.
+async fn user_without_a_token_is_asked_to_connect(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (personal_id, personal) = personal_integration(&w, &up).await;
+    let bob = w.token(w.bob).await;
+    let body = answer(&w, &personal, &bob, 3, "tools/list").await;
     assert_eq!(body["id"], 3);
     assert_eq!(body["error"]["code"], -32042, "{body}");
     let connect = body["error"]["data"]["connectUrl"].as_str().unwrap();
@@ -238,40 +288,46 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
     );
     assert_eq!(body["error"]["data"]["elicitations"][0]["mode"], "url");
     assert!(!body.to_string().contains("alice-personal-token"));
+    w.gw.stop().await;
+}
 
-    // none: nothing injected. Integrations answer by slug or id.
-    let body: Value = w
-        .call(&open, Some(&alice), rpc(4, "ping", json!({})))
-        .await
-        .json()
-        .await
-        .unwrap();
+/// An integration without authentication gets no `Authorization` header at all.
+async fn integration_without_auth_gets_no_authorization(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, open) = w.integration(json!({"name": "Open", "url": up.url})).await;
+    let alice = w.token(w.alice).await;
+    let body = answer(&w, &open, &alice, 4, "ping").await;
     assert!(
         body["result"]["headers"].get("authorization").is_none(),
         "{body}"
     );
-    let body: Value = w
-        .call(
-            &personal_id.to_string(),
-            Some(&alice),
-            rpc(5, "ping", json!({})),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    w.gw.stop().await;
+}
+
+/// An integration's pass-through path takes its id as well as its slug.
+async fn integration_answers_by_id_as_by_slug(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (personal_id, _) = personal_integration(&w, &up).await;
+    let alice = w.token(w.alice).await;
+    let body = answer(&w, &personal_id.to_string(), &alice, 5, "ping").await;
     assert_eq!(
         body["result"]["headers"]["authorization"],
         "Bearer alice-personal-token"
     );
+    w.gw.stop().await;
+}
 
-    // Unauthenticated and wrong-audience requests never reach the upstream.
+/// A call without a token is refused with `401` and a challenge naming the integration's
+/// protected-resource metadata, and never reaches the upstream.
+async fn unauthenticated_call_gets_a_challenge_naming_the_resource(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let server = server_token_integration(&w, &up).await;
     let resp = w.call(&server, None, rpc(6, "ping", json!({}))).await;
     assert_eq!(resp.status(), 401);
-    let challenge = resp.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
     assert!(
         challenge.contains(&format!(
             "/.well-known/oauth-protected-resource/apps/{}/mcp/{server}",
@@ -279,70 +335,76 @@ async fn credentials_are_injected_and_isolated(backend: Backend) {
         )),
         "{challenge}"
     );
-    let elsewhere =
-        w.gw.user_token(
-            w.alice,
-            w.app,
-            &format!("{}/apps/{}/mcp", w.gw.url, ApplicationId::new()),
-        )
-        .await;
-    assert_eq!(
-        w.call(&server, Some(&elsewhere), rpc(7, "ping", json!({})))
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(up.hits(), Vec::<Value>::new(), "the upstream was reached");
+    w.gw.stop().await;
+}
 
-    // Detached or archived integrations are unreachable.
-    let (status, _, _) =
-        w.gw.api(
-            Method::DELETE,
-            &format!("/applications/{}/integrations/{personal_id}", w.app),
-            &w.admin,
-            None,
-        )
+/// A token issued for another application's endpoint is refused with `401`, and the call
+/// never reaches the upstream.
+async fn token_for_another_application_is_refused(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let server = server_token_integration(&w, &up).await;
+    let elsewhere = format!("{}/apps/{}/mcp", w.gw.url, ApplicationId::new());
+    let elsewhere = w.gw.user_token(w.alice, w.app, &elsewhere).await;
+    let resp = w
+        .call(&server, Some(&elsewhere), rpc(7, "ping", json!({})))
         .await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(up.hits(), Vec::<Value>::new(), "the upstream was reached");
+    w.gw.stop().await;
+}
+
+/// An integration detached from the application, or archived, is no longer reachable
+/// through it (`404`).
+async fn detached_or_archived_integration_is_unreachable(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (personal_id, personal) = personal_integration(&w, &up).await;
+    let (open_id, open) = w.integration(json!({"name": "Open", "url": up.url})).await;
+    let alice = w.token(w.alice).await;
+    let detach = format!("/applications/{}/integrations/{personal_id}", w.app);
+    let (status, _, _) = w.gw.api(Method::DELETE, &detach, &w.admin, None).await;
     assert_eq!(status, 204);
-    assert_eq!(
-        w.call(&personal, Some(&alice), rpc(8, "ping", json!({})))
-            .await
-            .status(),
-        404
-    );
-    let (_, _, list) =
-        w.gw.api(Method::GET, "/integrations?name=Open", &w.admin, None)
-            .await;
-    let open_id = list["items"][0]["id"].as_str().unwrap();
-    w.gw.api(
-        Method::DELETE,
-        &format!("/integrations/{open_id}"),
-        &w.admin,
-        None,
-    )
-    .await;
-    assert_eq!(
-        w.call(&open, Some(&alice), rpc(9, "ping", json!({})))
-            .await
-            .status(),
-        404
-    );
+    let resp = w.call(&personal, Some(&alice), rpc(8, "ping", json!({})));
+    assert_eq!(resp.await.status(), 404, "detached");
+    let archive = format!("/integrations/{open_id}");
+    let (status, _, body) = w.gw.api(Method::DELETE, &archive, &w.admin, None).await;
+    assert!((200..300).contains(&status), "{status}: {body}");
+    let resp = w.call(&open, Some(&alice), rpc(9, "ping", json!({})));
+    assert_eq!(resp.await.status(), 404, "archived");
+    w.gw.stop().await;
+}
 
-    // The agent session is marked live.
-    let (_, _, sessions) =
-        w.gw.api(
-            Method::GET,
-            &format!("/applications/{}/sessions", w.app),
-            &w.admin,
-            None,
+/// A proxied call marks the agent session it was made in as active.
+async fn proxied_call_marks_the_agent_session_live(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let server = server_token_integration(&w, &up).await;
+    let alice = w.token(w.alice).await;
+    let resp = w.call(&server, Some(&alice), rpc(1, "ping", json!({})));
+    assert_eq!(resp.await.status(), 200);
+    let sessions = format!("/applications/{}/sessions", w.app);
+    let live = || async {
+        let (_, _, sessions) = w.gw.api(Method::GET, &sessions, &w.admin, None).await;
+        let items = sessions["items"].as_array().unwrap().clone();
+        (
+            items.iter().any(|s| s["lastActiveAt"].is_string()),
+            sessions,
         )
-        .await;
-    let live = sessions["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["lastActiveAt"].is_string())
-        .count();
-    assert!(live >= 1, "{sessions}");
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (live, sessions) = live().await;
+        if live {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session marked live: {sessions}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     w.gw.stop().await;
 }
 
@@ -639,47 +701,45 @@ async fn validation_performs_a_real_handshake(backend: Backend) {
     w.gw.stop().await;
 }
 
-/// The aggregated endpoint: one session over several upstreams, namespaced names, routed
-/// calls with their own credentials, a server-to-client round trip, and a failing or
-/// unconnected upstream left out without failing the rest.
-async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
-    let w = world(backend).await;
+/// The aggregated endpoint's usual company: alpha and beta (fake upstreams) with their server
+/// tokens `tok-a` and `tok-b`, Mine (a user-token integration no one has connected) and Down
+/// (where nothing listens), all attached.
+async fn fan_out(w: &World) -> (FakeUpstream, FakeUpstream) {
     let (a, b) = (
         FakeUpstream::named("alpha").await,
         FakeUpstream::named("beta").await,
     );
-    w.integration(
-        json!({"name": "Alpha", "url": a.url, "authMode": "server_token", "serverToken": "tok-a"}),
-    )
-    .await;
-    w.integration(
-        json!({"name": "Beta", "url": b.url, "authMode": "server_token", "serverToken": "tok-b"}),
-    )
-    .await;
+    for (name, url, token) in [("Alpha", &a.url, "tok-a"), ("Beta", &b.url, "tok-b")] {
+        w.integration(
+            json!({"name": name, "url": url, "authMode": "server_token", "serverToken": token}),
+        )
+        .await;
+    }
     w.integration(json!({"name": "Mine", "url": a.url, "authMode": "user_token"}))
         .await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead_url = format!("http://{}/mcp", dead.local_addr().unwrap());
-    drop(dead);
-    w.integration(json!({"name": "Down", "url": dead_url}))
+    w.integration(json!({"name": "Down", "url": dead_url().await}))
         .await;
-    let alice = w.token(w.alice).await;
-    let post = |session: Option<String>, body: Value| {
-        w.aggregated(&alice, session.as_deref(), &body).send()
-    };
+    (a, b)
+}
 
-    let resp = post(None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}}})).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+/// Sends a request and reads its JSON answer.
+async fn json_of(req: reqwest::RequestBuilder) -> Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
+/// A 2025 client's `initialize` (with sampling) opens a session as `keygate`, whose sealed id
+/// shows nothing of the upstreams' sessions and whose instructions say which upstreams are
+/// left out and why (not connected by the user, unavailable); `notifications/initialized` is
+/// accepted, and `DELETE` ends the session.
+async fn aggregated_session_opens_sealed_and_closes(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = fan_out(&w).await;
+    let alice = w.token(w.alice).await;
+    let (session, init) = initialize(&w, &alice, json!({"sampling": {}})).await;
     assert!(
         !session.contains(SESSION_ID),
         "upstream session ids are sealed"
     );
-    let init: Value = resp.json().await.unwrap();
     assert_eq!(init["result"]["serverInfo"]["name"], "keygate");
     assert!(
         init["result"]["capabilities"]["tools"].is_object(),
@@ -690,113 +750,100 @@ async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
         notes.contains("mine: not connected") && notes.contains("down: unavailable"),
         "{notes}"
     );
-    assert_eq!(
-        post(
-            Some(session.clone()),
-            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        )
-        .await
-        .unwrap()
-        .status(),
-        202
-    );
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let resp = w.aggregated(&alice, Some(&session), &initialized).send();
+    assert_eq!(resp.await.unwrap().status(), 202);
+    let resp =
+        w.gw.http
+            .delete(&w.app_url)
+            .bearer_auth(&alice)
+            .header("mcp-session-id", &session)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 200);
+    w.gw.stop().await;
+}
 
-    // Lists: every reachable upstream's names, namespaced.
-    let tools: Value = post(Some(session.clone()), rpc(2, "tools/list", json!({})))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+/// Aggregated lists hold every reachable upstream's tools and prompts under namespaced names
+/// (an unconnected or dead upstream is left out without failing them), and a resource is
+/// read from the upstream that owns its URI.
+async fn aggregated_lists_namespace_every_reachable_upstream(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = fan_out(&w).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body);
+    let tools = json_of(post(rpc(2, "tools/list", json!({})))).await;
     assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
-    let prompts: Value = post(Some(session.clone()), rpc(3, "prompts/list", json!({})))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let prompts = json_of(post(rpc(3, "prompts/list", json!({})))).await;
     assert_eq!(prompts["result"]["prompts"].as_array().unwrap().len(), 2);
-    let read: Value = post(
-        Some(session.clone()),
-        rpc(4, "resources/read", json!({"uri": "beta://doc"})),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let read = json_of(post(rpc(4, "resources/read", json!({"uri": "beta://doc"})))).await;
     assert_eq!(read["result"]["contents"][0]["text"], "the beta document");
+    w.gw.stop().await;
+}
 
-    // Calls route by prefix, each with its own upstream's credential.
+/// An aggregated call goes, by its name's prefix, to its upstream under the upstream's own
+/// name, with that upstream's credential and session; a prefix no upstream has is invalid
+/// params.
+async fn aggregated_calls_route_by_prefix_with_each_upstreams_credential(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = fan_out(&w).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body);
     for (tool, token) in [
         ("alpha_echo", "Bearer tok-a"),
         ("beta_echo", "Bearer tok-b"),
     ] {
-        let r: Value = post(
-            Some(session.clone()),
-            rpc(5, "tools/call", json!({"name": tool, "arguments": {}})),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let call = rpc(5, "tools/call", json!({"name": tool, "arguments": {}}));
+        let r = json_of(post(call)).await;
         assert_eq!(r["id"], 5);
         assert_eq!(r["result"]["params"]["name"], "echo", "{r}");
         assert_eq!(r["result"]["headers"]["authorization"], token);
         assert_eq!(r["result"]["headers"]["mcp-session-id"], SESSION_ID);
     }
-    let r: Value = post(
-        Some(session.clone()),
-        rpc(6, "tools/call", json!({"name": "gamma_echo"})),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let r = json_of(post(rpc(6, "tools/call", json!({"name": "gamma_echo"})))).await;
     assert_eq!(r["error"]["code"], -32602);
+    w.gw.stop().await;
+}
 
-    // A server-to-client request inside a call: namespaced id out, answer routed back.
-    let resp = post(
-        Some(session.clone()),
-        rpc(7, "tools/call", json!({"name": "beta_ask"})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let mut stream = resp.bytes_stream();
-    let mut buf = String::new();
-    while !buf.contains("sampling/createMessage") {
-        buf.push_str(&String::from_utf8_lossy(
-            &tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        ));
-    }
-    let request: Value =
-        serde_json::from_str(buf.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+/// An upstream's request to the client inside a call reaches the client under a namespaced
+/// id, and the client's answer is routed back so that the call completes.
+async fn aggregated_server_to_client_request_round_trips(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = fan_out(&w).await;
+    let alice = w.token(w.alice).await;
+    let (session, _) = initialize(&w, &alice, json!({"sampling": {}})).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body).send();
+    let resp = post(rpc(7, "tools/call", json!({"name": "beta_ask"})));
+    let mut answer = Messages::new(resp.await.unwrap());
+    let request = answer
+        .until("sampling/createMessage", Duration::from_secs(5))
+        .await
+        .expect("the upstream's request");
     assert_eq!(request["id"], "beta~5", "{request}");
-    let answer = json!({"jsonrpc": "2.0", "id": request["id"], "result": {"role": "assistant", "model": "m", "content": {"type": "text", "text": "four"}}});
-    assert_eq!(
-        post(Some(session.clone()), answer).await.unwrap().status(),
-        202
-    );
-    let mut buf = String::new();
-    while !buf.contains("\"id\":7") {
-        buf.push_str(&String::from_utf8_lossy(
-            &tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        ));
-    }
-    assert!(buf.contains("four"), "{buf}");
+    let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": {"role": "assistant",
+        "model": "m", "content": {"type": "text", "text": "four"}}});
+    assert_eq!(post(reply).await.unwrap().status(), 202);
+    let result = loop {
+        let message = answer.next(Duration::from_secs(5)).await;
+        let message = message.expect("the call's answer");
+        if message["id"] == 7 {
+            break message;
+        }
+    };
+    assert!(result.to_string().contains("four"), "{result}");
+    w.gw.stop().await;
+}
 
-    // A merged GET stream carries events from both upstreams.
+/// The aggregated `GET` stream merges both upstreams' streams, each opened with its own
+/// credential and never the agent's token.
+async fn aggregated_get_stream_merges_upstreams_with_their_own_credentials(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = fan_out(&w).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
     let resp =
         w.gw.http
             .get(&w.app_url)
@@ -807,31 +854,33 @@ async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(resp.status(), 200);
-    let mut stream = resp.bytes_stream();
-    let mut seen = 0;
-    let mut buf = String::new();
-    while seen < 2 {
-        buf.push_str(&String::from_utf8_lossy(
-            &tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        ));
-        seen = buf.matches("notifications/message").count();
+    let mut stream = Messages::new(resp);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = stream
+            .until("notifications/message", Duration::from_secs(5))
+            .await;
+        seen.push(event.expect("an upstream's event").to_string());
     }
-    // Each upstream's stream was opened with its own credential, never the agent's token.
+    let seen = seen.join("\n");
     assert!(
-        buf.contains("Bearer tok-a") && buf.contains("Bearer tok-b"),
-        "{buf}"
+        seen.contains("Bearer tok-a") && seen.contains("Bearer tok-b"),
+        "{seen}"
     );
     assert!(
-        !buf.contains(&alice),
+        !seen.contains(&alice),
         "the agent's token reached an upstream"
     );
-    drop(stream);
+    w.gw.stop().await;
+}
 
-    // Sessions are sealed per user: another user's token cannot use it; garbage is unknown.
+/// An aggregated session is sealed to its user: another user's token with it, like a session
+/// id the gateway never issued, gets `404`.
+async fn aggregated_session_of_another_user_is_not_found(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = fan_out(&w).await;
+    let alice = w.token(w.alice).await;
+    let session = initialized(&w, &alice).await;
     let bob = w.token(w.bob).await;
     let resp =
         w.gw.http
@@ -843,32 +892,9 @@ async fn aggregated_endpoint_fans_out_and_routes(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(resp.status(), 404);
-    let resp = post(Some("garbage".into()), rpc(9, "tools/list", json!({})))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let resp = post(None, rpc(10, "tools/list", json!({}))).await.unwrap();
-    assert_eq!(resp.status(), 400);
-    let resp =
-        w.gw.http
-            .post(&w.app_url)
-            .bearer_auth(&alice)
-            .header("content-type", "application/json")
-            .body("{oops")
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(resp.status(), 400);
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], -32700);
-    let resp =
-        w.gw.http
-            .delete(&w.app_url)
-            .bearer_auth(&alice)
-            .header("mcp-session-id", &session)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(resp.status(), 200);
+    let list = rpc(9, "tools/list", json!({}));
+    let resp = w.aggregated(&alice, Some("garbage"), &list).send().await;
+    assert_eq!(resp.unwrap().status(), 404);
     w.gw.stop().await;
 }
 
@@ -927,22 +953,12 @@ async fn status_json(req: reqwest::RequestBuilder) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// A 2026-07-28 client on the aggregated endpoint, over a 2026 upstream (alpha) and a 2025
-/// one (beta): `server/discover`, namespaced lists and routed calls without a session; alpha
-/// gets `_meta` and the mirrored headers and never an `initialize`; beta gets one handshake
-/// from the gateway for several calls, and a new one after it forgot that session.
-async fn aggregated_endpoint_serves_2026_clients(backend: Backend) {
+/// `server/discover` tells a 2026 client the versions it may speak (2026-07-28 among them),
+/// the tools capability, the gateway's `serverInfo` and every upstream in its instructions.
+async fn server_discover_describes_the_aggregate(backend: Backend) {
     let w = world(backend).await;
-    let (alpha, beta) = (
-        FakeUpstream::modern("alpha").await,
-        FakeUpstream::named("beta").await,
-    );
-    w.integration(json!({"name": "Alpha", "url": alpha.url}))
-        .await;
-    w.integration(json!({"name": "Beta", "url": beta.url}))
-        .await;
+    let _upstreams = alpha_beta(&w, [true, false]).await;
     let alice = w.token(w.alice).await;
-
     let (status, discover) = status_json(modern(&w, &alice, 1, "server/discover", json!({}))).await;
     assert_eq!(status, 200, "{discover}");
     let r = &discover["result"];
@@ -964,15 +980,30 @@ async fn aggregated_endpoint_serves_2026_clients(backend: Backend) {
         notes.contains("alpha: Alpha") && notes.contains("beta: Beta"),
         "{notes}"
     );
+    w.gw.stop().await;
+}
 
+/// A 2026 client's sessionless `tools/list` holds both eras' upstreams' tools, namespaced,
+/// marked complete and private to the user.
+async fn tools_list_for_a_2026_client_is_complete_and_private(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = alpha_beta(&w, [true, false]).await;
+    let alice = w.token(w.alice).await;
     let (status, tools) = status_json(modern(&w, &alice, 2, "tools/list", json!({}))).await;
     assert_eq!(status, 200, "{tools}");
     assert_eq!(tools["result"]["resultType"], "complete");
     assert_eq!(tools["result"]["cacheScope"], "private");
     assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
+    w.gw.stop().await;
+}
 
-    // To the 2026 upstream: _meta and the mirrored headers (Mcp-Name renamed), Mcp-Param-*
-    // passed on, no session.
+/// A 2026 client's call routed to a 2026 upstream carries `_meta` and the mirrored headers
+/// (`Mcp-Name` renamed to the upstream's own tool, `Mcp-Param-*` passed on) and no session;
+/// that upstream is never sent an `initialize`.
+async fn call_to_a_2026_upstream_carries_meta_and_mirrored_headers(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, _beta) = alpha_beta(&w, [true, false]).await;
+    let alice = w.token(w.alice).await;
     let call = modern(
         &w,
         &alice,
@@ -995,17 +1026,20 @@ async fn aggregated_endpoint_serves_2026_clients(backend: Backend) {
         "{:?}",
         alpha.requests()
     );
+    w.gw.stop().await;
+}
 
-    // To the 2025 upstream: the gateway's own session, one handshake for several calls.
+/// A 2026 client's calls to a 2025 upstream share one session the gateway opened with one
+/// handshake (on the client's behalf, without capabilities it cannot carry across eras) and
+/// opens again when the upstream forgets it; the upstream gets no 2026 `_meta`, and the
+/// client gets results marked for its era.
+async fn calls_to_a_2025_upstream_share_one_gateway_session(backend: Backend) {
+    let w = world(backend).await;
+    let (_alpha, beta) = alpha_beta(&w, [true, false]).await;
+    let alice = w.token(w.alice).await;
     for id in 4..7 {
-        let (status, r) = status_json(modern(
-            &w,
-            &alice,
-            id,
-            "tools/call",
-            json!({"name": "beta_echo"}),
-        ))
-        .await;
+        let call = modern(&w, &alice, id, "tools/call", json!({"name": "beta_echo"}));
+        let (status, r) = status_json(call).await;
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["result"]["params"]["name"], "echo");
         assert_eq!(r["result"]["headers"]["mcp-session-id"], SESSION_ID);
@@ -1018,14 +1052,8 @@ async fn aggregated_endpoint_serves_2026_clients(backend: Backend) {
             "no 2026 _meta to a 2025 upstream: {r}"
         );
     }
-    let (_, prompt) = status_json(modern(
-        &w,
-        &alice,
-        7,
-        "prompts/get",
-        json!({"name": "beta_hello"}),
-    ))
-    .await;
+    let get = modern(&w, &alice, 7, "prompts/get", json!({"name": "beta_hello"}));
+    let (_, prompt) = status_json(get).await;
     assert_eq!(prompt["result"]["params"]["name"], "hello", "{prompt}");
     assert_eq!(beta.count("initialize"), 1);
     assert_eq!(beta.count("notifications/initialized"), 1);
@@ -1039,122 +1067,132 @@ async fn aggregated_endpoint_serves_2026_clients(backend: Backend) {
         init["params"]["capabilities"].get("sampling").is_none(),
         "{init}"
     );
-
-    // Beta forgets its session: the gateway opens a new one, and the call still succeeds.
     beta.forget_sessions();
-    let (status, r) = status_json(modern(
-        &w,
-        &alice,
-        8,
-        "tools/call",
-        json!({"name": "beta_echo"}),
-    ))
-    .await;
+    let call = modern(&w, &alice, 8, "tools/call", json!({"name": "beta_echo"}));
+    let (status, r) = status_json(call).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(
         r["result"]["headers"]["mcp-session-id"],
         "upstream-session-2"
     );
     assert_eq!(beta.count("initialize"), 2);
+    w.gw.stop().await;
+}
 
-    let (_, read) = status_json(modern(
-        &w,
-        &alice,
-        9,
-        "resources/read",
-        json!({"uri": "beta://doc"}),
-    ))
-    .await;
+/// A 2026 client's `resources/read` goes to the upstream owning the URI, its result marked
+/// complete; a URI no upstream owns is invalid params.
+async fn resources_read_for_a_2026_client_routes_by_uri(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = alpha_beta(&w, [true, false]).await;
+    let alice = w.token(w.alice).await;
+    let read = |id, uri: &str| modern(&w, &alice, id, "resources/read", json!({"uri": uri}));
+    let (_, r) = status_json(read(9, "beta://doc")).await;
     assert_eq!(
-        read["result"]["contents"][0]["text"], "the beta document",
-        "{read}"
-    );
-    assert_eq!(read["result"]["resultType"], "complete");
-    let (_, missing) = status_json(modern(
-        &w,
-        &alice,
-        10,
-        "resources/read",
-        json!({"uri": "x://y"}),
-    ))
-    .await;
-    assert_eq!(missing["error"]["code"], -32602, "{missing}");
-
-    // The era's own errors, each with the request's id.
-    let (status, r) = status_json(modern(&w, &alice, 11, "ping", json!({}))).await;
-    assert_eq!(
-        (status, r["error"]["code"].clone(), r["id"].clone()),
-        (404, json!(-32601), json!(11))
-    );
-    // Mcp-Name twice, then once but not the body's name.
-    let twice = modern(&w, &alice, 12, "tools/call", json!({"name": "alpha_echo"}))
-        .header("mcp-name", "beta_echo");
-    let (status, r) = status_json(twice).await;
-    assert_eq!(
-        (status, r["error"]["code"].clone()),
-        (400, json!(-32020)),
+        r["result"]["contents"][0]["text"], "the beta document",
         "{r}"
     );
-    let mut wrong_name = modern(&w, &alice, 12, "tools/call", json!({"name": "alpha_echo"}))
-        .build()
-        .unwrap();
+    assert_eq!(r["result"]["resultType"], "complete");
+    let (_, missing) = status_json(read(10, "x://y")).await;
+    assert_eq!(missing["error"]["code"], -32602, "{missing}");
+    w.gw.stop().await;
+}
+
+/// Requests the aggregated endpoint cannot serve are refused with the protocol's own status
+/// and error: malformed JSON (`-32700`); a request with neither a session nor the 2026
+/// version (the client must initialize); and from a 2026 client `ping`, which that era no
+/// longer has (`-32601`, with the request's id), an `Mcp-Name` given twice or not matching
+/// the body (`-32020`), a request without its `_meta` (`-32602`), a version the gateway does
+/// not speak (`-32022`, naming those it does) and a `GET` stream.
+async fn aggregated_requests_breaking_the_protocol_get_its_errors(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = alpha_beta(&w, [true, false]).await;
+    let alice = w.token(w.alice).await;
+    let post = || w.gw.http.post(&w.app_url).bearer_auth(&alice);
+    let call = || modern(&w, &alice, 12, "tools/call", json!({"name": "alpha_echo"}));
+    let mut wrong_name = call().build().unwrap();
     wrong_name
         .headers_mut()
         .insert("mcp-name", "beta_echo".parse().unwrap());
-    let resp = w.gw.http.execute(wrong_name).await.unwrap();
-    assert_eq!(resp.status(), 400);
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], -32020);
-    let bare =
-        w.gw.http
-            .post(&w.app_url)
-            .bearer_auth(&alice)
-            .header("mcp-protocol-version", MODERN)
-            .header("mcp-method", "tools/list")
-            .json(&rpc(13, "tools/list", json!({})));
-    let (status, r) = status_json(bare).await;
-    assert_eq!(
-        (status, r["error"]["code"].clone()),
-        (400, json!(-32602)),
-        "{r}"
-    );
     let future = json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "2099-01-01",
         "io.modelcontextprotocol/clientCapabilities": {}}});
-    let unsupported =
-        w.gw.http
-            .post(&w.app_url)
-            .bearer_auth(&alice)
-            .header("mcp-protocol-version", "2099-01-01")
-            .header("mcp-method", "tools/list")
-            .json(&rpc(14, "tools/list", future));
-    let (status, r) = status_json(unsupported).await;
-    assert_eq!(
-        (status, r["error"]["code"].clone()),
-        (400, json!(-32022)),
-        "{r}"
-    );
-    assert!(
-        r["error"]["data"]["supported"]
-            .as_array()
-            .unwrap()
-            .contains(&json!(MODERN)),
-        "{r}"
-    );
-    let get =
-        w.gw.http
-            .get(&w.app_url)
-            .bearer_auth(&alice)
-            .header("mcp-protocol-version", MODERN)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(get.status(), 405);
-    // Without a session and without the 2026 version, a client must initialize first.
-    let resp = w
-        .aggregated(&alice, None, &rpc(15, "tools/list", json!({})))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    let cases = [
+        (
+            "malformed JSON",
+            post()
+                .header("content-type", "application/json")
+                .body("{oops"),
+            400,
+            Some(-32700),
+        ),
+        (
+            "no session, no 2026 version",
+            w.aggregated(&alice, None, &rpc(15, "tools/list", json!({}))),
+            400,
+            None,
+        ),
+        (
+            "2026 ping",
+            modern(&w, &alice, 11, "ping", json!({})),
+            404,
+            Some(-32601),
+        ),
+        (
+            "Mcp-Name twice",
+            call().header("mcp-name", "beta_echo"),
+            400,
+            Some(-32020),
+        ),
+        (
+            "Mcp-Name not the body's",
+            reqwest::RequestBuilder::from_parts(w.gw.http.clone(), wrong_name),
+            400,
+            Some(-32020),
+        ),
+        (
+            "2026 version without _meta",
+            post()
+                .header("mcp-protocol-version", MODERN)
+                .header("mcp-method", "tools/list")
+                .json(&rpc(13, "tools/list", json!({}))),
+            400,
+            Some(-32602),
+        ),
+        (
+            "unsupported version",
+            post()
+                .header("mcp-protocol-version", "2099-01-01")
+                .header("mcp-method", "tools/list")
+                .json(&rpc(14, "tools/list", future)),
+            400,
+            Some(-32022),
+        ),
+        (
+            "2026 GET stream",
+            w.gw.http
+                .get(&w.app_url)
+                .bearer_auth(&alice)
+                .header("mcp-protocol-version", MODERN),
+            405,
+            None,
+        ),
+    ];
+    for (case, req, status, code) in cases {
+        let (got, r) = status_json(req).await;
+        assert_eq!(got, status, "{case}: {r}");
+        if let Some(code) = code {
+            assert_eq!(r["error"]["code"], code, "{case}: {r}");
+        }
+        match case {
+            "2026 ping" => assert_eq!(r["id"], 11, "{case}: {r}"),
+            "unsupported version" => assert!(
+                r["error"]["data"]["supported"]
+                    .as_array()
+                    .is_some_and(|v| v.contains(&json!(MODERN))),
+                "{case}: {r}"
+            ),
+            _ => {}
+        }
+    }
     w.gw.stop().await;
 }
 
@@ -1581,34 +1619,69 @@ async fn aggregated_session_continues_on_another_replica() {
     w.gw.stop().await;
 }
 
-/// A user without a connection follows the `-32042` link, stores a token on the connect page,
-/// and the next call carries it. The `/mcp` runtime endpoints report and hand out the same.
-async fn connect_link_completes_a_missing_connection(backend: Backend) {
-    let w = world(backend).await;
-    let up = FakeUpstream::start().await;
-    let (personal_id, personal) = w
-        .integration(json!({"name": "Personal", "url": up.url, "authMode": "user_token"}))
-        .await;
+/// A user-token integration named Personal, attached, that no one has connected: (id, slug).
+async fn unconnected_integration(w: &World, up: &FakeUpstream) -> (IntegrationId, String) {
+    w.integration(json!({"name": "Personal", "url": up.url, "authMode": "user_token"}))
+        .await
+}
+
+/// The connect link of Bob's `-32042` answer to a call of `slug`.
+async fn bobs_connect_link(w: &World, slug: &str) -> String {
     let bob = w.token(w.bob).await;
-    let body: Value = w
-        .call(&personal, Some(&bob), rpc(1, "ping", json!({})))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = answer(w, slug, &bob, 1, "ping").await;
     assert_eq!(body["error"]["code"], -32042, "{body}");
-    let link = body["error"]["data"]["connectUrl"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let link = body["error"]["data"]["connectUrl"].as_str().unwrap();
     assert!(
         link.starts_with(&format!("{}/oauth/connect?session=", w.gw.url)),
         "{link}"
     );
+    link.to_owned()
+}
 
-    // The link opens for Bob once he has signed in (security::connect_links has the rest).
-    let browser = browser();
-    let resp = w.open_connect_link(&browser, &link, w.bob).await;
+/// Bob's connect page for `slug`, opened in `browser` (signed in as Bob on the way): the
+/// link, and the page's form fields `csrf`, `session` and `integration`.
+async fn bobs_connect_form(
+    w: &World,
+    browser: &reqwest::Client,
+    slug: &str,
+) -> (String, [String; 3]) {
+    let link = bobs_connect_link(w, slug).await;
+    let resp = w.open_connect_link(browser, &link, w.bob).await;
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    let fields = ["csrf", "session", "integration"].map(|name| field(&html, name));
+    (link, fields)
+}
+
+/// Posts the connect form with `token` (`csrf`: whether to send the form's CSRF token).
+async fn post_connect_form(
+    w: &World,
+    browser: &reqwest::Client,
+    [csrf, session, integration]: &[String; 3],
+    token: &str,
+    with_csrf: bool,
+) -> reqwest::Response {
+    let mut form = vec![
+        ("session", session.as_str()),
+        ("integration", integration.as_str()),
+        ("token", token),
+        ("connect", "1"),
+    ];
+    if with_csrf {
+        form.push(("csrf", csrf.as_str()));
+    }
+    let post = browser.post(format!("{}/oauth/connect", w.gw.url));
+    post.form(&form).send().await.unwrap()
+}
+
+/// The `-32042` link opens, for the user it was minted for once signed in, a page that asks
+/// for a token for that integration and may not be framed.
+async fn connect_link_opens_a_token_form_for_its_user(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (personal_id, personal) = unconnected_integration(&w, &up).await;
+    let link = bobs_connect_link(&w, &personal).await;
+    let resp = w.open_connect_link(&browser(), &link, w.bob).await;
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-security-policy"]
@@ -1621,79 +1694,83 @@ async fn connect_link_completes_a_missing_connection(backend: Backend) {
         html.contains("name=\"token\"") && html.contains("name=\"connect\""),
         "{html}"
     );
-    let (csrf, session, integration) = (
-        field(&html, "csrf"),
-        field(&html, "session"),
-        field(&html, "integration"),
-    );
-    assert_eq!(integration, personal_id.to_string());
-    let post = format!("{}/oauth/connect", w.gw.url);
-    let no_csrf = [
-        ("session", session.as_str()),
-        ("integration", integration.as_str()),
-        ("token", "bob-token"),
-        ("connect", "1"),
-    ];
-    assert_eq!(
-        browser
-            .post(&post)
-            .form(&no_csrf)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    let form = [
-        ("csrf", csrf.as_str()),
-        ("session", session.as_str()),
-        ("integration", integration.as_str()),
-        ("token", "bob-token"),
-        ("connect", "1"),
-    ];
-    let resp = browser.post(&post).form(&form).send().await.unwrap();
+    assert_eq!(field(&html, "integration"), personal_id.to_string());
+    w.gw.stop().await;
+}
+
+/// The connect form without its CSRF token is refused (`403`).
+async fn connect_form_without_csrf_is_forbidden(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, personal) = unconnected_integration(&w, &up).await;
+    let browser = browser();
+    let (_, form) = bobs_connect_form(&w, &browser, &personal).await;
+    let resp = post_connect_form(&w, &browser, &form, "bob-token", false).await;
+    assert_eq!(resp.status(), 403);
+    w.gw.stop().await;
+}
+
+/// A token stored on the connect page (and never shown back) is carried by the user's next
+/// call.
+async fn connected_token_is_carried_by_the_next_call(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, personal) = unconnected_integration(&w, &up).await;
+    let browser = browser();
+    let (_, form) = bobs_connect_form(&w, &browser, &personal).await;
+    let resp = post_connect_form(&w, &browser, &form, "bob-token", true).await;
     assert_eq!(resp.status(), 200);
     let after = resp.text().await.unwrap();
     assert!(
         after.contains("connected") && !after.contains("bob-token"),
         "{after}"
     );
-    // Connecting used the link up.
-    assert_eq!(browser.get(&link).send().await.unwrap().status(), 400);
-
-    let body: Value = w
-        .call(&personal, Some(&bob), rpc(2, "ping", json!({})))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let bob = w.token(w.bob).await;
+    let body = answer(&w, &personal, &bob, 2, "ping").await;
     assert_eq!(
         body["result"]["headers"]["authorization"], "Bearer bob-token",
         "{body}"
     );
-    assert_eq!(
-        browser
-            .get(format!("{}/oauth/connect?session=forged", w.gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        400
-    );
+    w.gw.stop().await;
+}
 
-    // The runtime endpoints, with a token for /mcp issued to the application's client.
-    let mcp = format!("{}/mcp", w.gw.url);
-    let alice = w.gw.user_token(w.alice, w.app, &mcp).await;
-    let list: Value =
-        w.gw.http
-            .get(format!("{mcp}/integrations"))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+/// A connect link is used up by connecting, and one the gateway never minted is refused
+/// (`400` both).
+async fn used_or_forged_connect_link_is_refused(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (_, personal) = unconnected_integration(&w, &up).await;
+    let browser = browser();
+    let (link, form) = bobs_connect_form(&w, &browser, &personal).await;
+    let resp = post_connect_form(&w, &browser, &form, "bob-token", true).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(browser.get(&link).send().await.unwrap().status(), 400);
+    let forged = format!("{}/oauth/connect?session=forged", w.gw.url);
+    assert_eq!(browser.get(forged).send().await.unwrap().status(), 400);
+    w.gw.stop().await;
+}
+
+/// `user`'s token for the `/mcp` runtime endpoints, issued to the application's client.
+async fn runtime_token(w: &World, user: UserId) -> String {
+    w.gw.user_token(user, w.app, &format!("{}/mcp", w.gw.url))
+        .await
+}
+
+/// `/mcp/integrations` lists the application's integrations with their auth mode and whether
+/// the user has connected them, as `/mcp/integrations/:slug/oauth/connection` says for one;
+/// without a token they are refused (`401`).
+async fn runtime_endpoints_say_whether_the_user_is_connected(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let (personal_id, personal) = unconnected_integration(&w, &up).await;
+    let token = Secret::new("bob-token");
+    let stored =
+        w.gw.store
+            .put_user_token(w.gw.org, personal_id, w.bob, &token, None);
+    stored.await.unwrap();
+    let integrations = format!("{}/mcp/integrations", w.gw.url);
+    let alice = runtime_token(&w, w.alice).await;
+    let list = json_of(w.gw.http.get(&integrations).bearer_auth(&alice)).await;
     let entry = list["integrations"]
         .as_array()
         .unwrap()
@@ -1705,59 +1782,39 @@ async fn connect_link_completes_a_missing_connection(backend: Backend) {
         (entry["authMode"].as_str(), entry["connected"].as_bool()),
         (Some("user_token"), Some(false))
     );
-    let status: Value =
-        w.gw.http
-            .get(format!("{mcp}/integrations/{personal}/oauth/connection"))
-            .bearer_auth(&bob_for(&w, &mcp).await)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let bob = runtime_token(&w, w.bob).await;
+    let url = format!("{integrations}/{personal}/oauth/connection");
+    let status = json_of(w.gw.http.get(url).bearer_auth(&bob)).await;
     assert_eq!(status["connected"], true, "{status}");
-    let created: Value =
-        w.gw.http
-            .post(format!("{mcp}/connect-session"))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let resp = w.gw.http.get(&integrations).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    w.gw.stop().await;
+}
+
+/// `/mcp/connect-session` mints a connect link that expires and opens for its user alone.
+async fn runtime_connect_session_opens_for_its_user_alone(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    unconnected_integration(&w, &up).await;
+    let alice = runtime_token(&w, w.alice).await;
+    let mint = w.gw.http.post(format!("{}/mcp/connect-session", w.gw.url));
+    let created = json_of(mint.bearer_auth(&alice)).await;
     assert!(
         created["sessionId"].is_string() && created["expiresAt"].is_string(),
         "{created}"
     );
-    // Alice's link: Bob's browser is refused; hers opens it.
-    let alice_link = created["connectUrl"].as_str().unwrap();
-    assert_eq!(browser.get(alice_link).send().await.unwrap().status(), 403);
-    assert_eq!(
-        w.open_connect_link(
-            &keygate_test_support::browser::browser(),
-            alice_link,
-            w.alice
-        )
-        .await
-        .status(),
-        200
-    );
-    assert_eq!(
-        w.gw.http
-            .get(format!("{mcp}/integrations"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    let link = created["connectUrl"].as_str().unwrap();
+    let resp = w.open_connect_link(&browser(), link, w.bob).await;
+    assert_eq!(resp.status(), 403);
+    let resp = w.open_connect_link(&browser(), link, w.alice).await;
+    assert_eq!(resp.status(), 200);
     w.gw.stop().await;
 }
 
-/// A 2025 client's `initialize` on the aggregated endpoint: its session id.
-async fn initialized(w: &World, token: &str) -> String {
-    let params = json!({"protocolVersion": "2025-06-18", "capabilities": {},
+/// A 2025 client's `initialize` on the aggregated endpoint, declaring `capabilities`: its
+/// session id and the answer.
+async fn initialize(w: &World, token: &str, capabilities: Value) -> (String, Value) {
+    let params = json!({"protocolVersion": "2025-06-18", "capabilities": capabilities,
         "clientInfo": {"name": "t", "version": "1"}});
     let resp = w
         .aggregated(token, None, &rpc(0, "initialize", params))
@@ -1765,10 +1822,16 @@ async fn initialized(w: &World, token: &str) -> String {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    resp.headers()["mcp-session-id"]
+    let session = resp.headers()["mcp-session-id"]
         .to_str()
         .unwrap()
-        .to_owned()
+        .to_owned();
+    (session, resp.json().await.unwrap())
+}
+
+/// A 2025 client's `initialize` on the aggregated endpoint: its session id.
+async fn initialized(w: &World, token: &str) -> String {
+    initialize(w, token, json!({})).await.0
 }
 
 /// How many connect links have been minted.
@@ -1889,10 +1952,6 @@ async fn warm_aggregated_calls_write_nothing(backend: Backend) {
     w.gw.stop().await;
 }
 
-async fn bob_for(w: &World, resource: &str) -> String {
-    w.gw.user_token(w.bob, w.app, resource).await
-}
-
 /// The line ends an upstream may end its SSE lines with.
 const LINE_ENDS: [&str; 3] = ["\n", "\r\n", "\r"];
 
@@ -1902,18 +1961,6 @@ async fn split_upstream(w: &World) -> (FakeUpstream, String) {
     let up = FakeUpstream::named("split").await;
     let (_, slug) = w.integration(json!({"name": "Split", "url": up.url})).await;
     (up, slug)
-}
-
-/// A 2025 client's aggregated session.
-async fn aggregated_session(w: &World, token: &str) -> String {
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
-    let resp = w.aggregated(token, None, &init).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// A body as text; it must be UTF-8 (a character broken on the way shows as U+FFFD).
@@ -1952,7 +1999,7 @@ async fn aggregated_tools_list_keeps_utf8_split_across_writes(backend: Backend) 
     let w = world(backend).await;
     let (up, _) = split_upstream(&w).await;
     let alice = w.token(w.alice).await;
-    let session = aggregated_session(&w, &alice).await;
+    let session = initialized(&w, &alice).await;
     for line_end in LINE_ENDS {
         up.split_writes(line_end);
         let list = rpc(1, "tools/list", json!({}));
@@ -1976,7 +2023,7 @@ async fn aggregated_tools_call_keeps_utf8_split_across_writes(backend: Backend) 
     let w = world(backend).await;
     let (up, _) = split_upstream(&w).await;
     let alice = w.token(w.alice).await;
-    let session = aggregated_session(&w, &alice).await;
+    let session = initialized(&w, &alice).await;
     for line_end in LINE_ENDS {
         up.split_writes(line_end);
         let call = rpc(2, "tools/call", order("split_echo"));
@@ -2029,7 +2076,7 @@ async fn aggregated_upstream_down_answers_with_the_request_id(backend: Backend) 
     w.integration(json!({"name": "Down", "url": dead_url().await}))
         .await;
     let alice = w.token(w.alice).await;
-    let session = aggregated_session(&w, &alice).await;
+    let session = initialized(&w, &alice).await;
     for id in ids() {
         let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": order("down_echo")});
         let resp = w.aggregated(&alice, Some(&session), &call).send().await;
@@ -2045,7 +2092,7 @@ async fn aggregated_upstream_down_answers_with_the_request_id(backend: Backend) 
 async fn aggregated_unknown_tool_answers_with_the_request_id(backend: Backend) {
     let w = world(backend).await;
     let alice = w.token(w.alice).await;
-    let session = aggregated_session(&w, &alice).await;
+    let session = initialized(&w, &alice).await;
     for id in ids() {
         let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": order("nope_echo")});
         let resp = w.aggregated(&alice, Some(&session), &call).send().await;
