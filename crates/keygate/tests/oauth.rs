@@ -13,7 +13,17 @@ use url::Url;
 
 both_backends!(
     code_flow_pkce_refresh_and_reuse_detection,
-    authorization_errors_are_exact,
+    authorize_redirects_only_to_registered_uris,
+    authorize_refuses_requests_without_s256_or_for_another_resource,
+    login_and_consent_forms_require_their_csrf_token,
+    wrong_password_is_refused,
+    code_with_a_wrong_verifier_is_refused_and_spent,
+    code_without_its_verifier_or_redirect_is_refused,
+    replayed_code_is_refused_and_revokes_its_grant,
+    expired_code_is_refused,
+    token_for_another_resource_is_refused,
+    user_of_another_organization_cannot_sign_in,
+    archived_applications_client_is_refused,
     sessions_revocation_and_counts,
     first_party_client_and_registration,
     revocation_endpoint_and_signing_key_rotation,
@@ -435,263 +445,261 @@ async fn code_flow_pkce_refresh_and_reuse_detection(backend: Backend) {
     s.gw.stop().await;
 }
 
-async fn authorization_errors_are_exact(backend: Backend) {
-    let s = setup(backend).await;
-    let gw = &s.gw;
-    let b = browser();
-    let p = pkce();
-    let base = |extra: &[(&str, &str)]| {
-        let mut params = vec![
-            ("response_type", "code"),
-            ("client_id", s.client_id.as_str()),
-            ("redirect_uri", REDIRECT),
-            ("code_challenge", p.challenge.as_str()),
-            ("code_challenge_method", "S256"),
-            ("state", "st"),
-        ];
-        for (k, v) in extra {
-            params.retain(|(pk, _)| pk != k);
-            if !v.is_empty() {
-                params.push((k, v));
-            }
-        }
-        authorize_url(gw, &params)
-    };
+/// Parameters replacing those of [`authorize_with`]'s request.
+type Changes<'a> = [(&'a str, &'a str)];
 
-    // Wrong redirect URI: an error page, never a redirect.
-    let resp = b
-        .get(base(&[("redirect_uri", "http://127.0.0.1:7777/other")]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    assert!(
-        resp.text()
-            .await
-            .unwrap()
-            .contains("redirect_uri is not registered")
-    );
-    let resp = b
-        .get(base(&[("redirect_uri", "https://evil.example/callback")]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    // Loopback redirects may change only the port.
-    let resp = b
-        .get(base(&[("redirect_uri", "http://127.0.0.1:9999/callback")]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    // Missing PKCE, plain PKCE.
-    let resp = b
-        .get(base(&[
-            ("code_challenge", ""),
-            ("code_challenge_method", ""),
-        ]))
-        .send()
-        .await
-        .unwrap();
-    let q = query(&location(&resp));
-    assert_eq!(
-        (q["error"].as_str(), q["state"].as_str()),
-        ("invalid_request", "st")
-    );
-    let resp = b
-        .get(base(&[("code_challenge_method", "plain")]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(query(&location(&resp))["error"], "invalid_request");
-    // Another application's resource.
-    let other = format!("{}/apps/{}/mcp", gw.url, uuid::Uuid::new_v4());
-    let resp = b.get(base(&[("resource", &other)])).send().await.unwrap();
-    assert_eq!(query(&location(&resp))["error"], "invalid_target");
-    let resp = b
-        .get(base(&[("resource", &format!("{}/api/v1", gw.url))]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(query(&location(&resp))["error"], "invalid_target");
-
-    // CSRF token missing on login and on consent.
-    let (html, _) = open_login(gw, &b, &base(&[])).await;
-    let request = field(&html, "request");
-    let resp = post_form(
-        &b,
-        &format!("{}/oauth2/login", gw.url),
-        &[
-            ("request", &request),
-            ("email", &s.email),
-            ("password", PASSWORD),
-        ],
-    )
-    .await;
-    assert_eq!(resp.status(), 403);
-    assert!(resp.text().await.unwrap().contains("CSRF"));
-    let resp = post_form(
-        &b,
-        &format!("{}/oauth2/login", gw.url),
-        &[
-            ("csrf", "forged-value-forged-value-forged-value"),
-            ("request", &request),
-            ("email", &s.email),
-            ("password", PASSWORD),
-        ],
-    )
-    .await;
-    assert_eq!(resp.status(), 403);
-    // Wrong password.
-    let resp = post_form(
-        &b,
-        &format!("{}/oauth2/login", gw.url),
-        &[
-            ("csrf", &field(&html, "csrf")),
-            ("request", &request),
-            ("email", &s.email),
-            ("password", "wrong password"),
-        ],
-    )
-    .await;
-    assert_eq!(resp.status(), 401);
-    assert!(
-        resp.text()
-            .await
-            .unwrap()
-            .contains("Invalid email or password")
-    );
-    let resp = post_form(
-        &b,
-        &format!("{}/oauth2/login", gw.url),
-        &[
-            ("csrf", &field(&html, "csrf")),
-            ("request", &request),
-            ("email", &s.email),
-            ("password", PASSWORD),
-        ],
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let consent = b
-        .get(absolute(gw, &location(&resp)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let resp = post_form(
-        &b,
-        &format!("{}/oauth2/consent", gw.url),
-        &[("request", &request), ("approve", "1")],
-    )
-    .await;
-    assert_eq!(resp.status(), 403);
-    let resp = post_form(
-        &b,
-        &format!("{}/oauth2/consent", gw.url),
-        &[
-            ("csrf", &field(&consent, "csrf")),
-            ("request", &request),
-            ("approve", "1"),
-        ],
-    )
-    .await;
-    let code = query(&location(&resp))["code"].clone();
-
-    // A wrong verifier; the code is then spent (a stolen code must not be retried).
-    let wrong = pkce().verifier;
-    let exchange = |verifier: String| {
-        let form = [
-            ("grant_type", "authorization_code".to_owned()),
-            ("code", code.clone()),
-            ("redirect_uri", REDIRECT.to_owned()),
-            ("client_id", s.client_id.clone()),
-            ("code_verifier", verifier),
-        ];
-        async move {
-            token_request(
-                gw,
-                &form
-                    .iter()
-                    .map(|(k, v)| (*k, v.as_str()))
-                    .collect::<Vec<_>>(),
-            )
-            .await
-        }
-    };
-    let (status, body) = exchange(wrong).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "{body}"
-    );
-    let (status, body) = exchange(p.verifier.clone()).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "reused code: {body}"
-    );
-
-    // A fresh code: missing verifier refused; right verifier works; replay refused and the
-    // session it created is revoked.
-    let fresh = async || {
-        let back = sign_in_and_approve(gw, &b, &base(&[]), &s.email).await;
-        query(&back)["code"].clone()
-    };
-    let code = fresh().await;
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("code", code.as_str()),
-        ("redirect_uri", REDIRECT),
+/// The authorization request of `s`'s client for `p`'s challenge with `state=st`, each of
+/// `changes` replacing a parameter (an empty value leaves it out).
+fn authorize_with(s: &Setup, p: &Pkce, changes: &Changes) -> String {
+    let mut params = vec![
+        ("response_type", "code"),
         ("client_id", s.client_id.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_challenge", p.challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("state", "st"),
     ];
-    let (status, body) = token_request(gw, &form).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "missing verifier: {body}"
-    );
-    let code = fresh().await;
+    for (k, v) in changes {
+        params.retain(|(pk, _)| pk != k);
+        if !v.is_empty() {
+            params.push((k, v));
+        }
+    }
+    authorize_url(&s.gw, &params)
+}
+
+/// A code for `s`'s owner, signed in and approved in `b`, bound to `p`'s challenge.
+async fn fresh_code(s: &Setup, b: &reqwest::Client, p: &Pkce) -> String {
+    let back = sign_in_and_approve(&s.gw, b, &authorize_with(s, p, &[]), &s.email).await;
+    query(&back)["code"].clone()
+}
+
+/// The token request exchanging `code` (with `verifier`, unless `None`) at `redirect`.
+fn code_exchange<'a>(
+    s: &'a Setup,
+    code: &'a str,
+    verifier: Option<&'a str>,
+    redirect: &'a str,
+) -> Vec<(&'a str, &'a str)> {
     let mut form = vec![
         ("grant_type", "authorization_code"),
-        ("code", code.as_str()),
-        ("redirect_uri", "http://127.0.0.1:7777/elsewhere"),
+        ("code", code),
+        ("redirect_uri", redirect),
         ("client_id", s.client_id.as_str()),
-        ("code_verifier", p.verifier.as_str()),
     ];
-    let (status, body) = token_request(gw, &form).await;
+    form.extend(verifier.map(|v| ("code_verifier", v)));
+    form
+}
+
+/// Asserts that the token endpoint answers `form` with `status` and `error` (`case` says
+/// which case it is).
+async fn assert_token_error(
+    s: &Setup,
+    form: &[(&str, &str)],
+    status: u16,
+    error: &str,
+    case: &str,
+) {
+    let (got, body) = token_request(&s.gw, form).await;
     assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "redirect mismatch: {body}"
+        (got, body["error"].as_str()),
+        (status, Some(error)),
+        "{case}: {body}"
     );
-    let code = fresh().await;
-    form[1].1 = code.as_str();
-    form[2].1 = REDIRECT;
-    let (status, ok) = token_request(gw, &form).await;
+}
+
+/// Asserts where an authorization request was sent back to: an `error` for the client, with
+/// its `state` (`case` says which request it was).
+fn assert_redirected_error(resp: &reqwest::Response, error: &str, case: &str) {
+    let q = query(&location(resp));
+    assert_eq!(
+        (
+            q.get("error").map(String::as_str),
+            q.get("state").map(String::as_str)
+        ),
+        (Some(error), Some("st")),
+        "{case}: {q:?}"
+    );
+}
+
+/// A redirect URI the client did not register gets an error page, never a redirect; a
+/// loopback one may differ from the registered one in its port alone.
+async fn authorize_redirects_only_to_registered_uris(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    for refused in [
+        "http://127.0.0.1:7777/other",
+        "https://evil.example/callback",
+    ] {
+        let resp = b.get(authorize_with(&s, &p, &[("redirect_uri", refused)]));
+        let resp = resp.send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{refused}");
+        let page = resp.text().await.unwrap();
+        assert!(
+            page.contains("redirect_uri is not registered"),
+            "{refused}: {page}"
+        );
+    }
+    let other_port = authorize_with(
+        &s,
+        &p,
+        &[("redirect_uri", "http://127.0.0.1:9999/callback")],
+    );
+    let resp = b.get(other_port).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    s.gw.stop().await;
+}
+
+/// An authorization request without an S256 PKCE challenge goes back to the client as
+/// `invalid_request`, and one for a resource other than this gateway's application's as
+/// `invalid_target`.
+async fn authorize_refuses_requests_without_s256_or_for_another_resource(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    let other_app = format!("{}/apps/{}/mcp", s.gw.url, uuid::Uuid::new_v4());
+    let management_api = format!("{}/api/v1", s.gw.url);
+    let cases: [(&str, &Changes, &str); 4] = [
+        (
+            "no PKCE",
+            &[("code_challenge", ""), ("code_challenge_method", "")],
+            "invalid_request",
+        ),
+        (
+            "plain PKCE",
+            &[("code_challenge_method", "plain")],
+            "invalid_request",
+        ),
+        (
+            "another application",
+            &[("resource", &other_app)],
+            "invalid_target",
+        ),
+        (
+            "the management API",
+            &[("resource", &management_api)],
+            "invalid_target",
+        ),
+    ];
+    for (case, changes, error) in cases {
+        let resp = b.get(authorize_with(&s, &p, changes)).send().await.unwrap();
+        assert_redirected_error(&resp, error, case);
+    }
+    s.gw.stop().await;
+}
+
+/// The login form is refused without its CSRF token or with a forged one, and the consent
+/// form without its own (`403`).
+async fn login_and_consent_forms_require_their_csrf_token(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    let (html, _) = open_login(&s.gw, &b, &authorize_with(&s, &p, &[])).await;
+    let request = field(&html, "request");
+    let login = format!("{}/oauth2/login", s.gw.url);
+    let sign_in = [
+        ("request", request.as_str()),
+        ("email", &s.email),
+        ("password", PASSWORD),
+    ];
+    let resp = post_form(&b, &login, &sign_in).await;
+    assert_eq!(resp.status(), 403, "login without CSRF");
+    assert!(resp.text().await.unwrap().contains("CSRF"));
+    let forged = [("csrf", "forged-value-forged-value-forged-value")];
+    let resp = post_form(&b, &login, &[&forged[..], &sign_in].concat()).await;
+    assert_eq!(resp.status(), 403, "login with a forged CSRF token");
+    let csrf = field(&html, "csrf");
+    let resp = post_form(
+        &b,
+        &login,
+        &[&[("csrf", csrf.as_str())][..], &sign_in].concat(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let page = b
+        .get(absolute(&s.gw, &location(&resp)))
+        .send()
+        .await
+        .unwrap();
+    assert!(page.text().await.unwrap().contains("name=\"approve\""));
+    let consent = format!("{}/oauth2/consent", s.gw.url);
+    let resp = post_form(&b, &consent, &[("request", &request), ("approve", "1")]).await;
+    assert_eq!(resp.status(), 403, "consent without CSRF");
+    s.gw.stop().await;
+}
+
+/// A wrong password is refused (`401`) with a message that does not say which part was wrong.
+async fn wrong_password_is_refused(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    let (html, _) = open_login(&s.gw, &b, &authorize_with(&s, &p, &[])).await;
+    let form = [
+        ("csrf", field(&html, "csrf")),
+        ("request", field(&html, "request")),
+        ("email", s.email.clone()),
+        ("password", "wrong password".to_owned()),
+    ];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let resp = post_form(&b, &format!("{}/oauth2/login", s.gw.url), &form).await;
+    assert_eq!(resp.status(), 401);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Invalid email or password"), "{page}");
+    s.gw.stop().await;
+}
+
+/// A code presented with a wrong verifier is refused and spent: a stolen code cannot be
+/// retried, even with the right verifier.
+async fn code_with_a_wrong_verifier_is_refused_and_spent(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    let code = fresh_code(&s, &b, &p).await;
+    let wrong = pkce().verifier;
+    let form = code_exchange(&s, &code, Some(&wrong), REDIRECT);
+    assert_token_error(&s, &form, 400, "invalid_grant", "wrong verifier").await;
+    let form = code_exchange(&s, &code, Some(&p.verifier), REDIRECT);
+    assert_token_error(&s, &form, 400, "invalid_grant", "reused code").await;
+    s.gw.stop().await;
+}
+
+/// A code is refused without its verifier, or at a redirect URI other than its own.
+async fn code_without_its_verifier_or_redirect_is_refused(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    let code = fresh_code(&s, &b, &p).await;
+    let form = code_exchange(&s, &code, None, REDIRECT);
+    assert_token_error(&s, &form, 400, "invalid_grant", "missing verifier").await;
+    let code = fresh_code(&s, &b, &p).await;
+    let elsewhere = "http://127.0.0.1:7777/elsewhere";
+    let form = code_exchange(&s, &code, Some(&p.verifier), elsewhere);
+    assert_token_error(&s, &form, 400, "invalid_grant", "redirect mismatch").await;
+    s.gw.stop().await;
+}
+
+/// A code works once; presented again it is refused and the tokens it gave are revoked.
+async fn replayed_code_is_refused_and_revokes_its_grant(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    let code = fresh_code(&s, &b, &p).await;
+    let form = code_exchange(&s, &code, Some(&p.verifier), REDIRECT);
+    let (status, ok) = token_request(&s.gw, &form).await;
     assert_eq!(status, 200, "{ok}");
-    let (status, body) = token_request(gw, &form).await;
+    assert_token_error(&s, &form, 400, "invalid_grant", "replay").await;
+    let access = ok["access_token"].as_str();
     assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "replay: {body}"
-    );
-    assert_eq!(
-        mcp_status(gw, &s.mcp_url, ok["access_token"].as_str())
-            .await
-            .0,
+        mcp_status(&s.gw, &s.mcp_url, access).await.0,
         401,
         "replay revokes the grant"
     );
+    s.gw.stop().await;
+}
 
-    // An expired code.
-    let code = fresh().await;
-    gw.raw_execute("UPDATE authorization_codes SET expires_at = 0 WHERE used_at IS NULL")
+/// An expired code is refused, saying so.
+async fn expired_code_is_refused(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    let code = fresh_code(&s, &b, &p).await;
+    s.gw.raw_execute("UPDATE authorization_codes SET expires_at = 0 WHERE used_at IS NULL")
         .await;
-    form[1].1 = code.as_str();
-    let (status, body) = token_request(gw, &form).await;
+    let form = code_exchange(&s, &code, Some(&p.verifier), REDIRECT);
+    let (status, body) = token_request(&s.gw, &form).await;
     assert_eq!(
         (
             status,
@@ -700,81 +708,66 @@ async fn authorization_errors_are_exact(backend: Backend) {
         ),
         (400, Some("invalid_grant"), Some("the code has expired"))
     );
+    s.gw.stop().await;
+}
 
-    // Token for another resource: asking at the token endpoint for a different one.
-    let code = fresh().await;
-    form[1].1 = code.as_str();
-    let other_resource = format!("{}/apps/{}/mcp", gw.url, uuid::Uuid::new_v4());
-    let mut with_resource = form.clone();
-    with_resource.push(("resource", other_resource.as_str()));
-    let (status, body) = token_request(gw, &with_resource).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_target")),
-        "{body}"
-    );
+/// The token endpoint refuses a resource other than the one the code was issued for
+/// (`invalid_target`).
+async fn token_for_another_resource_is_refused(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    let code = fresh_code(&s, &b, &p).await;
+    let other_resource = format!("{}/apps/{}/mcp", s.gw.url, uuid::Uuid::new_v4());
+    let mut form = code_exchange(&s, &code, Some(&p.verifier), REDIRECT);
+    form.push(("resource", other_resource.as_str()));
+    assert_token_error(&s, &form, 400, "invalid_target", "another resource").await;
+    s.gw.stop().await;
+}
 
-    // A user of another organization cannot sign in to this application.
-    let other_org = gw
-        .store
-        .create_organization("other", "Other")
-        .await
-        .unwrap();
+/// A user of another organization cannot sign in to this application (`401`).
+async fn user_of_another_organization_cannot_sign_in(backend: Backend) {
+    let s = setup(backend).await;
+    let gw = &s.gw;
+    let other_org = gw.store.create_organization("other", "Other").await;
     let hash = keygate_auth::secret::hash_password(PASSWORD).unwrap();
-    gw.store
-        .create_user(
-            other_org.id,
-            "stranger@example.com",
-            Role::Owner,
-            Some(&hash),
-        )
-        .await
-        .unwrap();
-    let stranger = browser();
-    let (html, _) = open_login(gw, &stranger, &base(&[])).await;
-    let resp = post_form(
-        &stranger,
-        &format!("{}/oauth2/login", gw.url),
-        &[
-            ("csrf", &field(&html, "csrf")),
-            ("request", &field(&html, "request")),
-            ("email", "stranger@example.com"),
-            ("password", PASSWORD),
-        ],
-    )
-    .await;
+    let stranger = "stranger@example.com";
+    let user = gw
+        .store
+        .create_user(other_org.unwrap().id, stranger, Role::Owner, Some(&hash));
+    user.await.unwrap();
+    let b = browser();
+    let (html, _) = open_login(gw, &b, &authorize_with(&s, &pkce(), &[])).await;
+    let form = [
+        ("csrf", field(&html, "csrf")),
+        ("request", field(&html, "request")),
+        ("email", stranger.to_owned()),
+        ("password", PASSWORD.to_owned()),
+    ];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let resp = post_form(&b, &format!("{}/oauth2/login", gw.url), &form).await;
     assert_eq!(
         resp.status(),
         401,
         "a user of another organization is refused"
     );
+    s.gw.stop().await;
+}
 
-    // The client of an archived application: refused at authorize and at the token endpoint.
-    let code = fresh().await;
-    let (status, _, _) = gw
-        .api(
-            Method::DELETE,
-            &format!("/applications/{}", s.app_id),
-            &s.token,
-            None,
-        )
-        .await;
+/// The client of an archived application is refused at the authorization endpoint (an error
+/// page) and at the token endpoint (`invalid_client`), even with a code issued before.
+async fn archived_applications_client_is_refused(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, p) = (browser(), pkce());
+    let code = fresh_code(&s, &b, &p).await;
+    let archive = format!("/applications/{}", s.app_id);
+    let (status, _, _) = s.gw.api(Method::DELETE, &archive, &s.token, None).await;
     assert_eq!(status, 204);
-    let resp = b.get(base(&[])).send().await.unwrap();
+    let resp = b.get(authorize_with(&s, &p, &[])).send().await.unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(
-        resp.text()
-            .await
-            .unwrap()
-            .contains("Unknown or archived client")
-    );
-    form[1].1 = code.as_str();
-    let (status, body) = token_request(gw, &form).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("invalid_client")),
-        "{body}"
-    );
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Unknown or archived client"), "{page}");
+    let form = code_exchange(&s, &code, Some(&p.verifier), REDIRECT);
+    assert_token_error(&s, &form, 401, "invalid_client", "archived application").await;
     s.gw.stop().await;
 }
 
