@@ -16,7 +16,12 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 both_backends!(
-    calls_are_traced_with_status_duration_tool_and_integration,
+    traced_events_carry_their_identity_and_no_secret,
+    successful_calls_are_traced_with_tool_user_bytes_and_duration,
+    failed_calls_are_traced_with_whose_failure_it_was,
+    aggregated_calls_are_traced_under_their_session,
+    passthrough_calls_share_the_agent_sessions_trace,
+    events_filter_by_status_and_stats_sum_the_period,
     event_stream_resumes_without_losing_or_repeating,
     tail_prints_each_call_as_it_happens,
     metrics_parse_and_count_by_method_integration_and_tool,
@@ -100,8 +105,10 @@ fn by_tool<'a>(events: &'a [Value], tool: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no event for {tool}: {events:#?}"))
 }
 
-async fn calls_are_traced_with_status_duration_tool_and_integration(backend: Backend) {
-    let w = world(backend, |_| {}).await;
+/// Alice's token, after the calls the trace tests look at: through pass-through `echo`,
+/// `slow`, `fail` (an error result) and `crash` (a `500`), `denied` with a token that is not
+/// one, and on the aggregated endpoint an `initialize` and a namespaced `echo`: seven events.
+async fn traced_calls(w: &World) -> String {
     let token = w.alice_token().await;
     assert_eq!(w.call(&token, "echo", &[]).await.0, 200);
     let (status, body) = w.call(&token, "slow", &[]).await;
@@ -109,39 +116,52 @@ async fn calls_are_traced_with_status_duration_tool_and_integration(backend: Bac
     assert_eq!(w.call(&token, "fail", &[]).await.0, 200);
     assert_eq!(w.call(&token, "crash", &[]).await.0, 500);
     assert_eq!(w.call("not-a-token", "denied", &[]).await.0, 401);
-    // The aggregated endpoint: initialize, then a namespaced call.
-    let init = w
-        .gw
-        .http
-        .post(&w.app_url)
-        .bearer_auth(&token)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
-        .send()
-        .await
-        .unwrap();
+    let aggregated = |session: Option<&str>, body: Value| {
+        let mut req =
+            w.gw.http
+                .post(&w.app_url)
+                .bearer_auth(&token)
+                .header("accept", "application/json, text/event-stream")
+                .json(&body);
+        if let Some(session) = session {
+            req = req.header("mcp-session-id", session);
+        }
+        req.send()
+    };
+    let init = aggregated(
+        None,
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
     let session = init.headers()["mcp-session-id"]
         .to_str()
         .unwrap()
         .to_owned();
     init.text().await.unwrap();
-    let resp = w
-        .gw
-        .http
-        .post(&w.app_url)
-        .bearer_auth(&token)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", &session)
-        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": format!("{}_echo", w.slug), "arguments": {}}}))
-        .send()
-        .await
-        .unwrap();
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": format!("{}_echo", w.slug), "arguments": {}}});
+    let resp = aggregated(Some(&session), call).await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.text().await.unwrap();
+    token
+}
 
-    let events = w.events(7).await;
-    let integration = w.integration.to_string();
-    for e in &events {
+/// The pass-through `echo` call's event (the one with an agent session).
+fn passthrough_echo(events: &[Value]) -> &Value {
+    let echo = events
+        .iter()
+        .find(|e| e["toolName"] == "echo" && e["agentSessionId"].is_string());
+    echo.unwrap_or_else(|| panic!("no pass-through echo: {events:#?}"))
+}
+
+/// Every event names itself, its session, its agent, its type and its status, and holds
+/// neither the call's arguments (capture is off by default) nor the agent's token.
+async fn traced_events_carry_their_identity_and_no_secret(backend: Backend) {
+    let w = world(backend, |_| {}).await;
+    let token = traced_calls(&w).await;
+    for e in &w.events(7).await {
         for field in [
             "id",
             "createdAt",
@@ -160,20 +180,35 @@ async fn calls_are_traced_with_status_duration_tool_and_integration(backend: Bac
         assert!(!e.to_string().contains("sk-never-stored"));
         assert!(!e.to_string().contains(&token), "a token reached an event");
     }
-    let echo = events
-        .iter()
-        .find(|e| e["toolName"] == "echo" && e["agentSessionId"].is_string())
-        .unwrap();
+    w.base.gw.stop().await;
+}
+
+/// A successful call is traced `ok` with its type, tool, integration, user, bytes each way
+/// and duration (a slow call's about what it took).
+async fn successful_calls_are_traced_with_tool_user_bytes_and_duration(backend: Backend) {
+    let w = world(backend, |_| {}).await;
+    traced_calls(&w).await;
+    let events = w.events(7).await;
+    let echo = passthrough_echo(&events);
     assert_eq!(echo["status"], "ok");
     assert_eq!(echo["eventType"], "tools/call");
-    assert_eq!(echo["integrationId"], integration);
+    assert_eq!(echo["integrationId"], w.integration.to_string());
     assert_eq!(echo["userId"], w.alice.to_string());
     assert!(echo["bytesIn"].as_i64().unwrap() > 50 && echo["bytesOut"].as_i64().unwrap() > 50);
+    assert!(echo["durationMs"].as_i64().unwrap() < 1_000);
     let slow = by_tool(&events, "slow");
     assert_eq!(slow["status"], "ok", "{slow}");
     let ms = slow["durationMs"].as_i64().unwrap();
     assert!((550..5_000).contains(&ms), "slow took {ms} ms");
-    assert!(echo["durationMs"].as_i64().unwrap() < 1_000);
+    w.base.gw.stop().await;
+}
+
+/// A tool's error result and an upstream's `500` are traced `error_remote` with what went
+/// wrong; a refused token `error_auth`, with the integration, no user and a short duration.
+async fn failed_calls_are_traced_with_whose_failure_it_was(backend: Backend) {
+    let w = world(backend, |_| {}).await;
+    traced_calls(&w).await;
+    let events = w.events(7).await;
     let fail = by_tool(&events, "fail");
     assert_eq!(fail["status"], "error_remote");
     assert!(
@@ -187,35 +222,44 @@ async fn calls_are_traced_with_status_duration_tool_and_integration(backend: Bac
     assert!(crash["errorMessage"].as_str().unwrap().contains("500"));
     let denied = by_tool(&events, "denied");
     assert_eq!(denied["status"], "error_auth", "{denied}");
-    assert_eq!(denied["integrationId"], integration);
+    assert_eq!(denied["integrationId"], w.integration.to_string());
     assert!(denied["userId"].is_null());
     assert!(denied["durationMs"].as_i64().unwrap() < 1_000);
-    let namespaced = format!("{}_echo", w.slug);
-    let agg = by_tool(&events, &namespaced);
+    w.base.gw.stop().await;
+}
+
+/// An aggregated session's events (its `initialize`, a namespaced call traced with the
+/// integration it went to) share one trace, keyed by the session's id.
+async fn aggregated_calls_are_traced_under_their_session(backend: Backend) {
+    let w = world(backend, |_| {}).await;
+    traced_calls(&w).await;
+    let events = w.events(7).await;
+    let agg = by_tool(&events, &format!("{}_echo", w.slug));
     assert_eq!(agg["status"], "ok");
-    assert_eq!(agg["integrationId"], integration);
+    assert_eq!(agg["integrationId"], w.integration.to_string());
     let init = events
         .iter()
         .find(|e| e["eventType"] == "initialize")
         .unwrap();
     assert_eq!(init["status"], "ok");
-    // The aggregated session's events share one trace, keyed by its (long) session id.
     assert_eq!(init["traceId"], agg["traceId"]);
     assert_eq!(init["sessionId"], agg["sessionId"]);
+    w.base.gw.stop().await;
+}
 
-    // Filters.
-    let (_, _, errors) =
-        w.gw.api(Method::GET, "/events?status=error_remote", &w.admin, None)
-            .await;
-    assert_eq!(errors["items"].as_array().unwrap().len(), 2, "{errors}");
-
-    // Traces: pass-through calls share the client's (absent) session → the agent session.
+/// Pass-through calls without a client session share the agent session's trace, which
+/// `/traces` sums up (counts, agent, owner) and `/traces/:id` lists in call order.
+async fn passthrough_calls_share_the_agent_sessions_trace(backend: Backend) {
+    let w = world(backend, |_| {}).await;
+    traced_calls(&w).await;
+    let events = w.events(7).await;
+    let trace_id = passthrough_echo(&events)["traceId"].as_str().unwrap();
     let (status, _, traces) = w.gw.api(Method::GET, "/traces", &w.admin, None).await;
     assert_eq!(status, 200, "{traces}");
     let traces = traces["items"].as_array().unwrap().clone();
     let pass = traces
         .iter()
-        .find(|t| t["traceId"] == echo["traceId"])
+        .find(|t| t["traceId"] == trace_id)
         .expect("the pass-through trace");
     assert_eq!(pass["eventCount"], 4, "{pass}");
     assert_eq!(pass["okCount"], 2);
@@ -223,14 +267,8 @@ async fn calls_are_traced_with_status_duration_tool_and_integration(backend: Bac
     assert_eq!(pass["agentId"], w.app.to_string());
     assert_eq!(pass["agentName"], "Agents");
     assert_eq!(pass["ownerEmail"], "alice@example.com");
-    let (status, _, one) =
-        w.gw.api(
-            Method::GET,
-            &format!("/traces/{}", echo["traceId"].as_str().unwrap()),
-            &w.admin,
-            None,
-        )
-        .await;
+    let one = format!("/traces/{trace_id}");
+    let (status, _, one) = w.gw.api(Method::GET, &one, &w.admin, None).await;
     assert_eq!(status, 200, "{one}");
     let tools: Vec<&str> = one["events"]
         .as_array()
@@ -239,7 +277,19 @@ async fn calls_are_traced_with_status_duration_tool_and_integration(backend: Bac
         .map(|e| e["toolName"].as_str().unwrap())
         .collect();
     assert_eq!(tools, ["echo", "slow", "fail", "crash"]);
+    w.base.gw.stop().await;
+}
 
+/// `/events` filters by status, and `/traces/stats` counts the period's events, their
+/// latency and bytes, and each tool's errors by integration.
+async fn events_filter_by_status_and_stats_sum_the_period(backend: Backend) {
+    let w = world(backend, |_| {}).await;
+    traced_calls(&w).await;
+    w.events(7).await;
+    let (_, _, errors) =
+        w.gw.api(Method::GET, "/events?status=error_remote", &w.admin, None)
+            .await;
+    assert_eq!(errors["items"].as_array().unwrap().len(), 2, "{errors}");
     let (status, _, stats) =
         w.gw.api(Method::GET, "/traces/stats?period=1d", &w.admin, None)
             .await;
@@ -252,7 +302,7 @@ async fn calls_are_traced_with_status_duration_tool_and_integration(backend: Bac
     let top = stats["topTools"].as_array().unwrap();
     let fail_stat = top.iter().find(|t| t["toolName"] == "fail").unwrap();
     assert_eq!(fail_stat["errorCount"], 1);
-    assert_eq!(fail_stat["integrationId"], integration);
+    assert_eq!(fail_stat["integrationId"], w.integration.to_string());
     w.base.gw.stop().await;
 }
 
