@@ -376,33 +376,30 @@ async fn detached_or_archived_integration_is_unreachable(backend: Backend) {
     w.gw.stop().await;
 }
 
-/// A proxied call marks the agent session it was made in as active.
+/// A proxied call marks the agent session it was made in as connected (it was not before; its
+/// `lastActiveAt` is set when its token is issued, so only `connectedAt` tells).
 async fn proxied_call_marks_the_agent_session_live(backend: Backend) {
     let w = world(backend).await;
     let up = FakeUpstream::start().await;
     let server = server_token_integration(&w, &up).await;
     let alice = w.token(w.alice).await;
-    let resp = w.call(&server, Some(&alice), rpc(1, "ping", json!({})));
-    assert_eq!(resp.await.status(), 200);
     let sessions = format!("/applications/{}/sessions", w.app);
     let live = || async {
         let (_, _, sessions) = w.gw.api(Method::GET, &sessions, &w.admin, None).await;
         let items = sessions["items"].as_array().unwrap().clone();
-        (
-            items.iter().any(|s| s["lastActiveAt"].is_string()),
-            sessions,
-        )
+        let live = items
+            .iter()
+            .any(|s| s["connectedAt"].is_string() && s["lastActiveAt"].is_string());
+        (live, sessions)
     };
+    let (before, sessions) = live().await;
+    assert!(!before, "live before any call: {sessions}");
+    let resp = w.call(&server, Some(&alice), rpc(1, "ping", json!({})));
+    assert_eq!(resp.await.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (live, sessions) = live().await;
-        if live {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no session marked live: {sessions}"
-        );
+    while let (false, sessions) = live().await {
+        let waited = Instant::now() < deadline;
+        assert!(waited, "no session marked live: {sessions}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     w.gw.stop().await;
