@@ -139,7 +139,10 @@ fn main() {
     let transfer = target("transfer", false);
     let small = json!({"amount": 42, "to": "DE02120300000000202051", "memo": "rent"});
     let decision = compiled.decide(&user, Action::CallTool, &transfer, Some(&small));
-    assert!(!decision.allowed, "a member's destructive transfer is not permitted");
+    assert!(
+        !decision.allowed,
+        "a member's destructive transfer is not permitted"
+    );
     let call = measure(|| {
         std::hint::black_box(compiled.decide(
             &user,
@@ -152,7 +155,11 @@ fn main() {
 
     let read = target("get_balance", true);
     let args = json!({"account": "main"});
-    assert!(compiled.decide(&user, Action::CallTool, &read, Some(&args)).allowed);
+    assert!(
+        compiled
+            .decide(&user, Action::CallTool, &read, Some(&args))
+            .allowed
+    );
     let allowed = measure(|| {
         std::hint::black_box(compiled.decide(&user, Action::CallTool, &read, Some(&args)));
     });
@@ -164,7 +171,12 @@ fn main() {
     .to_string();
     let stage = measure(|| {
         let message: Value = serde_json::from_str(std::hint::black_box(&body)).unwrap();
-        let d = compiled.decide(&user, Action::CallTool, &read, message["params"].get("arguments"));
+        let d = compiled.decide(
+            &user,
+            Action::CallTool,
+            &read,
+            message["params"].get("arguments"),
+        );
         std::hint::black_box((d, serde_json::to_vec(&message).unwrap()));
     });
     report("stage: parse + decide + serialize (pass-through)", stage);

@@ -639,7 +639,10 @@ mod tests {
     #[test]
     fn a_denial_never_asks_for_approval() {
         let compiled = Compiled::new(&[
-            stored(r#"@approval("user") permit (principal, action, resource);"#, true),
+            stored(
+                r#"@approval("user") permit (principal, action, resource);"#,
+                true,
+            ),
             stored(
                 r#"forbid (principal, action, resource) when { resource.name == "wire" };"#,
                 true,

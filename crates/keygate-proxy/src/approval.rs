@@ -342,9 +342,15 @@ async fn as_events(
     let event = match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
         Ok(collected) => match serde_json::from_slice::<Value>(&collected.to_bytes()) {
             Ok(answer) if answer.is_object() => sse_event(&answer),
-            _ => sse_event(&internal_error(&rpc_id, "the integration's answer is not JSON")),
+            _ => sse_event(&internal_error(
+                &rpc_id,
+                "the integration's answer is not JSON",
+            )),
         },
-        Err(e) => sse_event(&internal_error(&rpc_id, &format!("reading the answer: {e}"))),
+        Err(e) => sse_event(&internal_error(
+            &rpc_id,
+            &format!("reading the answer: {e}"),
+        )),
     };
     StreamExt::boxed(futures_util::stream::once(async move { Ok(event) }))
 }
@@ -369,7 +375,9 @@ fn answer_id(message: &Value) -> Option<&str> {
     if message.get("method").is_some() {
         return None;
     }
-    message["id"].as_str().filter(|id| id.starts_with(ID_PREFIX))
+    message["id"]
+        .as_str()
+        .filter(|id| id.starts_with(ID_PREFIX))
 }
 
 /// A client's answer to an approval this replica is waiting for, taken (`202`); `None` for
@@ -492,7 +500,6 @@ impl Approvals {
     }
 }
 
-
 /// Whether the clients of pass-through sessions declared `elicitation` in their `initialize`,
 /// as the gateway saw it go by (only while the organization had policies: the stage reads
 /// request bodies then only), keyed by integration and the session id its upstream issued.
@@ -593,7 +600,8 @@ mod tests {
 
     #[test]
     fn the_outcome_is_an_approval_only_when_accepted() {
-        let answer = |action: &str| json!({"jsonrpc": "2.0", "id": "x", "result": {"action": action}});
+        let answer =
+            |action: &str| json!({"jsonrpc": "2.0", "id": "x", "result": {"action": action}});
         assert_eq!(Outcome::of(Some(&answer("accept"))), Outcome::Accepted);
         assert_eq!(Outcome::of(Some(&answer("decline"))), Outcome::Declined);
         assert_eq!(Outcome::of(Some(&answer("cancel"))), Outcome::Cancelled);

@@ -190,7 +190,8 @@ async fn forward(
                 }
             }
             if let Some(asked) = asked {
-                let why = approval_unsupported(state, &integration, &parts.headers, route, messages);
+                let why =
+                    approval_unsupported(state, &integration, &parts.headers, route, messages);
                 let session = approval::session_header(&parts.headers);
                 let marker = approval::request(asked, &caller, session, &message, why)?;
                 return Ok(approval::with_request(marker, &parts));
@@ -308,7 +309,12 @@ fn approval_unsupported(
         return Some("the legacy HTTP+SSE transport cannot carry the question");
     }
     let session = approval::session_header(headers);
-    if !state.cache.approvals.sessions.declared(integration.id, session) {
+    if !state
+        .cache
+        .approvals
+        .sessions
+        .declared(integration.id, session)
+    {
         return Some(
             "the client did not declare the elicitation capability (in an initialize this gateway saw)",
         );

@@ -672,7 +672,10 @@ struct Events {
 impl Events {
     fn new(resp: reqwest::Response) -> Self {
         let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
-        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
         Self {
             resp,
             buffer: String::new(),
@@ -708,9 +711,7 @@ impl Events {
 /// question with `action`: the question and the call's final answer.
 async fn call_and_answer(t: &World, route: Route, action: &str) -> (Value, Value) {
     let alice = t.w.token(t.w.alice).await;
-    let session = t
-        .session(route, &alice, json!({"elicitation": {}}))
-        .await;
+    let session = t.session(route, &alice, json!({"elicitation": {}})).await;
     let called = call(7, &t.echo(route), json!({"text": "hi"}));
     let before = t.upstream_calls();
     let resp = t.post(route, &alice, Some(&session), &called).await;
@@ -733,7 +734,10 @@ async fn call_and_answer(t: &World, route: Route, action: &str) -> (Value, Value
 async fn an_approved_call_goes_through_on_both_routes(backend: Backend) {
     let t = world(backend).await;
     t.policy("approve echo", APPROVE_ECHO).await;
-    for (n, route) in [Route::Passthrough, Route::Aggregated].into_iter().enumerate() {
+    for (n, route) in [Route::Passthrough, Route::Aggregated]
+        .into_iter()
+        .enumerate()
+    {
         let (question, answer) = call_and_answer(&t, route, "accept").await;
         let id = question["id"].as_str().unwrap();
         assert!(id.starts_with("keygate-approval-"), "{question}");
@@ -819,7 +823,12 @@ async fn evaluate_says_when_approval_is_required(backend: Backend) {
         });
         let (status, _, decision) =
             t.w.gw
-                .api(Method::POST, "/policies/evaluate", &t.w.admin, Some(dry_run))
+                .api(
+                    Method::POST,
+                    "/policies/evaluate",
+                    &t.w.admin,
+                    Some(dry_run),
+                )
                 .await;
         assert_eq!(status, 200, "{decision}");
         assert_eq!(decision["decision"], "allow", "{decision}");

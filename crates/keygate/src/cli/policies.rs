@@ -200,8 +200,7 @@ fn decision(answer: &Value) -> String {
 }
 
 fn evaluation(e: Evaluate) -> anyhow::Result<Value> {
-    let arguments: Value =
-        serde_json::from_str(&e.arguments).context("--arguments is not JSON")?;
+    let arguments: Value = serde_json::from_str(&e.arguments).context("--arguments is not JSON")?;
     let annotations: Value =
         serde_json::from_str(&e.annotations).context("--annotations is not JSON")?;
     Ok(json!({
