@@ -680,4 +680,7 @@ pub struct PolicyDecision {
     pub policy_ids: Vec<String>,
     /// Evaluation errors, each of which denies.
     pub errors: Vec<String>,
+    /// Allowed only once the user approves (a permit behind it is annotated
+    /// `@approval("user")`): the gateway asks with an MCP elicitation.
+    pub approval_required: bool,
 }

@@ -14,6 +14,10 @@
 //! typed by the schema (they differ per tool): validation checks everything else, and reading
 //! an argument a call does not carry is an evaluation error, which denies. Guard with
 //! `context.arguments has amount && …`.
+//!
+//! Approval: a `permit` annotated `@approval("user")` allows only once the user has approved
+//! the call. A decision an annotated permit takes part in says so ([`Decision::approval`]);
+//! asking is the gateway's (an MCP elicitation). `user` is the only approver there is.
 
 mod convert;
 mod validate;
@@ -190,6 +194,9 @@ pub struct Decision {
     pub policy_ids: Vec<String>,
     /// Why evaluation failed, per policy (a denial).
     pub errors: Vec<String>,
+    /// Allowed only once the user approves: a permit behind the decision is annotated
+    /// `@approval("user")`.
+    pub approval: bool,
 }
 
 impl Decision {
@@ -198,9 +205,14 @@ impl Decision {
             allowed: true,
             policy_ids: Vec::new(),
             errors: Vec::new(),
+            approval: false,
         }
     }
 }
+
+/// The annotation that makes a permit ask for approval, and the one approver it names.
+pub const APPROVAL_ANNOTATION: &str = "approval";
+pub const APPROVER_USER: &str = "user";
 
 /// A stored policy that no longer compiles (it was valid when stored).
 #[derive(Debug, thiserror::Error)]
@@ -278,6 +290,7 @@ impl Compiled {
                     allowed: false,
                     policy_ids: Vec::new(),
                     errors: vec![cause],
+                    approval: false,
                 };
             }
         };
@@ -294,13 +307,22 @@ impl Compiled {
                 allowed: false,
                 policy_ids: ids.collect::<BTreeSet<_>>().into_iter().collect(),
                 errors: errors.iter().map(ToString::to_string).collect(),
+                approval: false,
             };
         }
+        let allowed = response.decision() == CedarDecision::Allow;
+        let approval = allowed
+            && diagnostics.reason().any(|id| {
+                set.policy(id)
+                    .and_then(|p| p.annotation(APPROVAL_ANNOTATION))
+                    .is_some()
+            });
         let reason = diagnostics.reason().map(|id| stored_id(id.as_ref()));
         Decision {
-            allowed: response.decision() == CedarDecision::Allow,
+            allowed,
             policy_ids: reason.collect::<BTreeSet<_>>().into_iter().collect(),
             errors: Vec::new(),
+            approval,
         }
     }
 
@@ -330,6 +352,7 @@ impl Compiled {
             allowed: false,
             policy_ids: self.broken.iter().map(|b| b.id.clone()).collect(),
             errors: self.broken.iter().map(ToString::to_string).collect(),
+            approval: false,
         })
     }
 }
@@ -593,6 +616,40 @@ mod tests {
         ]);
         assert!(compiled.may_ever(&member(), Action::CallTool, &tool("transfer", false)));
         assert!(!compiled.may_ever(&member(), Action::CallTool, &tool("wire", false)));
+    }
+
+    #[test]
+    fn an_annotated_permit_asks_for_approval() {
+        let compiled = Compiled::new(&[
+            stored(
+                r#"permit (principal, action, resource) when { resource.name != "transfer" };"#,
+                true,
+            ),
+            stored(
+                r#"@approval("user") permit (principal, action, resource) when { resource.name == "transfer" };"#,
+                true,
+            ),
+        ]);
+        let transfer = compiled.decide(&member(), Action::CallTool, &tool("transfer", false), None);
+        assert!(transfer.allowed && transfer.approval);
+        let read = compiled.decide(&member(), Action::CallTool, &tool("read", false), None);
+        assert!(read.allowed && !read.approval);
+    }
+
+    #[test]
+    fn a_denial_never_asks_for_approval() {
+        let compiled = Compiled::new(&[
+            stored(
+                r#"@approval("user") permit (principal, action, resource);"#,
+                true,
+            ),
+            stored(
+                r#"forbid (principal, action, resource) when { resource.name == "wire" };"#,
+                true,
+            ),
+        ]);
+        let d = compiled.decide(&member(), Action::CallTool, &tool("wire", false), None);
+        assert!(!d.allowed && !d.approval);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub fn validate(text: &str) -> Result<(), Vec<Problem>> {
         let message = "templates (`?principal`, `?resource`) are not supported";
         return Err(vec![Problem::general(message)]);
     }
+    if let Some(problem) = approval_problem(&set) {
+        return Err(vec![problem]);
+    }
     let result = Validator::new(crate::schema().clone()).validate(&set, ValidationMode::Strict);
     let found: Vec<Problem> = result
         .validation_errors()
@@ -44,6 +47,25 @@ pub fn validate(text: &str) -> Result<(), Vec<Problem>> {
         .flat_map(|e| problems(text, e))
         .collect();
     if found.is_empty() { Ok(()) } else { Err(found) }
+}
+
+/// An `@approval` annotation that names no approver the gateway knows, or sits on a `forbid`
+/// (a denial needs nobody's approval).
+fn approval_problem(set: &PolicySet) -> Option<Problem> {
+    set.policies().find_map(|p| {
+        let approver = p.annotation(crate::APPROVAL_ANNOTATION)?;
+        if p.effect() == cedar_policy::Effect::Forbid {
+            return Some(Problem::general(
+                "@approval applies to a permit only (a forbid is never approved)",
+            ));
+        }
+        (approver != crate::APPROVER_USER).then(|| {
+            Problem::general(format!(
+                "@approval(\"{approver}\") names an unknown approver; the only one is \"{}\"",
+                crate::APPROVER_USER
+            ))
+        })
+    })
 }
 
 /// Whether a validation error is about `context.arguments`, which the schema leaves untyped:

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod approval;
 pub mod credentials;
 pub mod error;
 pub mod forwarded;
@@ -83,6 +84,8 @@ pub struct RouteCache {
     pub(crate) sse_sessions: aggregate::sse_upstream::SseSessions,
     /// Compiled tool policies, the users they judge, listed tools' annotations.
     pub(crate) policies: policy::PolicyCache,
+    /// Calls waiting for the user's approval, and what pass-through clients declared.
+    pub(crate) approvals: approval::Approvals,
 }
 
 impl ProxyState {

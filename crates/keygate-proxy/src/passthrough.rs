@@ -22,6 +22,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::ProxyState;
+use crate::approval;
 use crate::credentials::{self, Authorization};
 use crate::error::ProxyError;
 use crate::forwarded;
@@ -73,10 +74,30 @@ pub async fn handle(
     // way into the connection's task (`sequential` bench section under callgrind).
     let work = Box::pin(forward(&state, &integration, req, Route::Endpoint, &mut ex));
     let result = traced::within(scope, work).await;
+    if let Some(ask) = approval::asked(&result) {
+        return ask_approval(&state, ask, ex, integration, Route::Endpoint);
+    }
     if result.as_ref().is_err_and(ProxyError::wants_request_id) {
         traced::read_unsent(&mut ex, unsent).await;
     }
     traced::finish(ex, result)
+}
+
+/// A call waiting for the user's approval: answered with the elicitation, then handled again
+/// (approved) on the same stream ([`crate::approval`]).
+fn ask_approval(
+    state: &ProxyState,
+    ask: approval::Ask,
+    ex: Exchange,
+    integration: String,
+    route: Route,
+) -> Response {
+    approval::ask(state, ask, ex, move |state, req, mut ex| async move {
+        let scope = traced::scope(&ex);
+        let work = Box::pin(forward(&state, &integration, req, route, &mut ex));
+        let result = traced::within(scope, work).await;
+        traced::finish(ex, result)
+    })
 }
 
 /// `…/{integration}/message?ep=…`: a legacy transport message.
@@ -90,6 +111,9 @@ pub async fn handle_message(
     let (req, unsent) = unsent::split(req);
     let work = Box::pin(forward(&state, &integration, req, Route::Message, &mut ex));
     let result = traced::within(scope, work).await;
+    if let Some(ask) = approval::asked(&result) {
+        return ask_approval(&state, ask, ex, integration, Route::Message);
+    }
     if result.as_ref().is_err_and(ProxyError::wants_request_id) {
         traced::read_unsent(&mut ex, unsent).await;
     }
@@ -146,18 +170,33 @@ async fn forward(
     } else {
         None
     };
+    let mut initialize = None;
     let (body, governed) = match stage {
         Some(stage) => {
             let message = read_governed(body).await?;
             ex.set_message(&message);
+            if let Some(taken) = approval::answered(state, &caller, &parts.headers, &message) {
+                return Ok(taken);
+            }
             // Each message of a batch is judged like a single one.
             let messages = match &message {
                 Value::Array(batch) => batch.as_slice(),
                 single => std::slice::from_ref(single),
             };
+            let mut asked = None;
             for m in messages {
-                stage.check(state, &integration, m, None)?;
+                if let Some(a) = stage.check(state, &integration, m, None)? {
+                    asked.get_or_insert(a);
+                }
             }
+            if let Some(asked) = asked {
+                let why =
+                    approval_unsupported(state, &integration, &parts.headers, route, messages);
+                let session = approval::session_header(&parts.headers);
+                let marker = approval::request(asked, &caller, session, &message, why)?;
+                return Ok(approval::with_request(marker, &parts));
+            }
+            initialize = approval::initialize_declares(&message);
             let lists = Arc::new(list_requests(messages));
             // The upstream gets the message as judged, not bytes another parser might read
             // differently (duplicate keys).
@@ -215,6 +254,7 @@ async fn forward(
             .await
             .map_err(named)?;
         let relayed = relay(resp, endpoint_map, relay_for(answering));
+        approval::note_initialize(state, integration.id, initialize, &relayed);
         return Ok(as_policy_lets(state, governed.as_ref(), &integration, relayed).await);
     }
     // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
@@ -239,6 +279,7 @@ async fn forward(
                 endpoint_map,
                 relay_for(Answering::Body(bytes.clone())),
             );
+            approval::note_initialize(state, integration.id, initialize, &relayed);
             Ok(as_policy_lets(state, governed.as_ref(), &integration, relayed).await)
         }
         Err(e @ ProxyError::NotConnected { .. }) => {
@@ -248,6 +289,37 @@ async fn forward(
         }
         Err(e) => Err(named(e)),
     }
+}
+
+/// Why the gateway cannot ask the user to approve a pass-through call, if it cannot: the
+/// call is part of a batch, comes over the legacy HTTP+SSE transport (whose answers travel on
+/// another stream), or its client did not declare `elicitation` in an `initialize` this
+/// replica saw go by while the organization had policies.
+fn approval_unsupported(
+    state: &ProxyState,
+    integration: &Integration,
+    headers: &HeaderMap,
+    route: Route,
+    messages: &[Value],
+) -> Option<&'static str> {
+    if messages.len() > 1 {
+        return Some("it is part of a batch; send it alone");
+    }
+    if route == Route::Message {
+        return Some("the legacy HTTP+SSE transport cannot carry the question");
+    }
+    let session = approval::session_header(headers);
+    if !state
+        .cache
+        .approvals
+        .sessions
+        .declared(integration.id, session)
+    {
+        return Some(
+            "the client did not declare the elicitation capability (in an initialize this gateway saw)",
+        );
+    }
+    None
 }
 
 /// The upstream endpoint of a legacy message post: what its `ep` names, if the gateway sealed

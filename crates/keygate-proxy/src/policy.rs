@@ -22,6 +22,7 @@ use keygate_store::GenCache;
 use serde_json::Value;
 
 use crate::ProxyState;
+use crate::approval::Asked;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 
@@ -82,16 +83,18 @@ impl Stage {
     }
 
     /// Refuses a request the policies deny; anything else (other methods, notifications,
-    /// responses) passes. `name` is the integration's own name of the tool or prompt.
+    /// responses) passes. `name` is the integration's own name of the tool or prompt. A
+    /// request a `@approval("user")` permit allows comes back as what to ask the user
+    /// ([`crate::approval`]), unless it is the user's approved request handled again.
     pub fn check(
         &self,
         state: &ProxyState,
         integration: &Integration,
         message: &Value,
         name: Option<&str>,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Option<Asked>, ProxyError> {
         let Some(action) = message["method"].as_str().and_then(Action::of_method) else {
-            return Ok(());
+            return Ok(None);
         };
         let params = &message["params"];
         let field = if action == Action::ReadResource {
@@ -105,7 +108,18 @@ impl Stage {
             self.compiled
                 .decide(&self.principal, action, &target, params.get("arguments"));
         if decision.allowed {
-            return Ok(());
+            if !decision.approval || crate::approval::is_approved() {
+                return Ok(None);
+            }
+            return Ok(Some(Asked {
+                method: message["method"].as_str().unwrap_or("").to_owned(),
+                name: name.to_owned(),
+                integration_slug: integration.slug.clone(),
+                integration_name: integration.name.clone(),
+                integration: integration.id,
+                arguments: params.get("arguments").cloned().unwrap_or(Value::Null),
+                policy_ids: decision.policy_ids,
+            }));
         }
         if !decision.errors.is_empty() {
             tracing::warn!(

@@ -11,6 +11,7 @@ pub mod integration_oauth;
 pub mod integrations;
 pub mod login;
 pub mod output;
+pub mod policies;
 pub mod remote;
 pub mod resources;
 pub mod service_accounts;
@@ -108,6 +109,13 @@ pub enum Command {
         common: resources::Common,
         #[command(subcommand)]
         command: connections::ConnectionsCommand,
+    },
+    /// The organization's tool policies (Cedar).
+    Policies {
+        #[command(flatten)]
+        common: resources::Common,
+        #[command(subcommand)]
+        command: policies::PoliciesCommand,
     },
     /// Agent sessions of an application.
     Sessions {
@@ -331,6 +339,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             connections::run(&config, common, command).await
         }
         Command::Sessions { common, command } => sessions::run(&config, common, command).await,
+        Command::Policies { common, command } => policies::run(&config, common, command).await,
         Command::ServiceAccounts { common, command } => {
             service_accounts::run(&config, common, command).await
         }

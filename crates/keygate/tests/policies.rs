@@ -25,6 +25,10 @@ both_backends!(
     an_admin_user_changes_policies,
     the_schema_and_the_openapi_document_publish_the_policy_routes,
     bad_policy_text_is_refused_with_its_place,
+    an_approved_call_goes_through_on_both_routes,
+    a_declined_call_never_reaches_the_upstream,
+    a_client_without_elicitation_is_told_approval_is_required,
+    evaluate_says_when_approval_is_required,
 );
 
 /// A world with one fake upstream attached as `alpha`.
@@ -590,4 +594,280 @@ async fn bad_policy_text_is_refused_with_its_place(backend: Backend) {
     let (status, _, listed) = t.w.gw.api(Method::GET, "/policies", admin, None).await;
     assert_eq!(status, 200);
     assert_eq!(listed["items"], json!([]), "nothing invalid was stored");
+}
+
+/// Echo needs the user's approval; everything else is allowed.
+const APPROVE_ECHO: &str = r#"@approval("user")
+permit (principal, action == Action::"call_tool", resource) when { resource.name == "echo" };
+permit (principal, action, resource) when { resource.name != "echo" };"#;
+
+/// Which endpoint a test speaks to.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    Passthrough,
+    Aggregated,
+}
+
+impl World {
+    fn url(&self, route: Route) -> String {
+        match route {
+            Route::Passthrough => format!("{}/{}", self.w.app_url, self.slug),
+            Route::Aggregated => self.w.app_url.clone(),
+        }
+    }
+
+    /// The tool `echo` as `route` names it.
+    fn echo(&self, route: Route) -> String {
+        match route {
+            Route::Passthrough => "echo".into(),
+            Route::Aggregated => format!("{}_echo", self.slug),
+        }
+    }
+
+    /// A 2025 session on `route` whose client declares `capabilities`: its id.
+    async fn session(&self, route: Route, token: &str, capabilities: Value) -> String {
+        let init = rpc(
+            0,
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": capabilities,
+                "clientInfo": {"name": "t", "version": "1"}}),
+        );
+        let resp = self.post(route, token, None, &init).await;
+        assert_eq!(resp.status(), 200);
+        resp.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn post(
+        &self,
+        route: Route,
+        token: &str,
+        session: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut req = self
+            .w
+            .gw
+            .http
+            .post(self.url(route))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(body);
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        req.send().await.unwrap()
+    }
+}
+
+/// Reads an SSE answer event by event.
+struct Events {
+    resp: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    fn new(resp: reqwest::Response) -> Self {
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        Self {
+            resp,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's JSON data (comments and keep-alives skipped).
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                if !data.is_empty() {
+                    return serde_json::from_str(&data.join("\n")).unwrap();
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.resp.chunk())
+                .await
+                .expect("an event within 10 s")
+                .unwrap()
+                .expect("the stream ended before the event");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+/// Calls echo on `route` in a session that declared elicitation, and answers the gateway's
+/// question with `action`: the question and the call's final answer.
+async fn call_and_answer(t: &World, route: Route, action: &str) -> (Value, Value) {
+    let alice = t.w.token(t.w.alice).await;
+    let session = t.session(route, &alice, json!({"elicitation": {}})).await;
+    let called = call(7, &t.echo(route), json!({"text": "hi"}));
+    let before = t.upstream_calls();
+    let resp = t.post(route, &alice, Some(&session), &called).await;
+    assert_eq!(resp.status(), 200);
+    let mut events = Events::new(resp);
+    let question = events.next().await;
+    assert_eq!(question["method"], "elicitation/create", "{question}");
+    assert_eq!(
+        t.upstream_calls(),
+        before,
+        "nothing reaches the upstream before the user answers"
+    );
+    let answer = json!({"jsonrpc": "2.0", "id": question["id"],
+        "result": {"action": action, "content": {}}});
+    let taken = t.post(route, &alice, Some(&session), &answer).await;
+    assert_eq!(taken.status(), 202);
+    (question, events.next().await)
+}
+
+async fn an_approved_call_goes_through_on_both_routes(backend: Backend) {
+    let t = world(backend).await;
+    t.policy("approve echo", APPROVE_ECHO).await;
+    for (n, route) in [Route::Passthrough, Route::Aggregated]
+        .into_iter()
+        .enumerate()
+    {
+        let (question, answer) = call_and_answer(&t, route, "accept").await;
+        let id = question["id"].as_str().unwrap();
+        assert!(id.starts_with("keygate-approval-"), "{question}");
+        let message = question["params"]["message"].as_str().unwrap();
+        for shown in ["echo", "Alpha", &t.slug, r#""text":"hi""#] {
+            assert!(message.contains(shown), "{shown} in {message}");
+        }
+        assert_eq!(question["params"]["requestedSchema"]["type"], "object");
+        assert_eq!(answer["id"], 7, "{route:?}: {answer}");
+        assert!(answer["result"].is_object(), "{route:?}: {answer}");
+        assert_eq!(t.upstream_calls(), n + 1, "{route:?}");
+        // The answer to the question never went upstream.
+        assert!(
+            t.up.requests().iter().all(|r| r["id"] != question["id"]),
+            "{route:?}"
+        );
+    }
+    // Tools that need no approval are answered as usual.
+    let alice = t.w.token(t.w.alice).await;
+    let listed = t.passthrough(&alice, rpc(1, "tools/list", json!({}))).await;
+    assert_eq!(tools(&listed), ["ask", "echo", "slow"]);
+    let approvals = approval_events(&t, "ok", 2).await;
+    assert!(
+        approvals[0]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("accepted"),
+        "{approvals:?}"
+    );
+}
+
+async fn a_declined_call_never_reaches_the_upstream(backend: Backend) {
+    let t = world(backend).await;
+    let id = t.policy("approve echo", APPROVE_ECHO).await;
+    for route in [Route::Passthrough, Route::Aggregated] {
+        let (_, answer) = call_and_answer(&t, route, "decline").await;
+        assert_eq!(answer["id"], 7, "{route:?}: {answer}");
+        assert_eq!(answer["error"]["code"], -32043, "{route:?}: {answer}");
+        assert_eq!(answer["error"]["data"]["policyIds"], json!([id]));
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("declined"), "{message}");
+    }
+    assert_eq!(t.upstream_calls(), 0);
+    let approvals = approval_events(&t, "denied", 2).await;
+    assert!(
+        approvals[0]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("declined"),
+        "{approvals:?}"
+    );
+}
+
+async fn a_client_without_elicitation_is_told_approval_is_required(backend: Backend) {
+    let t = world(backend).await;
+    let id = t.policy("approve echo", APPROVE_ECHO).await;
+    let alice = t.w.token(t.w.alice).await;
+    for route in [Route::Passthrough, Route::Aggregated] {
+        let session = t.session(route, &alice, json!({"sampling": {}})).await;
+        let called = call(3, &t.echo(route), json!({}));
+        let refused = answer(t.post(route, &alice, Some(&session), &called).await).await;
+        assert_eq!(refused["id"], 3, "{route:?}: {refused}");
+        assert_eq!(refused["error"]["code"], -32043, "{route:?}: {refused}");
+        assert_eq!(refused["error"]["data"]["policyIds"], json!([id]));
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("approval") && message.contains("elicitation"),
+            "{message}"
+        );
+    }
+    assert_eq!(t.upstream_calls(), 0);
+}
+
+async fn evaluate_says_when_approval_is_required(backend: Backend) {
+    let t = world(backend).await;
+    let id = t.policy("approve echo", APPROVE_ECHO).await;
+    for (tool, approval) in [("echo", true), ("slow", false)] {
+        let dry_run = json!({
+            "principal": {"id": t.w.alice.to_string(), "email": t.w.email(t.w.alice), "role": "member"},
+            "action": "call_tool",
+            "resource": {"name": tool, "integration": {"slug": t.slug, "host": "127.0.0.1"},
+                "application": t.w.app.to_string()},
+        });
+        let (status, _, decision) =
+            t.w.gw
+                .api(
+                    Method::POST,
+                    "/policies/evaluate",
+                    &t.w.admin,
+                    Some(dry_run),
+                )
+                .await;
+        assert_eq!(status, 200, "{decision}");
+        assert_eq!(decision["decision"], "allow", "{decision}");
+        assert_eq!(decision["approvalRequired"], approval, "{decision}");
+        assert_eq!(decision["policyIds"], json!([id]), "{decision}");
+    }
+    // An approver the gateway does not know, or an approved forbid, is refused when stored.
+    for text in [
+        r#"@approval("admin") permit (principal, action, resource);"#,
+        r#"@approval("user") forbid (principal, action, resource);"#,
+    ] {
+        let body = json!({"name": "bad", "text": text});
+        let (status, _, refused) =
+            t.w.gw
+                .api(Method::POST, "/policies", &t.w.admin, Some(body))
+                .await;
+        assert_eq!(status, 400, "{refused}");
+        assert!(refused.to_string().contains("approval"), "{refused}");
+    }
+}
+
+/// The approval trace events of `status`, once there are `n`.
+async fn approval_events(t: &World, status: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let path = format!("/events?status={status}");
+        let (code, _, body) = t.w.gw.api(Method::GET, &path, &t.w.admin, None).await;
+        assert_eq!(code, 200, "{body}");
+        let found: Vec<Value> = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["eventType"] == "approval")
+            .cloned()
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{n} {status} approvals: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -227,6 +227,7 @@ async fn evaluate_policy(
         decision: if decision.allowed { "allow" } else { "deny" },
         policy_ids: decision.policy_ids,
         errors: decision.errors,
+        approval_required: decision.approval,
     }))
 }
 

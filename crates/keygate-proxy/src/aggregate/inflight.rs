@@ -37,6 +37,11 @@ impl Client {
             session: session.into(),
         }
     }
+
+    /// The client's `Mcp-Session-Id`.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
 }
 
 /// A request of a client: its id as JSON text (`7` and `"7"` are different ids).

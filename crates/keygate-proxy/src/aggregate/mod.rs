@@ -60,6 +60,7 @@ use self::inflight::{Call, Client};
 use self::session::AggregatedSession;
 use self::upstream::{Downstream, Link, Member, Stateless, exchange, members, rpc, within};
 use crate::ProxyState;
+use crate::approval;
 use crate::credentials;
 use crate::error::{ProxyError, local_answer};
 use crate::forwarded;
@@ -86,6 +87,14 @@ pub async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     let scope = traced::scope(&ex);
     // Boxed, like pass-through's `forward`: the handler's future stays small when moved.
     let result = traced::within(scope, Box::pin(dispatch(&state, req, &mut ex))).await;
+    if let Some(ask) = approval::asked(&result) {
+        // Asked on this answer's stream, then handled again, approved ([`approval`]).
+        return approval::ask(&state, ask, ex, |state, req, mut ex| async move {
+            let scope = traced::scope(&ex);
+            let result = traced::within(scope, Box::pin(dispatch(&state, req, &mut ex))).await;
+            traced::finish(ex, result)
+        });
+    }
     traced::finish(ex, result)
 }
 
@@ -111,7 +120,8 @@ async fn dispatch(
             match post(state, &caller, &parts.headers, session, message, ex).await {
                 // A routed upstream whose grant turned out to be gone: this answer is sent.
                 Err(e) => Err(credentials::with_connect_link(state, &caller, e).await),
-                answer => answer,
+                // A call waiting for approval is handled again, approved, with this request.
+                Ok(answer) => Ok(approval::with_request(answer, &parts)),
             }
         }
         // No stream to open and no session to close without a session (a 2026 client).
@@ -181,6 +191,9 @@ async fn post(
     message: Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
+    if let Some(taken) = approval::answered(state, caller, headers, &message) {
+        return Ok(taken);
+    }
     if era::declares_modern(headers, Some(&message)) {
         return stateless(state, caller, headers, message, ex).await;
     }
@@ -365,12 +378,32 @@ async fn call_by_name(
         return Ok(rpc_error(to.id, jsonrpc::INVALID_PARAMS, &message));
     };
     ex.integration = Some(member.integration.id);
-    if let Some(stage) = policy_stage(state, members).await? {
-        stage.check(state, &member.integration, message, Some(inner))?;
+    if let Some(stage) = policy_stage(state, members).await?
+        && let Some(asked) = stage.check(state, &member.integration, message, Some(inner))?
+    {
+        let why = approval_unsupported(to.downstream);
+        let session = to.client.map(Client::session);
+        return approval::request(asked, &member.caller, session, message, why);
     }
     let mut upstream_msg = message.clone();
     upstream_msg["params"]["name"] = Value::from(inner);
     relay_call(state, member, to, upstream_msg).await
+}
+
+/// Why the gateway cannot ask the user of this downstream to approve a call, if it cannot: a
+/// 2025 client that did not declare `elicitation` in its `initialize`, or a 2026-07-28 client,
+/// whose era replaced server-to-client requests with multi round-trip results (`input_required`),
+/// which the gateway does not issue for approvals yet.
+fn approval_unsupported(downstream: &Downstream) -> Option<&'static str> {
+    match downstream {
+        Downstream::Session(s) if approval::declares_elicitation(s.capabilities.as_ref()) => None,
+        Downstream::Session(_) => {
+            Some("the client did not declare the elicitation capability when it initialized")
+        }
+        Downstream::Stateless(_) => Some(
+            "the gateway asks for approval only in 2025 sessions (with elicitation); a 2026-07-28 client cannot be asked yet",
+        ),
+    }
 }
 
 /// `resources/read`: every upstream is asked; the first that has it answers
@@ -424,7 +457,12 @@ async fn readable_by(
     let mut denial = None;
     for m in members {
         match stage.check(state, &m.integration, message, None) {
-            Ok(()) => readable.push(m.clone()),
+            Ok(None) => readable.push(m.clone()),
+            // A read fans out to find its owner: no one read of it can be asked about.
+            Ok(Some(asked)) => {
+                let why = "resources/read on the aggregated endpoint cannot be approved (use the integration's own endpoint)";
+                denial = denial.or(Some(asked.refused(why)));
+            }
             Err(e) => denial = denial.or(Some(e)),
         }
     }
