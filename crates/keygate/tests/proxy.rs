@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use keygate_core::{ApplicationId, IntegrationId, Secret, UserId};
 use keygate_test_support::browser::{browser, field};
 use keygate_test_support::fake_upstream::{FakeUpstream, SESSION_ID};
+use keygate_test_support::mcp::{MODERN, initialize, modern_with, names, post, rpc, status_json};
 use keygate_test_support::world::{AppClient, McpWorld as World};
 use keygate_test_support::{Backend, both_backends};
 use reqwest::Method;
@@ -103,19 +104,7 @@ impl Requests for World {
         session: Option<&str>,
         body: &Value,
     ) -> reqwest::RequestBuilder {
-        let mut req = self
-            .gw
-            .http
-            .post(&self.app_url)
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .json(body);
-        if let Some(s) = session {
-            req = req
-                .header("mcp-session-id", s)
-                .header("mcp-protocol-version", "2025-06-18");
-        }
-        req
+        post(self, token, session, body)
     }
 
     /// A pass-through POST carrying headers that must be dropped and kept.
@@ -138,10 +127,6 @@ impl Requests for World {
     }
 }
 
-fn rpc(id: i64, method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
-}
-
 /// The tools of two fake upstreams named alpha and beta, on the aggregated endpoint.
 const ALPHA_BETA_TOOLS: [&str; 6] = [
     "alpha_ask",
@@ -151,18 +136,6 @@ const ALPHA_BETA_TOOLS: [&str; 6] = [
     "beta_echo",
     "beta_slow",
 ];
-
-/// The `name`s of a list's items, sorted.
-fn names(items: &Value) -> Vec<&str> {
-    let mut names: Vec<&str> = items
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    names.sort_unstable();
-    names
-}
 
 /// An integration named Server whose calls carry the server token `srv-secret`: its slug.
 async fn server_token_integration(w: &World, up: &FakeUpstream) -> String {
@@ -895,37 +868,9 @@ async fn aggregated_session_of_another_user_is_not_found(backend: Backend) {
     w.gw.stop().await;
 }
 
-const MODERN: &str = "2026-07-28";
-
-/// A 2026-07-28 request to the aggregated endpoint: `_meta` with the version, capabilities and
-/// `clientInfo`, and the `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers.
-fn modern(
-    w: &World,
-    token: &str,
-    id: i64,
-    method: &str,
-    mut params: Value,
-) -> reqwest::RequestBuilder {
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
-        "io.modelcontextprotocol/clientInfo": {"name": "client-2026", "version": "1"},
-    });
-    let mut req =
-        w.gw.http
-            .post(&w.app_url)
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", MODERN)
-            .header("mcp-method", method);
-    if let Some(name) = params
-        .get("name")
-        .or(params.get("uri"))
-        .and_then(Value::as_str)
-    {
-        req = req.header("mcp-name", name);
-    }
-    req.json(&rpc(id, method, params))
+/// A 2026-07-28 request to the aggregated endpoint from a client that declares sampling.
+fn modern(w: &World, token: &str, id: i64, method: &str, params: Value) -> reqwest::RequestBuilder {
+    modern_with(w, token, id, method, params, json!({"sampling": {}}))
 }
 
 /// Checks that a fake 2026 upstream's echo of a call of its `echo` tool came as a 2026 request
@@ -941,13 +886,6 @@ fn seen_as_2026_echo<'a>(r: &'a Value, client: &str) -> &'a Value {
     assert_eq!(meta["io.modelcontextprotocol/protocolVersion"], MODERN);
     assert_eq!(meta["io.modelcontextprotocol/clientInfo"]["name"], client);
     meta
-}
-
-/// Sends a request and reads its status and JSON body.
-async fn status_json(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// `server/discover` tells a 2026 client the versions it may speak (2026-07-28 among them),
@@ -1808,24 +1746,6 @@ async fn runtime_connect_session_opens_for_its_user_alone(backend: Backend) {
     w.gw.stop().await;
 }
 
-/// A 2025 client's `initialize` on the aggregated endpoint, declaring `capabilities`: its
-/// session id and the answer.
-async fn initialize(w: &World, token: &str, capabilities: Value) -> (String, Value) {
-    let params = json!({"protocolVersion": "2025-06-18", "capabilities": capabilities,
-        "clientInfo": {"name": "t", "version": "1"}});
-    let resp = w
-        .aggregated(token, None, &rpc(0, "initialize", params))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    (session, resp.json().await.unwrap())
-}
-
 /// A 2025 client's `initialize` on the aggregated endpoint: its session id.
 async fn initialized(w: &World, token: &str) -> String {
     initialize(w, token, json!({})).await.0
@@ -1919,10 +1839,12 @@ async fn warm_aggregated_calls_write_nothing(backend: Backend) {
         let (status, answer) = status_json(req).await;
         assert_eq!(status, 200, "{answer}");
     }
-    // The agent session's activity is recorded at most every 10 s; the first one is in.
+    // The agent session's activity is recorded at most every 10 s; wait until the first one
+    // is in. `last_active_at` is set when the token is issued, so only `connected_at`, which
+    // the first MCP activity writes, tells that it has landed.
     let recorded = || async {
         let sessions = w.gw.store.all_agent_sessions(w.gw.org, w.app).await;
-        sessions.unwrap().iter().all(|s| s.last_active_at.is_some())
+        sessions.unwrap().iter().all(|s| s.connected_at.is_some())
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while !recorded().await {
