@@ -41,7 +41,11 @@ both_backends!(
     calls_to_a_2025_upstream_share_one_gateway_session,
     resources_read_for_a_2026_client_routes_by_uri,
     aggregated_requests_breaking_the_protocol_get_its_errors,
-    aggregated_session_bridges_2026_upstreams,
+    a_2025_session_discovers_a_2026_upstream_instead_of_initializing_it,
+    initialized_notification_reaches_only_2025_upstreams,
+    a_2025_sessions_calls_reach_a_2026_upstream_with_meta_from_its_initialize,
+    a_2026_upstreams_error_reaches_a_2025_client_in_a_200,
+    initialize_for_the_stateless_version_gets_a_2025_one,
     upstream_session_expiry_reaches_the_client,
     last_event_id_resumes_without_loss,
     aggregated_stream_resumes_every_upstream,
@@ -1131,11 +1135,8 @@ async fn aggregated_requests_breaking_the_protocol_get_its_errors(backend: Backe
     w.gw.stop().await;
 }
 
-/// A 2025 client's session over a 2026 upstream: the gateway discovers it instead of
-/// initializing it, and every request it relays carries `_meta` built from the client's
-/// `initialize` (kept in the sealed session) and the mirrored headers.
-async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
-    let w = world(backend).await;
+/// A 2026 upstream alpha (server token `tok-a`) and a 2025 upstream beta, both attached.
+async fn modern_alpha_and_beta(w: &World) -> (FakeUpstream, FakeUpstream) {
     let (alpha, beta) = (
         FakeUpstream::modern("alpha").await,
         FakeUpstream::named("beta").await,
@@ -1144,21 +1145,34 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
         .await;
     w.integration(json!({"name": "Beta", "url": beta.url}))
         .await;
-    let alice = w.token(w.alice).await;
-    let post = |session: Option<&str>, body: Value| w.aggregated(&alice, session, &body);
+    (alpha, beta)
+}
+
+/// The `initialize` of a 2025 client named `client-2025` that declares sampling and an
+/// experimental capability: its session id and the answer.
+async fn client_2025_session(w: &World, token: &str) -> (String, Value) {
     let init = rpc(
         1,
         "initialize",
         json!({"protocolVersion": "2025-06-18",
         "capabilities": {"sampling": {}, "experimental": {"x": {}}}, "clientInfo": {"name": "client-2025", "version": "1"}}),
     );
-    let resp = post(None, init).send().await.unwrap();
+    let resp = w.aggregated(token, None, &init).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let session = resp.headers()["mcp-session-id"]
         .to_str()
         .unwrap()
         .to_owned();
-    let init: Value = resp.json().await.unwrap();
+    (session, resp.json().await.unwrap())
+}
+
+/// A 2025 client's session over a 2026 upstream: the gateway discovers the 2026 upstream
+/// instead of initializing it, initializes the 2025 one, and names both in its answer.
+async fn a_2025_session_discovers_a_2026_upstream_instead_of_initializing_it(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
+    let (_, init) = client_2025_session(&w, &alice).await;
     assert!(
         init["result"]["capabilities"]["tools"].is_object(),
         "{init}"
@@ -1173,33 +1187,46 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
         (0, 1)
     );
     assert_eq!(beta.count("initialize"), 1);
-    let status = post(
-        Some(&session),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )
-    .send()
-    .await
-    .unwrap()
-    .status();
-    assert_eq!(status, 202);
+    w.gw.stop().await;
+}
+
+/// `notifications/initialized` of a 2025 client is accepted and reaches its 2025 upstreams
+/// only: a 2026 upstream takes no notifications.
+async fn initialized_notification_reaches_only_2025_upstreams(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
+    let (session, _) = client_2025_session(&w, &alice).await;
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let resp = w.aggregated(&alice, Some(&session), &initialized).send();
+    assert_eq!(resp.await.unwrap().status(), 202);
     assert_eq!(
         alpha.count("notifications/initialized"),
         0,
         "a 2026 upstream takes no notifications"
     );
     assert_eq!(beta.count("notifications/initialized"), 1);
+    w.gw.stop().await;
+}
 
-    let (_, tools) = status_json(post(Some(&session), rpc(2, "tools/list", json!({})))).await;
+/// Every request a 2025 session relays to a 2026 upstream carries `_meta` built from the
+/// client's `initialize` (kept in the sealed session) and the mirrored headers, with the
+/// upstream's credential; lists merge both eras' upstreams.
+async fn a_2025_sessions_calls_reach_a_2026_upstream_with_meta_from_its_initialize(
+    backend: Backend,
+) {
+    let w = world(backend).await;
+    let _upstreams = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
+    let (session, _) = client_2025_session(&w, &alice).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body);
+    let (_, tools) = status_json(post(rpc(2, "tools/list", json!({})))).await;
     assert_eq!(
         names(&tools["result"]["tools"]),
         ALPHA_BETA_TOOLS,
         "{tools}"
     );
-    let (status, r) = status_json(post(
-        Some(&session),
-        rpc(3, "tools/call", json!({"name": "alpha_echo"})),
-    ))
-    .await;
+    let (status, r) = status_json(post(rpc(3, "tools/call", json!({"name": "alpha_echo"})))).await;
     assert_eq!(status, 200, "{r}");
     let meta = seen_as_2026_echo(&r, "client-2025");
     assert_eq!(r["result"]["headers"]["authorization"], "Bearer tok-a");
@@ -1208,21 +1235,37 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
         json!({"experimental": {"x": {}}}),
         "the client's capabilities, without what the gateway cannot carry across eras"
     );
-    // A JSON-RPC error a 2026 upstream sends with a 400 reaches a 2025 client in a 200.
+    w.gw.stop().await;
+}
+
+/// A JSON-RPC error a 2026 upstream sends with a 400 reaches a 2025 client in a 200.
+async fn a_2026_upstreams_error_reaches_a_2025_client_in_a_200(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
+    let (session, _) = client_2025_session(&w, &alice).await;
     let call = rpc(4, "tools/call", json!({"name": "alpha_invalid"}));
-    let (status, r) = status_json(post(Some(&session), call)).await;
+    let (status, r) = status_json(w.aggregated(&alice, Some(&session), &call)).await;
     assert_eq!(
         (status, r["error"]["code"].clone()),
         (200, json!(-32602)),
         "{r}"
     );
-    // An initialize asking for the stateless version gets (and offers upstream) a 2025 one.
+    w.gw.stop().await;
+}
+
+/// An `initialize` asking for the stateless version gets (and offers its 2025 upstreams) a
+/// 2025 one; the 2026 upstream is not initialized.
+async fn initialize_for_the_stateless_version_gets_a_2025_one(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
     let init = rpc(
         5,
         "initialize",
         json!({"protocolVersion": MODERN, "capabilities": {}}),
     );
-    let (_, r) = status_json(post(None, init)).await;
+    let (_, r) = status_json(w.aggregated(&alice, None, &init)).await;
     assert_eq!(r["result"]["protocolVersion"], "2025-11-25", "{r}");
     let offered = beta
         .requests()
