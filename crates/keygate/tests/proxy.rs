@@ -46,7 +46,10 @@ both_backends!(
     a_2025_sessions_calls_reach_a_2026_upstream_with_meta_from_its_initialize,
     a_2026_upstreams_error_reaches_a_2025_client_in_a_200,
     initialize_for_the_stateless_version_gets_a_2025_one,
-    upstream_session_expiry_reaches_the_client,
+    requests_needing_a_forgotten_upstream_session_send_the_client_to_initialize,
+    get_stream_of_a_forgotten_upstream_session_is_not_found,
+    a_call_to_an_upstream_that_kept_its_session_still_works,
+    a_new_initialize_after_an_upstream_forgot_its_session_works,
     last_event_id_resumes_without_loss,
     aggregated_stream_resumes_every_upstream,
     hanging_upstream_gets_a_timeout,
@@ -1276,12 +1279,10 @@ async fn initialize_for_the_stateless_version_gets_a_2025_one(backend: Backend) 
     w.gw.stop().await;
 }
 
-/// An upstream that forgets a 2025 client's session: every path that needs it answers `404`
-/// with `-32001`, so the client initializes again (the sealed session id cannot change under
-/// it) — lists, reads, `logging/setLevel`, notifications, the GET stream, answers to
-/// server-to-client requests and routed calls — and a new `initialize` works.
-async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
-    let w = world(backend).await;
+/// Alpha and beta attached, a 2025 session of Alice's that has listed tools through both, and
+/// then beta forgetting its sessions (it restarted): the upstreams, Alice's token and the
+/// session id.
+async fn session_beta_forgot(w: &World) -> (FakeUpstream, FakeUpstream, String, String) {
     let (a, b) = (
         FakeUpstream::named("alpha").await,
         FakeUpstream::named("beta").await,
@@ -1289,27 +1290,23 @@ async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
     w.integration(json!({"name": "Alpha", "url": a.url})).await;
     w.integration(json!({"name": "Beta", "url": b.url})).await;
     let alice = w.token(w.alice).await;
-    let post = |session: Option<&str>, body: Value| w.aggregated(&alice, session, &body);
-    let initialize = || {
-        post(
-            None,
-            rpc(
-                1,
-                "initialize",
-                json!({"protocolVersion": "2025-06-18",
-        "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
-            ),
-        )
-    };
-    let resp = initialize().send().await.unwrap();
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let (status, _) = status_json(post(Some(&session), rpc(2, "tools/list", json!({})))).await;
+    let session = initialized(w, &alice).await;
+    let list = rpc(2, "tools/list", json!({}));
+    let (status, _) = status_json(w.aggregated(&alice, Some(&session), &list)).await;
     assert_eq!(status, 200);
-
     b.forget_sessions();
+    (a, b, alice, session)
+}
+
+/// An upstream that forgets a 2025 client's session: every request that needs it answers
+/// `404` with `-32001`, so the client initializes again (the sealed session id cannot change
+/// under it) — lists, reads, `logging/setLevel`, notifications, answers to server-to-client
+/// requests and routed calls.
+async fn requests_needing_a_forgotten_upstream_session_send_the_client_to_initialize(
+    backend: Backend,
+) {
+    let w = world(backend).await;
+    let (_a, _b, alice, session) = session_beta_forgot(&w).await;
     let expired = [
         rpc(3, "tools/list", json!({})),
         rpc(4, "prompts/list", json!({})),
@@ -1320,13 +1317,20 @@ async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
         json!({"jsonrpc": "2.0", "id": "beta~5", "result": {}}),
     ];
     for message in expired {
-        let (status, r) = status_json(post(Some(&session), message.clone())).await;
+        let (status, r) = status_json(w.aggregated(&alice, Some(&session), &message)).await;
         assert_eq!(
             (status, r["error"]["code"].clone()),
             (404, json!(-32001)),
             "{message} → {r}"
         );
     }
+    w.gw.stop().await;
+}
+
+/// The GET stream of a session an upstream forgot is not found (`404`).
+async fn get_stream_of_a_forgotten_upstream_session_is_not_found(backend: Backend) {
+    let w = world(backend).await;
+    let (_a, _b, alice, session) = session_beta_forgot(&w).await;
     let get =
         w.gw.http
             .get(&w.app_url)
@@ -1337,32 +1341,34 @@ async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(get.status(), 404);
-    // Alpha still knows its session: a call routed there alone works.
-    let (status, r) = status_json(post(
-        Some(&session),
-        rpc(8, "tools/call", json!({"name": "alpha_echo"})),
-    ))
-    .await;
-    assert_eq!(status, 200, "{r}");
+    w.gw.stop().await;
+}
 
-    // A new initialize opens a new session with beta, and everything works again.
-    let resp = initialize().send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let (status, r) = status_json(post(
-        Some(&session),
-        rpc(9, "tools/call", json!({"name": "beta_echo"})),
-    ))
-    .await;
+/// A call routed to an upstream that still knows its session works while another upstream of
+/// the same client session has forgotten its own.
+async fn a_call_to_an_upstream_that_kept_its_session_still_works(backend: Backend) {
+    let w = world(backend).await;
+    let (_a, _b, alice, session) = session_beta_forgot(&w).await;
+    let call = rpc(8, "tools/call", json!({"name": "alpha_echo"}));
+    let (status, r) = status_json(w.aggregated(&alice, Some(&session), &call)).await;
+    assert_eq!(status, 200, "{r}");
+    w.gw.stop().await;
+}
+
+/// After an upstream forgot its session, a new `initialize` opens a new session with it, and
+/// calls and lists work again.
+async fn a_new_initialize_after_an_upstream_forgot_its_session_works(backend: Backend) {
+    let w = world(backend).await;
+    let (_a, _b, alice, _) = session_beta_forgot(&w).await;
+    let session = initialized(&w, &alice).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body);
+    let (status, r) = status_json(post(rpc(9, "tools/call", json!({"name": "beta_echo"})))).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(
         r["result"]["headers"]["mcp-session-id"],
         "upstream-session-2"
     );
-    let (status, tools) = status_json(post(Some(&session), rpc(10, "tools/list", json!({})))).await;
+    let (status, tools) = status_json(post(rpc(10, "tools/list", json!({})))).await;
     assert_eq!(status, 200, "{tools}");
     assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
     w.gw.stop().await;
