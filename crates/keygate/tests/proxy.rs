@@ -26,7 +26,12 @@ both_backends!(
     detached_or_archived_integration_is_unreachable,
     proxied_call_marks_the_agent_session_live,
     responses_stream_event_by_event,
-    bad_traffic_gets_clean_errors,
+    upstream_reset_mid_stream_ends_with_an_error_for_the_request,
+    oversized_body_gets_413,
+    malformed_json_gets_the_upstreams_client_error,
+    passthrough_to_a_down_upstream_gets_502,
+    internal_address_off_the_allow_list_is_never_contacted,
+    unknown_integration_gets_404,
     legacy_sse_endpoint_is_rewritten,
     validation_performs_a_real_handshake,
     aggregated_session_opens_sealed_and_closes,
@@ -448,14 +453,25 @@ async fn responses_stream_event_by_event(backend: Backend) {
     w.gw.stop().await;
 }
 
-async fn bad_traffic_gets_clean_errors(backend: Backend) {
-    let w = world(backend).await;
+/// A gateway with one pass-through integration named Up over a fake upstream: the upstream,
+/// its slug and Alice's token.
+async fn plain_passthrough(w: &World) -> (FakeUpstream, String, String) {
     let up = FakeUpstream::start().await;
     let (_, slug) = w.integration(json!({"name": "Up", "url": up.url})).await;
-    let alice = w.token(w.alice).await;
+    (up, slug, w.token(w.alice).await)
+}
 
-    // Upstream reset mid-stream: the client gets what was sent, then a JSON-RPC error that
-    // answers its request (a bare cut would leave it waiting), and a clean end.
+/// Checks that the gateway still answers its health check after bad traffic.
+async fn assert_still_up(w: &World) {
+    let health = w.gw.http.get(format!("{}/healthz", w.gw.url)).send();
+    assert_eq!(health.await.unwrap().status(), 200);
+}
+
+/// Upstream reset mid-stream: the client gets what was sent, then a JSON-RPC error that
+/// answers its request (a bare cut would leave it waiting), and a clean end.
+async fn upstream_reset_mid_stream_ends_with_an_error_for_the_request(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, alice) = plain_passthrough(&w).await;
     let resp = w
         .call(
             &slug,
@@ -475,8 +491,14 @@ async fn bad_traffic_gets_clean_errors(backend: Backend) {
         rest.contains("\"id\":1") && rest.contains("\"error\""),
         "a reset upstream must not look like a clean end: {rest}"
     );
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // Oversized body.
+/// An oversized body is refused with `413` and an invalid-request error.
+async fn oversized_body_gets_413(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, alice) = plain_passthrough(&w).await;
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"blob": "a".repeat(5 * 1024 * 1024)}});
     let resp =
         w.gw.http
@@ -489,8 +511,14 @@ async fn bad_traffic_gets_clean_errors(backend: Backend) {
     assert_eq!(resp.status(), 413);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], -32600);
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // Malformed JSON is the upstream's to judge, and its 4xx comes back as it was.
+/// Malformed JSON is the upstream's to judge, and its 4xx comes back as it was.
+async fn malformed_json_gets_the_upstreams_client_error(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, alice) = plain_passthrough(&w).await;
     let resp =
         w.gw.http
             .post(format!("{}/{slug}", w.app_url))
@@ -501,19 +529,29 @@ async fn bad_traffic_gets_clean_errors(backend: Backend) {
             .await
             .unwrap();
     assert!(resp.status().is_client_error(), "{}", resp.status());
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // Upstream down.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead_url = format!("http://{}/mcp", dead.local_addr().unwrap());
-    drop(dead);
+/// A pass-through call to an upstream where nothing listens gets `502` and `-32002`.
+async fn passthrough_to_a_down_upstream_gets_502(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, _, alice) = plain_passthrough(&w).await;
     let (_, down) = w
-        .integration(json!({"name": "Down", "url": dead_url}))
+        .integration(json!({"name": "Down", "url": dead_url().await}))
         .await;
     let resp = w.call(&down, Some(&alice), rpc(2, "ping", json!({}))).await;
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], -32002);
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // The SSRF guard: an internal address that is not allow-listed is never contacted.
+/// The SSRF guard: an internal address that is not allow-listed is never contacted (`502`
+/// before any connection attempt could time out).
+async fn internal_address_off_the_allow_list_is_never_contacted(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, _, alice) = plain_passthrough(&w).await;
     let (_, internal) = w
         .integration(json!({"name": "Internal", "url": "http://10.255.255.1/mcp"}))
         .await;
@@ -526,23 +564,21 @@ async fn bad_traffic_gets_clean_errors(backend: Backend) {
         started.elapsed() < Duration::from_secs(2),
         "refused before connecting"
     );
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // Unknown integration, and the gateway is still up.
+/// A pass-through call to an integration the application does not have gets `404`.
+async fn unknown_integration_gets_404(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, _, alice) = plain_passthrough(&w).await;
     assert_eq!(
         w.call("nope", Some(&alice), rpc(4, "ping", json!({})))
             .await
             .status(),
         404
     );
-    assert_eq!(
-        w.gw.http
-            .get(format!("{}/healthz", w.gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_still_up(&w).await;
     w.gw.stop().await;
 }
 
