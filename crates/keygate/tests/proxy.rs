@@ -33,6 +33,8 @@ both_backends!(
     internal_address_off_the_allow_list_is_never_contacted,
     unknown_integration_gets_404,
     legacy_sse_endpoint_is_rewritten,
+    legacy_messages_reach_the_upstream_and_answer_on_the_stream,
+    forged_legacy_endpoint_cannot_leave_the_upstreams_origin,
     validation_performs_a_real_handshake,
     aggregated_session_opens_sealed_and_closes,
     aggregated_lists_namespace_every_reachable_upstream,
@@ -582,72 +584,111 @@ async fn unknown_integration_gets_404(backend: Backend) {
     w.gw.stop().await;
 }
 
-/// Legacy HTTP+SSE: the upstream's `endpoint` event is rewritten to the gateway, messages
-/// posted there reach the upstream with the injected credential, and answers come back on
-/// the stream.
-async fn legacy_sse_endpoint_is_rewritten(backend: Backend) {
-    let w = world(backend).await;
+/// The chunks of a legacy event stream.
+type Events =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// A legacy HTTP+SSE integration named Legacy whose calls carry the server token
+/// `legacy-srv`: the upstream, the slug, and the two paths its stream opens at (the
+/// integration's own and its `/sse`).
+async fn legacy_passthrough(w: &World) -> (FakeUpstream, String, [String; 2]) {
     let up = FakeUpstream::start().await;
     let (_, slug) = w.integration(json!({"name": "Legacy", "url": up.sse_url, "authMode": "server_token", "serverToken": "legacy-srv"})).await;
-    let alice = w.token(w.alice).await;
-    for path in [
+    let paths = [
         format!("{}/{slug}", w.app_url),
         format!("{}/{slug}/sse", w.app_url),
-    ] {
-        let resp =
-            w.gw.http
-                .get(&path)
-                .bearer_auth(&alice)
-                .header("accept", "text/event-stream")
-                .send()
-                .await
-                .unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut stream = resp.bytes_stream();
-        let mut buf = String::new();
-        while !buf.contains("\n\n") {
-            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        let endpoint = buf
-            .lines()
-            .find_map(|l| l.strip_prefix("data: "))
+    ];
+    (up, slug, paths)
+}
+
+/// Reads `stream` until what came of it contains `needle` (5 s for each chunk at most).
+async fn read_until_contains(stream: &mut Events, needle: &str) -> String {
+    let mut buf = String::new();
+    while !buf.contains(needle) {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
             .unwrap()
-            .to_owned();
+            .unwrap()
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    buf
+}
+
+/// Opens the legacy stream at `path`: the stream, and its first event (the `endpoint` one).
+async fn open_legacy_stream(w: &World, path: &str, token: &str) -> (Events, String) {
+    let resp =
+        w.gw.http
+            .get(path)
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream: Events = Box::pin(resp.bytes_stream());
+    let first = read_until_contains(&mut stream, "\n\n").await;
+    (stream, first)
+}
+
+/// The `data:` of an `endpoint` event.
+fn endpoint_of(event: &str) -> String {
+    event
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap()
+        .to_owned()
+}
+
+/// Legacy HTTP+SSE, at either path: the upstream's `endpoint` event is rewritten to the
+/// gateway's message endpoint, and the upstream's own endpoint is not exposed.
+async fn legacy_sse_endpoint_is_rewritten(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, paths) = legacy_passthrough(&w).await;
+    let alice = w.token(w.alice).await;
+    for path in paths {
+        let (_stream, buf) = open_legacy_stream(&w, &path, &alice).await;
+        let endpoint = endpoint_of(&buf);
         let prefix = format!("{}/{slug}/message?ep=", w.app_url);
         assert!(endpoint.starts_with(&prefix), "{endpoint}");
         assert!(
             !buf.contains("sessionId"),
             "the upstream endpoint is not exposed: {buf}"
         );
+    }
+    w.gw.stop().await;
+}
 
+/// Legacy HTTP+SSE, at either path: messages posted to the announced endpoint are accepted,
+/// reach the upstream with the injected credential and not the agent's, and the answers come
+/// back on the stream.
+async fn legacy_messages_reach_the_upstream_and_answer_on_the_stream(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, _, paths) = legacy_passthrough(&w).await;
+    let alice = w.token(w.alice).await;
+    for path in paths {
+        let (mut stream, buf) = open_legacy_stream(&w, &path, &alice).await;
         let resp =
             w.gw.http
-                .post(&endpoint)
+                .post(endpoint_of(&buf))
                 .bearer_auth(&alice)
                 .json(&rpc(7, "tools/list", json!({})))
                 .send()
                 .await
                 .unwrap();
         assert_eq!(resp.status(), 202);
-        let mut buf = String::new();
-        while !buf.contains("\"id\":7") {
-            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
+        let buf = read_until_contains(&mut stream, "\"id\":7").await;
         assert!(buf.contains("Bearer legacy-srv"), "{buf}");
         assert!(!buf.contains(&alice));
-        drop(stream);
     }
-    // A forged endpoint cannot leave the upstream's origin.
+    w.gw.stop().await;
+}
+
+/// A forged legacy message endpoint cannot leave the upstream's origin (`400`).
+async fn forged_legacy_endpoint_cannot_leave_the_upstreams_origin(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, _) = legacy_passthrough(&w).await;
+    let alice = w.token(w.alice).await;
     let forged = format!("{}/{slug}/message?ep=Ly9ldmlsLmV4YW1wbGUveA", w.app_url); // "//evil.example/x"
     let resp =
         w.gw.http
