@@ -46,6 +46,15 @@ pub fn post_at(
     req
 }
 
+/// A POST of `body` to the pass-through endpoint of the integration `slug`.
+pub fn passthrough(w: &McpWorld, slug: &str, token: &str, body: &Value) -> reqwest::RequestBuilder {
+    w.gw.http
+        .post(format!("{}/{slug}", w.app_url))
+        .header("accept", "application/json, text/event-stream")
+        .bearer_auth(token)
+        .json(body)
+}
+
 /// A 2025 client's `initialize` on the aggregated endpoint, declaring `capabilities`: its
 /// session id and the answer.
 pub async fn initialize(w: &McpWorld, token: &str, capabilities: Value) -> (String, Value) {
