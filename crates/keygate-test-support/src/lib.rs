@@ -10,6 +10,7 @@ pub mod browser;
 pub mod fake_oauth;
 pub mod fake_upstream;
 pub mod fuzz;
+pub mod mcp;
 pub mod tls;
 pub mod world;
 

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use keygate_test_support::fake_upstream::FakeUpstream;
+use keygate_test_support::mcp::{initialize, modern, names, post, post_at, rpc, status_json};
 use keygate_test_support::world::{AppClient, McpWorld as World};
 use keygate_test_support::{Backend, both_backends};
 use serde_json::{Value, json};
@@ -23,96 +24,8 @@ both_backends!(
     a_legacy_sse_upstream_that_restarted_is_reopened,
 );
 
-const MODERN: &str = "2026-07-28";
-
-fn rpc(id: i64, method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
-}
-
 async fn world(backend: Backend) -> World {
     World::start(backend, AppClient::Public, |_| {}).await
-}
-
-/// A 2025 client's POST to the aggregated endpoint at `url`, within `session` once it has one.
-fn post(
-    w: &World,
-    url: &str,
-    token: &str,
-    session: Option<&str>,
-    body: &Value,
-) -> reqwest::RequestBuilder {
-    let mut req =
-        w.gw.http
-            .post(url)
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .json(body);
-    if let Some(s) = session {
-        req = req
-            .header("mcp-session-id", s)
-            .header("mcp-protocol-version", "2025-06-18");
-    }
-    req
-}
-
-/// A 2026-07-28 client's request to the aggregated endpoint.
-fn modern(
-    w: &World,
-    token: &str,
-    id: i64,
-    method: &str,
-    mut params: Value,
-) -> reqwest::RequestBuilder {
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {},
-        "io.modelcontextprotocol/clientInfo": {"name": "client-2026", "version": "1"},
-    });
-    let mut req =
-        w.gw.http
-            .post(&w.app_url)
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", MODERN)
-            .header("mcp-method", method);
-    if let Some(name) = params.get("name").and_then(Value::as_str) {
-        req = req.header("mcp-name", name);
-    }
-    req.json(&rpc(id, method, params))
-}
-
-async fn status_json(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// A 2025 client's `initialize` at `url`: its session id and the answer.
-async fn initialize(w: &World, url: &str, token: &str) -> (String, Value) {
-    let params = json!({"protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"}});
-    let resp = post(w, url, token, None, &rpc(0, "initialize", params))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    (session, resp.json().await.unwrap())
-}
-
-/// The sorted `name`s of a list result's items.
-fn names(items: &Value) -> Vec<String> {
-    let mut names: Vec<String> = items
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {items}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort_unstable();
-    names
 }
 
 /// Asserts the gateway's "initialize again" answer to the request with `id`.
@@ -130,15 +43,9 @@ async fn an_ended_session_is_refused_with_404(backend: Backend) {
     let up = FakeUpstream::named("alpha").await;
     w.integration(json!({"name": "Alpha", "url": up.url})).await;
     let alice = w.token(w.alice).await;
-    let (session, _) = initialize(&w, &w.app_url, &alice).await;
-    let (status, _) = status_json(post(
-        &w,
-        &w.app_url,
-        &alice,
-        Some(&session),
-        &rpc(1, "ping", json!({})),
-    ))
-    .await;
+    let (session, _) = initialize(&w, &alice, json!({})).await;
+    let (status, _) =
+        status_json(post(&w, &alice, Some(&session), &rpc(1, "ping", json!({})))).await;
     assert_eq!(status, 200);
 
     let delete = || {
@@ -155,14 +62,7 @@ async fn an_ended_session_is_refused_with_404(backend: Backend) {
         (4, "tools/call", json!({"name": "alpha_echo"})),
         (5, "resources/read", json!({"uri": "alpha://doc"})),
     ] {
-        let answer = status_json(post(
-            &w,
-            &w.app_url,
-            &alice,
-            Some(&session),
-            &rpc(id, method, params),
-        ))
-        .await;
+        let answer = status_json(post(&w, &alice, Some(&session), &rpc(id, method, params))).await;
         assert_initialize_again(answer, id);
     }
     let get =
@@ -186,8 +86,8 @@ async fn an_ended_session_leaves_new_sessions_working(backend: Backend) {
     let up = FakeUpstream::named("alpha").await;
     w.integration(json!({"name": "Alpha", "url": up.url})).await;
     let alice = w.token(w.alice).await;
-    let (ended, _) = initialize(&w, &w.app_url, &alice).await;
-    let (other, _) = initialize(&w, &w.app_url, &alice).await;
+    let (ended, _) = initialize(&w, &alice, json!({})).await;
+    let (other, _) = initialize(&w, &alice, json!({})).await;
     let resp =
         w.gw.http
             .delete(&w.app_url)
@@ -197,11 +97,10 @@ async fn an_ended_session_leaves_new_sessions_working(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(resp.status(), 200);
-    let (fresh, _) = initialize(&w, &w.app_url, &alice).await;
+    let (fresh, _) = initialize(&w, &alice, json!({})).await;
     for session in [&other, &fresh] {
         let (status, r) = status_json(post(
             &w,
-            &w.app_url,
             &alice,
             Some(session),
             &rpc(1, "tools/list", json!({})),
@@ -226,8 +125,8 @@ async fn an_ended_session_is_refused_on_every_replica() {
     let replica = w.gw.replica().await;
     let on_replica = format!("{}/apps/{}/mcp", replica.url, w.app);
     let alice = w.token(w.alice).await;
-    let (session, _) = initialize(&w, &w.app_url, &alice).await;
-    let (status, r) = status_json(post(
+    let (session, _) = initialize(&w, &alice, json!({})).await;
+    let (status, r) = status_json(post_at(
         &w,
         &on_replica,
         &alice,
@@ -249,7 +148,7 @@ async fn an_ended_session_is_refused_on_every_replica() {
     // The other replica hears of it through the database's notification, within moments.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let answer = status_json(post(
+        let answer = status_json(post_at(
             &w,
             &on_replica,
             &alice,
@@ -284,11 +183,10 @@ async fn beta_forgets(backend: Backend, forgot_with_400: bool) {
     w.integration(json!({"name": "Alpha", "url": a.url})).await;
     w.integration(json!({"name": "Beta", "url": b.url})).await;
     let alice = w.token(w.alice).await;
-    let (session, _) = initialize(&w, &w.app_url, &alice).await;
+    let (session, _) = initialize(&w, &alice, json!({})).await;
     let list = |id| {
         post(
             &w,
-            &w.app_url,
             &alice,
             Some(&session),
             &rpc(id, "tools/list", json!({})),
@@ -308,14 +206,13 @@ async fn beta_forgets(backend: Backend, forgot_with_400: bool) {
     assert_initialize_again(status_json(list(2)).await, 2);
     let call = rpc(3, "tools/call", json!({"name": "beta_echo"}));
     assert_initialize_again(
-        status_json(post(&w, &w.app_url, &alice, Some(&session), &call)).await,
+        status_json(post(&w, &alice, Some(&session), &call)).await,
         3,
     );
 
-    let (fresh, _) = initialize(&w, &w.app_url, &alice).await;
+    let (fresh, _) = initialize(&w, &alice, json!({})).await;
     let (status, r) = status_json(post(
         &w,
-        &w.app_url,
         &alice,
         Some(&fresh),
         &rpc(4, "tools/list", json!({})),
@@ -349,13 +246,12 @@ async fn a_400_in_a_live_upstream_session_keeps_the_session(backend: Backend) {
     up.refuse_unknown_sessions_with_400();
     w.integration(json!({"name": "Beta", "url": up.url})).await;
     let alice = w.token(w.alice).await;
-    let (session, _) = initialize(&w, &w.app_url, &alice).await;
+    let (session, _) = initialize(&w, &alice, json!({})).await;
     let call = rpc(1, "tools/call", json!({"name": "beta_refuse"}));
-    let (status, r) = status_json(post(&w, &w.app_url, &alice, Some(&session), &call)).await;
+    let (status, r) = status_json(post(&w, &alice, Some(&session), &call)).await;
     assert_eq!((status, &r["error"]["code"]), (400, &json!(-32600)), "{r}");
     let (status, r) = status_json(post(
         &w,
-        &w.app_url,
         &alice,
         Some(&session),
         &rpc(2, "tools/list", json!({})),
@@ -409,7 +305,7 @@ async fn legacy_sse_upstreams_are_listed_and_called(backend: Backend) {
     w.integration(json!({"name": "Alpha", "url": alpha.url}))
         .await;
     let alice = w.token(w.alice).await;
-    let (session, init) = initialize(&w, &w.app_url, &alice).await;
+    let (session, init) = initialize(&w, &alice, json!({})).await;
     let instructions = init["result"]["instructions"].as_str().unwrap();
     assert!(instructions.contains("old: Old"), "{instructions}");
     assert!(
@@ -419,7 +315,6 @@ async fn legacy_sse_upstreams_are_listed_and_called(backend: Backend) {
 
     let (status, r) = status_json(post(
         &w,
-        &w.app_url,
         &alice,
         Some(&session),
         &rpc(1, "tools/list", json!({})),
@@ -442,7 +337,7 @@ async fn legacy_sse_upstreams_are_listed_and_called(backend: Backend) {
         "tools/call",
         json!({"name": "old_echo", "arguments": {"x": 1}}),
     );
-    let (status, r) = status_json(post(&w, &w.app_url, &alice, Some(&session), &call)).await;
+    let (status, r) = status_json(post(&w, &alice, Some(&session), &call)).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["id"], 2, "{r}");
     assert_eq!(r["result"]["params"]["name"], "echo", "{r}");
@@ -490,11 +385,10 @@ async fn a_legacy_sse_upstream_that_restarted_is_reopened(backend: Backend) {
     w.integration(json!({"name": "Old", "url": old.sse_url}))
         .await;
     let alice = w.token(w.alice).await;
-    let (session, _) = initialize(&w, &w.app_url, &alice).await;
+    let (session, _) = initialize(&w, &alice, json!({})).await;
     let list = |id| {
         post(
             &w,
-            &w.app_url,
             &alice,
             Some(&session),
             &rpc(id, "tools/list", json!({})),

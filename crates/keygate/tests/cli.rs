@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use keygate_test_support::browser::{browser, field, location};
 use keygate_test_support::fake_upstream::FakeUpstream;
+use keygate_test_support::mcp::{passthrough, rpc};
 use keygate_test_support::world::{AppClient, McpWorld};
 use keygate_test_support::{Backend, TestGateway};
 use serde_json::{Value, json};
@@ -357,16 +358,8 @@ async fn traces_are_listed_shown_and_counted() {
     let up = FakeUpstream::start().await;
     let (_, slug) = w.integration(json!({"name": "Fake", "url": up.url})).await;
     let token = w.token(w.alice).await;
-    let resp =
-        w.gw.http
-            .post(format!("{}/{slug}", w.app_url))
-            .header("accept", "application/json, text/event-stream")
-            .bearer_auth(&token)
-            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {}}}))
-            .send()
-            .await
-            .unwrap();
+    let call = rpc(1, "tools/call", json!({"name": "echo", "arguments": {}}));
+    let resp = passthrough(&w, &slug, &token, &call).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let cli = Cli::new(&w.gw);
     cli.login_service_account(&w.gw).await;
@@ -492,16 +485,8 @@ async fn a_browser_login_signs_the_user_in_and_token_app_mints_an_mcp_token() {
     )
     .await;
     let token = token.trim().to_owned();
-    let resp =
-        w.gw.http
-            .post(format!("{}/{slug}", w.app_url))
-            .header("accept", "application/json, text/event-stream")
-            .bearer_auth(&token)
-            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {}}}))
-            .send()
-            .await
-            .unwrap();
+    let call = rpc(1, "tools/call", json!({"name": "echo", "arguments": {}}));
+    let resp = passthrough(&w, &slug, &token, &call).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     // The next call needs no browser: the stored token is still fresh.
     assert_eq!(cli.ok(&["token", "--app", "Agents"]).await.trim(), token);

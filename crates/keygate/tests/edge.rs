@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use keygate_core::config::Config;
 use keygate_test_support::fake_upstream::{FakeUpstream, SESSION_ID};
+use keygate_test_support::mcp::rpc;
 use keygate_test_support::tls::{CertFiles, TestCa};
 use keygate_test_support::world::{AppClient, McpWorld};
 use keygate_test_support::{Backend, TestGateway};
@@ -22,10 +23,6 @@ fn with_tls(config: &mut Config, files: &CertFiles) {
     config.tls.key_file = Some(files.key.display().to_string());
     let port = config.listen.expect("bound").port();
     config.public_url = Some(format!("https://127.0.0.1:{port}").parse().unwrap());
-}
-
-fn rpc(id: i64, method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
 
 /// The `data:` payloads of an SSE body, as JSON.

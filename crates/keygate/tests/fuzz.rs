@@ -13,6 +13,7 @@ use keygate_proxy::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
 use keygate_test_support::Backend;
 use keygate_test_support::fake_upstream::FakeUpstream;
 use keygate_test_support::fuzz::{self, json_rpc_body, json_value};
+use keygate_test_support::mcp::initialize;
 use keygate_test_support::world::{AppClient, McpWorld};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -50,23 +51,7 @@ fn target() -> Target {
         let token =
             w.gw.user_token_for(w.alice, w.app, &w.app_url, 86_400)
                 .await;
-        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "fuzz", "version": "1"}}});
-        let resp =
-            w.gw.http
-                .post(&w.app_url)
-                .bearer_auth(&token)
-                .header("accept", "application/json, text/event-stream")
-                .json(&init)
-                .send()
-                .await
-                .unwrap();
-        assert_eq!(resp.status(), 200);
-        let session = resp.headers()["mcp-session-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let (session, _) = initialize(&w, &token, json!({})).await;
         (w, up, integration, slug, token, session)
     });
     Target {

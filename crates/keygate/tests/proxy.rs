@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use keygate_core::{ApplicationId, IntegrationId, Secret, UserId};
 use keygate_test_support::browser::{browser, field};
 use keygate_test_support::fake_upstream::{FakeUpstream, SESSION_ID};
+use keygate_test_support::mcp::{MODERN, initialize, modern_with, names, post, rpc, status_json};
 use keygate_test_support::world::{AppClient, McpWorld as World};
 use keygate_test_support::{Backend, both_backends};
 use reqwest::Method;
@@ -25,8 +26,15 @@ both_backends!(
     detached_or_archived_integration_is_unreachable,
     proxied_call_marks_the_agent_session_live,
     responses_stream_event_by_event,
-    bad_traffic_gets_clean_errors,
+    upstream_reset_mid_stream_ends_with_an_error_for_the_request,
+    oversized_body_gets_413,
+    malformed_json_gets_the_upstreams_client_error,
+    passthrough_to_a_down_upstream_gets_502,
+    internal_address_off_the_allow_list_is_never_contacted,
+    unknown_integration_gets_404,
     legacy_sse_endpoint_is_rewritten,
+    legacy_messages_reach_the_upstream_and_answer_on_the_stream,
+    forged_legacy_endpoint_cannot_leave_the_upstreams_origin,
     validation_performs_a_real_handshake,
     aggregated_session_opens_sealed_and_closes,
     aggregated_lists_namespace_every_reachable_upstream,
@@ -40,8 +48,15 @@ both_backends!(
     calls_to_a_2025_upstream_share_one_gateway_session,
     resources_read_for_a_2026_client_routes_by_uri,
     aggregated_requests_breaking_the_protocol_get_its_errors,
-    aggregated_session_bridges_2026_upstreams,
-    upstream_session_expiry_reaches_the_client,
+    a_2025_session_discovers_a_2026_upstream_instead_of_initializing_it,
+    initialized_notification_reaches_only_2025_upstreams,
+    a_2025_sessions_calls_reach_a_2026_upstream_with_meta_from_its_initialize,
+    a_2026_upstreams_error_reaches_a_2025_client_in_a_200,
+    initialize_for_the_stateless_version_gets_a_2025_one,
+    requests_needing_a_forgotten_upstream_session_send_the_client_to_initialize,
+    get_stream_of_a_forgotten_upstream_session_is_not_found,
+    a_call_to_an_upstream_that_kept_its_session_still_works,
+    a_new_initialize_after_an_upstream_forgot_its_session_works,
     last_event_id_resumes_without_loss,
     aggregated_stream_resumes_every_upstream,
     hanging_upstream_gets_a_timeout,
@@ -103,19 +118,7 @@ impl Requests for World {
         session: Option<&str>,
         body: &Value,
     ) -> reqwest::RequestBuilder {
-        let mut req = self
-            .gw
-            .http
-            .post(&self.app_url)
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .json(body);
-        if let Some(s) = session {
-            req = req
-                .header("mcp-session-id", s)
-                .header("mcp-protocol-version", "2025-06-18");
-        }
-        req
+        post(self, token, session, body)
     }
 
     /// A pass-through POST carrying headers that must be dropped and kept.
@@ -138,10 +141,6 @@ impl Requests for World {
     }
 }
 
-fn rpc(id: i64, method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
-}
-
 /// The tools of two fake upstreams named alpha and beta, on the aggregated endpoint.
 const ALPHA_BETA_TOOLS: [&str; 6] = [
     "alpha_ask",
@@ -151,18 +150,6 @@ const ALPHA_BETA_TOOLS: [&str; 6] = [
     "beta_echo",
     "beta_slow",
 ];
-
-/// The `name`s of a list's items, sorted.
-fn names(items: &Value) -> Vec<&str> {
-    let mut names: Vec<&str> = items
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    names.sort_unstable();
-    names
-}
 
 /// An integration named Server whose calls carry the server token `srv-secret`: its slug.
 async fn server_token_integration(w: &World, up: &FakeUpstream) -> String {
@@ -468,14 +455,25 @@ async fn responses_stream_event_by_event(backend: Backend) {
     w.gw.stop().await;
 }
 
-async fn bad_traffic_gets_clean_errors(backend: Backend) {
-    let w = world(backend).await;
+/// A gateway with one pass-through integration named Up over a fake upstream: the upstream,
+/// its slug and Alice's token.
+async fn plain_passthrough(w: &World) -> (FakeUpstream, String, String) {
     let up = FakeUpstream::start().await;
     let (_, slug) = w.integration(json!({"name": "Up", "url": up.url})).await;
-    let alice = w.token(w.alice).await;
+    (up, slug, w.token(w.alice).await)
+}
 
-    // Upstream reset mid-stream: the client gets what was sent, then a JSON-RPC error that
-    // answers its request (a bare cut would leave it waiting), and a clean end.
+/// Checks that the gateway still answers its health check after bad traffic.
+async fn assert_still_up(w: &World) {
+    let health = w.gw.http.get(format!("{}/healthz", w.gw.url)).send();
+    assert_eq!(health.await.unwrap().status(), 200);
+}
+
+/// Upstream reset mid-stream: the client gets what was sent, then a JSON-RPC error that
+/// answers its request (a bare cut would leave it waiting), and a clean end.
+async fn upstream_reset_mid_stream_ends_with_an_error_for_the_request(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, alice) = plain_passthrough(&w).await;
     let resp = w
         .call(
             &slug,
@@ -495,8 +493,14 @@ async fn bad_traffic_gets_clean_errors(backend: Backend) {
         rest.contains("\"id\":1") && rest.contains("\"error\""),
         "a reset upstream must not look like a clean end: {rest}"
     );
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // Oversized body.
+/// An oversized body is refused with `413` and an invalid-request error.
+async fn oversized_body_gets_413(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, alice) = plain_passthrough(&w).await;
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"blob": "a".repeat(5 * 1024 * 1024)}});
     let resp =
         w.gw.http
@@ -509,8 +513,14 @@ async fn bad_traffic_gets_clean_errors(backend: Backend) {
     assert_eq!(resp.status(), 413);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], -32600);
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // Malformed JSON is the upstream's to judge, and its 4xx comes back as it was.
+/// Malformed JSON is the upstream's to judge, and its 4xx comes back as it was.
+async fn malformed_json_gets_the_upstreams_client_error(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, alice) = plain_passthrough(&w).await;
     let resp =
         w.gw.http
             .post(format!("{}/{slug}", w.app_url))
@@ -521,19 +531,29 @@ async fn bad_traffic_gets_clean_errors(backend: Backend) {
             .await
             .unwrap();
     assert!(resp.status().is_client_error(), "{}", resp.status());
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // Upstream down.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead_url = format!("http://{}/mcp", dead.local_addr().unwrap());
-    drop(dead);
+/// A pass-through call to an upstream where nothing listens gets `502` and `-32002`.
+async fn passthrough_to_a_down_upstream_gets_502(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, _, alice) = plain_passthrough(&w).await;
     let (_, down) = w
-        .integration(json!({"name": "Down", "url": dead_url}))
+        .integration(json!({"name": "Down", "url": dead_url().await}))
         .await;
     let resp = w.call(&down, Some(&alice), rpc(2, "ping", json!({}))).await;
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], -32002);
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // The SSRF guard: an internal address that is not allow-listed is never contacted.
+/// The SSRF guard: an internal address that is not allow-listed is never contacted (`502`
+/// before any connection attempt could time out).
+async fn internal_address_off_the_allow_list_is_never_contacted(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, _, alice) = plain_passthrough(&w).await;
     let (_, internal) = w
         .integration(json!({"name": "Internal", "url": "http://10.255.255.1/mcp"}))
         .await;
@@ -546,92 +566,129 @@ async fn bad_traffic_gets_clean_errors(backend: Backend) {
         started.elapsed() < Duration::from_secs(2),
         "refused before connecting"
     );
+    assert_still_up(&w).await;
+    w.gw.stop().await;
+}
 
-    // Unknown integration, and the gateway is still up.
+/// A pass-through call to an integration the application does not have gets `404`.
+async fn unknown_integration_gets_404(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, _, alice) = plain_passthrough(&w).await;
     assert_eq!(
         w.call("nope", Some(&alice), rpc(4, "ping", json!({})))
             .await
             .status(),
         404
     );
-    assert_eq!(
-        w.gw.http
-            .get(format!("{}/healthz", w.gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_still_up(&w).await;
     w.gw.stop().await;
 }
 
-/// Legacy HTTP+SSE: the upstream's `endpoint` event is rewritten to the gateway, messages
-/// posted there reach the upstream with the injected credential, and answers come back on
-/// the stream.
-async fn legacy_sse_endpoint_is_rewritten(backend: Backend) {
-    let w = world(backend).await;
+/// The chunks of a legacy event stream.
+type Events =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// A legacy HTTP+SSE integration named Legacy whose calls carry the server token
+/// `legacy-srv`: the upstream, the slug, and the two paths its stream opens at (the
+/// integration's own and its `/sse`).
+async fn legacy_passthrough(w: &World) -> (FakeUpstream, String, [String; 2]) {
     let up = FakeUpstream::start().await;
     let (_, slug) = w.integration(json!({"name": "Legacy", "url": up.sse_url, "authMode": "server_token", "serverToken": "legacy-srv"})).await;
-    let alice = w.token(w.alice).await;
-    for path in [
+    let paths = [
         format!("{}/{slug}", w.app_url),
         format!("{}/{slug}/sse", w.app_url),
-    ] {
-        let resp =
-            w.gw.http
-                .get(&path)
-                .bearer_auth(&alice)
-                .header("accept", "text/event-stream")
-                .send()
-                .await
-                .unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut stream = resp.bytes_stream();
-        let mut buf = String::new();
-        while !buf.contains("\n\n") {
-            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        let endpoint = buf
-            .lines()
-            .find_map(|l| l.strip_prefix("data: "))
+    ];
+    (up, slug, paths)
+}
+
+/// Reads `stream` until what came of it contains `needle` (5 s for each chunk at most).
+async fn read_until_contains(stream: &mut Events, needle: &str) -> String {
+    let mut buf = String::new();
+    while !buf.contains(needle) {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
             .unwrap()
-            .to_owned();
+            .unwrap()
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    buf
+}
+
+/// Opens the legacy stream at `path`: the stream, and its first event (the `endpoint` one).
+async fn open_legacy_stream(w: &World, path: &str, token: &str) -> (Events, String) {
+    let resp =
+        w.gw.http
+            .get(path)
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream: Events = Box::pin(resp.bytes_stream());
+    let first = read_until_contains(&mut stream, "\n\n").await;
+    (stream, first)
+}
+
+/// The `data:` of an `endpoint` event.
+fn endpoint_of(event: &str) -> String {
+    event
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap()
+        .to_owned()
+}
+
+/// Legacy HTTP+SSE, at either path: the upstream's `endpoint` event is rewritten to the
+/// gateway's message endpoint, and the upstream's own endpoint is not exposed.
+async fn legacy_sse_endpoint_is_rewritten(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, paths) = legacy_passthrough(&w).await;
+    let alice = w.token(w.alice).await;
+    for path in paths {
+        let (_stream, buf) = open_legacy_stream(&w, &path, &alice).await;
+        let endpoint = endpoint_of(&buf);
         let prefix = format!("{}/{slug}/message?ep=", w.app_url);
         assert!(endpoint.starts_with(&prefix), "{endpoint}");
         assert!(
             !buf.contains("sessionId"),
             "the upstream endpoint is not exposed: {buf}"
         );
+    }
+    w.gw.stop().await;
+}
 
+/// Legacy HTTP+SSE, at either path: messages posted to the announced endpoint are accepted,
+/// reach the upstream with the injected credential and not the agent's, and the answers come
+/// back on the stream.
+async fn legacy_messages_reach_the_upstream_and_answer_on_the_stream(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, _, paths) = legacy_passthrough(&w).await;
+    let alice = w.token(w.alice).await;
+    for path in paths {
+        let (mut stream, buf) = open_legacy_stream(&w, &path, &alice).await;
         let resp =
             w.gw.http
-                .post(&endpoint)
+                .post(endpoint_of(&buf))
                 .bearer_auth(&alice)
                 .json(&rpc(7, "tools/list", json!({})))
                 .send()
                 .await
                 .unwrap();
         assert_eq!(resp.status(), 202);
-        let mut buf = String::new();
-        while !buf.contains("\"id\":7") {
-            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
+        let buf = read_until_contains(&mut stream, "\"id\":7").await;
         assert!(buf.contains("Bearer legacy-srv"), "{buf}");
         assert!(!buf.contains(&alice));
-        drop(stream);
     }
-    // A forged endpoint cannot leave the upstream's origin.
+    w.gw.stop().await;
+}
+
+/// A forged legacy message endpoint cannot leave the upstream's origin (`400`).
+async fn forged_legacy_endpoint_cannot_leave_the_upstreams_origin(backend: Backend) {
+    let w = world(backend).await;
+    let (_up, slug, _) = legacy_passthrough(&w).await;
+    let alice = w.token(w.alice).await;
     let forged = format!("{}/{slug}/message?ep=Ly9ldmlsLmV4YW1wbGUveA", w.app_url); // "//evil.example/x"
     let resp =
         w.gw.http
@@ -895,37 +952,9 @@ async fn aggregated_session_of_another_user_is_not_found(backend: Backend) {
     w.gw.stop().await;
 }
 
-const MODERN: &str = "2026-07-28";
-
-/// A 2026-07-28 request to the aggregated endpoint: `_meta` with the version, capabilities and
-/// `clientInfo`, and the `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers.
-fn modern(
-    w: &World,
-    token: &str,
-    id: i64,
-    method: &str,
-    mut params: Value,
-) -> reqwest::RequestBuilder {
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
-        "io.modelcontextprotocol/clientInfo": {"name": "client-2026", "version": "1"},
-    });
-    let mut req =
-        w.gw.http
-            .post(&w.app_url)
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", MODERN)
-            .header("mcp-method", method);
-    if let Some(name) = params
-        .get("name")
-        .or(params.get("uri"))
-        .and_then(Value::as_str)
-    {
-        req = req.header("mcp-name", name);
-    }
-    req.json(&rpc(id, method, params))
+/// A 2026-07-28 request to the aggregated endpoint from a client that declares sampling.
+fn modern(w: &World, token: &str, id: i64, method: &str, params: Value) -> reqwest::RequestBuilder {
+    modern_with(w, token, id, method, params, json!({"sampling": {}}))
 }
 
 /// Checks that a fake 2026 upstream's echo of a call of its `echo` tool came as a 2026 request
@@ -941,13 +970,6 @@ fn seen_as_2026_echo<'a>(r: &'a Value, client: &str) -> &'a Value {
     assert_eq!(meta["io.modelcontextprotocol/protocolVersion"], MODERN);
     assert_eq!(meta["io.modelcontextprotocol/clientInfo"]["name"], client);
     meta
-}
-
-/// Sends a request and reads its status and JSON body.
-async fn status_json(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// `server/discover` tells a 2026 client the versions it may speak (2026-07-28 among them),
@@ -1193,11 +1215,8 @@ async fn aggregated_requests_breaking_the_protocol_get_its_errors(backend: Backe
     w.gw.stop().await;
 }
 
-/// A 2025 client's session over a 2026 upstream: the gateway discovers it instead of
-/// initializing it, and every request it relays carries `_meta` built from the client's
-/// `initialize` (kept in the sealed session) and the mirrored headers.
-async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
-    let w = world(backend).await;
+/// A 2026 upstream alpha (server token `tok-a`) and a 2025 upstream beta, both attached.
+async fn modern_alpha_and_beta(w: &World) -> (FakeUpstream, FakeUpstream) {
     let (alpha, beta) = (
         FakeUpstream::modern("alpha").await,
         FakeUpstream::named("beta").await,
@@ -1206,21 +1225,34 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
         .await;
     w.integration(json!({"name": "Beta", "url": beta.url}))
         .await;
-    let alice = w.token(w.alice).await;
-    let post = |session: Option<&str>, body: Value| w.aggregated(&alice, session, &body);
+    (alpha, beta)
+}
+
+/// The `initialize` of a 2025 client named `client-2025` that declares sampling and an
+/// experimental capability: its session id and the answer.
+async fn client_2025_session(w: &World, token: &str) -> (String, Value) {
     let init = rpc(
         1,
         "initialize",
         json!({"protocolVersion": "2025-06-18",
         "capabilities": {"sampling": {}, "experimental": {"x": {}}}, "clientInfo": {"name": "client-2025", "version": "1"}}),
     );
-    let resp = post(None, init).send().await.unwrap();
+    let resp = w.aggregated(token, None, &init).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let session = resp.headers()["mcp-session-id"]
         .to_str()
         .unwrap()
         .to_owned();
-    let init: Value = resp.json().await.unwrap();
+    (session, resp.json().await.unwrap())
+}
+
+/// A 2025 client's session over a 2026 upstream: the gateway discovers the 2026 upstream
+/// instead of initializing it, initializes the 2025 one, and names both in its answer.
+async fn a_2025_session_discovers_a_2026_upstream_instead_of_initializing_it(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
+    let (_, init) = client_2025_session(&w, &alice).await;
     assert!(
         init["result"]["capabilities"]["tools"].is_object(),
         "{init}"
@@ -1235,33 +1267,46 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
         (0, 1)
     );
     assert_eq!(beta.count("initialize"), 1);
-    let status = post(
-        Some(&session),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )
-    .send()
-    .await
-    .unwrap()
-    .status();
-    assert_eq!(status, 202);
+    w.gw.stop().await;
+}
+
+/// `notifications/initialized` of a 2025 client is accepted and reaches its 2025 upstreams
+/// only: a 2026 upstream takes no notifications.
+async fn initialized_notification_reaches_only_2025_upstreams(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
+    let (session, _) = client_2025_session(&w, &alice).await;
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let resp = w.aggregated(&alice, Some(&session), &initialized).send();
+    assert_eq!(resp.await.unwrap().status(), 202);
     assert_eq!(
         alpha.count("notifications/initialized"),
         0,
         "a 2026 upstream takes no notifications"
     );
     assert_eq!(beta.count("notifications/initialized"), 1);
+    w.gw.stop().await;
+}
 
-    let (_, tools) = status_json(post(Some(&session), rpc(2, "tools/list", json!({})))).await;
+/// Every request a 2025 session relays to a 2026 upstream carries `_meta` built from the
+/// client's `initialize` (kept in the sealed session) and the mirrored headers, with the
+/// upstream's credential; lists merge both eras' upstreams.
+async fn a_2025_sessions_calls_reach_a_2026_upstream_with_meta_from_its_initialize(
+    backend: Backend,
+) {
+    let w = world(backend).await;
+    let _upstreams = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
+    let (session, _) = client_2025_session(&w, &alice).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body);
+    let (_, tools) = status_json(post(rpc(2, "tools/list", json!({})))).await;
     assert_eq!(
         names(&tools["result"]["tools"]),
         ALPHA_BETA_TOOLS,
         "{tools}"
     );
-    let (status, r) = status_json(post(
-        Some(&session),
-        rpc(3, "tools/call", json!({"name": "alpha_echo"})),
-    ))
-    .await;
+    let (status, r) = status_json(post(rpc(3, "tools/call", json!({"name": "alpha_echo"})))).await;
     assert_eq!(status, 200, "{r}");
     let meta = seen_as_2026_echo(&r, "client-2025");
     assert_eq!(r["result"]["headers"]["authorization"], "Bearer tok-a");
@@ -1270,21 +1315,37 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
         json!({"experimental": {"x": {}}}),
         "the client's capabilities, without what the gateway cannot carry across eras"
     );
-    // A JSON-RPC error a 2026 upstream sends with a 400 reaches a 2025 client in a 200.
+    w.gw.stop().await;
+}
+
+/// A JSON-RPC error a 2026 upstream sends with a 400 reaches a 2025 client in a 200.
+async fn a_2026_upstreams_error_reaches_a_2025_client_in_a_200(backend: Backend) {
+    let w = world(backend).await;
+    let _upstreams = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
+    let (session, _) = client_2025_session(&w, &alice).await;
     let call = rpc(4, "tools/call", json!({"name": "alpha_invalid"}));
-    let (status, r) = status_json(post(Some(&session), call)).await;
+    let (status, r) = status_json(w.aggregated(&alice, Some(&session), &call)).await;
     assert_eq!(
         (status, r["error"]["code"].clone()),
         (200, json!(-32602)),
         "{r}"
     );
-    // An initialize asking for the stateless version gets (and offers upstream) a 2025 one.
+    w.gw.stop().await;
+}
+
+/// An `initialize` asking for the stateless version gets (and offers its 2025 upstreams) a
+/// 2025 one; the 2026 upstream is not initialized.
+async fn initialize_for_the_stateless_version_gets_a_2025_one(backend: Backend) {
+    let w = world(backend).await;
+    let (alpha, beta) = modern_alpha_and_beta(&w).await;
+    let alice = w.token(w.alice).await;
     let init = rpc(
         5,
         "initialize",
         json!({"protocolVersion": MODERN, "capabilities": {}}),
     );
-    let (_, r) = status_json(post(None, init)).await;
+    let (_, r) = status_json(w.aggregated(&alice, None, &init)).await;
     assert_eq!(r["result"]["protocolVersion"], "2025-11-25", "{r}");
     let offered = beta
         .requests()
@@ -1295,12 +1356,10 @@ async fn aggregated_session_bridges_2026_upstreams(backend: Backend) {
     w.gw.stop().await;
 }
 
-/// An upstream that forgets a 2025 client's session: every path that needs it answers `404`
-/// with `-32001`, so the client initializes again (the sealed session id cannot change under
-/// it) — lists, reads, `logging/setLevel`, notifications, the GET stream, answers to
-/// server-to-client requests and routed calls — and a new `initialize` works.
-async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
-    let w = world(backend).await;
+/// Alpha and beta attached, a 2025 session of Alice's that has listed tools through both, and
+/// then beta forgetting its sessions (it restarted): the upstreams, Alice's token and the
+/// session id.
+async fn session_beta_forgot(w: &World) -> (FakeUpstream, FakeUpstream, String, String) {
     let (a, b) = (
         FakeUpstream::named("alpha").await,
         FakeUpstream::named("beta").await,
@@ -1308,27 +1367,23 @@ async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
     w.integration(json!({"name": "Alpha", "url": a.url})).await;
     w.integration(json!({"name": "Beta", "url": b.url})).await;
     let alice = w.token(w.alice).await;
-    let post = |session: Option<&str>, body: Value| w.aggregated(&alice, session, &body);
-    let initialize = || {
-        post(
-            None,
-            rpc(
-                1,
-                "initialize",
-                json!({"protocolVersion": "2025-06-18",
-        "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
-            ),
-        )
-    };
-    let resp = initialize().send().await.unwrap();
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let (status, _) = status_json(post(Some(&session), rpc(2, "tools/list", json!({})))).await;
+    let session = initialized(w, &alice).await;
+    let list = rpc(2, "tools/list", json!({}));
+    let (status, _) = status_json(w.aggregated(&alice, Some(&session), &list)).await;
     assert_eq!(status, 200);
-
     b.forget_sessions();
+    (a, b, alice, session)
+}
+
+/// An upstream that forgets a 2025 client's session: every request that needs it answers
+/// `404` with `-32001`, so the client initializes again (the sealed session id cannot change
+/// under it) — lists, reads, `logging/setLevel`, notifications, answers to server-to-client
+/// requests and routed calls.
+async fn requests_needing_a_forgotten_upstream_session_send_the_client_to_initialize(
+    backend: Backend,
+) {
+    let w = world(backend).await;
+    let (_a, _b, alice, session) = session_beta_forgot(&w).await;
     let expired = [
         rpc(3, "tools/list", json!({})),
         rpc(4, "prompts/list", json!({})),
@@ -1339,13 +1394,20 @@ async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
         json!({"jsonrpc": "2.0", "id": "beta~5", "result": {}}),
     ];
     for message in expired {
-        let (status, r) = status_json(post(Some(&session), message.clone())).await;
+        let (status, r) = status_json(w.aggregated(&alice, Some(&session), &message)).await;
         assert_eq!(
             (status, r["error"]["code"].clone()),
             (404, json!(-32001)),
             "{message} → {r}"
         );
     }
+    w.gw.stop().await;
+}
+
+/// The GET stream of a session an upstream forgot is not found (`404`).
+async fn get_stream_of_a_forgotten_upstream_session_is_not_found(backend: Backend) {
+    let w = world(backend).await;
+    let (_a, _b, alice, session) = session_beta_forgot(&w).await;
     let get =
         w.gw.http
             .get(&w.app_url)
@@ -1356,32 +1418,34 @@ async fn upstream_session_expiry_reaches_the_client(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(get.status(), 404);
-    // Alpha still knows its session: a call routed there alone works.
-    let (status, r) = status_json(post(
-        Some(&session),
-        rpc(8, "tools/call", json!({"name": "alpha_echo"})),
-    ))
-    .await;
-    assert_eq!(status, 200, "{r}");
+    w.gw.stop().await;
+}
 
-    // A new initialize opens a new session with beta, and everything works again.
-    let resp = initialize().send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let (status, r) = status_json(post(
-        Some(&session),
-        rpc(9, "tools/call", json!({"name": "beta_echo"})),
-    ))
-    .await;
+/// A call routed to an upstream that still knows its session works while another upstream of
+/// the same client session has forgotten its own.
+async fn a_call_to_an_upstream_that_kept_its_session_still_works(backend: Backend) {
+    let w = world(backend).await;
+    let (_a, _b, alice, session) = session_beta_forgot(&w).await;
+    let call = rpc(8, "tools/call", json!({"name": "alpha_echo"}));
+    let (status, r) = status_json(w.aggregated(&alice, Some(&session), &call)).await;
+    assert_eq!(status, 200, "{r}");
+    w.gw.stop().await;
+}
+
+/// After an upstream forgot its session, a new `initialize` opens a new session with it, and
+/// calls and lists work again.
+async fn a_new_initialize_after_an_upstream_forgot_its_session_works(backend: Backend) {
+    let w = world(backend).await;
+    let (_a, _b, alice, _) = session_beta_forgot(&w).await;
+    let session = initialized(&w, &alice).await;
+    let post = |body: Value| w.aggregated(&alice, Some(&session), &body);
+    let (status, r) = status_json(post(rpc(9, "tools/call", json!({"name": "beta_echo"})))).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(
         r["result"]["headers"]["mcp-session-id"],
         "upstream-session-2"
     );
-    let (status, tools) = status_json(post(Some(&session), rpc(10, "tools/list", json!({})))).await;
+    let (status, tools) = status_json(post(rpc(10, "tools/list", json!({})))).await;
     assert_eq!(status, 200, "{tools}");
     assert_eq!(names(&tools["result"]["tools"]), ALPHA_BETA_TOOLS);
     w.gw.stop().await;
@@ -1808,24 +1872,6 @@ async fn runtime_connect_session_opens_for_its_user_alone(backend: Backend) {
     w.gw.stop().await;
 }
 
-/// A 2025 client's `initialize` on the aggregated endpoint, declaring `capabilities`: its
-/// session id and the answer.
-async fn initialize(w: &World, token: &str, capabilities: Value) -> (String, Value) {
-    let params = json!({"protocolVersion": "2025-06-18", "capabilities": capabilities,
-        "clientInfo": {"name": "t", "version": "1"}});
-    let resp = w
-        .aggregated(token, None, &rpc(0, "initialize", params))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    (session, resp.json().await.unwrap())
-}
-
 /// A 2025 client's `initialize` on the aggregated endpoint: its session id.
 async fn initialized(w: &World, token: &str) -> String {
     initialize(w, token, json!({})).await.0
@@ -1919,10 +1965,12 @@ async fn warm_aggregated_calls_write_nothing(backend: Backend) {
         let (status, answer) = status_json(req).await;
         assert_eq!(status, 200, "{answer}");
     }
-    // The agent session's activity is recorded at most every 10 s; the first one is in.
+    // The agent session's activity is recorded at most every 10 s; wait until the first one
+    // is in. `last_active_at` is set when the token is issued, so only `connected_at`, which
+    // the first MCP activity writes, tells that it has landed.
     let recorded = || async {
         let sessions = w.gw.store.all_agent_sessions(w.gw.org, w.app).await;
-        sessions.unwrap().iter().all(|s| s.last_active_at.is_some())
+        sessions.unwrap().iter().all(|s| s.connected_at.is_some())
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while !recorded().await {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use keygate_test_support::Backend;
 use keygate_test_support::fake_upstream::{FakeUpstream, Stall};
+use keygate_test_support::mcp::{initialize, modern, post, rpc, status_json};
 use keygate_test_support::world::{AppClient, McpWorld};
 use serde_json::{Value, json};
 
@@ -17,7 +18,6 @@ const DEADLINE: Duration = Duration::from_secs(1);
 /// How long a fan-out may take with one member hung: the deadline plus slack for a busy
 /// machine (without the deadline it takes the 60 s header timeout, or forever).
 const PROMPT: Duration = Duration::from_millis(3000);
-const MODERN: &str = "2026-07-28";
 
 /// A gateway with a 1 s fan-out deadline over two upstreams, alpha and beta.
 struct World {
@@ -59,70 +59,21 @@ async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T
     out
 }
 
-fn rpc(id: i64, method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
-}
-
 impl World {
     /// A 2025 client's POST, inside `session` once it has one; the status and JSON body.
-    async fn post(&self, session: Option<&str>, body: Value) -> (reqwest::StatusCode, Value) {
-        let mut req = (self.w.gw.http)
-            .post(&self.w.app_url)
-            .bearer_auth(&self.token)
-            .header("accept", "application/json, text/event-stream")
-            .json(&body);
-        if let Some(s) = session {
-            req = req
-                .header("mcp-session-id", s)
-                .header("mcp-protocol-version", "2025-06-18");
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+    async fn post(&self, session: Option<&str>, body: Value) -> (u16, Value) {
+        status_json(post(&self.w, &self.token, session, &body)).await
     }
 
     /// A 2025 `initialize`: the session id and the result.
     async fn initialize(&self) -> (String, Value) {
-        let resp = (self.w.gw.http)
-            .post(&self.w.app_url)
-            .bearer_auth(&self.token)
-            .header("accept", "application/json, text/event-stream")
-            .json(&rpc(
-                1,
-                "initialize",
-                json!({"protocolVersion": "2025-06-18", "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"}}),
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let session = resp.headers()["mcp-session-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let body: Value = resp.json().await.unwrap();
+        let (session, body) = initialize(&self.w, &self.token, json!({})).await;
         (session, body["result"].clone())
     }
 
     /// A 2026-07-28 request: the status and JSON body.
-    async fn modern(&self, id: i64, method: &str, mut params: Value) -> (u16, Value) {
-        params["_meta"] = json!({
-            "io.modelcontextprotocol/protocolVersion": MODERN,
-            "io.modelcontextprotocol/clientCapabilities": {},
-        });
-        let mut req = (self.w.gw.http)
-            .post(&self.w.app_url)
-            .bearer_auth(&self.token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", MODERN)
-            .header("mcp-method", method);
-        if let Some(name) = params["name"].as_str() {
-            req = req.header("mcp-name", name);
-        }
-        let resp = req.json(&rpc(id, method, params)).send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+    async fn modern(&self, id: i64, method: &str, params: Value) -> (u16, Value) {
+        status_json(modern(&self.w, &self.token, id, method, params)).await
     }
 }
 

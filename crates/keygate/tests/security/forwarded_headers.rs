@@ -5,6 +5,7 @@
 //! integration may add headers to the list, never one that can carry a credential.
 
 use keygate_test_support::fake_upstream::FakeUpstream;
+use keygate_test_support::mcp::rpc;
 use keygate_test_support::world::{AppClient, McpWorld};
 use keygate_test_support::{Backend, both_backends};
 use reqwest::Method;
@@ -39,10 +40,6 @@ async fn world_with(backend: Backend, url: &str) -> (McpWorld, String) {
         .integration(json!({"name": "Server", "url": url, "authMode": "server_token", "serverToken": "srv-secret"}))
         .await;
     (w, slug)
-}
-
-fn rpc(id: i64, method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
 
 /// Sends `req` with the agent's credential in every place it could travel.

@@ -13,6 +13,7 @@ use keygate_core::{IntegrationId, Secret, Timestamp};
 use keygate_store::OAuthTokens;
 use keygate_test_support::fake_oauth::FakeOAuth;
 use keygate_test_support::fake_upstream::FakeUpstream;
+use keygate_test_support::mcp::modern;
 use keygate_test_support::world::{AppClient, McpWorld};
 use keygate_test_support::{Backend, TestGateway, both_backends};
 use serde_json::{Value, json};
@@ -28,7 +29,6 @@ const TTL: Duration = Duration::from_secs(4);
 const PAST_REFRESH_POINT: Duration = Duration::from_millis(3300);
 const CLIENT_ID: &str = "keygate-at-octo";
 const CLIENT_SECRET: &str = "octo-client-secret-0123456789";
-const MODERN: &str = "2026-07-28";
 
 /// A gateway with the default refresh skew, a provider, an upstream that takes only the
 /// provider's live tokens, and Alice connected to it through a freshly issued grant.
@@ -108,20 +108,14 @@ impl World {
     /// A 2026 client's `tools/call` on the aggregated endpoint: the token the upstream saw.
     async fn aggregated_call(&self) -> String {
         let name = format!("{}_echo", self.slug);
-        let meta = json!({"io.modelcontextprotocol/protocolVersion": MODERN,
-            "io.modelcontextprotocol/clientCapabilities": {}});
-        let resp = (self.w.gw.http)
-            .post(&self.w.app_url)
-            .bearer_auth(&self.token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", MODERN)
-            .header("mcp-method", "tools/call")
-            .header("mcp-name", &name)
-            .json(&json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
-                "params": {"name": name, "arguments": {}, "_meta": meta}}))
-            .send()
-            .await
-            .unwrap();
+        let call = modern(
+            &self.w,
+            &self.token,
+            8,
+            "tools/call",
+            json!({"name": name, "arguments": {}}),
+        );
+        let resp = call.send().await.unwrap();
         let answer: Value = resp.json().await.unwrap();
         upstream_token(&answer)
     }
