@@ -15,6 +15,7 @@
 //! an argument a call does not carry is an evaluation error, which denies. Guard with
 //! `context.arguments has amount && …`.
 
+mod catalog;
 mod convert;
 mod validate;
 
@@ -30,6 +31,7 @@ use keygate_core::model::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use catalog::ToolCatalog;
 pub use validate::{Problem, validate};
 
 /// The Cedar schema (human-readable format) every policy is validated against.

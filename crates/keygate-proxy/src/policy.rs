@@ -8,15 +8,14 @@
 //! `None`): nothing is parsed, nothing rewritten.
 //!
 //! A `tools/call` names only the tool, so its annotations are those the integration's last list
-//! answer through the gateway gave it ([`Annotations`] remembered per integration and name),
+//! answer through the gateway gave it (remembered in the shared [`keygate_policy::ToolCatalog`]),
 //! or the MCP specification's defaults (not read-only, destructive, not idempotent, open world)
 //! for a tool not listed yet: the pessimistic side of each hint.
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use keygate_core::model::Integration;
-use keygate_core::{IntegrationId, OrgId, UserId};
+use keygate_core::{OrgId, UserId};
 use keygate_policy::{Action, Annotations, Compiled, IntegrationRef, Principal, Target};
 use keygate_store::GenCache;
 use serde_json::Value;
@@ -25,16 +24,11 @@ use crate::ProxyState;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 
-/// Most remembered tool annotations; a full map starts over.
-const MAX_ANNOTATIONS: usize = 100_000;
-
 /// What the stage keeps between requests.
 #[derive(Default)]
 pub struct PolicyCache {
     compiled: GenCache<OrgId, Arc<Compiled>>,
     principals: GenCache<(OrgId, UserId), Arc<Principal>>,
-    /// Upstream data, not store data: valid until the tool is listed again.
-    annotations: DashMap<(IntegrationId, String), Annotations>,
 }
 
 /// The organization's enabled policies, compiled (cached per change generation).
@@ -134,7 +128,7 @@ impl Stage {
             return;
         };
         if action == Action::CallTool {
-            remember_annotations(state, integration.id, items);
+            state.tools.remember(integration.id, items);
         }
         let field = if action == Action::ReadResource {
             "uri"
@@ -173,11 +167,8 @@ impl Stage {
     ) -> Target {
         let annotations = match action {
             Action::CallTool => state
-                .cache
-                .policies
-                .annotations
-                .get(&(integration.id, name.to_owned()))
-                .map(|a| *a)
+                .tools
+                .annotations(integration.id, name)
                 .unwrap_or_default(),
             _ => Annotations::default(),
         };
@@ -199,18 +190,6 @@ fn host_of(url: &str) -> String {
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-fn remember_annotations(state: &ProxyState, integration: IntegrationId, tools: &[Value]) {
-    let map = &state.cache.policies.annotations;
-    if map.len() + tools.len() > MAX_ANNOTATIONS {
-        map.clear();
-    }
-    for tool in tools {
-        if let Some(name) = tool["name"].as_str() {
-            map.insert((integration, name.to_owned()), Annotations::of_listed(tool));
-        }
-    }
 }
 
 /// The user as policies see it (cached per change generation).

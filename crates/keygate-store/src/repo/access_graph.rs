@@ -102,7 +102,8 @@ impl Store {
         Ok(AccessGraph { nodes, edges })
     }
 
-    async fn list_all_integrations(
+    /// Every (unarchived) integration of `org`, all pages.
+    pub async fn list_all_integrations(
         &self,
         org: OrgId,
     ) -> Result<Vec<keygate_core::model::Integration>> {
