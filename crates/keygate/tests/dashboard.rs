@@ -402,7 +402,7 @@ async fn application_actions_detach_rotate_and_edit_oauth(backend: Backend) {
         )
         .await;
     assert_eq!(
-        attached["items"].as_array().map(Vec::len),
+        attached["integrationIds"].as_array().map(Vec::len),
         Some(0),
         "{attached}"
     );
