@@ -2,6 +2,8 @@
 //! store (SQLite): the median of 20 GETs of each page by a signed-in owner over loopback,
 //! against the 50 ms budget. `cargo bench -p keygate-benches --bench dashboard`.
 
+#![allow(clippy::print_stdout)] // a benchmark's report is its output
+
 use std::time::Duration;
 
 use keygate_core::model::Role;

@@ -240,19 +240,19 @@ impl AccessGraphPage {
         let mut access = Vec::new();
         for a in graph.policy_access {
             let summary = summary_key(&a.summary);
-            if governed {
-                if let (Some(user), Some(integration)) = (
+            if governed
+                && let (Some(user), Some(integration)) = (
                     at.get(a.user_id.as_str()),
                     at.get(a.integration_id.as_str()),
-                ) {
-                    let title = format!(
-                        "policies for {} on {}: {}",
-                        user.name,
-                        integration.name,
-                        summary_words(summary)
-                    );
-                    line(user, integration, format!("policy policy-{summary}"), title);
-                }
+                )
+            {
+                let title = format!(
+                    "policies for {} on {}: {}",
+                    user.name,
+                    integration.name,
+                    summary_words(summary)
+                );
+                line(user, integration, format!("policy policy-{summary}"), title);
             }
             access.push(AccessRow {
                 user: name_of(&a.user_id),
