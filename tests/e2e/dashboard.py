@@ -6,7 +6,9 @@ sign-in and consent pages, create an integration (server-everything) and validat
 application, attach the integration, read the MCP URL from the page, connect the official MCP
 Python SDK to it and call `echo`, see the call appear live on the traces page, revoke the agent
 session on the sessions page and see the agent's token refused, create a service account and
-see its secret once. Then: the CSP header, a form
+see its secret once; write a policy on the policies page (a problem shown at its line first),
+try a decision with it, and see the access graph drawn with its policy overlay (at 1280 px
+and in a narrow window). Then: the CSP header, a form
 POST without its CSRF token refused, no request to another origin; and a member sees her own
 sessions only and no form to change the organization.
 
@@ -119,6 +121,13 @@ class Browser:
         origin = urlsplit(URL)
         return [u for u in urls if (urlsplit(u).scheme, urlsplit(u).netloc) != (origin.scheme, origin.netloc)]
 
+    def resize(self, width: int, height: int) -> None:
+        self.cmd("POST", "/window/rect", {"width": width, "height": height})
+
+    def overflows(self) -> bool:
+        """Whether the page is wider than the window (a horizontal scroll bar)."""
+        return self.js("return document.documentElement.scrollWidth > window.innerWidth + 1")
+
     def close(self) -> None:
         try:
             self.cmd("DELETE", "")
@@ -150,11 +159,18 @@ def sign_in(b: Browser, email: str) -> None:
     b.go(f"{URL}/ui/")
     b.wait("the sign-in form", lambda: b.finds("input#email"))
     check(urlsplit(b.url()).path == "/oauth2/login", f"/ui/ led to {b.url()}, not the sign-in page")
+    accessible(b, "/oauth2/login")
+    check(not b.foreign_requests(), "the sign-in page loaded from another origin")
     b.type("input#email", email)
     b.type("input#password", PASSWORD)
     b.click("button[type=submit]")
     b.wait("consent or the dashboard", lambda: b.finds("button[name=approve]") or "/ui/" in b.url())
     if b.finds("button[name=approve]"):
+        page = b.text("main")
+        check("keygate (its dashboard" in page and "unverified" not in page, f"consent page: {page[:300]!r}")
+        check("Returns you to" in page and "Resource" in page, f"the consent page lacks the resource or redirect host: {page[:400]!r}")
+        accessible(b, "/oauth2/consent")
+        b.screenshot("consent")
         b.click("button[name=approve]")
     b.wait("the dashboard", lambda: urlsplit(b.url()).path == "/ui/" and b.finds("h1"))
     check(email in b.text("header"), f"the header does not name {email}: {b.text('header')!r}")
@@ -203,6 +219,7 @@ async def connect_agent(mcp_url: str, email: str):
         async with streamable_http_client(mcp_url, http_client=http) as (read, write, *_):
             async with ClientSession(read, write) as session:
                 await session.initialize()
+                await session.list_tools()  # the gateway remembers the tools' annotations
                 r = await session.call_tool("echo", {"message": f"hello from {email}"})
                 check(not r.is_error, f"echo failed: {r!r}")
     return storage.tokens.access_token
@@ -246,6 +263,71 @@ def service_account_reveal(b: Browser) -> None:
     log("service account created; its secret shown once, not again")
 
 
+# Members may call read-only tools and echo; everything else stays allowed to owners and admins.
+POLICY = """permit (principal, action, resource);
+forbid (principal, action == Action::"call_tool", resource)
+when { principal.role == "member" && !resource.readOnlyHint && resource.name != "echo" };"""
+
+
+def policies_page(b: Browser) -> None:
+    b.go(f"{URL}/ui/policies")
+    check("No policies yet" in b.text("main"), "no empty state on the policies page")
+    b.type("#policy-name", "members read only")
+    b.type("#policy-text", "permit (principal, action, resource)\nwhen { resource.nmae == \"x\" };")
+    submit_form(b, "form[action='/ui/policies']")
+    b.wait("the policy's problems", lambda: b.finds("a.problem"))
+    line = b.js("return document.querySelector('a.problem').dataset.line")
+    check(line == "2", f"the problem is placed on line {line!r}, not 2: {b.text('.problems')!r}")
+    b.click("a.problem")
+    caret = b.js("const t = document.getElementById('policy-text'); "
+                 "return [document.activeElement === t, t.value.slice(0, t.selectionStart).split('\\n').length]")
+    check(caret == [True, 2], f"the problem link put the caret at {caret!r}, not on line 2")
+    log(f"a policy with a problem is refused, shown at line 2: {b.text('.problems')!r}")
+    b.type("#policy-text", POLICY)
+    submit_form(b, "form[action='/ui/policies']")
+    b.wait("the created policy", lambda: "created" in b.text(".notice"))
+    b.type("#try-email", MEMBER)
+    b.js("document.getElementById('try-role').value = 'member'")
+    b.type("#try-tool", "add")
+    submit_form(b, "form[action='/ui/policies/evaluate']")
+    b.wait("the decision", lambda: b.finds("#decision"))
+    check("deny" in b.text("#decision") and "members read only" in b.text("#decision"),
+          f"decision: {b.text('#decision')!r}")
+    log(f"try a decision: {b.text('#decision')!r}")
+    accessible(b, "/ui/policies")
+    b.screenshot("policies")
+
+
+def access_graph_page(b: Browser) -> None:
+    b.go(f"{URL}/ui/access-graph")
+    b.wait("the drawing", lambda: b.finds("svg#access-graph .node"))
+    kinds = b.js("return [...document.querySelectorAll('svg .node')].map(n => n.classList[1])")
+    for kind in ("node-application", "node-integration", "node-user"):
+        check(kind in kinds, f"no {kind} drawn: {kinds}")
+    check(b.finds("svg .edge.attached"), "no attachment drawn")
+    overlay = b.js("return [...document.querySelectorAll('svg .edge.policy')].map(e => e.classList[2])")
+    check("policy-partial" in overlay, f"the overlay shows no partly allowed member: {overlay}")
+    table = b.text("table.policy-access")
+    check(MEMBER in table and "denied" in table and "echo" in table, f"the overlay table: {table[:500]!r}")
+    first_app = b.js("return document.querySelector('svg .node-application').dataset.node")
+    b.js("const s = document.getElementById('graph-focus'); s.value = arguments[0]; "
+         "s.dispatchEvent(new Event('change'))", first_app)
+    check(b.js("return document.querySelector('figure.graph').classList.contains('focused')"),
+          "choosing a node does not highlight it")
+    b.js("const s = document.getElementById('graph-focus'); s.value = ''; s.dispatchEvent(new Event('change'))")
+    accessible(b, "/ui/access-graph")
+    check(not b.overflows(), "the access graph is wider than 1280 px")
+    b.screenshot("access-graph")
+    b.resize(420, 900)
+    try:
+        for page in ("/ui/access-graph", "/ui/policies", "/ui/applications"):
+            b.go(f"{URL}{page}")
+            check(not b.overflows(), f"{page} is wider than a narrow (420 px) window")
+    finally:
+        b.resize(1280, 1000)
+    log(f"access graph drawn with its policy overlay {sorted(set(overlay))}, usable at 1280 and 420 px")
+
+
 def security_checks(b: Browser) -> None:
     with urllib.request.urlopen(f"{URL}/ui/signed-out") as r:
         csp = r.headers["Content-Security-Policy"] or ""
@@ -262,7 +344,7 @@ def security_checks(b: Browser) -> None:
     check("forged" not in b.text("main"), "the forged application was created")
     log("a form POST without its CSRF token is refused (403)")
     for page in ["/ui/", "/ui/applications", "/ui/integrations", "/ui/traces", "/ui/sessions",
-                 "/ui/connections", "/ui/service-accounts"]:
+                 "/ui/connections", "/ui/service-accounts", "/ui/policies", "/ui/access-graph"]:
         b.go(f"{URL}{page}")
         foreign = b.foreign_requests()
         check(not foreign, f"{page} loaded from other origins: {foreign}")
@@ -309,6 +391,7 @@ async def main() -> None:
         mcp_url = create_application(owner)
         await agent_round_trip(owner, mcp_url)
         service_account_reveal(owner)
+        policies_page(owner)
         security_checks(owner)
         member = Browser()
         try:
@@ -316,6 +399,7 @@ async def main() -> None:
             await member_view(member, owner, mcp_url)
         finally:
             member.close()
+        access_graph_page(owner)
     finally:
         owner.close()
 

@@ -12,6 +12,7 @@ pub mod caller;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod overlay;
 pub mod probe;
 pub mod rate_limit;
 pub mod request_id;
@@ -40,6 +41,8 @@ pub struct ApiState {
     pub prober: Arc<dyn probe::Prober>,
     /// The trace pipeline: the live tail wakes when it writes.
     pub traces: keygate_trace::TraceSink,
+    /// The tools the gateway has seen each integration list (the access graph's overlay).
+    pub tools: Arc<keygate_policy::ToolCatalog>,
 }
 
 impl ApiState {

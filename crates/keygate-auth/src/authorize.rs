@@ -23,8 +23,8 @@ use crate::resource::Resource;
 use crate::router::AuthState;
 use crate::secret::{hash_secret, verify_password};
 use crate::web::{
-    CSRF_COOKIE, CSRF_FIELD, CookiePolicy, SESSION_COOKIE, csrf_ok, error_page, escape, page,
-    random_token,
+    CSRF_COOKIE, CSRF_FIELD, CookiePolicy, SESSION_COOKIE, csrf_ok, error_page, random_token,
+    render,
 };
 
 /// Authorization codes live this long.
@@ -415,6 +415,16 @@ impl SignInFor {
     }
 }
 
+#[derive(askama::Template)]
+#[template(path = "auth/login.html")]
+struct LoginPage<'a> {
+    csrf: &'a str,
+    /// `request` or `connect`, and its value.
+    target_field: &'a str,
+    target_value: &'a str,
+    error: Option<&'a str>,
+}
+
 fn login_form(
     state: &AuthState,
     headers: &HeaderMap,
@@ -423,20 +433,14 @@ fn login_form(
     error: Option<&str>,
 ) -> Response {
     let (csrf, cookies) = csrf_token(state.cookies(), headers);
-    let error = error
-        .map(|e| format!("<p class=\"error\">{}</p>", escape(e)))
-        .unwrap_or_default();
-    let (name, value) = target.hidden();
-    let body = format!(
-        "{error}<form method=\"post\" action=\"/oauth2/login\">\
-         <input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{csrf}\">\
-         <input type=\"hidden\" name=\"{name}\" value=\"{value}\">\
-         <label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus>\
-         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-         <button type=\"submit\">Sign in</button></form>",
-        value = escape(value),
-    );
-    page(status, "Sign in", &body, cookies)
+    let (target_field, target_value) = target.hidden();
+    let page = LoginPage {
+        csrf: &csrf,
+        target_field,
+        target_value,
+        error,
+    };
+    render(status, &page, cookies)
 }
 
 /// `GET /oauth2/login?request=…` or `?connect=…`
@@ -608,25 +612,46 @@ pub async fn consent_page(
         .map(|u| u.email)
         .unwrap_or_default();
     let (csrf, cookies) = csrf_token(state.cookies(), &headers);
-    let scopes = if request.scope.is_empty() {
-        String::new()
-    } else {
-        format!("<p>Scopes: <code>{}</code></p>", escape(&request.scope))
+    let page = ConsentPage {
+        csrf: &csrf,
+        request: &request.id,
+        client: client.display_name(),
+        unverified: client.is_self_registered(),
+        email: &email,
+        resource: &request.resource,
+        scopes: request.scope.split(' ').filter(|s| !s.is_empty()).collect(),
+        redirect_host: redirect_host(&request.redirect_uri),
     };
-    let body = format!(
-        "<p><strong>{client}</strong> wants to act as <strong>{email}</strong> on \
-         <code>{resource}</code>.</p>{scopes}\
-         <form method=\"post\" action=\"/oauth2/consent\">\
-         <input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{csrf}\">\
-         <input type=\"hidden\" name=\"request\" value=\"{request}\">\
-         <button type=\"submit\" name=\"approve\" value=\"1\">Approve</button>\
-         <button type=\"submit\" name=\"deny\" value=\"1\">Deny</button></form>",
-        client = escape(&client.display_name()),
-        email = escape(&email),
-        resource = escape(&request.resource),
-        request = escape(&request.id),
-    );
-    page(StatusCode::OK, "Allow access?", &body, cookies)
+    render(StatusCode::OK, &page, cookies)
+}
+
+#[derive(askama::Template)]
+#[template(path = "auth/consent.html")]
+struct ConsentPage<'a> {
+    csrf: &'a str,
+    request: &'a str,
+    client: String,
+    /// A client that registered itself (dynamic client registration, or a client ID metadata
+    /// document): its name is its own claim.
+    unverified: bool,
+    email: &'a str,
+    resource: &'a str,
+    scopes: Vec<&'a str>,
+    /// Where approving sends the browser (scheme, host and port of the redirect URI).
+    redirect_host: String,
+}
+
+/// The origin of a redirect URI, as a person recognises it.
+fn redirect_host(uri: &str) -> String {
+    match Url::parse(uri) {
+        Ok(url) => match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", url.scheme()),
+            (Some(host), None) => format!("{}://{host}", url.scheme()),
+            // A private-use scheme (`com.example.app:/cb`) names the app, not a host.
+            (None, _) => format!("{}:", url.scheme()),
+        },
+        Err(_) => uri.to_owned(),
+    }
 }
 
 /// `POST /oauth2/consent` with `approve` (or `deny`), `csrf`, `request`.

@@ -88,11 +88,17 @@ impl Client {
         }
     }
 
+    /// Whether the client described itself (dynamic client registration or a client ID
+    /// metadata document): its name is unverified, unlike an application's an admin created.
+    pub fn is_self_registered(&self) -> bool {
+        matches!(self.kind, ClientKind::Registered(_))
+    }
+
     pub fn display_name(&self) -> String {
         match &self.kind {
             ClientKind::Application(app) => app.name.clone(),
             ClientKind::Registered(c) => c.name.clone().unwrap_or_else(|| c.client_id.clone()),
-            ClientKind::FirstParty => "keygate CLI".to_owned(),
+            ClientKind::FirstParty => "keygate (its dashboard or command line)".to_owned(),
         }
     }
 

@@ -26,7 +26,9 @@ use crate::authorize::{browser_user, csrf_token, unique_params};
 use crate::broker::BrokerError;
 use crate::router::AuthState;
 use crate::secret::hash_secret;
-use crate::web::{CSRF_FIELD, csrf_ok, error_page, escape, page, random_token};
+use crate::web::{
+    CSRF_FIELD, MessagePage, csrf_ok, error_page, message_page, random_token, render,
+};
 
 /// A new connect session for a user of an application: `(id, expiresAt, connect URL)`.
 pub async fn create_connect_session(
@@ -100,16 +102,18 @@ async fn open_link(
                 .await
                 .map(|u| u.email)
                 .unwrap_or_default();
-            Err(page(
+            let message = format!(
+                "You are signed in as {email}, but this connect link was made for another \
+                 account. Only that account can use it."
+            );
+            Err(render(
                 StatusCode::FORBIDDEN,
-                "Not your connect link",
-                &format!(
-                    "<p class=\"error\">You are signed in as <strong>{}</strong>, but this \
-                     connect link was made for another account. Only that account can use \
-                     it.</p><p><a href=\"{}\">Sign in with another account</a></p>",
-                    escape(&email),
-                    escape(&sign_in),
-                ),
+                &MessagePage {
+                    title: "Not your connect link",
+                    message: &message,
+                    error: true,
+                    link: Some((&sign_in, "Sign in with another account")),
+                },
                 vec![],
             ))
         }
@@ -132,41 +136,43 @@ pub async fn connect_page(
         Ok(list) => list,
         Err(e) => return failed(e),
     };
-    let mut body = String::from("<ul>");
+    let mut items = Vec::new();
     for i in integrations.iter().filter(|i| i.auth_mode.is_per_user()) {
         let connected = match state.store.get_connection(org, i.id, user).await {
             Ok(c) => c.connected,
             Err(StoreError::NotFound) => false,
             Err(e) => return failed(e),
         };
-        let name = escape(&i.name);
-        body.push_str(&match (connected, i.auth_mode) {
-            (true, _) => format!("<li><strong>{name}</strong>: connected</li>"),
-            (false, AuthMode::UserToken) => format!(
-                "<li><strong>{name}</strong><form method=\"post\" action=\"/oauth/connect\">\
-                 <input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{csrf}\">\
-                 <input type=\"hidden\" name=\"session\" value=\"{session}\">\
-                 <input type=\"hidden\" name=\"integration\" value=\"{id}\">\
-                 <label for=\"t-{id}\">Personal access token</label>\
-                 <input id=\"t-{id}\" name=\"token\" type=\"password\" autocomplete=\"off\" required>\
-                 <button type=\"submit\" name=\"connect\" value=\"1\">Connect</button></form></li>",
-                session = escape(&r.session),
-                id = i.id,
-            ),
-            (false, AuthMode::Oauth) => format!(
-                "<li><strong>{name}</strong><form method=\"post\" action=\"/oauth/connect\">\
-                 <input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{csrf}\">\
-                 <input type=\"hidden\" name=\"session\" value=\"{session}\">\
-                 <input type=\"hidden\" name=\"integration\" value=\"{id}\">\
-                 <button type=\"submit\" name=\"oauth\" value=\"1\">Connect with {name}</button></form></li>",
-                session = escape(&r.session),
-                id = i.id,
-            ),
-            (false, _) => String::new(),
+        items.push(ConnectItem {
+            id: i.id.to_string(),
+            name: i.name.clone(),
+            connected,
+            oauth: i.auth_mode == AuthMode::Oauth,
         });
     }
-    body.push_str("</ul><p>This link connects one account, once.</p>");
-    page(StatusCode::OK, "Connect your accounts", &body, cookies)
+    let page = ConnectPage {
+        csrf: &csrf,
+        session: &r.session,
+        items,
+    };
+    render(StatusCode::OK, &page, cookies)
+}
+
+#[derive(askama::Template)]
+#[template(path = "auth/connect.html")]
+struct ConnectPage<'a> {
+    csrf: &'a str,
+    session: &'a str,
+    items: Vec<ConnectItem>,
+}
+
+/// An integration the link's user connects with their own token or OAuth.
+struct ConnectItem {
+    id: String,
+    name: String,
+    connected: bool,
+    /// Connected through the provider's OAuth (else with a pasted token).
+    oauth: bool,
 }
 
 /// `POST /oauth/connect` with `csrf`, `session`, `integration`, and `token` + `connect` or
@@ -242,14 +248,10 @@ pub async fn connect_submit(
 
 /// The end of a connection: the link is used up, so there is no page to go back to.
 fn connected_page(name: &str) -> Response {
-    page(
+    message_page(
         StatusCode::OK,
         "Connected",
-        &format!(
-            "<p><strong>{}</strong> is connected. You can close this window and return to your agent.</p>",
-            escape(name)
-        ),
-        vec![],
+        &format!("{name} is connected. You can close this window and return to your agent."),
     )
 }
 

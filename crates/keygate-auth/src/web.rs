@@ -1,6 +1,8 @@
 //! The browser-facing pieces: cookies (`__Host-` + `Secure` on https public URLs, plain on
-//! http loopback), CSRF double-submit tokens, and the server-rendered pages.
+//! http loopback), CSRF double-submit tokens, and the server-rendered pages (askama templates
+//! in `templates/auth`, styled by the dashboard's stylesheet, `/ui/assets/app.css`).
 
+use askama::Template;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -84,24 +86,45 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// A page with the headers every page gets: no framing, no caching, no scripts.
-pub fn page(status: StatusCode, title: &str, body: &str, cookies: Vec<HeaderValue>) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{title} · keygate</title><style>{STYLE}</style></head>\
-         <body><main><h1>{title}</h1>{body}</main></body></html>",
-        title = escape(title),
-    );
+/// A message page: a title, one paragraph (an error's is shown as an alert), and a link.
+#[derive(Template)]
+#[template(path = "auth/message.html")]
+pub struct MessagePage<'a> {
+    pub title: &'a str,
+    pub message: &'a str,
+    pub error: bool,
+    pub link: Option<(&'a str, &'a str)>,
+}
+
+/// The policy of every page: the dashboard's stylesheet, nothing else (no script at all), no
+/// framing. No `form-action`: the consent form's answer redirects to the client.
+pub const PAGE_CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Renders `template` with the headers every page gets: no framing, no caching, no scripts.
+pub fn render(status: StatusCode, template: &impl Template, cookies: Vec<HeaderValue>) -> Response {
+    let html = match template.render() {
+        Ok(html) => html,
+        Err(e) => {
+            tracing::error!(error = %e, "a page template failed to render");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response();
+        }
+    };
     let mut resp = (status, Html(html)).into_response();
     let h = resp.headers_mut();
     h.insert(
         CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        HeaderValue::from_static(PAGE_CONTENT_SECURITY_POLICY),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     for c in cookies {
@@ -110,21 +133,33 @@ pub fn page(status: StatusCode, title: &str, body: &str, cookies: Vec<HeaderValu
     resp
 }
 
-/// An error page (for errors that must not be redirected to the client).
-pub fn error_page(status: StatusCode, message: &str) -> Response {
-    page(
+/// A page saying `message` under `title`.
+pub fn message_page(status: StatusCode, title: &str, message: &str) -> Response {
+    render(
         status,
-        "Sign-in failed",
-        &format!("<p class=\"error\">{}</p>", escape(message)),
+        &MessagePage {
+            title,
+            message,
+            error: false,
+            link: None,
+        },
         vec![],
     )
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f6f7f9;margin:0}\
-main{max-width:26rem;margin:4rem auto;background:#fff;padding:2rem;border-radius:8px;\
-box-shadow:0 1px 4px #0002}h1{font-size:1.3rem}label{display:block;margin:.8rem 0 .2rem}\
-input[type=email],input[type=password]{width:100%;padding:.5rem;box-sizing:border-box}\
-button{margin-top:1rem;padding:.5rem 1rem;margin-right:.5rem}.error{color:#b00020}";
+/// An error page (for errors that must not be redirected to the client).
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    render(
+        status,
+        &MessagePage {
+            title: "Sign-in failed",
+            message,
+            error: true,
+            link: None,
+        },
+        vec![],
+    )
+}
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@
 //! the call. A decision an annotated permit takes part in says so ([`Decision::approval`]);
 //! asking is the gateway's (an MCP elicitation). `user` is the only approver there is.
 
+mod catalog;
 mod convert;
 mod validate;
 
@@ -34,6 +35,7 @@ use keygate_core::model::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use catalog::ToolCatalog;
 pub use validate::{Problem, validate};
 
 /// The Cedar schema (human-readable format) every policy is validated against.

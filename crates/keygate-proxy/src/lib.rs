@@ -62,6 +62,9 @@ pub struct ProxyState {
     /// What each upstream gets to answer its part of an aggregated fan-out
     /// (`proxy.fanout_timeout_secs`).
     pub fanout_timeout: Duration,
+    /// Tools listed through the policy stage, with their annotations (shared with the API's
+    /// access graph).
+    pub tools: Arc<keygate_policy::ToolCatalog>,
 }
 
 /// What the hot path would otherwise read from the store on every request, valid for one
@@ -100,7 +103,14 @@ impl ProxyState {
                 keygate_trace::Telemetry::disabled(),
             ))),
             fanout_timeout: Duration::from_secs(5),
+            tools: Arc::default(),
         }
+    }
+
+    /// Remembers listed tools in `tools` (the catalog the API reads too).
+    pub fn with_tool_catalog(mut self, tools: Arc<keygate_policy::ToolCatalog>) -> Self {
+        self.tools = tools;
+        self
     }
 
     /// Serves browsers on these origins (`mcp.allowed_origins`) besides the public URL's.

@@ -8,15 +8,14 @@
 //! `None`): nothing is parsed, nothing rewritten.
 //!
 //! A `tools/call` names only the tool, so its annotations are those the integration's last list
-//! answer through the gateway gave it ([`Annotations`] remembered per integration and name),
+//! answer through the gateway gave it (remembered in the shared [`keygate_policy::ToolCatalog`]),
 //! or the MCP specification's defaults (not read-only, destructive, not idempotent, open world)
 //! for a tool not listed yet: the pessimistic side of each hint.
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use keygate_core::model::Integration;
-use keygate_core::{IntegrationId, OrgId, UserId};
+use keygate_core::{OrgId, UserId};
 use keygate_policy::{Action, Annotations, Compiled, IntegrationRef, Principal, Target};
 use keygate_store::GenCache;
 use serde_json::Value;
@@ -26,16 +25,11 @@ use crate::approval::Asked;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 
-/// Most remembered tool annotations; a full map starts over.
-const MAX_ANNOTATIONS: usize = 100_000;
-
 /// What the stage keeps between requests.
 #[derive(Default)]
 pub struct PolicyCache {
     compiled: GenCache<OrgId, Arc<Compiled>>,
     principals: GenCache<(OrgId, UserId), Arc<Principal>>,
-    /// Upstream data, not store data: valid until the tool is listed again.
-    annotations: DashMap<(IntegrationId, String), Annotations>,
 }
 
 /// The organization's enabled policies, compiled (cached per change generation).
@@ -148,7 +142,7 @@ impl Stage {
             return;
         };
         if action == Action::CallTool {
-            remember_annotations(state, integration.id, items);
+            state.tools.remember(integration.id, items);
         }
         let field = if action == Action::ReadResource {
             "uri"
@@ -187,11 +181,8 @@ impl Stage {
     ) -> Target {
         let annotations = match action {
             Action::CallTool => state
-                .cache
-                .policies
-                .annotations
-                .get(&(integration.id, name.to_owned()))
-                .map(|a| *a)
+                .tools
+                .annotations(integration.id, name)
                 .unwrap_or_default(),
             _ => Annotations::default(),
         };
@@ -213,18 +204,6 @@ fn host_of(url: &str) -> String {
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-fn remember_annotations(state: &ProxyState, integration: IntegrationId, tools: &[Value]) {
-    let map = &state.cache.policies.annotations;
-    if map.len() + tools.len() > MAX_ANNOTATIONS {
-        map.clear();
-    }
-    for tool in tools {
-        if let Some(name) = tool["name"].as_str() {
-            map.insert((integration, name.to_owned()), Annotations::of_listed(tool));
-        }
-    }
 }
 
 /// The user as policies see it (cached per change generation).

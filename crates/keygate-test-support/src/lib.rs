@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod browser;
+pub mod dashboard;
 pub mod fake_oauth;
 pub mod fake_upstream;
 pub mod fuzz;

@@ -142,11 +142,13 @@ impl Gateway {
             },
         ));
         let (telemetry, pipeline) = telemetry(config, &store)?;
+        let tools = Arc::new(keygate_policy::ToolCatalog::default());
         let api = keygate_api::router(
             ApiState {
                 auth: auth.clone(),
                 prober: Arc::new(UpstreamProber(upstream.clone())),
                 traces: telemetry.sink.clone(),
+                tools: tools.clone(),
             },
             ApiOptions {
                 max_body_bytes: config.max_body_bytes(),
@@ -159,7 +161,8 @@ impl Gateway {
                 ProxyState::new(auth.clone(), upstream)
                     .with_telemetry(telemetry.clone())
                     .with_allowed_origins(&config.mcp.allowed_origins)
-                    .with_fanout_timeout(Duration::from_secs(config.fanout_timeout_secs())),
+                    .with_fanout_timeout(Duration::from_secs(config.fanout_timeout_secs()))
+                    .with_tool_catalog(tools),
             ))
             .merge(keygate_auth::router(auth.clone()))
             .merge(api)

@@ -2,6 +2,8 @@
 //! the access graph. Owners, admins and service accounts manage applications and their
 //! attachments; members only read the active ones (README.md, "Roles").
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,6 +25,7 @@ use crate::caller::Caller;
 use crate::dto::*;
 use crate::error::{ApiError, ErrorBody, FieldError, OrNotFound};
 use crate::extract::{ApiJson, ApiQuery, Id, Ids, parse_id};
+use crate::overlay::AccessGraphView;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -257,22 +260,54 @@ struct GraphQuery {
     include_policy: Option<bool>,
 }
 
-/// The organization's access graph (admins only).
+/// The organization's access graph (admins only). With `includePolicy=true`, nodes and edges
+/// carry their computed settings and `policyAccess` says, per user and attached integration,
+/// what the enabled policies decide for each tool the gateway has seen it list.
 #[utoipa::path(get, path = "/applications/access-graph", tag = "applications", params(GraphQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = AccessGraph), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = AccessGraphView), (status = 403, body = ErrorBody)))]
 async fn access_graph(
     State(state): State<ApiState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<GraphQuery>,
-) -> Result<Json<AccessGraph>, ApiError> {
+) -> Result<Json<AccessGraphView>, ApiError> {
     caller.require_privileged()?;
-    Ok(Json(
-        state
-            .store()
-            .access_graph(caller.org, q.include_policy.unwrap_or(false))
-            .await?,
-    ))
+    let include_policy = q.include_policy.unwrap_or(false);
+    let store = state.store();
+    let graph = store.access_graph(caller.org, include_policy).await?;
+    let policy_access = if include_policy {
+        Some(policy_access(&state, caller.org, &graph).await?)
+    } else {
+        None
+    };
+    Ok(Json(AccessGraphView {
+        graph,
+        policy_access,
+    }))
+}
+
+async fn policy_access(
+    state: &ApiState,
+    org: keygate_core::OrgId,
+    graph: &AccessGraph,
+) -> Result<Vec<crate::overlay::PolicyAccess>, ApiError> {
+    let store = state.store();
+    let users = store.list_users(org).await?;
+    let integrations = store.list_all_integrations(org).await?;
+    let compiled = keygate_policy::Compiled::new(&store.enabled_policies(org).await?);
+    let mut attached: HashMap<IntegrationId, Vec<ApplicationId>> = HashMap::new();
+    for edge in graph.edges.iter().filter(|e| e.kind == "attached") {
+        if let (Ok(app), Ok(integration)) = (edge.from.parse(), edge.to.parse()) {
+            attached.entry(integration).or_default().push(app);
+        }
+    }
+    Ok(crate::overlay::overlay(&crate::overlay::OverlayInput {
+        compiled: &compiled,
+        catalog: &state.tools,
+        users: &users,
+        integrations: &integrations,
+        attached: &attached,
+    }))
 }
 
 /// Get an application.

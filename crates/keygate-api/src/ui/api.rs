@@ -51,6 +51,16 @@ impl Api {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// A call with a JSON body and any method (`PATCH`, `PUT`).
+    pub async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<T, CallError> {
+        self.call(method, path, Some(body)).await
+    }
+
     /// A call whose answer carries nothing the page needs (`204`, or a body it ignores).
     pub async fn send(&self, method: Method, path: &str) -> Result<(), CallError> {
         let resp = self.raw(method, path, None, None).await;

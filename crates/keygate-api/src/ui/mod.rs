@@ -8,7 +8,9 @@
 //! (scripts and styles only from `/ui/assets`, no inline code).
 
 pub mod api;
+pub mod graph;
 pub mod pages;
+pub mod policies;
 pub mod session;
 pub mod signin;
 
@@ -80,6 +82,9 @@ pub fn router(api_state: ApiState, api_router: Router) -> Router {
             get(applications).post(create_application),
         )
         .route("/ui/applications/{id}/attach", post(attach_integration))
+        .route("/ui/applications/{id}/detach", post(detach_integration))
+        .route("/ui/applications/{id}/rotate-secret", post(rotate_secret))
+        .route("/ui/applications/{id}/oauth", post(update_oauth))
         .route(
             "/ui/applications/{id}/sessions/revoke",
             post(revoke_sessions),
@@ -93,6 +98,18 @@ pub fn router(api_state: ApiState, api_router: Router) -> Router {
         .route("/ui/events/stream", get(event_stream))
         .route("/ui/sessions", get(sessions))
         .route("/ui/connections", get(connections))
+        .route("/ui/access-graph", get(access_graph))
+        .route(
+            "/ui/policies",
+            get(policies::policies).post(policies::create_policy),
+        )
+        .route("/ui/policies/evaluate", post(policies::try_decision))
+        .route(
+            "/ui/policies/{id}",
+            get(policies::policy).post(policies::update_policy),
+        )
+        .route("/ui/policies/{id}/delete", post(policies::delete_policy))
+        .route("/ui/policies/{id}/{to}", post(policies::switch_policy))
         .route(
             "/ui/service-accounts",
             get(service_accounts).post(create_service_account),
@@ -240,7 +257,13 @@ async fn applications_page(
     notice: Option<Notice>,
 ) -> Result<ApplicationsPage, CallError> {
     let api = ui.api(session);
-    let apps: Items<AppRow> = api.get("/applications?limit=100").await?;
+    // Owners and admins manage every application, not only those they created.
+    let path = if session.privileged {
+        "/applications?limit=100&all=true"
+    } else {
+        "/applications?limit=100"
+    };
+    let apps: Items<AppRow> = api.get(path).await?;
     let integrations: Items<IntegrationRow> = if session.privileged {
         api.get("/integrations?limit=100").await?
     } else {
@@ -252,6 +275,7 @@ async fn applications_page(
         public_url: ui.public_url().to_owned(),
         apps: apps.items,
         integrations: integrations.items,
+        revealed: None,
     })
 }
 
@@ -281,16 +305,29 @@ async fn create_application(
     let redirect_uris: Vec<&str> = form_field(&form, "redirect_uri")
         .split_whitespace()
         .collect();
-    let body = json!({"name": name, "oauth": {"type": "public", "redirectUris": redirect_uris}});
+    let client_type = if form_field(&form, "client_type") == "confidential" {
+        "confidential"
+    } else {
+        "public"
+    };
+    let body = json!({"name": name, "oauth": {"type": client_type, "redirectUris": redirect_uris}});
     let created = ui
         .api(&session)
         .post::<serde_json::Value>("/applications", body)
         .await;
     match created {
-        Ok(_) => back_to(
-            "/ui/applications",
-            &format!("Application “{name}” created."),
-        ),
+        Ok(v) => match revealed_secret(&v) {
+            Some(secret) => {
+                let notice = Notice::done(format!(
+                    "Application “{name}” created. Copy its client secret now: it is shown only once."
+                ));
+                show_secret(&ui, &session, &headers, notice, secret).await
+            }
+            None => back_to(
+                "/ui/applications",
+                &format!("Application “{name}” created."),
+            ),
+        },
         Err(e) => match shown_refusal(e) {
             Ok((status, notice)) => respond(
                 &ui,
@@ -301,6 +338,140 @@ async fn create_application(
             Err(e) => failure(&ui, &headers, e),
         },
     }
+}
+
+/// The client secret of a create or rotate answer, if it has one.
+fn revealed_secret(answer: &serde_json::Value) -> Option<AppSecret> {
+    let text = |p: &str| {
+        answer
+            .pointer(p)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    Some(AppSecret {
+        app_id: text("/application/id")?,
+        client_id: text("/oauth/clientId")?,
+        client_secret: text("/oauth/clientSecret")?,
+    })
+}
+
+/// The applications page with `secret` shown on this one answer (never again: the store keeps
+/// only its hash, and the page is `no-store`).
+async fn show_secret(
+    ui: &Ui,
+    session: &Session,
+    headers: &HeaderMap,
+    notice: Option<Notice>,
+    secret: AppSecret,
+) -> Response {
+    let page = applications_page(ui, session, notice).await.map(|mut p| {
+        p.revealed = Some(secret);
+        p
+    });
+    respond(ui, headers, StatusCode::OK, page)
+}
+
+/// An application action's answer: back to the page with `done`, or the refusal shown on it.
+async fn application_done(
+    ui: &Ui,
+    session: &Session,
+    headers: &HeaderMap,
+    result: Result<(), CallError>,
+    done: &str,
+) -> Response {
+    match result {
+        Ok(()) => back_to("/ui/applications", done),
+        Err(e) => match shown_refusal(e) {
+            Ok((status, notice)) => respond(
+                ui,
+                headers,
+                status,
+                applications_page(ui, session, notice).await,
+            ),
+            Err(e) => failure(ui, headers, e),
+        },
+    }
+}
+
+async fn detach_integration(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(app): Path<uuid::Uuid>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let session = match require_form(&ui, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Ok(integration) = form_field(&form, "integration").parse::<uuid::Uuid>() else {
+        return back_to("/ui/applications", "Choose an integration to detach.");
+    };
+    let detached = ui
+        .api(&session)
+        .send(
+            Method::DELETE,
+            &format!("/applications/{app}/integrations/{integration}"),
+        )
+        .await;
+    application_done(&ui, &session, &headers, detached, "Integration detached.").await
+}
+
+/// Rotates a confidential application's client secret and shows the new one once.
+async fn rotate_secret(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(app): Path<uuid::Uuid>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let session = match require_form(&ui, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let rotated = ui
+        .api(&session)
+        .post::<serde_json::Value>(&format!("/applications/{app}/rotate-secret"), json!({}))
+        .await;
+    match rotated.map(|v| revealed_secret(&v)) {
+        Ok(Some(secret)) => {
+            let notice = Notice::done(
+                "Client secret rotated: the old one no longer works. Copy the new one now: it is shown only once.",
+            );
+            show_secret(&ui, &session, &headers, notice, secret).await
+        }
+        Ok(None) => back_to("/ui/applications", "The secret was rotated."),
+        Err(e) => application_done(&ui, &session, &headers, Err(e), "").await,
+    }
+}
+
+/// Saves an application's OAuth client settings.
+async fn update_oauth(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Path(app): Path<uuid::Uuid>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let session = match require_form(&ui, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let list = |name: &str| -> Vec<String> {
+        form_field(&form, name)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let body = json!({
+        "redirectUris": list("redirect_uris"),
+        "scopes": list("scopes"),
+        "allowedResources": list("allowed_resources"),
+        "pkceRequired": form.contains_key("pkce_required"),
+    });
+    let saved = ui
+        .api(&session)
+        .call_json::<serde_json::Value>(Method::PATCH, &format!("/applications/{app}/oauth"), body)
+        .await
+        .map(drop);
+    application_done(&ui, &session, &headers, saved, "OAuth settings saved.").await
 }
 
 /// The status and notice of a refusal the page shows above itself, or the error that ends
@@ -393,12 +564,39 @@ async fn integrations_page(
     session: &Session,
     notice: Option<Notice>,
 ) -> Result<IntegrationsPage, CallError> {
-    let list: Items<IntegrationRow> = ui.api(session).get("/integrations?limit=100").await?;
+    let api = ui.api(session);
+    let list: Items<IntegrationRow> = api.get("/integrations?limit=100").await?;
+    let connected = if session.privileged {
+        connected_users(&api).await?
+    } else {
+        HashMap::new()
+    };
     Ok(IntegrationsPage {
         chrome: Chrome::of(session, "/ui/integrations"),
         notice,
         integrations: list.items,
+        connected,
     })
+}
+
+/// The users connected to each integration (by integration id), from the access graph.
+async fn connected_users(api: &Api) -> Result<HashMap<String, Vec<String>>, CallError> {
+    let graph: graph::GraphAnswer = api.get("/applications/access-graph").await?;
+    let names: HashMap<&str, &str> = graph
+        .nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.name.as_str()))
+        .collect();
+    let mut connected: HashMap<String, Vec<String>> = HashMap::new();
+    for e in graph.edges.iter().filter(|e| e.kind == "connected") {
+        if let Some(user) = names.get(e.from.as_str()) {
+            connected
+                .entry(e.to.clone())
+                .or_default()
+                .push((*user).to_owned());
+        }
+    }
+    Ok(connected)
 }
 
 async fn integrations(
@@ -625,6 +823,62 @@ async fn service_accounts(State(ui): State<Ui>, headers: HeaderMap) -> Response 
     }
     let page = service_accounts_page(&ui, &session, None, None).await;
     respond(&ui, &headers, StatusCode::OK, page)
+}
+
+/// The access graph with its policy overlay, drawn (owners and admins).
+async fn access_graph(State(ui): State<Ui>, headers: HeaderMap) -> Response {
+    let session = match require_session(&ui, &Method::GET, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if !session.privileged {
+        return render(
+            StatusCode::FORBIDDEN,
+            &MessagePage {
+                message: Some("The access graph is for owners and admins.".to_owned()),
+            },
+        );
+    }
+    let api = ui.api(&session);
+    let page = async {
+        let graph: graph::GraphAnswer = api
+            .get("/applications/access-graph?includePolicy=true")
+            .await?;
+        let names = policy_names(&api).await?;
+        Ok(graph::AccessGraphPage::new(
+            Chrome::of(&session, "/ui/access-graph"),
+            None,
+            graph,
+            &names,
+        ))
+    }
+    .await;
+    respond(&ui, &headers, StatusCode::OK, page)
+}
+
+/// Every policy's name by id (for pages that cite policies by id).
+async fn policy_names(api: &Api) -> Result<HashMap<String, String>, CallError> {
+    let mut names = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/policies?limit=100&cursor={}", urlencode(c)),
+            None => "/policies?limit=100".to_owned(),
+        };
+        let page: Paged<PolicyRow> = api.get(&path).await?;
+        names.extend(page.items.into_iter().map(|p| (p.id, p.name)));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(names),
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("v", s)])
+        .expect("a string encodes")
+        .trim_start_matches("v=")
+        .to_owned()
 }
 
 fn forbidden_page(session: &Session) -> Response {

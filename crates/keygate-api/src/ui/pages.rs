@@ -28,11 +28,12 @@ impl Chrome {
         }
     }
 
-    /// The pages this user may use: service accounts are for owners and admins.
+    /// The pages this user may use: service accounts and the access graph are for owners and
+    /// admins.
     pub fn nav(&self) -> Vec<(&'static str, &'static str)> {
         NAV.iter()
             .copied()
-            .filter(|(path, _)| self.privileged || *path != "/ui/service-accounts")
+            .filter(|(path, _)| self.privileged || !PRIVILEGED_PAGES.contains(path))
             .collect()
     }
 
@@ -49,8 +50,13 @@ pub const NAV: &[(&str, &str)] = &[
     ("/ui/traces", "Traces"),
     ("/ui/sessions", "Agent sessions"),
     ("/ui/connections", "My connections"),
+    ("/ui/access-graph", "Access graph"),
+    ("/ui/policies", "Policies"),
     ("/ui/service-accounts", "Service accounts"),
 ];
+
+/// The pages only owners and admins see.
+pub const PRIVILEGED_PAGES: &[&str] = &["/ui/service-accounts", "/ui/access-graph"];
 
 /// A notice above a page's content: what an action did, or why it failed.
 pub struct Notice {
@@ -87,6 +93,28 @@ pub struct AppRow {
     pub can_modify: bool,
     pub live_session_count: i64,
     pub integrations: Vec<IntegrationRow>,
+    #[serde(default)]
+    pub oauth: Option<AppOAuth>,
+}
+
+/// An application's OAuth client settings.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppOAuth {
+    #[serde(rename = "type")]
+    pub client_type: String,
+    pub client_id: String,
+    pub redirect_uris: Vec<String>,
+    pub pkce_required: bool,
+    pub scopes: Vec<String>,
+    pub allowed_resources: Vec<String>,
+}
+
+/// An application's new client secret, shown once (after creation or rotation).
+pub struct AppSecret {
+    pub app_id: String,
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 #[derive(Deserialize)]
@@ -183,9 +211,16 @@ pub struct ApplicationsPage {
     pub public_url: String,
     pub apps: Vec<AppRow>,
     pub integrations: Vec<IntegrationRow>,
+    /// A client secret to show once.
+    pub revealed: Option<AppSecret>,
 }
 
 impl ApplicationsPage {
+    /// The secret revealed for `app`, if it is this one's.
+    pub fn revealed_for(&self, app: &AppRow) -> Option<&AppSecret> {
+        self.revealed.as_ref().filter(|r| r.app_id == app.id)
+    }
+
     /// The integrations `app` could still have attached.
     pub fn attachable(&self, app: &AppRow) -> Vec<&IntegrationRow> {
         self.integrations
@@ -201,6 +236,18 @@ pub struct IntegrationsPage {
     pub chrome: Chrome,
     pub notice: Option<Notice>,
     pub integrations: Vec<IntegrationRow>,
+    /// For owners and admins: the users connected to each integration (by integration id).
+    pub connected: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl IntegrationsPage {
+    /// Who is connected to `integration`, as words.
+    pub fn who_is_connected(&self, integration: &IntegrationRow) -> String {
+        match self.connected.get(&integration.id) {
+            Some(users) if !users.is_empty() => users.join(", "),
+            _ => "nobody".to_owned(),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -267,4 +314,23 @@ pub fn signed_out(status: StatusCode, message: &str) -> Response {
             message: Some(message.to_owned()),
         },
     )
+}
+
+/// A page of a listing with its next cursor.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRow {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+    pub text: String,
+    pub updated_at: String,
 }

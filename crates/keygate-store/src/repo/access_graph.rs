@@ -48,6 +48,11 @@ impl Store {
         let integrations = self.list_all_integrations(org).await?;
         let users = self.list_users(org).await?;
         let connections = self.all_connections(org).await?;
+        let mut attachments: std::collections::HashMap<_, Vec<_>> =
+            std::collections::HashMap::new();
+        for (app, integration) in self.all_attachments(org).await? {
+            attachments.entry(app).or_default().push(integration);
+        }
         let mut nodes = Vec::new();
         let mut edges = Vec::new();
         for app in &apps {
@@ -57,7 +62,7 @@ impl Store {
                 name: app.name.clone(),
                 policy: None,
             });
-            for integration_id in self.attached_integration_ids(org, app.id).await? {
+            for integration_id in attachments.remove(&app.id).unwrap_or_default() {
                 let needs_user = integrations
                     .iter()
                     .find(|i| i.id == integration_id)
@@ -102,7 +107,8 @@ impl Store {
         Ok(AccessGraph { nodes, edges })
     }
 
-    async fn list_all_integrations(
+    /// Every (unarchived) integration of `org`, all pages.
+    pub async fn list_all_integrations(
         &self,
         org: OrgId,
     ) -> Result<Vec<keygate_core::model::Integration>> {

@@ -282,6 +282,22 @@ impl Store {
         rows.iter().map(|r| r.id("integration_id")).collect()
     }
 
+    /// Every attachment of the organization to an active integration, as (application,
+    /// integration), oldest attachment first: one query for the whole access graph.
+    pub async fn all_attachments(&self, org: OrgId) -> Result<Vec<(ApplicationId, IntegrationId)>> {
+        let mut sql = Sql::new(
+            "SELECT ai.application_id, ai.integration_id FROM application_integrations ai \
+             JOIN integrations i ON i.id = ai.integration_id \
+             WHERE ai.org_id = ",
+        );
+        sql.bind(org.to_string())
+            .push(" AND i.archived_at IS NULL ORDER BY ai.created_at, ai.integration_id");
+        let rows = sql.query().fetch_all(self.db.pool()).await?;
+        rows.iter()
+            .map(|r| Ok((r.id("application_id")?, r.id("integration_id")?)))
+            .collect()
+    }
+
     /// The active integrations attached to an application, oldest attachment first.
     pub async fn attached_integrations(
         &self,

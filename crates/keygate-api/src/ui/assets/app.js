@@ -1,5 +1,6 @@
-// The dashboard's only script (served from /ui/assets, no inline code): copy buttons and the
-// live tail of the traces page over /ui/events/stream.
+// The dashboard's only script (served from /ui/assets, no inline code): copy buttons, the
+// live tail of the traces page over /ui/events/stream, the access graph's highlighting and
+// overlay switch, and the policy editor's jump to a problem's line and column.
 "use strict";
 
 function copyField(button) {
@@ -47,7 +48,58 @@ function followEvents(table) {
   };
 }
 
+// Dims everything in the access graph but `id` and the lines and nodes joined to it.
+function highlight(figure, id) {
+  figure.classList.toggle("focused", id !== "");
+  for (const el of figure.querySelectorAll(".hot")) el.classList.remove("hot");
+  if (id === "") return;
+  const near = new Set([id]);
+  for (const edge of figure.querySelectorAll(".edge")) {
+    if (edge.dataset.from === id || edge.dataset.to === id) {
+      edge.classList.add("hot");
+      near.add(edge.dataset.from);
+      near.add(edge.dataset.to);
+    }
+  }
+  for (const node of figure.querySelectorAll(".node")) {
+    if (near.has(node.dataset.node)) node.classList.add("hot");
+  }
+}
+
+function accessGraph(svg) {
+  const figure = svg.closest("figure");
+  const tools = document.getElementById("graph-tools");
+  const select = document.getElementById("graph-focus");
+  const overlay = document.getElementById("graph-overlay");
+  if (tools) tools.hidden = false;
+  if (select) select.addEventListener("change", () => highlight(figure, select.value));
+  if (overlay) overlay.addEventListener("change", () => figure.classList.toggle("no-overlay", !overlay.checked));
+  for (const node of svg.querySelectorAll(".node")) {
+    node.addEventListener("mouseenter", () => highlight(figure, node.dataset.node));
+    node.addEventListener("mouseleave", () => highlight(figure, select ? select.value : ""));
+  }
+}
+
+// Puts the policy editor's caret at the line and column a problem link names.
+function jumpTo(link) {
+  const area = document.getElementById(link.dataset.field);
+  if (!area) return;
+  const line = Number(link.dataset.line) || 1;
+  const column = Number(link.dataset.column) || 1;
+  const lines = area.value.split("\n");
+  let offset = 0;
+  for (let i = 0; i < line - 1 && i < lines.length; i++) offset += lines[i].length + 1;
+  offset += Math.min(column - 1, (lines[line - 1] || "").length);
+  area.focus();
+  area.setSelectionRange(offset, offset + 1);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const graph = document.getElementById("access-graph");
+  if (graph) accessGraph(graph);
+  for (const link of document.querySelectorAll("a.problem")) {
+    link.addEventListener("click", (event) => { event.preventDefault(); jumpTo(link); });
+  }
   for (const button of document.querySelectorAll("button.copy")) {
     button.addEventListener("click", () => copyField(button));
   }
