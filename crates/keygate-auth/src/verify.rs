@@ -6,6 +6,11 @@
 //! liveness for the store's current change generation (any revocation, here or on another
 //! replica, moves it).
 
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
 use keygate_core::Timestamp;
 use keygate_store::GenCache;
 
@@ -13,11 +18,57 @@ use crate::claims::Claims;
 use crate::keys::VerifyError;
 use crate::router::AuthState;
 
+/// Verified tokens kept at once; a full cache starts over.
+const CAPACITY: usize = 100_000;
+
 /// Verified tokens and their liveness.
-#[derive(Default)]
 pub struct TokenCache {
-    verified: GenCache<String, Claims>,
+    /// By a fast hash of the token (several hundred characters, hashed on every request); the
+    /// token itself is compared in full on a hit.
+    verified: DashMap<u64, Arc<Verified>>,
+    hasher: foldhash::fast::RandomState,
     live: GenCache<String, bool>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self {
+            verified: DashMap::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            live: GenCache::default(),
+        }
+    }
+}
+
+/// A token whose signature checked out.
+struct Verified {
+    token: Box<str>,
+    claims: Arc<Claims>,
+    /// The change generation at which the token was last found live (`u64::MAX`: never).
+    live_at: AtomicU64,
+}
+
+impl TokenCache {
+    /// The verified token, if it was verified before.
+    fn get(&self, key: u64, token: &str) -> Option<Arc<Verified>> {
+        self.verified
+            .get(&key)
+            .filter(|v| *v.token == *token)
+            .map(|v| v.clone())
+    }
+
+    fn put(&self, key: u64, token: &str, claims: Claims) -> Arc<Verified> {
+        let verified = Arc::new(Verified {
+            token: token.into(),
+            claims: Arc::new(claims),
+            live_at: AtomicU64::new(u64::MAX),
+        });
+        if self.verified.len() >= CAPACITY {
+            self.verified.clear();
+        }
+        self.verified.insert(key, verified.clone());
+        verified
+    }
 }
 
 impl AuthState {
@@ -27,7 +78,9 @@ impl AuthState {
         token: &str,
         audience: &str,
     ) -> Result<Claims, VerifyError> {
-        self.verify_access_token_for(token, &[audience]).await
+        self.verify_access_token_for(token, &[audience])
+            .await
+            .map(Arc::unwrap_or_clone)
     }
 
     /// Like [`AuthState::verify_access_token`], accepting any of `audiences`. The signature is
@@ -36,15 +89,16 @@ impl AuthState {
         &self,
         token: &str,
         audiences: &[&str],
-    ) -> Result<Claims, VerifyError> {
-        let claims = match self.tokens.verified.get(token, 0) {
-            Some(c) => c,
+    ) -> Result<Arc<Claims>, VerifyError> {
+        let key = self.tokens.hasher.hash_one(token);
+        let verified = match self.tokens.get(key, token) {
+            Some(v) => v,
             None => {
                 let c = self.keys.verify_signature(token).await?;
-                self.tokens.verified.put(token.to_owned(), 0, c.clone());
-                c
+                self.tokens.put(key, token, c)
             }
         };
+        let claims = &verified.claims;
         if claims.exp <= Timestamp::now().seconds() {
             return Err(VerifyError::Expired);
         }
@@ -52,6 +106,9 @@ impl AuthState {
             return Err(VerifyError::Invalid);
         }
         let generation = self.store.generation();
+        if verified.live_at.load(Ordering::Acquire) == generation {
+            return Ok(claims.clone());
+        }
         let live = match self.tokens.live.get(claims.jti.as_str(), generation) {
             Some(live) => live,
             None => match self
@@ -70,7 +127,8 @@ impl AuthState {
             },
         };
         if live {
-            Ok(claims)
+            verified.live_at.store(generation, Ordering::Release);
+            Ok(claims.clone())
         } else {
             Err(VerifyError::Revoked)
         }

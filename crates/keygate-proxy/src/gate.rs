@@ -22,13 +22,14 @@ use crate::error::ProxyError;
 pub async fn attached(
     state: &ProxyState,
     app: &Application,
-) -> Result<Arc<Vec<Integration>>, ProxyError> {
+) -> Result<Arc<Vec<Arc<Integration>>>, ProxyError> {
     let store = &state.auth.store;
     let generation = store.generation();
     if let Some(list) = state.cache.attached.get(&app.id, generation) {
         return Ok(list);
     }
-    let list = Arc::new(store.attached_integrations(app.org_id, app.id).await?);
+    let found = store.attached_integrations(app.org_id, app.id).await?;
+    let list = Arc::new(found.into_iter().map(Arc::new).collect::<Vec<_>>());
     state.cache.attached.put(app.id, generation, list.clone());
     Ok(list)
 }
@@ -38,21 +39,27 @@ pub async fn attached_by_ref(
     state: &ProxyState,
     app: &Application,
     r: &str,
-) -> Result<Integration, ProxyError> {
-    attached(state, app)
-        .await?
-        .iter()
-        .find(|i| i.slug == r || i.id.to_string() == r)
+) -> Result<Arc<Integration>, ProxyError> {
+    let list = attached(state, app).await?;
+    list.iter()
+        .find(|i| i.slug == r || names_id(r, i))
         .cloned()
         .ok_or(ProxyError::NotFound("Integration not found"))
+}
+
+/// Whether `r` is the integration's id as it prints (hyphenated, lowercase).
+fn names_id(r: &str, integration: &Integration) -> bool {
+    let mut buf = uuid::Uuid::encode_buffer();
+    r.len() == uuid::fmt::Hyphenated::LENGTH
+        && integration.id.0.hyphenated().encode_lower(&mut buf) == r
 }
 
 /// Who is calling, through which application.
 #[derive(Debug)]
 pub struct McpCaller {
-    pub claims: Claims,
+    pub claims: Arc<Claims>,
     pub user: UserId,
-    pub app: Application,
+    pub app: Arc<Application>,
 }
 
 /// The resource path a request belongs to: `/apps/{id}/mcp[/integration]` or `/mcp`.
@@ -148,6 +155,7 @@ pub async fn authenticate(
         Some(app) => app,
         None => match auth.store.get_application(claims.org, app_id).await {
             Ok(app) => {
+                let app = Arc::new(app);
                 state
                     .cache
                     .apps

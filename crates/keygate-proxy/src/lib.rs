@@ -72,8 +72,8 @@ pub struct ProxyState {
 /// here or on another replica retires it.
 #[derive(Default)]
 pub struct RouteCache {
-    pub(crate) apps: GenCache<(OrgId, ApplicationId), Application>,
-    pub(crate) attached: GenCache<ApplicationId, Arc<Vec<Integration>>>,
+    pub(crate) apps: GenCache<(OrgId, ApplicationId), Arc<Application>>,
+    pub(crate) attached: GenCache<ApplicationId, Arc<Vec<Arc<Integration>>>>,
     pub(crate) credentials: GenCache<(IntegrationId, UserId), credentials::Cached>,
     /// Which era each upstream speaks (probed with `server/discover`).
     pub(crate) eras: GenCache<IntegrationId, aggregate::era::Era>,

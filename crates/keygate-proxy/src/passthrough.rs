@@ -401,7 +401,7 @@ async fn attached_integration(
     state: &ProxyState,
     caller: &McpCaller,
     r: &str,
-) -> Result<Integration, ProxyError> {
+) -> Result<Arc<Integration>, ProxyError> {
     let found = crate::gate::attached_by_ref(state, &caller.app, r).await?;
     if found.category != Category::GatewayRemoteMcp {
         return Err(ProxyError::NotFound(

@@ -200,7 +200,7 @@ async fn unauthenticated(state: &ProxyState, ex: &mut Exchange, uri: &Uri, body:
 }
 
 /// The application named by `/apps/{id}/…`, if it exists.
-async fn app_of(state: &ProxyState, uri: &Uri) -> Option<Application> {
+async fn app_of(state: &ProxyState, uri: &Uri) -> Option<Arc<Application>> {
     let id: ApplicationId = uri
         .path()
         .strip_prefix("/apps/")?
@@ -221,7 +221,7 @@ async fn app_of(state: &ProxyState, uri: &Uri) -> Option<Application> {
     if let Some(app) = state.cache.apps.get(&(org, id), generation) {
         return Some(app);
     }
-    store.get_application(org, id).await.ok()
+    store.get_application(org, id).await.ok().map(Arc::new)
 }
 
 /// What the upstream requests sent on behalf of one exchange need from it.

@@ -3,6 +3,7 @@
 //! completes — trace event, span, metrics — when the response has been relayed
 //! ([`crate::observe::Observed`]), or when the proxy answered with an error itself.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -381,7 +382,10 @@ impl Exchange {
         e.session_id = session_key
             .clone()
             .or(who.agent_session.map(|s| s.to_string()))
-            .unwrap_or_else(|| format!("request-{}", self.span.context().trace_id()));
+            .unwrap_or_else(|| {
+                let trace = crate::otel::trace_id_hex(self.span.context().trace_id());
+                format!("request-{trace}")
+            });
         e.trace_id = trace_id(&e.session_id, who.agent_session);
         e.agent_session_id = who.agent_session;
         e.user_id = who.user;
@@ -401,8 +405,9 @@ impl Exchange {
             .response_json
             .take()
             .map(|v| t.capture.scrub(v, &secrets));
-        e.otel_trace_id = Some(self.span.context().trace_id().to_string());
-        e.otel_span_id = Some(self.span.context().span_id().to_string());
+        let context = self.span.context();
+        e.otel_trace_id = Some(crate::otel::trace_id_hex(context.trace_id()));
+        e.otel_span_id = Some(crate::otel::span_id_hex(context.span_id()));
         e.created_at = Timestamp::now();
         t.sink.emit(e);
     }
@@ -517,9 +522,33 @@ pub fn session_id(raw: &str) -> String {
     if raw.len() <= MAX_SESSION_CHARS {
         return raw.to_owned();
     }
-    let digest = Sha256::digest(raw.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::otel::hex(&digest_of(raw)[..16]);
     format!("sha256:{hex}")
+}
+
+/// Sessions whose digest each thread remembers: a session's calls digest the same id again
+/// and again (up to 700 characters for an aggregated one).
+const DIGESTS_KEPT: usize = 256;
+
+thread_local! {
+    static DIGESTS: std::cell::RefCell<HashMap<Box<str>, [u8; 32], foldhash::fast::RandomState>> =
+        std::cell::RefCell::default();
+}
+
+/// The SHA-256 of `text`, remembered per thread for the last sessions seen.
+fn digest_of(text: &str) -> [u8; 32] {
+    DIGESTS.with(|kept| {
+        if let Some(d) = kept.borrow().get(text) {
+            return *d;
+        }
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let mut kept = kept.borrow_mut();
+        if kept.len() >= DIGESTS_KEPT {
+            kept.clear();
+        }
+        kept.insert(text.into(), digest);
+        digest
+    })
 }
 
 /// The trace an event belongs to: one per downstream session, the same on every replica
@@ -533,7 +562,7 @@ pub fn trace_id(session: &str, agent_session: Option<AgentSessionId>) -> String 
             secs * 1000 + u64::from(nanos / 1_000_000)
         })
         .unwrap_or_else(|| Timestamp::now().millis().max(0) as u64);
-    let digest = Sha256::digest(session.as_bytes());
+    let digest = digest_of(session);
     let mut bytes = [0u8; 10];
     bytes.copy_from_slice(&digest[..10]);
     uuid::Builder::from_unix_timestamp_millis(millis, &bytes)

@@ -8,15 +8,18 @@
 //! later ones share `other`. A tool name gets its own label only once an upstream answered a
 //! call of it without error (so made-up names cannot use up the slots) and only when it is
 //! short and printable. No user, session or application ids.
+//!
+//! A call's series are looked up once and kept ([`Series`]): the per-call cost is one read
+//! lock and a cheap hash per label set instead of the vectors' hashing of every label value.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use keygate_core::IntegrationId;
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::otel::Spans;
@@ -63,14 +66,29 @@ const KNOWN_METHODS: &[&str] = &[
 /// HTTP methods that get their own label value.
 const KNOWN_HTTP_METHODS: &[&str] = &["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"];
 
+/// The trace statuses (`Status::as_str`), whose series are kept per integration and tool.
+const STATUSES: &[&str] = &[
+    "ok",
+    "warn",
+    "error_remote",
+    "error_proxy",
+    "error_auth",
+    "denied",
+];
+
+/// A fast hasher for the series maps: their keys are label values the gateway chose (route
+/// templates, fixed lists, admitted ids and tool names), and each map is capped.
+type Fast = foldhash::fast::RandomState;
+
 /// One finished exchange, as the metrics see it.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample<'a> {
-    pub route: &'a str,
+    /// The route template.
+    pub route: &'static str,
     pub http_method: &'a str,
     /// The JSON-RPC method; `None` for a request that carries none (a GET stream, a DELETE).
     pub mcp_method: Option<&'a str>,
-    pub status: &'a str,
+    pub status: &'static str,
     pub integration: Option<IntegrationId>,
     /// The tool of a `tools/call` (or the prompt of a `prompts/get`).
     pub tool: Option<&'a str>,
@@ -94,7 +112,8 @@ pub struct Metrics {
     trace_written: IntCounter,
     span_drops: IntCounter,
     span_failures: IntCounter,
-    labels: std::sync::Arc<Labels>,
+    labels: Arc<Labels>,
+    series: Arc<Series>,
 }
 
 impl Default for Metrics {
@@ -188,6 +207,7 @@ impl Metrics {
                 "Spans in export requests the OTLP collector refused or did not answer.",
             ),
             labels: Default::default(),
+            series: Default::default(),
         };
         for c in [
             Box::new(m.requests.clone()) as Box<dyn Collector>,
@@ -216,23 +236,129 @@ impl Metrics {
 
     /// Counts one finished exchange.
     pub fn exchange(&self, s: &Sample<'_>) {
-        let labels = [
+        let (requests, latency) = self.exchange_series(s);
+        requests.inc();
+        latency.observe(s.seconds);
+        let Some(integration) = s.integration else {
+            return;
+        };
+        let Some(series) = self.integration_series(integration) else {
+            // Past the integrations' cap: the shared label, looked up each time.
+            self.integration_by_labels(OTHER, integration, s);
+            return;
+        };
+        match status_index(s.status) {
+            Some(i) => series.requests[i]
+                .get_or_init(|| {
+                    self.integration_requests
+                        .with_label_values(&[&series.label, s.status])
+                })
+                .inc(),
+            None => self
+                .integration_requests
+                .with_label_values(&[&series.label, s.status])
+                .inc(),
+        }
+        series.latency.observe(s.seconds);
+        let Some(tool) = s.tool else { return };
+        if !matches!(s.mcp_method, Some("tools/call" | "prompts/get")) {
+            return;
+        }
+        let tool_series = self.tool_series(&series, integration, tool, s.status == "ok");
+        match status_index(s.status) {
+            Some(i) => tool_series.calls[i]
+                .get_or_init(|| {
+                    self.tool_calls.with_label_values(&[
+                        &series.label,
+                        &tool_series.label,
+                        s.status,
+                    ])
+                })
+                .inc(),
+            None => self
+                .tool_calls
+                .with_label_values(&[&series.label, &tool_series.label, s.status])
+                .inc(),
+        }
+        tool_series.latency.observe(s.seconds);
+    }
+
+    /// The request counter and latency histogram of an exchange's route, methods and status.
+    fn exchange_series(&self, s: &Sample<'_>) -> (IntCounter, Histogram) {
+        let key = (
             s.route,
             listed(KNOWN_HTTP_METHODS, s.http_method),
             s.mcp_method.map_or("none", |m| listed(KNOWN_METHODS, m)),
             s.status,
-        ];
-        self.requests.with_label_values(&labels).inc();
-        self.latency.with_label_values(&labels).observe(s.seconds);
-        let Some(integration) = s.integration else {
-            return;
-        };
-        let mut buf = uuid::Uuid::encode_buffer();
-        let integration_label = if self.labels.integrations.admit(integration) {
-            &*integration.0.hyphenated().encode_lower(&mut buf)
-        } else {
-            OTHER
-        };
+        );
+        if let Some(found) = read(&self.series.exchanges).get(&key) {
+            return found.clone();
+        }
+        let labels = [key.0, key.1, key.2, key.3];
+        let made = (
+            self.requests.with_label_values(&labels),
+            self.latency.with_label_values(&labels),
+        );
+        let mut all = write(&self.series.exchanges);
+        if all.len() < MAX_EXCHANGE_SERIES {
+            all.insert(key, made.clone());
+        }
+        made
+    }
+
+    /// The series of an integration with a label of its own; `None` past the cap.
+    fn integration_series(&self, id: IntegrationId) -> Option<Arc<IntegrationSeries>> {
+        if let Some(found) = read(&self.series.integrations).get(&id) {
+            return Some(found.clone());
+        }
+        if !self.labels.integrations.admit(id) {
+            return None;
+        }
+        let label = id.to_string();
+        let made = Arc::new(IntegrationSeries {
+            latency: self.integration_latency.with_label_values(&[&label]),
+            requests: Default::default(),
+            tools: Default::default(),
+            label,
+        });
+        let mut all = write(&self.series.integrations);
+        Some(all.entry(id).or_insert(made).clone())
+    }
+
+    /// The series of a tool of an integration with a label of its own: the tool's, or the
+    /// integration's `other` tool.
+    fn tool_series(
+        &self,
+        series: &IntegrationSeries,
+        integration: IntegrationId,
+        tool: &str,
+        answered: bool,
+    ) -> Arc<ToolSeries> {
+        if let Some(found) = read(&series.tools).get(tool) {
+            return found.clone();
+        }
+        let own = tool_label_allowed(tool) && self.labels.tools.admit(integration, tool, answered);
+        let label = if own { tool } else { OTHER };
+        if let Some(found) = read(&series.tools).get(label) {
+            return found.clone();
+        }
+        let made = Arc::new(ToolSeries {
+            latency: self.tool_latency.with_label_values(&[&series.label, label]),
+            calls: Default::default(),
+            label: label.to_owned(),
+        });
+        let mut tools = write(&series.tools);
+        tools.entry(label.to_owned()).or_insert(made).clone()
+    }
+
+    /// Counts an exchange of an integration under `integration_label`, looking its series up
+    /// by label values (the integrations past the cap).
+    fn integration_by_labels(
+        &self,
+        integration_label: &str,
+        integration: IntegrationId,
+        s: &Sample<'_>,
+    ) {
         self.integration_requests
             .with_label_values(&[integration_label, s.status])
             .inc();
@@ -260,10 +386,21 @@ impl Metrics {
     }
 
     /// Records how long an upstream took to answer (`outcome`: `ok`, `error` or `timeout`).
-    pub fn upstream(&self, route: &str, outcome: &str, seconds: f64) {
-        self.upstream
-            .with_label_values(&[route, outcome])
-            .observe(seconds);
+    pub fn upstream(&self, route: &'static str, outcome: &'static str, seconds: f64) {
+        let key = (route, outcome);
+        let found = read(&self.series.upstream).get(&key).cloned();
+        let histogram = match found {
+            Some(h) => h,
+            None => {
+                let made = self.upstream.with_label_values(&[route, outcome]);
+                let mut all = write(&self.series.upstream);
+                if all.len() < MAX_EXCHANGE_SERIES {
+                    all.insert(key, made.clone());
+                }
+                made
+            }
+        };
+        histogram.observe(seconds);
     }
 
     /// A guard counting one open stream until dropped.
@@ -306,8 +443,51 @@ impl Drop for StreamGuard {
     }
 }
 
-fn listed<'a>(known: &[&'static str], value: &'a str) -> &'a str {
-    if known.contains(&value) { value } else { OTHER }
+fn listed(known: &[&'static str], value: &str) -> &'static str {
+    known
+        .iter()
+        .find(|k| **k == value)
+        .copied()
+        .unwrap_or(OTHER)
+}
+
+fn status_index(status: &str) -> Option<usize> {
+    STATUSES.iter().position(|s| *s == status)
+}
+
+/// Most exchange (and upstream) label sets kept; more are looked up by label values. Their
+/// labels come from fixed lists, so the cap is only a guard.
+const MAX_EXCHANGE_SERIES: usize = 4096;
+
+/// The series looked up so far.
+#[derive(Default)]
+struct Series {
+    /// Per (route, HTTP method, MCP method, status) label values.
+    exchanges: RwLock<ExchangeSeries>,
+    /// Per admitted integration.
+    integrations: RwLock<HashMap<IntegrationId, Arc<IntegrationSeries>, Fast>>,
+    /// Per (route, outcome).
+    upstream: RwLock<HashMap<(&'static str, &'static str), Histogram, Fast>>,
+}
+
+type ExchangeKey = (&'static str, &'static str, &'static str, &'static str);
+type ExchangeSeries = HashMap<ExchangeKey, (IntCounter, Histogram), Fast>;
+
+/// The series of one integration with a label of its own.
+struct IntegrationSeries {
+    label: String,
+    latency: Histogram,
+    /// Per trace status ([`STATUSES`]), made when first counted.
+    requests: [OnceLock<IntCounter>; STATUSES.len()],
+    /// Per tool label: the admitted tools and `other`.
+    tools: RwLock<HashMap<String, Arc<ToolSeries>, Fast>>,
+}
+
+/// The series of one tool label of an integration.
+struct ToolSeries {
+    label: String,
+    latency: Histogram,
+    calls: [OnceLock<IntCounter>; STATUSES.len()],
 }
 
 fn tool_label_allowed(tool: &str) -> bool {
@@ -397,7 +577,7 @@ mod tests {
 
     const ROUTE: &str = "/apps/{id}/mcp/{integration}";
 
-    fn call<'a>(integration: IntegrationId, tool: &'a str, status: &'a str) -> Sample<'a> {
+    fn call<'a>(integration: IntegrationId, tool: &'a str, status: &'static str) -> Sample<'a> {
         Sample {
             route: ROUTE,
             http_method: "POST",

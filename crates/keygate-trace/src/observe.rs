@@ -17,6 +17,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use keygate_core::wire::sse::{Decoder, Event};
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::exchange::{Exchange, LocalAnswer, Status};
@@ -301,7 +302,9 @@ impl<B> Observed<B> {
         };
         match std::mem::replace(&mut self.kind, Kind::Other) {
             Kind::Json(buf) => {
-                if let Ok(message) = serde_json::from_slice::<Value>(&buf) {
+                if !exchange.capture().is_on() && plainly_answered(&buf) {
+                    // Nothing in it for the exchange to record: not read whole.
+                } else if let Ok(message) = serde_json::from_slice::<Value>(&buf) {
                     if message.is_object() {
                         exchange.set_response(&message, local);
                     }
@@ -373,6 +376,41 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether a JSON answer is an object with neither an `error` nor a `result` with
+/// `"isError": true` — an answer [`Exchange::set_response`] takes nothing from when payloads
+/// are not captured — read without building it. Anything else (unsure included) is `false`,
+/// and the answer is then read whole.
+fn plainly_answered(json: &[u8]) -> bool {
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return false;
+    }
+    serde_json::from_slice::<Outline>(json).is_ok_and(|o| {
+        !o.error
+            && !o
+                .result
+                .is_some_and(|r| matches!(r.is_error, Some(Value::Bool(true))))
+    })
+}
+
+/// The parts of a JSON-RPC answer that say whether it failed.
+#[derive(serde::Deserialize)]
+struct Outline {
+    /// Whether the answer has an `error` member, whatever its value (`null` included).
+    #[serde(default, deserialize_with = "present")]
+    error: bool,
+    result: Option<ResultOutline>,
+}
+
+#[derive(serde::Deserialize)]
+struct ResultOutline {
+    #[serde(rename = "isError")]
+    is_error: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 #[cfg(test)]

@@ -214,3 +214,25 @@ async fn a_client_that_leaves_early_is_a_warning_and_a_stream_without_answer_an_
         Some("the stream ended without a response")
     );
 }
+
+#[test]
+fn only_answers_without_a_failure_are_read_in_outline() {
+    for plain in [
+        r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#,
+        r#"  {"id":1,"result":{"isError":false}}"#,
+        r#"{"id":1,"result":null}"#,
+    ] {
+        assert!(plainly_answered(plain.as_bytes()), "{plain}");
+    }
+    for failed in [
+        r#"{"id":1,"error":{"code":-32601,"message":"nope"}}"#,
+        r#"{"id":1,"error":null}"#,
+        r#"{"id":1,"result":{"isError":true,"content":[]}}"#,
+        r#"{"id":1,"result":{"isError":false,"isError":true}}"#,
+        r#"{"id":1,"result":"text"}"#,
+        r#"["id",1]"#,
+        r#"{"id":1,"result":{}"#,
+    ] {
+        assert!(!plainly_answered(failed.as_bytes()), "{failed}");
+    }
+}

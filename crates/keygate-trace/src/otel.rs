@@ -60,13 +60,38 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 
 /// The `traceparent` header naming `span` as the parent.
 pub fn traceparent(span: &SpanContext) -> HeaderValue {
-    let value = format!(
-        "00-{}-{}-{:02x}",
-        span.trace_id(),
-        span.span_id(),
-        span.trace_flags().to_u8()
-    );
-    HeaderValue::from_str(&value).expect("hex digits and dashes")
+    let mut value = [b'-'; 55];
+    value[..2].copy_from_slice(b"00");
+    write_hex(&span.trace_id().to_bytes(), &mut value[3..35]);
+    write_hex(&span.span_id().to_bytes(), &mut value[36..52]);
+    write_hex(&[span.trace_flags().to_u8()], &mut value[53..55]);
+    HeaderValue::from_bytes(&value).expect("hex digits and dashes")
+}
+
+/// A trace id as 32 lowercase hex digits (as its `Display`, without the formatting machinery).
+pub fn trace_id_hex(id: TraceId) -> String {
+    hex(&id.to_bytes())
+}
+
+/// A span id as 16 lowercase hex digits.
+pub fn span_id_hex(id: SpanId) -> String {
+    hex(&id.to_bytes())
+}
+
+/// `bytes` as lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; 2 * bytes.len()];
+    write_hex(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
 }
 
 fn nonzero_random<const N: usize>() -> [u8; N] {
@@ -268,6 +293,24 @@ mod tests {
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(out.ends_with("-00"));
         assert_eq!(parse_traceparent(out).unwrap().trace_id(), cx.trace_id());
+    }
+
+    #[test]
+    fn hex_ids_read_as_their_display() {
+        let cx = local_span(None);
+        assert_eq!(trace_id_hex(cx.trace_id()), cx.trace_id().to_string());
+        assert_eq!(span_id_hex(cx.span_id()), cx.span_id().to_string());
+        let tp = SpanContext::new(
+            TraceId::from_bytes([0x0a; 16]),
+            SpanId::from_bytes([0xf1; 8]),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        assert_eq!(
+            traceparent(&tp),
+            "00-0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-f1f1f1f1f1f1f1f1-01"
+        );
     }
 
     #[test]

@@ -187,7 +187,7 @@ async fn post(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
     headers: &HeaderMap,
-    session: Option<Option<AggregatedSession>>,
+    session: Option<Option<Arc<AggregatedSession>>>,
     message: Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {

@@ -116,7 +116,7 @@ impl AggregatedSession {
         session.is_live_at(Timestamp::now()).then_some(session)
     }
 
-    fn is_live_at(&self, now: Timestamp) -> bool {
+    pub(crate) fn is_live_at(&self, now: Timestamp) -> bool {
         now.millis() < self.expires_at().millis()
     }
 

@@ -34,7 +34,7 @@ const LAST_EVENT_ID: &str = "last-event-id";
 /// An upstream the caller can use: the integration and its credential.
 #[derive(Clone)]
 pub struct Member {
-    pub integration: Integration,
+    pub integration: Arc<Integration>,
     pub authorization: Option<HeaderValue>,
     /// Whose credential it is (to refresh it if the upstream refuses it).
     pub caller: Arc<McpCaller>,
@@ -43,7 +43,7 @@ pub struct Member {
 /// The client on the other side of the aggregated endpoint.
 pub enum Downstream {
     /// 2025: the sealed session its `initialize` opened.
-    Session(AggregatedSession),
+    Session(Arc<AggregatedSession>),
     /// 2026-07-28: no session; what its request declared.
     Stateless(Stateless),
 }

@@ -4,7 +4,8 @@
 //! (`http/protobuf` or `http/json`) and sends them with the configured headers and timeout.
 //! What sits between is keygate's: a bounded queue that a finished span enters with
 //! `try_send` — full, the span is dropped and counted, the request never waits — and one
-//! tokio task that sends batches (≤ 512 spans, gathered for ≤ 500 ms). The SDK's own batch
+//! tokio task that sends batches (≤ 512 spans, gathered for ≤ 500 ms, the queue looked at every
+//! 20 ms: a span arriving wakes nobody while a batch gathers). The SDK's own batch
 //! processor would count its drops only in a log line at shutdown, and runs its exports on a
 //! thread of its own.
 //!
@@ -35,6 +36,8 @@ use tokio::task::JoinHandle;
 const MAX_EXPORT_BATCH: usize = 512;
 /// How long the exporter gathers spans before sending a partial batch.
 const EXPORT_DELAY: Duration = Duration::from_millis(500);
+/// How often a gathering exporter looks at its queue.
+const GATHER_TICK: Duration = Duration::from_millis(20);
 /// Most of a collector's answer that is read (it is only looked at for errors).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -211,14 +214,23 @@ async fn export_loop(
                 n = rx.recv_many(&mut batch, MAX_EXPORT_BATCH) => if n == 0 { break },
                 _ = &mut close => { rx.close(); closing = true; continue; }
             }
-            // Gather a fuller batch for a moment, unless shutting down.
+            // Gather a fuller batch for a moment, unless shutting down: looking at the queue
+            // every tick rather than waking for each span that arrives.
             let deadline = tokio::time::Instant::now() + EXPORT_DELAY;
-            while batch.len() < MAX_EXPORT_BATCH && !closing {
-                let room = MAX_EXPORT_BATCH - batch.len();
+            while batch.len() + rx.len() < MAX_EXPORT_BATCH && !closing {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
                 tokio::select! {
-                    n = rx.recv_many(&mut batch, room) => if n == 0 { break },
-                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = tokio::time::sleep_until(deadline.min(now + GATHER_TICK)) => {}
                     _ = &mut close => { rx.close(); closing = true; }
+                }
+            }
+            while batch.len() < MAX_EXPORT_BATCH {
+                match rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
                 }
             }
         }
