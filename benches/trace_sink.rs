@@ -131,7 +131,12 @@ fn cpu_of(pid: &str) -> Duration {
     // Fields after the command name (which may hold spaces) start at its closing parenthesis.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are the 14th and 15th fields; here the 12th and 13th after the name.
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }

@@ -120,7 +120,10 @@ pub(crate) fn opt_uuid_col(row: &sqlx::any::AnyRow, col: &str) -> Result<Option<
 }
 
 /// Reads a context id column where `''` stands for none.
-pub(crate) fn opt_ref<T: std::str::FromStr>(row: &sqlx::any::AnyRow, col: &str) -> Result<Option<T>> {
+pub(crate) fn opt_ref<T: std::str::FromStr>(
+    row: &sqlx::any::AnyRow,
+    col: &str,
+) -> Result<Option<T>> {
     match row.text(col)? {
         v if v.is_empty() => Ok(None),
         v => v
@@ -176,7 +179,10 @@ static INSERTS: LazyLock<[[String; 3]; 2]> = LazyLock::new(|| {
 /// The cached insert text of `rows` (one of [`INSERT_ROWS`]) events.
 pub(crate) fn insert_statement(backend: Backend, rows: usize) -> &'static str {
     let b = usize::from(backend == Backend::Postgres);
-    let i = INSERT_ROWS.iter().position(|r| *r == rows).expect("a row count of INSERT_ROWS");
+    let i = INSERT_ROWS
+        .iter()
+        .position(|r| *r == rows)
+        .expect("a row count of INSERT_ROWS");
     &INSERTS[b][i]
 }
 
@@ -251,7 +257,9 @@ impl ContextKey {
             self.org.to_string(),
             self.trace_id.clone(),
             self.session_id.clone(),
-            self.agent_session_id.map(|v| v.to_string()).unwrap_or_default(),
+            self.agent_session_id
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
             self.application_id.to_string(),
             self.user_id.map(|v| v.to_string()).unwrap_or_default(),
         ];
@@ -259,13 +267,16 @@ impl ContextKey {
             "INSERT INTO trace_contexts (org_id, trace_id, session_id, agent_session_id, \
              application_id, user_id, created_at) VALUES (",
         );
-        insert.bind_list(texts.iter().map(String::as_str)).push(", ");
+        insert
+            .bind_list(texts.iter().map(String::as_str))
+            .push(", ");
         insert.bind(at).push(
             ") ON CONFLICT (org_id, trace_id, session_id, agent_session_id, application_id, \
              user_id) DO NOTHING",
         );
         insert.query().execute(&mut *conn).await?;
-        let mut select = crate::sql::Sql::new("SELECT CAST(id AS BIGINT) AS id FROM trace_contexts");
+        let mut select =
+            crate::sql::Sql::new("SELECT CAST(id AS BIGINT) AS id FROM trace_contexts");
         for (i, (col, v)) in ["org_id", "trace_id", "session_id", "agent_session_id"]
             .into_iter()
             .chain(["application_id", "user_id"])
@@ -353,7 +364,10 @@ impl ContextCache {
             };
             ids[i] = Some(id);
         }
-        Ok((ids.into_iter().map(|id| id.unwrap_or_default()).collect(), resolved))
+        Ok((
+            ids.into_iter().map(|id| id.unwrap_or_default()).collect(),
+            resolved,
+        ))
     }
 
     /// Remembers what a committed batch resolved.
@@ -397,7 +411,10 @@ mod tests {
     fn hex_round_trips_and_rejects_malformed_ids() {
         let id = "0af7651916cd43dd8448eb211c80319c";
         assert_eq!(hex(&unhex(id, 16).unwrap()), id);
-        assert_eq!(hex(&unhex("0AF7651916CD43DD", 8).unwrap()), "0af7651916cd43dd");
+        assert_eq!(
+            hex(&unhex("0AF7651916CD43DD", 8).unwrap()),
+            "0af7651916cd43dd"
+        );
         assert!(unhex("0af76519", 16).is_none());
         assert!(unhex("zz", 1).is_none());
     }

@@ -52,7 +52,9 @@ async fn migrate_before(db: &Db, version: i64) {
         crate::Backend::Postgres => "postgres",
     };
     let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
-    let mut migrator = sqlx::migrate::Migrator::new(Path::new(&path)).await.unwrap();
+    let mut migrator = sqlx::migrate::Migrator::new(Path::new(&path))
+        .await
+        .unwrap();
     let older: Vec<_> = migrator
         .migrations
         .iter()
@@ -101,12 +103,21 @@ async fn migration_0011_carries_existing_events_into_compact_rows() {
         assert_eq!((a.id, b.id), (first, second));
         assert_eq!(a.org_id, org);
         assert_eq!((a.created_at.millis(), b.created_at.millis()), (1000, 2000));
-        assert_eq!((a.trace_id.as_str(), a.session_id.as_str()), (trace.as_str(), "s-1"));
+        assert_eq!(
+            (a.trace_id.as_str(), a.session_id.as_str()),
+            (trace.as_str(), "s-1")
+        );
         assert_eq!((a.agent_session_id, a.user_id), (Some(agent), Some(user)));
         assert_eq!((b.agent_session_id, b.user_id), (None, None));
         assert_eq!(a.application_id, app);
-        assert_eq!((a.event_type.as_str(), a.status.as_str()), ("tools/call", "error_remote"));
-        assert_eq!((b.event_type.as_str(), b.status.as_str()), ("vendor/x", "ok"));
+        assert_eq!(
+            (a.event_type.as_str(), a.status.as_str()),
+            ("tools/call", "error_remote")
+        );
+        assert_eq!(
+            (b.event_type.as_str(), b.status.as_str()),
+            ("vendor/x", "ok")
+        );
         assert_eq!((a.duration_ms, a.bytes_in, a.bytes_out), (42, 10, 20));
         assert_eq!(a.integration_id, Some(integration));
         assert_eq!(a.tool_name.as_deref(), Some("echo"));
