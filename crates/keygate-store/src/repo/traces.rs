@@ -277,8 +277,8 @@ impl Store {
         for rows in INSERT_ROWS {
             while events.len() - at >= rows {
                 let mut args = AnyArguments::default();
-                for i in at..at + rows {
-                    bind_event(&mut args, backend, &events[i], contexts[i])
+                for (e, context) in events[at..at + rows].iter().zip(&contexts[at..]) {
+                    bind_event(&mut args, backend, e, *context)
                         .map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
                 }
                 sqlx::query_with(insert_statement(backend, rows), args)
