@@ -272,7 +272,7 @@ impl Store {
         }
         let backend = self.db.backend();
         let mut tx = self.db.pool().begin().await?;
-        let (contexts, resolved) = self.trace_contexts.ids(&mut *tx, backend, events).await?;
+        let (contexts, resolved) = self.trace_contexts.ids(&mut tx, backend, events).await?;
         let mut at = 0;
         for rows in INSERT_ROWS {
             while events.len() - at >= rows {
