@@ -28,7 +28,7 @@ pub use repo::keys::StoredSigningKey;
 pub use repo::oauth::{AuthorizationCode, AuthorizationRequest, RefreshToken, RegisteredClient};
 pub use repo::policies::{NewPolicy, PolicyPatch};
 pub use repo::sessions::{NewAgentSession, SessionFilter};
-pub use repo::traces::{EventFilter, ToolStat, TraceStats, TraceSummary};
+pub use repo::traces::{EventFilter, PurgeBatch, ToolStat, TraceStats, TraceSummary};
 pub use repo::upstream_oauth::{FlowState, OAuthConnection, OAuthTokens};
 pub use repo::users::ServiceAccountCredentials;
 pub use vault::{Kek, Purpose, SealContext, Vault, VaultError};
@@ -43,6 +43,8 @@ pub struct Store {
     generation: changes::Generation,
     /// Moves when an MCP session ends (`changes`).
     ended_sessions: changes::Generation,
+    /// The trace contexts this process wrote events of lately (`repo::trace_rows`).
+    trace_contexts: Arc<repo::trace_rows::ContextCache>,
 }
 
 impl Store {
@@ -52,6 +54,7 @@ impl Store {
             vault: Arc::new(vault),
             generation: changes::Generation::default(),
             ended_sessions: changes::Generation::default(),
+            trace_contexts: Arc::default(),
         }
     }
 

@@ -1,32 +1,34 @@
 //! The event pipeline: [`TraceSink::emit`] puts an event on a bounded queue without ever
 //! waiting; one writer task drains the queue into batched inserts.
 //!
-//! The writer takes whatever has queued up since its last write (at most [`MAX_BATCH`]) and
-//! writes it in one transaction, then waits [`LINGER`] (20 ms) so the next batch can gather:
-//! batches grow by themselves with the load, and the writer wakes at most 50 times a second
-//! rather than once per event (a cross-thread wake-up per request was the largest cost of
-//! tracing on a busy two-core machine). After a full batch it does not wait: the queue holds
-//! more. A full queue drops the event and counts it; nothing on the request path awaits the
-//! database.
+//! The queue is a vector behind a mutex that emitters push onto and the writer swaps for its
+//! own emptied batch vector, so in a steady state no event costs an allocation for its place
+//! in the queue, and the two vectors are reused batch after batch. An emit wakes the writer
+//! only when it makes the queue non-empty or fills a batch ([`MAX_BATCH`]); once awake, the
+//! writer waits [`LINGER`] (20 ms) so the batch can gather, takes everything queued and writes
+//! it in one transaction. So the writer wakes at most about 50 times a second whatever the
+//! rate, and not at all while nothing is emitted (a cross-thread wake-up per request was the
+//! largest cost of tracing on a busy two-core machine). A full queue drops the event and
+//! counts it; nothing on the request path awaits the database.
 //!
 //! The writer also assigns each event its id (UUID v7) just before the insert. Ids therefore
 //! increase in commit order on one gateway, which is what lets a live tail page by id without
 //! missing an event that committed late (see [`crate::live`]).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use keygate_core::Timestamp;
 use keygate_core::model::TraceEvent;
 use keygate_store::Store;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// Most events written in one transaction.
+/// Most events written in one transaction; also the queue length that wakes the writer early.
 pub const MAX_BATCH: usize = 1_000;
 
-/// How long the writer waits after a write before taking the next batch.
+/// How long the writer lets a batch gather after it woke.
 const LINGER: Duration = Duration::from_millis(20);
 
 /// Attempts at writing one batch before it is given up (and counted as dropped).
@@ -51,10 +53,48 @@ impl SinkStats {
     }
 }
 
+/// The queue emitters and the writer share.
+#[derive(Debug)]
+struct Queue {
+    events: Mutex<Vec<TraceEvent>>,
+    capacity: usize,
+    /// Set by [`SinkHandle::close`]: from then on every emit is a counted drop.
+    closed: AtomicBool,
+    /// Wakes the writer: the queue became non-empty or holds a full batch.
+    wake: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Vec<TraceEvent>> {
+        // A panic while holding the lock leaves a valid vector; keep using it.
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `event`; `false` (and the event dropped) when full or closed.
+    fn push(&self, event: TraceEvent) -> bool {
+        let mut events = self.lock();
+        if events.len() >= self.capacity || self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        events.push(event);
+        let len = events.len();
+        drop(events);
+        if len == 1 || len == MAX_BATCH {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Swaps everything queued into `batch` (which must be empty), keeping both allocations.
+    fn take(&self, batch: &mut Vec<TraceEvent>) {
+        std::mem::swap(&mut *self.lock(), batch);
+    }
+}
+
 /// The emitting end; cheap to clone. A disabled sink (tracing off) ignores every event.
 #[derive(Clone, Debug)]
 pub struct TraceSink {
-    tx: Option<mpsc::Sender<TraceEvent>>,
+    queue: Option<Arc<Queue>>,
     stats: Arc<SinkStats>,
     written: watch::Receiver<u64>,
 }
@@ -69,14 +109,25 @@ pub struct SinkHandle {
 impl TraceSink {
     /// Starts the writer for `store` with a queue of `capacity` events.
     pub fn spawn(store: Store, capacity: usize) -> (Self, SinkHandle) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let queue = Arc::new(Queue {
+            events: Mutex::new(Vec::with_capacity(capacity.clamp(1, MAX_BATCH))),
+            capacity: capacity.max(1),
+            closed: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
         let (close, close_rx) = oneshot::channel();
         let (written_tx, written) = watch::channel(0);
         let stats = Arc::new(SinkStats::default());
-        let task = tokio::spawn(writer(store, rx, close_rx, stats.clone(), written_tx));
+        let task = tokio::spawn(writer(
+            store,
+            queue.clone(),
+            close_rx,
+            stats.clone(),
+            written_tx,
+        ));
         (
             Self {
-                tx: Some(tx),
+                queue: Some(queue),
                 stats,
                 written,
             },
@@ -87,29 +138,27 @@ impl TraceSink {
     /// A sink that records nothing (tracing turned off).
     pub fn disabled() -> Self {
         Self {
-            tx: None,
+            queue: None,
             stats: Arc::default(),
             written: watch::channel(0).1,
         }
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.tx.is_some()
+        self.queue.is_some()
     }
 
     /// Queues `event` or, when the queue is full or closed, drops and counts it. Never waits.
     pub fn emit(&self, event: TraceEvent) {
-        let Some(tx) = &self.tx else { return };
-        if tx.try_send(event).is_err() {
+        let Some(queue) = &self.queue else { return };
+        if !queue.push(event) {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Events waiting to be written.
     pub fn depth(&self) -> usize {
-        self.tx
-            .as_ref()
-            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        self.queue.as_ref().map_or(0, |q| q.lock().len())
     }
 
     pub fn stats(&self) -> &SinkStats {
@@ -135,58 +184,45 @@ impl SinkHandle {
 
 async fn writer(
     store: Store,
-    mut rx: mpsc::Receiver<TraceEvent>,
+    queue: Arc<Queue>,
     mut close: oneshot::Receiver<()>,
     stats: Arc<SinkStats>,
     written: watch::Sender<u64>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let taken = tokio::select! {
-            n = rx.recv_many(&mut batch, MAX_BATCH) => {
-                if n == 0 {
-                    break; // every sender is gone
-                }
-                write(&store, &mut batch, &stats, &written).await;
-                n
-            }
-            _ = &mut close => {
-                drain(&store, rx, batch, &stats, &written).await;
-                break;
-            }
-        };
-        if taken == MAX_BATCH {
-            continue; // more is waiting: lingering now would only let the queue overflow
-        }
-        // Let events gather before the next write: at most one wake-up and one transaction
-        // per LINGER, instead of one per event when each arrives alone.
+    let mut closing = false;
+    while !closing {
         tokio::select! {
-            _ = tokio::time::sleep(LINGER) => {}
-            _ = &mut close => {
-                drain(&store, rx, batch, &stats, &written).await;
-                break;
+            _ = queue.wake.notified() => {}
+            _ = &mut close => closing = true,
+        }
+        if !closing && queue.lock().len() < MAX_BATCH {
+            // Let events gather: one wake-up and one transaction per LINGER at most,
+            // instead of one per event when each arrives alone.
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = queue.wake.notified() => {}
+                _ = &mut close => closing = true,
             }
         }
-    }
-}
-
-/// After close: no new events from here on; what is queued still goes in.
-async fn drain(
-    store: &Store,
-    mut rx: mpsc::Receiver<TraceEvent>,
-    mut batch: Vec<TraceEvent>,
-    stats: &SinkStats,
-    written: &watch::Sender<u64>,
-) {
-    rx.close();
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write(store, &mut batch, stats, written).await;
+        if closing {
+            // No new events from here on; what is queued still goes in.
+            queue.closed.store(true, Ordering::Relaxed);
+        }
+        queue.take(&mut batch);
+        for chunk in batch.chunks_mut(MAX_BATCH) {
+            write(&store, chunk, &stats, &written).await;
+        }
+        batch.clear();
+        if batch.capacity() > 4 * MAX_BATCH {
+            batch.shrink_to(MAX_BATCH); // a burst's worth of memory is not kept
+        }
     }
 }
 
 async fn write(
     store: &Store,
-    batch: &mut Vec<TraceEvent>,
+    batch: &mut [TraceEvent],
     stats: &SinkStats,
     written: &watch::Sender<u64>,
 ) {
@@ -217,7 +253,6 @@ async fn write(
             }
         }
     }
-    batch.clear();
 }
 
 /// An event with every required field set and the rest empty; the writer assigns the id.

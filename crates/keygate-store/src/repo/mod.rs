@@ -10,6 +10,7 @@ pub mod mcp_sessions;
 pub mod oauth;
 pub mod policies;
 pub mod sessions;
+pub(crate) mod trace_rows;
 pub mod traces;
 pub mod upstream_oauth;
 pub mod users;
