@@ -147,13 +147,6 @@ enum Backend {
 }
 
 impl Backend {
-    fn name(&self) -> &'static str {
-        match self {
-            Backend::Sqlite(_) => "SQLite",
-            Backend::Postgres(_) => "PostgreSQL",
-        }
-    }
-
     fn url(&self) -> String {
         match self {
             Backend::Sqlite(dir) => format!("sqlite://{}/bench.db", dir.path().display()),
