@@ -41,6 +41,9 @@ export KEYGATE_LISTEN="127.0.0.1:$GW_PORT" PORT="$MCP_PORT"
 export BROWSER="$HERE/lib/browser.sh" KEYGATE_E2E_COOKIES="$WORK/cookies"
 export KEYGATE_E2E_EMAIL=you@example.com KEYGATE_E2E_PASSWORD="$PASSWORD"
 export KEYGATE_E2E_BROWSER_LOG="$WORK/browser.log"
+# The block starts the MCP server in the background and goes on; a person reads its banner
+# before signing in, so the scripted browser waits for its port (it once raced and lost).
+export KEYGATE_E2E_READY_PORTS="$MCP_PORT"
 echo "$BLOCK" | sed "s/:3001/:$MCP_PORT/g" >"$WORK/quickstart.sh"
 # Background jobs of the block are killed with this script.
 printf 'trap "kill \\$(jobs -p) 2>/dev/null" EXIT\n' | cat - "$WORK/quickstart.sh" >"$WORK/run.sh"

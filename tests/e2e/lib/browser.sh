@@ -9,6 +9,11 @@ JAR="${KEYGATE_E2E_COOKIES:?set KEYGATE_E2E_COOKIES to a cookie jar file}"
 exec >>"${KEYGATE_E2E_BROWSER_LOG:-/dev/null}" 2>&1
 BASE="${URL%%/oauth2/*}"
 for _ in $(seq 100); do curl -fs "$BASE/healthz" >/dev/null && break; sleep 0.1; done
+# A person signs in after what they started has come up: $KEYGATE_E2E_READY_PORTS (ports on
+# 127.0.0.1, space-separated) are waited for, 30 s at most each.
+for port in ${KEYGATE_E2E_READY_PORTS:-}; do
+  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
 
 # get URL: prints "STATUS LOCATION" and leaves the body in $PAGE.
 PAGE=$(mktemp)
