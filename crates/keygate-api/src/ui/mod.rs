@@ -371,7 +371,30 @@ async fn show_secret(
     respond(ui, headers, StatusCode::OK, page)
 }
 
-/// An application action's answer: back to the page with `done`, or the refusal shown on it.
+/// A form action's answer: back to `path` with `done`, or — when the API refused it in words —
+/// the page again (`page` builds it) with the refusal shown, under the API's status.
+pub(super) async fn action_done<P, Page>(
+    ui: &Ui,
+    headers: &HeaderMap,
+    result: Result<(), CallError>,
+    (path, done): (&str, &str),
+    page: impl FnOnce(Option<Notice>) -> Page,
+) -> Response
+where
+    P: askama::Template,
+    Page: Future<Output = Result<P, CallError>>,
+{
+    match result {
+        Ok(()) => back_to(path, done),
+        Err(e) => match shown_refusal(e) {
+            Ok((status, notice)) => respond(ui, headers, status, page(notice).await),
+            Err(e) => failure(ui, headers, e),
+        },
+    }
+}
+
+/// An application action's answer: back to the applications page with `done`, or the refusal
+/// shown on it.
 async fn application_done(
     ui: &Ui,
     session: &Session,
@@ -379,18 +402,10 @@ async fn application_done(
     result: Result<(), CallError>,
     done: &str,
 ) -> Response {
-    match result {
-        Ok(()) => back_to("/ui/applications", done),
-        Err(e) => match shown_refusal(e) {
-            Ok((status, notice)) => respond(
-                ui,
-                headers,
-                status,
-                applications_page(ui, session, notice).await,
-            ),
-            Err(e) => failure(ui, headers, e),
-        },
-    }
+    action_done(ui, headers, result, ("/ui/applications", done), |notice| {
+        applications_page(ui, session, notice)
+    })
+    .await
 }
 
 async fn detach_integration(
@@ -517,18 +532,7 @@ async fn attach_integration(
             &format!("/applications/{app}/integrations/{integration}"),
         )
         .await;
-    match attached {
-        Ok(()) => back_to("/ui/applications", "Integration attached."),
-        Err(e) => match shown_refusal(e) {
-            Ok((status, notice)) => respond(
-                &ui,
-                &headers,
-                status,
-                applications_page(&ui, &session, notice).await,
-            ),
-            Err(e) => failure(&ui, &headers, e),
-        },
-    }
+    application_done(&ui, &session, &headers, attached, "Integration attached.").await
 }
 
 async fn revoke_sessions(
@@ -545,18 +549,11 @@ async fn revoke_sessions(
         .api(&session)
         .send(Method::DELETE, &format!("/applications/{app}/sessions"))
         .await;
-    match revoked {
-        Ok(()) => back_to("/ui/sessions", "Agent sessions revoked."),
-        Err(e) => match shown_refusal(e) {
-            Ok((status, notice)) => respond(
-                &ui,
-                &headers,
-                status,
-                sessions_page(&ui, &session, notice).await,
-            ),
-            Err(e) => failure(&ui, &headers, e),
-        },
-    }
+    let done = ("/ui/sessions", "Agent sessions revoked.");
+    action_done(&ui, &headers, revoked, done, |notice| {
+        sessions_page(&ui, &session, notice)
+    })
+    .await
 }
 
 async fn integrations_page(

@@ -16,7 +16,8 @@ use super::api::{Api, CallError};
 use super::pages::{AppRow, Chrome, IntegrationRow, Items, Notice, Paged, PolicyRow, render};
 use super::session::Session;
 use super::{
-    Ui, back_to, failure, form_field, require_form, require_session, respond, shown_refusal,
+    Ui, action_done, back_to, failure, form_field, require_form, require_session, respond,
+    shown_refusal,
 };
 
 /// One problem of a policy text, where it is.
@@ -397,18 +398,10 @@ async fn after_action(
     result: Result<(), CallError>,
     done: &str,
 ) -> Response {
-    match result {
-        Ok(()) => back_to("/ui/policies", done),
-        Err(e) => match shown_refusal(e) {
-            Ok((status, notice)) => respond(
-                ui,
-                headers,
-                status,
-                policies_page(ui, session, notice).await,
-            ),
-            Err(e) => failure(ui, headers, e),
-        },
-    }
+    action_done(ui, headers, result, ("/ui/policies", done), |notice| {
+        policies_page(ui, session, notice)
+    })
+    .await
 }
 
 /// `POST /ui/policies/evaluate`: the decision the gateway would make, shown on the page.
