@@ -27,6 +27,7 @@ both_backends!(
     bad_policy_text_is_refused_with_its_place,
     an_approved_call_goes_through_on_both_routes,
     a_declined_call_never_reaches_the_upstream,
+    another_user_cannot_answer_an_approval,
     a_client_without_elicitation_is_told_approval_is_required,
     evaluate_says_when_approval_is_required,
 );
@@ -789,6 +790,32 @@ async fn a_declined_call_never_reaches_the_upstream(backend: Backend) {
             .contains("declined"),
         "{approvals:?}"
     );
+}
+
+/// A question the gateway asked Alice is hers: Bob, holding its id, cannot accept it from his own
+/// session, and the call stays waiting for her answer.
+async fn another_user_cannot_answer_an_approval(backend: Backend) {
+    let t = world(backend).await;
+    t.policy("approve echo", APPROVE_ECHO).await;
+    let (alice, bob) = (t.w.token(t.w.alice).await, t.w.token(t.w.bob).await);
+    for route in [Route::Passthrough, Route::Aggregated] {
+        let hers = t.session(route, &alice, json!({"elicitation": {}})).await;
+        let his = t.session(route, &bob, json!({"elicitation": {}})).await;
+        let called = call(7, &t.echo(route), json!({"text": "hi"}));
+        let mut events = Events::new(t.post(route, &alice, Some(&hers), &called).await);
+        let question = events.next().await;
+        let reply = |action: &str| json!({"jsonrpc": "2.0", "id": question["id"], "result": {"action": action, "content": {}}});
+        t.post(route, &bob, Some(&his), &reply("accept")).await;
+        assert_eq!(
+            t.upstream_calls(),
+            0,
+            "{route:?}: Bob's accept ran the call"
+        );
+        t.post(route, &alice, Some(&hers), &reply("decline")).await;
+        let answer = events.next().await;
+        assert_eq!(answer["error"]["code"], -32043, "{route:?}: {answer}");
+    }
+    assert_eq!(t.upstream_calls(), 0);
 }
 
 async fn a_client_without_elicitation_is_told_approval_is_required(backend: Backend) {
