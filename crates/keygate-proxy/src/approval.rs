@@ -209,7 +209,10 @@ where
     Fut: Future<Output = Response> + Send + 'static,
 {
     let Some(request) = ask.replay.take() else {
-        let e = ProxyError::Internal("an approval without its request".into());
+        let e = ProxyError::Internal {
+            what: "an approval without its request".into(),
+            cause: None,
+        };
         return crate::traced::finish(ex, Err(e));
     };
     let pending = match add(state, ask.user, ask.session.clone()) {

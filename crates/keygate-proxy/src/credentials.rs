@@ -8,6 +8,7 @@
 //! aggregated `tools/list` that merely leaves an unconnected integration out costs no link.
 
 use axum::http::HeaderValue;
+use keygate_auth::broker::BrokerError;
 use keygate_auth::credential::{self, CredentialError, Resolved};
 use keygate_core::model::Integration;
 use keygate_core::{IntegrationId, Secret, Timestamp, UserId};
@@ -156,18 +157,28 @@ fn cache_key(caller: &McpCaller, integration: &Integration) -> (IntegrationId, U
     )
 }
 
+/// A resolver's failure: the store's, an incomplete setup (the gateway's), unusable OAuth
+/// settings, or the OAuth provider's (an upstream failure: it passes).
 fn resolve_error(e: CredentialError) -> ProxyError {
     match e {
         CredentialError::Store(e) => e.into(),
-        CredentialError::NoServerToken(_) => ProxyError::Internal(e.to_string()),
-        CredentialError::Broker(e) => ProxyError::Upstream(e.to_string()),
+        e @ CredentialError::NoServerToken(_) => ProxyError::internal("the credential", e),
+        CredentialError::Broker(e @ BrokerError::Config(_)) => ProxyError::Misconfigured {
+            integration: None,
+            what: "the integration's OAuth settings",
+            cause: Some(Box::new(e)),
+        },
+        CredentialError::Broker(e) => ProxyError::upstream("the OAuth provider", e),
     }
 }
 
 fn bearer(secret: &Secret) -> Result<HeaderValue, ProxyError> {
     let mut value =
         HeaderValue::from_str(&format!("Bearer {}", secret.expose())).map_err(|_| {
-            ProxyError::Internal("the stored credential is not a valid header value".into())
+            ProxyError::Internal {
+                what: "the stored credential is not a valid header value".into(),
+                cause: None,
+            }
         })?;
     value.set_sensitive(true);
     Ok(value)

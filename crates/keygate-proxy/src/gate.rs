@@ -126,10 +126,11 @@ pub async fn authenticate(
     let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
     let claims = match auth.verify_access_token_for(token, &audiences).await {
         Ok(c) => c,
-        Err(VerifyError::Unavailable) => {
-            return Err(ProxyError::Internal(
-                "token revocation state unavailable".into(),
-            ));
+        Err(e @ VerifyError::Unavailable) => {
+            return Err(ProxyError::Unavailable {
+                what: "the token's revocation state",
+                cause: Box::new(e),
+            });
         }
         Err(e) => return Err(unauthorized(Some("invalid_token"), &e.to_string())),
     };

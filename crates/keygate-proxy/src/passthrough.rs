@@ -133,8 +133,12 @@ async fn forward(
     ex.integration = Some(integration.id);
     // Upstream failures name the integration in the log line and the trace.
     let named = |e: ProxyError| e.of_integration(&integration);
-    let base = Url::parse(&integration.url).map_err(|_| {
-        ProxyError::Upstream(format!("integration {} has an invalid URL", integration.id))
+    let base = Url::parse(&integration.url).map_err(|e| {
+        named(ProxyError::Misconfigured {
+            integration: None,
+            what: "the URL does not parse",
+            cause: Some(Box::new(e)),
+        })
     })?;
     let agent_token = forwarded::bearer(&parts.headers);
     let owner = StreamOwner {
@@ -200,8 +204,8 @@ async fn forward(
             let lists = Arc::new(list_requests(messages));
             // The upstream gets the message as judged, not bytes another parser might read
             // differently (duplicate keys).
-            let judged =
-                serde_json::to_vec(&message).map_err(|e| ProxyError::Internal(e.to_string()))?;
+            let judged = serde_json::to_vec(&message)
+                .map_err(|e| ProxyError::internal("writing the judged message", e))?;
             (Body::from(judged), Some((Arc::new(stage), lists)))
         }
         None => (body, None),
@@ -223,7 +227,7 @@ async fn forward(
             .method(parts.method.clone())
             .uri(url.as_str())
             .body(body)
-            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+            .map_err(|e| ProxyError::internal("building the upstream request", e))?;
         *req.headers_mut() =
             forwarded::request_headers(&parts.headers, &integration.forward_headers, agent_token);
         if let Some(auth) = auth {
@@ -265,7 +269,7 @@ async fn forward(
     {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
+        Err(e) => return Err(ProxyError::RequestBroken(e)),
     };
     let sent = retry::send(state, &caller, &integration, authorization, |auth| {
         let req = build(Body::from(bytes.clone()), auth.as_ref());
@@ -474,7 +478,7 @@ async fn read_governed(body: Body) -> Result<Value, ProxyError> {
     let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => return Err(ProxyError::Upstream(format!("reading the request: {e}"))),
+        Err(e) => return Err(ProxyError::RequestBroken(e)),
     };
     serde_json::from_slice::<Value>(&bytes).map_err(|_| ProxyError::BadRequest {
         status: StatusCode::BAD_REQUEST,
@@ -559,7 +563,7 @@ async fn filter_list_answer(
     let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
-            let e = ProxyError::Upstream(format!("reading the list answer: {e}"));
+            let e = ProxyError::upstream("reading the list answer", e);
             return e.of_integration(integration).answer(None);
         }
     };

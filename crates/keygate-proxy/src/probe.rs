@@ -47,8 +47,10 @@ impl Upstream {
         // The guard's refusal as it is (what to change), not as an unavailable upstream.
         if let Err(e) = self.check(&parsed) {
             return ProbeOutcome::Invalid(match e {
-                ProxyError::Upstream(why) => why,
-                other => other.to_string(),
+                ProxyError::Misconfigured {
+                    cause: Some(why), ..
+                } => why.to_string(),
+                other => other.chain().to_string(),
             });
         }
         let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -58,7 +60,7 @@ impl Upstream {
         let post = self.request(Method::POST, url, credential, Some(init.to_string()));
         let resp = match self.send(post).await {
             Ok(r) => r,
-            Err(e) => return ProbeOutcome::Invalid(e.to_string()),
+            Err(e) => return ProbeOutcome::Invalid(e.chain().to_string()),
         };
         let status = resp.status();
         let session = resp.headers().get("mcp-session-id").cloned();
@@ -108,7 +110,7 @@ impl Upstream {
         let get = self.request(Method::GET, url, credential, None);
         let resp = match self.send(get).await {
             Ok(r) => r,
-            Err(e) => return ProbeOutcome::Invalid(e.to_string()),
+            Err(e) => return ProbeOutcome::Invalid(e.chain().to_string()),
         };
         if !resp.status().is_success() || !is_event_stream(resp.headers()) {
             return ProbeOutcome::Invalid(format!(

@@ -111,7 +111,12 @@ pub async fn oauth_init(
                 .await
                 .map_err(|e| match e {
                     BrokerError::Store(e) => e.into(),
-                    other => ProxyError::Upstream(other.to_string()),
+                    e @ BrokerError::Config(_) => ProxyError::Misconfigured {
+                        integration: None,
+                        what: "the integration's OAuth settings",
+                        cause: Some(Box::new(e)),
+                    },
+                    other => ProxyError::upstream("starting the OAuth flow", other),
                 })?;
             Ok(json!({"authorizationUrl": url, "state": flow_state}))
         }

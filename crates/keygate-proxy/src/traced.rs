@@ -21,7 +21,7 @@ use keygate_trace::{Exchange, Injected, LocalAnswer, Observed, Status, Telemetry
 use serde_json::Value;
 
 use crate::ProxyState;
-use crate::error::ProxyError;
+use crate::error::{Blame, ProxyError};
 use crate::gate::McpCaller;
 
 /// Route labels (metrics, spans).
@@ -114,20 +114,29 @@ fn identify(ex: &mut Exchange, caller: &McpCaller) {
     });
 }
 
-/// Who caused an error, as a trace status.
+/// An error as a trace status: who caused it ([`ProxyError::blame`]), with the client's
+/// refusals told apart — authentication (or a missing connection) and a policy's denial.
 pub fn status_of(e: &ProxyError) -> Status {
+    match (e, e.blame()) {
+        (
+            ProxyError::Unauthorized(_)
+            | ProxyError::ForeignOrigin
+            | ProxyError::NotConnected { .. }
+            | ProxyError::ConnectionRequired { .. },
+            _,
+        ) => Status::ErrorAuth,
+        (ProxyError::PolicyDenied { .. }, _) => Status::Denied,
+        (_, Blame::Upstream) => Status::ErrorRemote,
+        (_, Blame::Client | Blame::Gateway) => Status::ErrorProxy,
+    }
+}
+
+/// The trace's message for an error: the whole chain of causes (credentials never appear in
+/// one), or, for a refused token, only that (the verifier's reason stays in the `401`).
+pub fn message_of(e: &ProxyError) -> String {
     match e {
-        ProxyError::Unauthorized(_)
-        | ProxyError::ForeignOrigin
-        | ProxyError::NotConnected { .. }
-        | ProxyError::ConnectionRequired { .. } => Status::ErrorAuth,
-        ProxyError::PolicyDenied { .. } => Status::Denied,
-        ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_) | ProxyError::SessionExpired => {
-            Status::ErrorRemote
-        }
-        ProxyError::NotFound(_) | ProxyError::BadRequest { .. } | ProxyError::Internal(_) => {
-            Status::ErrorProxy
-        }
+        ProxyError::Unauthorized(_) => "authentication failed".to_owned(),
+        other => other.chain().to_string(),
     }
 }
 
@@ -137,11 +146,7 @@ pub fn finish(mut ex: Exchange, result: Result<Response, ProxyError>) -> Respons
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            let message = match &e {
-                ProxyError::Unauthorized(_) => "authentication failed".to_owned(),
-                other => other.to_string(),
-            };
-            ex.fail(status_of(&e), message);
+            ex.fail(status_of(&e), message_of(&e));
             let id = ex.request_id().as_ref().and_then(RequestId::from_value);
             let mut resp = e.answer(id.as_ref());
             resp.extensions_mut().insert(LocalAnswer);
@@ -275,13 +280,13 @@ pub async fn send_upstream(
     let result = state.upstream.send(req).await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(ProxyError::UpstreamTimeout(_)) => "timeout",
+        Err(ProxyError::UpstreamTimeout { .. }) => "timeout",
         Err(_) => "error",
     };
     if let Some(span) = span {
         match &result {
             Ok(resp) => span.answered(resp.status().as_u16()),
-            Err(e) => span.failed(outcome, e.to_string()),
+            Err(e) => span.failed(outcome, e.chain().to_string()),
         }
     }
     state
@@ -290,4 +295,47 @@ pub async fn send_upstream(
         .metrics
         .upstream(route, outcome, started.elapsed().as_secs_f64());
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// hyper's connect error: a description over the OS error.
+    #[derive(Debug, thiserror::Error)]
+    #[error("tcp connect error")]
+    struct Connect(#[source] std::io::Error);
+
+    #[test]
+    fn the_trace_message_holds_the_whole_cause_chain() {
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused",
+        );
+        let e = ProxyError::upstream("sending", Connect(refused));
+        assert_eq!(
+            message_of(&e),
+            "upstream unavailable: sending: tcp connect error: Connection refused"
+        );
+    }
+
+    #[test]
+    fn a_refused_token_is_traced_without_the_verifiers_reason() {
+        let e = ProxyError::Unauthorized(Box::new(Response::new(Body::from("bad signature"))));
+        assert_eq!(message_of(&e), "authentication failed");
+    }
+
+    #[test]
+    fn the_trace_status_follows_the_blame() {
+        let upstream = ProxyError::UpstreamTimeout { integration: None };
+        let gateway = ProxyError::Internal {
+            what: "a bug".into(),
+            cause: None,
+        };
+        let client = ProxyError::NotFound("Integration not found");
+        assert_eq!(status_of(&upstream), Status::ErrorRemote);
+        assert_eq!(status_of(&gateway), Status::ErrorProxy);
+        assert_eq!(status_of(&client), Status::ErrorProxy);
+        assert_eq!(status_of(&ProxyError::ForeignOrigin), Status::ErrorAuth);
+    }
 }

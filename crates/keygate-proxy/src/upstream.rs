@@ -107,7 +107,11 @@ impl Upstream {
     pub fn check(&self, url: &Url) -> Result<(), ProxyError> {
         self.guard
             .check(url, true)
-            .map_err(|e| ProxyError::Upstream(e.to_string()))
+            .map_err(|e| ProxyError::Misconfigured {
+                integration: None,
+                what: "the SSRF guard refuses the URL",
+                cause: Some(Box::new(e)),
+            })
     }
 
     /// Sends a request; the response body streams as it arrives.
@@ -117,10 +121,8 @@ impl Upstream {
     ) -> Result<http::Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.timeouts.header, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(ProxyError::Upstream(keygate_auth::outbound::error_chain(
-                &e,
-            ))),
-            Err(_) => Err(ProxyError::UpstreamTimeout(None)),
+            Ok(Err(e)) => Err(ProxyError::upstream("sending", e)),
+            Err(_) => Err(ProxyError::UpstreamTimeout { integration: None }),
         }
     }
 }

@@ -89,14 +89,9 @@ async fn handshake(
     let message = json!({"jsonrpc": "2.0", "id": "kg-initialize", "method": "initialize",
         "params": {"protocolVersion": era::LATEST_LEGACY,
             "capabilities": era::bridged(meta.get(META_CAPABILITIES)), "clientInfo": info}});
-    let (session, answer) = upstream::initialize(state, member, &message)
-        .await
-        .map_err(ProxyError::Upstream)?;
+    let (session, answer) = upstream::initialize(state, member, &message).await?;
     let Some(result) = answer.get("result") else {
-        return Err(ProxyError::Upstream(format!(
-            "the upstream refused initialize: {}",
-            answer["error"]["message"].as_str().unwrap_or("no answer")
-        )));
+        return Err(refused_initialize(&answer));
     };
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     let via = Link::Legacy(session.clone());
@@ -106,4 +101,12 @@ async fn handshake(
         capabilities: result["capabilities"].clone(),
         session,
     })
+}
+
+/// An upstream's error answer to `initialize`, with the message it gave.
+pub(super) fn refused_initialize(answer: &Value) -> ProxyError {
+    ProxyError::upstream_said(format!(
+        "the upstream refused initialize: {}",
+        answer["error"]["message"].as_str().unwrap_or("no answer")
+    ))
 }

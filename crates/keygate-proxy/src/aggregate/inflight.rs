@@ -197,7 +197,7 @@ impl Drop for Call {
             .await;
             if let Some(Err(error)) = sent {
                 let i = &member.integration;
-                tracing::warn!(integration = %i.id, slug = %i.slug, %error, "could not cancel an abandoned call");
+                tracing::warn!(integration = %i.id, slug = %i.slug, error = %error.chain(), "could not cancel an abandoned call");
             }
         });
     }

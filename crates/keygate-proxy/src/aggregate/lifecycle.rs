@@ -170,9 +170,9 @@ async fn join_initialize(
 }
 
 /// The note for an upstream that could not be reached; the detail goes to the log only.
-fn unavailable(member: &Member, error: &dyn std::fmt::Display) -> String {
+fn unavailable(member: &Member, error: &ProxyError) -> String {
     let i = &member.integration;
-    tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, %error, "upstream left out of the aggregated server");
+    tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, error = %error.chain(), retryable = error.retryable(), "upstream left out of the aggregated server");
     "unavailable".to_owned()
 }
 
@@ -231,7 +231,7 @@ where
         let note = match credentials::connect_link(state, &member.caller).await {
             Ok(url) => format!("{slug}: not connected; connect at {url}"),
             Err(e) => {
-                tracing::warn!(integration = %member.integration.id, error = %e, "no connect link for the notes");
+                tracing::warn!(integration = %member.integration.id, error = %e.chain(), "no connect link for the notes");
                 format!("{slug}: not connected")
             }
         };

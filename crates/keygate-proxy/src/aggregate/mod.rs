@@ -735,10 +735,10 @@ async fn translated(
     let bytes = Limited::new(body, MAX_REQUEST_BYTES)
         .collect()
         .await
-        .map_err(|e| ProxyError::Upstream(format!("reading the answer: {e}")))?
+        .map_err(|e| ProxyError::upstream("reading the answer", e))?
         .to_bytes();
     let mut answer: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| ProxyError::Upstream("the answer is not JSON".into()))?;
+        .map_err(|e| ProxyError::upstream("reading the answer as JSON", e))?;
     era::cross(&mut answer, from_modern, to_modern);
     Ok(axum::Json(answer).into_response())
 }

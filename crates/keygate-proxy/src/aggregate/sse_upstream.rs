@@ -183,10 +183,7 @@ async fn open(
             "capabilities": era::bridged(meta.get(META_CAPABILITIES)), "clientInfo": info}});
     let answer = stream.request(state, member, &initialize).await?;
     let Some(result) = answer.get("result") else {
-        return Err(ProxyError::Upstream(format!(
-            "the upstream refused initialize: {}",
-            answer["error"]["message"].as_str().unwrap_or("no answer")
-        )));
+        return Err(super::handshakes::refused_initialize(&answer));
     };
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     stream.post(state, member, &initialized).await?;
@@ -207,13 +204,13 @@ async fn connect(
     let resp = upstream::send_to(state, member, &url, Method::GET, HeaderMap::new(), None).await?;
     let status = resp.status();
     if !status.is_success() || !is_event_stream(resp.headers()) {
-        return Err(ProxyError::Upstream(format!(
+        return Err(ProxyError::upstream_said(format!(
             "no HTTP+SSE stream: GET answered {status}"
         )));
     }
     let mut events = Events::new(resp.into_body(), MAX_EVENT_BYTES);
     while let Some(event) = events.next().await {
-        let event = event.map_err(|e| ProxyError::Upstream(format!("reading the stream: {e}")))?;
+        let event = event.map_err(|e| ProxyError::upstream("reading the stream", e))?;
         if !event.is_dispatched() {
             continue; // a comment or a bare id
         }
@@ -222,12 +219,12 @@ async fn connect(
         }
         let announced = event.data.as_deref().unwrap_or_default();
         let endpoint = on_origin(&url, announced).ok_or_else(|| {
-            ProxyError::Upstream("the announced endpoint leaves the integration's origin".into())
+            ProxyError::upstream_said("the announced endpoint leaves the integration's origin")
         })?;
         return Ok((endpoint, events));
     }
-    Err(ProxyError::Upstream(
-        "the stream announced no endpoint first".into(),
+    Err(ProxyError::upstream_said(
+        "the stream announced no endpoint first",
     ))
 }
 
@@ -287,7 +284,7 @@ async fn read(
                         body,
                     );
                     if let Err(e) = sent.await {
-                        tracing::debug!(error = %e, "could not answer an HTTP+SSE upstream's request");
+                        tracing::debug!(error = %e.chain(), "could not answer an HTTP+SSE upstream's request");
                     }
                 });
             }
@@ -342,7 +339,7 @@ impl Stream {
         // The reader marks the end before it drops the waiting requests: one registered after
         // that is failed here rather than left waiting for an answer no stream will bring.
         if self.shared.ended.load(Ordering::Acquire) {
-            return Err(ProxyError::Upstream("the SSE stream has ended".into()));
+            return Err(ProxyError::upstream_said("the SSE stream has ended"));
         }
         let mut sent = message.clone();
         sent["id"] = id;
@@ -350,8 +347,8 @@ impl Stream {
         let answer = tokio::time::timeout(state.upstream.stream_idle_timeout(), rx).await;
         drop(waiting);
         let mut answer = answer
-            .map_err(|_| ProxyError::UpstreamTimeout(None))?
-            .map_err(|_| ProxyError::Upstream("the SSE stream ended before the answer".into()))?;
+            .map_err(|_| ProxyError::UpstreamTimeout { integration: None })?
+            .map_err(|_| ProxyError::upstream_said("the SSE stream ended before the answer"))?;
         answer["id"] = message["id"].clone();
         Ok(answer)
     }
@@ -377,7 +374,7 @@ impl Stream {
         .await?;
         match resp.status() {
             s if s.is_success() => Ok(()),
-            s => Err(ProxyError::Upstream(format!(
+            s => Err(ProxyError::upstream_said(format!(
                 "the message endpoint answered {s}"
             ))),
         }

@@ -213,8 +213,8 @@ pub async fn exchange(
     let resp = send_message(state, member, &via, message, params).await?;
     match forgotten(state, member, resp.status(), &via).await {
         None => Ok(Reply { resp, modern }),
-        Some(_) => Err(ProxyError::Upstream(
-            "the upstream refused a session it had just opened".into(),
+        Some(_) => Err(ProxyError::upstream_said(
+            "the upstream refused a session it had just opened",
         )),
     }
 }
@@ -276,10 +276,10 @@ pub async fn rpc(
     downstream: &Downstream,
     message: &Value,
 ) -> Result<Option<Value>, ProxyError> {
-    let failed = |error: &dyn std::fmt::Display| {
+    let failed = |error: &ProxyError| {
         let method = message["method"].as_str().unwrap_or("");
         let i = &member.integration;
-        tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, method, %error, "upstream failed");
+        tracing::warn!(integration = %i.id, slug = %i.slug, name = %i.name, method, error = %error.chain(), retryable = error.retryable(), "upstream failed");
     };
     match exchange(state, member, downstream, message).await {
         Ok(reply) => match read_answer(reply.resp, message.get("id")).await {
@@ -331,11 +331,9 @@ pub async fn initialize(
     state: &ProxyState,
     member: &Member,
     message: &Value,
-) -> Result<(UpstreamSession, Value), String> {
+) -> Result<(UpstreamSession, Value), ProxyError> {
     let body = Bytes::from(message.to_string());
-    let resp = send_with(state, member, Method::POST, HeaderMap::new(), Some(body))
-        .await
-        .map_err(|e| e.to_string())?;
+    let resp = send_with(state, member, Method::POST, HeaderMap::new(), Some(body)).await?;
     let session = resp
         .headers()
         .get(SESSION_ID)
@@ -521,8 +519,14 @@ async fn send_with(
 
 /// The integration's URL.
 pub(super) fn integration_url(member: &Member) -> Result<url::Url, ProxyError> {
-    url::Url::parse(&member.integration.url)
-        .map_err(|_| ProxyError::Upstream("invalid integration URL".into()))
+    url::Url::parse(&member.integration.url).map_err(|e| {
+        ProxyError::Misconfigured {
+            integration: None,
+            what: "the URL does not parse",
+            cause: Some(Box::new(e)),
+        }
+        .of_integration(&member.integration)
+    })
 }
 
 /// [`send_with`] to `url` (on the integration's origin: an HTTP+SSE upstream's message
@@ -572,7 +576,7 @@ async fn send_once(
         .header(header::ACCEPT, "application/json, text/event-stream")
         .header(header::CONTENT_TYPE, "application/json")
         .body(body.map(Body::from).unwrap_or_else(Body::empty))
-        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        .map_err(|e| ProxyError::internal("building the upstream request", e))?;
     let h = req.headers_mut();
     h.extend(headers);
     if let Some(auth) = authorization {
@@ -583,7 +587,10 @@ async fn send_once(
 
 /// The JSON-RPC answer with `id` in a JSON body or an SSE stream. A `4xx` carrying a JSON-RPC
 /// error is an answer too (2026-07-28 sends its errors that way).
-pub async fn read_answer<B>(resp: http::Response<B>, id: Option<&Value>) -> Result<Value, String>
+pub async fn read_answer<B>(
+    resp: http::Response<B>,
+    id: Option<&Value>,
+) -> Result<Value, ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -591,24 +598,26 @@ where
     let status = resp.status();
     let is_sse = is_event_stream(resp.headers());
     if !status.is_success() && !status.is_client_error() {
-        return Err(format!("answered {status}"));
+        return Err(ProxyError::upstream_said(format!("answered {status}")));
     }
     let body = resp.into_body();
     if !is_sse {
         let bytes = Limited::new(body, MAX_REQUEST_BYTES)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| ProxyError::upstream("reading the answer", e))?
             .to_bytes();
         let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
         return match answer {
             Some(v) if status.is_success() || v.get("error").is_some() => Ok(v),
-            _ => Err(format!("answered {status} without a JSON-RPC answer")),
+            _ => Err(ProxyError::upstream_said(format!(
+                "answered {status} without a JSON-RPC answer"
+            ))),
         };
     }
     let mut events = Events::new(body, MAX_EVENT_BYTES);
     while let Some(event) = events.next().await {
-        let event = event.map_err(|e| e.to_string())?;
+        let event = event.map_err(|e| ProxyError::upstream("reading the answer's stream", e))?;
         if let Some(v) = event
             .data
             .and_then(|data| serde_json::from_str::<Value>(&data).ok())
@@ -618,7 +627,9 @@ where
             return Ok(v);
         }
     }
-    Err("the stream ended without an answer".into())
+    Err(ProxyError::upstream_said(
+        "the stream ended without an answer",
+    ))
 }
 
 #[cfg(test)]
