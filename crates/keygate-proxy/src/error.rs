@@ -63,7 +63,7 @@ pub enum ProxyError {
     #[error("reading the request")]
     RequestBroken(#[source] Cause),
     /// The user must connect this integration first, and the connect link is not minted yet:
-    /// where this is answered, [`crate::credentials::with_connect_link`] turns it into
+    /// where this is answered, [`crate::stage::credential::with_connect_link`] turns it into
     /// [`ProxyError::ConnectionRequired`], so only an answer actually sent costs a link.
     #[error("connection required for {integration_name} (no link minted)")]
     NotConnected {

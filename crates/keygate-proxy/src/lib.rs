@@ -6,7 +6,7 @@
 //!
 //! - `/apps/{id}/mcp/{integration}` — [`passthrough`]: a streaming reverse proxy to one
 //!   attached integration, keeping the upstream's names and behaviour. The client's own
-//!   `Authorization` never goes upstream; [`credentials`] supplies the integration's, and
+//!   `Authorization` never goes upstream; [`stage::credential`] supplies the integration's, and
 //!   [`forwarded`] lets only allow-listed request headers through.
 //! - `/apps/{id}/mcp` and `/mcp` — [`aggregate`]: one MCP server over every attached
 //!   integration, names namespaced by integration slug.
@@ -19,7 +19,6 @@
 
 pub mod aggregate;
 pub mod approval;
-pub mod credentials;
 pub mod error;
 pub mod forwarded;
 pub mod gate;
@@ -31,6 +30,7 @@ pub mod probe;
 pub mod retry;
 pub mod runtime;
 pub mod sse;
+pub mod stage;
 pub mod traced;
 pub mod unsent;
 pub mod upstream;
@@ -74,7 +74,7 @@ pub struct ProxyState {
 pub struct RouteCache {
     pub(crate) apps: GenCache<(OrgId, ApplicationId), Arc<Application>>,
     pub(crate) attached: GenCache<ApplicationId, Arc<Vec<Arc<Integration>>>>,
-    pub(crate) credentials: GenCache<(IntegrationId, UserId), credentials::Cached>,
+    pub(crate) credentials: GenCache<(IntegrationId, UserId), stage::credential::Cached>,
     /// Which era each upstream speaks (probed with `server/discover`).
     pub(crate) eras: GenCache<IntegrationId, aggregate::era::Era>,
     /// The upstream sessions the gateway holds for 2026 clients.

@@ -23,7 +23,6 @@ use url::Url;
 
 use crate::ProxyState;
 use crate::approval;
-use crate::credentials::{self, Authorization};
 use crate::error::ProxyError;
 use crate::forwarded;
 use crate::gate::McpCaller;
@@ -31,6 +30,8 @@ use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
 use crate::policy::Stage;
 use crate::retry;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
+use crate::stage::Call;
+use crate::stage::credential::{self, Authorization};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
 use crate::unsent;
 use keygate_trace::{Exchange, Peek};
@@ -131,6 +132,16 @@ async fn forward(
     let (caller, body) = traced::authenticate(state, &parts, body, ex).await?;
     let integration = attached_integration(state, &caller, integration_ref).await?;
     ex.integration = Some(integration.id);
+    let route_label = match route {
+        Route::Endpoint => ROUTE_PASSTHROUGH,
+        Route::Message => ROUTE_MESSAGE,
+    };
+    let call = Call {
+        state,
+        caller: &caller,
+        integration: &integration,
+        route: route_label,
+    };
     // Upstream failures name the integration in the log line and the trace.
     let named = |e: ProxyError| e.of_integration(&integration);
     let base = Url::parse(&integration.url).map_err(|e| {
@@ -210,16 +221,13 @@ async fn forward(
         }
         None => (body, None),
     };
-    let authorization = match credentials::authorization(state, &caller, &integration)
-        .await
-        .map_err(named)?
-    {
+    let authorization = match credential::authorization(call).await.map_err(named)? {
         Authorization::Header(h) => h,
         Authorization::NeedsConnection => {
             let message = request_message(body).await;
             ex.set_message(&message);
-            let e = credentials::not_connected(&integration);
-            return Err(credentials::with_connect_link(state, &caller, e).await);
+            let e = credential::not_connected(&integration);
+            return Err(credential::with_connect_link(state, &caller, e).await);
         }
     };
     let build = |body: Body, auth: Option<&HeaderValue>| {
@@ -235,10 +243,6 @@ async fn forward(
                 .insert(header::AUTHORIZATION, auth.clone());
         }
         Ok::<_, ProxyError>(req)
-    };
-    let route_label = match route {
-        Route::Endpoint => ROUTE_PASSTHROUGH,
-        Route::Message => ROUTE_MESSAGE,
     };
     let is_post = parts.method == http::Method::POST;
     let relay_for = |answering: Answering| Relay {
@@ -271,7 +275,7 @@ async fn forward(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => return Err(ProxyError::RequestBroken(e)),
     };
-    let sent = retry::send(state, &caller, &integration, authorization, |auth| {
+    let sent = retry::send(call, authorization, |auth| {
         let req = build(Body::from(bytes.clone()), auth.as_ref());
         async move { traced::send_upstream(state, route_label, req?).await }
     })
@@ -289,7 +293,7 @@ async fn forward(
         Err(e @ ProxyError::NotConnected { .. }) => {
             let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
             ex.set_message(&message);
-            Err(credentials::with_connect_link(state, &caller, e).await)
+            Err(credential::with_connect_link(state, &caller, e).await)
         }
         Err(e) => Err(named(e)),
     }

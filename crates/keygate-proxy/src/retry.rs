@@ -6,12 +6,10 @@
 use std::future::Future;
 
 use axum::http::{HeaderValue, StatusCode};
-use keygate_core::model::{AuthMode, Integration};
+use keygate_core::model::AuthMode;
 
-use crate::ProxyState;
-use crate::credentials;
 use crate::error::ProxyError;
-use crate::gate::McpCaller;
+use crate::stage::{Call, credential};
 
 /// An upstream's answer.
 pub type Answer = http::Response<hyper::body::Incoming>;
@@ -21,9 +19,7 @@ pub type Answer = http::Response<hyper::body::Incoming>;
 /// is); when the grant turns out to be gone, [`ProxyError::NotConnected`]. Anything else is
 /// sent once.
 pub async fn send<F, Fut>(
-    state: &ProxyState,
-    caller: &McpCaller,
-    integration: &Integration,
+    call: Call<'_>,
     authorization: Option<HeaderValue>,
     mut send_once: F,
 ) -> Result<Answer, ProxyError>
@@ -32,10 +28,10 @@ where
     Fut: Future<Output = Result<Answer, ProxyError>>,
 {
     let resp = send_once(authorization.clone()).await?;
-    if integration.auth_mode != AuthMode::Oauth || resp.status() != StatusCode::UNAUTHORIZED {
+    if call.integration.auth_mode != AuthMode::Oauth || resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(resp);
     }
-    match credentials::after_rejection(state, caller, integration, authorization.as_ref()).await? {
+    match credential::after_rejection(call, authorization.as_ref()).await? {
         Some(fresh) => {
             drop(resp);
             send_once(Some(fresh)).await

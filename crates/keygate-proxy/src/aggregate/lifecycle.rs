@@ -20,9 +20,9 @@ use super::sse_upstream;
 use super::upstream::{self, Member, candidates, within};
 use super::{SEPARATOR, invalid, result};
 use crate::ProxyState;
-use crate::credentials;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
+use crate::stage::credential;
 
 /// An upstream that took part: its session (2025 client) and its capabilities.
 struct Joined {
@@ -228,7 +228,7 @@ where
     }
     for (member, _) in candidates.iter().filter(|(_, connected)| !*connected) {
         let slug = &member.integration.slug;
-        let note = match credentials::connect_link(state, &member.caller).await {
+        let note = match credential::connect_link(state, &member.caller).await {
             Ok(url) => format!("{slug}: not connected; connect at {url}"),
             Err(e) => {
                 tracing::warn!(integration = %member.integration.id, error = %e.chain(), "no connect link for the notes");

@@ -61,13 +61,13 @@ use self::session::AggregatedSession;
 use self::upstream::{Downstream, Link, Member, Stateless, exchange, members, rpc, within};
 use crate::ProxyState;
 use crate::approval;
-use crate::credentials;
 use crate::error::{ProxyError, local_answer};
 use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
 use crate::policy;
 use crate::sse::{KeepAlive, is_event_stream};
+use crate::stage::credential;
 use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP};
 use keygate_trace::Exchange;
 
@@ -119,7 +119,7 @@ async fn dispatch(
             let message = read_message(&parts.headers, body, ex).await?;
             match post(state, &caller, &parts.headers, session, message, ex).await {
                 // A routed upstream whose grant turned out to be gone: this answer is sent.
-                Err(e) => Err(credentials::with_connect_link(state, &caller, e).await),
+                Err(e) => Err(credential::with_connect_link(state, &caller, e).await),
                 // A call waiting for approval is handled again, approved, with this request.
                 Ok(answer) => Ok(approval::with_request(answer, &parts)),
             }

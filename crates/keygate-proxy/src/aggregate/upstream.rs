@@ -20,12 +20,13 @@ use super::handshakes;
 use super::session::{AggregatedSession, UpstreamSession};
 use super::sse_upstream::{self, SseSession};
 use crate::ProxyState;
-use crate::credentials::{self, Authorization};
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 use crate::passthrough::MAX_REQUEST_BYTES;
 use crate::retry;
 use crate::sse::is_event_stream;
+use crate::stage::Call;
+use crate::stage::credential::{self, Authorization};
 use crate::traced::{self, ROUTE_AGGREGATED};
 
 const SESSION_ID: &str = "mcp-session-id";
@@ -64,6 +65,18 @@ pub enum Link {
     Legacy(UpstreamSession),
     /// 2024-11-05 HTTP+SSE: the stream the gateway holds open with the upstream.
     Sse(Arc<SseSession>),
+}
+
+impl Member {
+    /// The stages' view of an exchange with this upstream.
+    pub fn call<'a>(&'a self, state: &'a ProxyState) -> Call<'a> {
+        Call {
+            state,
+            caller: &self.caller,
+            integration: &self.integration,
+            route: ROUTE_AGGREGATED,
+        }
+    }
 }
 
 impl Downstream {
@@ -124,8 +137,13 @@ pub async fn candidates(
         .iter()
         .filter(|i| i.category == Category::GatewayRemoteMcp)
     {
-        let (authorization, connected) =
-            match credentials::authorization(state, caller, integration).await? {
+        let call = Call {
+            state,
+            caller,
+            integration,
+            route: ROUTE_AGGREGATED,
+        };
+        let (authorization, connected) = match credential::authorization(call).await? {
                 Authorization::Header(h) => (h, true),
                 Authorization::NeedsConnection => (None, false),
             };
@@ -541,9 +559,7 @@ pub(super) async fn send_to(
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
     let authorization = member.authorization.clone();
     retry::send(
-        state,
-        &member.caller,
-        &member.integration,
+        member.call(state),
         authorization,
         |auth| {
             send_once(

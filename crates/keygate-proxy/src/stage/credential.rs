@@ -1,6 +1,8 @@
-//! The credential stage: the `Authorization` an integration gets upstream for the caller, as
-//! the shared resolver decides it ([`keygate_auth::credential`]), cached per store generation.
-//! The agent's own token is never among the candidates.
+//! The credential stage (after the policy stage, before the send): the `Authorization` an
+//! integration gets upstream for the caller, as the shared resolver decides it
+//! ([`keygate_auth::credential`]), cached per store generation. The agent's own token is never
+//! among the candidates. After an upstream `401` to an OAuth token, [`after_rejection`] gives
+//! the send stage's one retry its refreshed token.
 //!
 //! Deciding writes nothing. A user who must connect first is reported
 //! ([`Authorization::NeedsConnection`], [`ProxyError::NotConnected`]); the connect link of the
@@ -13,6 +15,7 @@ use keygate_auth::credential::{self, CredentialError, Resolved};
 use keygate_core::model::Integration;
 use keygate_core::{IntegrationId, Secret, Timestamp, UserId};
 
+use super::Call;
 use crate::ProxyState;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
@@ -33,13 +36,16 @@ pub enum Authorization {
     NeedsConnection,
 }
 
-/// The credential to send upstream for `caller`. Lookups are cached for the store's change
-/// generation; an OAuth token only while it is fresh, after which the broker refreshes it.
-pub async fn authorization(
-    state: &ProxyState,
-    caller: &McpCaller,
-    integration: &Integration,
-) -> Result<Authorization, ProxyError> {
+/// The credential to send upstream for the call's caller. Lookups are cached for the store's
+/// change generation; an OAuth token only while it is fresh, after which the broker refreshes
+/// it.
+pub async fn authorization(call: Call<'_>) -> Result<Authorization, ProxyError> {
+    let Call {
+        state,
+        caller,
+        integration,
+        ..
+    } = call;
     let key = cache_key(caller, integration);
     let generation = state.auth.store.generation();
     let cached = match state.cache.credentials.get(&key, generation) {
@@ -70,11 +76,15 @@ pub async fn authorization(
 /// retry with once (`None` when there is nothing better to send), or
 /// [`ProxyError::NotConnected`] when the grant is gone.
 pub async fn after_rejection(
-    state: &ProxyState,
-    caller: &McpCaller,
-    integration: &Integration,
+    call: Call<'_>,
     sent: Option<&HeaderValue>,
 ) -> Result<Option<HeaderValue>, ProxyError> {
+    let Call {
+        state,
+        caller,
+        integration,
+        ..
+    } = call;
     let Some(rejected) = sent
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
