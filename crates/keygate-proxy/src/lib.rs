@@ -27,7 +27,6 @@ pub mod origin;
 pub mod passthrough;
 pub mod policy;
 pub mod probe;
-pub mod retry;
 pub mod runtime;
 pub mod sse;
 pub mod stage;

@@ -28,9 +28,8 @@ use crate::forwarded;
 use crate::gate::McpCaller;
 use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
 use crate::policy::Stage;
-use crate::retry;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
-use crate::stage::Call;
+use crate::stage::{Call, send};
 use crate::stage::credential::{self, Authorization};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
 use crate::unsent;
@@ -230,19 +229,10 @@ async fn forward(
             return Err(credential::with_connect_link(state, &caller, e).await);
         }
     };
-    let build = |body: Body, auth: Option<&HeaderValue>| {
-        let mut req = http::Request::builder()
-            .method(parts.method.clone())
-            .uri(url.as_str())
-            .body(body)
-            .map_err(|e| ProxyError::internal("building the upstream request", e))?;
-        *req.headers_mut() =
+    let build = |body: Body, auth: Option<HeaderValue>| {
+        let headers =
             forwarded::request_headers(&parts.headers, &integration.forward_headers, agent_token);
-        if let Some(auth) = auth {
-            req.headers_mut()
-                .insert(header::AUTHORIZATION, auth.clone());
-        }
-        Ok::<_, ProxyError>(req)
+        send::request(parts.method.clone(), &url, headers, auth, body)
     };
     let is_post = parts.method == http::Method::POST;
     let relay_for = |answering: Answering| Relay {
@@ -257,10 +247,7 @@ async fn forward(
         let peek = Peek::new(body, ex);
         let answering = Answering::Peeked(peek.handle());
         let body = Body::new(Limited::new(peek, MAX_REQUEST_BYTES));
-        let req = build(body, authorization.as_ref())?;
-        let resp = traced::send_upstream(state, route_label, req)
-            .await
-            .map_err(named)?;
+        let resp = send::once(call, build(body, authorization)?).await?;
         let relayed = relay(resp, endpoint_map, relay_for(answering));
         approval::note_initialize(state, integration.id, initialize, &relayed);
         return Ok(as_policy_lets(state, governed.as_ref(), &integration, relayed).await);
@@ -275,9 +262,9 @@ async fn forward(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => return Err(ProxyError::RequestBroken(e)),
     };
-    let sent = retry::send(call, authorization, |auth| {
-        let req = build(Body::from(bytes.clone()), auth.as_ref());
-        async move { traced::send_upstream(state, route_label, req?).await }
+    let sent = send::with_retry(call, authorization, |auth| {
+        let req = build(Body::from(bytes.clone()), auth);
+        async move { send::once(call, req?).await }
     })
     .await;
     match sent {
@@ -295,7 +282,7 @@ async fn forward(
             ex.set_message(&message);
             Err(credential::with_connect_link(state, &caller, e).await)
         }
-        Err(e) => Err(named(e)),
+        Err(e) => Err(e),
     }
 }
 

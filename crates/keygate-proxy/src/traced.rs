@@ -16,7 +16,7 @@ use keygate_core::model::Application;
 use keygate_core::wire::jsonrpc::RequestId;
 use keygate_core::{ApplicationId, OrgId};
 use keygate_store::GenCache;
-use keygate_trace::otel::SpanParent;
+use keygate_trace::otel::{SpanParent, UpstreamSpan};
 use keygate_trace::{Exchange, Injected, LocalAnswer, Observed, Status, Telemetry, Who};
 use serde_json::Value;
 
@@ -38,7 +38,7 @@ const UNAUTHENTICATED_PEEK_WAIT: std::time::Duration = std::time::Duration::from
 tokio::task_local! {
     /// The span of the request being handled: the parent of every upstream request it causes.
     static PARENT: SpanParent;
-    /// Where [`send_upstream`] notes the credentials it sends for the request being handled.
+    /// Where [`note_credentials`] notes the credentials sent for the request being handled.
     static INJECTED: Injected;
 }
 
@@ -243,9 +243,10 @@ pub fn scope(ex: &Exchange) -> Scope {
     }
 }
 
-/// Runs a handler's `work` in `scope`: every request [`send_upstream`] sends on its behalf
-/// gets a client span under the exchange's span, and its credential is noted in the
-/// exchange's [`Exchange::injected`], which masks it in all the exchange stores.
+/// Runs a handler's `work` in `scope`: every request the send stage
+/// ([`crate::stage::send::once`]) sends on its behalf gets a client span under the exchange's
+/// span ([`client_span`]), and its credential is noted in the exchange's
+/// [`Exchange::injected`] ([`note_credentials`]), which masks it in all the exchange stores.
 ///
 /// A plain function, not an `async fn`: an `async fn` would hold `work` twice (as its argument
 /// and inside the future it awaits), doubling the size of every handler future, and a request
@@ -254,15 +255,10 @@ pub fn within<F: Future>(scope: Scope, work: F) -> impl Future<Output = F::Outpu
     INJECTED.scope(scope.injected, PARENT.scope(scope.parent, work))
 }
 
-/// Sends a request upstream, timing it for the upstream latency histogram. The credential on
-/// it (`Authorization`, or any header marked sensitive) is noted for the trace first; in a
-/// request's [`scope`] it gets a client span (until the response headers), whose
-/// `traceparent` it carries.
-pub async fn send_upstream(
-    state: &ProxyState,
-    route: &'static str,
-    mut req: http::Request<Body>,
-) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
+/// Notes the credential an upstream request carries (`Authorization`, or any header marked
+/// sensitive) in the exchange of the request being handled (its [`scope`]), which masks it in
+/// everything the exchange stores. Called by the send stage before every send.
+pub fn note_credentials(req: &http::Request<Body>) {
     let _ = INJECTED.try_with(|injected| {
         for (name, value) in req.headers() {
             if name == http::header::AUTHORIZATION || value.is_sensitive() {
@@ -270,21 +266,34 @@ pub async fn send_upstream(
             }
         }
     });
+}
+
+/// In a request's [`scope`]: the client span of an upstream request, a child of the request's
+/// span, whose `traceparent` `req` now carries (until the answer's headers).
+pub fn client_span(req: &mut http::Request<Body>) -> Option<UpstreamSpan> {
     let span = PARENT
         .try_with(|parent| parent.upstream(req.method(), req.uri()))
-        .ok();
-    if let Some(span) = &span {
-        req.headers_mut().insert("traceparent", span.traceparent());
-    }
-    let started = Instant::now();
-    let result = state.upstream.send(req).await;
-    let outcome = match &result {
+        .ok()?;
+    req.headers_mut().insert("traceparent", span.traceparent());
+    Some(span)
+}
+
+/// How an upstream request sent at `started` went: its client span ends, and the upstream
+/// latency histogram counts it under `route`.
+pub fn sent<B>(
+    state: &ProxyState,
+    route: &'static str,
+    span: Option<UpstreamSpan>,
+    result: &Result<http::Response<B>, ProxyError>,
+    started: Instant,
+) {
+    let outcome = match result {
         Ok(_) => "ok",
         Err(ProxyError::UpstreamTimeout { .. }) => "timeout",
         Err(_) => "error",
     };
     if let Some(span) = span {
-        match &result {
+        match result {
             Ok(resp) => span.answered(resp.status().as_u16()),
             Err(e) => span.failed(outcome, e.chain().to_string()),
         }
@@ -294,7 +303,6 @@ pub async fn send_upstream(
         .telemetry
         .metrics
         .upstream(route, outcome, started.elapsed().as_secs_f64());
-    result
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Talking to one upstream of the aggregated endpoint: who can be reached ([`members`]), how a
 //! message reaches it on behalf of a downstream client ([`link`], [`exchange`]) in the
-//! upstream's own era ([`Link`]), the credential and its OAuth retry ([`send_with`]), and one
+//! upstream's own era ([`Link`]), the credential and its OAuth retry ([`send_with`], through the send stage), and one
 //! JSON-RPC answer read from JSON or from SSE ([`read_answer`]).
 
 use std::sync::Arc;
@@ -23,11 +23,10 @@ use crate::ProxyState;
 use crate::error::ProxyError;
 use crate::gate::McpCaller;
 use crate::passthrough::MAX_REQUEST_BYTES;
-use crate::retry;
 use crate::sse::is_event_stream;
-use crate::stage::Call;
+use crate::stage::{Call, send};
 use crate::stage::credential::{self, Authorization};
-use crate::traced::{self, ROUTE_AGGREGATED};
+use crate::traced::ROUTE_AGGREGATED;
 
 const SESSION_ID: &str = "mcp-session-id";
 const LAST_EVENT_ID: &str = "last-event-id";
@@ -516,7 +515,7 @@ pub async fn open_stream(
 }
 
 /// Sends one message to an upstream with its credential and `headers`, through the send
-/// stage's OAuth retry ([`retry::send`]); a failure names the integration.
+/// stage's OAuth retry ([`send::with_retry`]); a failure names the integration.
 async fn send_with(
     state: &ProxyState,
     member: &Member,
@@ -557,48 +556,33 @@ pub(super) async fn send_to(
     headers: HeaderMap,
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    let authorization = member.authorization.clone();
-    retry::send(
-        member.call(state),
-        authorization,
-        |auth| {
-            send_once(
-                state,
-                url,
-                auth,
-                method.clone(),
-                headers.clone(),
-                body.clone(),
-            )
-        },
-    )
+    let call = member.call(state);
+    send::with_retry(call, member.authorization.clone(), |auth| {
+        send_once(call, url, auth, method.clone(), headers.clone(), body.clone())
+    })
     .await
-    .map_err(|e| e.of_integration(&member.integration))
 }
 
-/// Sends one message to an upstream, with `headers` and a credential.
+/// Sends one message to an upstream, with `headers` (JSON in, JSON or SSE out, unless they
+/// say otherwise) and a credential.
 async fn send_once(
-    state: &ProxyState,
+    call: Call<'_>,
     url: &url::Url,
     authorization: Option<HeaderValue>,
     method: Method,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    state.upstream.check(url)?;
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(url.as_str())
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.map(Body::from).unwrap_or_else(Body::empty))
-        .map_err(|e| ProxyError::internal("building the upstream request", e))?;
-    let h = req.headers_mut();
-    h.extend(headers);
-    if let Some(auth) = authorization {
-        h.insert(header::AUTHORIZATION, auth);
-    }
-    traced::send_upstream(state, ROUTE_AGGREGATED, req).await
+    call.state.upstream.check(url)?;
+    headers.entry(header::ACCEPT).or_insert(HeaderValue::from_static(
+        "application/json, text/event-stream",
+    ));
+    headers
+        .entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
+    let body = body.map(Body::from).unwrap_or_else(Body::empty);
+    let req = send::request(method, url, headers, authorization, body)?;
+    send::once(call, req).await
 }
 
 /// The JSON-RPC answer with `id` in a JSON body or an SSE stream. A `4xx` carrying a JSON-RPC

@@ -19,6 +19,7 @@
 //! handler so that every send is seen, and finishes the record with the answer.
 
 pub mod credential;
+pub mod send;
 
 use keygate_core::model::Integration;
 

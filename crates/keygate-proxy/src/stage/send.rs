@@ -1,0 +1,89 @@
+//! The send stage: the upstream request — the forwarded headers (pass-through:
+//! [`crate::forwarded`]; aggregated: the gateway's own) and the credential the credential stage
+//! chose — sent through the shared client ([`crate::upstream::Upstream`]). [`once`] sends one
+//! request; the trace notes the credential it carries and gives it a client span
+//! ([`crate::traced::note_credentials`], [`crate::traced::client_span`]). [`with_retry`] is the
+//! one retry both routes use: an upstream that refuses a user's OAuth token (`401`) before it
+//! expires (revoked, rotated elsewhere) gets the request once more with a refreshed token. The
+//! refresh is the broker's single-flight one, so any number of requests refused with one token
+//! cost one refresh.
+
+use std::future::Future;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use keygate_core::model::AuthMode;
+use url::Url;
+
+use super::{Call, credential};
+use crate::error::ProxyError;
+use crate::traced;
+
+/// An upstream's answer.
+pub type Answer = http::Response<hyper::body::Incoming>;
+
+/// The request to send: `method` to `url` with `headers` (nothing else of the client's) and
+/// `authorization`, the credential.
+pub fn request(
+    method: Method,
+    url: &Url,
+    mut headers: HeaderMap,
+    authorization: Option<HeaderValue>,
+    body: Body,
+) -> Result<http::Request<Body>, ProxyError> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(url.as_str())
+        .body(body)
+        .map_err(|e| ProxyError::internal("building the upstream request", e))?;
+    if let Some(auth) = authorization {
+        headers.insert(header::AUTHORIZATION, auth);
+    }
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// Sends `req` once and waits for the answer's headers (`proxy.upstream_header_timeout_secs`).
+/// The trace notes its credential and opens its client span first, and learns how it went
+/// (the span, the upstream latency histogram under `call.route`). A failure names the
+/// integration.
+pub async fn once(call: Call<'_>, mut req: http::Request<Body>) -> Result<Answer, ProxyError> {
+    traced::note_credentials(&req);
+    let span = traced::client_span(&mut req);
+    let started = Instant::now();
+    let result = call.state.upstream.send(req).await;
+    traced::sent(call.state, call.route, span, &result, started);
+    result.map_err(|e| e.of_integration(call.integration))
+}
+
+/// Sends with `authorization` through `send_once` (which builds the request and sends it
+/// [`once`]). For an OAuth integration an upstream `401` refreshes the caller's token and sends
+/// once more with it (its answer is final, whatever it is); when the grant turns out to be
+/// gone, [`ProxyError::NotConnected`]. Anything else is sent once. A failure names the
+/// integration.
+pub async fn with_retry<F, Fut>(
+    call: Call<'_>,
+    authorization: Option<HeaderValue>,
+    mut send_once: F,
+) -> Result<Answer, ProxyError>
+where
+    F: FnMut(Option<HeaderValue>) -> Fut,
+    Fut: Future<Output = Result<Answer, ProxyError>>,
+{
+    let named = |e: ProxyError| e.of_integration(call.integration);
+    let resp = send_once(authorization.clone()).await.map_err(named)?;
+    if call.integration.auth_mode != AuthMode::Oauth || resp.status() != StatusCode::UNAUTHORIZED {
+        return Ok(resp);
+    }
+    match credential::after_rejection(call, authorization.as_ref())
+        .await
+        .map_err(named)?
+    {
+        Some(fresh) => {
+            drop(resp);
+            send_once(Some(fresh)).await.map_err(named)
+        }
+        None => Ok(resp),
+    }
+}
