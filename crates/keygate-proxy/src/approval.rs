@@ -40,7 +40,7 @@ use tokio::sync::oneshot;
 
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::gate::McpCaller;
+use crate::stage::McpCaller;
 use crate::sse::{KeepAlive, is_event_stream};
 
 /// The prefix of the ids of the gateway's own elicitation requests.

@@ -1,6 +1,6 @@
 //! keygate's MCP gateway.
 //!
-//! Every MCP route first runs [`gate::authenticate`]: an `Origin` the gateway serves
+//! Every MCP route first runs [`stage::authenticate`]: an `Origin` the gateway serves
 //! ([`origin`]), then a bearer token for exactly this resource (RFC 8707 `aud`), live (not
 //! revoked), of the application's organization. Then:
 //!
@@ -52,7 +52,7 @@ pub use upstream::Upstream;
 pub struct ProxyState {
     pub auth: AuthState,
     pub upstream: Arc<Upstream>,
-    pub activity: Arc<gate::Activity>,
+    pub activity: Arc<stage::authenticate::Activity>,
     pub cache: Arc<RouteCache>,
     /// Trace events, spans and metrics of MCP requests.
     pub tracing: Arc<traced::Tracing>,

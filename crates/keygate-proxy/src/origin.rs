@@ -3,7 +3,7 @@
 //! `Origin` (a non-browser client) or from the public URL's origin or one of
 //! `mcp.allowed_origins` is served; any other `Origin` — `null` included — is refused with
 //! `403` before authentication, on every MCP endpoint (checked first in
-//! [`crate::gate::authenticate`]).
+//! [`crate::stage::authenticate`]).
 
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;

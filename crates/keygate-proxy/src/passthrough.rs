@@ -25,11 +25,11 @@ use crate::ProxyState;
 use crate::approval;
 use crate::error::ProxyError;
 use crate::forwarded;
-use crate::gate::McpCaller;
+use crate::stage::McpCaller;
 use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
 use crate::policy::Stage;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
-use crate::stage::{Call, send};
+use crate::stage::{self, Call, send};
 use crate::stage::credential::{self, Authorization};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
 use crate::unsent;
@@ -128,7 +128,7 @@ async fn forward(
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let (caller, body) = traced::authenticate(state, &parts, body, ex).await?;
+    let (caller, body) = stage::authenticate::run(state, &parts, body, ex).await?;
     let integration = attached_integration(state, &caller, integration_ref).await?;
     ex.integration = Some(integration.id);
     let route_label = match route {

@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::ProxyState;
 use crate::approval::Asked;
 use crate::error::ProxyError;
-use crate::gate::McpCaller;
+use crate::stage::McpCaller;
 
 /// What the stage keeps between requests.
 #[derive(Default)]

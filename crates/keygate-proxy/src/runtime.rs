@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::gate::{McpCaller, attached, attached_by_ref, authenticate};
+use crate::gate::{attached, attached_by_ref};
+use crate::stage::McpCaller;
+use crate::stage::authenticate;
 
 fn respond(r: Result<Value, ProxyError>) -> Response {
     match r {
@@ -53,7 +55,7 @@ async fn connection(
 pub async fn integrations(State(state): State<ProxyState>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     respond(async {
-        let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
+        let caller = authenticate::caller(&state, &parts.headers, &parts.uri).await?;
         let mut items = Vec::new();
         for i in attached(&state, &caller.app).await?.iter() {
             let mut item = json!({"id": i.id, "name": i.name, "slug": i.slug, "category": i.category, "authMode": i.auth_mode});
@@ -71,7 +73,7 @@ pub async fn connect_session(State(state): State<ProxyState>, req: Request) -> R
     let (parts, _) = req.into_parts();
     respond(
         async {
-            let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
+            let caller = authenticate::caller(&state, &parts.headers, &parts.uri).await?;
             let (id, expires, url) = keygate_auth::connect::create_connect_session(
                 &state.auth,
                 caller.app.org_id,
@@ -95,7 +97,7 @@ pub async fn oauth_init(
     let (parts, _) = req.into_parts();
     respond(
         async {
-            let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
+            let caller = authenticate::caller(&state, &parts.headers, &parts.uri).await?;
             let i = attached_by_ref(&state, &caller.app, &id).await?;
             if i.auth_mode != AuthMode::Oauth {
                 return Err(ProxyError::BadRequest {
@@ -133,7 +135,7 @@ pub async fn oauth_connection(
     let (parts, _) = req.into_parts();
     respond(
         async {
-            let caller = authenticate(&state, &parts.headers, &parts.uri).await?;
+            let caller = authenticate::caller(&state, &parts.headers, &parts.uri).await?;
             let i = attached_by_ref(&state, &caller.app, &id).await?;
             connection(&state, &caller, &i).await
         }

@@ -1,8 +1,11 @@
 //! What the MCP handlers tell `keygate-trace` about each request: who, which integration,
-//! which JSON-RPC message, which credentials went upstream, how it ended. [`start`] opens the
-//! exchange, [`within`] runs the handler's work in its [`scope`] (every upstream request gets a
+//! which JSON-RPC message, which credentials went upstream, how it ended. It observes the
+//! stages ([`crate::stage`]) and drives none of them: [`start`] opens the exchange, [`within`]
+//! runs the handler's work in its [`scope`] (every upstream request the send stage sends gets a
 //! client span under the request's span, and its credential noted), [`finish`] hands the
-//! exchange to the relayed response, which completes it once the answer has gone by.
+//! exchange to the relayed response, which completes it once the answer has gone by. The
+//! authentication stage names the caller ([`identify`]) or has a refused request attributed
+//! ([`refused`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use serde_json::Value;
 
 use crate::ProxyState;
 use crate::error::{Blame, ProxyError};
-use crate::gate::McpCaller;
+use crate::stage::McpCaller;
 
 /// Route labels (metrics, spans).
 pub const ROUTE_PASSTHROUGH: &str = "/apps/{id}/mcp/{integration}";
@@ -81,31 +84,8 @@ pub fn start(
     ex
 }
 
-/// Authenticates an MCP request and names its caller on `ex`. A refused request is
-/// attributed as far as its URL and body allow (reading the body); otherwise the body comes
-/// back untouched.
-pub async fn authenticate(
-    state: &ProxyState,
-    parts: &http::request::Parts,
-    body: Body,
-    ex: &mut Exchange,
-) -> Result<(McpCaller, Body), ProxyError> {
-    match crate::gate::authenticate(state, &parts.headers, &parts.uri).await {
-        Ok(caller) => {
-            identify(ex, &caller);
-            Ok((caller, body))
-        }
-        Err(e) => {
-            if matches!(e, ProxyError::Unauthorized(_)) {
-                unauthenticated(state, ex, &parts.uri, body).await;
-            }
-            Err(e)
-        }
-    }
-}
-
-/// The caller is known.
-fn identify(ex: &mut Exchange, caller: &McpCaller) {
+/// The caller is known (the authentication stage's answer).
+pub fn identify(ex: &mut Exchange, caller: &McpCaller) {
     ex.who = Some(Who {
         org: caller.app.org_id,
         app: caller.app.id,
@@ -166,10 +146,10 @@ pub async fn read_unsent(ex: &mut Exchange, unsent: crate::unsent::Returned) {
     }
 }
 
-/// A request that failed authentication: attributed to the application its URL names (when
-/// there is one), with the method and tool its body names (read briefly and bounded). The user
-/// stays unknown.
-async fn unauthenticated(state: &ProxyState, ex: &mut Exchange, uri: &Uri, body: Body) {
+/// A request the authentication stage refused for its token: attributed to the application its
+/// URL names (when there is one), with the method and tool its body names (read briefly and
+/// bounded). The user stays unknown.
+pub async fn refused(state: &ProxyState, ex: &mut Exchange, uri: &Uri, body: Body) {
     let Some(app) = app_of(state, uri).await else {
         return;
     };

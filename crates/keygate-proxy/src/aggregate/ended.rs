@@ -20,7 +20,7 @@ use keygate_store::GenCache;
 use super::session::AggregatedSession;
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::gate::McpCaller;
+use crate::stage::McpCaller;
 
 /// Sessions whose verdict is remembered at once; a full cache starts over (see `GenCache`).
 const CAPACITY: usize = 100_000;

@@ -21,7 +21,7 @@ use super::upstream::{self, Member, candidates, within};
 use super::{SEPARATOR, invalid, result};
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::gate::McpCaller;
+use crate::stage::McpCaller;
 use crate::stage::credential;
 
 /// An upstream that took part: its session (2025 client) and its capabilities.

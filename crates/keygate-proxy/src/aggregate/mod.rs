@@ -63,11 +63,11 @@ use crate::ProxyState;
 use crate::approval;
 use crate::error::{ProxyError, local_answer};
 use crate::forwarded;
-use crate::gate::McpCaller;
+use crate::stage::McpCaller;
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
 use crate::policy;
 use crate::sse::{KeepAlive, is_event_stream};
-use crate::stage::credential;
+use crate::stage::{self, credential};
 use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP};
 use keygate_trace::Exchange;
 
@@ -104,7 +104,7 @@ async fn dispatch(
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let (caller, body) = traced::authenticate(state, &parts, body, ex).await?;
+    let (caller, body) = stage::authenticate::run(state, &parts, body, ex).await?;
     let caller = Arc::new(caller);
     let session_header = parts
         .headers

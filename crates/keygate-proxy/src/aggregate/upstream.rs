@@ -21,7 +21,7 @@ use super::session::{AggregatedSession, UpstreamSession};
 use super::sse_upstream::{self, SseSession};
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::gate::McpCaller;
+use crate::stage::McpCaller;
 use crate::passthrough::MAX_REQUEST_BYTES;
 use crate::sse::is_event_stream;
 use crate::stage::{Call, send};

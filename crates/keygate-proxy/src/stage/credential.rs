@@ -18,7 +18,7 @@ use keygate_core::{IntegrationId, Secret, Timestamp, UserId};
 use super::Call;
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::gate::McpCaller;
+use crate::stage::McpCaller;
 
 /// A cached decision: the header to send (if any) and, for an OAuth token, when it is due for
 /// a refresh; or "this user must connect".

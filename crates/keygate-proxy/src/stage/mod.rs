@@ -18,13 +18,15 @@
 //! Around them, [`crate::traced`] only observes: it opens the request's record, scopes the
 //! handler so that every send is seen, and finishes the record with the answer.
 
+pub mod authenticate;
 pub mod credential;
 pub mod send;
 
 use keygate_core::model::Integration;
 
 use crate::ProxyState;
-use crate::gate::McpCaller;
+
+pub use authenticate::McpCaller;
 
 /// One request's way to one integration: what the stages after routing share. Borrowed, and
 /// `Copy`: building one per upstream exchange costs nothing. The request's trace
