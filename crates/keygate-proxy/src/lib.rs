@@ -21,7 +21,6 @@ pub mod aggregate;
 pub mod approval;
 pub mod error;
 pub mod forwarded;
-pub mod gate;
 pub mod legacy;
 pub mod origin;
 pub mod passthrough;
@@ -152,6 +151,6 @@ pub fn router(state: ProxyState) -> Router {
             "/mcp/integrations/{id}/oauth/init",
             post(runtime::oauth_init),
         )
-        .route("/mcp/{*rest}", any(gate::unknown))
+        .route("/mcp/{*rest}", any(runtime::unknown))
         .with_state(state)
 }

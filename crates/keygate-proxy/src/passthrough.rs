@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use http_body_util::{BodyExt, Limited};
-use keygate_core::model::{AuthMode, Category, Integration};
+use keygate_core::model::{AuthMode, Integration};
 use keygate_core::wire::jsonrpc;
 use serde_json::Value;
 use url::Url;
@@ -25,7 +25,6 @@ use crate::ProxyState;
 use crate::approval;
 use crate::error::ProxyError;
 use crate::forwarded;
-use crate::stage::McpCaller;
 use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
 use crate::policy::Stage;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
@@ -129,7 +128,7 @@ async fn forward(
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
     let (caller, body) = stage::authenticate::run(state, &parts, body, ex).await?;
-    let integration = attached_integration(state, &caller, integration_ref).await?;
+    let integration = stage::route::integration(state, &caller, integration_ref).await?;
     ex.integration = Some(integration.id);
     let route_label = match route {
         Route::Endpoint => ROUTE_PASSTHROUGH,
@@ -141,15 +140,8 @@ async fn forward(
         integration: &integration,
         route: route_label,
     };
-    // Upstream failures name the integration in the log line and the trace.
-    let named = |e: ProxyError| e.of_integration(&integration);
-    let base = Url::parse(&integration.url).map_err(|e| {
-        named(ProxyError::Misconfigured {
-            integration: None,
-            what: "the URL does not parse",
-            cause: Some(Box::new(e)),
-        })
-    })?;
+    // Failures of the stages below name the integration in the log line and the trace.
+    let base = stage::route::url(call)?;
     let agent_token = forwarded::bearer(&parts.headers);
     let owner = StreamOwner {
         org: caller.app.org_id,
@@ -164,7 +156,7 @@ async fn forward(
         }
         Route::Message => message_endpoint(state, &owner, &base, &parts)?,
     };
-    state.upstream.check(&url).map_err(named)?;
+    stage::route::check(call, &url)?;
     let endpoint_map = (parts.method == http::Method::GET).then(|| EndpointMap {
         upstream: base,
         downstream: format!(
@@ -220,7 +212,7 @@ async fn forward(
         }
         None => (body, None),
     };
-    let authorization = match credential::authorization(call).await.map_err(named)? {
+    let authorization = match credential::authorization(call).await? {
         Authorization::Header(h) => h,
         Authorization::NeedsConnection => {
             let message = request_message(body).await;
@@ -388,22 +380,6 @@ fn relay(
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers;
     out
-}
-
-/// The integration named by id or slug, attached to the caller's application, active and
-/// proxied (not credential-only).
-async fn attached_integration(
-    state: &ProxyState,
-    caller: &McpCaller,
-    r: &str,
-) -> Result<Arc<Integration>, ProxyError> {
-    let found = crate::gate::attached_by_ref(state, &caller.app, r).await?;
-    if found.category != Category::GatewayRemoteMcp {
-        return Err(ProxyError::NotFound(
-            "Integration is credential-only and has no MCP endpoint here",
-        ));
-    }
-    Ok(found)
 }
 
 fn filtered(src: &HeaderMap, drop: &[&str]) -> HeaderMap {

@@ -1,7 +1,8 @@
 //! The Kontext runtime endpoints beside `/mcp`, for agents that manage connections themselves:
 //! `GET /mcp/integrations`, `POST /mcp/connect-session`,
 //! `POST /mcp/integrations/{id}/oauth/init` and `GET /mcp/integrations/{id}/oauth/connection`.
-//! They take the same token as `/mcp`.
+//! They take the same token as `/mcp`; any other path under `/mcp/` is authenticated, then
+//! `404` ([`unknown`]).
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
@@ -13,9 +14,9 @@ use serde_json::{Value, json};
 
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::gate::{attached, attached_by_ref};
 use crate::stage::McpCaller;
 use crate::stage::authenticate;
+use crate::stage::route::{attached, attached_by_ref};
 
 fn respond(r: Result<Value, ProxyError>) -> Response {
     match r {
@@ -141,4 +142,13 @@ pub async fn oauth_connection(
         }
         .await,
     )
+}
+
+/// Any other path under `/mcp/…`: authenticated first (an agent without a token learns where
+/// to get one), then `404`.
+pub async fn unknown(State(state): State<ProxyState>, req: Request) -> Response {
+    match authenticate::caller(&state, req.headers(), req.uri()).await {
+        Ok(_) => ProxyError::NotFound("No such runtime endpoint").into_response(),
+        Err(e) => e.into_response(),
+    }
 }

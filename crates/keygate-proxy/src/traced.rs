@@ -160,7 +160,7 @@ pub async fn refused(state: &ProxyState, ex: &mut Exchange, uri: &Uri, body: Bod
         agent_session: None,
     });
     if let Some(r) = uri.path().split('/').nth(4).filter(|r| !r.is_empty())
-        && let Ok(attached) = crate::gate::attached(state, &app).await
+        && let Ok(attached) = crate::stage::route::attached(state, &app).await
     {
         ex.integration = attached
             .iter()

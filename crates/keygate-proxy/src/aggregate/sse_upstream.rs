@@ -200,7 +200,7 @@ async fn connect(
     state: &ProxyState,
     member: &Member,
 ) -> Result<(Url, Events<hyper::body::Incoming>), ProxyError> {
-    let url = upstream::integration_url(member)?;
+    let url = crate::stage::route::url(member.call(state))?;
     let resp = upstream::send_to(state, member, &url, Method::GET, HeaderMap::new(), None).await?;
     let status = resp.status();
     if !status.is_success() || !is_event_stream(resp.headers()) {

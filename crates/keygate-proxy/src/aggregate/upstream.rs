@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, Limited};
 use keygate_core::IntegrationId;
-use keygate_core::model::{Category, Integration};
+use keygate_core::model::Integration;
 use serde_json::{Map, Value, json};
 
 use super::era::{self, Era};
@@ -24,7 +24,7 @@ use crate::error::ProxyError;
 use crate::stage::McpCaller;
 use crate::passthrough::MAX_REQUEST_BYTES;
 use crate::sse::is_event_stream;
-use crate::stage::{Call, send};
+use crate::stage::{Call, route, send};
 use crate::stage::credential::{self, Authorization};
 use crate::traced::ROUTE_AGGREGATED;
 
@@ -130,12 +130,9 @@ pub async fn candidates(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
 ) -> Result<Vec<(Member, bool)>, ProxyError> {
-    let attached = crate::gate::attached(state, &caller.app).await?;
-    let mut out = Vec::with_capacity(attached.len());
-    for integration in attached
-        .iter()
-        .filter(|i| i.category == Category::GatewayRemoteMcp)
-    {
+    let proxied = route::proxied(state, caller).await?;
+    let mut out = Vec::with_capacity(proxied.len());
+    for integration in proxied.iter().filter(|i| route::is_proxied(i)) {
         let call = Call {
             state,
             caller,
@@ -523,27 +520,8 @@ async fn send_with(
     headers: HeaderMap,
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    send_to(
-        state,
-        member,
-        &integration_url(member)?,
-        method,
-        headers,
-        body,
-    )
-    .await
-}
-
-/// The integration's URL.
-pub(super) fn integration_url(member: &Member) -> Result<url::Url, ProxyError> {
-    url::Url::parse(&member.integration.url).map_err(|e| {
-        ProxyError::Misconfigured {
-            integration: None,
-            what: "the URL does not parse",
-            cause: Some(Box::new(e)),
-        }
-        .of_integration(&member.integration)
-    })
+    let url = route::url(member.call(state))?;
+    send_to(state, member, &url, method, headers, body).await
 }
 
 /// [`send_with`] to `url` (on the integration's origin: an HTTP+SSE upstream's message
@@ -573,7 +551,7 @@ async fn send_once(
     mut headers: HeaderMap,
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    call.state.upstream.check(url)?;
+    route::check(call, url)?;
     headers.entry(header::ACCEPT).or_insert(HeaderValue::from_static(
         "application/json, text/event-stream",
     ));

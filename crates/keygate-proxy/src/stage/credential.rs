@@ -56,7 +56,7 @@ pub async fn authorization(call: Call<'_>) -> Result<Authorization, ProxyError> 
         _ => {
             let resolved = credential::resolve(&state.auth, integration, caller.user)
                 .await
-                .map_err(resolve_error)?;
+                .map_err(|e| resolve_error(e).of_integration(integration))?;
             let c = match resolved {
                 Resolved::Credential(c) => Cached::Header(Some(bearer(&c.secret)?), c.refresh_at),
                 Resolved::None => Cached::Header(None, None),
@@ -94,7 +94,7 @@ pub async fn after_rejection(
     let rejected = Secret::new(rejected);
     let replaced = credential::replace_refused(&state.auth, integration, caller.user, &rejected)
         .await
-        .map_err(resolve_error)?;
+        .map_err(|e| resolve_error(e).of_integration(integration))?;
     match replaced {
         Some(Resolved::Credential(fresh)) => {
             let header = bearer(&fresh.secret)?;
