@@ -8,7 +8,6 @@
 //! headers pass by the allow-list of [`crate::forwarded`] (the agent's credentials stay behind,
 //! `access_token` leaves the query string); the integration's credential is set instead.
 
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -26,7 +25,7 @@ use crate::approval;
 use crate::error::ProxyError;
 use crate::forwarded;
 use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
-use crate::policy::Stage;
+use crate::stage::policy::Governed;
 use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
 use crate::stage::{self, Call, send};
 use crate::stage::credential::{self, Authorization};
@@ -171,14 +170,14 @@ async fn forward(
         return Err(too_large());
     }
     // The policy stage: only an organization with policies has its request bodies read.
-    let stage = if parts.method == http::Method::POST {
-        Stage::of(state, &caller).await?
+    let policies = if parts.method == http::Method::POST {
+        stage::policy::of(state, &caller).await?
     } else {
         None
     };
     let mut initialize = None;
-    let (body, governed) = match stage {
-        Some(stage) => {
+    let (body, governed) = match policies {
+        Some(policies) => {
             let message = read_governed(body).await?;
             ex.set_message(&message);
             if let Some(taken) = approval::answered(state, &caller, &parts.headers, &message) {
@@ -191,7 +190,7 @@ async fn forward(
             };
             let mut asked = None;
             for m in messages {
-                if let Some(a) = stage.check(state, &integration, m, None)? {
+                if let Some(a) = stage::policy::check(call, &policies, m, None)? {
                     asked.get_or_insert(a);
                 }
             }
@@ -203,12 +202,12 @@ async fn forward(
                 return Ok(approval::with_request(marker, &parts));
             }
             initialize = approval::initialize_declares(&message);
-            let lists = Arc::new(list_requests(messages));
+            let governed = Governed::new(policies, messages);
             // The upstream gets the message as judged, not bytes another parser might read
             // differently (duplicate keys).
             let judged = serde_json::to_vec(&message)
                 .map_err(|e| ProxyError::internal("writing the judged message", e))?;
-            (Body::from(judged), Some((Arc::new(stage), lists)))
+            (Body::from(judged), Some(governed))
         }
         None => (body, None),
     };
@@ -242,7 +241,7 @@ async fn forward(
         let resp = send::once(call, build(body, authorization)?).await?;
         let relayed = relay(resp, endpoint_map, relay_for(answering));
         approval::note_initialize(state, integration.id, initialize, &relayed);
-        return Ok(as_policy_lets(state, governed.as_ref(), &integration, relayed).await);
+        return Ok(stage::policy::lets_through(call, governed.as_ref(), relayed).await);
     }
     // An OAuth token can be refused before it expires (revoked, rotated elsewhere): the body is
     // kept, bounded, so the request can be retried once with a refreshed token.
@@ -267,7 +266,7 @@ async fn forward(
                 relay_for(Answering::Body(bytes.clone())),
             );
             approval::note_initialize(state, integration.id, initialize, &relayed);
-            Ok(as_policy_lets(state, governed.as_ref(), &integration, relayed).await)
+            Ok(stage::policy::lets_through(call, governed.as_ref(), relayed).await)
         }
         Err(e @ ProxyError::NotConnected { .. }) => {
             let message = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
@@ -452,92 +451,4 @@ async fn read_governed(body: Body) -> Result<Value, ProxyError> {
         code: jsonrpc::PARSE_ERROR,
         message: "Parse error".into(),
     })
-}
-
-/// The list requests among a body's messages: (id, method), to filter the answers to them.
-type ListRequests = Arc<Vec<(Value, String)>>;
-
-fn list_requests(messages: &[Value]) -> Vec<(Value, String)> {
-    messages
-        .iter()
-        .filter_map(|m| {
-            let method = m["method"].as_str()?;
-            keygate_policy::Action::of_list(method)?;
-            Some((m.get("id")?.clone(), method.to_owned()))
-        })
-        .collect()
-}
-
-/// Filters the answers (one, or a batch's) to the list requests among them, in place.
-fn filter_answers(
-    state: &ProxyState,
-    stage: &Stage,
-    integration: &Integration,
-    lists: &[(Value, String)],
-    answer: &mut Value,
-) {
-    let answers = match answer {
-        Value::Array(batch) => batch.as_mut_slice(),
-        single => std::slice::from_mut(single),
-    };
-    for a in answers {
-        if let Some((_, method)) = lists.iter().find(|(id, _)| a.get("id") == Some(id)) {
-            stage.filter_answer(state, integration, method, a);
-        }
-    }
-}
-
-/// The answer as the policy stage lets it through: the answers to list requests filtered
-/// ([`filter_list_answer`]), anything else unchanged.
-async fn as_policy_lets(
-    state: &ProxyState,
-    governed: Option<&(Arc<Stage>, ListRequests)>,
-    integration: &Integration,
-    resp: Response,
-) -> Response {
-    match governed {
-        Some((stage, lists)) if !lists.is_empty() => {
-            filter_list_answer(state, stage.clone(), integration, lists.clone(), resp).await
-        }
-        _ => resp,
-    }
-}
-
-/// A list answer without the items the caller may never use: a JSON answer read whole
-/// (bounded) and written anew, an SSE answer event by event. Other answers pass unchanged.
-async fn filter_list_answer(
-    state: &ProxyState,
-    stage: Arc<Stage>,
-    integration: &Integration,
-    lists: ListRequests,
-    resp: Response,
-) -> Response {
-    if !resp.status().is_success() {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    if is_event_stream(&parts.headers) {
-        let (state, integration) = (state.clone(), integration.clone());
-        let body = crate::aggregate::events::relay(body, std::future::pending(), move |event| {
-            let filter = |mut answer: Value| {
-                filter_answers(&state, &stage, &integration, &lists, &mut answer);
-                answer
-            };
-            crate::aggregate::events::map_event(event, filter, str::to_owned)
-        });
-        return Response::from_parts(parts, body);
-    }
-    let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            let e = ProxyError::upstream("reading the list answer", e);
-            return e.of_integration(integration).answer(None);
-        }
-    };
-    let Ok(mut answer) = serde_json::from_slice::<Value>(&bytes) else {
-        return Response::from_parts(parts, Body::from(bytes));
-    };
-    filter_answers(state, &stage, integration, &lists, &mut answer);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(answer.to_string()))
 }

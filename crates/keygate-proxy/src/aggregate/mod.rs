@@ -65,7 +65,6 @@ use crate::error::{ProxyError, local_answer};
 use crate::forwarded;
 use crate::stage::McpCaller;
 use crate::passthrough::{MAX_REQUEST_BYTES, declared_length, too_large};
-use crate::policy;
 use crate::sse::{KeepAlive, is_event_stream};
 use crate::stage::{self, credential};
 use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP};
@@ -378,8 +377,9 @@ async fn call_by_name(
         return Ok(rpc_error(to.id, jsonrpc::INVALID_PARAMS, &message));
     };
     ex.integration = Some(member.integration.id);
-    if let Some(stage) = policy_stage(state, members).await?
-        && let Some(asked) = stage.check(state, &member.integration, message, Some(inner))?
+    if let Some(policies) = policy_stage(state, members).await?
+        && let Some(asked) =
+            stage::policy::check(member.call(state), &policies, message, Some(inner))?
     {
         let why = approval_unsupported(to.downstream);
         let session = to.client.map(Client::session);
@@ -436,9 +436,9 @@ async fn read_resource(
 async fn policy_stage(
     state: &ProxyState,
     members: &[Member],
-) -> Result<Option<policy::Stage>, ProxyError> {
+) -> Result<Option<stage::policy::Stage>, ProxyError> {
     match members.first() {
-        Some(m) => policy::Stage::of(state, &m.caller).await,
+        Some(m) => stage::policy::of(state, &m.caller).await,
         None => Ok(None),
     }
 }
@@ -450,13 +450,13 @@ async fn readable_by(
     members: &[Member],
     message: &Value,
 ) -> Result<Vec<Member>, ProxyError> {
-    let Some(stage) = policy_stage(state, members).await? else {
+    let Some(policies) = policy_stage(state, members).await? else {
         return Ok(members.to_vec());
     };
     let mut readable = Vec::new();
     let mut denial = None;
     for m in members {
-        match stage.check(state, &m.integration, message, None) {
+        match stage::policy::check(m.call(state), &policies, message, None) {
             Ok(None) => readable.push(m.clone()),
             // A read fans out to find its owner: no one read of it can be asked about.
             Ok(Some(asked)) => {
@@ -550,7 +550,7 @@ async fn fan_out_list(
     method: &str,
 ) -> Result<Vec<Value>, ProxyError> {
     let key = list_key(method);
-    let stage = policy_stage(state, members).await?;
+    let policies = policy_stage(state, members).await?;
     let per_member = join_all(
         members
             .iter()
@@ -561,8 +561,8 @@ async fn fan_out_list(
     for (member, outcome) in members.iter().zip(per_member) {
         let Some(outcome) = outcome else { continue };
         let (slug, mut items) = outcome?;
-        if let Some(stage) = &stage {
-            stage.filter_list(state, &member.integration, method, &mut items);
+        if let Some(policies) = &policies {
+            stage::policy::filter_list(member.call(state), policies, method, &mut items);
         }
         for mut item in items {
             if matches!(key, "tools" | "prompts")

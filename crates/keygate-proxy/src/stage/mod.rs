@@ -20,6 +20,7 @@
 
 pub mod authenticate;
 pub mod credential;
+pub mod policy;
 pub mod route;
 pub mod send;
 
