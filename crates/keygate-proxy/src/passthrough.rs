@@ -12,7 +12,7 @@
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::Response;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::model::{AuthMode, Integration};
@@ -24,9 +24,9 @@ use crate::ProxyState;
 use crate::approval;
 use crate::error::ProxyError;
 use crate::forwarded;
-use crate::legacy::{EndpointMap, RewriteEndpoint, StreamOwner};
+use crate::legacy::{EndpointMap, StreamOwner};
 use crate::stage::policy::Governed;
-use crate::sse::{Answering, Guarded, KeepAlive, Relay, is_event_stream};
+use crate::sse::{Answering, Relay};
 use crate::stage::{self, Call, send};
 use crate::stage::credential::{self, Authorization};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
@@ -35,21 +35,6 @@ use keygate_trace::{Exchange, Peek};
 
 /// Largest request body relayed upstream.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-
-/// Response headers never relayed: hop-by-hop, the upstream's own auth challenge (the agent
-/// authenticates to keygate, not to the upstream) and cookies for the upstream's domain.
-const DROP_RESPONSE: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "www-authenticate",
-    "set-cookie",
-];
 
 /// Which upstream URL a pass-through request goes to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -239,7 +224,7 @@ async fn forward(
         let answering = Answering::Peeked(peek.handle());
         let body = Body::new(Limited::new(peek, MAX_REQUEST_BYTES));
         let resp = send::once(call, build(body, authorization)?).await?;
-        let relayed = relay(resp, endpoint_map, relay_for(answering));
+        let relayed = stage::relay::relay(resp, endpoint_map, relay_for(answering));
         approval::note_initialize(state, integration.id, initialize, &relayed);
         return Ok(stage::policy::lets_through(call, governed.as_ref(), relayed).await);
     }
@@ -260,7 +245,7 @@ async fn forward(
     .await;
     match sent {
         Ok(resp) => {
-            let relayed = relay(
+            let relayed = stage::relay::relay(
                 resp,
                 endpoint_map,
                 relay_for(Answering::Body(bytes.clone())),
@@ -346,53 +331,6 @@ fn with_query(mut url: Url, extra: Option<&str>) -> Url {
         url.set_query(Some(&merged));
     }
     url
-}
-
-/// Streams an upstream response back; a GET stream's `endpoint` event is rewritten. An answer
-/// its upstream breaks off or leaves silent ends as [`Guarded`] says.
-fn relay(
-    resp: http::Response<hyper::body::Incoming>,
-    endpoint_map: Option<EndpointMap>,
-    guard: Relay,
-) -> Response {
-    let (parts, body) = resp.into_parts();
-    let is_sse = is_event_stream(&parts.headers);
-    let mut headers = filtered(&parts.headers, DROP_RESPONSE);
-    let body = if is_sse {
-        headers.remove(header::CONTENT_LENGTH);
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        headers
-            .entry(header::CACHE_CONTROL)
-            .or_insert(HeaderValue::from_static("no-cache"));
-        match endpoint_map {
-            Some(map) => Body::new(KeepAlive::new(Guarded::new(
-                RewriteEndpoint::new(body, map),
-                true,
-                guard,
-            ))),
-            None => Body::new(KeepAlive::new(Guarded::new(body, true, guard))),
-        }
-    } else {
-        Body::new(Guarded::new(body, false, guard))
-    };
-    let mut out = Response::new(body);
-    *out.status_mut() = parts.status;
-    *out.headers_mut() = headers;
-    out
-}
-
-fn filtered(src: &HeaderMap, drop: &[&str]) -> HeaderMap {
-    // Headers named by `Connection` are hop-by-hop too.
-    let named = forwarded::connection_named(src);
-    let mut out = HeaderMap::with_capacity(src.len());
-    for (name, value) in src {
-        let n = name.as_str();
-        if drop.contains(&n) || named.iter().any(|h| h == n) {
-            continue;
-        }
-        out.append(HeaderName::clone(name), value.clone());
-    }
-    out
 }
 
 pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -21,6 +21,7 @@
 pub mod authenticate;
 pub mod credential;
 pub mod policy;
+pub mod relay;
 pub mod route;
 pub mod send;
 

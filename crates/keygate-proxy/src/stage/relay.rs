@@ -1,0 +1,79 @@
+//! The relay stage, last on pass-through: the upstream's answer streamed back as it came, frame
+//! by frame, without the response headers that are the upstream's own business
+//! ([`DROP_RESPONSE`]). Every answer goes through [`Guarded`] (the stream idle limit, and the
+//! JSON-RPC error that ends an answer its upstream broke off); SSE gets [`KeepAlive`], and a
+//! legacy GET stream [`RewriteEndpoint`]. The trace then wraps it in `Observed`
+//! ([`crate::traced::finish`]). None of them changes a byte the upstream sent. (The aggregated
+//! endpoint rewrites its answers itself, in [`crate::aggregate`].)
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::response::Response;
+
+use crate::forwarded;
+use crate::legacy::{EndpointMap, RewriteEndpoint};
+use crate::sse::{Guarded, KeepAlive, Relay, is_event_stream};
+
+/// Response headers never relayed: hop-by-hop, the upstream's own auth challenge (the agent
+/// authenticates to keygate, not to the upstream) and cookies for the upstream's domain.
+pub const DROP_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "www-authenticate",
+    "set-cookie",
+];
+
+/// Streams an upstream response back (`endpoint_map`: a GET stream's, whose `endpoint` event is
+/// rewritten). An answer its upstream breaks off or leaves silent ends as [`Guarded`] (`guard`)
+/// says.
+pub fn relay(
+    resp: http::Response<hyper::body::Incoming>,
+    endpoint_map: Option<EndpointMap>,
+    guard: Relay,
+) -> Response {
+    let (parts, body) = resp.into_parts();
+    let is_sse = is_event_stream(&parts.headers);
+    let mut headers = filtered(&parts.headers, DROP_RESPONSE);
+    let body = if is_sse {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-cache"));
+        match endpoint_map {
+            Some(map) => Body::new(KeepAlive::new(Guarded::new(
+                RewriteEndpoint::new(body, map),
+                true,
+                guard,
+            ))),
+            None => Body::new(KeepAlive::new(Guarded::new(body, true, guard))),
+        }
+    } else {
+        Body::new(Guarded::new(body, false, guard))
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// `src` without the `drop` headers and those its `Connection` names.
+fn filtered(src: &HeaderMap, drop: &[&str]) -> HeaderMap {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named = forwarded::connection_named(src);
+    let mut out = HeaderMap::with_capacity(src.len());
+    for (name, value) in src {
+        let n = name.as_str();
+        if drop.contains(&n) || named.iter().any(|h| h == n) {
+            continue;
+        }
+        out.append(HeaderName::clone(name), value.clone());
+    }
+    out
+}
