@@ -40,8 +40,8 @@ use tokio::sync::oneshot;
 
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::stage::McpCaller;
 use crate::sse::{KeepAlive, is_event_stream};
+use crate::stage::McpCaller;
 
 /// The prefix of the ids of the gateway's own elicitation requests.
 pub const ID_PREFIX: &str = "keygate-approval-";

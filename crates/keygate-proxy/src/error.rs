@@ -139,7 +139,11 @@ pub struct Named {
 
 impl fmt::Display for Named {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "integration {} ({:?}, id {})", self.slug, self.name, self.id)
+        write!(
+            f,
+            "integration {} ({:?}, id {})",
+            self.slug, self.name, self.id
+        )
     }
 }
 
@@ -533,7 +537,10 @@ mod tests {
             .to_string();
         assert_eq!(
             text,
-            format!("upstream timed out: integration github (\"GitHub\", id {})", i.id)
+            format!(
+                "upstream timed out: integration github (\"GitHub\", id {})",
+                i.id
+            )
         );
     }
 

@@ -8,7 +8,6 @@
 //! headers pass by the allow-list of [`crate::forwarded`] (the agent's credentials stay behind,
 //! `access_token` leaves the query string); the integration's credential is set instead.
 
-
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -25,10 +24,10 @@ use crate::approval;
 use crate::error::ProxyError;
 use crate::forwarded;
 use crate::legacy::{EndpointMap, StreamOwner};
-use crate::stage::policy::Governed;
 use crate::sse::{Answering, Relay};
-use crate::stage::{self, Call, send};
 use crate::stage::credential::{self, Authorization};
+use crate::stage::policy::Governed;
+use crate::stage::{self, Call, send};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
 use crate::unsent;
 use keygate_trace::{Exchange, Peek};

@@ -296,10 +296,8 @@ mod tests {
 
     #[test]
     fn the_trace_message_holds_the_whole_cause_chain() {
-        let refused = std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "Connection refused",
-        );
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
         let e = ProxyError::upstream("sending", Connect(refused));
         assert_eq!(
             message_of(&e),

@@ -21,11 +21,11 @@ use super::session::{AggregatedSession, UpstreamSession};
 use super::sse_upstream::{self, SseSession};
 use crate::ProxyState;
 use crate::error::ProxyError;
-use crate::stage::McpCaller;
 use crate::passthrough::MAX_REQUEST_BYTES;
 use crate::sse::is_event_stream;
-use crate::stage::{Call, route, send};
+use crate::stage::McpCaller;
 use crate::stage::credential::{self, Authorization};
+use crate::stage::{Call, route, send};
 use crate::traced::ROUTE_AGGREGATED;
 
 const SESSION_ID: &str = "mcp-session-id";
@@ -140,9 +140,9 @@ pub async fn candidates(
             route: ROUTE_AGGREGATED,
         };
         let (authorization, connected) = match credential::authorization(call).await? {
-                Authorization::Header(h) => (h, true),
-                Authorization::NeedsConnection => (None, false),
-            };
+            Authorization::Header(h) => (h, true),
+            Authorization::NeedsConnection => (None, false),
+        };
         let member = Member {
             integration: integration.clone(),
             authorization,
@@ -536,7 +536,14 @@ pub(super) async fn send_to(
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
     let call = member.call(state);
     send::with_retry(call, member.authorization.clone(), |auth| {
-        send_once(call, url, auth, method.clone(), headers.clone(), body.clone())
+        send_once(
+            call,
+            url,
+            auth,
+            method.clone(),
+            headers.clone(),
+            body.clone(),
+        )
     })
     .await
 }
@@ -552,9 +559,11 @@ async fn send_once(
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
     route::check(call, url)?;
-    headers.entry(header::ACCEPT).or_insert(HeaderValue::from_static(
-        "application/json, text/event-stream",
-    ));
+    headers
+        .entry(header::ACCEPT)
+        .or_insert(HeaderValue::from_static(
+            "application/json, text/event-stream",
+        ));
     headers
         .entry(header::CONTENT_TYPE)
         .or_insert(HeaderValue::from_static("application/json"));

@@ -95,13 +95,20 @@ mod tests {
     #[test]
     fn the_upstream_request_carries_the_credential_over_any_authorization_given() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer agent"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer agent"),
+        );
         headers.insert("mcp-session-id", HeaderValue::from_static("s1"));
         let url = Url::parse("https://mcp.example.com/mcp?x=1").unwrap();
         let credential = HeaderValue::from_static("Bearer upstream");
         let req = request(Method::POST, &url, headers, Some(credential), Body::empty()).unwrap();
         assert_eq!(req.uri(), "https://mcp.example.com/mcp?x=1");
-        let auth: Vec<_> = req.headers().get_all(header::AUTHORIZATION).iter().collect();
+        let auth: Vec<_> = req
+            .headers()
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .collect();
         assert_eq!(auth, ["Bearer upstream"]);
         assert_eq!(req.headers()["mcp-session-id"], "s1");
         assert_eq!(req.headers().len(), 2);
