@@ -39,9 +39,14 @@
 //! it when one is missing); `KEYGATE_BIN` names a prebuilt `keygate`, else the benchmark builds
 //! it with `cargo build --release -p keygate --bin keygate`. Settings: `KEYGATE_BENCH_ROUNDS`
 //! (3), `KEYGATE_BENCH_SECS` (saturation seconds, 5), `KEYGATE_BENCH_RATE` (2000),
-//! `KEYGATE_BENCH_RATE_SECS` (5), `KEYGATE_BENCH_STREAMS` (2000). Arguments select proxies by
-//! name (`nginx`, `hyper`, `keygate-pass`, `keygate-agg`, `otel`; the direct baseline always
-//! runs).
+//! `KEYGATE_BENCH_RATE_SECS` (5), `KEYGATE_BENCH_STREAMS` (2000), `KEYGATE_BENCH_SECTIONS`
+//! (which figures to measure, comma-separated: `cpu` — CPU per call, req/s and busy —,
+//! `latency`, `memory`, `trace`; all by default; a figure left out shows as `—`, and the 1 s
+//! warm-up runs whatever is selected, so that memory is read from a gateway that has served
+//! calls). Arguments select proxies by name (`nginx`, `hyper`, `keygate-pass`, `keygate-agg`,
+//! `otel`; the direct baseline always runs): `KEYGATE_BENCH_SECTIONS=memory cargo bench -p
+//! keygate-benches --bench cost -- nginx hyper keygate-pass` measures only memory per idle
+//! stream.
 
 #![allow(clippy::print_stdout)] // a benchmark's report is its output
 
@@ -583,6 +588,45 @@ struct Bench {
     rate: u64,
     rate_secs: u64,
     streams: usize,
+    sections: Sections,
+}
+
+/// Which figures a run measures (`KEYGATE_BENCH_SECTIONS`).
+#[derive(Clone, Copy)]
+struct Sections {
+    /// CPU per call, saturated req/s and busy (the saturating wrk run).
+    cpu: bool,
+    /// Added p50/p99 at the fixed rate.
+    latency: bool,
+    /// Memory per idle SSE stream.
+    memory: bool,
+    /// Trace bytes per event.
+    trace: bool,
+}
+
+impl Sections {
+    /// From `KEYGATE_BENCH_SECTIONS` (comma-separated names); all when unset or empty.
+    fn from_env() -> Self {
+        let names = std::env::var("KEYGATE_BENCH_SECTIONS").unwrap_or_default();
+        let names: Vec<&str> = names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        for n in &names {
+            assert!(
+                ["cpu", "latency", "memory", "trace"].contains(n),
+                "KEYGATE_BENCH_SECTIONS: unknown section {n:?} (cpu, latency, memory, trace)"
+            );
+        }
+        let on = |name: &str| names.is_empty() || names.contains(&name);
+        Self {
+            cpu: on("cpu"),
+            latency: on("latency"),
+            memory: on("memory"),
+            trace: on("trace"),
+        }
+    }
 }
 
 /// A keygate data directory with everything a call needs, and how to reach it.
@@ -610,11 +654,11 @@ struct Running {
 /// One round's figures for one proxy.
 #[derive(Default, Clone)]
 struct Figures {
-    cpu_us: f64,
-    rps: f64,
-    busy: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    cpu_us: Option<f64>,
+    rps: Option<f64>,
+    busy: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
     kib_per_stream: Option<f64>,
     trace_bytes: Option<f64>,
 }
@@ -778,43 +822,49 @@ impl Bench {
             None => 0.0,
         };
         let db_before = run.trace_db.as_deref().map(sqlite_bytes);
+        let mut figures = Figures::default();
         // Warm-up: connection pools, caches, the allocator's arenas.
         wrk(&script, &run.url, 1);
-        let cpu0 = cpu_secs(&run.pids);
-        let wall = Instant::now();
-        let (requests, secs) = wrk(&script, &run.url, self.saturation_secs);
-        let wall = wall.elapsed().as_secs_f64();
-        let cpu = cpu_secs(&run.pids) - cpu0;
-        let latencies = self.fixed_rate(&run.url, &run.headers, &body).await;
-        let kib_per_stream = match self.idle_streams(&run).await {
-            Ok(k) => Some(k),
-            Err(e) => {
-                eprintln!("{}: idle streams: {e}", t.name);
-                None
-            }
-        };
-        let mut trace_bytes = None;
-        if let (Some(db), Some(m), Some(before)) =
-            (run.trace_db.clone(), run.metrics_url.clone(), db_before)
-        {
+        if self.sections.cpu {
+            let cpu0 = cpu_secs(&run.pids);
+            let wall = Instant::now();
+            let (requests, secs) = wrk(&script, &run.url, self.saturation_secs);
+            let wall = wall.elapsed().as_secs_f64();
+            let cpu = cpu_secs(&run.pids) - cpu0;
+            figures.cpu_us = Some(cpu * 1e6 / requests as f64);
+            figures.rps = Some(requests as f64 / secs);
+            figures.busy = Some(cpu / wall);
+        }
+        if self.sections.latency {
+            let latencies = self.fixed_rate(&run.url, &run.headers, &body).await;
+            figures.p50_ms = Some(percentile(&latencies, 0.50));
+            figures.p99_ms = Some(percentile(&latencies, 0.99));
+        }
+        if self.sections.memory {
+            figures.kib_per_stream = match self.idle_streams(&run).await {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    eprintln!("{}: idle streams: {e}", t.name);
+                    None
+                }
+            };
+        }
+        if let (true, Some(db), Some(m), Some(before)) = (
+            self.sections.trace,
+            run.trace_db.clone(),
+            run.metrics_url.clone(),
+            db_before,
+        ) {
             let events = settled_trace_events(&m).await - written_before;
             for p in &mut run.procs {
                 p.stop();
             }
             if events > 0.0 {
-                trace_bytes = Some((sqlite_bytes(&db) - before) as f64 / events);
+                figures.trace_bytes = Some((sqlite_bytes(&db) - before) as f64 / events);
             }
         }
         drop(run);
-        Figures {
-            cpu_us: cpu * 1e6 / requests as f64,
-            rps: requests as f64 / secs,
-            busy: cpu / wall,
-            p50_ms: percentile(&latencies, 0.50),
-            p99_ms: percentile(&latencies, 0.99),
-            kib_per_stream,
-            trace_bytes,
-        }
+        figures
     }
 
     /// Latencies (ms, sorted) of calls started at `rate`/s for `rate_secs`, each timed from the
@@ -1547,6 +1597,7 @@ async fn run() {
         rate: env_num("KEYGATE_BENCH_RATE", 2_000),
         rate_secs: env_num("KEYGATE_BENCH_RATE_SECS", 5),
         streams,
+        sections: Sections::from_env(),
     };
     println!(
         "keygate cost benchmark: {rounds} rounds; proxy on core {PROXY_CORE}, wrk -t1 -c{CONNECTIONS} \
@@ -1565,13 +1616,13 @@ async fn run() {
             let k = (i + round) % targets.len();
             let f = bench.measure(targets[k], upstream.pid()).await;
             println!(
-                "{:<24} {:>9.1} {:>9.0} {:>5.0}% {:>8.3} {:>8.3} {:>9} {:>8}",
+                "{:<24} {:>9} {:>9} {:>6} {:>8} {:>8} {:>9} {:>8}",
                 format!("{}: {}", round + 1, targets[k].name),
-                f.cpu_us,
-                f.rps,
-                f.busy * 100.0,
-                f.p50_ms,
-                f.p99_ms,
+                opt(f.cpu_us, 1),
+                opt(f.rps, 0),
+                percent(f.busy, 5),
+                opt(f.p50_ms, 3),
+                opt(f.p99_ms, 3),
                 opt(f.kib_per_stream, 1),
                 opt(f.trace_bytes, 0),
             );
@@ -1593,6 +1644,11 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "—".into(), |v| format!("{v:.decimals$}"))
 }
 
+/// A fraction as a percentage (`busy`), right-aligned in `width` before the sign.
+fn percent(v: Option<f64>, width: usize) -> String {
+    v.map_or_else(|| "—".into(), |v| format!("{:>width$.0}%", v * 100.0))
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -1608,24 +1664,23 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// Medians over the rounds of each figure of one proxy.
 struct Medians {
-    cpu_us: f64,
-    rps: f64,
-    busy: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    cpu_us: Option<f64>,
+    rps: Option<f64>,
+    busy: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
     kib_per_stream: Option<f64>,
     trace_bytes: Option<f64>,
 }
 
 fn medians(rounds: &[Figures]) -> Medians {
-    let m = |f: fn(&Figures) -> f64| median(rounds.iter().map(f).collect()).unwrap();
     let o = |f: fn(&Figures) -> Option<f64>| median(rounds.iter().filter_map(f).collect());
     Medians {
-        cpu_us: m(|f| f.cpu_us),
-        rps: m(|f| f.rps),
-        busy: m(|f| f.busy),
-        p50_ms: m(|f| f.p50_ms),
-        p99_ms: m(|f| f.p99_ms),
+        cpu_us: o(|f| f.cpu_us),
+        rps: o(|f| f.rps),
+        busy: o(|f| f.busy),
+        p50_ms: o(|f| f.p50_ms),
+        p99_ms: o(|f| f.p99_ms),
         kib_per_stream: o(|f| f.kib_per_stream),
         trace_bytes: o(|f| f.trace_bytes),
     }
@@ -1637,7 +1692,14 @@ fn report(targets: &[&Target], results: &[Vec<Figures>], rounds: usize, sink_sta
     let direct = &meds[find(Kind::Direct).unwrap()];
     let nginx = find(Kind::Nginx).map(|i| &meds[i]);
     // Added latency: the proxy's percentile over the direct connection's (medians of rounds).
-    let added = |m: &Medians| (m.p50_ms - direct.p50_ms, m.p99_ms - direct.p99_ms);
+    let minus = |v: Option<f64>, base: Option<f64>| Some(v? - base?);
+    let added = |m: &Medians| {
+        (
+            minus(m.p50_ms, direct.p50_ms),
+            minus(m.p99_ms, direct.p99_ms),
+        )
+    };
+    let signed = |v: Option<f64>| v.map_or_else(|| "—".into(), |v| format!("{v:+.3}"));
     let ratio = |v: Option<f64>, base: Option<f64>| match (v, base) {
         (Some(v), Some(b)) if b.abs() > f64::EPSILON => format!("{:.2}×", v / b),
         _ => "—".into(),
@@ -1665,37 +1727,34 @@ fn report(targets: &[&Target], results: &[Vec<Figures>], rounds: usize, sink_sta
     for (t, m) in targets.iter().zip(&meds) {
         let (a50, a99) = added(m);
         let is_direct = t.kind == Kind::Direct;
-        let (n50, n99) = nginx.map_or((None, None), |n| {
-            let (x, y) = added(n);
-            (Some(x), Some(y))
-        });
+        let (n50, n99) = nginx.map_or((None, None), &added);
         println!(
-            "{:<24} {:>8.1} {:>7} {:>8.0} {:>7} {:>4.0}% {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7}",
+            "{:<24} {:>8} {:>7} {:>8} {:>7} {:>5} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7}",
             t.name,
-            m.cpu_us,
-            ratio(Some(m.cpu_us), nginx.map(|n| n.cpu_us)),
-            m.rps,
-            ratio(Some(m.rps), nginx.map(|n| n.rps)),
-            m.busy * 100.0,
+            opt(m.cpu_us, 1),
+            ratio(m.cpu_us, nginx.and_then(|n| n.cpu_us)),
+            opt(m.rps, 0),
+            ratio(m.rps, nginx.and_then(|n| n.rps)),
+            percent(m.busy, 4),
             if is_direct {
-                format!("{:.3}", m.p50_ms)
+                opt(m.p50_ms, 3)
             } else {
-                format!("{a50:+.3}")
+                signed(a50)
             },
             if is_direct {
                 "—".into()
             } else {
-                ratio(Some(a50), n50)
+                ratio(a50, n50)
             },
             if is_direct {
-                format!("{:.3}", m.p99_ms)
+                opt(m.p99_ms, 3)
             } else {
-                format!("{a99:+.3}")
+                signed(a99)
             },
             if is_direct {
                 "—".into()
             } else {
-                ratio(Some(a99), n99)
+                ratio(a99, n99)
             },
             opt(m.kib_per_stream, 1),
             ratio(m.kib_per_stream, nginx.and_then(|n| n.kib_per_stream)),
@@ -1725,27 +1784,30 @@ fn report(targets: &[&Target], results: &[Vec<Figures>], rounds: usize, sink_sta
     if let (Some(p), Some(n)) = (pass, nginx) {
         println!(
             "goal (issue 17): pass-through with tracing on ≤ 1.0× nginx — CPU per call {}, memory per idle stream {}",
-            ratio(Some(p.cpu_us), Some(n.cpu_us)),
+            ratio(p.cpu_us, n.cpu_us),
             ratio(p.kib_per_stream, n.kib_per_stream)
         );
     }
     if let (Some(p), Some(fw)) = (pass, find(Kind::Forwarder).map(|i| &meds[i])) {
         println!(
             "goal: saturated throughput ≥ 0.9× the hyper forwarder — pass-through {}",
-            ratio(Some(p.rps), Some(fw.rps))
+            ratio(p.rps, fw.rps)
         );
     }
     if let (Some(p), Some(a)) = (pass, find(agg_on).map(|i| &meds[i])) {
         println!(
             "goal: aggregated ≤ 1.2× pass-through CPU per call — {}",
-            ratio(Some(a.cpu_us), Some(p.cpu_us))
+            ratio(a.cpu_us, p.cpu_us)
         );
     }
     if let Some(b) = pass.and_then(|p| p.trace_bytes) {
         println!("goal: ≤ 200 bytes per trace event on disk (SQLite) — {b:.0}");
     }
     if let (Some(p), Some(o)) = (pass, find(otel_on).map(|i| &meds[i])) {
-        let pct = |on: f64, off: f64| format!("{:+.1} %", (on / off - 1.0) * 100.0);
+        let pct = |on: Option<f64>, off: Option<f64>| match (on, off) {
+            (Some(on), Some(off)) => format!("{:+.1} %", (on / off - 1.0) * 100.0),
+            _ => "—".into(),
+        };
         println!(
             "OpenTelemetry export on vs off (pass-through, tracing on; budget ≤ 5 %): CPU per call {}, \
              p50 at {} req/s {}, p99 {}; the sink received {} export requests ({} bytes)",

@@ -124,8 +124,9 @@ pub(crate) fn on_origin(upstream: &Url, endpoint: &str) -> Option<Url> {
 pub struct RewriteEndpoint<B> {
     inner: B,
     map: EndpointMap,
-    /// `Some` while the head is still being collected.
-    head: Option<Head>,
+    /// `Some` while the head is still being collected; boxed, so that a stream past its first
+    /// event (most of its life, idle) holds none of it.
+    head: Option<Box<Head>>,
 }
 
 /// The head of the stream, up to its first event.
@@ -149,11 +150,11 @@ impl<B> RewriteEndpoint<B> {
         Self {
             inner,
             map,
-            head: Some(Head {
+            head: Some(Box::new(Head {
                 buf: BytesMut::new(),
                 events: Decoder::new(MAX_FIRST_EVENT),
                 start: 0,
-            }),
+            })),
         }
     }
 }

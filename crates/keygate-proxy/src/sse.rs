@@ -123,8 +123,10 @@ pub struct Guarded<B> {
     /// The resolved id, once known.
     id: Option<RequestId>,
     answered: bool,
-    /// The stream's events, up to [`MAX_WATCHED_EVENT`] bytes each, while it is watched.
-    events: Decoder,
+    /// The stream's events, up to [`MAX_WATCHED_EVENT`] bytes each, while it is watched; boxed,
+    /// and only for an event stream that answers a request: a `GET` stream, open and mostly
+    /// idle for long, holds none.
+    events: Option<Box<Decoder>>,
     idle_timeout: Duration,
     /// Armed the first time the upstream keeps the answer waiting: an answer that is ready at
     /// once (most JSON answers) never touches the timer.
@@ -138,13 +140,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<B> Guarded<B> {
     pub fn new(inner: B, sse: bool, relay: Relay) -> Self {
+        let watched = sse && !matches!(relay.answering, Answering::Nothing);
         Self {
             inner,
             sse,
             answering: relay.answering,
             id: None,
             answered: false,
-            events: Decoder::new(MAX_WATCHED_EVENT),
+            events: watched.then(|| Box::new(Decoder::new(MAX_WATCHED_EVENT))),
             idle_timeout: relay.idle_timeout,
             idle: None,
             last_byte: Instant::now(),
@@ -153,7 +156,7 @@ impl<B> Guarded<B> {
     }
 
     fn watching(&self) -> bool {
-        self.sse && !self.answered && !matches!(self.answering, Answering::Nothing)
+        !self.answered && self.events.is_some()
     }
 
     fn request_id(&mut self) -> Option<RequestId> {
@@ -175,7 +178,8 @@ impl<B> Guarded<B> {
     /// Follows the event stream's bytes to notice the event that answers the request.
     fn scan(&mut self, mut data: &[u8]) {
         while !self.answered
-            && let Some(decoded) = self.events.next_event(&mut data)
+            && let Some(events) = self.events.as_mut()
+            && let Some(decoded) = events.next_event(&mut data)
         {
             match decoded {
                 Ok(event) => self.event_ended(event),
@@ -211,9 +215,10 @@ impl<B> Guarded<B> {
             return None;
         }
         let id = self.request_id()?;
+        let events = self.events.as_ref()?;
         let mut out = String::new();
-        if !self.events.at_boundary() {
-            if self.events.mid_line() {
+        if !events.at_boundary() {
+            if events.mid_line() {
                 out.push('\n');
             }
             let truncated = Event {

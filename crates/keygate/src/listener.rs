@@ -21,6 +21,17 @@
 //!   its next event boundary (cleanly: the chunked body or HTTP/2 stream is terminated), so a
 //!   client's open stream does not hold the process.
 //!
+//! **Memory of an idle connection** (a client's open event stream spends its life idle): the
+//! protocol is known before hyper reads a byte — ALPN on TLS; on plain TCP the first bytes,
+//! peeked without taking them (the HTTP/2 preface, or anything else for HTTP/1.1) — and the
+//! connection is served by that protocol's own hyper connection, in an allocation of its own
+//! size. hyper-util's `auto` connection, which finds the protocol by reading the first bytes
+//! itself, is left for the clients it cannot be told of (TLS without ALPN, a preface arriving
+//! in pieces): its enum is as large as its HTTP/2 state for every HTTP/1.1 connection, and the
+//! 24 bytes it hands back first make hyper grow the connection's 8 KiB read buffer to 16 KiB,
+//! held for the connection's life. A request's future is boxed, so that the slot hyper keeps
+//! for it between requests is a pointer, not the router's whole future.
+//!
 //! One reaper task per listener watches the clocks: every [`Limits::tick`] it wakes the
 //! connections whose deadline passed (or that were chosen to make room), and those close. A
 //! connection's own task waits only on hyper and that one wake-up, so a request costs no timer
@@ -43,6 +54,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use keygate_core::config::Config;
@@ -67,6 +79,10 @@ const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// After shutdown began, how long an SSE answer caught in the middle of an event may take to
 /// finish that event before it is ended anyway.
 const FINISH_EVENT: Duration = Duration::from_secs(1);
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4): what a client speaking HTTP/2 from
+/// its first byte sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
 content-type: text/plain\r\ncontent-length: 25\r\nretry-after: 1\r\n\r\ntoo many open connections";
@@ -194,8 +210,8 @@ struct Server {
     tls: Option<Arc<Tls>>,
     /// Cancelled when shutdown begins: GET event streams end at their next event boundary.
     shutdown: CancellationToken,
-    builder: auto::Builder<TokioExecutor>,
-    reserve_builder: auto::Builder<TokioExecutor>,
+    builders: Builders,
+    reserve_builders: Builders,
     /// Open connections, oldest first: what the reaper watches, and (the normal ones) the
     /// candidates to make room at the cap.
     conns: Mutex<BTreeMap<u64, Arc<Activity>>>,
@@ -209,6 +225,72 @@ struct Server {
     last_log: Mutex<Option<Instant>>,
     evicted: AtomicU64,
     refused: AtomicU64,
+}
+
+/// The hyper connection builders of one kind of slot, one per protocol.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// For a connection whose protocol is not known before hyper reads it.
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(keep_alive: bool) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1.keep_alive(keep_alive);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1().keep_alive(keep_alive);
+        Self {
+            http1,
+            http2: http2::Builder::new(TokioExecutor::new()),
+            auto,
+        }
+    }
+}
+
+/// The protocol a connection speaks, as far as it is known before hyper reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    Unknown,
+}
+
+impl Protocol {
+    /// From the first bytes a client sent (peeked): the HTTP/2 preface, or anything else —
+    /// HTTP/1.1. `Unknown` while what came is only the start of the preface, or nothing.
+    fn of_first_bytes(first: &[u8]) -> Self {
+        let n = first.len().min(H2_PREFACE.len());
+        if n == 0 {
+            Protocol::Unknown
+        } else if first[..n] != H2_PREFACE[..n] {
+            Protocol::Http1
+        } else if n == H2_PREFACE.len() {
+            Protocol::Http2
+        } else {
+            Protocol::Unknown
+        }
+    }
+
+    /// From the protocol ALPN settled on a TLS connection (`Unknown` without one).
+    fn of_alpn(alpn: Option<&[u8]>) -> Self {
+        match alpn {
+            Some(b"h2") => Protocol::Http2,
+            Some(b"http/1.1") => Protocol::Http1,
+            _ => Protocol::Unknown,
+        }
+    }
+}
+
+/// The first bytes of a plain-TCP connection, peeked (left for hyper to read), once some came;
+/// `Unknown` if the socket ends or fails first (hyper then finds that out itself).
+async fn sniff(tcp: &TcpStream) -> Protocol {
+    let mut first = [0u8; H2_PREFACE.len()];
+    match tcp.peek(&mut first).await {
+        Ok(n) => Protocol::of_first_bytes(&first[..n]),
+        Err(_) => Protocol::Unknown,
+    }
 }
 
 /// Which rules a connection is served by.
@@ -226,16 +308,13 @@ impl Server {
         tls: Option<Arc<Tls>>,
         shutdown: CancellationToken,
     ) -> Self {
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let mut reserve_builder = auto::Builder::new(TokioExecutor::new());
-        reserve_builder.http1().keep_alive(false);
         Self {
             router,
             limits,
             tls,
             shutdown,
-            builder,
-            reserve_builder,
+            builders: Builders::new(true),
+            reserve_builders: Builders::new(false),
             conns: Mutex::default(),
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
@@ -364,42 +443,47 @@ impl Server {
     /// evicted, or shutdown has drained it.
     async fn run(&self, tcp: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
         let Some(tls) = &self.tls else {
-            return self.serve_conn(tcp, peer, activity).await;
+            let Some(protocol) = self.before_request(&activity, sniff(&tcp)).await else {
+                return;
+            };
+            return self.serve_conn(tcp, protocol, peer, activity).await;
         };
-        let Some(stream) = self.handshake(tls, tcp, &activity).await else {
-            return;
+        // Boxed: the handshake's state is large, and gone once it is done.
+        let handshake = Box::pin(tokio::time::timeout(
+            tls.handshake_timeout,
+            tls.acceptor.accept(tcp),
+        ));
+        let stream = match self.before_request(&activity, handshake).await {
+            Some(Ok(Ok(stream))) => stream,
+            Some(Ok(Err(e))) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Some(Err(_)) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+            None => return,
         };
-        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let protocol = Protocol::of_alpn(stream.get_ref().1.alpn_protocol());
+        if protocol == Protocol::Http2 {
             activity.h2.store(true, Ordering::SeqCst);
         }
-        self.serve_conn(stream, peer, activity).await
+        self.serve_conn(stream, protocol, peer, activity).await
     }
 
-    /// The TLS handshake, within its timeout, the connection's header timeout and shutdown.
-    async fn handshake(
+    /// Waits for `work` (the TLS handshake, the first bytes), as long as the connection's
+    /// header timeout, eviction and shutdown allow: `None` if one of them came first.
+    async fn before_request<T>(
         &self,
-        tls: &Tls,
-        tcp: TcpStream,
         activity: &Activity,
-    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        let accept = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(tcp));
-        tokio::pin!(accept);
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(work);
         loop {
             tokio::select! {
                 biased;
-                done = accept.as_mut() => {
-                    return match done {
-                        Ok(Ok(stream)) => Some(stream),
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            None
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            None
-                        }
-                    };
-                }
+                done = work.as_mut() => return Some(done),
                 _ = activity.wake.notified() => {
                     if self.stopping.load(Ordering::SeqCst)
                         || activity.deadline().is_some_and(|at| at <= Instant::now())
@@ -412,8 +496,16 @@ impl Server {
         }
     }
 
-    /// Serves hyper on a connection's (decrypted) stream.
-    async fn serve_conn<S>(&self, stream: S, peer: SocketAddr, activity: Arc<Activity>)
+    /// Serves hyper on a connection's (decrypted) stream with the connection of its protocol,
+    /// boxed: the connection's task holds a pointer, and the box is the size of that protocol's
+    /// connection (not, as an `async fn`'s future would be, of the largest of them).
+    fn serve_conn<S>(
+        &self,
+        stream: S,
+        protocol: Protocol,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -428,18 +520,37 @@ impl Server {
             health_only: activity.slot == Slot::Reserve,
             shutdown: self.shutdown.clone(),
         };
-        let service = hyper::service::service_fn(move |req| service.clone().call(req));
-        let builder = match activity.slot {
-            Slot::Normal => &self.builder,
-            Slot::Reserve => &self.reserve_builder,
+        // Boxed: hyper keeps a slot for a request's future for the connection's life.
+        let service = hyper::service::service_fn(move |req| Box::pin(service.clone().call(req)));
+        let builders = match activity.slot {
+            Slot::Normal => &self.builders,
+            Slot::Reserve => &self.reserve_builders,
         };
-        let conn = builder.serve_connection_with_upgrades(io, service);
+        match protocol {
+            Protocol::Http1 => {
+                let conn = builders.http1.serve_connection(io, service);
+                Box::pin(self.drive(conn, |c| c.graceful_shutdown(), activity))
+            }
+            Protocol::Http2 => {
+                let conn = builders.http2.serve_connection(io, service);
+                Box::pin(self.drive(conn, |c| c.graceful_shutdown(), activity))
+            }
+            Protocol::Unknown => {
+                let conn = builders.auto.serve_connection_with_upgrades(io, service);
+                Box::pin(self.drive(conn, |c| c.graceful_shutdown(), activity))
+            }
+        }
+    }
+
+    /// Polls a hyper connection until it ends, times out, is evicted, or shutdown has drained
+    /// it (`graceful` begins that).
+    async fn drive<C: Future>(&self, conn: C, graceful: fn(Pin<&mut C>), activity: Arc<Activity>) {
         tokio::pin!(conn);
         let mut stopping = false;
         loop {
             if !stopping && self.stopping.load(Ordering::SeqCst) {
                 stopping = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
             }
             tokio::select! {
                 biased;
@@ -765,6 +876,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_http2_from_http1() {
+        assert_eq!(Protocol::of_first_bytes(H2_PREFACE), Protocol::Http2);
+        assert_eq!(
+            Protocol::of_first_bytes(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"),
+            Protocol::Http1
+        );
+        // The start of the preface: it may yet be HTTP/2.
+        assert_eq!(Protocol::of_first_bytes(b"PRI * HTTP/2"), Protocol::Unknown);
+        assert_eq!(
+            Protocol::of_first_bytes(b"POST /mcp HTTP/1.1"),
+            Protocol::Http1
+        );
+        assert_eq!(Protocol::of_first_bytes(b""), Protocol::Unknown);
+    }
+
+    #[test]
+    fn alpn_names_the_protocol() {
+        assert_eq!(Protocol::of_alpn(Some(b"h2")), Protocol::Http2);
+        assert_eq!(Protocol::of_alpn(Some(b"http/1.1")), Protocol::Http1);
+        assert_eq!(Protocol::of_alpn(None), Protocol::Unknown);
+    }
 
     #[test]
     fn the_derived_cap_leaves_room_for_upstreams_and_the_process() {

@@ -366,6 +366,44 @@ async fn the_admin_listener_takes_health_readiness_and_metrics_off_the_public_po
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http2_from_the_first_byte_is_served_beside_http1() {
+    let gw = TestGateway::start(Backend::Sqlite).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2.get(format!("{}/healthz", gw.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let resp = reqwest::get(format!("{}/healthz", gw.url)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), Version::HTTP_11);
+    gw.stop().await;
+}
+
+/// The listener tells the protocols apart by a connection's first bytes; a first byte that
+/// could begin either (`P`: `PRI` or `PUT`), sent alone, still gets its request answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_first_byte_comes_alone_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start(Backend::Sqlite).await;
+    let mut sock = tokio::net::TcpStream::connect(gw.local_addr).await.unwrap();
+    sock.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sock.write_all(b"UT /healthz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_the_failing_check() {
     let gw = TestGateway::start_with(Backend::Sqlite, |c| {
         c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
