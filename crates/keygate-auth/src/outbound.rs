@@ -140,7 +140,7 @@ impl Outbound {
     /// or loopback host is reported as such before the scheme: listing it in
     /// `outbound.allowed_private_hosts` lifts both refusals.
     pub fn check(&self, url: &Url, require_https: bool) -> Result<(), OutboundError> {
-        let refuse = |why: String| Err(OutboundError::Refused(format!("{url}: {why}")));
+        let refuse = |why: String| Err(OutboundError::Refused(format!("{}: {why}", named(url))));
         let exempt = self.is_allowed_private(url);
         if !matches!(url.scheme(), "http" | "https") {
             return refuse(format!("must use https (not {}:)", url.scheme()));
@@ -162,7 +162,21 @@ impl Outbound {
         }
         Ok(())
     }
+}
 
+/// A URL as a refusal names it: without its userinfo, query and fragment, which may carry
+/// credentials (a pasted `user:password@`, a client's `?token=` forwarded on pass-through),
+/// and the refusal goes to logs, traces and API answers.
+fn named(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+impl Outbound {
     /// Sends a request and reads at most `max_bytes` of the answer, whatever its status. What
     /// the OAuth client library and discovery use; the body may carry secrets, so it is never
     /// logged and never part of an error.
@@ -283,6 +297,13 @@ mod tests {
             .check(&Url::parse(url).unwrap(), true)
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn a_refusal_names_the_url_without_its_credentials_or_query() {
+        let m = refusal("https://user:hunter2@10.1.2.3/mcp?token=s3cret#frag");
+        assert!(m.starts_with("https://10.1.2.3/mcp: "), "{m}");
+        assert!(!m.contains("hunter2") && !m.contains("s3cret"), "{m}");
     }
 
     #[test]

@@ -29,8 +29,7 @@
 //! itself, is left for the clients it cannot be told of (TLS without ALPN, a preface arriving
 //! in pieces): its enum is as large as its HTTP/2 state for every HTTP/1.1 connection, and the
 //! 24 bytes it hands back first make hyper grow the connection's 8 KiB read buffer to 16 KiB,
-//! held for the connection's life. A request's future is boxed, so that the slot hyper keeps
-//! for it between requests is a pointer, not the router's whole future.
+//! held for the connection's life.
 //!
 //! One reaper task per listener watches the clocks: every [`Limits::tick`] it wakes the
 //! connections whose deadline passed (or that were chosen to make room), and those close. A
@@ -520,8 +519,10 @@ impl Server {
             health_only: activity.slot == Slot::Reserve,
             shutdown: self.shutdown.clone(),
         };
-        // Boxed: hyper keeps a slot for a request's future for the connection's life.
-        let service = hyper::service::service_fn(move |req| Box::pin(service.clone().call(req)));
+        // Not boxed: boxing would shrink the slot hyper keeps for a request's future between
+        // requests (about 1 KiB per idle connection) at the cost of an allocation and a copy
+        // of that future on every request; the request path comes first.
+        let service = hyper::service::service_fn(move |req| service.clone().call(req));
         let builders = match activity.slot {
             Slot::Normal => &self.builders,
             Slot::Reserve => &self.reserve_builders,
