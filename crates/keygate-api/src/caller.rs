@@ -3,7 +3,6 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use keygate_auth::keys::VerifyError;
 use keygate_auth::{MANAGEMENT_SCOPE, Subject};
@@ -99,14 +98,7 @@ impl FromRequestParts<ApiState> for Caller {
 impl Caller {
     /// Verifies the request's bearer token and resolves its live principal.
     pub async fn resolve(state: &ApiState, headers: &HeaderMap) -> Result<Self, ApiError> {
-        let token = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+        let token = keygate_auth::bearer_token(headers)
             .ok_or(ApiError::Unauthorized("A bearer token is required"))?;
         let claims = state
             .auth

@@ -45,5 +45,6 @@ pub mod web;
 pub use claims::{Claims, MANAGEMENT_SCOPE, Subject};
 pub use error::OAuthError;
 pub use keys::KeyRing;
+pub use protected::bearer_token;
 pub use resource::Resource;
 pub use router::{AuthState, router};

@@ -27,15 +27,6 @@ pub const MCP_PREFIX: &str = "mcp-";
 /// The query parameter OAuth bearer tokens travel in (RFC 6750 §2.3), never forwarded.
 const ACCESS_TOKEN_PARAM: &str = "access_token";
 
-/// The agent's bearer token, as it presented it to keygate.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
 /// The request headers to forward: the allowed ones and the integration's `extra` ones
 /// (`Integration::forward_headers`), minus those `Connection` names (they are hop-by-hop) and
 /// any that carries `agent_token`.
@@ -133,7 +124,7 @@ mod tests {
         ] {
             h.append(k, HeaderValue::from_static(v));
         }
-        let out = request_headers(&h, &[], bearer(&h));
+        let out = request_headers(&h, &[], keygate_auth::bearer_token(&h));
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(
@@ -165,7 +156,7 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer tok.en"));
         h.insert("user-agent", HeaderValue::from_static("agent (tok.en)"));
         h.insert("mcp-param-x", HeaderValue::from_static("fine"));
-        let out = request_headers(&h, &[], bearer(&h));
+        let out = request_headers(&h, &[], keygate_auth::bearer_token(&h));
         assert_eq!(
             out.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
             ["mcp-param-x"]

@@ -125,7 +125,7 @@ async fn forward(
     };
     // Failures of the stages below name the integration in the log line and the trace.
     let base = stage::route::url(call)?;
-    let agent_token = forwarded::bearer(&parts.headers);
+    let agent_token = keygate_auth::bearer_token(&parts.headers);
     let owner = StreamOwner {
         org: caller.app.org_id,
         app: caller.app.id,

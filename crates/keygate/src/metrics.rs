@@ -38,10 +38,7 @@ pub fn router(telemetry: Arc<Telemetry>, token: Option<String>) -> Router {
 
 async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Response {
     if let Some(expected) = &state.token_hash {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let presented = keygate_auth::bearer_token(&headers);
         if !presented.is_some_and(|t| keygate_auth::secret::verify_secret(t, expected)) {
             return (
                 StatusCode::UNAUTHORIZED,

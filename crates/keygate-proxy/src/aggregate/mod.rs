@@ -244,7 +244,10 @@ async fn stateless(
     let downstream = Downstream::Stateless(Stateless {
         meta,
         // `Mcp-Param-*` pass on; one that carries the agent's own token does not.
-        params: forwarded::without_token(Stateless::params_of(headers), forwarded::bearer(headers)),
+        params: forwarded::without_token(
+            Stateless::params_of(headers),
+            keygate_auth::bearer_token(headers),
+        ),
     });
     serve(state, &members, &downstream, None, &message, ex).await
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Uri};
 use dashmap::DashMap;
 use keygate_auth::keys::VerifyError;
@@ -95,13 +94,7 @@ pub async fn caller(
             message,
         )))
     };
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+    let token = keygate_auth::bearer_token(headers)
         .ok_or_else(|| unauthorized(None, "A bearer token is required"))?;
     let mut audiences = vec![url];
     if let Resource::AppMcp {
