@@ -22,22 +22,13 @@ use crate::router::AuthState;
 const CAPACITY: usize = 100_000;
 
 /// Verified tokens and their liveness.
+#[derive(Default)]
 pub struct TokenCache {
     /// By a fast hash of the token (several hundred characters, hashed on every request); the
     /// token itself is compared in full on a hit.
-    verified: DashMap<u64, Arc<Verified>>,
+    verified: DashMap<u64, Arc<Verified>, foldhash::fast::RandomState>,
     hasher: foldhash::fast::RandomState,
     live: GenCache<String, bool>,
-}
-
-impl Default for TokenCache {
-    fn default() -> Self {
-        Self {
-            verified: DashMap::new(),
-            hasher: foldhash::fast::RandomState::default(),
-            live: GenCache::default(),
-        }
-    }
 }
 
 /// A token whose signature checked out.

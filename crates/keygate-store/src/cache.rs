@@ -5,16 +5,18 @@ use std::hash::Hash;
 
 use dashmap::DashMap;
 
-/// A bounded map of values stamped with the generation they were read at.
+/// A bounded map of values stamped with the generation they were read at. Hashed with foldhash:
+/// keys are ids and verified tokens (hundreds of characters, looked up on every request), not
+/// text an attacker picks freely.
 pub struct GenCache<K, V> {
-    map: DashMap<K, (u64, V)>,
+    map: DashMap<K, (u64, V), foldhash::fast::RandomState>,
     capacity: usize,
 }
 
 impl<K: Eq + Hash, V: Clone> GenCache<K, V> {
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: DashMap::new(),
+            map: DashMap::default(),
             capacity,
         }
     }

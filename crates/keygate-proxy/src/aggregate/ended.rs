@@ -30,7 +30,8 @@ const CAPACITY: usize = 100_000;
 pub struct Ended {
     verdicts: GenCache<(OrgId, String), bool>,
     /// Opened sessions, by a fast hash of their sealed id.
-    opened: DashMap<u64, Arc<Opened>>,
+    /// Keyed by the sealed id's hash; foldhash hashes that `u64` again at almost no cost.
+    opened: DashMap<u64, Arc<Opened>, foldhash::fast::RandomState>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -38,7 +39,7 @@ impl Default for Ended {
     fn default() -> Self {
         Self {
             verdicts: GenCache::new(CAPACITY),
-            opened: DashMap::new(),
+            opened: DashMap::default(),
             hasher: foldhash::fast::RandomState::default(),
         }
     }

@@ -70,7 +70,8 @@ struct Entry {
 /// The routed calls this replica is relaying, by client and request id.
 #[derive(Default)]
 pub struct InFlight {
-    calls: DashMap<Key, Entry>,
+    /// foldhash: the key holds the client's session id, hundreds of characters hashed per call.
+    calls: DashMap<Key, Entry, foldhash::fast::RandomState>,
     serial: AtomicU64,
 }
 

@@ -167,7 +167,7 @@ pub async fn caller(
 /// session and off the request path.
 #[derive(Default)]
 pub struct Activity {
-    last: DashMap<AgentSessionId, Instant>,
+    last: DashMap<AgentSessionId, Instant, foldhash::fast::RandomState>,
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(10);
