@@ -318,7 +318,9 @@ pub async fn era(state: &ProxyState, member: &Member) -> Era {
     if let Some(era) = state.cache.eras.get(&id, generation) {
         return era;
     }
-    match discover(state, member).await {
+    // Boxed: the probe (once per generation) is an upstream exchange, a future far larger
+    // than the cache hit every request takes.
+    match Box::pin(discover(state, member)).await {
         Some(era) => {
             state.cache.eras.put(id, generation, era.clone());
             era

@@ -170,10 +170,10 @@ pub async fn link(
             match s.upstream(member.integration.id) {
                 Some(up) if up.is_modern() => Ok(Link::Modern(meta())),
                 Some(up) => Ok(Link::Legacy(up.clone())),
-                None => held(state, member, meta()).await,
+                None => Box::pin(held(state, member, meta())).await,
             }
         }
-        Downstream::Stateless(s) => held(state, member, s.meta.clone()).await,
+        Downstream::Stateless(s) => Box::pin(held(state, member, s.meta.clone())).await,
     }
 }
 
@@ -263,7 +263,8 @@ pub async fn forgot(
     }
     match status {
         StatusCode::NOT_FOUND => true,
-        StatusCode::BAD_REQUEST => !answers_ping(state, member, up).await,
+        // Boxed: the ping is rare, and a send of its own that every exchange would carry.
+        StatusCode::BAD_REQUEST => !Box::pin(answers_ping(state, member, up)).await,
         _ => false,
     }
 }
@@ -376,7 +377,8 @@ pub async fn send_message(
     params: Option<&HeaderMap>,
 ) -> Result<http::Response<Body>, ProxyError> {
     let (body, headers) = match link {
-        Link::Sse(session) => return session.send(state, member, message).await,
+        // Boxed: the HTTP+SSE exchange is a large future that the other links would carry.
+        Link::Sse(session) => return Box::pin(session.send(state, member, message)).await,
         Link::Modern(meta) => {
             let mut message = message.clone();
             set_meta(&mut message, Some(meta));

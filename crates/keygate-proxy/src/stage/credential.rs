@@ -54,7 +54,9 @@ pub async fn authorization(call: Call<'_>) -> Result<Authorization, ProxyError> 
         }
         Some(Cached::Missing) => Cached::Missing,
         _ => {
-            let resolved = credential::resolve(&state.auth, integration, caller.user)
+            // Boxed: a miss may refresh an OAuth token, a future far larger than the hit's,
+            // which every caller would otherwise carry (and copy) on every request.
+            let resolved = Box::pin(credential::resolve(&state.auth, integration, caller.user))
                 .await
                 .map_err(|e| resolve_error(e).of_integration(integration))?;
             let c = match resolved {

@@ -76,7 +76,8 @@ where
     if call.integration.auth_mode != AuthMode::Oauth || resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(resp);
     }
-    match credential::after_rejection(call, authorization.as_ref())
+    // Boxed: a refresh is rare and its future large; every send would carry it otherwise.
+    match Box::pin(credential::after_rejection(call, authorization.as_ref()))
         .await
         .map_err(named)?
     {
