@@ -4,6 +4,9 @@
 #
 #   benches/compare.sh BASE NEW [ROUNDS] [SECTION]     e.g. benches/compare.sh 8c9296d HEAD 10 latency
 #
+# BASE or NEW may also be a bench binary built before (an executable file): it is run as is,
+# so a comparison can be repeated without building again.
+#
 # Builds each revision's `proxy` bench binary in a temporary worktree (sharing CARGO_TARGET_DIR,
 # so dependencies build once), then runs SECTION (`latency` by default) ROUNDS times (6) for
 # each, BASE then NEW, and prints every run's lines and, per row, the median of each side and
@@ -18,7 +21,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keygate-target}"
 work=$(mktemp -d)
 trap 'git worktree remove --force "$work/tree" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-build() { # REV NAME: copies REV's bench binary to $work/NAME
+build() { # REV NAME: copies REV's bench binary (or REV, a binary) to $work/NAME
+  if [ -f "$1" ] && [ -x "$1" ]; then
+    cp "$1" "$work/$2"
+    return
+  fi
   git worktree remove --force "$work/tree" 2>/dev/null || true
   git worktree add -q --detach "$work/tree" "$1"
   local bin
