@@ -212,7 +212,7 @@ async fn post(
         .and_then(|v| v.to_str().ok())
         .map(|h| Client::new(caller.user, h));
     let downstream = Downstream::Session(session);
-    serve(state, &members, &downstream, client.as_ref(), &message, ex).await
+    serve(state, &members, &downstream, client.as_ref(), message, ex).await
 }
 
 /// A 2026-07-28 request: its envelope checked, then served without a session. The era defines
@@ -249,19 +249,21 @@ async fn stateless(
             keygate_auth::bearer_token(headers),
         ),
     });
-    serve(state, &members, &downstream, None, &message, ex).await
+    serve(state, &members, &downstream, None, message, ex).await
 }
 
 /// One message of a client, in its era, over the upstreams it may use (`client`: a 2025
-/// client's session, under which its routed calls can be cancelled).
+/// client's session, under which its routed calls can be cancelled). Owned: a routed call
+/// sends it on renamed, without a copy.
 async fn serve(
     state: &ProxyState,
     members: &[Member],
     downstream: &Downstream,
     client: Option<&Client>,
-    message: &Value,
+    owned: Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
+    let message = &owned;
     let (method, id) = match (message["method"].as_str(), RequestId::of(message)) {
         (Some(method), Some(id)) => (method, id),
         (Some(_), None) => {
@@ -287,7 +289,7 @@ async fn serve(
             }
             Ok(result(&id, body))
         }
-        "tools/call" | "prompts/get" => call_by_name(state, members, &to, message, ex).await,
+        "tools/call" | "prompts/get" => call_by_name(state, members, &to, owned, ex).await,
         "resources/read" => read_resource(state, members, downstream, message, &id).await,
         // 2026-07-28 replaced them with `subscriptions/listen`.
         "resources/subscribe" | "resources/unsubscribe" if !modern => {
@@ -366,7 +368,7 @@ async fn call_by_name(
     state: &ProxyState,
     members: &[Member],
     to: &Routed<'_>,
-    message: &Value,
+    message: Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let name = message["params"]["name"].as_str().unwrap_or("");
@@ -382,14 +384,16 @@ async fn call_by_name(
     ex.integration = Some(member.integration.id);
     if let Some(policies) = policy_stage(state, members).await?
         && let Some(asked) =
-            stage::policy::check(member.call(state), &policies, message, Some(inner))?
+            stage::policy::check(member.call(state), &policies, &message, Some(inner))?
     {
         let why = approval_unsupported(to.downstream);
         let session = to.client.map(Client::session);
-        return approval::request(asked, &member.caller, session, message, why);
+        return approval::request(asked, &member.caller, session, &message, why);
     }
-    let mut upstream_msg = message.clone();
-    upstream_msg["params"]["name"] = Value::from(inner);
+    // The upstream's own name, taken before the message it borrows from is moved on.
+    let inner = Value::from(inner);
+    let mut upstream_msg = message;
+    upstream_msg["params"]["name"] = inner;
     relay_call(state, member, to, upstream_msg).await
 }
 
