@@ -118,7 +118,7 @@ async fn dispatch(
             let message = read_message(&parts.headers, body, ex).await?;
             match post(state, &caller, &parts.headers, session, message, ex).await {
                 // A routed upstream whose grant turned out to be gone: this answer is sent.
-                Err(e) => Err(Box::pin(credential::with_connect_link(state, &caller, e)).await),
+                Err(e) => Err(credential::with_connect_link(state, &caller, e).await),
                 // A call waiting for approval is handled again, approved, with this request.
                 Ok(answer) => Ok(approval::with_request(answer, &parts)),
             }
@@ -133,12 +133,12 @@ async fn dispatch(
             Some(Some(s)) => {
                 let last = parts.headers.get("last-event-id");
                 let cursor = Cursor::parse(last.and_then(|v| v.to_str().ok()));
-                Box::pin(merged_stream(state, &caller, &s, cursor)).await
+                merged_stream(state, &caller, &s, cursor).await
             }
             _ => Err(unknown_session()),
         },
         Method::DELETE => match session {
-            Some(Some(s)) => Box::pin(lifecycle::close(state, &caller, &s)).await,
+            Some(Some(s)) => lifecycle::close(state, &caller, &s).await,
             _ => Err(unknown_session()),
         },
         _ => Ok(StatusCode::METHOD_NOT_ALLOWED.into_response()),
@@ -194,10 +194,10 @@ async fn post(
         return Ok(taken);
     }
     if era::declares_modern(headers, Some(&message)) {
-        return Box::pin(stateless(state, caller, headers, message, ex)).await;
+        return stateless(state, caller, headers, message, ex).await;
     }
     if message["method"] == "initialize" {
-        return Box::pin(lifecycle::initialize(state, caller, &message)).await;
+        return lifecycle::initialize(state, caller, &message).await;
     }
     let session = match session {
         Some(Some(s)) => s,
