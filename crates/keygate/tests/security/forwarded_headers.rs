@@ -20,6 +20,7 @@ both_backends!(
     aggregated_forwards_no_agent_credential,
     aggregated_param_header_never_carries_the_agent_token,
     agent_token_in_an_allowed_header_is_dropped,
+    agent_token_under_an_upper_case_scheme_is_still_dropped,
     integration_forward_headers_extend_the_allow_list,
 );
 
@@ -207,13 +208,28 @@ async fn aggregated_forwards_no_agent_credential(backend: Backend) {
 }
 
 async fn agent_token_in_an_allowed_header_is_dropped(backend: Backend) {
+    token_beside_its_authorization_is_dropped(backend, |t| format!("Bearer {t}")).await;
+}
+
+/// `BEARER` is the same scheme as `Bearer` (RFC 9110 §11.1): the gateway authenticates the
+/// call and still recognises the token wherever else the agent put it.
+async fn agent_token_under_an_upper_case_scheme_is_still_dropped(backend: Backend) {
+    token_beside_its_authorization_is_dropped(backend, |t| format!("BEARER   {t} ")).await;
+}
+
+/// A ping sent with `authorization(token)` and the token also in an allowed header and in an
+/// `Mcp-Param-*` one is answered, and the token reaches the upstream nowhere.
+async fn token_beside_its_authorization_is_dropped(
+    backend: Backend,
+    authorization: fn(&str) -> String,
+) {
     let up = FakeUpstream::start().await;
     let (w, slug) = world_with(backend, &up.url).await;
     let alice = w.token(w.alice).await;
     let resp =
         w.gw.http
             .post(format!("{}/{slug}", w.app_url))
-            .bearer_auth(&alice)
+            .header("authorization", authorization(&alice))
             .header("user-agent", format!("agent/1.0 ({alice})"))
             .header("mcp-param-token", alice.as_str())
             .json(&rpc(1, "ping", json!({})))
