@@ -9,8 +9,9 @@
 #
 # Builds each revision's `proxy` bench binary in a temporary worktree (sharing CARGO_TARGET_DIR,
 # so dependencies build once), then runs SECTION (`latency` by default) ROUNDS times (6) for
-# each, BASE then NEW, and prints every run's lines and, per row, the median of each side and
-# the median of the paired differences NEW − BASE: the number to trust on a noisy machine.
+# each, in ABBA order, and prints every run's lines and, per row, the median of each side and
+# the median of the paired differences NEW − BASE (the number to trust on a noisy machine) with
+# how many rounds NEW was the higher.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${1:?usage: benches/compare.sh BASE NEW [ROUNDS] [SECTION]}
@@ -43,7 +44,11 @@ build "$base" base
 build "$new" new
 echo "proxy $section: $base (base) vs $new (new), $rounds alternating rounds"
 for r in $(seq "$rounds"); do
-  for side in base new; do
+  # Odd rounds run BASE first, even rounds NEW first: whatever the first run of a pair leaves
+  # behind (a warm page cache, a busy kernel tearing down the last process) falls on both.
+  order="base new"
+  [ $((r % 2)) -eq 0 ] && order="new base"
+  for side in $order; do
     (cd benches && "$work/$side" "$section") 2>&1 |
       grep -E '^(direct|bare forward|pass-through|aggregated) ' | sed "s/^/$side $r: /"
   done
@@ -74,5 +79,7 @@ for (row, kind), sides in runs.items():
         b = statistics.median(base[p][i] for p in pairs)
         n = statistics.median(new[p][i] for p in pairs)
         d = statistics.median(new[p][i] - base[p][i] for p in pairs)
-        print(f'{row:14} {name:10} base {b:10.3f}  new {n:10.3f}  paired Δ {d:+.3f} ({d / b * 100:+.1f} %)')
+        higher = sum(new[p][i] > base[p][i] for p in pairs)
+        print(f'{row:14} {name:10} base {b:10.3f}  new {n:10.3f}  paired Δ {d:+.3f} ({d / b * 100:+.1f} %)'
+              f'  new higher in {higher}/{len(pairs)}')
 EOF
