@@ -29,8 +29,8 @@ const CAPACITY: usize = 100_000;
 /// `Store::ended_sessions_generation`.
 pub struct Ended {
     verdicts: GenCache<(OrgId, String), bool>,
-    /// Opened sessions, by a fast hash of their sealed id.
-    /// Keyed by the sealed id's hash; foldhash hashes that `u64` again at almost no cost.
+    /// Opened sessions, by a fast hash of their sealed id (foldhash hashes that `u64` again at
+    /// almost no cost).
     opened: DashMap<u64, Arc<Opened>, foldhash::fast::RandomState>,
     hasher: foldhash::fast::RandomState,
 }
