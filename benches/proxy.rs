@@ -15,11 +15,14 @@
 //! - the same with OpenTelemetry span export on and off: export may add at most 5 %.
 //!
 //! `cargo bench -p keygate-benches --bench proxy -- SECTION…` runs only the named sections:
-//! `latency`, `throughput`, `fan-out`, `sse`, `tracing`, `otel`. `sequential` (only when named) sends
-//! `KEYGATE_BENCH_CALLS` calls (2,000) one at a time to each target: a closed loop with no
-//! timing of its own, so it can run under `valgrind --tool=callgrind` to count the
-//! instructions a call costs (run it with two counts; the difference divided by the
-//! difference in calls is the cost of one call, setup excluded).
+//! `latency`, `throughput`, `fan-out`, `sse`, `tracing`, `otel`. `sequential` (only when
+//! named) sends `KEYGATE_BENCH_CALLS` calls (2,000) one at a time to each target, or only to
+//! the targets named beside it (`sequential pass-through`): a closed loop with no timing of its
+//! own, so it can run under `valgrind --tool=callgrind` to count the instructions a call costs
+//! (run it with two counts; the difference divided by the difference in calls is the cost of
+//! one call, setup excluded). With `KEYGATE_BENCH_OTLP` set, that gateway exports its spans to
+//! a collector in the process, so the count includes the cost of export. The on/off sections run
+//! 24 rounds; `KEYGATE_BENCH_ROUNDS` sets another number.
 //!
 //! Client, gateway and upstream share the machine's cores, so absolute numbers understate what
 //! a dedicated gateway does; the ratios are the point.
@@ -281,8 +284,13 @@ fn sections() -> Vec<String> {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let direct_url = upstream(Duration::ZERO).await;
+    let otlp = match std::env::var_os("KEYGATE_BENCH_OTLP") {
+        Some(_) => Some(collector().await.0),
+        None => None,
+    };
     let gw = TestGateway::start_with(Backend::Sqlite, |c| {
-        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()]
+        c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
+        c.telemetry.otlp_endpoint = otlp;
     })
     .await;
     let admin = gw.admin_token().await;
@@ -367,7 +375,14 @@ async fn sequential(client: &HttpClient, direct: &Target, targets: &[(&str, &Tar
     println!("{:<13} {:>12} {:>13}", "", "mean ms", "added ms");
     let base = mean_of(client, direct, calls).await;
     println!("{:<13} {:>12.3} {:>13}", "direct", ms(base), "-");
-    for &(name, t) in targets {
+    // Targets named among the sections run alone (for counting one route's instructions).
+    let only: Vec<_> = targets.iter().filter(|(name, _)| named(name)).collect();
+    let chosen = if only.is_empty() {
+        targets.iter().collect()
+    } else {
+        only
+    };
+    for &&(name, t) in &chosen {
         let m = mean_of(client, t, calls).await;
         println!("{:<13} {:>12.3} {:>13.3}", name, ms(m), ms(m) - ms(base));
     }
@@ -597,15 +612,16 @@ async fn tracing_on_vs_off(client: &HttpClient, gw: &TestGateway, upstream_url: 
     let (written_before, dropped_before) = (stats.written(), stats.dropped());
     println!();
     println!(
-        "pass-through at {RATE} req/s, trace events off vs on: {ROUNDS} rounds of {} s each, \
+        "pass-through at {RATE} req/s, trace events off vs on: {} rounds of {} s each, \
          alternating",
+        rounds(),
         ROUND.as_secs(),
     );
     alternating(
         client,
         ("tracing on", &on),
         ("tracing off", &off),
-        ROUNDS,
+        rounds(),
         ROUND,
     )
     .await;
@@ -630,7 +646,11 @@ async fn tracing_on_vs_off(client: &HttpClient, gw: &TestGateway, upstream_url: 
 }
 
 /// Rounds of alternating comparison: how many, and how long each target runs in each.
-const ROUNDS: usize = 24;
+/// Rounds of the on/off comparisons (`KEYGATE_BENCH_ROUNDS` overrides; more rounds, a steadier
+/// median).
+fn rounds() -> usize {
+    std::env::var("KEYGATE_BENCH_ROUNDS").map_or(24, |n| n.parse().unwrap())
+}
 const ROUND: Duration = Duration::from_secs(1);
 
 /// `on` against `off` at the fixed rate in `rounds` rounds of `round` each, both back to back
@@ -691,18 +711,7 @@ async fn alternating(
 /// process that answers every export at once) against the same gateway setup without an
 /// exporter, in alternating rounds like [`tracing_on_vs_off`].
 async fn otel_on_vs_off(client: &HttpClient, upstream_url: &str) {
-    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", collector.local_addr().unwrap());
-    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let count = received.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        post(move |body: Bytes| {
-            count.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            async { "" }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(collector, app).await.unwrap() });
+    let (endpoint, received) = collector().await;
     let start = |otlp: Option<String>| {
         TestGateway::start_with(Backend::Sqlite, move |c| {
             c.outbound.allowed_private_hosts = vec!["127.0.0.1".into()];
@@ -718,14 +727,15 @@ async fn otel_on_vs_off(client: &HttpClient, upstream_url: &str) {
     println!();
     println!(
         "pass-through at {RATE} req/s, OpenTelemetry export off vs on (http/protobuf to a local \
-         collector): {ROUNDS} rounds of {} s each, alternating",
+         collector): {} rounds of {} s each, alternating",
+        rounds(),
         ROUND.as_secs(),
     );
     alternating(
         client,
         ("export on", &on),
         ("export off", &off),
-        ROUNDS,
+        rounds(),
         ROUND,
     )
     .await;
@@ -735,6 +745,24 @@ async fn otel_on_vs_off(client: &HttpClient, upstream_url: &str) {
     );
     gw_on.stop().await;
     gw_off.stop().await;
+}
+
+/// An OTLP/HTTP collector in this process that answers every export at once: its endpoint, and
+/// the bytes of spans it has received.
+async fn collector() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            count.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            async { "" }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (endpoint, received)
 }
 
 fn mean(v: &[Duration]) -> Duration {
