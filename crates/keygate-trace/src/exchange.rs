@@ -3,18 +3,20 @@
 //! completes — trace event, span, metrics — when the response has been relayed
 //! ([`crate::observe::Observed`]), or when the proxy answered with an error itself.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use keygate_core::{AgentSessionId, ApplicationId, IntegrationId, OrgId, Timestamp, UserId};
+use opentelemetry::KeyValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::capture::{Capture, Injected};
 use crate::metrics::{Metrics, Sample};
 use crate::observe::PeekBuf;
-use crate::otel::{Finished, ServerSpan, SpanParent, Spans};
+use crate::otel::{ServerSpan, SpanParent, Spans};
 use crate::sink::{TraceSink, blank_event};
 
 /// Longest error message kept in an event.
@@ -167,7 +169,7 @@ pub struct Exchange {
 impl Exchange {
     /// The parent of the client spans of the upstream requests this request causes.
     pub fn span_parent(&self) -> SpanParent {
-        SpanParent::new(self.telemetry.spans.as_ref(), self.span.context())
+        SpanParent::new(&self.span)
     }
 
     pub fn capture(&self) -> &Capture {
@@ -363,9 +365,28 @@ impl Exchange {
             tool: self.tool.as_deref(),
             seconds: elapsed.as_secs_f64(),
         });
+        // The agent's session, or the one an answer just opened; stored digested when long.
+        let session_key = self
+            .session
+            .as_deref()
+            .or(self.response_session.as_deref())
+            .map(session_id);
         if self.span.is_recording() {
-            let finished = self.finished_span(status, error.as_deref());
-            self.span.end(finished);
+            self.span.end(Finished {
+                status,
+                error: error.clone(),
+                route: self.route,
+                http_method: self.http_method.clone(),
+                method: self.method.clone(),
+                tool: self.tool.clone(),
+                rpc_id: self.rpc_id.clone(),
+                protocol_version: self.protocol_version.clone(),
+                session: session_key.clone(),
+                integration: self.integration,
+                who: self.who,
+                http_status: self.http_status,
+                error_type: self.error_type.clone(),
+            });
         }
         if !self.record || !t.sink.is_enabled() {
             return;
@@ -373,14 +394,9 @@ impl Exchange {
         let Some(who) = self.who else { return };
         let method = self.method.clone().unwrap_or_else(|| "unknown".to_owned());
         let mut e = blank_event(who.org, who.app);
-        let raw_session = self.session.as_deref().or(if method == "initialize" {
-            self.response_session.as_deref()
-        } else {
-            None
-        });
-        let session_key = raw_session.map(session_id);
+        // An answer's session names the event's only when the request opened it.
+        let session_key = session_key.filter(|_| self.session.is_some() || method == "initialize");
         e.session_id = session_key
-            .clone()
             .or(who.agent_session.map(|s| s.to_string()))
             .unwrap_or_else(|| {
                 let trace = crate::otel::trace_id_hex(self.span.context().trace_id());
@@ -411,20 +427,45 @@ impl Exchange {
         e.created_at = Timestamp::now();
         t.sink.emit(e);
     }
+}
 
+/// What a server span's request turned out to be, as its exchange knew it on completing. The
+/// export task makes the span's name, attributes and status of it ([`Finished::describe`]).
+pub struct Finished {
+    status: Status,
+    error: Option<String>,
+    route: &'static str,
+    http_method: http::Method,
+    method: Option<String>,
+    tool: Option<String>,
+    rpc_id: Option<Value>,
+    protocol_version: Option<http::HeaderValue>,
+    /// The stored form of the session id ([`session_id`]).
+    session: Option<String>,
+    integration: Option<IntegrationId>,
+    who: Option<Who>,
+    http_status: Option<u16>,
+    error_type: Option<String>,
+}
+
+impl Finished {
     /// The server span's name, attributes (the MCP semantic conventions, plus keygate's ids)
     /// and error. It fails when the exchange did (`error.type`: the JSON-RPC error code,
     /// `tool_error`, the upstream's HTTP status, or the trace status), as the trace event's
     /// status says; the event's status is `keygate.status`.
-    fn finished_span(&self, status: Status, error: Option<&str>) -> Finished {
-        use opentelemetry::KeyValue;
-        let mut attributes = vec![
+    pub(crate) fn describe(self) -> (Cow<'static, str>, Vec<KeyValue>, Option<String>) {
+        let status = self.status;
+        let mut attributes = Vec::with_capacity(16);
+        attributes.extend([
             KeyValue::new("keygate.status", status.as_str()),
             KeyValue::new("http.route", self.route),
-            KeyValue::new("http.request.method", self.http_method.as_str().to_owned()),
+            KeyValue::new(
+                "http.request.method",
+                crate::otel::method_name(&self.http_method),
+            ),
             KeyValue::new("network.transport", "tcp"),
             KeyValue::new("network.protocol.name", "http"),
-        ];
+        ]);
         if let Some(method) = &self.method {
             attributes.push(KeyValue::new("mcp.method.name", method.clone()));
         }
@@ -443,9 +484,8 @@ impl Exchange {
         if let Some(version) = self.protocol_version.as_ref().and_then(|v| v.to_str().ok()) {
             attributes.push(KeyValue::new("mcp.protocol.version", version.to_owned()));
         }
-        let session = self.session.as_deref().or(self.response_session.as_deref());
-        if let Some(session) = session {
-            attributes.push(KeyValue::new("mcp.session.id", session_id(session)));
+        if let Some(session) = self.session {
+            attributes.push(KeyValue::new("mcp.session.id", session));
         }
         if let Some(i) = self.integration {
             attributes.push(KeyValue::new("keygate.integration_id", i.to_string()));
@@ -459,30 +499,49 @@ impl Exchange {
         if let Some(s) = self.http_status {
             attributes.push(KeyValue::new("http.response.status_code", i64::from(s)));
         }
-        let error_type = match (&self.error_type, status) {
-            (Some(t), _) => Some(t.clone()),
+        if let Some(code) = self.error_type.as_ref().filter(|t| *t != "tool_error") {
+            attributes.push(KeyValue::new("rpc.response.status_code", code.clone()));
+        }
+        let error_type = match (self.error_type, status) {
+            (Some(t), _) => Some(t),
             (None, Status::Ok | Status::Warn) => None,
             (None, _) => Some(match self.http_status {
                 Some(s) if s >= 400 => s.to_string(),
                 _ => status.as_str().to_owned(),
             }),
         };
-        if let Some(code) = self.error_type.as_ref().filter(|t| *t != "tool_error") {
-            attributes.push(KeyValue::new("rpc.response.status_code", code.clone()));
-        }
         let failed = error_type.is_some();
         if let Some(t) = error_type {
             attributes.push(KeyValue::new("error.type", t));
         }
-        let name = match (&self.method, &self.tool) {
-            (Some(method), Some(tool)) => format!("{method} {tool}"),
-            (Some(method), None) => method.clone(),
-            (None, _) => self.http_method.as_str().to_owned(),
+        let name = match (self.method, &self.tool) {
+            (Some(method), Some(tool)) => format!("{method} {tool}").into(),
+            (Some(method), None) => method.into(),
+            (None, _) => crate::otel::method_name(&self.http_method),
         };
-        Finished {
-            name,
-            attributes,
-            error: failed.then(|| error.unwrap_or(status.as_str()).to_owned()),
+        let error = failed.then(|| self.error.unwrap_or_else(|| status.as_str().to_owned()));
+        (name, attributes, error)
+    }
+}
+
+#[cfg(test)]
+impl Finished {
+    /// A `tools/call` that went well.
+    pub(crate) fn ok_call() -> Self {
+        Self {
+            status: Status::Ok,
+            error: None,
+            route: "/test",
+            http_method: http::Method::POST,
+            method: Some("tools/call".to_owned()),
+            tool: None,
+            rpc_id: None,
+            protocol_version: None,
+            session: None,
+            integration: None,
+            who: None,
+            http_status: Some(200),
+            error_type: None,
         }
     }
 }

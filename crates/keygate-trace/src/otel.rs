@@ -5,22 +5,29 @@
 //! upstream gets a client span ([`UpstreamSpan`]), a child of the server span, whose
 //! `traceparent` goes with it, so the upstream's own spans join the trace.
 //!
-//! With export on ([`Spans`], see [`export`]), spans are the OpenTelemetry SDK's: its sampler
-//! decides at the start (parent-based by default, so the agent's sampled flag is honoured),
-//! and finished sampled spans are exported. With export off no SDK span exists: the ids are
-//! made here (two random numbers, no allocation), only so that the upstream and the trace
-//! event still carry the trace.
+//! With export on ([`Spans`], see [`export`]), the OpenTelemetry SDK's sampler decides at the
+//! start (parent-based by default, so the agent's sampled flag is honoured). A sampled span
+//! keeps only its ids and start on the request's path; when it ends, its facts (the
+//! exchange's [`Finished`], or the upstream request and its outcome) go to the export queue
+//! as they are, and the export task makes the SDK's span data of them — name, attributes,
+//! status — and hands batches to the OTLP exporter. Building a dozen attributes costs more
+//! than the rest of a span; done there, it costs the request nothing. With export off, no
+//! span is recorded: the ids are made here (two random numbers, no allocation), only so that
+//! the upstream and the trace event still carry the trace.
 
 pub mod export;
 
 use std::borrow::Cow;
+use std::time::SystemTime;
 
 use http::HeaderValue;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _,
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+use crate::exchange::Finished;
 
 pub use export::{ExportError, Spans, SpansHandle};
 
@@ -78,6 +85,21 @@ pub fn span_id_hex(id: SpanId) -> String {
     hex(&id.to_bytes())
 }
 
+/// An HTTP method as a span name or attribute value: the standard ones without allocating.
+pub(crate) fn method_name(method: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    Cow::Borrowed(match *method {
+        Method::POST => "POST",
+        Method::GET => "GET",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return Cow::Owned(method.as_str().to_owned()),
+    })
+}
+
 /// `bytes` as lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0u8; 2 * bytes.len()];
@@ -104,8 +126,8 @@ fn nonzero_random<const N: usize>() -> [u8; N] {
     }
 }
 
-/// A span of this gateway's that nothing exports: fresh ids, in the agent's trace if it named
-/// one (its sampled flag kept), else in a new sampled trace.
+/// Fresh ids for a span of this gateway's: in the agent's trace if it named one (its sampled
+/// flag kept), else in a new sampled trace.
 fn local_span(parent: Option<&SpanContext>) -> SpanContext {
     let (trace_id, flags) = match parent {
         Some(p) => (p.trace_id(), p.trace_flags()),
@@ -121,79 +143,97 @@ fn local_span(parent: Option<&SpanContext>) -> SpanContext {
 }
 
 /// The span of one MCP request as the gateway serves it.
-pub enum ServerSpan {
-    /// Export is on: the SDK's span (recording only when sampled), boxed so that an exchange
-    /// without export stays small.
-    Exported(Box<opentelemetry_sdk::trace::Span>),
-    /// Export is off: ids only.
-    Local(SpanContext),
+pub struct ServerSpan {
+    context: SpanContext,
+    /// Set when the span will be exported (export on, and the sampler took it).
+    recording: Option<Recording>,
+}
+
+/// What an exported span keeps between its start and its end.
+struct Recording {
+    spans: Spans,
+    /// The agent's span, when its `traceparent` named one (a remote parent).
+    parent: SpanId,
+    start: SystemTime,
 }
 
 impl ServerSpan {
-    /// Starts the span of a request that carried `traceparent` (if any).
+    /// Starts the span of a request that carried `traceparent` (if any); with export on, the
+    /// sampler decides here whether it is recorded.
     pub fn start(spans: Option<&Spans>, traceparent: Option<&str>) -> Self {
         let parent = traceparent.and_then(parse_traceparent);
-        match spans {
-            Some(spans) => {
-                let cx = match parent {
-                    Some(p) => Context::new().with_remote_span_context(p),
-                    None => Context::new(),
-                };
-                let span = spans
-                    .tracer()
-                    .span_builder("mcp")
-                    .with_kind(SpanKind::Server)
-                    .start_with_context(spans.tracer(), &cx);
-                Self::Exported(Box::new(span))
-            }
-            None => Self::Local(local_span(parent.as_ref())),
-        }
+        let Some(spans) = spans else {
+            return Self {
+                context: local_span(parent.as_ref()),
+                recording: None,
+            };
+        };
+        let trace_id = match &parent {
+            Some(p) => p.trace_id(),
+            None => TraceId::from_bytes(nonzero_random()),
+        };
+        let sampled = spans.sample(parent.as_ref(), trace_id);
+        let context = SpanContext::new(
+            trace_id,
+            SpanId::from_bytes(nonzero_random()),
+            if sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            false,
+            parent
+                .as_ref()
+                .map_or(TraceState::NONE, |p| p.trace_state().clone()),
+        );
+        let recording = sampled.then(|| Recording {
+            spans: spans.clone(),
+            parent: parent.map_or(SpanId::INVALID, |p| p.span_id()),
+            start: SystemTime::now(),
+        });
+        Self { context, recording }
     }
 
     pub fn context(&self) -> &SpanContext {
-        match self {
-            Self::Exported(span) => span.span_context(),
-            Self::Local(context) => context,
-        }
+        &self.context
     }
 
     /// Whether what [`ServerSpan::end`] is given will be exported.
     pub fn is_recording(&self) -> bool {
-        matches!(self, Self::Exported(span) if span.is_recording())
+        self.recording.is_some()
     }
 
-    /// Ends the span with its name, attributes and outcome (exported if sampled).
+    /// Ends the span with what its request turned out to be; the export task makes the
+    /// span's name, attributes and status of it (off the request's path).
     pub fn end(&mut self, finished: Finished) {
-        let Self::Exported(span) = self else { return };
-        span.update_name(finished.name);
-        span.set_attributes(finished.attributes);
-        if let Some(message) = finished.error {
-            span.set_status(Status::error(message));
-        }
-        span.end();
+        let Some(r) = self.recording.take() else {
+            return;
+        };
+        r.spans.queue(Ended {
+            context: self.context.clone(),
+            parent: r.parent,
+            parent_is_remote: r.parent != SpanId::INVALID,
+            start: r.start,
+            end: SystemTime::now(),
+            kind: EndedKind::Server(Box::new(finished)),
+        });
     }
-}
-
-/// What a server span learned by the time its request completed.
-pub struct Finished {
-    pub name: String,
-    pub attributes: Vec<KeyValue>,
-    /// `Some(description)` marks the span as failed.
-    pub error: Option<String>,
 }
 
 /// The parent of the upstream requests one MCP request causes; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SpanParent {
+    /// Set when the parent is recorded: its children are too (every sampler keygate offers
+    /// decides alike for a span and its local child: by the trace id, or by the parent).
     spans: Option<Spans>,
     context: SpanContext,
 }
 
 impl SpanParent {
-    pub fn new(spans: Option<&Spans>, context: &SpanContext) -> Self {
+    pub(crate) fn new(server: &ServerSpan) -> Self {
         Self {
-            spans: spans.cloned(),
-            context: context.clone(),
+            spans: server.recording.as_ref().map(|r| r.spans.clone()),
+            context: server.context.clone(),
         }
     }
 
@@ -202,75 +242,190 @@ impl SpanParent {
         let Some(spans) = &self.spans else {
             // Nothing is exported: the upstream's spans hang off the server span, whose id the
             // trace event keeps.
-            return UpstreamSpan::Local(self.context.clone());
-        };
-        let mut attributes = vec![KeyValue::new(
-            "http.request.method",
-            method.as_str().to_owned(),
-        )];
-        if let Some(host) = uri.host() {
-            attributes.push(KeyValue::new("server.address", host.to_owned()));
-            let default_port = if uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
+            return UpstreamSpan {
+                context: self.context.clone(),
+                recording: None,
             };
-            let port = uri.port_u16().unwrap_or(default_port);
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
+        };
+        let context = SpanContext::new(
+            self.context.trace_id(),
+            SpanId::from_bytes(nonzero_random()),
+            self.context.trace_flags(),
+            false,
+            self.context.trace_state().clone(),
+        );
+        UpstreamSpan {
+            context,
+            recording: Some(Box::new(Request {
+                spans: spans.clone(),
+                parent: self.context.span_id(),
+                start: SystemTime::now(),
+                method: method.clone(),
+                uri: uri.clone(),
+            })),
         }
-        let cx = Context::new().with_remote_span_context(self.context.clone());
-        let span = spans
-            .tracer()
-            .span_builder(Cow::Owned(method.as_str().to_owned()))
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
-            .start_with_context(spans.tracer(), &cx);
-        UpstreamSpan::Exported(Box::new(span))
     }
 }
 
 /// The client span of one request sent upstream.
-pub enum UpstreamSpan {
-    Exported(Box<opentelemetry_sdk::trace::Span>),
-    Local(SpanContext),
+pub struct UpstreamSpan {
+    context: SpanContext,
+    recording: Option<Box<Request>>,
+}
+
+/// An exported client span between its start and its end.
+struct Request {
+    spans: Spans,
+    parent: SpanId,
+    start: SystemTime,
+    method: http::Method,
+    uri: http::Uri,
 }
 
 impl UpstreamSpan {
     /// The `traceparent` the upstream request carries: this span as its parent.
     pub fn traceparent(&self) -> HeaderValue {
-        match self {
-            Self::Exported(span) => traceparent(span.span_context()),
-            Self::Local(context) => traceparent(context),
-        }
+        traceparent(&self.context)
     }
 
     /// Ends the span when the upstream answered with `status`.
     pub fn answered(self, status: u16) {
-        let Self::Exported(mut span) = self else {
-            return;
-        };
-        span.set_attribute(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
-        if status >= 400 {
-            span.set_attribute(KeyValue::new("error.type", status.to_string()));
-            span.set_status(Status::error(format!(
-                "the upstream answered HTTP {status}"
-            )));
-        }
-        span.end();
+        self.end(Outcome::Answered(status));
     }
 
     /// Ends the span when no answer came: `error_type` is a short class (`timeout`, …).
     pub fn failed(self, error_type: &'static str, message: String) {
-        let Self::Exported(mut span) = self else {
-            return;
-        };
-        span.set_attribute(KeyValue::new("error.type", error_type));
-        span.set_status(Status::error(message));
-        span.end();
+        self.end(Outcome::Failed {
+            error_type,
+            message,
+        });
     }
+
+    fn end(self, outcome: Outcome) {
+        let Some(r) = self.recording else { return };
+        let Request {
+            spans,
+            parent,
+            start,
+            method,
+            uri,
+        } = *r;
+        spans.queue(Ended {
+            context: self.context,
+            parent,
+            parent_is_remote: false,
+            start,
+            end: SystemTime::now(),
+            kind: EndedKind::Client {
+                method,
+                uri,
+                outcome,
+            },
+        });
+    }
+}
+
+/// A finished span as the request's path leaves it: facts, which the export task turns into
+/// the SDK's span data ([`Ended::into_span_data`]).
+pub(crate) struct Ended {
+    context: SpanContext,
+    parent: SpanId,
+    parent_is_remote: bool,
+    start: SystemTime,
+    end: SystemTime,
+    kind: EndedKind,
+}
+
+enum EndedKind {
+    Server(Box<Finished>),
+    Client {
+        method: http::Method,
+        uri: http::Uri,
+        outcome: Outcome,
+    },
+}
+
+/// How an upstream request went.
+enum Outcome {
+    Answered(u16),
+    Failed {
+        error_type: &'static str,
+        message: String,
+    },
+}
+
+impl Ended {
+    pub(crate) fn into_span_data(self, scope: &InstrumentationScope) -> SpanData {
+        let (kind, name, attributes, status) = match self.kind {
+            EndedKind::Server(finished) => {
+                let (name, attributes, error) = finished.describe();
+                let status = error.map_or(Status::Unset, Status::error);
+                (SpanKind::Server, name, attributes, status)
+            }
+            EndedKind::Client {
+                method,
+                uri,
+                outcome,
+            } => {
+                let (attributes, status) = client_attributes(&method, &uri, outcome);
+                (SpanKind::Client, method_name(&method), attributes, status)
+            }
+        };
+        SpanData {
+            span_context: self.context,
+            parent_span_id: self.parent,
+            parent_span_is_remote: self.parent_is_remote,
+            span_kind: kind,
+            name,
+            start_time: self.start,
+            end_time: self.end,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: scope.clone(),
+        }
+    }
+}
+
+/// The HTTP client semantic conventions of an upstream request, and its span's status.
+fn client_attributes(
+    method: &http::Method,
+    uri: &http::Uri,
+    outcome: Outcome,
+) -> (Vec<KeyValue>, Status) {
+    let mut attributes = Vec::with_capacity(5);
+    attributes.push(KeyValue::new("http.request.method", method_name(method)));
+    if let Some(host) = uri.host() {
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
+        let default_port = if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let port = uri.port_u16().unwrap_or(default_port);
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    let status = match outcome {
+        Outcome::Answered(code) => {
+            attributes.push(KeyValue::new("http.response.status_code", i64::from(code)));
+            if code >= 400 {
+                attributes.push(KeyValue::new("error.type", code.to_string()));
+                Status::error(format!("the upstream answered HTTP {code}"))
+            } else {
+                Status::Unset
+            }
+        }
+        Outcome::Failed {
+            error_type,
+            message,
+        } => {
+            attributes.push(KeyValue::new("error.type", error_type));
+            Status::error(message)
+        }
+    };
+    (attributes, status)
 }
 
 #[cfg(test)]
@@ -342,7 +497,7 @@ mod tests {
     #[test]
     fn without_export_the_upstream_gets_the_server_span_as_parent() {
         let server = ServerSpan::start(None, None);
-        let parent = SpanParent::new(None, server.context());
+        let parent = SpanParent::new(&server);
         let upstream = parent.upstream(&http::Method::POST, &"http://u/mcp".parse().unwrap());
         assert_eq!(upstream.traceparent(), traceparent(server.context()));
     }

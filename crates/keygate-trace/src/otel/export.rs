@@ -1,13 +1,14 @@
 //! Span export through the OpenTelemetry SDK to an OTLP/HTTP collector.
 //!
-//! The SDK makes the spans (ids, sampler, span data) and the OTLP exporter encodes them
-//! (`http/protobuf` or `http/json`) and sends them with the configured headers and timeout.
-//! What sits between is keygate's: a bounded queue that a finished span enters with
-//! `try_send` — full, the span is dropped and counted, the request never waits — and one
-//! tokio task that sends batches (≤ 512 spans, gathered for ≤ 500 ms, the queue looked at every
-//! 20 ms: a span arriving wakes nobody while a batch gathers). The SDK's own batch
-//! processor would count its drops only in a log line at shutdown, and runs its exports on a
-//! thread of its own.
+//! The SDK's sampler decides which spans are recorded, its span data is what is exported, and
+//! the OTLP exporter encodes it (`http/protobuf` or `http/json`) and sends it with the
+//! configured headers and timeout. What sits between is keygate's: a finished span's facts
+//! ([`Ended`]) enter a bounded queue with `try_send` — full, the span is dropped and counted,
+//! the request never waits — and one tokio task makes span data of them and sends batches
+//! (≤ 512 spans, gathered for ≤ 500 ms, the queue looked at every 20 ms: a span arriving wakes
+//! nobody while a batch gathers). The SDK's own tracer and batch processor are not used: they
+//! would build every attribute on the request's path, count drops only in a log line at
+//! shutdown, and run exports on a thread of their own.
 //!
 //! The exporter's HTTP client is keygate's reqwest (no second major of it in the build), with
 //! redirects off: the headers often carry a collector's API key, which must not follow a
@@ -20,17 +21,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use keygate_core::otlp::{OtlpProtocol, OtlpSettings, ParentlessSampler, SamplerSetting};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, TraceId};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{
-    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor, Tracer,
-};
+use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample, SpanExporter as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use super::Ended;
 
 /// Spans per export request.
 const MAX_EXPORT_BATCH: usize = 512;
@@ -43,14 +43,13 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// The exporting end, shared by every request; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Spans {
-    tracer: Tracer,
-    counts: Arc<Counts>,
-}
+pub struct Spans(Arc<Shared>);
 
-#[derive(Debug, Default)]
-struct Counts {
-    /// Spans dropped because the queue was full.
+#[derive(Debug)]
+struct Shared {
+    sampler: Sampler,
+    queue: mpsc::Sender<Ended>,
+    /// Spans dropped because the queue was full (or export had stopped).
     dropped: AtomicU64,
     /// Spans in batches the collector did not take.
     failed: AtomicU64,
@@ -59,7 +58,6 @@ struct Counts {
 /// Owns the export task; [`SpansHandle::close`] sends what is queued and stops.
 #[derive(Debug)]
 pub struct SpansHandle {
-    provider: SdkTracerProvider,
     close: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -81,53 +79,55 @@ impl Spans {
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
         let mut exporter = otlp_exporter(settings)?;
-        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
-        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
-        let counts = Arc::new(Counts::default());
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(sampler(settings.sampler))
-            .with_span_processor(Queue {
-                tx,
-                counts: counts.clone(),
-            })
-            .with_resource(resource)
-            .build();
-        let scope = InstrumentationScope::builder("keygate")
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build();
-        let tracer = provider.tracer_with_scope(scope);
+        exporter.set_resource(&resource);
+        let (queue, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let spans = Self(Arc::new(Shared {
+            sampler: sampler(settings.sampler),
+            queue,
+            dropped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }));
         let (close, close_rx) = oneshot::channel();
-        let task = tokio::spawn(export_loop(exporter, rx, close_rx, counts.clone()));
-        Ok((
-            Self { tracer, counts },
-            SpansHandle {
-                provider,
-                close,
-                task,
-            },
-        ))
+        let task = tokio::spawn(export_loop(exporter, rx, close_rx, spans.clone()));
+        Ok((spans, SpansHandle { close, task }))
     }
 
-    pub(crate) fn tracer(&self) -> &Tracer {
-        &self.tracer
+    /// Whether a server span in `trace_id` is recorded: the sampler's decision, given the
+    /// agent's span (`parent`) if it named one.
+    pub(crate) fn sample(&self, parent: Option<&SpanContext>, trace_id: TraceId) -> bool {
+        let parent = parent.map(|p| Context::new().with_remote_span_context(p.clone()));
+        let result = self.0.sampler.should_sample(
+            parent.as_ref(),
+            trace_id,
+            "mcp",
+            &SpanKind::Server,
+            &[],
+            &[],
+        );
+        result.decision == SamplingDecision::RecordAndSample
+    }
+
+    /// Queues a finished span for export, never waiting.
+    pub(crate) fn queue(&self, span: Ended) {
+        if self.0.queue.try_send(span).is_err() {
+            self.0.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Spans lost because the queue was full.
     pub fn dropped(&self) -> u64 {
-        self.counts.dropped.load(Ordering::Relaxed)
+        self.0.dropped.load(Ordering::Relaxed)
     }
 
     /// Spans lost because the collector refused or did not answer their batch.
     pub fn failed(&self) -> u64 {
-        self.counts.failed.load(Ordering::Relaxed)
+        self.0.failed.load(Ordering::Relaxed)
     }
 }
 
 impl SpansHandle {
-    /// Stops making spans, exports what is queued, and stops.
+    /// Exports what is queued, and stops.
     pub async fn close(self) {
-        // Our processor's shutdown does nothing; this only turns new spans into no-ops.
-        let _ = self.provider.shutdown();
         let _ = self.close.send(());
         let _ = self.task.await;
     }
@@ -171,37 +171,15 @@ fn sampler(setting: SamplerSetting) -> Sampler {
     }
 }
 
-/// The span processor: finished spans into the bounded queue, never waiting.
-#[derive(Debug)]
-struct Queue {
-    tx: mpsc::Sender<SpanData>,
-    counts: Arc<Counts>,
-}
-
-impl SpanProcessor for Queue {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if self.tx.try_send(span).is_err() {
-            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
 async fn export_loop(
     exporter: opentelemetry_otlp::SpanExporter,
-    mut rx: mpsc::Receiver<SpanData>,
+    mut rx: mpsc::Receiver<Ended>,
     mut close: oneshot::Receiver<()>,
-    counts: Arc<Counts>,
+    spans: Spans,
 ) {
+    let scope = InstrumentationScope::builder("keygate")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
     let mut batch = Vec::with_capacity(MAX_EXPORT_BATCH);
     let mut closing = false;
     loop {
@@ -234,10 +212,13 @@ async fn export_loop(
                 }
             }
         }
-        let spans = std::mem::replace(&mut batch, Vec::with_capacity(MAX_EXPORT_BATCH));
-        let n = spans.len() as u64;
-        if let Err(e) = exporter.export(spans).await {
-            counts.failed.fetch_add(n, Ordering::Relaxed);
+        let data: Vec<_> = batch
+            .drain(..)
+            .map(|span| span.into_span_data(&scope))
+            .collect();
+        let n = data.len() as u64;
+        if let Err(e) = exporter.export(data).await {
+            spans.0.failed.fetch_add(n, Ordering::Relaxed);
             tracing::warn!(error = %e, spans = n, "exporting spans failed");
         }
     }
@@ -273,7 +254,8 @@ impl HttpClient for ExportClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otel::{Finished, ServerSpan};
+    use crate::exchange::Finished;
+    use crate::otel::ServerSpan;
 
     /// Export to a port nothing listens on, so that every export fails at once.
     fn settings(queue_capacity: usize, sampler: SamplerSetting) -> OtlpSettings {
@@ -289,11 +271,7 @@ mod tests {
     }
 
     fn finish(span: &mut ServerSpan) {
-        span.end(Finished {
-            name: "tools/call".to_owned(),
-            attributes: Vec::new(),
-            error: None,
-        });
+        span.end(Finished::ok_call());
     }
 
     #[tokio::test(flavor = "current_thread")]
