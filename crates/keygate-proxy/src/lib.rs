@@ -72,6 +72,8 @@ pub struct ProxyState {
 pub struct RouteCache {
     pub(crate) apps: GenCache<(OrgId, ApplicationId), Arc<Application>>,
     pub(crate) attached: GenCache<ApplicationId, Arc<Vec<Arc<Integration>>>>,
+    /// The attached integrations' URLs, parsed.
+    pub(crate) urls: stage::route::ParsedUrls,
     pub(crate) credentials: GenCache<(IntegrationId, UserId), stage::credential::Cached>,
     /// Which era each upstream speaks (probed with `server/discover`).
     pub(crate) eras: GenCache<IntegrationId, aggregate::era::Era>,

@@ -21,6 +21,7 @@ both_backends!(
     user_without_a_token_is_asked_to_connect,
     integration_without_auth_gets_no_authorization,
     integration_answers_by_id_as_by_slug,
+    an_integrations_new_url_takes_the_next_call,
     unauthenticated_call_gets_a_challenge_naming_the_resource,
     token_for_another_application_is_refused,
     detached_or_archived_integration_is_unreachable,
@@ -303,6 +304,22 @@ async fn integration_answers_by_id_as_by_slug(backend: Backend) {
         body["result"]["headers"]["authorization"],
         "Bearer alice-personal-token"
     );
+    w.gw.stop().await;
+}
+
+/// The gateway keeps integration URLs parsed; an edited URL is where the very next call goes.
+async fn an_integrations_new_url_takes_the_next_call(backend: Backend) {
+    let w = world(backend).await;
+    let (old, new) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    let (id, slug) = w.integration(json!({"name": "Up", "url": old.url})).await;
+    let alice = w.token(w.alice).await;
+    answer(&w, &slug, &alice, 1, "ping").await;
+    let path = format!("/integrations/{id}");
+    let edit = Some(json!({"url": new.url}));
+    let (s, _, b) = w.gw.api(Method::PATCH, &path, &w.admin, edit).await;
+    assert_eq!(s, 200, "{b}");
+    answer(&w, &slug, &alice, 2, "ping").await;
+    assert_eq!((old.count("ping"), new.count("ping")), (1, 1));
     w.gw.stop().await;
 }
 

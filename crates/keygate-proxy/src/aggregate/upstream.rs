@@ -347,7 +347,7 @@ pub async fn initialize(
     member: &Member,
     message: &Value,
 ) -> Result<(UpstreamSession, Value), ProxyError> {
-    let body = Bytes::from(message.to_string());
+    let body = encode(message);
     let resp = send_with(state, member, Method::POST, HeaderMap::new(), Some(body)).await?;
     let session = resp
         .headers()
@@ -382,24 +382,23 @@ pub async fn send_message(
         Link::Modern(meta) => {
             let mut message = message.clone();
             set_meta(&mut message, Some(meta));
-            (message.to_string(), modern_headers(&message, params))
+            (encode(&message), modern_headers(&message, params))
         }
         Link::Legacy(up) if has_reserved_meta(message) => {
             let mut message = message.clone();
             set_meta(&mut message, None);
-            (message.to_string(), session_headers(Some(up)))
+            (encode(&message), session_headers(Some(up)))
         }
-        Link::Legacy(up) => (message.to_string(), session_headers(Some(up))),
+        Link::Legacy(up) => (encode(message), session_headers(Some(up))),
     };
-    let resp = send_with(
-        state,
-        member,
-        Method::POST,
-        headers,
-        Some(Bytes::from(body)),
-    )
-    .await?;
+    let resp = send_with(state, member, Method::POST, headers, Some(body)).await?;
     Ok(resp.map(Body::new))
+}
+
+/// `message` as a request body: written straight into bytes (its `Display` would go through
+/// the formatting machinery, a few calls per token).
+fn encode(message: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(message).expect("a JSON value has string keys"))
 }
 
 /// `message` without the reserved `_meta` entries (for an upstream of a handshake era).

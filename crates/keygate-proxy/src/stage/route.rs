@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use dashmap::DashMap;
+use keygate_core::IntegrationId;
 use keygate_core::model::{Application, Category, Integration};
 use url::Url;
 
@@ -82,14 +84,44 @@ pub fn is_proxied(integration: &Integration) -> bool {
 
 /// The integration's URL; one that does not parse is the integration's settings' fault.
 pub fn url(call: Call<'_>) -> Result<Url, ProxyError> {
-    Url::parse(&call.integration.url).map_err(|e| {
+    let integration = call.integration;
+    if let Some(url) = call.state.cache.urls.get(integration) {
+        return Ok(url);
+    }
+    let url = Url::parse(&integration.url).map_err(|e| {
         ProxyError::Misconfigured {
             integration: None,
             what: "the URL does not parse",
             cause: Some(Box::new(e)),
         }
-        .of_integration(call.integration)
-    })
+        .of_integration(integration)
+    })?;
+    call.state.cache.urls.put(integration, &url);
+    Ok(url)
+}
+
+/// Integration URLs as parsed, by integration: parsing one (WHATWG rules, IDNA) costs more
+/// than the rest of routing a call. An entry serves only while the integration's URL is the
+/// text it was parsed from, so an edited URL is parsed afresh, whatever the cache generation.
+#[derive(Default)]
+pub(crate) struct ParsedUrls(DashMap<IntegrationId, (String, Url), foldhash::fast::RandomState>);
+
+/// Most integrations whose URLs are kept parsed; more start the cache over.
+const MAX_PARSED_URLS: usize = 10_000;
+
+impl ParsedUrls {
+    fn get(&self, integration: &Integration) -> Option<Url> {
+        let entry = self.0.get(&integration.id)?;
+        (entry.0 == integration.url).then(|| entry.1.clone())
+    }
+
+    fn put(&self, integration: &Integration, url: &Url) {
+        if self.0.len() >= MAX_PARSED_URLS {
+            self.0.clear();
+        }
+        self.0
+            .insert(integration.id, (integration.url.clone(), url.clone()));
+    }
 }
 
 /// Refuses a URL the gateway must not call (the SSRF guard: non-https outside the allow-list,
