@@ -2,7 +2,7 @@
 //! the shared context (`trace_contexts`) an event points to, and the multi-row insert.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -304,8 +304,9 @@ const CONTEXT_CAPACITY: usize = 65_536;
 /// The context ids this process used lately, so a batch of a known session costs no query.
 #[derive(Debug, Default)]
 pub(crate) struct ContextCache {
-    hasher: RandomState,
-    known: Mutex<HashMap<u64, (ContextKey, i64, Instant)>>,
+    /// Seeded per process; a collision costs only a lookup (every hit is checked by key).
+    hasher: foldhash::fast::RandomState,
+    known: Mutex<HashMap<u64, (ContextKey, i64, Instant), foldhash::fast::RandomState>>,
 }
 
 /// Contexts a batch resolved from the database, remembered once the batch commits.
