@@ -302,15 +302,21 @@ impl UpstreamSpan {
     }
 
     fn end(self, outcome: Outcome) {
-        let Some(r) = self.recording else { return };
+        if let Some((spans, ended)) = self.into_ended(outcome) {
+            spans.queue(ended);
+        }
+    }
+
+    /// The finished span, and where it goes, when it is recorded.
+    fn into_ended(self, outcome: Outcome) -> Option<(Spans, Ended)> {
         let Request {
             spans,
             parent,
             start,
             method,
             uri,
-        } = *r;
-        spans.queue(Ended {
+        } = *self.recording?;
+        let ended = Ended {
             context: self.context,
             parent,
             parent_is_remote: false,
@@ -321,7 +327,8 @@ impl UpstreamSpan {
                 uri,
                 outcome,
             },
-        });
+        };
+        Some((spans, ended))
     }
 }
 

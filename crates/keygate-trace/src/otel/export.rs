@@ -255,7 +255,8 @@ impl HttpClient for ExportClient {
 mod tests {
     use super::*;
     use crate::exchange::Finished;
-    use crate::otel::ServerSpan;
+    use crate::otel::{Outcome, ServerSpan, SpanParent};
+    use opentelemetry::trace::Status;
 
     /// Export to a port nothing listens on, so that every export fails at once.
     fn settings(queue_capacity: usize, sampler: SamplerSetting) -> OtlpSettings {
@@ -284,6 +285,39 @@ mod tests {
         assert_eq!(spans.dropped(), 8);
         handle.close().await;
         assert_eq!(spans.failed(), 2, "the queued two were sent, and refused");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_upstream_request_is_a_local_child_client_span_in_error() {
+        let (spans, handle) = Spans::start(&settings(8, SamplerSetting::AlwaysOn)).unwrap();
+        let server = ServerSpan::start(Some(&spans), None);
+        let uri = "https://up.example/mcp".parse().unwrap();
+        let upstream = SpanParent::new(&server).upstream(&http::Method::POST, &uri);
+        let failed = Outcome::Failed {
+            error_type: "timeout",
+            message: "no answer in 30 s".to_owned(),
+        };
+        let (_, ended) = upstream.into_ended(failed).expect("recorded");
+        let data = ended.into_span_data(&InstrumentationScope::builder("keygate").build());
+        let parent = server.context();
+        assert_eq!(
+            (data.span_kind.clone(), &*data.name),
+            (SpanKind::Client, "POST")
+        );
+        assert_eq!(data.span_context.trace_id(), parent.trace_id());
+        assert_eq!(
+            (data.parent_span_id, data.parent_span_is_remote),
+            (parent.span_id(), false)
+        );
+        assert_eq!(data.status, Status::error("no answer in 30 s"));
+        let attribute = |key: &str| {
+            let found = data.attributes.iter().find(|kv| kv.key.as_str() == key);
+            found.map(|kv| kv.value.to_string())
+        };
+        assert_eq!(attribute("server.address").as_deref(), Some("up.example"));
+        assert_eq!(attribute("server.port").as_deref(), Some("443"));
+        assert_eq!(attribute("error.type").as_deref(), Some("timeout"));
+        handle.close().await;
     }
 
     #[tokio::test(flavor = "current_thread")]
