@@ -129,17 +129,30 @@ fn nonzero_random<const N: usize>() -> [u8; N] {
 /// Fresh ids for a span of this gateway's: in the agent's trace if it named one (its sampled
 /// flag kept), else in a new sampled trace.
 fn local_span(parent: Option<&SpanContext>) -> SpanContext {
-    let (trace_id, flags) = match parent {
-        Some(p) => (p.trace_id(), p.trace_flags()),
-        None => (TraceId::from_bytes(nonzero_random()), TraceFlags::SAMPLED),
-    };
+    match parent {
+        Some(p) => span_in(p, p.trace_flags()),
+        None => new_span(new_trace_id(), TraceFlags::SAMPLED, TraceState::NONE),
+    }
+}
+
+/// A span with a fresh id in `parent`'s trace (and trace state), flagged `flags`.
+fn span_in(parent: &SpanContext, flags: TraceFlags) -> SpanContext {
+    new_span(parent.trace_id(), flags, parent.trace_state().clone())
+}
+
+/// A span with a fresh id in trace `trace_id`.
+fn new_span(trace_id: TraceId, flags: TraceFlags, state: TraceState) -> SpanContext {
     SpanContext::new(
         trace_id,
         SpanId::from_bytes(nonzero_random()),
         flags,
         false,
-        TraceState::NONE,
+        state,
     )
+}
+
+fn new_trace_id() -> TraceId {
+    TraceId::from_bytes(nonzero_random())
 }
 
 /// The span of one MCP request as the gateway serves it.
@@ -168,24 +181,19 @@ impl ServerSpan {
                 recording: None,
             };
         };
-        let trace_id = match &parent {
-            Some(p) => p.trace_id(),
-            None => TraceId::from_bytes(nonzero_random()),
-        };
+        let trace_id = parent
+            .as_ref()
+            .map_or_else(new_trace_id, SpanContext::trace_id);
         let sampled = spans.sample(parent.as_ref(), trace_id);
-        let context = SpanContext::new(
-            trace_id,
-            SpanId::from_bytes(nonzero_random()),
-            if sampled {
-                TraceFlags::SAMPLED
-            } else {
-                TraceFlags::default()
-            },
-            false,
-            parent
-                .as_ref()
-                .map_or(TraceState::NONE, |p| p.trace_state().clone()),
-        );
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let context = match &parent {
+            Some(p) => span_in(p, flags),
+            None => new_span(trace_id, flags, TraceState::NONE),
+        };
         let recording = sampled.then(|| Recording {
             spans: spans.clone(),
             parent: parent.map_or(SpanId::INVALID, |p| p.span_id()),
@@ -247,15 +255,8 @@ impl SpanParent {
                 recording: None,
             };
         };
-        let context = SpanContext::new(
-            self.context.trace_id(),
-            SpanId::from_bytes(nonzero_random()),
-            self.context.trace_flags(),
-            false,
-            self.context.trace_state().clone(),
-        );
         UpstreamSpan {
-            context,
+            context: span_in(&self.context, self.context.trace_flags()),
             recording: Some(Box::new(Request {
                 spans: spans.clone(),
                 parent: self.context.span_id(),
