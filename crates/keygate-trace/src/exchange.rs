@@ -365,12 +365,15 @@ impl Exchange {
             tool: self.tool.as_deref(),
             seconds: elapsed.as_secs_f64(),
         });
-        // The agent's session, or the one an answer just opened; stored digested when long.
-        let session_key = self
-            .session
-            .as_deref()
-            .or(self.response_session.as_deref())
-            .map(session_id);
+        let records_event = self.record && t.sink.is_enabled() && self.who.is_some();
+        // The agent's session, or the one an answer just opened; stored digested when long
+        // (a digest only the span or the event needs).
+        let session_key = if self.span.is_recording() || records_event {
+            let raw = self.session.as_deref().or(self.response_session.as_deref());
+            raw.map(session_id)
+        } else {
+            None
+        };
         if self.span.is_recording() {
             self.span.end(Finished {
                 status,
@@ -388,7 +391,7 @@ impl Exchange {
                 error_type: self.error_type.clone(),
             });
         }
-        if !self.record || !t.sink.is_enabled() {
+        if !records_event {
             return;
         }
         let Some(who) = self.who else { return };
