@@ -645,12 +645,13 @@ async fn tracing_on_vs_off(client: &HttpClient, gw: &TestGateway, upstream_url: 
     gw_off.stop().await;
 }
 
-/// Rounds of alternating comparison: how many, and how long each target runs in each.
 /// Rounds of the on/off comparisons (`KEYGATE_BENCH_ROUNDS` overrides; more rounds, a steadier
 /// median).
 fn rounds() -> usize {
     std::env::var("KEYGATE_BENCH_ROUNDS").map_or(24, |n| n.parse().unwrap())
 }
+
+/// How long each target runs in each round of an on/off comparison.
 const ROUND: Duration = Duration::from_secs(1);
 
 /// `on` against `off` at the fixed rate in `rounds` rounds of `round` each, both back to back
