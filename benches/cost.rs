@@ -43,7 +43,9 @@
 //! (which figures to measure, comma-separated: `cpu` — CPU per call, req/s and busy —,
 //! `latency`, `memory`, `trace`; all by default; a figure left out shows as `—`, and the 1 s
 //! warm-up runs whatever is selected, so that memory is read from a gateway that has served
-//! calls). Arguments select proxies by name (`nginx`, `hyper`, `keygate-pass`, `keygate-agg`,
+//! calls), `KEYGATE_BENCH_PERF` (a directory: each proxy's saturation run is also recorded
+//! with `perf record`, into `{name}.data` there — read it with `perf report -i FILE --sort
+//! dso,sym`; sampling costs the proxy CPU, so the run's figures are not comparable). Arguments select proxies by name (`nginx`, `hyper`, `keygate-pass`, `keygate-agg`,
 //! `otel`; the direct baseline always runs): `KEYGATE_BENCH_SECTIONS=memory cargo bench -p
 //! keygate-benches --bench cost -- nginx hyper keygate-pass` measures only memory per idle
 //! stream.
@@ -589,6 +591,8 @@ struct Bench {
     rate_secs: u64,
     streams: usize,
     sections: Sections,
+    /// Where to write a `perf record` of each proxy's saturation run (`KEYGATE_BENCH_PERF`).
+    perf_dir: Option<PathBuf>,
 }
 
 /// Which figures a run measures (`KEYGATE_BENCH_SECTIONS`).
@@ -828,8 +832,17 @@ impl Bench {
         if self.sections.cpu {
             let cpu0 = cpu_secs(&run.pids);
             let wall = Instant::now();
+            let perf = self
+                .perf_dir
+                .as_deref()
+                .map(|dir| perf_record(dir, t.name, &run.pids, self.saturation_secs));
             let (requests, secs) = wrk(&script, &run.url, self.saturation_secs);
             let wall = wall.elapsed().as_secs_f64();
+            if let Some((mut record, mut stat, counts)) = perf {
+                let _ = record.wait();
+                let _ = stat.wait();
+                print_perf_counts(t.name, &counts, requests);
+            }
             let cpu = cpu_secs(&run.pids) - cpu0;
             figures.cpu_us = Some(cpu * 1e6 / requests as f64);
             figures.rps = Some(requests as f64 / secs);
@@ -991,6 +1004,56 @@ fn wrk_script(body: &str, headers: &[(String, String)]) -> String {
 end
 "#;
     s
+}
+
+/// Starts `perf record` (flat samples, 2 kHz) of `pids` for `secs`, into `dir/{name}.data`
+/// (slugged; the last round's profile of each proxy is the one kept), and `perf stat` of their
+/// system calls and context switches, into the file returned.
+fn perf_record(dir: &Path, name: &str, pids: &[u32], secs: u64) -> (Child, Child, PathBuf) {
+    std::fs::create_dir_all(dir).expect("KEYGATE_BENCH_PERF directory");
+    let file: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let pids = pids.join(",");
+    let secs = secs.to_string();
+    let record = Command::new("perf")
+        .args(["record", "-q", "-F", "2000", "-o"])
+        .arg(dir.join(format!("{file}.data")))
+        .args(["-p", &pids, "--", "sleep", &secs])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run perf (KEYGATE_BENCH_PERF)");
+    let counts = dir.join(format!("{file}.counts"));
+    let stat = Command::new("perf")
+        .args([
+            "stat",
+            "-x,",
+            "-e",
+            "raw_syscalls:sys_enter,context-switches",
+            "-o",
+        ])
+        .arg(&counts)
+        .args(["-p", &pids, "--", "sleep", &secs])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run perf (KEYGATE_BENCH_PERF)");
+    (record, stat, counts)
+}
+
+/// Prints what `perf stat` counted (CSV: value first, event third) per request.
+fn print_perf_counts(name: &str, counts: &Path, requests: u64) {
+    let text = std::fs::read_to_string(counts).unwrap_or_default();
+    let per_call: Vec<String> = text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let value: f64 = fields.first()?.parse().ok()?;
+            Some(format!("{:.2} {}", value / requests as f64, fields.get(2)?))
+        })
+        .collect();
+    println!("perf: {name}: per call {}", per_call.join(", "));
 }
 
 /// Runs wrk (pinned to the load core) for `secs`; the requests it completed and the seconds
@@ -1598,6 +1661,7 @@ async fn run() {
         rate_secs: env_num("KEYGATE_BENCH_RATE_SECS", 5),
         streams,
         sections: Sections::from_env(),
+        perf_dir: std::env::var_os("KEYGATE_BENCH_PERF").map(PathBuf::from),
     };
     println!(
         "keygate cost benchmark: {rounds} rounds; proxy on core {PROXY_CORE}, wrk -t1 -c{CONNECTIONS} \
