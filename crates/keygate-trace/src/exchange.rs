@@ -198,23 +198,27 @@ impl Exchange {
 
     /// Takes what a parsed JSON-RPC message says about itself.
     pub fn set_message(&mut self, message: &Value) {
-        self.method = message
-            .get("method")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        self.rpc_id = message.get("id").cloned();
-        self.tool = match self.method.as_deref() {
-            Some("tools/call" | "prompts/get") => {
-                message["params"]["name"].as_str().map(str::to_owned)
-            }
-            _ => None,
-        };
-        if self.method.is_none() {
-            // A client's answer to a server-to-client request: relayed, not an exchange.
-            self.record = false;
-        }
+        self.set_request(
+            message.get("method").and_then(Value::as_str),
+            message.get("id").cloned(),
+            message["params"]["name"].as_str(),
+        );
         if self.telemetry.capture.is_on() {
             self.request_json = Some(message.clone());
+        }
+    }
+
+    /// Takes a request's method, id and `params.name` (kept as the tool of a call).
+    fn set_request(&mut self, method: Option<&str>, id: Option<Value>, name: Option<&str>) {
+        self.method = method.map(str::to_owned);
+        self.rpc_id = id;
+        self.tool = match method {
+            Some("tools/call" | "prompts/get") => name.map(str::to_owned),
+            _ => None,
+        };
+        if method.is_none() {
+            // A client's answer to a server-to-client request: relayed, not an exchange.
+            self.record = false;
         }
     }
 
@@ -249,6 +253,13 @@ impl Exchange {
         self.bytes_in = peek.total;
         if self.method.is_some() {
             return;
+        }
+        if peek.complete() && !self.telemetry.capture.is_on() {
+            if let Some(outline) = RequestOutline::read(&peek.bytes) {
+                let name = outline.params.and_then(|p| p.name);
+                self.set_request(outline.method.as_deref(), outline.id, name.as_deref());
+                return;
+            }
         }
         if peek.complete()
             && let Ok(message) = serde_json::from_slice::<Value>(&peek.bytes)
@@ -549,6 +560,76 @@ impl Finished {
     }
 }
 
+/// What [`Exchange::set_message`] takes from a request, read without building the message:
+/// an object's `method`, `id` and `params.name`. `None` unless these bytes are one object this
+/// reads as the parsed message would be read; anything else — a batch, a member among these
+/// that is duplicated, escaped or of another type, `params` that is no object — is left to
+/// the parsed message. (Strings it skips are not checked for valid UTF-8, as parsing them
+/// would: such a request has its method recorded where the parsed message had none.)
+#[derive(serde::Deserialize)]
+struct RequestOutline<'a> {
+    #[serde(borrow, default)]
+    method: Option<&'a str>,
+    /// Present (`null` included) or absent, as `Value::get` tells them apart.
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
+    #[serde(borrow, default)]
+    params: Option<ParamsOutline<'a>>,
+}
+
+impl<'a> RequestOutline<'a> {
+    fn read(json: &'a [u8]) -> Option<Self> {
+        // A derived struct also reads an array, by position.
+        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(json).ok()
+    }
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+/// The `name` of a request's `params` object.
+struct ParamsOutline<'a> {
+    name: Option<&'a str>,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for ParamsOutline<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members<'a>(std::marker::PhantomData<&'a str>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
+            type Value = ParamsOutline<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut name = None;
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    if key != "name" {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    } else if name.is_some() {
+                        return Err(serde::de::Error::duplicate_field("name"));
+                    } else {
+                        name = Some(map.next_value::<Option<&'de str>>()?);
+                    }
+                }
+                Ok(ParamsOutline {
+                    name: name.flatten(),
+                })
+            }
+        }
+        // Not `deserialize_any`: an array is not read as an object.
+        d.deserialize_map(Members(std::marker::PhantomData))
+    }
+}
+
 /// A JSON-RPC id as the `jsonrpc.request.id` attribute: strings as they are, numbers in
 /// decimal; `null` is no id.
 fn request_id_text(id: &Value) -> Option<String> {
@@ -646,6 +727,46 @@ mod tests {
         assert_ne!(a, trace_id("s-2", Some(early)));
         assert!(trace_id("s-0", Some(late)) > a);
         assert!(a.parse::<uuid::Uuid>().is_ok());
+    }
+
+    /// What an exchange records of a request body: read by a peek, or parsed by a handler.
+    fn read(body: &str, by_peek: bool) -> (Option<String>, Option<Value>, Option<String>, bool) {
+        let mut ex = Arc::new(Telemetry::disabled()).start("/test", &http::Method::POST, None);
+        if by_peek {
+            let peek = ex.peek_or_new();
+            let mut seen = peek.lock().unwrap();
+            seen.bytes = body.as_bytes().to_vec();
+            seen.total = body.len() as u64;
+            drop(seen);
+            ex.resolve_request();
+        } else if let Ok(message) = serde_json::from_str::<Value>(body) {
+            if message.is_array() {
+                ex.method = Some("batch".to_owned());
+            } else {
+                ex.set_message(&message);
+            }
+        }
+        (ex.method.take(), ex.rpc_id.take(), ex.tool.take(), ex.record)
+    }
+
+    #[test]
+    fn a_peeked_request_is_recorded_as_its_parsed_message() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"x":[1,{"name":"no"}]}}}"#,
+            r#" {"method":"prompts/get","id":"a\"b","params":{"arguments":{},"name":"p"}}"#,
+            r#"{"method":"tools/list","id":null,"params":{"name":"ignored"}}"#,
+            r#"{"method":"tools/call","params":["echo"]}"#,
+            r#"{"method":"tools/call","id":1,"params":{"name":"a","name":"b"}}"#,
+            r#"{"method":"tools/call","id":1,"id":2,"params":{"name":7}}"#,
+            r#"{"method":"tools\/call","id":1,"params":{"n\u0061me":"echo"}}"#,
+            r#"{"method":3,"id":1}"#,
+            r#"{"jsonrpc":"2.0","id":4,"result":{}}"#,
+            r#"[{"method":"tools/call","id":1,"params":{"name":"echo"}}]"#,
+            r#""tools/call""#,
+            r#"{"method":"tools/call","id":1} trailing"#,
+        ] {
+            assert_eq!(read(body, true), read(body, false), "{body}");
+        }
     }
 
     #[test]
