@@ -21,8 +21,12 @@ impl Resource {
     /// Parses an absolute resource URL of this gateway. Trailing slashes are ignored; anything
     /// else (query, fragment, another host) is not ours.
     pub fn parse(public_url: &str, raw: &str) -> Option<Self> {
-        let rest = raw.strip_prefix(public_url)?;
-        let rest = rest.trim_end_matches('/');
+        Self::parse_path(raw.strip_prefix(public_url)?)
+    }
+
+    /// Parses the path of a resource URL (what follows the public URL), as [`Resource::parse`].
+    pub fn parse_path(path: &str) -> Option<Self> {
+        let rest = path.trim_end_matches('/');
         if rest.contains(['?', '#']) {
             return None;
         }
@@ -59,6 +63,33 @@ impl Resource {
             }
             Resource::KontextMcp => format!("{public_url}/mcp"),
             Resource::Management => format!("{public_url}/api/v1"),
+        }
+    }
+
+    /// Whether `url` is exactly this resource's canonical URL (what [`Resource::url`] builds),
+    /// told without building it.
+    pub fn is_url(&self, public_url: &str, url: &str) -> bool {
+        let Some(rest) = url.strip_prefix(public_url) else {
+            return false;
+        };
+        match self {
+            Resource::AppMcp { app, integration } => {
+                let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                let id = app.0.hyphenated().encode_lower(&mut id);
+                let Some(rest) = rest
+                    .strip_prefix("/apps/")
+                    .and_then(|r| r.strip_prefix(&*id))
+                    .and_then(|r| r.strip_prefix("/mcp"))
+                else {
+                    return false;
+                };
+                match integration {
+                    None => rest.is_empty(),
+                    Some(i) => rest.strip_prefix('/') == Some(i.as_str()),
+                }
+            }
+            Resource::KontextMcp => rest == "/mcp",
+            Resource::Management => rest == "/api/v1",
         }
     }
 }
@@ -107,5 +138,45 @@ mod tests {
             integration: None,
         };
         assert_eq!(Resource::parse(BASE, &r.url(BASE)), Some(r));
+    }
+
+    #[test]
+    fn a_resource_is_exactly_its_canonical_url() {
+        let app = ApplicationId::new();
+        let resources = [
+            Resource::AppMcp {
+                app,
+                integration: None,
+            },
+            Resource::AppMcp {
+                app,
+                integration: Some("github".into()),
+            },
+            Resource::AppMcp {
+                app: ApplicationId::new(),
+                integration: None,
+            },
+            Resource::KontextMcp,
+            Resource::Management,
+        ];
+        for r in &resources {
+            for other in &resources {
+                assert_eq!(
+                    r.is_url(BASE, &other.url(BASE)),
+                    r == other,
+                    "{r:?} {other:?}"
+                );
+            }
+            let url = r.url(BASE);
+            for near in [
+                format!("{url}/"),
+                format!("{url}?x"),
+                url.to_uppercase(),
+                url.replacen(BASE, "https://evil.example", 1),
+                url[..url.len() - 1].to_owned(),
+            ] {
+                assert!(!r.is_url(BASE, &near), "{r:?} {near}");
+            }
+        }
     }
 }

@@ -69,17 +69,18 @@ impl AuthState {
         token: &str,
         audience: &str,
     ) -> Result<Claims, VerifyError> {
-        self.verify_access_token_for(token, &[audience])
+        self.verify_access_token_where(token, |aud| aud == audience)
             .await
             .map(Arc::unwrap_or_clone)
     }
 
-    /// Like [`AuthState::verify_access_token`], accepting any of `audiences`. The signature is
-    /// checked once per token, whatever audience it is then presented for.
-    pub async fn verify_access_token_for(
+    /// Like [`AuthState::verify_access_token`], accepting a token whose `aud` the caller
+    /// `accepts`. The signature is checked once per token, whatever audience it is then
+    /// presented for.
+    pub async fn verify_access_token_where(
         &self,
         token: &str,
-        audiences: &[&str],
+        accepts: impl Fn(&str) -> bool,
     ) -> Result<Arc<Claims>, VerifyError> {
         let key = self.tokens.hasher.hash_one(token);
         let verified = match self.tokens.get(key, token) {
@@ -93,7 +94,7 @@ impl AuthState {
         if claims.exp <= Timestamp::now().seconds() {
             return Err(VerifyError::Expired);
         }
-        if !audiences.contains(&claims.aud.as_str()) {
+        if !accepts(&claims.aud) {
             return Err(VerifyError::Invalid);
         }
         let generation = self.store.generation();

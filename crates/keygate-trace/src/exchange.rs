@@ -746,7 +746,12 @@ mod tests {
                 ex.set_message(&message);
             }
         }
-        (ex.method.take(), ex.rpc_id.take(), ex.tool.take(), ex.record)
+        (
+            ex.method.take(),
+            ex.rpc_id.take(),
+            ex.tool.take(),
+            ex.record,
+        )
     }
 
     #[test]

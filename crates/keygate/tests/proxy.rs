@@ -24,6 +24,7 @@ both_backends!(
     an_integrations_new_url_takes_the_next_call,
     unauthenticated_call_gets_a_challenge_naming_the_resource,
     token_for_another_application_is_refused,
+    token_for_one_integration_opens_only_that_one,
     detached_or_archived_integration_is_unreachable,
     proxied_call_marks_the_agent_session_live,
     responses_stream_event_by_event,
@@ -356,6 +357,27 @@ async fn token_for_another_application_is_refused(backend: Backend) {
         .await;
     assert_eq!(resp.status(), 401);
     assert_eq!(up.hits(), Vec::<Value>::new(), "the upstream was reached");
+    w.gw.stop().await;
+}
+
+/// A token for one pass-through endpoint is refused at another integration's (`401`), while a
+/// token for the application's aggregated endpoint opens both.
+async fn token_for_one_integration_opens_only_that_one(backend: Backend) {
+    let w = world(backend).await;
+    let up = FakeUpstream::start().await;
+    let server = server_token_integration(&w, &up).await;
+    let (_, open) = w.integration(json!({"name": "Open", "url": up.url})).await;
+    let own = format!("{}/{server}", w.app_url);
+    let own = w.gw.user_token(w.alice, w.app, &own).await;
+    let resp = w.call(&server, Some(&own), rpc(1, "ping", json!({}))).await;
+    assert_eq!(resp.status(), 200, "its own endpoint");
+    let resp = w.call(&open, Some(&own), rpc(2, "ping", json!({}))).await;
+    assert_eq!(resp.status(), 401, "another integration's endpoint");
+    let app = w.gw.user_token(w.alice, w.app, &w.app_url).await;
+    for slug in [&server, &open] {
+        let resp = w.call(slug, Some(&app), rpc(3, "ping", json!({}))).await;
+        assert_eq!(resp.status(), 200, "{slug} with the application's token");
+    }
     w.gw.stop().await;
 }
 

@@ -56,16 +56,16 @@ pub struct McpCaller {
 
 /// The resource path a request belongs to: `/apps/{id}/mcp[/integration]` or `/mcp`.
 /// Legacy SSE sub-paths (`…/sse`, `…/message`) belong to their endpoint.
-pub fn resource_path(uri: &Uri) -> String {
+pub fn resource_path(uri: &Uri) -> &str {
     let path = uri.path().trim_end_matches('/');
     let path = path
         .strip_suffix("/sse")
         .or_else(|| path.strip_suffix("/message"))
         .unwrap_or(path);
     if path.starts_with("/mcp") {
-        "/mcp".to_owned()
+        "/mcp"
     } else {
-        path.to_owned()
+        path
     }
 }
 
@@ -83,35 +83,37 @@ pub async fn caller(
     }
     let auth = &state.auth;
     let path = resource_path(uri);
-    let url = format!("{}{path}", auth.public_url);
-    let resource = Resource::parse(&auth.public_url, &url)
-        .ok_or(ProxyError::NotFound("No such MCP endpoint"))?;
+    let resource =
+        Resource::parse_path(path).ok_or(ProxyError::NotFound("No such MCP endpoint"))?;
     let unauthorized = |error: Option<&str>, message: &str| {
         ProxyError::Unauthorized(Box::new(protected::unauthorized(
             &auth.public_url,
-            &path,
+            path,
             error,
             message,
         )))
     };
     let token = keygate_auth::bearer_token(headers)
         .ok_or_else(|| unauthorized(None, "A bearer token is required"))?;
-    let mut audiences = vec![url];
-    if let Resource::AppMcp {
-        app,
-        integration: Some(_),
-    } = &resource
-    {
-        audiences.push(
-            Resource::AppMcp {
-                app: *app,
-                integration: None,
-            }
-            .url(&auth.public_url),
-        );
-    }
-    let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
-    let claims = match auth.verify_access_token_for(token, &audiences).await {
+    // The token's audience: this URL, or, for a pass-through endpoint, its application's
+    // aggregated endpoint.
+    let aggregated = match &resource {
+        Resource::AppMcp {
+            app,
+            integration: Some(_),
+        } => Some(Resource::AppMcp {
+            app: *app,
+            integration: None,
+        }),
+        _ => None,
+    };
+    let accepts = |aud: &str| {
+        aud.strip_prefix(&*auth.public_url) == Some(path)
+            || aggregated
+                .as_ref()
+                .is_some_and(|r| r.is_url(&auth.public_url, aud))
+    };
+    let claims = match auth.verify_access_token_where(token, accepts).await {
         Ok(c) => c,
         Err(e @ VerifyError::Unavailable) => {
             return Err(ProxyError::Unavailable {
