@@ -254,12 +254,13 @@ impl Exchange {
         if self.method.is_some() {
             return;
         }
-        if peek.complete() && !self.telemetry.capture.is_on() {
-            if let Some(outline) = RequestOutline::read(&peek.bytes) {
-                let name = outline.params.and_then(|p| p.name);
-                self.set_request(outline.method.as_deref(), outline.id, name.as_deref());
-                return;
-            }
+        if peek.complete()
+            && !self.telemetry.capture.is_on()
+            && let Some(outline) = RequestOutline::read(&peek.bytes)
+        {
+            let name = outline.params.and_then(|p| p.name);
+            self.set_request(outline.method, outline.id, name);
+            return;
         }
         if peek.complete()
             && let Ok(message) = serde_json::from_slice::<Value>(&peek.bytes)
