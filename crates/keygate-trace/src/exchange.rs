@@ -572,7 +572,7 @@ struct RequestOutline<'a> {
     #[serde(borrow, default)]
     method: Option<&'a str>,
     /// Present (`null` included) or absent, as `Value::get` tells them apart.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_value")]
     id: Option<Value>,
     #[serde(borrow, default)]
     params: Option<ParamsOutline<'a>>,
@@ -580,15 +580,14 @@ struct RequestOutline<'a> {
 
 impl<'a> RequestOutline<'a> {
     fn read(json: &'a [u8]) -> Option<Self> {
-        // A derived struct also reads an array, by position.
-        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        if !crate::observe::opens_object(json) {
             return None;
         }
         serde_json::from_slice(json).ok()
     }
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+fn present_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     serde::Deserialize::deserialize(d).map(Some)
 }
 

@@ -383,7 +383,7 @@ where
 /// are not captured — read without building it. Anything else (unsure included) is `false`,
 /// and the answer is then read whole.
 fn plainly_answered(json: &[u8]) -> bool {
-    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if !opens_object(json) {
         return false;
     }
     serde_json::from_slice::<Outline>(json).is_ok_and(|o| {
@@ -392,6 +392,12 @@ fn plainly_answered(json: &[u8]) -> bool {
                 .result
                 .is_some_and(|r| matches!(r.is_error, Some(Value::Bool(true))))
     })
+}
+
+/// Whether `json` (past leading whitespace) starts an object. An outline checks it first: a
+/// derived struct would also read an array, by position.
+pub(crate) fn opens_object(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// The parts of a JSON-RPC answer that say whether it failed.
