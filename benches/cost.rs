@@ -45,10 +45,11 @@
 //! warm-up runs whatever is selected, so that memory is read from a gateway that has served
 //! calls), `KEYGATE_BENCH_PERF` (a directory: each proxy's saturation run is also recorded
 //! with `perf record`, into `{name}.data` there — read it with `perf report -i FILE --sort
-//! dso,sym`; sampling costs the proxy CPU, so the run's figures are not comparable). Arguments select proxies by name (`nginx`, `hyper`, `keygate-pass`, `keygate-agg`,
-//! `otel`; the direct baseline always runs): `KEYGATE_BENCH_SECTIONS=memory cargo bench -p
-//! keygate-benches --bench cost -- nginx hyper keygate-pass` measures only memory per idle
-//! stream.
+//! dso,sym` — and its system calls and context switches per call are printed; sampling costs
+//! the proxy CPU, so that run's figures are not comparable). Arguments select proxies by name
+//! (`nginx`, `hyper`, `keygate-pass`, `keygate-agg`, `otel`; the direct baseline always runs):
+//! `KEYGATE_BENCH_SECTIONS=memory cargo bench -p keygate-benches --bench cost -- nginx hyper
+//! keygate-pass` measures only memory per idle stream.
 
 #![allow(clippy::print_stdout)] // a benchmark's report is its output
 
