@@ -17,8 +17,9 @@
 //! `cargo bench -p keygate-benches --bench proxy -- SECTION…` runs only the named sections:
 //! `latency`, `throughput`, `fan-out`, `sse`, `tracing`, `otel`. `sequential` (only when
 //! named) sends `KEYGATE_BENCH_CALLS` calls (2,000) one at a time to each target, or only to
-//! the targets named beside it (`sequential pass-through`): a closed loop with no timing of its
-//! own, so it can run under `valgrind --tool=callgrind` to count the instructions a call costs
+//! the targets named beside it (`sequential pass-through`; `bare` names the bare hyper
+//! forwarder of the `throughput` section, the floor any proxy pays): a closed loop with no
+//! timing of its own, so it can run under `valgrind --tool=callgrind` to count the instructions a call costs
 //! (run it with two counts; the difference divided by the difference in calls is the cost of
 //! one call, setup excluded). With `KEYGATE_BENCH_OTLP` set, that gateway exports its spans to
 //! a collector in the process, so the count includes the cost of export. The on/off sections run
@@ -363,7 +364,12 @@ async fn main() {
     }
     if named("sequential") {
         let calls = std::env::var("KEYGATE_BENCH_CALLS").map_or(2_000, |n| n.parse().unwrap());
-        sequential(&client, &direct, &targets, calls).await;
+        let bare = Target {
+            url: bare_forwarder(&direct.url).await,
+            ..direct.clone()
+        };
+        let with_bare = [("bare", &bare), targets[0], targets[1]];
+        sequential(&client, &direct, &with_bare, calls).await;
     }
     gw.stop().await;
 }
@@ -375,10 +381,11 @@ async fn sequential(client: &HttpClient, direct: &Target, targets: &[(&str, &Tar
     println!("{:<13} {:>12} {:>13}", "", "mean ms", "added ms");
     let base = mean_of(client, direct, calls).await;
     println!("{:<13} {:>12.3} {:>13}", "direct", ms(base), "-");
-    // Targets named among the sections run alone (for counting one route's instructions).
+    // Targets named among the sections run alone (for counting one route's instructions); the
+    // bare forwarder runs only when named.
     let only: Vec<_> = targets.iter().filter(|(name, _)| named(name)).collect();
     let chosen = if only.is_empty() {
-        targets.iter().collect()
+        targets.iter().filter(|(name, _)| *name != "bare").collect()
     } else {
         only
     };
