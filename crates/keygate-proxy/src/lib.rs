@@ -46,9 +46,24 @@ use keygate_store::GenCache;
 pub use error::ProxyError;
 pub use upstream::Upstream;
 
-/// What the MCP routes share.
+/// What the MCP routes share: one reference-counted [`Shared`]. axum hands each request its
+/// own copy of the state (`State<ProxyState>`), so a copy is one atomic increment, not one per
+/// field (perf at saturation put cloning and dropping the field-by-field state at 1.3 % of the
+/// gateway's CPU).
 #[derive(Clone)]
-pub struct ProxyState {
+pub struct ProxyState(Arc<Shared>);
+
+impl std::ops::Deref for ProxyState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`ProxyState`].
+#[derive(Clone)]
+pub struct Shared {
     pub auth: AuthState,
     pub upstream: Arc<Upstream>,
     pub activity: Arc<stage::authenticate::Activity>,
@@ -93,7 +108,7 @@ pub struct RouteCache {
 
 impl ProxyState {
     pub fn new(auth: AuthState, upstream: Arc<Upstream>) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             origins: Arc::new(origin::AllowedOrigins::new(&auth.public_url, &[])),
             auth,
             upstream,
@@ -104,30 +119,37 @@ impl ProxyState {
             ))),
             fanout_timeout: Duration::from_secs(5),
             tools: Arc::default(),
-        }
+        }))
+    }
+
+    /// The parts, while the state is being configured (before it is shared, so nothing is
+    /// copied).
+    fn parts_mut(&mut self) -> &mut Shared {
+        Arc::make_mut(&mut self.0)
     }
 
     /// Remembers listed tools in `tools` (the catalog the API reads too).
     pub fn with_tool_catalog(mut self, tools: Arc<keygate_policy::ToolCatalog>) -> Self {
-        self.tools = tools;
+        self.parts_mut().tools = tools;
         self
     }
 
     /// Serves browsers on these origins (`mcp.allowed_origins`) besides the public URL's.
     pub fn with_allowed_origins(mut self, origins: &[String]) -> Self {
-        self.origins = Arc::new(origin::AllowedOrigins::new(&self.auth.public_url, origins));
+        self.parts_mut().origins =
+            Arc::new(origin::AllowedOrigins::new(&self.auth.public_url, origins));
         self
     }
 
     /// Gives each upstream `timeout` for its part of an aggregated fan-out (default 5 s).
     pub fn with_fanout_timeout(mut self, timeout: Duration) -> Self {
-        self.fanout_timeout = timeout;
+        self.parts_mut().fanout_timeout = timeout;
         self
     }
 
     /// Records exchanges through `telemetry` (the default records metrics only).
     pub fn with_telemetry(mut self, telemetry: Arc<keygate_trace::Telemetry>) -> Self {
-        self.tracing = Arc::new(traced::Tracing::new(telemetry));
+        self.parts_mut().tracing = Arc::new(traced::Tracing::new(telemetry));
         self
     }
 }
