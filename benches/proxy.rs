@@ -19,11 +19,11 @@
 //! named) sends `KEYGATE_BENCH_CALLS` calls (2,000) one at a time to each target, or only to
 //! the targets named beside it (`sequential pass-through`; `bare` names the bare hyper
 //! forwarder of the `throughput` section, the floor any proxy pays): a closed loop with no
-//! timing of its own, so it can run under `valgrind --tool=callgrind` to count the instructions a call costs
-//! (run it with two counts; the difference divided by the difference in calls is the cost of
-//! one call, setup excluded). With `KEYGATE_BENCH_OTLP` set, that gateway exports its spans to
-//! a collector in the process, so the count includes the cost of export. The on/off sections run
-//! 24 rounds; `KEYGATE_BENCH_ROUNDS` sets another number.
+//! timing of its own, so it can run under `valgrind --tool=callgrind` to count the
+//! instructions a call costs (run it with two counts; the difference divided by the difference
+//! in calls is the cost of one call, setup excluded). With `KEYGATE_BENCH_OTLP` set, that
+//! gateway exports its spans to a collector in the process, so the count includes the cost of
+//! export. The on/off sections run 24 rounds; `KEYGATE_BENCH_ROUNDS` sets another number.
 //!
 //! Client, gateway and upstream share the machine's cores, so absolute numbers understate what
 //! a dedicated gateway does; the ratios are the point.
