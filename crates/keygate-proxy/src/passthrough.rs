@@ -110,7 +110,11 @@ async fn forward(
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let (caller, body) = stage::authenticate::run(state, &parts, body, ex).await?;
+    let stage::authenticate::Authenticated {
+        caller,
+        body,
+        token,
+    } = stage::authenticate::run(state, &parts, body, ex).await?;
     let integration = stage::route::integration(state, &caller, integration_ref).await?;
     ex.integration = Some(integration.id);
     let route_label = match route {
@@ -125,7 +129,7 @@ async fn forward(
     };
     // Failures of the stages below name the integration in the log line and the trace.
     let base = stage::route::url(call)?;
-    let agent_token = keygate_auth::bearer_token(&parts.headers);
+    let agent_token = Some(token);
     let owner = StreamOwner {
         org: caller.app.org_id,
         app: caller.app.id,

@@ -103,7 +103,8 @@ async fn dispatch(
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let (caller, body) = stage::authenticate::run(state, &parts, body, ex).await?;
+    let stage::authenticate::Authenticated { caller, body, .. } =
+        stage::authenticate::run(state, &parts, body, ex).await?;
     let caller = Arc::new(caller);
     let session_header = parts
         .headers

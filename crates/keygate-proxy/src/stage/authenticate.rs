@@ -25,17 +25,21 @@ use crate::traced;
 
 /// Authenticates an MCP request and names its caller in the trace (`ex`). A request refused
 /// for its token is attributed as far as its URL and body allow (reading the body); otherwise
-/// the body comes back untouched.
-pub async fn run(
+/// the body comes back untouched, with the bearer token the request was let in with.
+pub async fn run<'r>(
     state: &ProxyState,
-    parts: &http::request::Parts,
+    parts: &'r http::request::Parts,
     body: Body,
     ex: &mut Exchange,
-) -> Result<(McpCaller, Body), ProxyError> {
-    match caller(state, &parts.headers, &parts.uri).await {
-        Ok(caller) => {
+) -> Result<Authenticated<'r>, ProxyError> {
+    match verify(state, &parts.headers, &parts.uri).await {
+        Ok((caller, token)) => {
             traced::identify(ex, &caller);
-            Ok((caller, body))
+            Ok(Authenticated {
+                caller,
+                body,
+                token,
+            })
         }
         Err(e) => {
             if matches!(e, ProxyError::Unauthorized(_)) {
@@ -44,6 +48,16 @@ pub async fn run(
             Err(e)
         }
     }
+}
+
+/// A request [`run`] let in.
+pub struct Authenticated<'r> {
+    pub caller: McpCaller,
+    /// The request's body, unread.
+    pub body: Body,
+    /// The agent's bearer token, as the request carried it: the forwarding stages keep it
+    /// from going upstream ([`crate::forwarded`]).
+    pub token: &'r str,
 }
 
 /// Who is calling, through which application.
@@ -78,6 +92,15 @@ pub async fn caller(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<McpCaller, ProxyError> {
+    Ok(verify(state, headers, uri).await?.0)
+}
+
+/// [`caller`], and the bearer token it was verified by.
+async fn verify<'h>(
+    state: &ProxyState,
+    headers: &'h HeaderMap,
+    uri: &Uri,
+) -> Result<(McpCaller, &'h str), ProxyError> {
     if !state.origins.permits(headers) {
         return Err(ProxyError::ForeignOrigin);
     }
@@ -162,7 +185,7 @@ pub async fn caller(
     if let Some(sid) = claims.sid {
         state.activity.touch(state, sid);
     }
-    Ok(McpCaller { claims, user, app })
+    Ok((McpCaller { claims, user, app }, token))
 }
 
 /// Marks agent sessions live and records their last activity, at most every few seconds per
