@@ -103,8 +103,11 @@ async fn dispatch(
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
-    let stage::authenticate::Authenticated { caller, body, .. } =
-        stage::authenticate::run(state, &parts, body, ex).await?;
+    let stage::authenticate::Authenticated {
+        caller,
+        body,
+        token,
+    } = stage::authenticate::run(state, &parts, body, ex).await?;
     let caller = Arc::new(caller);
     let session_header = parts
         .headers
@@ -117,7 +120,7 @@ async fn dispatch(
     match parts.method {
         Method::POST => {
             let message = read_message(&parts.headers, body, ex).await?;
-            match post(state, &caller, &parts.headers, session, message, ex).await {
+            match post(state, &caller, &parts.headers, token, session, message, ex).await {
                 // A routed upstream whose grant turned out to be gone: this answer is sent.
                 Err(e) => Err(credential::with_connect_link(state, &caller, e).await),
                 // A call waiting for approval is handled again, approved, with this request.
@@ -183,10 +186,12 @@ async fn read_message(
     Ok(message)
 }
 
+/// A client's message; `token` is the bearer token the request was let in with.
 async fn post(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
     headers: &HeaderMap,
+    token: &str,
     session: Option<Option<Arc<AggregatedSession>>>,
     message: Value,
     ex: &mut Exchange,
@@ -195,7 +200,7 @@ async fn post(
         return Ok(taken);
     }
     if era::declares_modern(headers, Some(&message)) {
-        return stateless(state, caller, headers, message, ex).await;
+        return stateless(state, caller, headers, token, message, ex).await;
     }
     if message["method"] == "initialize" {
         return lifecycle::initialize(state, caller, &message).await;
@@ -222,6 +227,7 @@ async fn stateless(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
     headers: &HeaderMap,
+    token: &str,
     message: Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
@@ -245,10 +251,7 @@ async fn stateless(
     let downstream = Downstream::Stateless(Stateless {
         meta,
         // `Mcp-Param-*` pass on; one that carries the agent's own token does not.
-        params: forwarded::without_token(
-            Stateless::params_of(headers),
-            keygate_auth::bearer_token(headers),
-        ),
+        params: forwarded::without_token(Stateless::params_of(headers), Some(token)),
     });
     serve(state, &members, &downstream, None, message, ex).await
 }
