@@ -8,6 +8,8 @@
 //! headers pass by the allow-list of [`crate::forwarded`] (the agent's credentials stay behind,
 //! `access_token` leaves the query string); the integration's credential is set instead.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -27,6 +29,7 @@ use crate::legacy::{EndpointMap, StreamOwner};
 use crate::sse::{Answering, Relay};
 use crate::stage::credential::{self, Authorization};
 use crate::stage::policy::Governed;
+use crate::stage::route::Endpoint;
 use crate::stage::{self, Call, send};
 use crate::traced::{self, ROUTE_MESSAGE, ROUTE_PASSTHROUGH};
 use crate::unsent;
@@ -128,7 +131,7 @@ async fn forward(
         route: route_label,
     };
     // Failures of the stages below name the integration in the log line and the trace.
-    let base = stage::route::url(call)?;
+    let base = stage::route::endpoint(call)?;
     let agent_token = Some(token);
     let owner = StreamOwner {
         org: caller.app.org_id,
@@ -136,16 +139,21 @@ async fn forward(
         integration: integration.id,
         user: caller.user,
     };
-    let url = match route {
-        Route::Endpoint => {
-            let query = forwarded::query(parts.uri.query(), agent_token);
-            with_query(base.clone(), query.as_deref())
+    let endpoint = match route {
+        Route::Endpoint => match forwarded::query(parts.uri.query(), agent_token) {
+            Some(query) if !query.is_empty() => {
+                let url = with_query(base.url().clone(), &query);
+                Arc::new(Endpoint::checked(call, url)?)
+            }
+            _ => base.clone(),
+        },
+        Route::Message => {
+            let url = message_endpoint(state, &owner, base.url(), &parts)?;
+            Arc::new(Endpoint::checked(call, url)?)
         }
-        Route::Message => message_endpoint(state, &owner, &base, &parts)?,
     };
-    stage::route::check(call, &url)?;
     let endpoint_map = (parts.method == http::Method::GET).then(|| EndpointMap {
-        upstream: base,
+        upstream: base.url().clone(),
         downstream: format!(
             "{}/apps/{}/mcp/{integration_ref}",
             state.auth.public_url, caller.app.id
@@ -211,7 +219,7 @@ async fn forward(
     let build = |body: Body, auth: Option<HeaderValue>| {
         let headers =
             forwarded::request_headers(&parts.headers, &integration.forward_headers, agent_token);
-        send::request(parts.method.clone(), &url, headers, auth, body)
+        send::request(parts.method.clone(), &endpoint, headers, auth, body)
     };
     let is_post = parts.method == http::Method::POST;
     let relay_for = |answering: Answering| Relay {
@@ -226,7 +234,7 @@ async fn forward(
         let peek = Peek::new(body, ex);
         let answering = Answering::Peeked(peek.handle());
         let body = Body::new(Limited::new(peek, MAX_REQUEST_BYTES));
-        let resp = send::once(call, build(body, authorization)?).await?;
+        let resp = send::once(call, build(body, authorization)).await?;
         let relayed = stage::relay::relay(resp, endpoint_map, relay_for(answering));
         approval::note_initialize(state, integration.id, initialize, &relayed);
         return Ok(stage::policy::lets_through(call, governed.as_ref(), relayed).await);
@@ -243,7 +251,7 @@ async fn forward(
     };
     let sent = send::with_retry(call, authorization, |auth| {
         let req = build(Body::from(bytes.clone()), auth);
-        async move { send::once(call, req?).await }
+        send::once(call, req)
     })
     .await;
     match sent {
@@ -325,14 +333,13 @@ fn message_endpoint(
         })
 }
 
-fn with_query(mut url: Url, extra: Option<&str>) -> Url {
-    if let Some(q) = extra.filter(|q| !q.is_empty()) {
-        let merged = match url.query() {
-            Some(existing) => format!("{existing}&{q}"),
-            None => q.to_owned(),
-        };
-        url.set_query(Some(&merged));
-    }
+/// `url` with `extra` (not empty) added to its query.
+fn with_query(mut url: Url, extra: &str) -> Url {
+    let merged = match url.query() {
+        Some(existing) => format!("{existing}&{extra}"),
+        None => extra.to_owned(),
+    };
+    url.set_query(Some(&merged));
     url
 }
 

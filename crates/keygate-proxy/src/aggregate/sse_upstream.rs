@@ -29,7 +29,6 @@ use keygate_core::{IntegrationId, UserId};
 use keygate_store::GenCache;
 use serde_json::{Map, Value, json};
 use tokio::sync::{OnceCell, oneshot};
-use url::Url;
 
 use super::era::{self, META_CAPABILITIES, META_CLIENT_INFO};
 use super::events::{Events, MAX_EVENT_BYTES};
@@ -38,6 +37,7 @@ use crate::ProxyState;
 use crate::error::ProxyError;
 use crate::legacy::on_origin;
 use crate::sse::is_event_stream;
+use crate::stage::route::{self, Endpoint};
 
 /// Streams held open at once on a replica; a full map starts over (see `GenCache`), which
 /// closes them all.
@@ -74,7 +74,7 @@ pub struct SseSession {
 
 /// An open stream and where its messages go.
 struct Stream {
-    endpoint: Url,
+    endpoint: Arc<Endpoint>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     /// The task reading the stream, stopped when the session is dropped.
@@ -199,9 +199,9 @@ async fn open(
 async fn connect(
     state: &ProxyState,
     member: &Member,
-) -> Result<(Url, Events<hyper::body::Incoming>), ProxyError> {
-    let url = crate::stage::route::url(member.call(state))?;
-    let resp = upstream::send_to(state, member, &url, Method::GET, HeaderMap::new(), None).await?;
+) -> Result<(Arc<Endpoint>, Events<hyper::body::Incoming>), ProxyError> {
+    let base = route::endpoint(member.call(state))?;
+    let resp = upstream::send_to(state, member, &base, Method::GET, HeaderMap::new(), None).await?;
     let status = resp.status();
     if !status.is_success() || !is_event_stream(resp.headers()) {
         return Err(ProxyError::upstream_said(format!(
@@ -218,10 +218,11 @@ async fn connect(
             break;
         }
         let announced = event.data.as_deref().unwrap_or_default();
-        let endpoint = on_origin(&url, announced).ok_or_else(|| {
+        let url = on_origin(base.url(), announced).ok_or_else(|| {
             ProxyError::upstream_said("the announced endpoint leaves the integration's origin")
         })?;
-        return Ok((endpoint, events));
+        let endpoint = Endpoint::checked(member.call(state), url)?;
+        return Ok((Arc::new(endpoint), events));
     }
     Err(ProxyError::upstream_said(
         "the stream announced no endpoint first",
@@ -234,7 +235,7 @@ async fn read(
     shared: Arc<Shared>,
     state: ProxyState,
     member: Member,
-    endpoint: Url,
+    endpoint: Arc<Endpoint>,
 ) {
     loop {
         let next = tokio::time::timeout(IDLE_CHECK, events.next()).await;

@@ -25,7 +25,8 @@ use crate::passthrough::MAX_REQUEST_BYTES;
 use crate::sse::is_event_stream;
 use crate::stage::McpCaller;
 use crate::stage::credential::{self, Authorization};
-use crate::stage::{Call, route, send};
+use crate::stage::route::{self, Endpoint};
+use crate::stage::{Call, send};
 use crate::traced::ROUTE_AGGREGATED;
 
 const SESSION_ID: &str = "mcp-session-id";
@@ -521,16 +522,16 @@ async fn send_with(
     headers: HeaderMap,
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    let url = route::url(member.call(state))?;
-    send_to(state, member, &url, method, headers, body).await
+    let endpoint = route::endpoint(member.call(state))?;
+    send_to(state, member, &endpoint, method, headers, body).await
 }
 
-/// [`send_with`] to `url` (on the integration's origin: an HTTP+SSE upstream's message
+/// [`send_with`] to `endpoint` (on the integration's origin: an HTTP+SSE upstream's message
 /// endpoint).
 pub(super) async fn send_to(
     state: &ProxyState,
     member: &Member,
-    url: &url::Url,
+    endpoint: &Endpoint,
     method: Method,
     headers: HeaderMap,
     body: Option<Bytes>,
@@ -539,7 +540,7 @@ pub(super) async fn send_to(
     send::with_retry(call, member.authorization.clone(), |auth| {
         send_once(
             call,
-            url,
+            endpoint,
             auth,
             method.clone(),
             headers.clone(),
@@ -553,13 +554,12 @@ pub(super) async fn send_to(
 /// say otherwise) and a credential.
 async fn send_once(
     call: Call<'_>,
-    url: &url::Url,
+    endpoint: &Endpoint,
     authorization: Option<HeaderValue>,
     method: Method,
     mut headers: HeaderMap,
     body: Option<Bytes>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
-    route::check(call, url)?;
     headers
         .entry(header::ACCEPT)
         .or_insert(HeaderValue::from_static(
@@ -569,7 +569,7 @@ async fn send_once(
         .entry(header::CONTENT_TYPE)
         .or_insert(HeaderValue::from_static("application/json"));
     let body = body.map(Body::from).unwrap_or_else(Body::empty);
-    let req = send::request(method, url, headers, authorization, body)?;
+    let req = send::request(method, endpoint, headers, authorization, body);
     send::once(call, req).await
 }
 

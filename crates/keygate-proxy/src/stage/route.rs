@@ -1,8 +1,8 @@
 //! The route stage, after authentication: which integration answers. Pass-through names one
 //! by slug or id ([`integration`]); the aggregated endpoint routes over every attached proxied
 //! integration ([`proxied`], then by name, URI or reference in `aggregate::route`). The
-//! upstream URL is the integration's ([`url`]) or, for a legacy message, the endpoint its
-//! stream announced; the SSRF guard checks it before anything is sent ([`check`]). The
+//! upstream URL is the integration's ([`endpoint`]) or, for a legacy message, the endpoint its
+//! stream announced; the SSRF guard checks it before anything is sent ([`Endpoint::checked`]). The
 //! application's attachments are cached per store generation.
 
 use std::sync::Arc;
@@ -82,11 +82,49 @@ pub fn is_proxied(integration: &Integration) -> bool {
     integration.category == Category::GatewayRemoteMcp
 }
 
-/// The integration's URL; one that does not parse is the integration's settings' fault.
-pub fn url(call: Call<'_>) -> Result<Url, ProxyError> {
+/// An upstream URL the SSRF guard has passed ([`check`]), with the `Uri` a request to it
+/// carries.
+#[derive(Debug)]
+pub struct Endpoint {
+    url: Url,
+    uri: http::Uri,
+}
+
+impl Endpoint {
+    /// `url`, if the gateway may call it.
+    pub fn checked(call: Call<'_>, url: Url) -> Result<Self, ProxyError> {
+        check(call, &url)?;
+        let uri = url.as_str().parse().map_err(|e| {
+            ProxyError::internal("reading the upstream URL as a request target", e)
+                .of_integration(call.integration)
+        })?;
+        Ok(Self { url, uri })
+    }
+
+    /// `url` as it is, for tests of what is built from an endpoint.
+    #[cfg(test)]
+    pub(crate) fn unchecked(url: &str) -> Self {
+        Self {
+            url: Url::parse(url).unwrap(),
+            uri: url.parse().unwrap(),
+        }
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
+    }
+}
+
+/// The integration's URL, checked ([`Endpoint::checked`]); one that does not parse is the
+/// integration's settings' fault.
+pub fn endpoint(call: Call<'_>) -> Result<Arc<Endpoint>, ProxyError> {
     let integration = call.integration;
-    if let Some(url) = call.state.cache.urls.get(integration) {
-        return Ok(url);
+    if let Some(endpoint) = call.state.cache.urls.get(integration) {
+        return Ok(endpoint);
     }
     let url = Url::parse(&integration.url).map_err(|e| {
         ProxyError::Misconfigured {
@@ -96,38 +134,42 @@ pub fn url(call: Call<'_>) -> Result<Url, ProxyError> {
         }
         .of_integration(integration)
     })?;
-    call.state.cache.urls.put(integration, &url);
-    Ok(url)
+    let endpoint = Arc::new(Endpoint::checked(call, url)?);
+    call.state.cache.urls.put(integration, endpoint.clone());
+    Ok(endpoint)
 }
 
-/// Integration URLs as parsed, by integration: parsing one (WHATWG rules, IDNA) costs more
-/// than the rest of routing a call. An entry serves only while the integration's URL is the
-/// text it was parsed from, so an edited URL is parsed afresh, whatever the cache generation.
+/// Integration URLs as parsed and checked, by integration: parsing one (WHATWG rules, IDNA),
+/// checking it and parsing it again as a `Uri` costs more than the rest of routing a call. An
+/// entry serves only while the integration's URL is the text it was parsed from, so an edited
+/// URL is parsed afresh, whatever the cache generation. A URL the guard refuses is not kept.
 #[derive(Default)]
-pub(crate) struct ParsedUrls(DashMap<IntegrationId, (String, Url), foldhash::fast::RandomState>);
+pub(crate) struct ParsedUrls(
+    DashMap<IntegrationId, (String, Arc<Endpoint>), foldhash::fast::RandomState>,
+);
 
 /// Most integrations whose URLs are kept parsed; more start the cache over.
 const MAX_PARSED_URLS: usize = 10_000;
 
 impl ParsedUrls {
-    fn get(&self, integration: &Integration) -> Option<Url> {
+    fn get(&self, integration: &Integration) -> Option<Arc<Endpoint>> {
         let entry = self.0.get(&integration.id)?;
         (entry.0 == integration.url).then(|| entry.1.clone())
     }
 
-    fn put(&self, integration: &Integration, url: &Url) {
+    fn put(&self, integration: &Integration, endpoint: Arc<Endpoint>) {
         if self.0.len() >= MAX_PARSED_URLS {
             self.0.clear();
         }
         self.0
-            .insert(integration.id, (integration.url.clone(), url.clone()));
+            .insert(integration.id, (integration.url.clone(), endpoint));
     }
 }
 
 /// Refuses a URL the gateway must not call (the SSRF guard: non-https outside the allow-list,
 /// embedded credentials, internal IP literals; internal addresses a name resolves to are
 /// refused when connecting).
-pub fn check(call: Call<'_>, url: &Url) -> Result<(), ProxyError> {
+fn check(call: Call<'_>, url: &Url) -> Result<(), ProxyError> {
     call.state
         .upstream
         .check(url)

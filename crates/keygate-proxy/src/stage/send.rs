@@ -11,37 +11,34 @@
 use std::future::Future;
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use keygate_core::model::AuthMode;
-use url::Url;
-
+use super::route::Endpoint;
 use super::{Call, credential};
 use crate::error::ProxyError;
 use crate::traced;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use keygate_core::model::AuthMode;
 
 /// An upstream's answer.
 pub type Answer = http::Response<hyper::body::Incoming>;
 
-/// The request to send: `method` to `url` with `headers` (nothing else of the client's) and
-/// `authorization`, the credential.
+/// The request to send: `method` to `endpoint` with `headers` (nothing else of the client's)
+/// and `authorization`, the credential.
 pub fn request(
     method: Method,
-    url: &Url,
+    endpoint: &Endpoint,
     mut headers: HeaderMap,
     authorization: Option<HeaderValue>,
     body: Body,
-) -> Result<http::Request<Body>, ProxyError> {
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(url.as_str())
-        .body(body)
-        .map_err(|e| ProxyError::internal("building the upstream request", e))?;
+) -> http::Request<Body> {
+    let mut req = http::Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = endpoint.uri().clone();
     if let Some(auth) = authorization {
         headers.insert(header::AUTHORIZATION, auth);
     }
     *req.headers_mut() = headers;
-    Ok(req)
+    req
 }
 
 /// Sends `req` once and waits for the answer's headers (`proxy.upstream_header_timeout_secs`).
@@ -101,9 +98,15 @@ mod tests {
             HeaderValue::from_static("Bearer agent"),
         );
         headers.insert("mcp-session-id", HeaderValue::from_static("s1"));
-        let url = Url::parse("https://mcp.example.com/mcp?x=1").unwrap();
+        let endpoint = Endpoint::unchecked("https://mcp.example.com/mcp?x=1");
         let credential = HeaderValue::from_static("Bearer upstream");
-        let req = request(Method::POST, &url, headers, Some(credential), Body::empty()).unwrap();
+        let req = request(
+            Method::POST,
+            &endpoint,
+            headers,
+            Some(credential),
+            Body::empty(),
+        );
         assert_eq!(req.uri(), "https://mcp.example.com/mcp?x=1");
         let auth: Vec<_> = req
             .headers()
@@ -117,8 +120,14 @@ mod tests {
 
     #[test]
     fn without_a_credential_the_upstream_request_has_no_authorization() {
-        let url = Url::parse("https://mcp.example.com/mcp").unwrap();
-        let req = request(Method::GET, &url, HeaderMap::new(), None, Body::empty()).unwrap();
+        let endpoint = Endpoint::unchecked("https://mcp.example.com/mcp");
+        let req = request(
+            Method::GET,
+            &endpoint,
+            HeaderMap::new(),
+            None,
+            Body::empty(),
+        );
         assert!(req.headers().get(header::AUTHORIZATION).is_none());
         assert_eq!(req.method(), Method::GET);
     }
