@@ -589,22 +589,25 @@ async fn passthrough_to_a_down_upstream_gets_502(backend: Backend) {
 }
 
 /// The SSRF guard: an internal address that is not allow-listed is never contacted (`502`
-/// before any connection attempt could time out).
+/// before any connection attempt could time out), on the second call as on the first (the
+/// route cache keeps only URLs the guard passed).
 async fn internal_address_off_the_allow_list_is_never_contacted(backend: Backend) {
     let w = world(backend).await;
     let (_up, _, alice) = plain_passthrough(&w).await;
     let (_, internal) = w
         .integration(json!({"name": "Internal", "url": "http://10.255.255.1/mcp"}))
         .await;
-    let started = Instant::now();
-    let resp = w
-        .call(&internal, Some(&alice), rpc(3, "ping", json!({})))
-        .await;
-    assert_eq!(resp.status(), 502);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "refused before connecting"
-    );
+    for attempt in 1..=2 {
+        let started = Instant::now();
+        let resp = w
+            .call(&internal, Some(&alice), rpc(3, "ping", json!({})))
+            .await;
+        assert_eq!(resp.status(), 502, "call {attempt}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "call {attempt} refused before connecting"
+        );
+    }
     assert_still_up(&w).await;
     w.gw.stop().await;
 }

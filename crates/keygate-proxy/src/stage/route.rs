@@ -2,8 +2,8 @@
 //! by slug or id ([`integration`]); the aggregated endpoint routes over every attached proxied
 //! integration ([`proxied`], then by name, URI or reference in `aggregate::route`). The
 //! upstream URL is the integration's ([`endpoint`]) or, for a legacy message, the endpoint its
-//! stream announced; the SSRF guard checks it before anything is sent ([`Endpoint::checked`]). The
-//! application's attachments are cached per store generation.
+//! stream announced; the SSRF guard checks it before anything is sent ([`Endpoint::checked`]).
+//! The application's attachments are cached per store generation.
 
 use std::sync::Arc;
 
