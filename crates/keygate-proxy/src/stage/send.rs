@@ -11,13 +11,14 @@
 use std::future::Future;
 use std::time::Instant;
 
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use keygate_core::model::AuthMode;
+
 use super::route::Endpoint;
 use super::{Call, credential};
 use crate::error::ProxyError;
 use crate::traced;
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use keygate_core::model::AuthMode;
 
 /// An upstream's answer.
 pub type Answer = http::Response<hyper::body::Incoming>;
