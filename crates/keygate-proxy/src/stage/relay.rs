@@ -37,9 +37,9 @@ pub fn relay(
     endpoint_map: Option<EndpointMap>,
     guard: Relay,
 ) -> Response {
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
     let is_sse = is_event_stream(&parts.headers);
-    let mut headers = filtered(&parts.headers, DROP_RESPONSE);
+    let mut headers = filtered(std::mem::take(&mut parts.headers), DROP_RESPONSE);
     let body = if is_sse {
         headers.remove(header::CONTENT_LENGTH);
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -63,17 +63,59 @@ pub fn relay(
     out
 }
 
-/// `src` without the `drop` headers and those its `Connection` names.
-fn filtered(src: &HeaderMap, drop: &[&str]) -> HeaderMap {
+/// `headers` without the `drop` headers and those its `Connection` names. Most answers carry
+/// none of them and keep their map as it came.
+fn filtered(mut headers: HeaderMap, drop: &[&str]) -> HeaderMap {
     // Headers named by `Connection` are hop-by-hop too.
-    let named = forwarded::connection_named(src);
-    let mut out = HeaderMap::with_capacity(src.len());
-    for (name, value) in src {
+    let named = forwarded::connection_named(&headers);
+    let dropped = |name: &HeaderName| {
         let n = name.as_str();
-        if drop.contains(&n) || named.iter().any(|h| h == n) {
-            continue;
-        }
-        out.append(HeaderName::clone(name), value.clone());
+        drop.contains(&n) || named.iter().any(|h| h == n)
+    };
+    let doomed: Vec<HeaderName> = headers.keys().filter(|n| dropped(n)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
     }
-    out
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn the_upstreams_cookies_challenge_and_hop_by_hop_headers_stay_behind() {
+        let from_upstream = headers(&[
+            ("content-type", "application/json"),
+            ("set-cookie", "upstream=1; Domain=mcp.example.com"),
+            ("www-authenticate", "Bearer realm=\"upstream\""),
+            ("connection", "keep-alive, X-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "named by Connection"),
+            ("transfer-encoding", "chunked"),
+            ("mcp-session-id", "s1"),
+        ]);
+        let relayed = filtered(from_upstream, DROP_RESPONSE);
+        let names: Vec<&str> = relayed.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "mcp-session-id"]);
+    }
+
+    #[test]
+    fn an_answer_with_nothing_to_drop_keeps_every_value() {
+        let from_upstream = headers(&[
+            ("content-type", "text/event-stream"),
+            ("vary", "accept"),
+            ("vary", "origin"),
+        ]);
+        let relayed = filtered(from_upstream.clone(), DROP_RESPONSE);
+        assert_eq!(relayed, from_upstream);
+    }
 }
