@@ -37,9 +37,10 @@ pub fn relay(
     endpoint_map: Option<EndpointMap>,
     guard: Relay,
 ) -> Response {
-    let (mut parts, body) = resp.into_parts();
+    let (parts, body) = resp.into_parts();
     let is_sse = is_event_stream(&parts.headers);
-    let mut headers = filtered(std::mem::take(&mut parts.headers), DROP_RESPONSE);
+    let mut headers = parts.headers;
+    strip(&mut headers, DROP_RESPONSE);
     let body = if is_sse {
         headers.remove(header::CONTENT_LENGTH);
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -63,11 +64,11 @@ pub fn relay(
     out
 }
 
-/// `headers` without the `drop` headers and those its `Connection` names. Most answers carry
-/// none of them and keep their map as it came.
-fn filtered(mut headers: HeaderMap, drop: &[&str]) -> HeaderMap {
+/// Removes the `drop` headers and those the `Connection` header names. Most answers carry none
+/// of them, and their map is left as it came.
+fn strip(headers: &mut HeaderMap, drop: &[&str]) {
     // Headers named by `Connection` are hop-by-hop too.
-    let named = forwarded::connection_named(&headers);
+    let named = forwarded::connection_named(headers);
     let dropped = |name: &HeaderName| {
         let n = name.as_str();
         drop.contains(&n) || named.iter().any(|h| h == n)
@@ -76,7 +77,6 @@ fn filtered(mut headers: HeaderMap, drop: &[&str]) -> HeaderMap {
     for name in doomed {
         headers.remove(name);
     }
-    headers
 }
 
 #[cfg(test)]
@@ -103,7 +103,8 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("mcp-session-id", "s1"),
         ]);
-        let relayed = filtered(from_upstream, DROP_RESPONSE);
+        let mut relayed = from_upstream;
+        strip(&mut relayed, DROP_RESPONSE);
         let names: Vec<&str> = relayed.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-type", "mcp-session-id"]);
     }
@@ -115,7 +116,8 @@ mod tests {
             ("vary", "accept"),
             ("vary", "origin"),
         ]);
-        let relayed = filtered(from_upstream.clone(), DROP_RESPONSE);
+        let mut relayed = from_upstream.clone();
+        strip(&mut relayed, DROP_RESPONSE);
         assert_eq!(relayed, from_upstream);
     }
 }
