@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 both_backends!(
     connect_refresh_once_retry_and_revoke,
     aggregated_calls_refresh_once_after_an_upstream_401,
+    aggregated_routed_call_refreshes_only_its_own_upstreams_token,
     discovery_registers_at_the_mcp_servers_authorization_server,
     token_exchange_hands_out_the_right_users_credential,
 );
@@ -74,9 +75,14 @@ async fn world_with(
 impl World {
     /// An OAuth integration with the provider's endpoints and client given inline.
     async fn inline_integration(&self) -> (IntegrationId, String) {
+        self.inline_integration_named("Octo").await
+    }
+
+    /// [`World::inline_integration`] under another name (another slug).
+    async fn inline_integration_named(&self, name: &str) -> (IntegrationId, String) {
         let p = &self.provider;
         self.integration(json!({
-            "name": "Octo", "url": self.upstream.url, "authMode": "oauth",
+            "name": name, "url": self.upstream.url, "authMode": "oauth",
             "oauth": {
                 "clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET, "scopes": ["read"],
                 "authorizationUrl": p.url("/authorize"), "tokenUrl": p.url("/token"),
@@ -345,6 +351,36 @@ async fn aggregated_calls_refresh_once_after_an_upstream_401(backend: Backend) {
     assert!(
         w.provider
             .is_valid(&World::upstream_token(&call(5).await.1))
+    );
+}
+
+/// A call the aggregated endpoint routes to one upstream resolves that upstream's credential
+/// alone: another attached upstream whose token went stale is refreshed when it is used, not on
+/// every call to its neighbours.
+async fn aggregated_routed_call_refreshes_only_its_own_upstreams_token(backend: Backend) {
+    let w = world(backend).await;
+    let (_, called) = w.inline_integration().await;
+    let (_, idle) = w.inline_integration_named("Octo Idle").await;
+    let alice = w.token(w.alice).await;
+    for slug in [&called, &idle] {
+        let answer = w.call(&w.gw, slug, &alice).await;
+        w.connect_via_page(&answer).await;
+    }
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (session, _) = aggregated(&w, &alice, None, init).await;
+    let session = session.expect("a session");
+
+    tokio::time::sleep(ACCESS_TTL).await; // both tokens are due for a refresh now
+    let refreshes = w.provider.refresh_count();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": format!("{called}_echo"), "arguments": {}}});
+    let (_, answer) = aggregated(&w, &alice, Some(&session), body).await;
+    assert!(w.provider.is_valid(&World::upstream_token(&answer)));
+    assert_eq!(
+        w.provider.refresh_count(),
+        refreshes + 1,
+        "only the called upstream's token is refreshed"
     );
 }
 

@@ -210,15 +210,12 @@ async fn post(
         Some(None) => return Err(unknown_session()),
         None => return Err(invalid("Mcp-Session-Id is required after initialize")),
     };
-    // Every upstream the user can use takes part; one that missed the client's `initialize`
-    // is reached through a session the gateway holds (`upstream::link`).
-    let members = members(state, caller).await?;
     let client = headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(|h| Client::new(caller.user, h));
     let downstream = Downstream::Session(session);
-    serve(state, &members, &downstream, client.as_ref(), message, ex).await
+    serve(state, caller, &downstream, client.as_ref(), message, ex).await
 }
 
 /// A 2026-07-28 request: its envelope checked, then served without a session. The era defines
@@ -247,21 +244,25 @@ async fn stateless(
     if message["method"] == "server/discover" {
         return lifecycle::discover(state, caller, &meta, id).await;
     }
-    let members = members(state, caller).await?;
     let downstream = Downstream::Stateless(Stateless {
         meta,
         // `Mcp-Param-*` pass on; one that carries the agent's own token does not.
         params: forwarded::without_token(Stateless::params_of(headers), Some(token)),
     });
-    serve(state, &members, &downstream, None, message, ex).await
+    serve(state, caller, &downstream, None, message, ex).await
 }
 
 /// One message of a client, in its era, over the upstreams it may use (`client`: a 2025
 /// client's session, under which its routed calls can be cancelled). Owned: a routed call
 /// sends it on renamed, without a copy.
+///
+/// A message for every upstream involves each one the user can use ([`members`]); one that
+/// missed the client's `initialize` is reached through a session the gateway holds
+/// (`upstream::link`). A message routed by name involves its upstream alone, credential
+/// included ([`upstream::member`]).
 async fn serve(
     state: &ProxyState,
-    members: &[Member],
+    caller: &Arc<McpCaller>,
     downstream: &Downstream,
     client: Option<&Client>,
     owned: Value,
@@ -271,10 +272,11 @@ async fn serve(
     let (method, id) = match (message["method"].as_str(), RequestId::of(message)) {
         (Some(method), Some(id)) => (method, id),
         (Some(_), None) => {
-            return notify::from_client(state, members, downstream, client, message).await;
+            let members = members(state, caller).await?;
+            return notify::from_client(state, &members, downstream, client, message).await;
         }
         (None, Some(RequestId::String(namespaced))) => {
-            return answer_upstream(state, members, downstream, message, &namespaced, ex).await;
+            return answer_upstream(state, caller, downstream, message, &namespaced, ex).await;
         }
         _ => return Err(invalid("Not a JSON-RPC request, notification or response")),
     };
@@ -287,22 +289,28 @@ async fn serve(
     match method {
         "ping" if !modern => Ok(result(&id, json!({}))),
         "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
-            let mut body = json!({ list_key(method): fan_out_list(state, members, downstream, method).await? });
+            let members = members(state, caller).await?;
+            let mut body = json!({ list_key(method): fan_out_list(state, &members, downstream, method).await? });
             if modern {
                 era::cacheable(&mut body);
             }
             Ok(result(&id, body))
         }
-        "tools/call" | "prompts/get" => call_by_name(state, members, &to, owned, ex).await,
-        "resources/read" => read_resource(state, members, downstream, message, &id).await,
+        "tools/call" | "prompts/get" => call_by_name(state, caller, &to, owned, ex).await,
+        "resources/read" => {
+            let members = members(state, caller).await?;
+            read_resource(state, &members, downstream, message, &id).await
+        }
         // 2026-07-28 replaced them with `subscriptions/listen`.
         "resources/subscribe" | "resources/unsubscribe" if !modern => {
-            subscription(state, members, &to, message, ex).await
+            let members = members(state, caller).await?;
+            subscription(state, &members, &to, message, ex).await
         }
-        "completion/complete" => complete(state, members, &to, message, ex).await,
+        "completion/complete" => complete(state, caller, &to, message, ex).await,
         "logging/setLevel" if !modern => {
+            let members = members(state, caller).await?;
             let sent = join_all(
-                handshake_era(members, downstream)
+                handshake_era(&members, downstream)
                     .map(|m| within(state, m, method, rpc(state, m, downstream, message))),
             )
             .await;
@@ -340,7 +348,7 @@ fn handshake_era<'a>(
 /// A response to a server-to-client request: back to the upstream that asked.
 async fn answer_upstream(
     state: &ProxyState,
-    members: &[Member],
+    caller: &Arc<McpCaller>,
     downstream: &Downstream,
     message: &Value,
     namespaced: &str,
@@ -348,14 +356,13 @@ async fn answer_upstream(
 ) -> Result<Response, ProxyError> {
     let unknown = || invalid("Unknown response id");
     let (slug, original) = namespaced.split_once(ID_SEPARATOR).ok_or_else(unknown)?;
-    let member = members
-        .iter()
-        .find(|m| m.integration.slug == slug)
+    let member = upstream::member(state, caller, slug)
+        .await?
         .ok_or_else(unknown)?;
     ex.integration = Some(member.integration.id);
     let mut answer = message.clone();
     answer["id"] = serde_json::from_str(original).map_err(|_| unknown())?;
-    let reply = exchange(state, member, downstream, &answer).await?;
+    let reply = exchange(state, &member, downstream, &answer).await?;
     Ok(reply.resp.status().into_response())
 }
 
@@ -370,13 +377,13 @@ struct Routed<'a> {
 /// `tools/call` and `prompts/get`: to the upstream the name's prefix names.
 async fn call_by_name(
     state: &ProxyState,
-    members: &[Member],
+    caller: &Arc<McpCaller>,
     to: &Routed<'_>,
     message: Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let name = message["params"]["name"].as_str().unwrap_or("");
-    let Some((member, inner)) = route::by_name(members, name) else {
+    let Some((member, inner)) = route::by_name(state, caller, name).await? else {
         let noun = if message["method"] == "tools/call" {
             "tool"
         } else {
@@ -386,7 +393,7 @@ async fn call_by_name(
         return Ok(rpc_error(to.id, jsonrpc::INVALID_PARAMS, &message));
     };
     ex.integration = Some(member.integration.id);
-    if let Some(policies) = policy_stage(state, members).await?
+    if let Some(policies) = stage::policy::of(state, caller).await?
         && let Some(asked) =
             stage::policy::check(member.call(state), &policies, &message, Some(inner))?
     {
@@ -398,7 +405,7 @@ async fn call_by_name(
     let inner = Value::from(inner);
     let mut upstream_msg = message;
     upstream_msg["params"]["name"] = inner;
-    relay_call(state, member, to, upstream_msg).await
+    relay_call(state, &member, to, upstream_msg).await
 }
 
 /// Why the gateway cannot ask the user of this downstream to approve a call, if it cannot: a
@@ -526,12 +533,12 @@ async fn subscription(
 /// `completion/complete`: to the upstream its `ref` names ([`route::completion`]).
 async fn complete(
     state: &ProxyState,
-    members: &[Member],
+    caller: &Arc<McpCaller>,
     to: &Routed<'_>,
     message: &Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
-    let Some((member, own)) = route::completion(state, members, to.downstream, message).await?
+    let Some((member, own)) = route::completion(state, caller, to.downstream, message).await?
     else {
         let reference = &message["params"]["ref"];
         let named = reference["name"].as_str().or(reference["uri"].as_str());
@@ -539,7 +546,7 @@ async fn complete(
         return Ok(rpc_error(to.id, jsonrpc::INVALID_PARAMS, &message));
     };
     ex.integration = Some(member.integration.id);
-    relay_call(state, member, to, own).await
+    relay_call(state, &member, to, own).await
 }
 
 /// The result field of a list method's answer.

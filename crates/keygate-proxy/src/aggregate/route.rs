@@ -12,20 +12,30 @@
 //!   `ref/resource` by the upstream that lists that URI template (or, failing that, that
 //!   resource URI).
 
+use std::sync::Arc;
+
 use futures_util::future::join_all;
 use serde_json::Value;
 
 use super::era::{self, Era};
-use super::upstream::{Downstream, Member, rpc, within};
+use super::upstream::{self, Downstream, Member, rpc, within};
 use super::{SEPARATOR, list_one};
 use crate::ProxyState;
 use crate::error::ProxyError;
+use crate::stage::McpCaller;
 
-/// The upstream an aggregated tool or prompt name names, and its own name for it.
-pub fn by_name<'a, 'n>(members: &'a [Member], name: &'n str) -> Option<(&'a Member, &'n str)> {
-    let (slug, inner) = name.split_once(SEPARATOR)?;
-    let member = members.iter().find(|m| m.integration.slug == slug)?;
-    Some((member, inner))
+/// The upstream an aggregated tool or prompt name names, and its own name for it. Only that
+/// upstream's credential is resolved ([`upstream::member`]).
+pub async fn by_name<'n>(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+    name: &'n str,
+) -> Result<Option<(Member, &'n str)>, ProxyError> {
+    let Some((slug, inner)) = name.split_once(SEPARATOR) else {
+        return Ok(None);
+    };
+    let member = upstream::member(state, caller, slug).await?;
+    Ok(member.map(|m| (m, inner)))
 }
 
 /// The upstream that owns the resource `read` (a `resources/read` request) names, and its
@@ -55,17 +65,17 @@ pub async fn resource_owner<'a>(
 
 /// The upstream a `completion/complete` request belongs to, and the request as that upstream
 /// is sent it (a prompt under its own name); `None` for a `ref` no upstream has.
-pub async fn completion<'a>(
+pub async fn completion(
     state: &ProxyState,
-    members: &'a [Member],
+    caller: &Arc<McpCaller>,
     downstream: &Downstream,
     message: &Value,
-) -> Result<Option<(&'a Member, Value)>, ProxyError> {
+) -> Result<Option<(Member, Value)>, ProxyError> {
     let reference = &message["params"]["ref"];
     match reference["type"].as_str() {
         Some("ref/prompt") => {
             let name = reference["name"].as_str().unwrap_or("");
-            Ok(by_name(members, name).map(|(member, inner)| {
+            Ok(by_name(state, caller, name).await?.map(|(member, inner)| {
                 let mut own = message.clone();
                 own["params"]["ref"]["name"] = Value::from(inner);
                 (member, own)
@@ -73,8 +83,9 @@ pub async fn completion<'a>(
         }
         Some("ref/resource") => {
             let uri = reference["uri"].as_str().unwrap_or("");
-            let owner = listing_owner(state, members, downstream, uri).await?;
-            Ok(owner.map(|member| (member, message.clone())))
+            let members = upstream::members(state, caller).await?;
+            let owner = listing_owner(state, &members, downstream, uri).await?;
+            Ok(owner.map(|member| (member.clone(), message.clone())))
         }
         _ => Ok(None),
     }

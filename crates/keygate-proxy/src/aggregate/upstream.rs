@@ -134,24 +134,52 @@ pub async fn candidates(
     let proxied = route::proxied(state, caller).await?;
     let mut out = Vec::with_capacity(proxied.len());
     for integration in proxied.iter().filter(|i| route::is_proxied(i)) {
-        let call = Call {
-            state,
-            caller,
-            integration,
-            route: ROUTE_AGGREGATED,
-        };
-        let (authorization, connected) = match credential::authorization(call).await? {
-            Authorization::Header(h) => (h, true),
-            Authorization::NeedsConnection => (None, false),
-        };
-        let member = Member {
-            integration: integration.clone(),
-            authorization,
-            caller: caller.clone(),
-        };
-        out.push((member, connected));
+        out.push(candidate(state, caller, integration).await?);
     }
     Ok(out)
+}
+
+/// The attached proxied integration `slug` names, if the caller can use it. Only its credential
+/// is resolved: a call routed to one upstream neither waits for another's token refresh nor
+/// fails with it.
+pub async fn member(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+    slug: &str,
+) -> Result<Option<Member>, ProxyError> {
+    let proxied = route::proxied(state, caller).await?;
+    let Some(integration) = proxied
+        .iter()
+        .find(|i| route::is_proxied(i) && i.slug == slug)
+    else {
+        return Ok(None);
+    };
+    let (member, connected) = candidate(state, caller, integration).await?;
+    Ok(connected.then_some(member))
+}
+
+/// `integration` as a member, and whether the user can use it.
+async fn candidate(
+    state: &ProxyState,
+    caller: &Arc<McpCaller>,
+    integration: &Arc<Integration>,
+) -> Result<(Member, bool), ProxyError> {
+    let call = Call {
+        state,
+        caller,
+        integration,
+        route: ROUTE_AGGREGATED,
+    };
+    let (authorization, connected) = match credential::authorization(call).await? {
+        Authorization::Header(h) => (h, true),
+        Authorization::NeedsConnection => (None, false),
+    };
+    let member = Member {
+        integration: integration.clone(),
+        authorization,
+        caller: caller.clone(),
+    };
+    Ok((member, connected))
 }
 
 /// How `member` is reached for `downstream`: a 2025 client's session names the upstream's
