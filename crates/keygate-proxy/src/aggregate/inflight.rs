@@ -3,13 +3,14 @@
 //! `notifications/cancelled` for the request's id, a 2026-07-28 upstream sees its HTTP request
 //! dropped (that era's cancellation).
 //!
-//! [`InFlight`] maps a 2025 client's request — (user, its `Mcp-Session-Id`, the request's id)
-//! — to the integration answering it and that call's stop signal. It is per replica: a
-//! cancellation that lands on another replica than its request finds nothing here (see
-//! `notify::cancel`). [`Call`] is one routed call; its entry is removed when the answer ends
-//! or the client goes away. A 2026 client cancels by dropping its HTTP request: when it goes
-//! away before the answer, [`Call`] sends a 2025 upstream `notifications/cancelled` itself.
+//! [`InFlight`] maps a 2025 client's request — (user, its session, the request's id) — to the
+//! integration answering it and that call's stop signal. It is per replica: a cancellation that
+//! lands on another replica than its request finds nothing here (see `notify::cancel`).
+//! [`Call`] is one routed call; its entry is removed when the answer ends or the client goes
+//! away. A 2026 client cancels by dropping its HTTP request: when it goes away before the
+//! answer, [`Call`] sends a 2025 upstream `notifications/cancelled` itself.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,44 +20,66 @@ use keygate_core::{IntegrationId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use super::session::UpstreamSession;
+use super::session::{AggregatedSession, UpstreamSession};
 use super::upstream::{self, Link, Member};
 use crate::ProxyState;
 
-/// A 2025 client of the aggregated endpoint: its user and sealed session id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Client {
+/// A 2025 client of the aggregated endpoint: its user and session.
+pub struct Client<'a> {
     user: UserId,
-    session: Arc<str>,
+    session: &'a Arc<AggregatedSession>,
+    /// The sealed `Mcp-Session-Id` it sent.
+    header: &'a str,
 }
 
-impl Client {
-    pub fn new(user: UserId, session: &str) -> Self {
+impl<'a> Client<'a> {
+    pub fn new(user: UserId, session: &'a Arc<AggregatedSession>, header: &'a str) -> Self {
         Self {
             user,
-            session: session.into(),
+            session,
+            header,
         }
     }
 
     /// The client's `Mcp-Session-Id`.
-    pub fn session(&self) -> &str {
-        &self.session
+    pub fn session(&self) -> &'a str {
+        self.header
     }
 }
 
-/// A request of a client: its id as JSON text (`7` and `"7"` are different ids).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A request of a client: its id as JSON text (`7` and `"7"` are different ids). The session is
+/// told apart by its own id, 32 characters, rather than by its sealed form, hundreds of
+/// characters that every call would copy and hash twice.
+#[derive(Clone)]
 struct Key {
-    client: Client,
+    user: UserId,
+    session: Arc<AggregatedSession>,
     id: String,
 }
 
 impl Key {
-    fn new(client: &Client, id: &Value) -> Self {
+    fn new(client: &Client<'_>, id: &Value) -> Self {
         Self {
-            client: client.clone(),
+            user: client.user,
+            session: client.session.clone(),
             id: id.to_string(),
         }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.user == other.user && self.session.id == other.session.id && self.id == other.id
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.user.hash(state);
+        self.session.id.hash(state);
+        self.id.hash(state);
     }
 }
 
@@ -70,7 +93,6 @@ struct Entry {
 /// The routed calls this replica is relaying, by client and request id.
 #[derive(Default)]
 pub struct InFlight {
-    /// foldhash: the key holds the client's session id, hundreds of characters hashed per call.
     calls: DashMap<Key, Entry, foldhash::fast::RandomState>,
     serial: AtomicU64,
 }
@@ -90,7 +112,7 @@ impl Owner {
 
 impl InFlight {
     /// The call answering `client`'s request `id`, if this replica relays it.
-    pub fn owner(&self, client: &Client, id: &Value) -> Option<Owner> {
+    pub fn owner(&self, client: &Client<'_>, id: &Value) -> Option<Owner> {
         let entry = self.calls.get(&Key::new(client, id))?;
         Some(Owner {
             integration: entry.integration,
@@ -120,7 +142,7 @@ impl Call {
     /// A call of request `id` to `integration`, registered when a 2025 `client` made it.
     pub fn begin(
         state: &ProxyState,
-        client: Option<&Client>,
+        client: Option<&Client<'_>>,
         id: &RequestId,
         integration: IntegrationId,
     ) -> Self {
@@ -201,5 +223,43 @@ impl Drop for Call {
                 tracing::warn!(integration = %i.id, slug = %i.slug, error = %error.chain(), "could not cancel an abandoned call");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keygate_core::ApplicationId;
+
+    use super::*;
+
+    fn session() -> Arc<AggregatedSession> {
+        Arc::new(AggregatedSession::new(
+            ApplicationId::new(),
+            Vec::new(),
+            None,
+            None,
+        ))
+    }
+
+    #[test]
+    fn a_call_is_found_only_by_its_user_session_and_id() {
+        let calls = InFlight::default();
+        let (user, mine, other) = (UserId::new(), session(), session());
+        let entry = Entry {
+            integration: IntegrationId::new(),
+            serial: 0,
+            stop: Arc::default(),
+        };
+        let key = Key::new(&Client::new(user, &mine, "sealed"), &json!(7));
+        calls.calls.insert(key, entry);
+
+        let owner = |user, session, id| calls.owner(&Client::new(user, session, "sealed"), &id);
+        assert!(owner(user, &mine, json!(7)).is_some());
+        assert!(owner(user, &other, json!(7)).is_none(), "another session");
+        assert!(
+            owner(UserId::new(), &mine, json!(7)).is_none(),
+            "another user"
+        );
+        assert!(owner(user, &mine, json!("7")).is_none(), "another id");
     }
 }

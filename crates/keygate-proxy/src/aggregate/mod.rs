@@ -213,8 +213,8 @@ async fn post(
     let client = headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
-        .map(|h| Client::new(caller.user, h));
-    let downstream = Downstream::Session(session);
+        .map(|h| Client::new(caller.user, &session, h));
+    let downstream = Downstream::Session(session.clone());
     serve(state, caller, &downstream, client.as_ref(), message, ex).await
 }
 
@@ -264,7 +264,7 @@ async fn serve(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
     downstream: &Downstream,
-    client: Option<&Client>,
+    client: Option<&Client<'_>>,
     owned: Value,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
@@ -370,7 +370,7 @@ async fn answer_upstream(
 struct Routed<'a> {
     downstream: &'a Downstream,
     /// A 2025 client's session, under which the call can be cancelled.
-    client: Option<&'a Client>,
+    client: Option<&'a Client<'a>>,
     id: &'a RequestId,
 }
 

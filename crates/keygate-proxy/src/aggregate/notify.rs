@@ -45,7 +45,7 @@ pub async fn from_client(
     state: &ProxyState,
     members: &[Member],
     downstream: &Downstream,
-    client: Option<&Client>,
+    client: Option<&Client<'_>>,
     message: &Value,
 ) -> Result<Response, ProxyError> {
     if message["method"] == "notifications/cancelled" {
@@ -64,7 +64,7 @@ pub async fn cancel(
     state: &ProxyState,
     members: &[Member],
     downstream: &Downstream,
-    client: Option<&Client>,
+    client: Option<&Client<'_>>,
     message: &Value,
 ) -> Result<Response, ProxyError> {
     let id = &message["params"]["requestId"];
