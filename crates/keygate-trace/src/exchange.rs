@@ -665,32 +665,45 @@ pub fn session_id(raw: &str) -> String {
     if raw.len() <= MAX_SESSION_CHARS {
         return raw.to_owned();
     }
-    let hex = crate::otel::hex(&digest_of(raw)[..16]);
-    format!("sha256:{hex}")
+    digested(raw, |d| d.stored.to_string())
 }
 
 /// Sessions whose digest each thread remembers: a session's calls digest the same id again
 /// and again (up to 700 characters for an aggregated one).
 const DIGESTS_KEPT: usize = 256;
 
+/// The SHA-256 of a session id, and the stored form of a long one made of it.
+struct Digested {
+    sha256: [u8; 32],
+    /// `sha256:` and the hex of the first 16 bytes.
+    stored: Box<str>,
+}
+
 thread_local! {
-    static DIGESTS: std::cell::RefCell<HashMap<Box<str>, [u8; 32], foldhash::fast::RandomState>> =
+    static DIGESTS: std::cell::RefCell<HashMap<Box<str>, Digested, foldhash::fast::RandomState>> =
         std::cell::RefCell::default();
 }
 
-/// The SHA-256 of `text`, remembered per thread for the last sessions seen.
-fn digest_of(text: &str) -> [u8; 32] {
+/// What `read` takes from the digest of `text`, remembered per thread for the last sessions
+/// seen.
+fn digested<T>(text: &str, read: impl FnOnce(&Digested) -> T) -> T {
     DIGESTS.with(|kept| {
         if let Some(d) = kept.borrow().get(text) {
-            return *d;
+            return read(d);
         }
-        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let sha256: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let hex = crate::otel::hex(&sha256[..16]);
+        let digest = Digested {
+            sha256,
+            stored: format!("sha256:{hex}").into(),
+        };
+        let answer = read(&digest);
         let mut kept = kept.borrow_mut();
         if kept.len() >= DIGESTS_KEPT {
             kept.clear();
         }
         kept.insert(text.into(), digest);
-        digest
+        answer
     })
 }
 
@@ -705,9 +718,8 @@ pub fn trace_id(session: &str, agent_session: Option<AgentSessionId>) -> String 
             secs * 1000 + u64::from(nanos / 1_000_000)
         })
         .unwrap_or_else(|| Timestamp::now().millis().max(0) as u64);
-    let digest = digest_of(session);
     let mut bytes = [0u8; 10];
-    bytes.copy_from_slice(&digest[..10]);
+    digested(session, |d| bytes.copy_from_slice(&d.sha256[..10]));
     uuid::Builder::from_unix_timestamp_millis(millis, &bytes)
         .into_uuid()
         .to_string()
