@@ -45,6 +45,9 @@ struct Provider {
     access_ttl: Duration,
     refresh_delay: Duration,
     refreshes: AtomicUsize,
+    /// Refresh requests being answered now, and the most there were at once.
+    refreshing: AtomicUsize,
+    most_refreshing: AtomicUsize,
     inner: Mutex<Inner>,
 }
 
@@ -82,6 +85,8 @@ impl FakeOAuth {
             access_ttl,
             refresh_delay: Duration::from_millis(100),
             refreshes: AtomicUsize::new(0),
+            refreshing: AtomicUsize::new(0),
+            most_refreshing: AtomicUsize::new(0),
             inner: Mutex::default(),
         });
         let app = Router::new()
@@ -136,6 +141,11 @@ impl FakeOAuth {
     /// How many refresh grants succeeded.
     pub fn refresh_count(&self) -> usize {
         self.provider.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// The most refresh requests the provider was answering at once.
+    pub fn most_concurrent_refreshes(&self) -> usize {
+        self.provider.most_refreshing.load(Ordering::SeqCst)
     }
 
     /// Every token presented at the revocation endpoint.
@@ -327,7 +337,10 @@ async fn token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        let now = p.refreshing.fetch_add(1, Ordering::SeqCst) + 1;
+        p.most_refreshing.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(p.refresh_delay).await;
+        p.refreshing.fetch_sub(1, Ordering::SeqCst);
     }
     let mut inner = p.inner.lock().unwrap();
     inner.token_requests.push(

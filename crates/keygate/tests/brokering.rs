@@ -20,6 +20,7 @@ both_backends!(
     connect_refresh_once_retry_and_revoke,
     aggregated_calls_refresh_once_after_an_upstream_401,
     aggregated_routed_call_refreshes_only_its_own_upstreams_token,
+    aggregated_list_refreshes_its_upstreams_tokens_at_once,
     discovery_registers_at_the_mcp_servers_authorization_server,
     token_exchange_hands_out_the_right_users_credential,
 );
@@ -381,6 +382,46 @@ async fn aggregated_routed_call_refreshes_only_its_own_upstreams_token(backend: 
         w.provider.refresh_count(),
         refreshes + 1,
         "only the called upstream's token is refreshed"
+    );
+}
+
+/// A list the aggregated endpoint fans out refreshes its upstreams' stale tokens at once, not
+/// one after another: the request waits for the slowest refresh, not for their sum.
+async fn aggregated_list_refreshes_its_upstreams_tokens_at_once(backend: Backend) {
+    let w = world(backend).await;
+    let (_, one) = w.inline_integration().await;
+    let (_, two) = w.inline_integration_named("Octo Two").await;
+    let alice = w.token(w.alice).await;
+    for slug in [&one, &two] {
+        let answer = w.call(&w.gw, slug, &alice).await;
+        w.connect_via_page(&answer).await;
+    }
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (session, _) = aggregated(&w, &alice, None, init).await;
+    let session = session.expect("a session");
+
+    tokio::time::sleep(ACCESS_TTL).await; // both tokens are due for a refresh now
+    let refreshes = w.provider.refresh_count();
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let (_, tools) = aggregated(&w, &alice, Some(&session), list).await;
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{tools}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for slug in [&one, &two] {
+        assert!(
+            names.contains(&format!("{slug}_echo").as_str()),
+            "{names:?}"
+        );
+    }
+    assert_eq!(w.provider.refresh_count(), refreshes + 2);
+    assert_eq!(
+        w.provider.most_concurrent_refreshes(),
+        2,
+        "refreshed one after another"
     );
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
+use futures_util::future::join_all;
 use futures_util::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, Limited};
 use keygate_core::IntegrationId;
@@ -126,17 +127,18 @@ pub async fn members(
 }
 
 /// Every attached proxied integration, and whether the user can use it (has connected it, where
-/// it needs the user's own credential). Deciding mints no connect link.
+/// it needs the user's own credential). Deciding mints no connect link. The credentials are
+/// resolved at once: stale OAuth tokens of several upstreams are refreshed in parallel.
 pub async fn candidates(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
 ) -> Result<Vec<(Member, bool)>, ProxyError> {
     let proxied = route::proxied(state, caller).await?;
-    let mut out = Vec::with_capacity(proxied.len());
-    for integration in proxied.iter().filter(|i| route::is_proxied(i)) {
-        out.push(candidate(state, caller, integration).await?);
-    }
-    Ok(out)
+    let resolving = proxied
+        .iter()
+        .filter(|i| route::is_proxied(i))
+        .map(|integration| candidate(state, caller, integration));
+    join_all(resolving).await.into_iter().collect()
 }
 
 /// The attached proxied integration `slug` names, if the caller can use it. Only its credential
