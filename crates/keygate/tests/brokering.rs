@@ -355,15 +355,14 @@ async fn aggregated_calls_refresh_once_after_an_upstream_401(backend: Backend) {
     );
 }
 
-/// A call the aggregated endpoint routes to one upstream resolves that upstream's credential
-/// alone: another attached upstream whose token went stale is refreshed when it is used, not on
-/// every call to its neighbours.
-async fn aggregated_routed_call_refreshes_only_its_own_upstreams_token(backend: Backend) {
+/// Alice, connected to two OAuth upstreams and holding an aggregated session over both, once
+/// both tokens are due for a refresh: the world, the two slugs, her token and the session.
+async fn two_stale_upstreams(backend: Backend) -> (World, [String; 2], String, String) {
     let w = world(backend).await;
-    let (_, called) = w.inline_integration().await;
-    let (_, idle) = w.inline_integration_named("Octo Idle").await;
+    let (_, one) = w.inline_integration().await;
+    let (_, two) = w.inline_integration_named("Octo Two").await;
     let alice = w.token(w.alice).await;
-    for slug in [&called, &idle] {
+    for slug in [&one, &two] {
         let answer = w.call(&w.gw, slug, &alice).await;
         w.connect_via_page(&answer).await;
     }
@@ -371,8 +370,15 @@ async fn aggregated_routed_call_refreshes_only_its_own_upstreams_token(backend: 
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
     let (session, _) = aggregated(&w, &alice, None, init).await;
     let session = session.expect("a session");
+    tokio::time::sleep(ACCESS_TTL).await;
+    (w, [one, two], alice, session)
+}
 
-    tokio::time::sleep(ACCESS_TTL).await; // both tokens are due for a refresh now
+/// A call the aggregated endpoint routes to one upstream resolves that upstream's credential
+/// alone: another attached upstream whose token went stale is refreshed when it is used, not on
+/// every call to its neighbours.
+async fn aggregated_routed_call_refreshes_only_its_own_upstreams_token(backend: Backend) {
+    let (w, [called, _], alice, session) = two_stale_upstreams(backend).await;
     let refreshes = w.provider.refresh_count();
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": format!("{called}_echo"), "arguments": {}}});
@@ -388,20 +394,7 @@ async fn aggregated_routed_call_refreshes_only_its_own_upstreams_token(backend: 
 /// A list the aggregated endpoint fans out refreshes its upstreams' stale tokens at once, not
 /// one after another: the request waits for the slowest refresh, not for their sum.
 async fn aggregated_list_refreshes_its_upstreams_tokens_at_once(backend: Backend) {
-    let w = world(backend).await;
-    let (_, one) = w.inline_integration().await;
-    let (_, two) = w.inline_integration_named("Octo Two").await;
-    let alice = w.token(w.alice).await;
-    for slug in [&one, &two] {
-        let answer = w.call(&w.gw, slug, &alice).await;
-        w.connect_via_page(&answer).await;
-    }
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
-    let (session, _) = aggregated(&w, &alice, None, init).await;
-    let session = session.expect("a session");
-
-    tokio::time::sleep(ACCESS_TTL).await; // both tokens are due for a refresh now
+    let (w, slugs, alice, session) = two_stale_upstreams(backend).await;
     let refreshes = w.provider.refresh_count();
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
     let (_, tools) = aggregated(&w, &alice, Some(&session), list).await;
@@ -411,11 +404,9 @@ async fn aggregated_list_refreshes_its_upstreams_tokens_at_once(backend: Backend
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    for slug in [&one, &two] {
-        assert!(
-            names.contains(&format!("{slug}_echo").as_str()),
-            "{names:?}"
-        );
+    for slug in &slugs {
+        let echo = format!("{slug}_echo");
+        assert!(names.contains(&echo.as_str()), "{names:?}");
     }
     assert_eq!(w.provider.refresh_count(), refreshes + 2);
     assert_eq!(
