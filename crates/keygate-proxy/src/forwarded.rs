@@ -76,7 +76,8 @@ pub fn without_token(mut headers: HeaderMap, agent_token: Option<&str>) -> Heade
 }
 
 /// The client's query string to forward: without `access_token` (in any case or encoding) and
-/// without any parameter that carries `agent_token`; the others keep their exact bytes.
+/// without any parameter that carries `agent_token`; the others keep their exact bytes. `None`
+/// when nothing is left, never an empty string.
 pub fn query(raw: Option<&str>, agent_token: Option<&str>) -> Option<String> {
     let raw = raw.filter(|q| !q.is_empty())?;
     let kept: Vec<&str> = raw
@@ -167,6 +168,7 @@ mod tests {
         );
         assert_eq!(q.as_deref(), Some("a=1&c=%20"));
         assert_eq!(query(Some("access_token=x"), None), None);
+        assert_eq!(query(Some("&&"), None), None);
         assert_eq!(query(None, Some("t")), None);
     }
 }

@@ -141,11 +141,11 @@ async fn forward(
     };
     let endpoint = match route {
         Route::Endpoint => match forwarded::query(parts.uri.query(), agent_token) {
-            Some(query) if !query.is_empty() => {
+            Some(query) => {
                 let url = with_query(base.url().clone(), &query);
                 Arc::new(Endpoint::checked(call, url)?)
             }
-            _ => base.clone(),
+            None => base.clone(),
         },
         Route::Message => {
             let url = message_endpoint(state, &owner, base.url(), &parts)?;
