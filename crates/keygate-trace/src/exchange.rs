@@ -208,8 +208,9 @@ impl Exchange {
         }
     }
 
-    /// Takes a request's method, id and `params.name` (kept as the tool of a call).
-    fn set_request(&mut self, method: Option<&str>, id: Option<Value>, name: Option<&str>) {
+    /// Takes a request's method, id and `params.name` (kept as the tool of a call), as read
+    /// without a parse of the whole message ([`Exchange::set_message`] reads them from one).
+    pub fn set_request(&mut self, method: Option<&str>, id: Option<Value>, name: Option<&str>) {
         self.method = method.map(str::to_owned);
         self.rpc_id = id;
         self.tool = match method {

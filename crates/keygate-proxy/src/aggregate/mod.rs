@@ -36,6 +36,7 @@ pub mod events;
 pub mod handshakes;
 pub mod inflight;
 pub mod lifecycle;
+pub mod message;
 pub mod notify;
 pub mod route;
 pub mod session;
@@ -57,8 +58,11 @@ use serde_json::{Value, json};
 use self::cursor::Cursor;
 use self::events::{Events, MAX_EVENT_BYTES, map_event};
 use self::inflight::{Call, Client};
+use self::message::Message;
 use self::session::AggregatedSession;
-use self::upstream::{Downstream, Link, Member, Stateless, exchange, members, rpc, within};
+use self::upstream::{
+    Downstream, Link, Member, Outgoing, Stateless, exchange, members, rpc, within,
+};
 use crate::ProxyState;
 use crate::approval;
 use crate::error::{ProxyError, local_answer};
@@ -149,12 +153,13 @@ async fn dispatch(
     }
 }
 
-/// The POSTed JSON-RPC message (bounded; one message, no batch).
+/// The POSTed JSON-RPC message (bounded; one message, no batch), as far as the route reads it
+/// ([`Message`]).
 async fn read_message(
     headers: &HeaderMap,
     body: Body,
     ex: &mut Exchange,
-) -> Result<Value, ProxyError> {
+) -> Result<Message, ProxyError> {
     if declared_length(headers).is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
         crate::passthrough::drain(body).await;
         return Err(too_large());
@@ -165,24 +170,18 @@ async fn read_message(
         .map_err(|_| too_large())?
         .to_bytes();
     ex.bytes_in = bytes.len() as u64;
-    let message: Value = serde_json::from_slice(&bytes).map_err(|_| parse_error())?;
-    if message.is_array() {
-        return Err(invalid("JSON-RPC batches are not supported"));
+    let message = Message::read(&bytes)?;
+    match &message {
+        Message::Outlined { .. } if !ex.capture().is_on() => {
+            ex.set_request(
+                message.method(),
+                message.id().map(Value::from),
+                message.name(),
+            );
+        }
+        _ => ex.set_message(message.value()?),
     }
-    ex.set_message(&message);
-    // Everything below reads (and rewrites) the message as an object with object params.
-    if !message.is_object() {
-        return Err(invalid("A JSON-RPC message is an object"));
-    }
-    if message.get("params").is_some_and(|p| !p.is_object()) {
-        return Err(invalid("MCP params are an object"));
-    }
-    if message
-        .get("id")
-        .is_some_and(|id| RequestId::from_value(id).is_none())
-    {
-        return Err(invalid("A JSON-RPC id is a string or a number"));
-    }
+    message.check()?;
     Ok(message)
 }
 
@@ -193,17 +192,20 @@ async fn post(
     headers: &HeaderMap,
     token: &str,
     session: Option<Option<Arc<AggregatedSession>>>,
-    message: Value,
+    message: Message,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
-    if let Some(taken) = approval::answered(state, caller, headers, &message) {
+    // An answer, or `_meta`, is never only outlined.
+    if let Some(parsed) = message.parsed()
+        && let Some(taken) = approval::answered(state, caller, headers, parsed)
+    {
         return Ok(taken);
     }
-    if era::declares_modern(headers, Some(&message)) {
+    if era::declares_modern(headers, message.parsed()) {
         return stateless(state, caller, headers, token, message, ex).await;
     }
-    if message["method"] == "initialize" {
-        return lifecycle::initialize(state, caller, &message).await;
+    if message.method() == Some("initialize") {
+        return lifecycle::initialize(state, caller, message.value()?).await;
     }
     let session = match session {
         Some(Some(s)) => s,
@@ -225,15 +227,15 @@ async fn stateless(
     caller: &Arc<McpCaller>,
     headers: &HeaderMap,
     token: &str,
-    message: Value,
+    message: Message,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
-    let id = match (message.get("method"), RequestId::of(&message)) {
+    let id = match (message.method(), message.id()) {
         (Some(_), Some(id)) => id,
         (Some(_), None) => return Ok(StatusCode::ACCEPTED.into_response()),
         (None, _) => return Err(invalid("A 2026-07-28 client sends requests only")),
     };
-    let meta = match era::accept(headers, &message) {
+    let meta = match era::accept(headers, message.value()?) {
         Ok(meta) => Arc::new(meta),
         Err(r) => {
             let mut error = jsonrpc::Error::new(r.code, r.message);
@@ -241,7 +243,7 @@ async fn stateless(
             return Ok(rpc_error_with(StatusCode::BAD_REQUEST, &id, error));
         }
     };
-    if message["method"] == "server/discover" {
+    if message.method() == Some("server/discover") {
         return lifecycle::discover(state, caller, &meta, id).await;
     }
     let downstream = Downstream::Stateless(Stateless {
@@ -265,17 +267,19 @@ async fn serve(
     caller: &Arc<McpCaller>,
     downstream: &Downstream,
     client: Option<&Client<'_>>,
-    owned: Value,
+    owned: Message,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
     let message = &owned;
-    let (method, id) = match (message["method"].as_str(), RequestId::of(message)) {
+    let (method, id) = match (message.method(), message.id()) {
         (Some(method), Some(id)) => (method, id),
         (Some(_), None) => {
             let members = members(state, caller).await?;
+            let message = message.value()?;
             return notify::from_client(state, &members, downstream, client, message).await;
         }
         (None, Some(RequestId::String(namespaced))) => {
+            let message = message.value()?;
             return answer_upstream(state, caller, downstream, message, &namespaced, ex).await;
         }
         _ => return Err(invalid("Not a JSON-RPC request, notification or response")),
@@ -299,16 +303,17 @@ async fn serve(
         "tools/call" | "prompts/get" => call_by_name(state, caller, &to, owned, ex).await,
         "resources/read" => {
             let members = members(state, caller).await?;
-            read_resource(state, &members, downstream, message, &id).await
+            read_resource(state, &members, downstream, message.value()?, &id).await
         }
         // 2026-07-28 replaced them with `subscriptions/listen`.
         "resources/subscribe" | "resources/unsubscribe" if !modern => {
             let members = members(state, caller).await?;
-            subscription(state, &members, &to, message, ex).await
+            subscription(state, &members, &to, message.value()?, ex).await
         }
-        "completion/complete" => complete(state, caller, &to, message, ex).await,
+        "completion/complete" => complete(state, caller, &to, message.value()?, ex).await,
         "logging/setLevel" if !modern => {
             let members = members(state, caller).await?;
+            let message = message.value()?;
             let sent = join_all(
                 handshake_era(&members, downstream)
                     .map(|m| within(state, m, method, rpc(state, m, downstream, message))),
@@ -379,12 +384,12 @@ async fn call_by_name(
     state: &ProxyState,
     caller: &Arc<McpCaller>,
     to: &Routed<'_>,
-    message: Value,
+    message: Message,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
-    let name = message["params"]["name"].as_str().unwrap_or("");
+    let name = message.name().unwrap_or("");
     let Some((member, inner)) = route::by_name(state, caller, name).await? else {
-        let noun = if message["method"] == "tools/call" {
+        let noun = if message.method() == Some("tools/call") {
             "tool"
         } else {
             "prompt"
@@ -392,20 +397,19 @@ async fn call_by_name(
         let message = format!("Unknown {noun}: {name}");
         return Ok(rpc_error(to.id, jsonrpc::INVALID_PARAMS, &message));
     };
+    let prefix = name.len() - inner.len();
     ex.integration = Some(member.integration.id);
     if let Some(policies) = stage::policy::of(state, caller).await?
         && let Some(asked) =
-            stage::policy::check(member.call(state), &policies, &message, Some(inner))?
+            stage::policy::check(member.call(state), &policies, message.value()?, Some(inner))?
     {
         let why = approval_unsupported(to.downstream);
         let session = to.client.map(Client::session);
-        return approval::request(asked, &member.caller, session, &message, why);
+        return approval::request(asked, &member.caller, session, message.value()?, why);
     }
-    // The upstream's own name, taken before the message it borrows from is moved on.
-    let inner = Value::from(inner);
-    let mut upstream_msg = message;
-    upstream_msg["params"]["name"] = inner;
-    relay_call(state, &member, to, upstream_msg).await
+    // Judged, the upstream gets the message as judged; else as the client wrote it.
+    let upstream_msg = message.without_prefix(prefix)?;
+    relay_call(state, &member, to, upstream_msg.outgoing()).await
 }
 
 /// Why the gateway cannot ask the user of this downstream to approve a call, if it cannot: a
@@ -527,7 +531,7 @@ async fn subscription(
         return Ok(resource_not_found(to.id, false));
     };
     ex.integration = Some(member.integration.id);
-    relay_call(state, member, to, message.clone()).await
+    relay_call(state, member, to, Outgoing::Value(message)).await
 }
 
 /// `completion/complete`: to the upstream its `ref` names ([`route::completion`]).
@@ -546,7 +550,7 @@ async fn complete(
         return Ok(rpc_error(to.id, jsonrpc::INVALID_PARAMS, &message));
     };
     ex.integration = Some(member.integration.id);
-    relay_call(state, &member, to, own).await
+    relay_call(state, &member, to, Outgoing::Value(&own)).await
 }
 
 /// The result field of a list method's answer.
@@ -659,14 +663,14 @@ async fn relay_call(
     state: &ProxyState,
     member: &Member,
     to: &Routed<'_>,
-    message: Value,
+    message: Outgoing<'_>,
 ) -> Result<Response, ProxyError> {
     let downstream = to.downstream;
     let mut call = Call::begin(state, to.client, to.id, member.integration.id);
     // Armed before the upstream answers: a tool may send nothing until it is done.
     cancel_on_drop(state, member, downstream, &mut call).await?;
     let reply = tokio::select! {
-        reply = exchange(state, member, downstream, &message) => reply?,
+        reply = exchange(state, member, downstream, message) => reply?,
         () = call.stopped() => return Ok(event_stream(Body::empty())),
     };
     // A session replaced on the way (the upstream forgot it) is the one to cancel on.

@@ -3,6 +3,7 @@
 //! upstream's own era ([`Link`]), the credential and its OAuth retry ([`send_with`], through the send stage), and one
 //! JSON-RPC answer read from JSON or from SSE ([`read_answer`]).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -237,16 +238,17 @@ pub struct Reply {
 /// session ([`forgot`]), a 2025 client whose session holds it learns its session expired
 /// ([`ProxyError::SessionExpired`]); a session the gateway holds is replaced and the message
 /// sent once more.
-pub async fn exchange(
+pub async fn exchange<'m>(
     state: &ProxyState,
     member: &Member,
     downstream: &Downstream,
-    message: &Value,
+    message: impl Into<Outgoing<'m>>,
 ) -> Result<Reply, ProxyError> {
+    let message = message.into();
     let params = downstream.params();
     let via = link(state, member, downstream).await?;
     let modern = matches!(via, Link::Modern(_));
-    let resp = send_message(state, member, &via, message, params).await?;
+    let resp = send_message(state, member, &via, message.clone(), params).await?;
     let Some(stale) = forgotten(state, member, resp.status(), &via).await else {
         return Ok(Reply { resp, modern });
     };
@@ -400,30 +402,66 @@ pub async fn initialize(
 /// POSTs `message` over `link`: with `_meta` and the mirrored headers to a 2026 upstream
 /// (plus the client's `Mcp-Param-*`), with the session headers to a 2025 one; to an HTTP+SSE
 /// upstream's message endpoint, its answer taken from the stream and given as a JSON body.
-pub async fn send_message(
+pub async fn send_message<'m>(
     state: &ProxyState,
     member: &Member,
     link: &Link,
-    message: &Value,
+    message: impl Into<Outgoing<'m>>,
     params: Option<&HeaderMap>,
 ) -> Result<http::Response<Body>, ProxyError> {
-    let (body, headers) = match link {
+    let message = message.into();
+    let (body, headers) = match (link, &message) {
         // Boxed: the HTTP+SSE exchange is a large future that the other links would carry.
-        Link::Sse(session) => return Box::pin(session.send(state, member, message)).await,
-        Link::Modern(meta) => {
-            let mut message = message.clone();
+        (Link::Sse(session), _) => {
+            let message = message.value()?;
+            return Box::pin(session.send(state, member, &message)).await;
+        }
+        (Link::Modern(meta), _) => {
+            let mut message = message.value()?.into_owned();
             set_meta(&mut message, Some(meta));
             (encode(&message), modern_headers(&message, params))
         }
-        Link::Legacy(up) if has_reserved_meta(message) => {
-            let mut message = message.clone();
+        // A client's request as it wrote it has no `_meta` to take out.
+        (Link::Legacy(up), Outgoing::Sent(bytes)) => (bytes.clone(), session_headers(Some(up))),
+        (Link::Legacy(up), Outgoing::Value(message)) if has_reserved_meta(message) => {
+            let mut message = (*message).clone();
             set_meta(&mut message, None);
             (encode(&message), session_headers(Some(up)))
         }
-        Link::Legacy(up) => (encode(message), session_headers(Some(up))),
+        (Link::Legacy(up), Outgoing::Value(message)) => {
+            (encode(message), session_headers(Some(up)))
+        }
     };
     let resp = send_with(state, member, Method::POST, headers, Some(body)).await?;
     Ok(resp.map(Body::new))
+}
+
+/// A message for an upstream: one the gateway holds, or a client's request as the client wrote
+/// it (renamed for its upstream: [`super::message::Message::without_prefix`]), which has no
+/// `params._meta` and is sent as it is wherever nothing in it must change.
+#[derive(Clone)]
+pub enum Outgoing<'a> {
+    Value(&'a Value),
+    /// Valid JSON: a plain request ([`super::message::Outline`]).
+    Sent(Bytes),
+}
+
+impl<'a> From<&'a Value> for Outgoing<'a> {
+    fn from(message: &'a Value) -> Self {
+        Self::Value(message)
+    }
+}
+
+impl Outgoing<'_> {
+    /// The message as a value, for an upstream it is rewritten for.
+    fn value(&self) -> Result<Cow<'_, Value>, ProxyError> {
+        match self {
+            Self::Value(message) => Ok(Cow::Borrowed(message)),
+            Self::Sent(bytes) => serde_json::from_slice(bytes)
+                .map(Cow::Owned)
+                .map_err(|_| super::parse_error()),
+        }
+    }
 }
 
 /// `message` as a request body: written straight into bytes (its `Display` would go through
