@@ -187,7 +187,8 @@ impl FakeUpstream {
         Self::serve(name, None, true).await
     }
 
-    /// Every JSON-RPC message POSTed to `/mcp` so far: `{method, id, params, headers}`.
+    /// Every JSON-RPC message POSTed to `/mcp` so far: `{method, id, params, headers, body}`
+    /// (`body`: the text as it arrived).
     pub fn requests(&self) -> Vec<Value> {
         self.shared.log.lock().expect("log").clone()
     }
@@ -284,11 +285,9 @@ impl FakeUpstream {
         let app = Router::new()
             .route(
                 "/mcp",
-                post(move |headers: HeaderMap, Json(req): Json<Value>| {
-                    rpc(on_post.clone(), headers, req)
-                })
-                .get(move |headers: HeaderMap| open_stream(on_get.clone(), headers))
-                .delete(move |headers: HeaderMap| close(on_delete.clone(), headers)),
+                post(move |headers: HeaderMap, body: String| rpc(on_post.clone(), headers, body))
+                    .get(move |headers: HeaderMap| open_stream(on_get.clone(), headers))
+                    .delete(move |headers: HeaderMap| close(on_delete.clone(), headers)),
             )
             .route(
                 "/sse",
@@ -441,10 +440,13 @@ fn rpc_error(status: StatusCode, id: &Value, code: i64, message: &str, data: Val
     (status, Json(body)).into_response()
 }
 
-async fn rpc(shared: Arc<Shared>, headers: HeaderMap, req: Value) -> Response {
+async fn rpc(shared: Arc<Shared>, headers: HeaderMap, body: String) -> Response {
+    let Ok(req) = serde_json::from_str::<Value>(&body) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
     shared.log.lock().expect("log").push(json!({
         "method": req["method"], "id": req["id"], "params": req["params"],
-        "headers": header_map(&headers),
+        "headers": header_map(&headers), "body": body,
     }));
     if let Some(stalled) = shared.stalled().await {
         return stalled;

@@ -30,6 +30,8 @@ both_backends!(
     another_user_cannot_answer_an_approval,
     a_client_without_elicitation_is_told_approval_is_required,
     evaluate_says_when_approval_is_required,
+    an_aggregated_call_goes_upstream_as_the_client_wrote_it,
+    an_aggregated_call_goes_upstream_as_it_was_judged,
 );
 
 /// A world with one fake upstream attached as `alpha`.
@@ -81,6 +83,11 @@ impl World {
 
     /// An aggregated request of a 2025 client: initialize, then `body` in that session.
     async fn aggregated(&self, token: &str, body: Value) -> Value {
+        self.aggregated_text(token, body.to_string()).await
+    }
+
+    /// [`World::aggregated`] with the message's text as it is to be sent.
+    async fn aggregated_text(&self, token: &str, body: String) -> Value {
         let http = &self.w.gw.http;
         let init = rpc(
             0,
@@ -106,7 +113,8 @@ impl World {
             .header("accept", "application/json, text/event-stream")
             .header("mcp-session-id", session)
             .header("mcp-protocol-version", "2025-06-18")
-            .json(&body)
+            .header("content-type", "application/json")
+            .body(body)
             .send()
             .await
             .unwrap();
@@ -115,6 +123,16 @@ impl World {
 
     fn upstream_calls(&self) -> usize {
         self.up.count("tools/call")
+    }
+
+    /// The text of the last `tools/call` the upstream received.
+    fn last_call_text(&self) -> String {
+        let requests = self.up.requests();
+        let call = requests.iter().rev().find(|r| r["method"] == "tools/call");
+        call.expect("a call reached the upstream")["body"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 }
 
@@ -245,12 +263,7 @@ async fn a_batch_cannot_carry_a_denied_call_upstream(backend: Backend) {
 
 async fn an_argument_condition_decides_each_call(backend: Backend) {
     let t = world(backend).await;
-    t.policy(
-        "small transfers",
-        r#"permit (principal, action == Action::"call_tool", resource)
-when { context.arguments has amount && context.arguments.amount < 100 };"#,
-    )
-    .await;
+    t.policy("small transfers", SMALL_TRANSFERS).await;
     let alice = t.w.token(t.w.alice).await;
     let listed = t.passthrough(&alice, rpc(1, "tools/list", json!({}))).await;
     assert_eq!(
@@ -407,12 +420,7 @@ async fn a_disabled_or_deleted_policy_stops_applying(backend: Backend) {
 
 async fn evaluate_agrees_with_the_gateway(backend: Backend) {
     let t = world(backend).await;
-    t.policy(
-        "small transfers",
-        r#"permit (principal, action == Action::"call_tool", resource)
-when { context.arguments has amount && context.arguments.amount < 100 };"#,
-    )
-    .await;
+    t.policy("small transfers", SMALL_TRANSFERS).await;
     let alice = t.w.token(t.w.alice).await;
     let host = reqwest::Url::parse(&t.up.url)
         .unwrap()
@@ -897,4 +905,30 @@ async fn approval_events(t: &World, status: &str, n: usize) -> Vec<Value> {
         assert!(Instant::now() < deadline, "{n} {status} approvals: {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn an_aggregated_call_goes_upstream_as_the_client_wrote_it(backend: Backend) {
+    let t = world(backend).await;
+    let alice = t.w.token(t.w.alice).await;
+    let written = r#"{"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "alpha_echo", "arguments": {"n": 1.50}}}"#;
+    let answer = t.aggregated_text(&alice, written.to_owned()).await;
+    assert!(answer["result"].is_object(), "{answer}");
+    assert_eq!(t.last_call_text(), written.replace("alpha_echo", "echo"));
+}
+
+const SMALL_TRANSFERS: &str = r#"permit (principal, action == Action::"call_tool", resource)
+when { context.arguments has amount && context.arguments.amount < 100 };"#;
+
+async fn an_aggregated_call_goes_upstream_as_it_was_judged(backend: Backend) {
+    let t = world(backend).await;
+    t.policy("small transfers", SMALL_TRANSFERS).await;
+    let alice = t.w.token(t.w.alice).await;
+    // Given twice, `arguments` is judged by its last value; another parser could take the first.
+    let twice = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"alpha_echo","arguments":{"amount":500},"arguments":{"amount":5}}}"#;
+    let answer = t.aggregated_text(&alice, twice.to_owned()).await;
+    assert!(answer["result"].is_object(), "{answer}");
+    let sent = t.last_call_text();
+    assert_eq!(sent.matches("amount").count(), 1, "{sent}");
+    assert!(sent.contains(r#""amount":5"#), "{sent}");
 }
