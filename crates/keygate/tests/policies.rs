@@ -911,7 +911,7 @@ async fn an_aggregated_call_goes_upstream_as_the_client_wrote_it(backend: Backen
     let t = world(backend).await;
     let alice = t.w.token(t.w.alice).await;
     let written = r#"{"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": {"name": "alpha_echo", "arguments": {"n": 1.50}}}"#;
+        "params": {"name": "alpha_echo", "arguments": {"n": 1.50}, "_meta": {"progressToken": "p"}}}"#;
     let answer = t.aggregated_text(&alice, written.to_owned()).await;
     assert!(answer["result"].is_object(), "{answer}");
     assert_eq!(t.last_call_text(), written.replace("alpha_echo", "echo"));

@@ -8,9 +8,11 @@
 //! `{slug}_` prefix ([`Message::without_prefix`]). Parsing into a value costs more than the rest of
 //! a routed call's JSON handling: every key is an allocation and a hash.
 //!
-//! Anything else — a notification, a response, a batch, `_meta` in the params, a name or
-//! method written with escapes, duplicated members, ids that are no id — is parsed and
-//! checked whole as before ([`Message::Parsed`]). A message that has been parsed is sent on
+//! Anything else — a notification, a response, a batch, a `_meta` with keys of the 2026 era
+//! (its protocol version, capabilities, …), a name, method or `_meta` key written with
+//! escapes, duplicated members, ids that are no id — is parsed and checked whole as before
+//! ([`Message::Parsed`]). A `_meta` of other keys (`progressToken`, trace context) is only
+//! skipped: nothing in the route reads it, and a 2025 upstream gets it as it is. A message that has been parsed is sent on
 //! from its parse, as it was judged: no second parser upstream reads other bytes than those
 //! a policy saw.
 
@@ -23,6 +25,7 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
+use super::era;
 use super::upstream::Outgoing;
 use super::{invalid, parse_error};
 use crate::error::ProxyError;
@@ -43,8 +46,8 @@ pub enum Message {
 
 /// What the route reads of a plain request: a JSON object whose `method` and `params.name`
 /// (when there is one) are strings without escapes, whose `id` is a number or a string, whose
-/// `params` (when there are) are an object without `_meta`, and whose members are not
-/// duplicated.
+/// `params` (when there are) are an object whose `_meta` (if any) has no key of the 2026 era
+/// ([`era::foreign_meta`]), and whose members are not duplicated.
 pub struct Outline {
     method: Range<usize>,
     id: RequestId,
@@ -119,8 +122,9 @@ impl Message {
         }
     }
 
-    /// The parsed message, when the outline cannot stand for it. An outlined message has no
-    /// `params._meta`, so whatever is read there reads the same as `None`.
+    /// The parsed message, when the outline cannot stand for it. An outlined message is a
+    /// request whose `params._meta` has no 2026 key, so what the era rules read there (the
+    /// protocol version) reads the same as `None`.
     pub fn parsed(&self) -> Option<&Value> {
         match self {
             Self::Parsed(value) => Some(value),
@@ -239,7 +243,7 @@ struct Envelope<'a> {
     params: Params<'a>,
 }
 
-/// `params`: an object (not `null`), its `name`, and no `_meta`.
+/// `params`: an object (not `null`), its `name`, and no 2026 key in its `_meta`.
 #[derive(Default)]
 struct Params<'a> {
     name: Option<&'a str>,
@@ -252,14 +256,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
             type Value = Params<'a>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object without _meta")
+                f.write_str("an object")
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut name = None;
+                let (mut name, mut meta) = (None, false);
                 while let Some(key) = map.next_key::<&'de str>()? {
                     match key {
-                        "_meta" => return Err(de::Error::custom("_meta is read whole")),
+                        "_meta" if meta => return Err(de::Error::duplicate_field("_meta")),
+                        "_meta" => {
+                            map.next_value::<OtherEraFree>()?;
+                            meta = true;
+                        }
                         "name" if name.is_some() => return Err(de::Error::duplicate_field("name")),
                         "name" => name = Some(map.next_value::<&'de str>()?),
                         _ => {
@@ -272,6 +280,33 @@ impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
         }
         // Not `deserialize_any`: an array is not read as an object.
         d.deserialize_map(Members(std::marker::PhantomData))
+    }
+}
+
+/// A `_meta` object without keys of the 2026 era (whose keys are read without escapes).
+struct OtherEraFree;
+
+impl<'de> Deserialize<'de> for OtherEraFree {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = OtherEraFree;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a _meta object without 2026 keys")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    if era::foreign_meta(key, false) {
+                        return Err(de::Error::custom("a 2026 _meta is read whole"));
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Ok(OtherEraFree)
+            }
+        }
+        d.deserialize_map(Keys)
     }
 }
 
@@ -297,6 +332,15 @@ mod tests {
         assert_eq!(m.name(), Some("gh_search"));
         let parsed: Value = serde_json::from_str(text).unwrap();
         assert_eq!(m.value().unwrap(), &parsed);
+    }
+
+    #[test]
+    fn a_call_with_a_progress_token_is_outlined() {
+        let m = read(
+            r#"{"id":1,"method":"tools/call","params":{"name":"gh_a","_meta":{"progressToken":"p-1"}}}"#,
+        );
+        assert!(is_outlined(&m));
+        assert!(m.parsed().is_none());
     }
 
     #[test]
@@ -328,7 +372,9 @@ mod tests {
         for text in [
             r#"{"method":"notifications/initialized"}"#,
             r#"{"id":"kg-1","result":{}}"#,
-            r#"{"id":1,"method":"tools/call","params":{"name":"gh_a","_meta":{"progressToken":1}}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"gh_a","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"gh_a","_meta":{"io.modelcontextprotocol\/logLevel":"info"}}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"gh_a","_meta":{},"_meta":{}}}"#,
             r#"{"id":1,"method":"tools/call","params":{"name":"gh\u005fa"}}"#,
             r#"{"id":1,"method":"tools/call","params":{"name":"gh_a","name":"gh_b"}}"#,
             r#"{"id":1,"id":2,"method":"tools/call"}"#,

@@ -195,7 +195,7 @@ async fn post(
     message: Message,
     ex: &mut Exchange,
 ) -> Result<Response, ProxyError> {
-    // An answer, or `_meta`, is never only outlined.
+    // An answer, or a 2026 `_meta`, is never only outlined.
     if let Some(parsed) = message.parsed()
         && let Some(taken) = approval::answered(state, caller, headers, parsed)
     {

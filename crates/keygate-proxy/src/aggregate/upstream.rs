@@ -421,7 +421,7 @@ pub async fn send_message<'m>(
             set_meta(&mut message, Some(meta));
             (encode(&message), modern_headers(&message, params))
         }
-        // A client's request as it wrote it has no `_meta` to take out.
+        // A client's request as it wrote it has no 2026 `_meta` to take out.
         (Link::Legacy(up), Outgoing::Sent(bytes)) => (bytes.clone(), session_headers(Some(up))),
         (Link::Legacy(up), Outgoing::Value(message)) if has_reserved_meta(message) => {
             let mut message = (*message).clone();
@@ -437,8 +437,9 @@ pub async fn send_message<'m>(
 }
 
 /// A message for an upstream: one the gateway holds, or a client's request as the client wrote
-/// it (renamed for its upstream: [`super::message::Message::without_prefix`]), which has no
-/// `params._meta` and is sent as it is wherever nothing in it must change.
+/// it (renamed for its upstream: [`super::message::Message::without_prefix`]), whose
+/// `params._meta` has no key of the 2026 era and which is sent as it is wherever nothing in it
+/// must change.
 #[derive(Clone)]
 pub enum Outgoing<'a> {
     Value(&'a Value),
