@@ -5,16 +5,16 @@
 //! ([`Message::Outlined`]) only that outline is read; the whole message becomes a JSON value
 //! only if something needs it (a policy judging the call, a payload capture, an upstream of
 //! another era), and a routed call is sent as the client wrote it, minus the name's
-//! `{slug}_` prefix ([`Message::without_prefix`]). Parsing into a value costs more than the rest of
-//! a routed call's JSON handling: every key is an allocation and a hash.
+//! `{slug}_` prefix ([`Message::without_prefix`]). Parsing into a value costs more than the
+//! rest of a routed call's JSON handling: every key is an allocation and a hash.
 //!
 //! Anything else — a notification, a response, a batch, a `_meta` with keys of the 2026 era
 //! (its protocol version, capabilities, …), a name, method or `_meta` key written with
 //! escapes, duplicated members, ids that are no id — is parsed and checked whole as before
 //! ([`Message::Parsed`]). A `_meta` of other keys (`progressToken`, trace context) is only
-//! skipped: nothing in the route reads it, and a 2025 upstream gets it as it is. A message that has been parsed is sent on
-//! from its parse, as it was judged: no second parser upstream reads other bytes than those
-//! a policy saw.
+//! skipped: nothing in the route reads it, and a 2025 upstream gets it as it is. A message
+//! that has been parsed is sent on from its parse, as it was judged: no second parser upstream
+//! reads other bytes than those a policy saw.
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -183,12 +183,6 @@ impl Message {
     }
 }
 
-impl From<Value> for Message {
-    fn from(value: Value) -> Self {
-        Self::Parsed(value)
-    }
-}
-
 /// A routed request as its upstream is sent it.
 pub enum Renamed {
     /// Bytes of valid JSON: a plain request as the client wrote it, renamed.
@@ -212,14 +206,9 @@ impl Outline {
             return None;
         }
         let envelope: Envelope<'_> = serde_json::from_str(text).ok()?;
-        let id = match envelope.id {
-            Value::Number(n) => RequestId::Number(n),
-            Value::String(s) => RequestId::String(s),
-            _ => return None,
-        };
         Some(Self {
             method: within(text, envelope.method),
-            id,
+            id: RequestId::from_value(&envelope.id)?,
             name: envelope.params.name.map(|name| within(text, name)),
         })
     }
