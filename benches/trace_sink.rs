@@ -11,6 +11,10 @@
 //!   drop — then higher rates to show the headroom) into the real `TraceSink` over a SQLite
 //!   file in WAL mode: drops, the deepest the queue got, CPU per event (emit and writer).
 //!
+//! `cargo bench -p keygate-benches --bench trace_sink -- SECTION…` runs only the named
+//! sections: `raw`, `footprint`, `retention`, `sink` (a single one can then run under
+//! `valgrind --tool=callgrind` to count what an insert costs).
+//!
 //! The events look like production's: 50 sessions (each with its trace, agent session and
 //! user), 5 integrations, 12 tools, 1 in 20 an error, OpenTelemetry ids on every event, no
 //! captured payloads. PostgreSQL is `KEYGATE_TEST_POSTGRES_URL` (default
@@ -101,7 +105,9 @@ impl World {
         e
     }
 
-    /// `n` events with ids assigned, as the writer would.
+    /// `n` events with ids assigned as the writer would: UUID v7 of the time they are written,
+    /// `created_at` when given (the writer's id and the event's time are never days apart, and
+    /// retention walks the ids).
     fn events(&self, n: u64, created_at: Option<Timestamp>) -> Vec<TraceEvent> {
         (0..n)
             .map(|i| {
@@ -109,6 +115,13 @@ impl World {
                 e.id = uuid::Uuid::now_v7();
                 if let Some(t) = created_at {
                     e.created_at = t;
+                    let random = &uuid::Uuid::new_v4().into_bytes()[..10];
+                    let millis = u64::try_from(t.millis()).unwrap_or(0);
+                    e.id = uuid::Builder::from_unix_timestamp_millis(
+                        millis,
+                        random.try_into().unwrap(),
+                    )
+                    .into_uuid();
                 }
                 e
             })
@@ -337,6 +350,26 @@ async fn run(rate: u64, secs: u64) -> (u64, u64, usize, Duration, f64) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
+    if wants("raw") {
+        raw_section().await;
+    }
+    if wants("footprint") {
+        footprint_section().await;
+    }
+    if wants("retention") {
+        retention_section().await;
+    }
+    if wants("sink") {
+        sink_section().await;
+    }
+}
+
+async fn raw_section() {
     println!("raw insert capacity and CPU per event (µs: this process; PostgreSQL's backend)");
     for postgres in [false, true] {
         for batch in [1, 100, 1_000] {
@@ -351,6 +384,9 @@ async fn main() {
             );
         }
     }
+}
+
+async fn footprint_section() {
     println!("bytes on disk per event (tables + indexes, {FOOTPRINT_EVENTS} events, no payloads)");
     for postgres in [false, true] {
         let name = if postgres { "PostgreSQL" } else { "SQLite" };
@@ -363,6 +399,9 @@ async fn main() {
             );
         }
     }
+}
+
+async fn retention_section() {
     println!("retention ({RETENTION_EVENTS} expired events among as many kept)");
     for postgres in [false, true] {
         let name = if postgres { "PostgreSQL" } else { "SQLite" };
@@ -370,6 +409,9 @@ async fn main() {
             println!("  {name:<10} deleted {deleted} at {rate:>9.0} events/s");
         }
     }
+}
+
+async fn sink_section() {
     println!("trace sink on SQLite (WAL), queue {QUEUE}");
     println!(
         "{:>10} {:>6} {:>10} {:>8} {:>14} {:>12} {:>12}",
