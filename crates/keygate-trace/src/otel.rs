@@ -9,23 +9,23 @@
 //! start (parent-based by default, so the agent's sampled flag is honoured). A sampled span
 //! keeps only its ids and start on the request's path; when it ends, its facts (the
 //! exchange's [`Finished`], or the upstream request and its outcome) go to the export queue
-//! as they are, and the export task makes the SDK's span data of them — name, attributes,
-//! status — and hands batches to the OTLP exporter. Building a dozen attributes costs more
+//! as they are, and the export task makes them into spans — name, attributes, status — and
+//! writes them into OTLP export requests ([`encode`]). Building a dozen attributes costs more
 //! than the rest of a span; done there, it costs the request nothing. With export off, no
 //! span is recorded: the ids are made here (two random numbers, no allocation), only so that
 //! the upstream and the trace event still carry the trace.
 
+mod encode;
 pub mod export;
 
 use std::borrow::Cow;
 use std::time::SystemTime;
 
 use http::HeaderValue;
+use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use crate::exchange::Finished;
 
@@ -334,7 +334,7 @@ impl UpstreamSpan {
 }
 
 /// A finished span as the request's path leaves it: facts, which the export task turns into
-/// the SDK's span data ([`Ended::into_span_data`]).
+/// a span to encode ([`Ended::into_span`]).
 pub(crate) struct Ended {
     context: SpanContext,
     parent: SpanId,
@@ -363,7 +363,7 @@ enum Outcome {
 }
 
 impl Ended {
-    pub(crate) fn into_span_data(self, scope: &InstrumentationScope) -> SpanData {
+    pub(crate) fn into_span(self) -> encode::Span {
         let (kind, name, attributes, status) = match self.kind {
             EndedKind::Server(finished) => {
                 let (name, attributes, error) = finished.describe();
@@ -379,7 +379,7 @@ impl Ended {
                 (SpanKind::Client, method_name(&method), attributes, status)
             }
         };
-        SpanData {
+        encode::Span {
             span_context: self.context,
             parent_span_id: self.parent,
             parent_span_is_remote: self.parent_is_remote,
@@ -388,11 +388,7 @@ impl Ended {
             start_time: self.start,
             end_time: self.end,
             attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
             status,
-            instrumentation_scope: scope.clone(),
         }
     }
 }

@@ -1,36 +1,34 @@
-//! Span export through the OpenTelemetry SDK to an OTLP/HTTP collector.
+//! Span export to an OTLP/HTTP collector.
 //!
-//! The SDK's sampler decides which spans are recorded, its span data is what is exported, and
-//! the OTLP exporter encodes it (`http/protobuf` or `http/json`) and sends it with the
-//! configured headers and timeout. What sits between is keygate's: a finished span's facts
-//! ([`Ended`]) enter a bounded queue with `try_send` — full, the span is dropped and counted,
-//! the request never waits — and one tokio task makes span data of them and sends batches
-//! (≤ 512 spans, gathered for ≤ 500 ms, the queue looked at every 20 ms: a span arriving wakes
-//! nobody while a batch gathers). The SDK's own tracer and batch processor are not used: they
-//! would build every attribute on the request's path, count drops only in a log line at
-//! shutdown, and run exports on a thread of their own.
+//! The SDK's sampler decides which spans are recorded. What follows is keygate's: a finished
+//! span's facts ([`Ended`]) enter a bounded queue with `try_send` — full, the span is dropped
+//! and counted, the request never waits — and one tokio task writes them into export requests
+//! ([`super::encode`]) and sends batches (≤ 512 spans, gathered for ≤ 500 ms, the queue looked
+//! at every 20 ms: a span arriving wakes nobody while a batch gathers) with the configured
+//! headers and timeout, as `http/protobuf` or, decoded into opentelemetry-proto's messages and
+//! serialized by their serde mapping, `http/json`. The SDK's tracer, batch processor and
+//! exporter are not used: they would build every attribute on the request's path, count drops
+//! only in a log line at shutdown, run exports on a thread of their own, and make two
+//! intermediate copies of every span before encoding it.
 //!
-//! The exporter's HTTP client is keygate's reqwest (no second major of it in the build), with
-//! redirects off: the headers often carry a collector's API key, which must not follow a
-//! redirect elsewhere.
+//! The HTTP client is keygate's reqwest with redirects off: the headers often carry a
+//! collector's API key, which must not follow a redirect elsewhere.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use keygate_core::otlp::{OtlpProtocol, OtlpSettings, ParentlessSampler, SamplerSetting};
+use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, TraceId};
-use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample, SpanExporter as _};
+use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
+use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::Ended;
+use super::encode;
 
 /// Spans per export request.
 const MAX_EXPORT_BATCH: usize = 512;
@@ -67,19 +65,16 @@ pub struct SpansHandle {
 pub enum ExportError {
     #[error("building the span exporter's HTTP client: {0}")]
     Client(#[from] reqwest::Error),
-    #[error("building the OTLP span exporter: {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("OTLP export header {0:?} is not a valid HTTP header")]
+    Header(String),
 }
 
 impl Spans {
     /// Starts exporting per `settings` (in the current tokio runtime).
     pub fn start(settings: &OtlpSettings) -> Result<(Self, SpansHandle), ExportError> {
-        let resource = Resource::builder_empty()
-            .with_service_name(settings.service_name.clone())
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build();
-        let mut exporter = otlp_exporter(settings)?;
-        exporter.set_resource(&resource);
+        let collector = Collector::new(settings)?;
+        let request =
+            encode::Request::new(&settings.service_name, env!("CARGO_PKG_VERSION"), "keygate");
         let (queue, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let spans = Self(Arc::new(Shared {
             sampler: sampler(settings.sampler),
@@ -88,7 +83,7 @@ impl Spans {
             failed: AtomicU64::new(0),
         }));
         let (close, close_rx) = oneshot::channel();
-        let task = tokio::spawn(export_loop(exporter, rx, close_rx, spans.clone()));
+        let task = tokio::spawn(export_loop(collector, request, rx, close_rx, spans.clone()));
         Ok((spans, SpansHandle { close, task }))
     }
 
@@ -133,28 +128,109 @@ impl SpansHandle {
     }
 }
 
-fn otlp_exporter(settings: &OtlpSettings) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
-    let client = reqwest::Client::builder()
-        .timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let headers: HashMap<String, String> = settings
-        .headers
-        .iter()
-        .map(|(name, value)| (name.clone(), value.expose().to_owned()))
-        .collect();
-    let protocol = match settings.protocol {
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::Protocol::HttpBinary,
-        OtlpProtocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
-    };
-    Ok(opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(ExportClient(client))
-        .with_endpoint(settings.traces_url.as_str())
-        .with_protocol(protocol)
-        .with_timeout(settings.timeout)
-        .with_headers(headers)
-        .build()?)
+/// Where export requests go, and how.
+struct Collector {
+    client: reqwest::Client,
+    url: String,
+    headers: HeaderMap,
+    protocol: OtlpProtocol,
+}
+
+/// An export request the collector did not take.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("encoding the request as JSON: {0}")]
+    Json(String),
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the collector answered HTTP {status}: {body}")]
+    Refused { status: u16, body: String },
+}
+
+impl Collector {
+    fn new(settings: &OtlpSettings) -> Result<Self, ExportError> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let bad = || ExportError::Header(name.clone());
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+            let mut value =
+                HeaderValue::from_bytes(value.expose().as_bytes()).map_err(|_| bad())?;
+            value.set_sensitive(true);
+            headers.append(name, value);
+        }
+        let content_type = match settings.protocol {
+            OtlpProtocol::HttpProtobuf => "application/x-protobuf",
+            OtlpProtocol::HttpJson => "application/json",
+        };
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        Ok(Self {
+            client,
+            url: settings.traces_url.to_string(),
+            headers,
+            protocol: settings.protocol,
+        })
+    }
+
+    /// Sends one encoded `ExportTraceServiceRequest`; a 2xx answer is success.
+    async fn send(&self, request: Vec<u8>) -> Result<(), SendError> {
+        let body = match self.protocol {
+            OtlpProtocol::HttpProtobuf => request,
+            OtlpProtocol::HttpJson => to_json(&request)?,
+        };
+        let mut answer = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .body(body)
+            .send()
+            .await?;
+        // Read (bounded) so that the connection can carry the next export.
+        let mut read = Vec::new();
+        while let Some(chunk) = answer.chunk().await? {
+            let room = MAX_RESPONSE_BYTES - read.len();
+            read.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if read.len() == MAX_RESPONSE_BYTES {
+                break;
+            }
+        }
+        let status = answer.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // The collector's words go to the log: never an export header's value (an API key)
+        // that it might have echoed.
+        let mut body = String::from_utf8_lossy(&read).into_owned();
+        for (name, value) in &self.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            if name != CONTENT_TYPE && !value.is_empty() {
+                body = body.replace(&*value, "[redacted]");
+            }
+        }
+        if body.len() > 200 {
+            let cut = (0..=200)
+                .rev()
+                .find(|&i| body.is_char_boundary(i))
+                .unwrap_or(0);
+            body.truncate(cut);
+        }
+        Err(SendError::Refused {
+            status: status.as_u16(),
+            body,
+        })
+    }
+}
+
+/// OTLP/JSON of an encoded request: opentelemetry-proto's messages and their serde mapping
+/// (hex ids, enums as numbers, 64-bit integers as strings).
+fn to_json(request: &[u8]) -> Result<Vec<u8>, SendError> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    let message =
+        ExportTraceServiceRequest::decode(request).map_err(|e| SendError::Json(e.to_string()))?;
+    serde_json::to_vec(&message).map_err(|e| SendError::Json(e.to_string()))
 }
 
 fn sampler(setting: SamplerSetting) -> Sampler {
@@ -172,14 +248,12 @@ fn sampler(setting: SamplerSetting) -> Sampler {
 }
 
 async fn export_loop(
-    exporter: opentelemetry_otlp::SpanExporter,
+    collector: Collector,
+    mut request: encode::Request,
     mut rx: mpsc::Receiver<Ended>,
     mut close: oneshot::Receiver<()>,
     spans: Spans,
 ) {
-    let scope = InstrumentationScope::builder("keygate")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
     let mut batch = Vec::with_capacity(MAX_EXPORT_BATCH);
     let mut closing = false;
     loop {
@@ -212,42 +286,14 @@ async fn export_loop(
                 }
             }
         }
-        let data: Vec<_> = batch
-            .drain(..)
-            .map(|span| span.into_span_data(&scope))
-            .collect();
-        let n = data.len() as u64;
-        if let Err(e) = exporter.export(data).await {
+        let n = batch.len() as u64;
+        for span in batch.drain(..) {
+            request.push(&span.into_span());
+        }
+        if let Err(e) = collector.send(request.take()).await {
             spans.0.failed.fetch_add(n, Ordering::Relaxed);
             tracing::warn!(error = %e, spans = n, "exporting spans failed");
         }
-    }
-    let _ = exporter.shutdown();
-}
-
-/// The exporter's HTTP client: keygate's reqwest, the answer read up to a bound.
-#[derive(Debug)]
-struct ExportClient(reqwest::Client);
-
-#[async_trait::async_trait]
-impl HttpClient for ExportClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, HttpError> {
-        let mut answer = self.0.execute(request.try_into()?).await?;
-        let mut body = BytesMut::new();
-        while let Some(chunk) = answer.chunk().await? {
-            let room = MAX_RESPONSE_BYTES - body.len();
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() == MAX_RESPONSE_BYTES {
-                break;
-            }
-        }
-        let mut response = http::Response::new(body.freeze());
-        *response.status_mut() = answer.status();
-        *response.headers_mut() = std::mem::take(answer.headers_mut());
-        Ok(response)
     }
 }
 
@@ -287,6 +333,85 @@ mod tests {
         assert_eq!(spans.failed(), 2, "the queued two were sent, and refused");
     }
 
+    /// A collector that answers every request with `status`, and hands over what it read.
+    async fn collector(status: &'static str) -> (String, oneshot::Receiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let (seen, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut read = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head and a body of Content-Length bytes.
+            loop {
+                let n = conn.read(&mut buf).await.unwrap();
+                read.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&read).to_lowercase();
+                let Some(end) = text.find("\r\n\r\n") else {
+                    continue;
+                };
+                let length = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                if n == 0 || read.len() >= end + 4 + length {
+                    break;
+                }
+            }
+            let body = "bad key k-123";
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(answer.as_bytes()).await.unwrap();
+            let _ = seen.send(String::from_utf8_lossy(&read).into_owned());
+        });
+        (url, rx)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_export_counts_its_spans_as_failed() {
+        let (url, seen) = collector("503 Service Unavailable").await;
+        let mut settings = settings(8, SamplerSetting::AlwaysOn);
+        settings.traces_url = url.parse().unwrap();
+        settings.headers = vec![("x-api-key".into(), keygate_core::Secret::new("k-123"))];
+        let (spans, handle) = Spans::start(&settings).unwrap();
+        finish(&mut ServerSpan::start(Some(&spans), None));
+        handle.close().await;
+        assert_eq!(spans.failed(), 1);
+        let request = seen.await.unwrap().to_lowercase();
+        assert!(request.starts_with("post /v1/traces "), "{request}");
+        assert!(
+            request.contains("content-type: application/x-protobuf"),
+            "{request}"
+        );
+        assert!(request.contains("x-api-key: k-123"), "{request}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refusal_is_reported_without_the_export_headers_values() {
+        let (url, _seen) = collector("401 Unauthorized").await;
+        let mut settings = settings(8, SamplerSetting::AlwaysOn);
+        settings.traces_url = url.parse().unwrap();
+        settings.headers = vec![("x-api-key".into(), keygate_core::Secret::new("k-123"))];
+        let collector = Collector::new(&settings).unwrap();
+        let error = collector.send(Vec::new()).await.unwrap_err().to_string();
+        assert_eq!(error, "the collector answered HTTP 401: bad key [redacted]");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_accepted_export_counts_nothing_failed() {
+        let (url, seen) = collector("200 OK").await;
+        let mut settings = settings(8, SamplerSetting::AlwaysOn);
+        settings.traces_url = url.parse().unwrap();
+        let (spans, handle) = Spans::start(&settings).unwrap();
+        finish(&mut ServerSpan::start(Some(&spans), None));
+        handle.close().await;
+        seen.await.unwrap();
+        assert_eq!((spans.failed(), spans.dropped()), (0, 0));
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_failed_upstream_request_is_a_local_child_client_span_in_error() {
         let (spans, handle) = Spans::start(&settings(8, SamplerSetting::AlwaysOn)).unwrap();
@@ -298,7 +423,7 @@ mod tests {
             message: "no answer in 30 s".to_owned(),
         };
         let (_, ended) = upstream.into_ended(failed).expect("recorded");
-        let data = ended.into_span_data(&InstrumentationScope::builder("keygate").build());
+        let data = ended.into_span();
         let parent = server.context();
         assert_eq!(
             (data.span_kind.clone(), &*data.name),
