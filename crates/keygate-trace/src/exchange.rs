@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use keygate_core::wire::jsonrpc::ParamsOutline;
 use keygate_core::{AgentSessionId, ApplicationId, IntegrationId, OrgId, Timestamp, UserId};
 use opentelemetry::KeyValue;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -259,7 +261,7 @@ impl Exchange {
             && !self.telemetry.capture.is_on()
             && let Some(outline) = RequestOutline::read(&peek.bytes)
         {
-            let name = outline.params.and_then(|p| p.name);
+            let name = outline.params.and_then(|p| p.name.flatten());
             self.set_request(outline.method, outline.id, name);
             return;
         }
@@ -576,7 +578,7 @@ struct RequestOutline<'a> {
     #[serde(default, deserialize_with = "present_value")]
     id: Option<Value>,
     #[serde(borrow, default)]
-    params: Option<ParamsOutline<'a>>,
+    params: Option<ParamsOutline<'a, IgnoredAny>>,
 }
 
 impl<'a> RequestOutline<'a> {
@@ -590,45 +592,6 @@ impl<'a> RequestOutline<'a> {
 
 fn present_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     serde::Deserialize::deserialize(d).map(Some)
-}
-
-/// The `name` of a request's `params` object.
-struct ParamsOutline<'a> {
-    name: Option<&'a str>,
-}
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for ParamsOutline<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Members<'a>(std::marker::PhantomData<&'a str>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
-            type Value = ParamsOutline<'a>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut name = None;
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    if key != "name" {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    } else if name.is_some() {
-                        return Err(serde::de::Error::duplicate_field("name"));
-                    } else {
-                        name = Some(map.next_value::<Option<&'de str>>()?);
-                    }
-                }
-                Ok(ParamsOutline {
-                    name: name.flatten(),
-                })
-            }
-        }
-        // Not `deserialize_any`: an array is not read as an object.
-        d.deserialize_map(Members(std::marker::PhantomData))
-    }
 }
 
 /// A JSON-RPC id as the `jsonrpc.request.id` attribute: strings as they are, numbers in

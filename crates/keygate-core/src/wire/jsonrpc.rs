@@ -103,9 +103,94 @@ pub fn result(id: &RequestId, result: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
 
+/// A request's `params`, read only as far as the gateway looks before it forwards the request
+/// as written: its `name`, borrowed (a name with escapes fails the read), and its `_meta` as `M`
+/// reads it; every other member is checked as JSON and skipped. Not an object (an array is
+/// not read as one), or `name` or `_meta` given twice, fails the read: the caller then parses
+/// the message whole.
+pub struct ParamsOutline<'a, M> {
+    /// `Some(None)` for `"name": null`.
+    pub name: Option<Option<&'a str>>,
+    pub meta: Option<M>,
+}
+
+impl<M> Default for ParamsOutline<'_, M> {
+    fn default() -> Self {
+        Self {
+            name: None,
+            meta: None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a, M: Deserialize<'de>> Deserialize<'de> for ParamsOutline<'a, M> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+        use std::marker::PhantomData;
+
+        struct Members<'a, M>(PhantomData<(&'a str, M)>);
+        impl<'de: 'a, 'a, M: Deserialize<'de>> Visitor<'de> for Members<'a, M> {
+            type Value = ParamsOutline<'a, M>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut params = ParamsOutline::default();
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "name" if params.name.is_some() => {
+                            return Err(Error::duplicate_field("name"));
+                        }
+                        "name" => params.name = Some(map.next_value()?),
+                        "_meta" if params.meta.is_some() => {
+                            return Err(Error::duplicate_field("_meta"));
+                        }
+                        "_meta" => params.meta = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(params)
+            }
+        }
+        // Not `deserialize_any`: an array is not read as an object.
+        d.deserialize_map(Members(PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::de::IgnoredAny;
+
+    type Params<'a> = ParamsOutline<'a, IgnoredAny>;
+
+    #[test]
+    fn a_params_outline_tells_a_null_name_from_none() {
+        let read = |json| serde_json::from_str::<Params<'_>>(json).unwrap().name;
+        assert_eq!(
+            read(r#"{"name":"echo","arguments":{"a":[1]}}"#),
+            Some(Some("echo"))
+        );
+        assert_eq!(read(r#"{"name":null}"#), Some(None));
+        assert_eq!(read(r#"{"arguments":{}}"#), None);
+    }
+
+    #[test]
+    fn a_params_outline_refuses_what_it_cannot_stand_for() {
+        for json in [
+            r#"{"name":"a","name":"b"}"#,
+            r#"{"_meta":{},"_meta":{}}"#,
+            r#"{"name":"e\u0063ho"}"#,
+            r#"["echo"]"#,
+            "null",
+        ] {
+            assert!(serde_json::from_str::<Params<'_>>(json).is_err(), "{json}");
+        }
+    }
 
     #[test]
     fn ids_keep_numbers_and_strings_apart() {

@@ -20,7 +20,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use keygate_core::wire::jsonrpc::RequestId;
+use keygate_core::wire::jsonrpc::{ParamsOutline, RequestId};
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
@@ -206,10 +206,14 @@ impl Outline {
             return None;
         }
         let envelope: Envelope<'_> = serde_json::from_str(text).ok()?;
+        let name = match envelope.params.name {
+            Some(None) => return None, // `null` is not a name: read whole
+            name => name.flatten().map(|name| within(text, name)),
+        };
         Some(Self {
             method: within(text, envelope.method),
             id: RequestId::from_value(&envelope.id)?,
-            name: envelope.params.name.map(|name| within(text, name)),
+            name,
         })
     }
 }
@@ -228,48 +232,9 @@ fn within(text: &str, part: &str) -> Range<usize> {
 struct Envelope<'a> {
     method: &'a str,
     id: Value,
+    /// An object (not `null`) whose `_meta`, if any, has no 2026 key.
     #[serde(borrow, default)]
-    params: Params<'a>,
-}
-
-/// `params`: an object (not `null`), its `name`, and no 2026 key in its `_meta`.
-#[derive(Default)]
-struct Params<'a> {
-    name: Option<&'a str>,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Members<'a>(std::marker::PhantomData<&'a str>);
-        impl<'de: 'a, 'a> Visitor<'de> for Members<'a> {
-            type Value = Params<'a>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let (mut name, mut meta) = (None, false);
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    match key {
-                        "_meta" if meta => return Err(de::Error::duplicate_field("_meta")),
-                        "_meta" => {
-                            map.next_value::<OtherEraFree>()?;
-                            meta = true;
-                        }
-                        "name" if name.is_some() => return Err(de::Error::duplicate_field("name")),
-                        "name" => name = Some(map.next_value::<&'de str>()?),
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(Params { name })
-            }
-        }
-        // Not `deserialize_any`: an array is not read as an object.
-        d.deserialize_map(Members(std::marker::PhantomData))
-    }
+    params: ParamsOutline<'a, OtherEraFree>,
 }
 
 /// A `_meta` object without keys of the 2026 era (whose keys are read without escapes).
