@@ -333,8 +333,10 @@ mod tests {
         assert_eq!(spans.failed(), 2, "the queued two were sent, and refused");
     }
 
-    /// A collector that answers every request with `status`, and hands over what it read.
-    async fn collector(status: &'static str) -> (String, oneshot::Receiver<String>) {
+    /// A collector that answers its first request with `status` (and any header lines after
+    /// it), and hands over what it read.
+    async fn collector(status: impl Into<String>) -> (String, oneshot::Receiver<String>) {
+        let status = status.into();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
@@ -349,6 +351,7 @@ mod tests {
                 read.extend_from_slice(&buf[..n]);
                 let text = String::from_utf8_lossy(&read).to_lowercase();
                 let Some(end) = text.find("\r\n\r\n") else {
+                    assert!(n > 0, "the exporter closed before its request's head");
                     continue;
                 };
                 let length = text
@@ -398,6 +401,50 @@ mod tests {
         let collector = Collector::new(&settings).unwrap();
         let error = collector.send(Vec::new()).await.unwrap_err().to_string();
         assert_eq!(error, "the collector answered HTTP 401: bad key [redacted]");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_redirecting_collector_is_not_followed() {
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let location = format!("http://{}/v1/traces", elsewhere.local_addr().unwrap());
+        let (url, seen) =
+            collector(format!("307 Temporary Redirect\r\nlocation: {location}")).await;
+        let mut settings = settings(8, SamplerSetting::AlwaysOn);
+        settings.traces_url = url.parse().unwrap();
+        settings.headers = vec![("x-api-key".into(), keygate_core::Secret::new("k-123"))];
+        let (spans, handle) = Spans::start(&settings).unwrap();
+        finish(&mut ServerSpan::start(Some(&spans), None));
+        handle.close().await;
+        seen.await.unwrap();
+        assert_eq!(spans.failed(), 1, "a redirect is no success");
+        let followed = tokio::time::timeout(Duration::from_millis(200), elsewhere.accept()).await;
+        assert!(
+            followed.is_err(),
+            "the API key went where the redirect pointed"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_collector_that_never_answers_fails_its_batch_at_the_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut settings = settings(8, SamplerSetting::AlwaysOn);
+        settings.traces_url = format!("http://{}/v1/traces", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let held = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(conn);
+        });
+        let (spans, handle) = Spans::start(&settings).unwrap();
+        finish(&mut ServerSpan::start(Some(&spans), None));
+        let closed = tokio::time::timeout(Duration::from_secs(5), handle.close()).await;
+        assert!(
+            closed.is_ok(),
+            "closing waited past the 500 ms export timeout"
+        );
+        assert_eq!(spans.failed(), 1);
+        held.abort();
     }
 
     #[tokio::test(flavor = "current_thread")]
