@@ -10,7 +10,12 @@ pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
     pub fn now() -> Self {
-        Self::from_millis(Utc::now().timestamp_millis())
+        // Straight from the clock to milliseconds: `Utc::now()` would build a calendar date
+        // only for it to be taken apart again (every traced call takes the time).
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(since) => Self::from_millis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX)),
+            Err(_) => Self::from_millis(Utc::now().timestamp_millis()),
+        }
     }
 
     pub fn from_millis(ms: i64) -> Self {
@@ -69,5 +74,14 @@ mod tests {
         let t = Timestamp::from_millis(1_795_000_000_123);
         assert_eq!(t.to_iso(), "2026-11-18T11:06:40.123Z");
         assert_eq!(Timestamp::parse_iso(&t.to_iso()), Some(t));
+    }
+
+    #[test]
+    fn now_is_the_clock_to_the_millisecond() {
+        let before = Utc::now().timestamp_millis();
+        let now = Timestamp::now();
+        let after = Utc::now().timestamp_millis();
+        assert!((before..=after).contains(&now.millis()));
+        assert_eq!(now.0.timestamp_subsec_nanos() % 1_000_000, 0);
     }
 }

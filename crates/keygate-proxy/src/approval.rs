@@ -35,6 +35,7 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Limited};
 use keygate_core::{IntegrationId, UserId};
 use keygate_trace::Exchange;
+use keygate_trace::exchange::MCP_SESSION_ID;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -368,7 +369,7 @@ fn sse_event(message: &Value) -> Bytes {
 
 fn session_of(headers: &HeaderMap) -> Option<String> {
     headers
-        .get("mcp-session-id")
+        .get(MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
@@ -571,7 +572,7 @@ pub fn note_initialize(
     let Some(elicitation) = declares else { return };
     if let Some(session) = resp
         .headers()
-        .get("mcp-session-id")
+        .get(MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
     {
         state
@@ -584,7 +585,7 @@ pub fn note_initialize(
 
 /// The session id a request names.
 pub fn session_header(headers: &HeaderMap) -> Option<&str> {
-    headers.get("mcp-session-id").and_then(|v| v.to_str().ok())
+    headers.get(MCP_SESSION_ID).and_then(|v| v.to_str().ok())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use keygate_core::Secret;
 use keygate_core::wire::sse::{Decoder, Event};
+use keygate_trace::exchange::MCP_SESSION_ID;
 use serde_json::{Value, json};
 use url::Url;
 
@@ -63,7 +64,7 @@ impl Upstream {
             Err(e) => return ProbeOutcome::Invalid(e.chain().to_string()),
         };
         let status = resp.status();
-        let session = resp.headers().get("mcp-session-id").cloned();
+        let session = resp.headers().get(MCP_SESSION_ID).cloned();
         let is_sse = is_event_stream(resp.headers());
         let body = read(resp.into_body()).await;
         match status {
@@ -83,7 +84,7 @@ impl Upstream {
                 };
                 if let Some(id) = session {
                     let mut del = self.request(Method::DELETE, url, credential, None);
-                    del.headers_mut().insert("mcp-session-id", id);
+                    del.headers_mut().insert(MCP_SESSION_ID, id);
                     let _ = self.send(del).await;
                 }
                 outcome

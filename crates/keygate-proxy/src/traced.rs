@@ -19,11 +19,13 @@ use keygate_core::model::Application;
 use keygate_core::wire::jsonrpc::RequestId;
 use keygate_core::{ApplicationId, OrgId};
 use keygate_store::GenCache;
-use keygate_trace::otel::{SpanParent, UpstreamSpan};
+use keygate_trace::exchange::MCP_SESSION_ID;
+use keygate_trace::otel::{SpanParent, TRACEPARENT, UpstreamSpan};
 use keygate_trace::{Exchange, Injected, LocalAnswer, Observed, Status, Telemetry, Who};
 use serde_json::Value;
 
 use crate::ProxyState;
+use crate::aggregate::era::PROTOCOL_VERSION;
 use crate::error::{Blame, ProxyError};
 use crate::stage::McpCaller;
 
@@ -68,14 +70,14 @@ pub fn start(
     headers: &HeaderMap,
     method: &Method,
 ) -> Exchange {
-    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let traceparent = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
     let mut ex = state.tracing.telemetry.start(route, method, traceparent);
     ex.session = headers
-        .get("mcp-session-id")
+        .get(MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if ex.exporting() {
-        ex.protocol_version = headers.get("mcp-protocol-version").cloned();
+        ex.protocol_version = headers.get(PROTOCOL_VERSION).cloned();
     }
     if *method != Method::POST {
         // A GET stream or a DELETE is not a JSON-RPC exchange: metrics and a span only.
@@ -254,7 +256,7 @@ pub fn client_span(req: &mut http::Request<Body>) -> Option<UpstreamSpan> {
     let span = PARENT
         .try_with(|parent| parent.upstream(req.method(), req.uri()))
         .ok()?;
-    req.headers_mut().insert("traceparent", span.traceparent());
+    req.headers_mut().insert(TRACEPARENT, span.traceparent());
     Some(span)
 }
 

@@ -623,6 +623,9 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// The MCP session header; a constant name costs no parsing on a lookup.
+pub const MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
+
 /// The stored form of a downstream session id: as is when short, else a digest (the
 /// aggregated endpoint's sealed sessions are long; a digest still groups and filters).
 pub fn session_id(raw: &str) -> String {

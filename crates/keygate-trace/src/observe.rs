@@ -197,7 +197,7 @@ impl<B: Body> Observed<B> {
     ) -> Self {
         exchange.set_http_status(status.as_u16());
         exchange.response_session = headers
-            .get("mcp-session-id")
+            .get(crate::exchange::MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let content_type = headers

@@ -31,6 +31,9 @@ use crate::exchange::Finished;
 
 pub use export::{ExportError, Spans, SpansHandle};
 
+/// The W3C trace context header; a constant name costs no parsing on a lookup.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// `00-<32 hex>-<16 hex>-<2 hex>` → the remote parent it names; all-zero ids are invalid.
 pub fn parse_traceparent(h: &str) -> Option<SpanContext> {
     let mut parts = h.trim().split('-');

@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
 use keygate_core::wire::jsonrpc::{self, RequestId};
+use keygate_trace::exchange::MCP_SESSION_ID;
 use serde_json::{Map, Value, json};
 
 use super::ended;
@@ -78,7 +79,7 @@ pub async fn initialize(
     );
     let mut resp = axum::Json(body).into_response();
     resp.headers_mut().insert(
-        "mcp-session-id",
+        MCP_SESSION_ID,
         HeaderValue::from_str(&sealed).expect("base64url is a valid header"),
     );
     Ok(resp)

@@ -73,6 +73,7 @@ use crate::stage::McpCaller;
 use crate::stage::{self, credential};
 use crate::traced::{self, ROUTE_AGGREGATED, ROUTE_MCP};
 use keygate_trace::Exchange;
+use keygate_trace::exchange::MCP_SESSION_ID;
 
 const SEPARATOR: char = '_';
 const ID_SEPARATOR: char = '~';
@@ -115,7 +116,7 @@ async fn dispatch(
     let caller = Arc::new(caller);
     let session_header = parts
         .headers
-        .get("mcp-session-id")
+        .get(MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok());
     let session = match session_header {
         Some(h) => Some(ended::live(state, &caller, h).await?),
@@ -213,7 +214,7 @@ async fn post(
         None => return Err(invalid("Mcp-Session-Id is required after initialize")),
     };
     let client = headers
-        .get("mcp-session-id")
+        .get(MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .map(|h| Client::new(caller.user, &session, h));
     let downstream = Downstream::Session(session.clone());

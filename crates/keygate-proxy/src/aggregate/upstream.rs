@@ -14,6 +14,7 @@ use futures_util::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, Limited};
 use keygate_core::IntegrationId;
 use keygate_core::model::Integration;
+use keygate_trace::exchange::MCP_SESSION_ID;
 use serde_json::{Map, Value, json};
 
 use super::era::{self, Era};
@@ -31,7 +32,6 @@ use crate::stage::route::{self, Endpoint};
 use crate::stage::{Call, send};
 use crate::traced::ROUTE_AGGREGATED;
 
-const SESSION_ID: &str = "mcp-session-id";
 const LAST_EVENT_ID: &str = "last-event-id";
 
 /// An upstream the caller can use: the integration and its credential.
@@ -384,7 +384,7 @@ pub async fn initialize(
     let resp = send_with(state, member, Method::POST, HeaderMap::new(), Some(body)).await?;
     let session = resp
         .headers()
-        .get(SESSION_ID)
+        .get(MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let answer = read_answer(resp, message.get("id")).await?;
@@ -543,7 +543,7 @@ fn session_headers(upstream: Option<&UpstreamSession>) -> HeaderMap {
         .as_deref()
         .and_then(|s| HeaderValue::from_str(s).ok())
     {
-        h.insert(SESSION_ID, s);
+        h.insert(MCP_SESSION_ID, s);
     }
     if let Some(p) = up
         .protocol
