@@ -18,7 +18,8 @@
 //! `latency`, `throughput`, `fan-out`, `sse`, `tracing`, `otel`. `sequential` (only when
 //! named) sends `KEYGATE_BENCH_CALLS` calls (2,000) one at a time to each target, or only to
 //! the targets named beside it (`sequential pass-through`; `bare` names the bare hyper
-//! forwarder of the `throughput` section, the floor any proxy pays): a closed loop with no
+//! forwarder of the `throughput` section, the floor any proxy pays; `direct` runs only the
+//! direct calls every run starts with, the client's and upstream's own share): a closed loop with no
 //! timing of its own, so it can run under `valgrind --tool=callgrind` to count the
 //! instructions a call costs (run it with two counts; the difference divided by the difference
 //! in calls is the cost of one call, setup excluded). With `KEYGATE_BENCH_OTLP` set, that
@@ -382,9 +383,9 @@ async fn sequential(client: &HttpClient, direct: &Target, targets: &[(&str, &Tar
     let base = mean_of(client, direct, calls).await;
     println!("{:<13} {:>12.3} {:>13}", "direct", ms(base), "-");
     // Targets named among the sections run alone (for counting one route's instructions); the
-    // bare forwarder runs only when named.
+    // bare forwarder runs only when named, and `direct` alone runs nothing besides the base.
     let only: Vec<_> = targets.iter().filter(|(name, _)| named(name)).collect();
-    let chosen = if only.is_empty() {
+    let chosen = if only.is_empty() && !named("direct") {
         targets.iter().filter(|(name, _)| *name != "bare").collect()
     } else {
         only

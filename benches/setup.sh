@@ -4,12 +4,17 @@
 # still has it, else `nginx`), `wrk`, the saturating load generator, and `taskset` (util-linux),
 # which pins each proxy to its own core. Does nothing when all three are already there. The
 # benchmark runs this itself when one is missing; the test suite never needs it.
+# `benches/setup.sh valgrind` installs valgrind instead, for `benches/instructions.py`.
 set -euo pipefail
 
 missing=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+if [ "${1:-}" = valgrind ]; then
+  command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+else
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+fi
 ((${#missing[@]} == 0)) && exit 0
 
 SUDO=()
