@@ -148,7 +148,7 @@ pub(crate) fn opt_ref<T: std::str::FromStr>(
 const INSERT_COLUMNS: &str = "id, context_id, created_at, duration_ms, bytes_in, bytes_out, \
     event_type, status, integration_id, tool_name, otel_trace_id, otel_span_id, error_message, \
     event_type_text, status_text, request_json, response_json";
-const INSERT_WIDTH: usize = 17;
+pub(crate) const INSERT_WIDTH: usize = 17;
 
 /// Rows per insert statement, largest first: a batch goes in as statements of these sizes,
 /// so each connection prepares (and caches) at most three statements.
@@ -197,15 +197,16 @@ pub(crate) fn insert_statement(backend: Backend, rows: usize) -> &'static str {
     &INSERTS[b][i]
 }
 
-/// Binds one event's values, in [`INSERT_COLUMNS`] order.
-pub(crate) fn bind_event(
-    args: &mut AnyArguments<'_>,
+/// Binds one event's values, in [`INSERT_COLUMNS`] order; ids and texts are borrowed from the
+/// event, not copied (the driver copies them once more on its way to the database anyway).
+pub(crate) fn bind_event<'q>(
+    args: &mut AnyArguments<'q>,
     backend: Backend,
-    e: &TraceEvent,
+    e: &'q TraceEvent,
     context_id: i64,
 ) -> std::result::Result<(), sqlx::error::BoxDynError> {
     match backend {
-        Backend::Sqlite => args.add(e.id.as_bytes().to_vec())?,
+        Backend::Sqlite => args.add(e.id.as_bytes().as_slice())?,
         Backend::Postgres => args.add(e.id.to_string())?,
     }
     args.add(context_id)?;
@@ -217,11 +218,11 @@ pub(crate) fn bind_event(
     let (status, status_text) = code_of(STATUSES, &e.status);
     args.add(event_type)?;
     args.add(status)?;
-    args.add(e.integration_id.map(|v| v.0.as_bytes().to_vec()))?;
-    args.add(e.tool_name.clone())?;
+    args.add(e.integration_id.as_ref().map(|v| v.0.as_bytes().as_slice()))?;
+    args.add(e.tool_name.as_deref())?;
     args.add(e.otel_trace_id.as_deref().and_then(|v| unhex(v, 16)))?;
     args.add(e.otel_span_id.as_deref().and_then(|v| unhex(v, 8)))?;
-    args.add(e.error_message.clone())?;
+    args.add(e.error_message.as_deref())?;
     args.add(event_type_text)?;
     args.add(status_text)?;
     args.add(e.request_json.as_ref().map(super::to_json))?;

@@ -11,11 +11,12 @@
 
 use keygate_core::model::TraceEvent;
 use keygate_core::{AgentSessionId, ApplicationId, IntegrationId, OrgId, Timestamp, UserId};
+use sqlx::Arguments;
 use sqlx::any::AnyArguments;
 
 use super::RowExt;
 use super::trace_rows::{
-    EVENT_TYPES, INSERT_ROWS, IS_ERROR, STATUSES, bind_event, code_of, hex, id_floor,
+    EVENT_TYPES, INSERT_ROWS, INSERT_WIDTH, IS_ERROR, STATUSES, bind_event, code_of, hex, id_floor,
     insert_statement, name_of, opt_ref, opt_uuid_col, unhex, uuid_col,
 };
 use crate::db::Backend;
@@ -277,6 +278,7 @@ impl Store {
         for rows in INSERT_ROWS {
             while events.len() - at >= rows {
                 let mut args = AnyArguments::default();
+                args.reserve(rows * INSERT_WIDTH, 0);
                 for (e, context) in events[at..at + rows].iter().zip(&contexts[at..]) {
                     bind_event(&mut args, backend, e, *context)
                         .map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
