@@ -39,7 +39,6 @@ TARGETS = ["direct", "bare", "pass-through", "aggregated"]
 STAGES = [
     ("listener and axum, the whole request", r"^keygate::listener::RequestService::call::\{\{closure\}\}$"),
     ("  axum's router (matchit, URL parameters)", r"^axum::routing::Router<S>::call_with_state$"),
-    ("  the unread-body layer, down to the router", r"^axum::middleware::from_fn::Next::run::\{\{closure\}\}$"),
     ("  the handler (extractors, trace start/finish)", r"^<F as axum::handler::Handler<\(M,T1,T2,T3\),S>>::call::\{\{closure\}\}$"),
     ("    forward: the stages", r"^keygate_proxy::passthrough::forward::\{\{closure\}\}$"),
     ("      authentication", r"^keygate_proxy::stage::authenticate::run::\{\{closure\}\}$"),

@@ -165,8 +165,7 @@ impl Gateway {
                     .with_tool_catalog(tools),
             ))
             .merge(keygate_auth::router(auth.clone()))
-            .merge(api)
-            .layer(axum::middleware::from_fn(crate::unread_body::layer));
+            .merge(api);
         let mut ops = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))

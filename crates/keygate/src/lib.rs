@@ -11,4 +11,3 @@ pub mod password;
 pub mod settings;
 pub mod tail;
 pub mod tls;
-pub mod unread_body;

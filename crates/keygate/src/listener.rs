@@ -16,6 +16,11 @@
 //! - **TLS** (when [`Tls`] is given): the handshake must finish within its timeout (and the
 //!   header timeout, which runs from the accept); the decrypted stream is what hyper and the
 //!   clocks see, and ALPN `h2` marks the connection as HTTP/2 at once.
+//! - **Unread request bodies** (HTTP/1.1): a handler that answers before it has read the whole
+//!   request body (a 401 before the upload, a 413) leaves unread bytes on the connection, and
+//!   hyper then closes it without warning; a client reusing the kept-alive connection would meet
+//!   a reset. Such an answer says `Connection: close` instead, so the client opens a fresh
+//!   connection for its next request ([`BodyRead`] notes which request's body reached its end).
 //! - **Shutdown**: accepting stops; idle connections close at once, requests in flight are
 //!   answered (a POST's streamed answer included), and an SSE stream opened by a `GET` ends at
 //!   its next event boundary (cleanly: the chunked body or HTTP/2 stream is terminated), so a
@@ -50,7 +55,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Request, Response, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -582,23 +587,40 @@ struct RequestService {
 }
 
 impl RequestService {
-    async fn call(self, mut req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
-        let guard = InFlight::begin(self.activity);
+    async fn call(self, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
+        let (guard, number) = InFlight::begin(self.activity);
+        // Watched for its end only where hyper would otherwise reset the connection.
+        let watched = req.version() == Version::HTTP_11 && has_body(req.headers());
+        let mut req = if watched {
+            req.map(|inner| {
+                Body::new(BodyRead {
+                    inner,
+                    activity: guard.0.clone(),
+                    number,
+                })
+            })
+        } else {
+            req.map(Body::new)
+        };
         if self.health_only && !matches!(req.uri().path(), "/healthz" | "/readyz") {
             let mut resp = Response::new(Body::from("too many open connections"));
             *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return Ok(resp);
         }
         req.extensions_mut().insert(ConnectInfo(self.peer));
         // A GET event stream (MCP's standalone stream, the live tail) carries no answer a
         // request waits for: shutdown may end it. A POST's streamed answer is finished.
         let event_stream_request = req.method() == axum::http::Method::GET;
-        let resp = match self.router.oneshot(req).await {
+        let mut resp = match self.router.oneshot(req).await {
             Ok(resp) => resp,
             Err(never) => match never {},
         };
+        if watched && guard.0.body_read.load(Ordering::Acquire) != number {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let stream =
             (event_stream_request && is_event_stream(&resp)).then(|| SseEnd::new(&self.shutdown));
         Ok(resp.map(|body| {
@@ -608,6 +630,50 @@ impl RequestService {
                 _guard: guard,
             })
         }))
+    }
+}
+
+/// Whether a request says it has a body (chunked, or a length above zero).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// A request body that notes on its connection when it has been read to the end: the
+/// connection's `number`th request.
+struct BodyRead {
+    inner: Incoming,
+    activity: Arc<Activity>,
+    number: u64,
+}
+
+impl http_body::Body for BodyRead {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.activity
+                .body_read
+                .store(self.number, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -697,15 +763,17 @@ impl http_body::Body for Tracked {
 struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn begin(activity: Arc<Activity>) -> Self {
-        {
+    /// Counts a request in: the guard, and the request's number on its connection (from 1).
+    fn begin(activity: Arc<Activity>) -> (Self, u64) {
+        let number = {
             let mut s = activity.lock();
             s.inflight += 1;
             s.served += 1;
             s.head_started = None;
-        }
+            s.served
+        };
         activity.armed.store(false, Ordering::SeqCst);
-        Self(activity)
+        (Self(activity), number)
     }
 }
 
@@ -747,6 +815,8 @@ struct Activity {
     evict: AtomicBool,
     /// Any byte has come.
     read_any: AtomicBool,
+    /// The last request (by its number) whose body was read to the end.
+    body_read: AtomicU64,
     /// Wakes the connection's task: its deadline passed, it was chosen to make room at the
     /// cap, or shutdown began.
     wake: Notify,
@@ -777,6 +847,7 @@ impl Activity {
             h2: AtomicBool::new(false),
             evict: AtomicBool::new(false),
             read_any: AtomicBool::new(false),
+            body_read: AtomicU64::new(0),
             wake: Notify::new(),
         }
     }
