@@ -239,3 +239,35 @@ async fn retention_deletes_in_batches_and_drops_unused_contexts() {
         drop_database(name).await;
     }
 }
+
+#[tokio::test]
+async fn a_batch_spanning_every_insert_size_stores_each_event_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, name) in databases(&dir).await {
+        let db = Db::connect(&url, 2).await.unwrap();
+        db.migrate().await.unwrap();
+        let (store, org) = store_over(&db).await;
+        let app = ApplicationId::new();
+        // 512 + 64 + 8 + 1 + 1: one statement of every size, one size twice.
+        let events: Vec<TraceEvent> = (0..586)
+            .map(|i| {
+                let mut e = event(org, app, &format!("s-{}", i % 5), Timestamp::now());
+                e.tool_name = Some(format!("tool-{i}"));
+                e
+            })
+            .collect();
+        store.insert_trace_events(&events).await.unwrap();
+        let stored = store
+            .trace_events_after(org, &EventFilter::default(), None, 1_000)
+            .await
+            .unwrap();
+        let tools: Vec<_> = stored
+            .iter()
+            .map(|e| e.tool_name.clone().unwrap())
+            .collect();
+        let expected: Vec<_> = (0..586).map(|i| format!("tool-{i}")).collect();
+        assert_eq!(tools, expected, "{url}");
+        db.close().await;
+        drop_database(name).await;
+    }
+}
