@@ -100,8 +100,8 @@ impl World {
         e.tool_name = Some(format!("tool_{}", n % 12));
         e.bytes_in = 180;
         e.bytes_out = 420;
-        e.otel_trace_id = Some(format!("{:032x}", rand_u128()));
-        e.otel_span_id = Some(format!("{:016x}", rand_u128() as u64));
+        e.otel_trace_id = Some(keygate_core::OtelId(rand_u128().to_be_bytes()));
+        e.otel_span_id = Some(keygate_core::OtelId((rand_u128() as u64).to_be_bytes()));
         e
     }
 

@@ -76,6 +76,60 @@ id_type!(
     PolicyId
 );
 
+/// An OpenTelemetry id of `N` bytes — a trace id ([`OtelTraceId`], 16) or a span id
+/// ([`OtelSpanId`], 8) — kept as its bytes and shown as lowercase hex, as W3C `traceparent`
+/// and the collectors write it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OtelId<const N: usize>(pub [u8; N]);
+
+/// The W3C trace id of an exchange's OpenTelemetry spans.
+pub type OtelTraceId = OtelId<16>;
+/// The id of one OpenTelemetry span.
+pub type OtelSpanId = OtelId<8>;
+
+impl<const N: usize> OtelId<N> {
+    /// The id of exactly `N` bytes; `None` for any other length.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+}
+
+impl<const N: usize> fmt::Display for OtelId<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl<const N: usize> FromStr for OtelId<N> {
+    type Err = InvalidOtelId;
+
+    /// Exactly `2 × N` hex digits, either case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.as_bytes();
+        if digits.len() != 2 * N {
+            return Err(InvalidOtelId);
+        }
+        let mut id = [0u8; N];
+        for (byte, pair) in id.iter_mut().zip(digits.chunks_exact(2)) {
+            let nibble = |c: u8| char::from(c).to_digit(16).ok_or(InvalidOtelId);
+            *byte = (nibble(pair[0])? << 4 | nibble(pair[1])?) as u8;
+        }
+        Ok(Self(id))
+    }
+}
+
+/// Text that is not an OpenTelemetry id of the expected length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidOtelId;
+
+impl fmt::Display for InvalidOtelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not an OpenTelemetry id of the expected length in hex digits")
+    }
+}
+
+impl std::error::Error for InvalidOtelId {}
+
 /// OAuth client id prefix of applications.
 pub const APP_CLIENT_PREFIX: &str = "app_";
 /// OAuth client id prefix of service accounts.
@@ -110,6 +164,22 @@ mod tests {
         assert_eq!(ServiceAccountId::from_client_id(&id.client_id()), Some(id));
         assert_eq!(ServiceAccountId::from_client_id(&format!("app_{id}")), None);
         assert_eq!(ServiceAccountId::from_client_id("sa_not-a-uuid"), None);
+    }
+
+    #[test]
+    fn otel_ids_show_as_lowercase_hex_and_parse_back() {
+        let id: OtelTraceId = "0AF7651916cd43dd8448eb211c80319c".parse().unwrap();
+        assert_eq!(id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(
+            OtelSpanId::from_slice(&[0xb7, 0xad, 0, 1, 2, 3, 4, 0xff])
+                .unwrap()
+                .to_string(),
+            "b7ad0001020304ff"
+        );
+        assert_eq!("b7ad6b716920333".parse::<OtelSpanId>(), Err(InvalidOtelId));
+        assert_eq!("b7ad6b716920333g".parse::<OtelSpanId>(), Err(InvalidOtelId));
+        assert_eq!("+7ad6b7169203331".parse::<OtelSpanId>(), Err(InvalidOtelId));
+        assert_eq!(OtelTraceId::from_slice(&[0; 8]), None);
     }
 
     #[test]

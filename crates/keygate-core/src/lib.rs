@@ -15,8 +15,8 @@ pub mod time;
 pub mod wire;
 
 pub use ids::{
-    AgentSessionId, ApplicationId, ConnectionId, IntegrationId, OrgId, PolicyId, ServiceAccountId,
-    UserId,
+    AgentSessionId, ApplicationId, ConnectionId, IntegrationId, OrgId, OtelId, OtelSpanId,
+    OtelTraceId, PolicyId, ServiceAccountId, UserId,
 };
 pub use secret::Secret;
 pub use time::Timestamp;

@@ -324,11 +324,11 @@ pub struct TraceEvent {
     pub bytes_out: i64,
     pub request_json: Option<serde_json::Value>,
     pub response_json: Option<serde_json::Value>,
-    /// The W3C trace id (32 hex digits) of the exchange's OpenTelemetry span, which joins the
-    /// event with the spans exported for it; `trace_id` is keygate's per-session grouping.
-    pub otel_trace_id: Option<String>,
-    /// The id (16 hex digits) of that span: the gateway's server span for the request.
-    pub otel_span_id: Option<String>,
+    /// The W3C trace id of the exchange's OpenTelemetry span, which joins the event with the
+    /// spans exported for it; `trace_id` is keygate's per-session grouping.
+    pub otel_trace_id: Option<crate::OtelTraceId>,
+    /// The id of that span: the gateway's server span for the request.
+    pub otel_span_id: Option<crate::OtelSpanId>,
 }
 
 /// At most this many extra forwarded headers per integration.

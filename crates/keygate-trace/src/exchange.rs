@@ -440,8 +440,8 @@ impl Exchange {
             .take()
             .map(|v| t.capture.scrub(v, &secrets));
         let context = self.span.context();
-        e.otel_trace_id = Some(crate::otel::trace_id_hex(context.trace_id()));
-        e.otel_span_id = Some(crate::otel::span_id_hex(context.span_id()));
+        e.otel_trace_id = Some(keygate_core::OtelId(context.trace_id().to_bytes()));
+        e.otel_span_id = Some(keygate_core::OtelId(context.span_id().to_bytes()));
         e.created_at = Timestamp::now();
         t.sink.emit(e);
     }

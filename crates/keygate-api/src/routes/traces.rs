@@ -196,8 +196,8 @@ impl From<&TraceEvent> for EventView {
             bytes_out: e.bytes_out,
             request_json: e.request_json.clone(),
             response_json: e.response_json.clone(),
-            otel_trace_id: e.otel_trace_id.clone(),
-            otel_span_id: e.otel_span_id.clone(),
+            otel_trace_id: e.otel_trace_id.map(|v| v.to_string()),
+            otel_span_id: e.otel_span_id.map(|v| v.to_string()),
         }
     }
 }

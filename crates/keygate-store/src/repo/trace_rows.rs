@@ -74,41 +74,6 @@ pub(crate) fn name_of(list: &[&str], code: i64, text: Option<String>, col: &str)
         .ok_or_else(|| StoreError::Corrupt(format!("{col} has unknown code {code}")))
 }
 
-/// Lowercase hex digits of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
-}
-
-/// The bytes `len * 2` hex digits stand for; `None` for anything else.
-pub(crate) fn unhex(text: &str, len: usize) -> Option<Vec<u8>> {
-    let digits = text.as_bytes();
-    if digits.len() != len * 2 {
-        return None;
-    }
-    // A plain loop: collecting an iterator of `Option`s cost 750 instructions per id, and
-    // every trace event the writer binds decodes two.
-    let mut out = Vec::with_capacity(len);
-    for pair in digits.chunks_exact(2) {
-        out.push((nibble(pair[0])? << 4) | nibble(pair[1])?);
-    }
-    Some(out)
-}
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// The smallest UUID v7 of the millisecond `t`: every id written at or after `t` is at least
 /// this, so it bounds a walk of the primary key by time.
 pub(crate) fn id_floor(t: Timestamp) -> uuid::Uuid {
@@ -223,8 +188,8 @@ pub(crate) fn bind_event<'q>(
     args.add(status)?;
     args.add(e.integration_id.as_ref().map(|v| v.0.as_bytes().as_slice()))?;
     args.add(e.tool_name.as_deref())?;
-    args.add(e.otel_trace_id.as_deref().and_then(|v| unhex(v, 16)))?;
-    args.add(e.otel_span_id.as_deref().and_then(|v| unhex(v, 8)))?;
+    args.add(e.otel_trace_id.as_ref().map(|v| v.0.as_slice()))?;
+    args.add(e.otel_span_id.as_ref().map(|v| v.0.as_slice()))?;
     args.add(e.error_message.as_deref())?;
     args.add(event_type_text)?;
     args.add(status_text)?;
@@ -421,21 +386,6 @@ mod tests {
         assert!(name_of(STATUSES, 99, None, "c").is_err());
         assert_eq!(code_of(STATUSES, "error_remote").0, 3);
         assert_eq!(code_of(STATUSES, "error_auth").0, 5);
-    }
-
-    #[test]
-    fn hex_round_trips_and_rejects_malformed_ids() {
-        let id = "0af7651916cd43dd8448eb211c80319c";
-        assert_eq!(hex(&unhex(id, 16).unwrap()), id);
-        assert_eq!(
-            hex(&unhex("0AF7651916CD43DD", 8).unwrap()),
-            "0af7651916cd43dd"
-        );
-        assert!(unhex("0af76519", 16).is_none());
-        assert!(unhex("zz", 1).is_none());
-        assert!(unhex("0g", 1).is_none());
-        assert!(unhex("/:", 1).is_none());
-        assert_eq!(unhex("09afAF", 3), Some(vec![0x09, 0xaf, 0xaf]));
     }
 
     #[test]

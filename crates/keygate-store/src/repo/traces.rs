@@ -9,15 +9,18 @@
 //! also the time index: paging, the live tail, time windows and retention walk it, and the
 //! only other per-event index is `context_id`.
 
+use keygate_core::ids::OtelId;
 use keygate_core::model::TraceEvent;
-use keygate_core::{AgentSessionId, ApplicationId, IntegrationId, OrgId, Timestamp, UserId};
+use keygate_core::{
+    AgentSessionId, ApplicationId, IntegrationId, OrgId, OtelTraceId, Timestamp, UserId,
+};
 use sqlx::Arguments;
 use sqlx::any::AnyArguments;
 
 use super::RowExt;
 use super::trace_rows::{
-    EVENT_TYPES, INSERT_ROWS, INSERT_WIDTH, IS_ERROR, STATUSES, bind_event, code_of, hex, id_floor,
-    insert_statement, name_of, opt_ref, opt_uuid_col, unhex, uuid_col,
+    EVENT_TYPES, INSERT_ROWS, INSERT_WIDTH, IS_ERROR, STATUSES, bind_event, code_of, id_floor,
+    insert_statement, name_of, opt_ref, opt_uuid_col, uuid_col,
 };
 use crate::db::Backend;
 use crate::page::{Cursor, Page};
@@ -164,8 +167,12 @@ fn event(row: &sqlx::any::AnyRow) -> Result<TraceEvent> {
         bytes_out: row.int("bytes_out")?,
         request_json: row.opt_json("request_json")?,
         response_json: row.opt_json("response_json")?,
-        otel_trace_id: row.blob("otel_trace_id")?.map(|b| hex(&b)),
-        otel_span_id: row.blob("otel_span_id")?.map(|b| hex(&b)),
+        otel_trace_id: row
+            .blob("otel_trace_id")?
+            .and_then(|b| OtelId::from_slice(&b)),
+        otel_span_id: row
+            .blob("otel_span_id")?
+            .and_then(|b| OtelId::from_slice(&b)),
     })
 }
 
@@ -189,9 +196,9 @@ fn push_filters(sql: &mut Sql, backend: Backend, org: OrgId, f: &EventFilter) {
         sql.push(" AND c.trace_id = ").bind(v.clone());
     }
     if let Some(v) = &f.otel_trace_id {
-        match unhex(v, 16) {
-            Some(bytes) => sql.push(" AND e.otel_trace_id = ").bind(bytes),
-            None => sql.push(" AND 1 = 0"), // no stored id is malformed
+        match v.parse::<OtelTraceId>() {
+            Ok(id) => sql.push(" AND e.otel_trace_id = ").bind(id.0.to_vec()),
+            Err(_) => sql.push(" AND 1 = 0"), // no stored id is malformed
         };
     }
     if let Some(v) = &f.event_type {

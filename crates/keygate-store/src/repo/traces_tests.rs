@@ -124,10 +124,13 @@ async fn migration_0011_carries_existing_events_into_compact_rows() {
         assert_eq!(a.error_message.as_deref(), Some("no"));
         assert_eq!(a.request_json, Some(serde_json::json!({"a": 1})));
         assert_eq!(
-            a.otel_trace_id.as_deref(),
+            a.otel_trace_id.map(|v| v.to_string()).as_deref(),
             Some("0af7651916cd43dd8448eb211c80319c")
         );
-        assert_eq!(a.otel_span_id.as_deref(), Some("b7ad6b7169203331"));
+        assert_eq!(
+            a.otel_span_id.map(|v| v.to_string()).as_deref(),
+            Some("b7ad6b7169203331")
+        );
         assert_eq!(b.otel_trace_id, None);
         let (summary, _) = store.get_trace(org, &trace, None).await.unwrap();
         assert_eq!((summary.event_count, summary.error_count), (2, 1));
