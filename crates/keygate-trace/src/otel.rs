@@ -57,15 +57,12 @@ pub fn parse_traceparent(h: &str) -> Option<SpanContext> {
     ))
 }
 
+/// `2 × N` lowercase hex digits (W3C trace context allows no other case) as their bytes.
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    s.parse::<keygate_core::OtelId<N>>().ok().map(|id| id.0)
 }
 
 /// The `traceparent` header naming `span` as the parent.

@@ -9,10 +9,9 @@
 //! also the time index: paging, the live tail, time windows and retention walk it, and the
 //! only other per-event index is `context_id`.
 
-use keygate_core::ids::OtelId;
 use keygate_core::model::TraceEvent;
 use keygate_core::{
-    AgentSessionId, ApplicationId, IntegrationId, OrgId, OtelTraceId, Timestamp, UserId,
+    AgentSessionId, ApplicationId, IntegrationId, OrgId, OtelId, OtelTraceId, Timestamp, UserId,
 };
 use sqlx::Arguments;
 use sqlx::any::AnyArguments;
