@@ -47,7 +47,7 @@ const RETENTION_EVENTS: u64 = 200_000;
 /// What stays the same across the events of one session.
 #[derive(Clone)]
 struct Session {
-    trace_id: String,
+    trace_id: uuid::Uuid,
     session_id: String,
     agent_session_id: AgentSessionId,
     user_id: UserId,
@@ -68,7 +68,7 @@ impl World {
             app: ApplicationId::new(),
             sessions: (0..50)
                 .map(|_| Session {
-                    trace_id: uuid::Uuid::now_v7().to_string(),
+                    trace_id: uuid::Uuid::now_v7(),
                     session_id: uuid::Uuid::new_v4().to_string(),
                     agent_session_id: AgentSessionId::new(),
                     user_id: UserId::new(),
@@ -81,7 +81,7 @@ impl World {
     fn event(&self, n: u64) -> TraceEvent {
         let s = &self.sessions[(n % 50) as usize];
         let mut e = blank_event(self.org, self.app);
-        e.trace_id = s.trace_id.clone();
+        e.trace_id = s.trace_id;
         e.session_id = s.session_id.clone();
         e.agent_session_id = Some(s.agent_session_id);
         e.user_id = Some(s.user_id);

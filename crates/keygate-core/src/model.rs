@@ -1,5 +1,7 @@
 //! The domain: what the store persists and the API shows. Wire names follow the Kontext API.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -309,13 +311,18 @@ pub struct TraceEvent {
     pub id: uuid::Uuid,
     pub org_id: OrgId,
     pub created_at: Timestamp,
-    pub trace_id: String,
+    /// Groups a session's events: a UUID v7 of the session's start, so traces sort by it.
+    pub trace_id: uuid::Uuid,
     pub session_id: String,
     pub agent_session_id: Option<AgentSessionId>,
     pub application_id: ApplicationId,
     pub user_id: Option<UserId>,
-    pub event_type: String,
-    pub status: String,
+    /// The JSON-RPC method (`batch` for a batch, `unknown` when unreadable). Like `status`, a
+    /// name that is static text (every status; the usual methods read back from the store)
+    /// is not copied.
+    pub event_type: Cow<'static, str>,
+    /// `ok`, `warn`, `error_remote`, `error_proxy`, `error_auth` or `denied`.
+    pub status: Cow<'static, str>,
     pub duration_ms: i64,
     pub integration_id: Option<IntegrationId>,
     pub tool_name: Option<String>,

@@ -316,13 +316,13 @@ fn record(state: &ProxyState, ask: &Ask, outcome: Outcome) {
     e.trace_id = keygate_trace::exchange::trace_id(&e.session_id, who.agent_session);
     e.agent_session_id = who.agent_session;
     e.user_id = Some(ask.user);
-    e.event_type = "approval".to_owned();
+    e.event_type = "approval".into();
     e.integration_id = Some(ask.asked.integration);
     e.tool_name = Some(ask.asked.name.clone());
     e.status = if outcome == Outcome::Accepted {
-        keygate_trace::Status::Ok.as_str().to_owned()
+        keygate_trace::Status::Ok.as_str().into()
     } else {
-        keygate_trace::Status::Denied.as_str().to_owned()
+        keygate_trace::Status::Denied.as_str().into()
     };
     e.error_message = Some(format!(
         "approval {} for {} (policies {})",
@@ -330,7 +330,6 @@ fn record(state: &ProxyState, ask: &Ask, outcome: Outcome) {
         ask.asked.what(),
         ask.asked.policy_ids.join(", ")
     ));
-    e.created_at = keygate_core::Timestamp::now();
     telemetry.sink.emit(e);
 }
 

@@ -144,6 +144,10 @@ pub async fn seed(gw: &TestGateway, admin: &str, apps: usize, events: usize) {
         .await;
     }
     let now = Timestamp::now();
+    // Four events per trace.
+    let traces: Vec<uuid::Uuid> = (0..events.div_ceil(4))
+        .map(|_| uuid::Uuid::now_v7())
+        .collect();
     let batch: Vec<TraceEvent> = (0..events)
         .map(|i| {
             let failed = i % 20 == 0;
@@ -151,7 +155,7 @@ pub async fn seed(gw: &TestGateway, admin: &str, apps: usize, events: usize) {
                 id: uuid::Uuid::now_v7(),
                 org_id: gw.org,
                 created_at: now.plus_seconds(-((events - i) as i64 * 86_000 / events as i64)),
-                trace_id: format!("trace-{}", i / 4),
+                trace_id: traces[i / 4],
                 session_id: format!("session-{}", i % 50),
                 agent_session_id: None,
                 application_id: ids[i % ids.len()],

@@ -410,10 +410,10 @@ impl Exchange {
             return;
         }
         let Some(who) = self.who else { return };
-        let method = self.method.clone().unwrap_or_else(|| "unknown".to_owned());
         let mut e = blank_event(who.org, who.app);
         // An answer's session names the event's only when the request opened it.
-        let session_key = session_key.filter(|_| self.session.is_some() || method == "initialize");
+        let opened = self.method.as_deref() == Some("initialize");
+        let session_key = session_key.filter(|_| self.session.is_some() || opened);
         e.session_id = session_key
             .or(who.agent_session.map(|s| s.to_string()))
             .unwrap_or_else(|| {
@@ -423,8 +423,11 @@ impl Exchange {
         e.trace_id = trace_id(&e.session_id, who.agent_session);
         e.agent_session_id = who.agent_session;
         e.user_id = who.user;
-        e.event_type = method;
-        e.status = status.as_str().to_owned();
+        e.event_type = self
+            .method
+            .take()
+            .map_or(Cow::Borrowed("unknown"), Cow::Owned);
+        e.status = Cow::Borrowed(status.as_str());
         e.duration_ms = elapsed.as_millis().try_into().unwrap_or(i64::MAX);
         e.integration_id = self.integration;
         e.tool_name = self.tool.take();
@@ -442,7 +445,6 @@ impl Exchange {
         let context = self.span.context();
         e.otel_trace_id = Some(keygate_core::OtelId(context.trace_id().to_bytes()));
         e.otel_span_id = Some(keygate_core::OtelId(context.span_id().to_bytes()));
-        e.created_at = Timestamp::now();
         t.sink.emit(e);
     }
 }
@@ -677,7 +679,7 @@ fn digested<T>(text: &str, read: impl FnOnce(&Digested) -> T) -> T {
 /// The trace an event belongs to: one per downstream session, the same on every replica
 /// without coordination. A UUID v7 whose time is the agent session's start (so traces sort
 /// roughly by when their agent connected) and whose other bits are a digest of the session.
-pub fn trace_id(session: &str, agent_session: Option<AgentSessionId>) -> String {
+pub fn trace_id(session: &str, agent_session: Option<AgentSessionId>) -> uuid::Uuid {
     let millis = agent_session
         .and_then(|s| s.0.get_timestamp())
         .map(|t| {
@@ -687,9 +689,7 @@ pub fn trace_id(session: &str, agent_session: Option<AgentSessionId>) -> String 
         .unwrap_or_else(|| Timestamp::now().millis().max(0) as u64);
     let mut bytes = [0u8; 10];
     digested(session, |d| bytes.copy_from_slice(&d.sha256[..10]));
-    uuid::Builder::from_unix_timestamp_millis(millis, &bytes)
-        .into_uuid()
-        .to_string()
+    uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
 }
 
 #[cfg(test)]
@@ -705,7 +705,7 @@ mod tests {
         assert_eq!(a, trace_id("s-1", Some(early)));
         assert_ne!(a, trace_id("s-2", Some(early)));
         assert!(trace_id("s-0", Some(late)) > a);
-        assert!(a.parse::<uuid::Uuid>().is_ok());
+        assert_eq!(a.get_version_num(), 7);
     }
 
     /// What an exchange records of a request body: read by a peek, or parsed by a handler.

@@ -162,7 +162,7 @@ async fn json_errors_and_tool_errors_get_their_status() {
         body.collect().await.unwrap();
     }
     let events = f.events().await;
-    let statuses: Vec<&str> = events.iter().map(|e| e.status.as_str()).collect();
+    let statuses: Vec<&str> = events.iter().map(|e| &*e.status).collect();
     assert_eq!(statuses, ["error_remote", "warn", "error_proxy"]);
     assert_eq!(events[0].error_message.as_deref(), Some("boom (-32000)"));
     assert_eq!(events[1].error_message.as_deref(), Some("bad input"));

@@ -255,19 +255,20 @@ async fn write(
     }
 }
 
-/// An event with every required field set and the rest empty; the writer assigns the id.
+/// An event made now, with every required field set and the rest empty; the writer assigns
+/// the id.
 pub fn blank_event(org: keygate_core::OrgId, app: keygate_core::ApplicationId) -> TraceEvent {
     TraceEvent {
         id: uuid::Uuid::nil(),
         org_id: org,
         created_at: Timestamp::now(),
-        trace_id: String::new(),
+        trace_id: uuid::Uuid::nil(),
         session_id: String::new(),
         agent_session_id: None,
         application_id: app,
         user_id: None,
-        event_type: String::new(),
-        status: String::new(),
+        event_type: "".into(),
+        status: "".into(),
         duration_ms: 0,
         integration_id: None,
         tool_name: None,

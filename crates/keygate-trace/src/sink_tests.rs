@@ -8,7 +8,7 @@ use crate::temp_store;
 
 fn event(org: keygate_core::OrgId, app: ApplicationId, n: usize) -> TraceEvent {
     let mut e = blank_event(org, app);
-    e.trace_id = uuid::Uuid::now_v7().to_string();
+    e.trace_id = uuid::Uuid::now_v7();
     e.session_id = "s".into();
     e.event_type = "tools/call".into();
     e.status = "ok".into();

@@ -1159,7 +1159,7 @@ async fn traces_and_stats(backend: Backend) {
     let app = create_app(&gw, &token, "Traced", "public").await;
     let app_id: keygate_core::ApplicationId =
         app["application"]["id"].as_str().unwrap().parse().unwrap();
-    let trace_id = uuid::Uuid::now_v7().to_string();
+    let trace_id = uuid::Uuid::now_v7();
     let base = keygate_core::Timestamp::now();
     let events: Vec<TraceEvent> = [
         ("initialize", None, "ok", 3),
@@ -1177,7 +1177,7 @@ async fn traces_and_stats(backend: Backend) {
         id: uuid::Uuid::now_v7(),
         org_id: gw.org,
         created_at: base.plus_seconds(i as i64),
-        trace_id: trace_id.clone(),
+        trace_id,
         session_id: "mcp-session-1".into(),
         agent_session_id: None,
         application_id: app_id,
@@ -1203,7 +1203,7 @@ async fn traces_and_stats(backend: Backend) {
         .await;
     assert_eq!(s, 200, "{traces}");
     let t = &traces["items"][0];
-    assert_eq!(t["traceId"], trace_id.as_str());
+    assert_eq!(t["traceId"], trace_id.to_string());
     assert_eq!(
         (
             t["eventCount"].as_i64(),

@@ -1,6 +1,7 @@
 //! How a trace event is laid out in its row: method and status codes, 16- and 8-byte ids,
 //! the shared context (`trace_contexts`) an event points to, and the multi-row insert.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{LazyLock, Mutex};
@@ -55,22 +56,27 @@ pub(crate) const IS_ERROR: &str =
     "(e.status BETWEEN 3 AND 5 OR (e.status = 0 AND e.status_text LIKE 'error%'))";
 
 /// `value`'s code in `list`, and its text when it has none.
-pub(crate) fn code_of(list: &[&str], value: &str) -> (i64, Option<String>) {
+pub(crate) fn code_of<'a>(list: &[&str], value: &'a str) -> (i64, Option<&'a str>) {
     match list.iter().position(|v| *v == value) {
         Some(i) => (i as i64 + 1, None),
-        None => (0, Some(value.to_owned())),
+        None => (0, Some(value)),
     }
 }
 
 /// The name a stored code (and its text, for code 0) stands for.
-pub(crate) fn name_of(list: &[&str], code: i64, text: Option<String>, col: &str) -> Result<String> {
+pub(crate) fn name_of(
+    list: &'static [&'static str],
+    code: i64,
+    text: Option<String>,
+    col: &str,
+) -> Result<Cow<'static, str>> {
     if code == 0 {
-        return Ok(text.unwrap_or_default());
+        return Ok(Cow::Owned(text.unwrap_or_default()));
     }
     usize::try_from(code - 1)
         .ok()
         .and_then(|i| list.get(i))
-        .map(|v| (*v).to_owned())
+        .map(|v| Cow::Borrowed(*v))
         .ok_or_else(|| StoreError::Corrupt(format!("{col} has unknown code {code}")))
 }
 
@@ -202,7 +208,7 @@ pub(crate) fn bind_event<'q>(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ContextKey {
     org: OrgId,
-    trace_id: String,
+    trace_id: uuid::Uuid,
     session_id: String,
     agent_session_id: Option<AgentSessionId>,
     application_id: ApplicationId,
@@ -213,7 +219,7 @@ impl ContextKey {
     fn of(e: &TraceEvent) -> Self {
         Self {
             org: e.org_id,
-            trace_id: e.trace_id.clone(),
+            trace_id: e.trace_id,
             session_id: e.session_id.clone(),
             agent_session_id: e.agent_session_id,
             application_id: e.application_id,
@@ -235,7 +241,7 @@ impl ContextKey {
     async fn resolve(&self, conn: &mut AnyConnection, backend: Backend, at: i64) -> Result<i64> {
         let texts = [
             self.org.to_string(),
-            self.trace_id.clone(),
+            self.trace_id.to_string(),
             self.session_id.clone(),
             self.agent_session_id
                 .map(|v| v.to_string())
@@ -296,7 +302,7 @@ impl ContextCache {
     fn hash(&self, e: &TraceEvent) -> u64 {
         self.hasher.hash_one((
             e.org_id,
-            &e.trace_id,
+            e.trace_id,
             &e.session_id,
             e.agent_session_id,
             e.application_id,
@@ -381,8 +387,11 @@ mod tests {
             }
         }
         let (code, text) = code_of(EVENT_TYPES, "vendor/thing");
-        assert_eq!((code, text.as_deref()), (0, Some("vendor/thing")));
-        assert_eq!(name_of(EVENT_TYPES, 0, text, "c").unwrap(), "vendor/thing");
+        assert_eq!((code, text), (0, Some("vendor/thing")));
+        assert_eq!(
+            name_of(EVENT_TYPES, 0, text.map(str::to_owned), "c").unwrap(),
+            "vendor/thing"
+        );
         assert!(name_of(STATUSES, 99, None, "c").is_err());
         assert_eq!(code_of(STATUSES, "error_remote").0, 3);
         assert_eq!(code_of(STATUSES, "error_auth").0, 5);

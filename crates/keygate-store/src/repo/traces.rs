@@ -141,7 +141,10 @@ fn event(row: &sqlx::any::AnyRow) -> Result<TraceEvent> {
         id: uuid_col(row, "id")?,
         org_id: row.id("org_id")?,
         created_at: row.ts("created_at")?,
-        trace_id: row.text("trace_id")?,
+        trace_id: row
+            .text("trace_id")?
+            .parse()
+            .map_err(|_| StoreError::Corrupt("trace_id is not a UUID".into()))?,
         session_id: row.text("session_id")?,
         agent_session_id: opt_ref(row, "agent_session_id")?,
         application_id: row.id("application_id")?,
@@ -225,7 +228,7 @@ fn push_filters(sql: &mut Sql, backend: Backend, org: OrgId, f: &EventFilter) {
 const CLOCK_SLACK_SECS: i64 = 60;
 
 /// ` AND e.{col} = code` (and, for a name without a code, its text).
-fn push_code(sql: &mut Sql, col: &str, (code, text): (i64, Option<String>)) {
+fn push_code(sql: &mut Sql, col: &str, (code, text): (i64, Option<&str>)) {
     sql.push(" AND e.").push(col).push(" = ").bind(code);
     if let Some(text) = text {
         sql.push(" AND e.").push(col).push("_text = ").bind(text);

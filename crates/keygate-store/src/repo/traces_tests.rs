@@ -79,7 +79,7 @@ async fn migration_0011_carries_existing_events_into_compact_rows() {
             IntegrationId::new(),
         );
         let (first, second) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-        let trace = uuid::Uuid::now_v7().to_string();
+        let trace = uuid::Uuid::now_v7();
         let insert = "INSERT INTO trace_events (id, org_id, created_at, trace_id, session_id, \
             agent_session_id, application_id, user_id, event_type, status, duration_ms, \
             integration_id, tool_name, error_message, bytes_in, bytes_out, request_json, \
@@ -103,21 +103,12 @@ async fn migration_0011_carries_existing_events_into_compact_rows() {
         assert_eq!((a.id, b.id), (first, second));
         assert_eq!(a.org_id, org);
         assert_eq!((a.created_at.millis(), b.created_at.millis()), (1000, 2000));
-        assert_eq!(
-            (a.trace_id.as_str(), a.session_id.as_str()),
-            (trace.as_str(), "s-1")
-        );
+        assert_eq!((a.trace_id, a.session_id.as_str()), (trace, "s-1"));
         assert_eq!((a.agent_session_id, a.user_id), (Some(agent), Some(user)));
         assert_eq!((b.agent_session_id, b.user_id), (None, None));
         assert_eq!(a.application_id, app);
-        assert_eq!(
-            (a.event_type.as_str(), a.status.as_str()),
-            ("tools/call", "error_remote")
-        );
-        assert_eq!(
-            (b.event_type.as_str(), b.status.as_str()),
-            ("vendor/x", "ok")
-        );
+        assert_eq!((&*a.event_type, &*a.status), ("tools/call", "error_remote"));
+        assert_eq!((&*b.event_type, &*b.status), ("vendor/x", "ok"));
         assert_eq!((a.duration_ms, a.bytes_in, a.bytes_out), (42, 10, 20));
         assert_eq!(a.integration_id, Some(integration));
         assert_eq!(a.tool_name.as_deref(), Some("echo"));
@@ -132,7 +123,10 @@ async fn migration_0011_carries_existing_events_into_compact_rows() {
             Some("b7ad6b7169203331")
         );
         assert_eq!(b.otel_trace_id, None);
-        let (summary, _) = store.get_trace(org, &trace, None).await.unwrap();
+        let (summary, _) = store
+            .get_trace(org, &trace.to_string(), None)
+            .await
+            .unwrap();
         assert_eq!((summary.event_count, summary.error_count), (2, 1));
         // Both events belong to one trace but two contexts (one has no user).
         assert_eq!(summary.user_id, Some(user));
@@ -146,7 +140,7 @@ fn event(org: OrgId, app: ApplicationId, session: &str, at: Timestamp) -> TraceE
         id: uuid::Uuid::now_v7(),
         org_id: org,
         created_at: at,
-        trace_id: uuid::Uuid::now_v7().to_string(),
+        trace_id: uuid::Uuid::now_v7(),
         session_id: session.to_owned(),
         agent_session_id: None,
         application_id: app,
