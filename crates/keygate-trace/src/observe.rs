@@ -302,7 +302,8 @@ impl<B> Observed<B> {
         };
         match std::mem::replace(&mut self.kind, Kind::Other) {
             Kind::Json(buf) => {
-                if !exchange.capture().is_on() && plainly_answered(&buf) {
+                if !exchange.capture().is_on() && (names_no_failure(&buf) || plainly_answered(&buf))
+                {
                     // Nothing in it for the exchange to record: not read whole.
                 } else if let Ok(message) = serde_json::from_slice::<Value>(&buf) {
                     if message.is_object() {
@@ -376,6 +377,14 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether no member of a JSON text can be named `error` or `isError`: both names hold `rror`,
+/// and a key can spell a letter otherwise only with a `\u` escape. Such an answer, valid JSON or
+/// not, holds nothing [`Exchange::set_response`] takes when payloads are not captured; two
+/// vectorized scans tell, where [`plainly_answered`] parses (about 2.7 instructions a byte).
+fn names_no_failure(json: &[u8]) -> bool {
+    memchr::memmem::find(json, b"rror").is_none() && memchr::memmem::find(json, b"\\u").is_none()
 }
 
 /// Whether a JSON answer is an object with neither an `error` nor a `result` with

@@ -236,3 +236,40 @@ fn only_answers_without_a_failure_are_read_in_outline() {
         assert!(!plainly_answered(failed.as_bytes()), "{failed}");
     }
 }
+
+#[test]
+fn only_answers_that_cannot_name_a_failure_skip_the_parse() {
+    assert!(names_no_failure(
+        br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#
+    ));
+    for unsure in [
+        r#"{"id":1,"error":{"code":-32601,"message":"nope"}}"#,
+        r#"{"id":1,"result":{"isError":true}}"#,
+        r#"{"id":1,"e\u0072ror":{"code":1,"message":"x"}}"#,
+        r#"{"id":1,"result":{"isE\u0072ror":true}}"#,
+        r#"{"id":1,"result":{"content":[{"type":"text","text":"no errors"}]}}"#,
+    ] {
+        assert!(!names_no_failure(unsure.as_bytes()), "{unsure}");
+    }
+}
+
+#[tokio::test]
+async fn failures_spelled_with_escapes_still_count() {
+    let f = fixture(CaptureMode::Off).await;
+    for answer in [
+        r#"{"jsonrpc":"2.0","id":1,"e\u0072ror":{"code":-32000,"message":"boom"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"isE\u0072ror":true,"content":[]}}"#,
+    ] {
+        let mut ex = f.exchange();
+        ex.set_message(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo"}}));
+        let body = Full::new(Bytes::from_static(answer.as_bytes()));
+        observed(ex, body, "application/json")
+            .collect()
+            .await
+            .unwrap();
+    }
+    let events = f.events().await;
+    let statuses: Vec<&str> = events.iter().map(|e| &*e.status).collect();
+    assert_eq!(statuses, ["error_remote", "warn"]);
+}
