@@ -45,6 +45,14 @@ async fn store_over(db: &Db) -> (Store, OrgId) {
     (store, org)
 }
 
+/// The database at `url`, migrated, and a store over it.
+async fn migrated(url: &str) -> (Db, Store, OrgId) {
+    let db = Db::connect(url, 2).await.unwrap();
+    db.migrate().await.unwrap();
+    let (store, org) = store_over(&db).await;
+    (db, store, org)
+}
+
 /// The migrations of `db`'s backend before `version`.
 async fn migrate_before(db: &Db, version: i64) {
     let dir = match db.backend() {
@@ -174,9 +182,7 @@ fn id_at(at: Timestamp) -> uuid::Uuid {
 async fn retention_deletes_in_batches_and_drops_unused_contexts() {
     let dir = tempfile::tempdir().unwrap();
     for (url, name) in databases(&dir).await {
-        let db = Db::connect(&url, 2).await.unwrap();
-        db.migrate().await.unwrap();
-        let (store, org) = store_over(&db).await;
+        let (db, store, org) = migrated(&url).await;
         let app = ApplicationId::new();
         let old = Timestamp::now().plus_seconds(-40 * 86_400);
         let mut events: Vec<TraceEvent> = (0..7)
@@ -241,9 +247,7 @@ async fn retention_deletes_in_batches_and_drops_unused_contexts() {
 async fn a_batch_spanning_every_insert_size_stores_each_event_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     for (url, name) in databases(&dir).await {
-        let db = Db::connect(&url, 2).await.unwrap();
-        db.migrate().await.unwrap();
-        let (store, org) = store_over(&db).await;
+        let (db, store, org) = migrated(&url).await;
         let app = ApplicationId::new();
         // 512 + 64 + 8 + 1 + 1: one statement of every size, one size twice.
         let events: Vec<TraceEvent> = (0..586)
