@@ -96,7 +96,7 @@ impl<const N: usize> OtelId<N> {
 
 impl<const N: usize> fmt::Display for OtelId<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(&crate::hex::encode(&self.0))
     }
 }
 

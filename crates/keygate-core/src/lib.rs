@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod hex;
 pub mod ids;
 pub mod model;
 pub mod net;

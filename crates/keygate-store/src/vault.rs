@@ -127,7 +127,7 @@ impl Kek {
         let digest = Sha256::new_with_prefix(b"keygate-kek-id")
             .chain_update(bytes)
             .finalize();
-        let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let id = keygate_core::hex::encode(&digest[..8]);
         Ok(Self { id, cipher })
     }
 

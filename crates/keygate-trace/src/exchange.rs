@@ -661,7 +661,7 @@ fn digested<T>(text: &str, read: impl FnOnce(&Digested) -> T) -> T {
             return read(d);
         }
         let sha256: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        let hex = crate::otel::hex(&sha256[..16]);
+        let hex = keygate_core::hex::encode(&sha256[..16]);
         let digest = Digested {
             sha256,
             stored: format!("sha256:{hex}").into(),

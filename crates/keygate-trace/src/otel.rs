@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use http::HeaderValue;
+use keygate_core::hex;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -69,15 +70,15 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 pub fn traceparent(span: &SpanContext) -> HeaderValue {
     let mut value = [b'-'; 55];
     value[..2].copy_from_slice(b"00");
-    write_hex(&span.trace_id().to_bytes(), &mut value[3..35]);
-    write_hex(&span.span_id().to_bytes(), &mut value[36..52]);
-    write_hex(&[span.trace_flags().to_u8()], &mut value[53..55]);
+    hex::encode_into(&span.trace_id().to_bytes(), &mut value[3..35]);
+    hex::encode_into(&span.span_id().to_bytes(), &mut value[36..52]);
+    hex::encode_into(&[span.trace_flags().to_u8()], &mut value[53..55]);
     HeaderValue::from_bytes(&value).expect("hex digits and dashes")
 }
 
 /// A trace id as 32 lowercase hex digits (as its `Display`, without the formatting machinery).
 pub fn trace_id_hex(id: TraceId) -> String {
-    hex(&id.to_bytes())
+    hex::encode(&id.to_bytes())
 }
 
 /// An HTTP method as a span name or attribute value: the standard ones without allocating.
@@ -93,22 +94,6 @@ pub(crate) fn method_name(method: &http::Method) -> Cow<'static, str> {
         Method::OPTIONS => "OPTIONS",
         _ => return Cow::Owned(method.as_str().to_owned()),
     })
-}
-
-/// `bytes` as lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut out = vec![0u8; 2 * bytes.len()];
-    write_hex(bytes, &mut out);
-    String::from_utf8(out).expect("hex digits are ASCII")
-}
-
-/// Writes `bytes` as lowercase hex into `out` (twice as long).
-fn write_hex(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0xf)];
-    }
 }
 
 fn nonzero_random<const N: usize>() -> [u8; N] {
