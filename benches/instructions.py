@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Instructions per proxied call, counted by callgrind: keygate beside a bare forwarder.
 
-    python3 benches/instructions.py [--bin PROXY_BENCH] [--calls 1000,3000] [--otlp] [--keep DIR]
+    python3 benches/instructions.py [--bin PROXY_BENCH] [--calls 1000,3000] [--otlp] [--sse]
+                                    [--keep DIR]
 
 Runs the proxy benchmark's closed loop (`--bench proxy -- sequential TARGET`, one call at a
 time) under `valgrind --tool=callgrind` with two call counts per target; the difference of the
@@ -20,7 +21,8 @@ user-space instructions. Instruction counts do not move with a machine's load, u
 
 Without `--bin` it builds the bench binary (`cargo bench -p keygate-benches --bench proxy
 --no-run`). `valgrind` comes from `benches/setup.sh valgrind`. With `--otlp` the gateway also
-exports its spans (`KEYGATE_BENCH_OTLP`). Takes 5–10 minutes.
+exports its spans (`KEYGATE_BENCH_OTLP`); with `--sse` the upstream answers every call in an SSE
+stream of one event (`KEYGATE_BENCH_SSE`), the path of servers that stream. Takes 5–10 minutes.
 """
 
 import argparse
@@ -71,11 +73,13 @@ def bench_binary():
     sys.exit("instructions.py: cargo built no `proxy` bench binary")
 
 
-def count(binary, target, calls, out_dir, otlp):
+def count(binary, target, calls, out_dir, otlp, sse):
     out = os.path.join(out_dir, f"{target}.{calls}")
     env = dict(os.environ, KEYGATE_BENCH_CALLS=str(calls))
     if otlp:
         env["KEYGATE_BENCH_OTLP"] = "1"
+    if sse:
+        env["KEYGATE_BENCH_SSE"] = "1"
     run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
          "sequential", target], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return out
@@ -136,6 +140,7 @@ def main():
     ap.add_argument("--bin", help="a proxy bench binary built before")
     ap.add_argument("--calls", default="1000,3000", help="the two call counts (1000,3000)")
     ap.add_argument("--otlp", action="store_true", help="export spans too")
+    ap.add_argument("--sse", action="store_true", help="the upstream answers in SSE streams")
     ap.add_argument("--keep", help="keep callgrind's files in this directory")
     args = ap.parse_args()
     low, high = (int(n) for n in args.calls.split(","))
@@ -149,8 +154,8 @@ def main():
         os.makedirs(tmp, exist_ok=True)
         for target in TARGETS:
             print(f"counting {target} …", file=sys.stderr, flush=True)
-            a = count(binary, target, low, tmp, args.otlp)
-            b = count(binary, target, high, tmp, args.otlp)
+            a = count(binary, target, low, tmp, args.otlp, args.sse)
+            b = count(binary, target, high, tmp, args.otlp, args.sse)
             (_, ta), (_, tb) = annotate(a, False), annotate(b, False)
             per_call[target] = (tb - ta) / (high - low)
             if target in ("bare", "pass-through"):
@@ -170,7 +175,8 @@ def main():
         "keygate aggregated": per_call["aggregated"] - 2 * d,
     }
     fwd = own["forwarder"]
-    print(f"instructions per call (callgrind, {low} and {high} calls){' with span export' if args.otlp else ''}")
+    print(f"instructions per call (callgrind, {low} and {high} calls)"
+          f"{' with span export' if args.otlp else ''}{', SSE answers' if args.sse else ''}")
     print(f"{'':<24}{'own':>10}{'×forwarder':>12}{'added':>10}")
     print(f"{'client + upstream':<24}{d:>10.0f}{'—':>12}{'—':>10}")
     for name, n in own.items():

@@ -24,7 +24,7 @@
 //! instructions a call costs (run it with two counts; the difference divided by the difference
 //! in calls is the cost of one call, setup excluded). With `KEYGATE_BENCH_OTLP` set, that
 //! gateway exports its spans to a collector in the process, so the count includes the cost of
-//! export. The on/off sections run 24 rounds; `KEYGATE_BENCH_ROUNDS` sets another number.
+//! export; with `KEYGATE_BENCH_SSE` set, the upstream answers in an SSE stream of one event. The on/off sections run 24 rounds; `KEYGATE_BENCH_ROUNDS` sets another number.
 //!
 //! Client, gateway and upstream share the machine's cores, so absolute numbers understate what
 //! a dedicated gateway does; the ratios are the point.
@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::serve::ListenerExt;
 use http_body_util::{BodyExt, Full};
@@ -59,10 +61,12 @@ const CONCURRENCY: usize = 32;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// An upstream MCP server answering every call at once (or after `delay`).
+/// An upstream MCP server answering every call at once (or after `delay`): in JSON, or with
+/// `KEYGATE_BENCH_SSE` set in an SSE stream of one event, as many servers answer.
 async fn upstream(delay: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let sse = std::env::var_os("KEYGATE_BENCH_SSE").is_some();
     let app = axum::Router::new().route(
         "/mcp",
         post(move |Json(req): Json<Value>| async move {
@@ -79,7 +83,13 @@ async fn upstream(delay: Duration) -> String {
                 }
                 _ => json!({"content": [{"type": "text", "text": "ok"}]}),
             };
-            Json(json!({"jsonrpc": "2.0", "id": req["id"], "result": result}))
+            let answer = json!({"jsonrpc": "2.0", "id": req["id"], "result": result});
+            if sse {
+                let event = format!("event: message\ndata: {answer}\n\n");
+                ([(CONTENT_TYPE, "text/event-stream")], event).into_response()
+            } else {
+                Json(answer).into_response()
+            }
         }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
