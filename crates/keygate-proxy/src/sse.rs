@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use keygate_core::wire::jsonrpc::RequestId;
+use keygate_core::wire::jsonrpc::{MessageOutline, RequestId};
 use keygate_core::wire::sse::{Boundary, Decoder, Event};
 use keygate_trace::observe::PeekHandle;
 use serde_json::Value;
@@ -167,9 +167,10 @@ impl<B> Guarded<B> {
                 Answering::Peeked(peek) => {
                     peek.request_id().as_ref().and_then(RequestId::from_value)
                 }
-                Answering::Body(body) => serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|m| RequestId::of(&m)),
+                Answering::Body(body) => MessageOutline::read(body)
+                    .and_then(|m| m.id)
+                    .as_ref()
+                    .and_then(RequestId::from_value),
             };
         }
         self.id.clone()
@@ -195,14 +196,13 @@ impl<B> Guarded<B> {
         if !data.contains("\"id\"") {
             return;
         }
-        let Ok(message) = serde_json::from_str::<Value>(&data) else {
+        let Some(message) = MessageOutline::read(data.as_bytes()) else {
             return;
         };
-        if message.get("method").is_none()
-            && (message.get("result").is_some() || message.get("error").is_some())
+        if message.answers()
             && self
                 .request_id()
-                .is_none_or(|id| message.get("id") == Some(&id.to_value()))
+                .is_none_or(|id| message.id == Some(id.to_value()))
         {
             self.answered = true;
         }

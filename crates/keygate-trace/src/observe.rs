@@ -16,8 +16,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use keygate_core::wire::jsonrpc::MessageOutline;
 use keygate_core::wire::sse::{Decoder, Event};
-use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::exchange::{Exchange, LocalAnswer, Status};
@@ -56,10 +56,7 @@ impl PeekHandle {
         if !seen.complete() {
             return None;
         }
-        serde_json::from_slice::<Value>(&seen.bytes)
-            .ok()?
-            .get("id")
-            .cloned()
+        MessageOutline::read(&seen.bytes)?.id
     }
 }
 
@@ -268,7 +265,9 @@ impl<B> Observed<B> {
         }
     }
 
-    /// Whether this SSE event is the response to the exchange's request.
+    /// Whether this SSE event is the response to the exchange's request. The event is read in
+    /// outline, and parsed whole only when the exchange takes something from it (a failure to
+    /// record, a payload to capture).
     fn answers(&mut self, event: &Event) -> bool {
         let Some(exchange) = self.exchange.as_mut() else {
             return false;
@@ -279,19 +278,21 @@ impl<B> Observed<B> {
         if !data.contains("\"id\"") {
             return false; // a notification: no need to parse it
         }
-        let Ok(message) = serde_json::from_str::<Value>(data) else {
+        let Some(outline) = MessageOutline::read(data.as_bytes()) else {
             return false;
         };
-        if message.get("method").is_some()
-            || (message.get("result").is_none() && message.get("error").is_none())
-        {
+        if !outline.answers() {
             return false;
         }
         exchange.resolve_request();
-        if exchange.rpc_id.is_some() && message.get("id") != exchange.rpc_id.as_ref() {
+        if exchange.rpc_id.is_some() && outline.id != exchange.rpc_id {
             return false;
         }
-        exchange.set_response(&message, self.local);
+        if (outline.failed() || exchange.capture().is_on())
+            && let Ok(message) = serde_json::from_str::<Value>(data)
+        {
+            exchange.set_response(&message, self.local);
+        }
         true
     }
 
@@ -389,43 +390,15 @@ fn names_no_failure(json: &[u8]) -> bool {
 
 /// Whether a JSON answer is an object with neither an `error` nor a `result` with
 /// `"isError": true` — an answer [`Exchange::set_response`] takes nothing from when payloads
-/// are not captured — read without building it. Anything else (unsure included) is `false`,
-/// and the answer is then read whole.
+/// are not captured — read without building it.
 fn plainly_answered(json: &[u8]) -> bool {
-    if !opens_object(json) {
-        return false;
-    }
-    serde_json::from_slice::<Outline>(json).is_ok_and(|o| {
-        !o.error
-            && !o
-                .result
-                .is_some_and(|r| matches!(r.is_error, Some(Value::Bool(true))))
-    })
+    MessageOutline::read(json).is_some_and(|o| !o.failed())
 }
 
 /// Whether `json` (past leading whitespace) starts an object. An outline checks it first: a
 /// derived struct would also read an array, by position.
 pub(crate) fn opens_object(json: &[u8]) -> bool {
     json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-}
-
-/// The parts of a JSON-RPC answer that say whether it failed.
-#[derive(serde::Deserialize)]
-struct Outline {
-    /// Whether the answer has an `error` member, whatever its value (`null` included).
-    #[serde(default, deserialize_with = "present")]
-    error: bool,
-    result: Option<ResultOutline>,
-}
-
-#[derive(serde::Deserialize)]
-struct ResultOutline {
-    #[serde(rename = "isError")]
-    is_error: Option<Value>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 #[cfg(test)]

@@ -216,11 +216,12 @@ async fn a_client_that_leaves_early_is_a_warning_and_a_stream_without_answer_an_
 }
 
 #[test]
-fn only_answers_without_a_failure_are_read_in_outline() {
+fn plain_answers_are_those_without_a_failure() {
     for plain in [
         r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#,
         r#"  {"id":1,"result":{"isError":false}}"#,
         r#"{"id":1,"result":null}"#,
+        r#"{"id":1,"result":"text"}"#,
     ] {
         assert!(plainly_answered(plain.as_bytes()), "{plain}");
     }
@@ -229,7 +230,6 @@ fn only_answers_without_a_failure_are_read_in_outline() {
         r#"{"id":1,"error":null}"#,
         r#"{"id":1,"result":{"isError":true,"content":[]}}"#,
         r#"{"id":1,"result":{"isError":false,"isError":true}}"#,
-        r#"{"id":1,"result":"text"}"#,
         r#"["id",1]"#,
         r#"{"id":1,"result":{}"#,
     ] {
@@ -272,4 +272,39 @@ async fn failures_spelled_with_escapes_still_count() {
     let events = f.events().await;
     let statuses: Vec<&str> = events.iter().map(|e| &*e.status).collect();
     assert_eq!(statuses, ["error_remote", "warn"]);
+}
+
+#[tokio::test]
+async fn streamed_failures_get_their_status_and_other_ids_are_passed_over() {
+    let f = fixture(CaptureMode::Off).await;
+    for events in [
+        // Another request's answer first, then this one's error.
+        "data: {\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{}}\n\n\
+         data: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32000,\"message\":\"boom\"}}\n\n",
+        "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"isError\":true,\"content\":[{\"type\":\"text\",\"text\":\"bad input\"}]}}\n\n",
+        // A member twice: the outline is unsure, the parsed message (last member wins) decides.
+        "data: {\"jsonrpc\":\"2.0\",\"id\":5,\"id\":1,\"error\":{\"code\":-32001,\"message\":\"late\"}}\n\n",
+    ] {
+        let mut ex = f.exchange();
+        ex.set_message(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo"}}));
+        let body = Full::new(Bytes::from_static(events.as_bytes()));
+        observed(ex, body, "text/event-stream")
+            .collect()
+            .await
+            .unwrap();
+    }
+    let events = f.events().await;
+    let outcomes: Vec<(&str, Option<&str>)> = events
+        .iter()
+        .map(|e| (&*e.status, e.error_message.as_deref()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("error_remote", Some("boom (-32000)")),
+            ("warn", Some("bad input")),
+            ("error_remote", Some("late (-32001)")),
+        ]
+    );
 }

@@ -161,6 +161,145 @@ impl<'de: 'a, 'a, M: Deserialize<'de>> Deserialize<'de> for ParamsOutline<'a, M>
     }
 }
 
+/// What a JSON-RPC message is, read without building it: its `id` (present, `null` included, or
+/// absent), whether it has a `method`, an `error` or a `result`, and whether that result says
+/// `"isError": true` — each as `Value::get` reads them from the parsed message.
+#[derive(Debug, Default, PartialEq)]
+pub struct MessageOutline {
+    pub id: Option<Value>,
+    pub method: bool,
+    pub error: bool,
+    pub result: bool,
+    /// The result is an object whose `isError` is `true`.
+    pub tool_error: bool,
+}
+
+impl MessageOutline {
+    /// The outline of a JSON object; `None` for anything else. Where the outline is unsure (a
+    /// member among these twice, a key with escapes, a `result` neither an object nor `null`)
+    /// the text is parsed whole, so the answer is always the parsed message's.
+    pub fn read(json: &[u8]) -> Option<Self> {
+        serde_json::from_slice(json).ok().or_else(|| {
+            serde_json::from_slice::<Value>(json)
+                .ok()
+                .filter(Value::is_object)
+                .map(|message| Self::of(&message))
+        })
+    }
+
+    /// The outline of a message already parsed.
+    pub fn of(message: &Value) -> Self {
+        Self {
+            id: message.get("id").cloned(),
+            method: message.get("method").is_some(),
+            error: message.get("error").is_some(),
+            result: message.get("result").is_some(),
+            tool_error: message["result"]["isError"] == Value::Bool(true),
+        }
+    }
+
+    /// Whether the message is a response (neither a request nor a notification).
+    pub fn answers(&self) -> bool {
+        !self.method && (self.result || self.error)
+    }
+
+    /// Whether it reports a failure: a JSON-RPC error, or a tool's `"isError": true`.
+    pub fn failed(&self) -> bool {
+        self.error || self.tool_error
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageOutline {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+
+        /// A result's `isError` is `true`; `null` is a result without one.
+        struct ToolError(bool);
+
+        impl<'de> Deserialize<'de> for ToolError {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Members;
+                impl<'de> Visitor<'de> for Members {
+                    type Value = ToolError;
+
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a result object")
+                    }
+
+                    fn visit_unit<E: Error>(self) -> Result<ToolError, E> {
+                        Ok(ToolError(false))
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<ToolError, A::Error> {
+                        let mut is_error = None;
+                        while let Some(key) = map.next_key::<&'de str>()? {
+                            if key == "isError" {
+                                if is_error.is_some() {
+                                    return Err(Error::duplicate_field("isError"));
+                                }
+                                is_error = Some(map.next_value::<Value>()? == Value::Bool(true));
+                            } else {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                        Ok(ToolError(is_error.unwrap_or(false)))
+                    }
+                }
+                // `deserialize_option` would take `null` for no result; `deserialize_any` hands
+                // it to `visit_unit`, and refuses everything but an object or `null`.
+                d.deserialize_any(Members)
+            }
+        }
+
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = MessageOutline;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON-RPC message")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut outline = MessageOutline::default();
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "id" if outline.id.is_some() => return Err(Error::duplicate_field("id")),
+                        "id" => outline.id = Some(map.next_value()?),
+                        "method" if outline.method => {
+                            return Err(Error::duplicate_field("method"));
+                        }
+                        "method" => {
+                            map.next_value::<IgnoredAny>()?;
+                            outline.method = true;
+                        }
+                        "error" if outline.error => return Err(Error::duplicate_field("error")),
+                        "error" => {
+                            map.next_value::<IgnoredAny>()?;
+                            outline.error = true;
+                        }
+                        "result" if outline.result => {
+                            return Err(Error::duplicate_field("result"));
+                        }
+                        "result" => {
+                            outline.tool_error = map.next_value::<ToolError>()?.0;
+                            outline.result = true;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(outline)
+            }
+        }
+        // Not `deserialize_any`: an array is not read as an object.
+        d.deserialize_map(Members)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +328,45 @@ mod tests {
             "null",
         ] {
             assert!(serde_json::from_str::<Params<'_>>(json).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_message_outline_reads_what_the_parsed_message_says() {
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":"a-7","result":{"isError":true,"content":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"bad"}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"result":null}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"roots/list","params":{"id":4}}"#,
+            r#"{"id":4,"error":null,"result":{"isError":"yes"}}"#,
+            // Where the outline is unsure, the parsed message answers.
+            r#"{"id":1,"id":2,"result":{}}"#,
+            r#"{"id":1,"result":{"isError":false,"isError":true}}"#,
+            r#"{"id":1,"result":{"isE\u0072ror":true}}"#,
+            r#"{"id":1,"e\u0072ror":{}}"#,
+            r#"{"id":1,"result":[true]}"#,
+            r#"{"id":1,"result":"text"}"#,
+        ] {
+            let parsed: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                MessageOutline::read(text.as_bytes()),
+                Some(MessageOutline::of(&parsed)),
+                "{text}"
+            );
+        }
+        for not_one in [r#"[{"id":1,"result":{}}]"#, "7", r#"{"id":1"#] {
+            assert_eq!(MessageOutline::read(not_one.as_bytes()), None, "{not_one}");
+        }
+    }
+
+    #[test]
+    fn a_message_outline_reads_arrays_only_as_a_refusal() {
+        for refused in [r#"["id",1]"#, r#"{"id":1,"result":[true]}"#] {
+            assert!(
+                serde_json::from_str::<MessageOutline>(refused).is_err(),
+                "{refused}"
+            );
         }
     }
 
