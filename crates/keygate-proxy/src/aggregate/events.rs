@@ -13,6 +13,7 @@ use std::task::{Context, Poll, ready};
 use axum::body::Body;
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
+use keygate_core::wire::jsonrpc::MessageOutline;
 use keygate_core::wire::sse::{Decoder, Event};
 use serde_json::Value;
 
@@ -109,10 +110,11 @@ where
 /// An event with its `data` JSON passed through `data` and its `id` through `id`; data that
 /// is not JSON, and every other field, stay as they were.
 pub fn map_event(
-    mut event: Event,
+    event: Event,
     data: impl FnOnce(Value) -> Value,
     id: impl FnOnce(&str) -> String,
 ) -> Event {
+    let mut event = map_id(event, id);
     if let Some(json) = event
         .data
         .as_deref()
@@ -120,10 +122,20 @@ pub fn map_event(
     {
         event.data = Some(data(json).to_string());
     }
+    event
+}
+
+/// An event with only its `id` passed through `id`.
+pub fn map_id(mut event: Event, id: impl FnOnce(&str) -> String) -> Event {
     if let Some(old) = &event.id {
         event.id = Some(id(old));
     }
     event
+}
+
+/// The outline of the JSON-RPC message an event carries, if its data is one.
+pub fn message_of(event: &Event) -> Option<MessageOutline> {
+    MessageOutline::read(event.data.as_deref()?.as_bytes())
 }
 
 #[cfg(test)]

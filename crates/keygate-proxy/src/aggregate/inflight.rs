@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use keygate_core::wire::jsonrpc::RequestId;
+use keygate_core::wire::jsonrpc::{MessageOutline, RequestId};
 use keygate_core::{IntegrationId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -185,8 +185,8 @@ impl Call {
     }
 
     /// Whether `message` is the answer to this call.
-    pub fn is_answer(&self, message: &Value) -> bool {
-        message.get("method").is_none() && message.get("id") == Some(&self.id)
+    pub fn is_answer(&self, message: &MessageOutline) -> bool {
+        !message.method && message.id.as_ref() == Some(&self.id)
     }
 
     /// Resolves when the client cancels the call.

@@ -52,11 +52,11 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Limited};
-use keygate_core::wire::jsonrpc::{self, RequestId};
+use keygate_core::wire::jsonrpc::{self, MessageOutline, RequestId};
 use serde_json::{Value, json};
 
 use self::cursor::Cursor;
-use self::events::{Events, MAX_EVENT_BYTES, map_event};
+use self::events::{Events, MAX_EVENT_BYTES, map_event, map_id, message_of};
 use self::inflight::{Call, Client};
 use self::message::Message;
 use self::session::AggregatedSession;
@@ -640,6 +640,13 @@ fn namespace_request(slug: Arc<str>) -> impl Fn(Value) -> Value + Unpin + Send +
     }
 }
 
+/// Whether a message from an upstream reaches the client as the upstream wrote it: anything
+/// but a server-to-client request (its id is namespaced, [`namespace_request`]) when upstream
+/// and client are of one era. Only the others are parsed and encoded again.
+fn reaches_client_unchanged(message: &MessageOutline, same_era: bool) -> bool {
+    same_era && !(message.method && message.id.as_ref().is_some_and(|id| !id.is_null()))
+}
+
 /// What a routed answer's messages go through on their way to the client: server-to-client
 /// requests get namespaced ids, and a message of an upstream of the other era is translated
 /// ([`era::cross`]).
@@ -689,17 +696,18 @@ async fn relay_call(
             member.integration.id,
         );
         let stopped = call.stopped();
+        let same_era = from_modern == to_modern;
         let events = events::relay(body, stopped, move |event| {
-            map_event(
-                event,
-                |v| {
-                    if call.is_answer(&v) {
-                        call.answered();
-                    }
-                    data(v)
-                },
-                |id| Cursor::one(integration, id),
-            )
+            let message = message_of(&event);
+            if message.as_ref().is_some_and(|m| call.is_answer(m)) {
+                call.answered();
+            }
+            let cursor = |id: &str| Cursor::one(integration, id);
+            if message.is_some_and(|m| reaches_client_unchanged(&m, same_era)) {
+                map_id(event, cursor)
+            } else {
+                map_event(event, &data, cursor)
+            }
         });
         event_stream(events)
     } else {
@@ -859,5 +867,33 @@ fn unknown_session() -> ProxyError {
         status: StatusCode::NOT_FOUND,
         code: crate::error::NOT_FOUND,
         message: "Session not found; initialize again".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_messages_namespacing_would_change_are_rewritten() {
+        let namespace = namespace_request("beta".into());
+        for text in [
+            r#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":"x","error":{"code":-1,"message":"no"}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"sampling/createMessage"}"#,
+            r#"{"jsonrpc":"2.0","id":"r","method":"roots/list"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+        ] {
+            let message: Value = serde_json::from_str(text).unwrap();
+            let outline = MessageOutline::read(text.as_bytes()).unwrap();
+            let unchanged = namespace(message.clone()) == message;
+            assert_eq!(
+                reaches_client_unchanged(&outline, true),
+                unchanged,
+                "{text}"
+            );
+            assert!(!reaches_client_unchanged(&outline, false), "{text}");
+        }
     }
 }

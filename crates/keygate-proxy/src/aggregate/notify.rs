@@ -23,10 +23,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::cursor::Cursor;
-use super::events::map_event;
+use super::events::{map_event, map_id, message_of};
 use super::inflight::Client;
 use super::upstream::{Downstream, Member, exchange, within};
-use super::{handshake_era, namespace_request, route};
+use super::{handshake_era, namespace_request, reaches_client_unchanged, route};
 use crate::ProxyState;
 use crate::error::ProxyError;
 
@@ -249,10 +249,15 @@ impl Merge {
             self.release(); // an upstream's events keep their order
         }
         let cursor = &mut self.cursor;
-        let event = map_event(event, namespace_request(slug), |id| {
+        let cursor = |id: &str| {
             cursor.advance(integration, id);
             cursor.encode()
-        });
+        };
+        let event = if message_of(&event).is_some_and(|m| reaches_client_unchanged(&m, true)) {
+            map_id(event, cursor)
+        } else {
+            map_event(event, namespace_request(slug), cursor)
+        };
         self.ready.push_back(event.encode());
     }
 
