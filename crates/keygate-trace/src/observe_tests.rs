@@ -56,6 +56,15 @@ impl Fixture {
         ex
     }
 
+    /// Relays `answer` (of `content_type`) to a `tools/call` with id 1, to its end.
+    async fn answer_call(&self, answer: &'static str, content_type: &str) {
+        let mut ex = self.exchange();
+        ex.set_message(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo"}}));
+        let body = Full::new(Bytes::from_static(answer.as_bytes()));
+        observed(ex, body, content_type).collect().await.unwrap();
+    }
+
     async fn events(self) -> Vec<TraceEvent> {
         self.handle.close().await;
         self.store
@@ -260,14 +269,7 @@ async fn failures_spelled_with_escapes_still_count() {
         r#"{"jsonrpc":"2.0","id":1,"e\u0072ror":{"code":-32000,"message":"boom"}}"#,
         r#"{"jsonrpc":"2.0","id":1,"result":{"isE\u0072ror":true,"content":[]}}"#,
     ] {
-        let mut ex = f.exchange();
-        ex.set_message(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "echo"}}));
-        let body = Full::new(Bytes::from_static(answer.as_bytes()));
-        observed(ex, body, "application/json")
-            .collect()
-            .await
-            .unwrap();
+        f.answer_call(answer, "application/json").await;
     }
     let events = f.events().await;
     let statuses: Vec<&str> = events.iter().map(|e| &*e.status).collect();
@@ -285,14 +287,7 @@ async fn streamed_failures_get_their_status_and_other_ids_are_passed_over() {
         // A member twice: the outline is unsure, the parsed message (last member wins) decides.
         "data: {\"jsonrpc\":\"2.0\",\"id\":5,\"id\":1,\"error\":{\"code\":-32001,\"message\":\"late\"}}\n\n",
     ] {
-        let mut ex = f.exchange();
-        ex.set_message(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "echo"}}));
-        let body = Full::new(Bytes::from_static(events.as_bytes()));
-        observed(ex, body, "text/event-stream")
-            .collect()
-            .await
-            .unwrap();
+        f.answer_call(events, "text/event-stream").await;
     }
     let events = f.events().await;
     let outcomes: Vec<(&str, Option<&str>)> = events
