@@ -785,14 +785,13 @@ async fn merged_stream(
     cursor: Cursor,
 ) -> Result<Response, ProxyError> {
     let members = members(state, caller).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<notify::Upstream>(64);
     let opening = join_all(members.iter().filter_map(|m| {
         let up = session.legacy(m.integration.id)?;
         let open = upstream::open_stream(state, m, up, cursor.get(m.integration.id));
         Some(async move { (m, up, within(state, m, "GET", open).await) })
     }))
     .await;
-    let mut opened = 0;
+    let mut upstreams = Vec::new();
     for (m, up, resp) in opening {
         let Some(Ok(resp)) = resp else {
             continue;
@@ -803,25 +802,22 @@ async fn merged_stream(
         if !resp.status().is_success() {
             continue;
         }
-        opened += 1;
-        let (tx, integration) = (tx.clone(), m.integration.id);
+        let integration = m.integration.id;
         let slug: Arc<str> = m.integration.slug.as_str().into();
-        // Decoded into whole events here; the consumer rewrites them.
-        let mut events = Events::new(resp.into_body(), MAX_EVENT_BYTES);
-        tokio::spawn(async move {
-            while let Some(Ok(event)) = events.next().await {
-                if tx.send((integration, slug.clone(), event)).await.is_err() {
-                    break; // the client went away
-                }
-            }
-        });
+        // Decoded into whole events here, up to an upstream's first error; the merge rewrites
+        // them. Polled by the client's stream itself: no task or channel per upstream.
+        let events = Events::new(resp.into_body(), MAX_EVENT_BYTES)
+            .take_while(|event| std::future::ready(event.is_ok()))
+            .filter_map(move |event| {
+                std::future::ready(event.ok().map(|e| (integration, slug.clone(), e)))
+            });
+        upstreams.push(events);
     }
-    if opened == 0 {
+    if upstreams.is_empty() {
         return Ok(StatusCode::METHOD_NOT_ALLOWED.into_response());
     }
-    drop(tx);
     // One consumer stamps the ids, so they advance in the order the client receives events.
-    let stream = notify::merged(rx, cursor);
+    let stream = notify::merged(futures_util::stream::select_all(upstreams), cursor);
     let mut resp = Response::new(Body::new(KeepAlive::new(Body::from_stream(stream))));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
 use futures_util::future::join_all;
+use futures_util::{Stream, StreamExt};
 use keygate_core::IntegrationId;
 use keygate_core::wire::sse::Event;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::cursor::Cursor;
@@ -187,12 +186,15 @@ impl ListChanges {
 
 /// The merged `GET` stream: upstream events from `rx` in the order they come, each stamped
 /// with the cursor of everything sent so far, list changes coalesced ([`ListChanges`]).
-pub fn merged(
-    rx: mpsc::Receiver<Upstream>,
+pub fn merged<S>(
+    upstreams: S,
     cursor: Cursor,
-) -> impl Stream<Item = Result<String, std::io::Error>> + Send + 'static {
+) -> impl Stream<Item = Result<String, std::io::Error>> + Send + 'static
+where
+    S: Stream<Item = Upstream> + Send + Unpin + 'static,
+{
     let merge = Merge {
-        rx,
+        upstreams,
         cursor,
         held: ListChanges::default(),
         ready: VecDeque::new(),
@@ -212,8 +214,9 @@ pub fn merged(
 }
 
 /// The state of a merged stream.
-struct Merge {
-    rx: mpsc::Receiver<Upstream>,
+struct Merge<S> {
+    /// The upstreams' events, as they come.
+    upstreams: S,
     cursor: Cursor,
     held: ListChanges,
     /// Encoded events to send.
@@ -222,15 +225,15 @@ struct Merge {
     open: bool,
 }
 
-impl Merge {
+impl<S: Stream<Item = Upstream> + Unpin> Merge<S> {
     /// Waits for the next upstream event or the end of the window.
     async fn step(&mut self) {
         let next = match self.held.due {
             Some(due) => tokio::select! {
-                next = self.rx.recv() => next,
+                next = self.upstreams.next() => next,
                 () = tokio::time::sleep_until(due) => return self.release(),
             },
-            None => self.rx.recv().await,
+            None => self.upstreams.next().await,
         };
         match next {
             Some((integration, slug, event)) => self.take(integration, slug, event),
@@ -270,7 +273,7 @@ impl Merge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt;
+    use tokio::sync::mpsc;
 
     fn list_changed(list: &str, id: &str) -> Event {
         let mut e = Event::message(format!(
@@ -283,8 +286,9 @@ mod tests {
     #[tokio::test]
     async fn list_changes_of_several_upstreams_leave_as_one() {
         let (a, b) = (IntegrationId::new(), IntegrationId::new());
-        let (tx, rx) = mpsc::channel(8);
-        let mut out = Box::pin(merged(rx, Cursor::default()));
+        let (tx, mut rx) = mpsc::channel(8);
+        let upstreams = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut out = Box::pin(merged(upstreams, Cursor::default()));
         for (i, slug, id) in [(a, "a", "4"), (b, "b", "9"), (a, "a", "5")] {
             tx.send((i, slug.into(), list_changed("tools", id)))
                 .await
